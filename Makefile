@@ -1,0 +1,67 @@
+# Moat's build. `make test` runs every test that passes on a fresh machine as root, privileged ones included.
+SHELL := /bin/bash
+GO ?= go
+GOBIN ?= $(shell $(GO) env GOPATH)/bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/moatfw/moat/internal/version.Version=$(VERSION)
+STATICCHECK_VERSION := v0.8.2
+CLANG ?= clang
+CLANG_MAJOR := 14
+FUZZTIME ?= 60s
+TEST_FLAGS ?=
+
+BINARIES := moat moat-ipam moat-enforcer moatctl moat-install
+pkg_moat := ./plugin
+pkg_moat-ipam := ./ipam-shim
+pkg_moat-enforcer := ./enforcer
+pkg_moatctl := ./moatctl
+pkg_moat-install := ./install
+
+.PHONY: all build generate test lint fmt fuzz bench clean check-clang bpffs $(addprefix bin/,$(BINARIES))
+
+all: build
+
+build: $(addprefix bin/,$(BINARIES))
+
+$(addprefix bin/,$(BINARIES)):
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ $(pkg_$(notdir $@))
+	@if [ "$(notdir $@)" = moatctl ]; then ln -sf moatctl bin/kubectl-moat; fi
+
+# The datapath objects are committed; regenerating needs clang $(CLANG_MAJOR) and never reads the running kernel.
+generate: check-clang
+	$(GO) generate ./bpf/
+
+check-clang:
+	@v=$$($(CLANG) --version | sed -n 's/.*clang version \([0-9]*\)\..*/\1/p' | head -1); \
+	if [ "$$v" != "$(CLANG_MAJOR)" ]; then \
+		echo "make generate needs clang $(CLANG_MAJOR) (found '$$v'): the committed objects were built with it" >&2; exit 1; fi
+
+# Privileged tests need a bpf filesystem; each test mounts its own, but tools and the enforcer use /sys/fs/bpf.
+bpffs:
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+
+test: bpffs
+	$(GO) test -count=1 -timeout 20m $(TEST_FLAGS) ./...
+
+lint:
+	@bad=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel\.go$$')); \
+	if [ -n "$$bad" ]; then echo "gofmt would change: $$bad" >&2; exit 1; fi
+	$(GO) vet ./...
+	$(GOBIN)/staticcheck ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go' | grep -v '_bpfel\.go$$')
+
+# Runs each fuzz target for FUZZTIME (their seed corpora already run in `make test`).
+fuzz: bpffs
+	@set -e; for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
+			echo "fuzz $$pkg $$f for $(FUZZTIME)"; \
+			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; done
+
+bench: bpffs
+	$(GO) run ./internal/benchdoc -out docs/benchmarks.md
+
+clean:
+	rm -rf bin

@@ -1,0 +1,308 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// AttachMode says how the programs hang on a host veth.
+type AttachMode string
+
+const (
+	// ModeTCX attaches with tcx links at the head of each hook (Linux 6.6 and later).
+	ModeTCX AttachMode = "tcx"
+	// ModeClsact attaches direct-action cls_bpf filters under a clsact qdisc, for kernels without tcx.
+	ModeClsact AttachMode = "clsact"
+)
+
+// Priority and handle of Moat's clsact filters: priority 1 runs first.
+const (
+	ClsactPriority = 1
+	ClsactHandle   = 0x4d4f // "MO"
+)
+
+// Attacher puts the from-pod and to-pod programs on a host veth. Both modes leave alone every program, filter and
+// qdisc that Moat did not create.
+type Attacher interface {
+	Mode() AttachMode
+	Attach(ifindex int, fromPod, toPod *ebpf.Program) (*Attachment, error)
+}
+
+// Attachment is Moat's hold on one host veth.
+type Attachment struct {
+	Mode    AttachMode
+	Ifindex int
+	// tcx
+	links []link.Link
+	// clsact: what Moat added, so Detach removes exactly that
+	Filters       []ClsactFilter
+	CreatedQdisc  bool
+	pinnedLinkDir string
+}
+
+// ClsactFilter records one filter Moat added under clsact.
+type ClsactFilter struct {
+	Parent   uint32 // netlink.HANDLE_MIN_INGRESS or HANDLE_MIN_EGRESS
+	Priority uint16
+	Handle   uint32
+}
+
+// NewAttacher picks tcx when the kernel has it (probing on loopback is not possible without attaching, so the
+// probe is the kernel version check cilium/ebpf performs on the first attach) and clsact otherwise.
+func NewAttacher(mode AttachMode) (Attacher, error) {
+	switch mode {
+	case ModeTCX:
+		return tcxAttacher{}, nil
+	case ModeClsact:
+		return clsactAttacher{}, nil
+	case "":
+		return autoAttacher{}, nil
+	}
+	return nil, fmt.Errorf("attach mode %q: want tcx or clsact", mode)
+}
+
+type autoAttacher struct{}
+
+func (autoAttacher) Mode() AttachMode { return "" }
+
+func (autoAttacher) Attach(ifindex int, fromPod, toPod *ebpf.Program) (*Attachment, error) {
+	a, err := tcxAttacher{}.Attach(ifindex, fromPod, toPod)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		return clsactAttacher{}.Attach(ifindex, fromPod, toPod)
+	}
+	return a, err
+}
+
+type tcxAttacher struct{}
+
+func (tcxAttacher) Mode() AttachMode { return ModeTCX }
+
+func (tcxAttacher) Attach(ifindex int, fromPod, toPod *ebpf.Program) (*Attachment, error) {
+	a := &Attachment{Mode: ModeTCX, Ifindex: ifindex}
+	for _, hook := range []struct {
+		prog *ebpf.Program
+		at   ebpf.AttachType
+	}{{fromPod, ebpf.AttachTCXIngress}, {toPod, ebpf.AttachTCXEgress}} {
+		l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: hook.prog, Attach: hook.at,
+			Anchor: link.Head()})
+		if err != nil {
+			_ = a.Detach()
+			return nil, fmt.Errorf("attach tcx %s to ifindex %d: %w", hookName(hook.at), ifindex, err)
+		}
+		a.links = append(a.links, l)
+	}
+	return a, nil
+}
+
+func hookName(at ebpf.AttachType) string {
+	if at == ebpf.AttachTCXIngress {
+		return "ingress (from pod)"
+	}
+	return "egress (to pod)"
+}
+
+// Link pin names under an endpoint's pin folder.
+const (
+	FromPodLinkPin = "from_pod"
+	ToPodLinkPin   = "to_pod"
+)
+
+// Pin keeps tcx links alive after this process exits, under dir (made if missing).
+func (a *Attachment) Pin(dir string) error {
+	if a.Mode != ModeTCX {
+		return nil // clsact filters live on the device; their record is the endpoint record
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create link pin folder %s: %w", dir, err)
+	}
+	for i, name := range []string{FromPodLinkPin, ToPodLinkPin} {
+		if i >= len(a.links) {
+			break
+		}
+		if err := a.links[i].Pin(filepath.Join(dir, name)); err != nil {
+			return fmt.Errorf("pin link %s: %w", filepath.Join(dir, name), err)
+		}
+	}
+	a.pinnedLinkDir = dir
+	return nil
+}
+
+// LoadPinnedAttachment reopens the tcx links pinned under dir.
+func LoadPinnedAttachment(dir string) (*Attachment, error) {
+	a := &Attachment{Mode: ModeTCX, pinnedLinkDir: dir}
+	for _, name := range []string{FromPodLinkPin, ToPodLinkPin} {
+		l, err := link.LoadPinnedLink(filepath.Join(dir, name), nil)
+		if err != nil {
+			_ = a.Close()
+			return nil, fmt.Errorf("open pinned link %s: %w", filepath.Join(dir, name), err)
+		}
+		a.links = append(a.links, l)
+	}
+	if info, err := a.links[0].Info(); err == nil {
+		if tcx := info.TCX(); tcx != nil {
+			a.Ifindex = int(tcx.Ifindex)
+		}
+	}
+	return a, nil
+}
+
+// ProgramIDs lists the programs this attachment's links run (tcx), for CHECK.
+func (a *Attachment) ProgramIDs() ([]ebpf.ProgramID, error) {
+	var ids []ebpf.ProgramID
+	for _, l := range a.links {
+		info, err := l.Info()
+		if err != nil {
+			return nil, fmt.Errorf("link info: %w", err)
+		}
+		ids = append(ids, info.Program)
+	}
+	return ids, nil
+}
+
+// Close lets go of this process's handles; pinned links stay attached.
+func (a *Attachment) Close() error {
+	var errs []error
+	for _, l := range a.links {
+		errs = append(errs, l.Close())
+	}
+	a.links = nil
+	return errors.Join(errs...)
+}
+
+// Detach removes what Moat attached: the links (and their pins), or Moat's own clsact filters and the clsact
+// qdisc only when Moat created it and nothing else hangs under it.
+func (a *Attachment) Detach() error {
+	var errs []error
+	if a.pinnedLinkDir != "" {
+		for _, name := range []string{FromPodLinkPin, ToPodLinkPin} {
+			if err := os.Remove(filepath.Join(a.pinnedLinkDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	for _, l := range a.links {
+		if err := l.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	a.links = nil
+	if a.Mode == ModeClsact {
+		errs = append(errs, detachClsact(a))
+	}
+	return errors.Join(errs...)
+}
+
+type clsactAttacher struct{}
+
+func (clsactAttacher) Mode() AttachMode { return ModeClsact }
+
+func (clsactAttacher) Attach(ifindex int, fromPod, toPod *ebpf.Program) (*Attachment, error) {
+	a := &Attachment{Mode: ModeClsact, Ifindex: ifindex}
+	dev, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return nil, fmt.Errorf("find ifindex %d: %w", ifindex, err)
+	}
+	name := dev.Attrs().Name
+	qdiscs, err := netlink.QdiscList(dev)
+	if err != nil {
+		return nil, fmt.Errorf("list qdiscs of %s: %w", name, err)
+	}
+	hasClsact := false
+	for _, q := range qdiscs {
+		if q.Type() == "clsact" {
+			hasClsact = true
+		}
+	}
+	if !hasClsact {
+		q := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex,
+			Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}, QdiscType: "clsact"}
+		if err := netlink.QdiscAdd(q); err != nil {
+			return nil, fmt.Errorf("add clsact qdisc to %s: %w", name, err)
+		}
+		a.CreatedQdisc = true
+	}
+	for _, hook := range []struct {
+		prog   *ebpf.Program
+		parent uint32
+		name   string
+	}{{fromPod, netlink.HANDLE_MIN_INGRESS, "moat_from_pod"}, {toPod, netlink.HANDLE_MIN_EGRESS, "moat_to_pod"}} {
+		existing, err := netlink.FilterList(dev, hook.parent)
+		if err != nil {
+			_ = detachClsact(a)
+			return nil, fmt.Errorf("list filters of %s: %w", name, err)
+		}
+		for _, f := range existing {
+			at := f.Attrs()
+			if at.Priority == ClsactPriority && at.Handle == ClsactHandle {
+				_ = detachClsact(a)
+				return nil, fmt.Errorf("%s already holds a filter at priority %d handle %#x: remove the stale "+
+					"Moat filter or the tool that took its place", name, ClsactPriority, ClsactHandle)
+			}
+		}
+		f := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{LinkIndex: ifindex, Parent: hook.parent,
+			Handle: ClsactHandle, Priority: ClsactPriority, Protocol: unix.ETH_P_ALL},
+			Fd: hook.prog.FD(), Name: hook.name, DirectAction: true}
+		if err := netlink.FilterAdd(f); err != nil {
+			_ = detachClsact(a)
+			return nil, fmt.Errorf("add clsact filter to %s: %w", name, err)
+		}
+		a.Filters = append(a.Filters, ClsactFilter{Parent: hook.parent, Priority: ClsactPriority,
+			Handle: ClsactHandle})
+	}
+	return a, nil
+}
+
+func detachClsact(a *Attachment) error {
+	dev, err := netlink.LinkByIndex(a.Ifindex)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil // the device is gone, and its qdisc with it
+		}
+		return fmt.Errorf("find ifindex %d: %w", a.Ifindex, err)
+	}
+	var errs []error
+	for _, rec := range a.Filters {
+		filters, err := netlink.FilterList(dev, rec.Parent)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list filters: %w", err))
+			continue
+		}
+		for _, f := range filters {
+			bf, ok := f.(*netlink.BpfFilter)
+			at := f.Attrs()
+			if !ok || at.Priority != rec.Priority || at.Handle != rec.Handle || !strings.HasPrefix(bf.Name, "moat_") {
+				continue // not ours
+			}
+			if err := netlink.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("delete clsact filter: %w", err))
+			}
+		}
+	}
+	a.Filters = nil
+	if a.CreatedQdisc {
+		remaining := 0
+		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+			fs, err := netlink.FilterList(dev, parent)
+			if err == nil {
+				remaining += len(fs)
+			}
+		}
+		if remaining == 0 {
+			q := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: a.Ifindex,
+				Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}, QdiscType: "clsact"}
+			if err := netlink.QdiscDel(q); err != nil && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("delete clsact qdisc: %w", err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

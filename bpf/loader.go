@@ -1,0 +1,226 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultPinRoot is where the enforcer pins Moat's maps and programs in production.
+const DefaultPinRoot = "/sys/fs/bpf/moat"
+
+// Pin names of the programs under the pin root; the maps are pinned by their own names.
+const (
+	FromPodPin = "from_pod"
+	ToPodPin   = "to_pod"
+)
+
+// ErrLayout means the pinned maps under a pin root were made by a build with another map layout.
+var ErrLayout = errors.New("pinned maps have another layout")
+
+// ErrNotPinned means there is no pinned datapath under the pin root (the enforcer has not started).
+var ErrNotPinned = errors.New("no pinned datapath")
+
+// Options sizes the datapath's tables when the enforcer creates them. Zero keeps moat.c's size.
+type Options struct {
+	ConntrackEntries uint32
+	FragmentEntries  uint32
+	EventBytes       uint32
+}
+
+// Datapath is Moat's loaded or reopened datapath: its programs and maps, pinned under one root.
+type Datapath struct {
+	Root    string
+	FromPod *ebpf.Program
+	ToPod   *ebpf.Program
+	maps    moatMaps
+	inner   *ebpf.MapSpec
+	// Created is true when Load made the maps, false when it reused pinned ones.
+	Created bool
+}
+
+// Load is the enforcer's way in: it loads the programs, creates the maps or reuses the ones pinned under root
+// (so a restart keeps every endpoint, identity, policy and connection), and pins the programs. It refuses maps
+// pinned by a build with another layout. Nothing is detached: links of running pods keep their programs.
+func Load(root string, opts Options) (*Datapath, error) {
+	if err := ensureBPFFS(root); err != nil {
+		return nil, err
+	}
+	if err := checkPinnedLayout(root); err != nil {
+		return nil, err
+	}
+	spec, err := loadMoat()
+	if err != nil {
+		return nil, fmt.Errorf("parse datapath objects: %w", err)
+	}
+	sizes := map[string]uint32{"conntrack": opts.ConntrackEntries, "fragments": opts.FragmentEntries,
+		"events": opts.EventBytes}
+	for name, n := range sizes {
+		if n != 0 {
+			spec.Maps[name].MaxEntries = n
+		}
+	}
+	_, statErr := os.Stat(filepath.Join(root, "config"))
+	created := errors.Is(statErr, os.ErrNotExist)
+
+	var objs moatObjects
+	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: root}})
+	if err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			return nil, fmt.Errorf("load datapath programs: %+v", verr)
+		}
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("reuse maps pinned under %s: %w (%w)", root, ErrLayout, err)
+		}
+		return nil, fmt.Errorf("load datapath: %w", err)
+	}
+	dp := &Datapath{Root: root, FromPod: objs.MoatFromPod, ToPod: objs.MoatToPod, maps: objs.moatMaps,
+		inner: spec.Maps["policy"].InnerMap, Created: created}
+	if created {
+		cfg := Config{LayoutVersion: LayoutVersion,
+			DefaultVerdict: [2]uint8{uint8(ActionAllow), uint8(ActionAllow)}}
+		if err := dp.maps.Config.Put(uint32(0), &cfg); err != nil {
+			dp.Close()
+			return nil, fmt.Errorf("write datapath config: %w", err)
+		}
+	}
+	for name, prog := range map[string]*ebpf.Program{FromPodPin: dp.FromPod, ToPodPin: dp.ToPod} {
+		if err := pinReplace(prog, filepath.Join(root, name)); err != nil {
+			dp.Close()
+			return nil, err
+		}
+	}
+	return dp, nil
+}
+
+// OpenPinned is the plugin's (and moatctl's) way in: it opens what the enforcer pinned, loading nothing.
+func OpenPinned(root string) (*Datapath, error) {
+	if _, err := os.Stat(filepath.Join(root, "config")); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w under %s: is moat-enforcer running?", ErrNotPinned, root)
+		}
+		return nil, fmt.Errorf("open pinned datapath under %s: %w", root, err)
+	}
+	if err := checkPinnedLayout(root); err != nil {
+		return nil, err
+	}
+	dp := &Datapath{Root: root}
+	var err error
+	opened := map[string]**ebpf.Map{
+		"config": &dp.maps.Config, "conntrack": &dp.maps.Conntrack, "endpoints": &dp.maps.Endpoints,
+		"events": &dp.maps.Events, "fragments": &dp.maps.Fragments, "identities": &dp.maps.Identities,
+		"ipcache": &dp.maps.Ipcache, "policy": &dp.maps.Policy, "reason_counts": &dp.maps.ReasonCounts,
+		"rule_counts": &dp.maps.RuleCounts, "stats": &dp.maps.Stats,
+	}
+	for name, m := range opened {
+		if *m, err = ebpf.LoadPinnedMap(filepath.Join(root, name), nil); err != nil {
+			dp.Close()
+			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
+		}
+	}
+	for name, p := range map[string]**ebpf.Program{FromPodPin: &dp.FromPod, ToPodPin: &dp.ToPod} {
+		if *p, err = ebpf.LoadPinnedProgram(filepath.Join(root, name), nil); err != nil {
+			dp.Close()
+			return nil, fmt.Errorf("open pinned program %s: %w", name, err)
+		}
+	}
+	return dp, nil
+}
+
+// Close releases this process's handles; pins, and the links that use the programs, stay.
+func (dp *Datapath) Close() error {
+	var errs []error
+	for _, p := range []*ebpf.Program{dp.FromPod, dp.ToPod} {
+		if p != nil {
+			errs = append(errs, p.Close())
+		}
+	}
+	for _, m := range dp.allMaps() {
+		if m != nil {
+			errs = append(errs, m.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Unpin removes every pin under the root (uninstall). Links pinned elsewhere keep their programs alive.
+func (dp *Datapath) Unpin() error {
+	var errs []error
+	for _, m := range dp.allMaps() {
+		if m != nil {
+			errs = append(errs, m.Unpin())
+		}
+	}
+	for _, name := range []string{FromPodPin, ToPodPin} {
+		if err := os.Remove(filepath.Join(dp.Root, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (dp *Datapath) allMaps() []*ebpf.Map {
+	m := &dp.maps
+	return []*ebpf.Map{m.Config, m.Conntrack, m.Endpoints, m.Events, m.Fragments, m.Identities, m.Ipcache,
+		m.Policy, m.ReasonCounts, m.RuleCounts, m.Stats}
+}
+
+// checkPinnedLayout refuses a pin root whose config map was written by a build with another layout.
+func checkPinnedLayout(root string) error {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(root, "config"), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open pinned config map under %s: %w", root, err)
+	}
+	defer m.Close()
+	if m.ValueSize() < 4 {
+		return fmt.Errorf("pinned config map under %s: %w (value of %d bytes)", root, ErrLayout, m.ValueSize())
+	}
+	raw := make([]byte, m.ValueSize())
+	if err := m.Lookup(uint32(0), &raw); err != nil {
+		return fmt.Errorf("read pinned config map under %s: %w", root, err)
+	}
+	got := uint32(raw[0]) | uint32(raw[1])<<8 | uint32(raw[2])<<16 | uint32(raw[3])<<24
+	if got != LayoutVersion {
+		return fmt.Errorf("maps pinned under %s use layout %d, this build uses %d: %w; "+
+			"remove them with moat-install --uninstall (pods lose enforcement until their next start)",
+			root, got, LayoutVersion, ErrLayout)
+	}
+	return nil
+}
+
+// ensureBPFFS makes root (and its parents) and checks that it lives on a bpf filesystem.
+func ensureBPFFS(root string) error {
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return fmt.Errorf("create pin root %s: %w", root, err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(root, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", root, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("pin root %s is not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)", root)
+	}
+	return nil
+}
+
+// pinReplace pins prog at path, atomically replacing an older pin: readers see the old or the new program.
+func pinReplace(prog *ebpf.Program, path string) error {
+	tmp := filepath.Join(filepath.Dir(path), "new_"+filepath.Base(path)) // bpffs refuses dots in names
+	_ = os.Remove(tmp)
+	if err := prog.Pin(tmp); err != nil {
+		return fmt.Errorf("pin program %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("pin program %s: %w", path, err)
+	}
+	return nil
+}

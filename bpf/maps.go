@@ -1,0 +1,288 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+)
+
+// SetEndpoint writes the endpoint of a host veth.
+func (dp *Datapath) SetEndpoint(ifindex uint32, ep *Endpoint) error {
+	if err := dp.maps.Endpoints.Put(ifindex, ep); err != nil {
+		return fmt.Errorf("write endpoint of ifindex %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+// DeleteEndpoint removes the endpoint of a host veth; a missing one is not an error.
+func (dp *Datapath) DeleteEndpoint(ifindex uint32) error {
+	if err := dp.maps.Endpoints.Delete(ifindex); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete endpoint of ifindex %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+// LookupEndpoint reads the endpoint of a host veth; ok is false when there is none.
+func (dp *Datapath) LookupEndpoint(ifindex uint32) (ep Endpoint, ok bool, err error) {
+	err = dp.maps.Endpoints.Lookup(ifindex, &ep)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return ep, false, nil
+	}
+	if err != nil {
+		return ep, false, fmt.Errorf("read endpoint of ifindex %d: %w", ifindex, err)
+	}
+	return ep, true, nil
+}
+
+// Endpoints lists every endpoint by host ifindex.
+func (dp *Datapath) Endpoints() (map[uint32]Endpoint, error) {
+	out := map[uint32]Endpoint{}
+	var k uint32
+	var v Endpoint
+	it := dp.maps.Endpoints.Iterate()
+	for it.Next(&k, &v) {
+		out[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list endpoints: %w", err)
+	}
+	return out, nil
+}
+
+// NewEndpoint builds an endpoint entry from the pod's addresses.
+func NewEndpoint(identity uint32, mode EndpointMode, addrs []netip.Addr) (Endpoint, error) {
+	ep := Endpoint{Identity: identity, Mode: uint8(mode)}
+	for _, a := range addrs {
+		a = a.Unmap()
+		switch {
+		case a.Is4() && int(ep.N_ipv4) < len(ep.Ipv4):
+			ep.Ipv4[ep.N_ipv4] = a.As4()
+			ep.N_ipv4++
+		case a.Is6() && int(ep.N_ipv6) < len(ep.Ipv6):
+			ep.Ipv6[ep.N_ipv6] = a.As16()
+			ep.N_ipv6++
+		default:
+			return ep, fmt.Errorf("endpoint has more than %d IPv4 or %d IPv6 addresses", len(ep.Ipv4), len(ep.Ipv6))
+		}
+	}
+	return ep, nil
+}
+
+// Addrs lists the endpoint's own addresses.
+func (ep *Endpoint) Addrs() []netip.Addr {
+	var out []netip.Addr
+	for i := 0; i < int(ep.N_ipv4) && i < len(ep.Ipv4); i++ {
+		out = append(out, netip.AddrFrom4(ep.Ipv4[i]))
+	}
+	for i := 0; i < int(ep.N_ipv6) && i < len(ep.Ipv6); i++ {
+		out = append(out, netip.AddrFrom16(ep.Ipv6[i]))
+	}
+	return out
+}
+
+// SetNamespaceIdentity publishes the identity of a namespace for the plugin.
+func (dp *Datapath) SetNamespaceIdentity(namespace string, identity uint32) error {
+	k, err := NewNamespaceKey(namespace)
+	if err != nil {
+		return err
+	}
+	if err := dp.maps.Identities.Put(&k, identity); err != nil {
+		return fmt.Errorf("publish identity of namespace %s: %w", namespace, err)
+	}
+	return nil
+}
+
+// DeleteNamespaceIdentity withdraws a namespace's identity; a missing one is not an error.
+func (dp *Datapath) DeleteNamespaceIdentity(namespace string) error {
+	k, err := NewNamespaceKey(namespace)
+	if err != nil {
+		return err
+	}
+	if err := dp.maps.Identities.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("withdraw identity of namespace %s: %w", namespace, err)
+	}
+	return nil
+}
+
+// NamespaceIdentity reads the published identity of a namespace; ok is false when there is none.
+func (dp *Datapath) NamespaceIdentity(namespace string) (identity uint32, ok bool, err error) {
+	k, err := NewNamespaceKey(namespace)
+	if err != nil {
+		return 0, false, err
+	}
+	err = dp.maps.Identities.Lookup(&k, &identity)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("read identity of namespace %s: %w", namespace, err)
+	}
+	return identity, true, nil
+}
+
+// SetIPCache classifies every address in prefix as class (with the identity of a pod or Service).
+func (dp *Datapath) SetIPCache(prefix netip.Prefix, class Class, identity uint32) error {
+	k := NewIPCacheKey(prefix)
+	v := IPCacheValue{Identity: identity, Class: uint8(class)}
+	if err := dp.maps.Ipcache.Put(&k, &v); err != nil {
+		return fmt.Errorf("write ipcache %s: %w", prefix, err)
+	}
+	return nil
+}
+
+// DeleteIPCache removes the entry of exactly prefix; a missing one is not an error.
+func (dp *Datapath) DeleteIPCache(prefix netip.Prefix) error {
+	k := NewIPCacheKey(prefix)
+	if err := dp.maps.Ipcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete ipcache %s: %w", prefix, err)
+	}
+	return nil
+}
+
+// ReplacePolicy builds a new policy trie for identity beside the one in use and swaps the reference, so a
+// packet sees the old policy or the new one whole. The cost is in proportion to this identity's entries.
+// Call BumpGeneration afterwards so established flows are decided again under the new policy.
+func (dp *Datapath) ReplacePolicy(identity uint32, keys []PolicyKey, values []PolicyValue) error {
+	if len(keys) != len(values) {
+		return fmt.Errorf("policy of identity %d: %d keys but %d values", identity, len(keys), len(values))
+	}
+	if dp.inner == nil {
+		return fmt.Errorf("policy of identity %d: only the enforcer that loaded the datapath writes policy", identity)
+	}
+	spec := dp.inner.Copy()
+	spec.Name = fmt.Sprintf("moat_pol_%d", identity)
+	inner, err := ebpf.NewMap(spec)
+	if err != nil {
+		return fmt.Errorf("create policy map of identity %d: %w", identity, err)
+	}
+	defer inner.Close() // the outer map holds its own reference once swapped in
+	for i := range keys {
+		if err := inner.Put(&keys[i], &values[i]); err != nil {
+			return fmt.Errorf("fill policy map of identity %d (entry %d of %d): %w", identity, i+1, len(keys), err)
+		}
+	}
+	if err := dp.maps.Policy.Put(identity, inner); err != nil {
+		return fmt.Errorf("swap in policy of identity %d: %w", identity, err)
+	}
+	return nil
+}
+
+// DeletePolicy removes an identity's policy; its endpoints fall back to the cluster defaults.
+func (dp *Datapath) DeletePolicy(identity uint32) error {
+	if err := dp.maps.Policy.Delete(identity); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete policy of identity %d: %w", identity, err)
+	}
+	return nil
+}
+
+// PolicyEntries reads back an identity's policy trie (for moatctl and tests).
+func (dp *Datapath) PolicyEntries(identity uint32) ([]PolicyKey, []PolicyValue, error) {
+	var id uint32
+	if err := dp.maps.Policy.Lookup(identity, &id); err != nil {
+		return nil, nil, fmt.Errorf("look up policy of identity %d: %w", identity, err)
+	}
+	inner, err := ebpf.NewMapFromID(ebpf.MapID(id))
+	if err != nil {
+		return nil, nil, fmt.Errorf("open policy map of identity %d: %w", identity, err)
+	}
+	defer inner.Close()
+	var keys []PolicyKey
+	var values []PolicyValue
+	var k PolicyKey
+	var v PolicyValue
+	it := inner.Iterate()
+	for it.Next(&k, &v) {
+		keys = append(keys, k)
+		values = append(values, v)
+	}
+	if err := it.Err(); err != nil {
+		return nil, nil, fmt.Errorf("read policy of identity %d: %w", identity, err)
+	}
+	return keys, values, nil
+}
+
+// Config reads the datapath's configuration.
+func (dp *Datapath) Config() (Config, error) {
+	var c Config
+	if err := dp.maps.Config.Lookup(uint32(0), &c); err != nil {
+		return c, fmt.Errorf("read datapath config: %w", err)
+	}
+	return c, nil
+}
+
+// UpdateConfig changes the configuration; only the enforcer writes it, so read-modify-write is safe.
+func (dp *Datapath) UpdateConfig(change func(*Config)) error {
+	c, err := dp.Config()
+	if err != nil {
+		return err
+	}
+	change(&c)
+	c.LayoutVersion = LayoutVersion
+	if err := dp.maps.Config.Put(uint32(0), &c); err != nil {
+		return fmt.Errorf("write datapath config: %w", err)
+	}
+	return nil
+}
+
+// BumpGeneration marks every established flow for a fresh decision at its next packet, and returns the new
+// generation. Call it after any change that can alter a verdict (policy, ipcache, endpoint identity).
+func (dp *Datapath) BumpGeneration() (uint64, error) {
+	var gen uint64
+	err := dp.UpdateConfig(func(c *Config) { c.Generation++; gen = c.Generation })
+	return gen, err
+}
+
+// ReasonCounters sums the per-CPU packet and byte counts of every reason.
+func (dp *Datapath) ReasonCounters() (map[Reason]Counter, error) {
+	out := map[Reason]Counter{}
+	for _, r := range Reasons() {
+		var perCPU []Counter
+		if err := dp.maps.ReasonCounts.Lookup(uint32(r), &perCPU); err != nil {
+			return nil, fmt.Errorf("read counter of reason %s: %w", ReasonName(r), err)
+		}
+		out[r] = sumCounters(perCPU)
+	}
+	return out, nil
+}
+
+// RuleCounter sums the per-CPU counts of one rule.
+func (dp *Datapath) RuleCounter(ruleID uint32) (Counter, error) {
+	var perCPU []Counter
+	if err := dp.maps.RuleCounts.Lookup(ruleID, &perCPU); err != nil {
+		return Counter{}, fmt.Errorf("read counter of rule %d: %w", ruleID, err)
+	}
+	return sumCounters(perCPU), nil
+}
+
+// Stat sums a per-CPU statistic such as StatEventsLost.
+func (dp *Datapath) Stat(s Stat) (uint64, error) {
+	var perCPU []uint64
+	if err := dp.maps.Stats.Lookup(uint32(s), &perCPU); err != nil {
+		return 0, fmt.Errorf("read stat %d: %w", s, err)
+	}
+	var sum uint64
+	for _, v := range perCPU {
+		sum += v
+	}
+	return sum, nil
+}
+
+func sumCounters(perCPU []Counter) Counter {
+	var c Counter
+	for _, p := range perCPU {
+		c.Packets += p.Packets
+		c.Bytes += p.Bytes
+	}
+	return c
+}
+
+// EventsMap is the ring buffer of flow events, for a ringbuf.Reader.
+func (dp *Datapath) EventsMap() *ebpf.Map { return dp.maps.Events }
+
+// ConntrackMap is the conntrack table (for moatctl and tests).
+func (dp *Datapath) ConntrackMap() *ebpf.Map { return dp.maps.Conntrack }
+
+// FragmentsMap is the table of first fragment verdicts (for tests).
+func (dp *Datapath) FragmentsMap() *ebpf.Map { return dp.maps.Fragments }

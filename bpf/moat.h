@@ -1,0 +1,250 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Structures and constants shared by the datapath (moat.c) and Go (bpf2go -type).
+ * Every multi-byte field inside an LPM key is big-endian, because the trie compares keys bit by bit from the
+ * first byte. Addresses are always 16 bytes: an IPv4 address sits in the first 4 and the rest are zero.
+ * See docs/datapath.md for who writes and who reads each map.
+ */
+#ifndef __MOAT_H
+#define __MOAT_H
+
+/* Bumped whenever a map's key, value or meaning changes; kept in the config map so a new enforcer can refuse or
+ * migrate pinned maps of an older layout. */
+#define MOAT_LAYOUT_VERSION 1
+
+#define MOAT_MAX_ENDPOINT_V4 4
+#define MOAT_MAX_ENDPOINT_V6 4
+#define MOAT_MAX_RULES 65536 /* rule ids index moat_rules */
+#define MOAT_NAMESPACE_LEN 64
+
+enum moat_direction {
+	MOAT_DIR_EGRESS = 0,  /* from the pod: host veth ingress hook */
+	MOAT_DIR_INGRESS = 1, /* to the pod: host veth egress hook */
+};
+
+/* What the remote end of a packet is, from the ipcache map; no entry means the world. */
+enum moat_class {
+	MOAT_CLASS_WORLD = 0,
+	MOAT_CLASS_POD = 1,
+	MOAT_CLASS_SERVICE = 2,
+	MOAT_CLASS_NODE = 3,
+	MOAT_CLASS_METADATA = 4,
+	MOAT_CLASS_CLUSTER = 5,
+};
+
+enum moat_action {
+	MOAT_ACTION_NONE = 0,
+	MOAT_ACTION_ALLOW = 1,
+	MOAT_ACTION_DENY = 2,
+};
+
+enum moat_verdict {
+	MOAT_VERDICT_ALLOWED = 0,
+	MOAT_VERDICT_DENIED = 1,
+	MOAT_VERDICT_AUDIT = 2, /* would have been denied (audit namespace) or matched a rule of an Audit policy */
+};
+
+/* Why a packet passed or was dropped: indexes reason_counts and travels in every event. */
+enum moat_reason {
+	MOAT_REASON_NONE = 0,
+	/* passed */
+	MOAT_REASON_ALLOW_RULE = 1,    /* a rule allowed the new flow */
+	MOAT_REASON_ALLOW_DEFAULT = 2, /* no rule matched; the default for the remote class allowed it */
+	MOAT_REASON_CT_ESTABLISHED = 3,
+	MOAT_REASON_CT_REPLY = 4,
+	MOAT_REASON_CT_RELATED = 5, /* an ICMP error about a tracked flow */
+	MOAT_REASON_NEIGHBOR = 6,   /* ARP, IPv6 neighbour discovery and MLD */
+	MOAT_REASON_FRAGMENT = 7,   /* a non-first fragment of an allowed first fragment */
+	MOAT_REASON_AUDIT = 8,      /* would have been dropped; the namespace is in audit mode */
+	MOAT_REASON_AUDIT_POLICY = 9, /* report of an Audit policy's first matching rule (events only) */
+	/* dropped */
+	MOAT_REASON_NO_ENDPOINT = 16,  /* the program runs on a device with no endpoint entry (fail closed) */
+	MOAT_REASON_SPOOFED = 17,      /* source address is not the pod's */
+	MOAT_REASON_DENY_RULE = 18,
+	MOAT_REASON_DENY_DEFAULT = 19, /* no rule matched; the world default is Deny */
+	MOAT_REASON_METADATA = 20,     /* the metadata API, and the namespace is not allowed to reach it */
+	MOAT_REASON_MALFORMED = 21,    /* truncated or invalid headers */
+	MOAT_REASON_FRAG_NO_FIRST = 22, /* a non-first fragment whose first fragment was never seen */
+	MOAT_REASON_EXTHDR_LIMIT = 23, /* more IPv6 extension headers than the datapath walks */
+	MOAT_REASON_UNSUPPORTED_L3 = 24, /* neither IPv4, IPv6 nor ARP */
+	MOAT_REASON_REVOKED = 25,      /* an established flow that the current policy denies */
+	MOAT_REASON_NO_POLICY = 26,    /* the identity has a policy map without a header: never published whole */
+	MOAT_REASON_MAX = 32,
+};
+
+/* endpoints map value, keyed by the host veth's ifindex. Written by the plugin (and the enforcer on re-tag). */
+enum moat_endpoint_mode {
+	MOAT_MODE_ENFORCE = 0,
+	MOAT_MODE_AUDIT = 1, /* every policy verdict of this endpoint is report-only */
+};
+
+struct moat_endpoint {
+	__u32 identity;   /* namespace identity; 0 = namespace not known yet (cluster defaults apply) */
+	__u8 mode;        /* enum moat_endpoint_mode */
+	__u8 n_ipv4;      /* valid entries in ipv4 */
+	__u8 n_ipv6;      /* valid entries in ipv6 */
+	__u8 pad;
+	__u8 ipv4[MOAT_MAX_ENDPOINT_V4][4];
+	__u8 ipv6[MOAT_MAX_ENDPOINT_V6][16];
+};
+
+/* config map, one element (key 0). Written by the enforcer. */
+enum moat_config_flags {
+	MOAT_CFG_ALLOW_EVENTS = 1 << 0, /* also emit an event for every allowed new flow */
+};
+
+struct moat_config {
+	__u32 layout_version;    /* MOAT_LAYOUT_VERSION of whoever created the maps */
+	__u32 flags;             /* enum moat_config_flags */
+	__u64 generation;        /* bumped after every change that can alter a verdict; conntrack entries remember it */
+	__u8 default_verdict[2]; /* per direction: world traffic of identities without a policy map (cluster default) */
+	__u8 pad[6];
+};
+
+/* ipcache map: remote address -> class and identity. data = family (4|6), then the address. */
+struct moat_ipcache_key {
+	__u32 prefixlen; /* 8 + prefix length */
+	__u8 family;
+	__u8 addr[16];
+	__u8 pad[3];
+};
+
+struct moat_ipcache_value {
+	__u32 identity; /* namespace identity of a pod or Service address; 0 otherwise */
+	__u8 class;     /* enum moat_class */
+	__u8 pad[3];
+};
+
+/*
+ * Per-identity policy: the policy map maps an identity to its own LPM trie of struct moat_policy_key. The enforcer
+ * builds a new trie beside the old one and swaps the reference, so a packet sees one generation whole.
+ * Key layouts inside data[], by data[0] (the kind):
+ *   HEADER: [1]                                              prefixlen 8
+ *   PORT:   [2][direction][protocol][port hi][port lo]       prefixlen 16 (any protocol), 24 (any port), 24+n
+ *           port = destination port for egress, the pod's port for ingress, ICMP type, 0 for other protocols
+ *   CIDR:   [3][class hi][class lo][family][address x16]     prefixlen 32 + prefix length
+ *   PEER:   [4][class hi][class lo][0][identity, 4 bytes BE] prefixlen 64
+ */
+enum moat_policy_kind {
+	MOAT_KIND_HEADER = 1,
+	MOAT_KIND_PORT = 2,
+	MOAT_KIND_CIDR = 3,
+	MOAT_KIND_PEER = 4,
+};
+
+struct moat_policy_key {
+	__u32 prefixlen;
+	__u8 data[20];
+};
+
+#define MOAT_ORDER_NONE 0xffffffff
+
+/* The first rule that matches: its position in the identity's rule list (smaller wins), id and action. */
+struct moat_rule_ref {
+	__u32 order;   /* MOAT_ORDER_NONE = no rule */
+	__u32 rule_id; /* indexes rule_counts and names the rule in events */
+	__u8 action;   /* enum moat_action */
+	__u8 pad[3];
+};
+
+enum moat_identity_flags {
+	MOAT_ID_METADATA_ALLOW = 1 << 0, /* the namespace may reach the metadata API (decided then as the world) */
+	MOAT_ID_AUDIT = 1 << 1,          /* moat.dev/mode: Audit: every verdict is report-only */
+};
+
+struct moat_policy_value {
+	struct moat_rule_ref enforce; /* CIDR, PEER: first matching rule of the Enforce policies */
+	struct moat_rule_ref audit;   /* CIDR, PEER: first matching rule of the Audit policies */
+	__u32 port_class;             /* PORT: the class of rules that apply to this protocol and port; 0 = none */
+	__u32 flags;                  /* HEADER: enum moat_identity_flags */
+	__u8 default_verdict[2];      /* HEADER: per direction, world traffic that no rule matched */
+	__u8 pad[2];
+};
+
+/* conntrack map: conntrack, keyed from the endpoint's side so both directions of a flow find one entry. */
+struct moat_ct_key {
+	__u32 ifindex; /* the endpoint's host veth */
+	__u8 family;
+	__u8 protocol;
+	__u8 lport[2]; /* the pod's port (ICMP echo: identifier), big-endian */
+	__u8 rport[2]; /* the remote port, big-endian */
+	__u8 pad[2];
+	__u8 laddr[16]; /* the pod's address */
+	__u8 raddr[16]; /* the remote address */
+};
+
+enum moat_ct_flags {
+	MOAT_CT_SEEN_REPLY = 1 << 0,
+	MOAT_CT_FIN_LOCAL = 1 << 1,  /* the pod sent FIN */
+	MOAT_CT_FIN_REMOTE = 1 << 2, /* the remote sent FIN */
+	MOAT_CT_AUDIT = 1 << 3,      /* let through only because of audit mode */
+};
+
+struct moat_ct_value {
+	__u64 expires;    /* bpf_ktime_get_ns deadline */
+	__u64 generation; /* config.generation when policy last allowed the flow */
+	__u32 rule_id;    /* the rule that allowed it (0 = a default) */
+	__u8 direction;   /* direction of the first packet: enum moat_direction */
+	__u8 flags;       /* enum moat_ct_flags */
+	__u8 pad[2];
+};
+
+/* fragments map: the verdict of a first fragment, for the fragments that follow it. */
+struct moat_frag_key {
+	__u32 ifindex;
+	__u32 id; /* IPv4 identification or IPv6 fragment id */
+	__u8 family;
+	__u8 protocol;
+	__u8 pad[2];
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+struct moat_frag_value {
+	__u64 expires;
+	__u32 rule_id;
+	__u8 pass;   /* 1 = the first fragment passed */
+	__u8 reason; /* the first fragment's reason */
+	__u8 pad[2];
+};
+
+/* Per-reason and per-rule counters (per-CPU arrays). */
+struct moat_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* stats map indexes (per-CPU array). */
+enum moat_stat {
+	MOAT_STAT_EVENTS_LOST = 0, /* the ring buffer was full */
+	MOAT_STAT_CT_CREATED = 1,
+	MOAT_STAT_MAX = 8,
+};
+
+/* One ring buffer record. Ports in host byte order. */
+struct moat_event {
+	__u64 time_ns; /* bpf_ktime_get_ns */
+	__u32 ifindex;
+	__u32 identity;
+	__u32 remote_identity;
+	__u32 rule_id;
+	__u8 family;
+	__u8 protocol;
+	__u8 direction;    /* enum moat_direction */
+	__u8 verdict;      /* enum moat_verdict */
+	__u8 reason;       /* enum moat_reason */
+	__u8 remote_class; /* enum moat_class */
+	__u8 pad[2];
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u32 pad2;
+};
+
+/* identities map key: the namespace name, NUL padded. Written by the enforcer, read by the plugin. */
+struct moat_namespace_key {
+	char name[MOAT_NAMESPACE_LEN];
+};
+
+#endif

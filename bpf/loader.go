@@ -112,7 +112,7 @@ func OpenPinned(root string) (*Datapath, error) {
 	dp := &Datapath{Root: root}
 	var err error
 	opened := map[string]**ebpf.Map{
-		"config": &dp.maps.Config, "conntrack": &dp.maps.Conntrack, "endpoints": &dp.maps.Endpoints,
+		"config": &dp.maps.Config, "conntrack": &dp.maps.Conntrack, "local_endpoints": &dp.maps.LocalEndpoints,
 		"events": &dp.maps.Events, "fragments": &dp.maps.Fragments, "identities": &dp.maps.Identities,
 		"ipcache": &dp.maps.Ipcache, "policy": &dp.maps.Policy, "reason_counts": &dp.maps.ReasonCounts,
 		"rule_counts": &dp.maps.RuleCounts, "stats": &dp.maps.Stats,
@@ -166,7 +166,7 @@ func (dp *Datapath) Unpin() error {
 
 func (dp *Datapath) allMaps() []*ebpf.Map {
 	m := &dp.maps
-	return []*ebpf.Map{m.Config, m.Conntrack, m.Endpoints, m.Events, m.Fragments, m.Identities, m.Ipcache,
+	return []*ebpf.Map{m.Config, m.Conntrack, m.LocalEndpoints, m.Events, m.Fragments, m.Identities, m.Ipcache,
 		m.Policy, m.ReasonCounts, m.RuleCounts, m.Stats}
 }
 

@@ -21,7 +21,7 @@ func TestLoadPinsAndReopens(t *testing.T) {
 	if !dp.Created {
 		t.Errorf("first load reused maps, want created")
 	}
-	for _, name := range []string{"config", "endpoints", "identities", "ipcache", "policy", "conntrack",
+	for _, name := range []string{"config", "local_endpoints", "identities", "ipcache", "policy", "conntrack",
 		"fragments", "events", "reason_counts", "rule_counts", "stats", bpf.FromPodPin, bpf.ToPodPin} {
 		if _, err := os.Stat(filepath.Join(root, name)); err != nil {
 			t.Errorf("pin %s: %v", name, err)

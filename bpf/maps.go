@@ -10,7 +10,7 @@ import (
 
 // SetEndpoint writes the endpoint of a host veth.
 func (dp *Datapath) SetEndpoint(ifindex uint32, ep *Endpoint) error {
-	if err := dp.maps.Endpoints.Put(ifindex, ep); err != nil {
+	if err := dp.maps.LocalEndpoints.Put(ifindex, ep); err != nil {
 		return fmt.Errorf("write endpoint of ifindex %d: %w", ifindex, err)
 	}
 	return nil
@@ -18,7 +18,7 @@ func (dp *Datapath) SetEndpoint(ifindex uint32, ep *Endpoint) error {
 
 // DeleteEndpoint removes the endpoint of a host veth; a missing one is not an error.
 func (dp *Datapath) DeleteEndpoint(ifindex uint32) error {
-	if err := dp.maps.Endpoints.Delete(ifindex); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := dp.maps.LocalEndpoints.Delete(ifindex); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete endpoint of ifindex %d: %w", ifindex, err)
 	}
 	return nil
@@ -26,7 +26,7 @@ func (dp *Datapath) DeleteEndpoint(ifindex uint32) error {
 
 // LookupEndpoint reads the endpoint of a host veth; ok is false when there is none.
 func (dp *Datapath) LookupEndpoint(ifindex uint32) (ep Endpoint, ok bool, err error) {
-	err = dp.maps.Endpoints.Lookup(ifindex, &ep)
+	err = dp.maps.LocalEndpoints.Lookup(ifindex, &ep)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return ep, false, nil
 	}
@@ -41,7 +41,7 @@ func (dp *Datapath) Endpoints() (map[uint32]Endpoint, error) {
 	out := map[uint32]Endpoint{}
 	var k uint32
 	var v Endpoint
-	it := dp.maps.Endpoints.Iterate()
+	it := dp.maps.LocalEndpoints.Iterate()
 	for it.Next(&k, &v) {
 		out[k] = v
 	}
@@ -201,6 +201,28 @@ func (dp *Datapath) PolicyEntries(identity uint32) ([]PolicyKey, []PolicyValue, 
 		return nil, nil, fmt.Errorf("read policy of identity %d: %w", identity, err)
 	}
 	return keys, values, nil
+}
+
+// PolicyBytes is the kernel's accounting of an identity's policy trie (its memlock), for memory reports.
+func (dp *Datapath) PolicyBytes(identity uint32) (uint64, error) {
+	var id uint32
+	if err := dp.maps.Policy.Lookup(identity, &id); err != nil {
+		return 0, fmt.Errorf("look up policy of identity %d: %w", identity, err)
+	}
+	inner, err := ebpf.NewMapFromID(ebpf.MapID(id))
+	if err != nil {
+		return 0, fmt.Errorf("open policy map of identity %d: %w", identity, err)
+	}
+	defer inner.Close()
+	info, err := inner.Info()
+	if err != nil {
+		return 0, fmt.Errorf("policy map info of identity %d: %w", identity, err)
+	}
+	bytes, ok := info.Memlock()
+	if !ok {
+		return 0, fmt.Errorf("policy map of identity %d: the kernel does not report its memory", identity)
+	}
+	return bytes, nil
 }
 
 // Config reads the datapath's configuration.

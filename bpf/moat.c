@@ -94,7 +94,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct moat_endpoint);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} endpoints SEC(".maps");
+} local_endpoints SEC(".maps");
 
 /* namespace name -> identity (__u32); the datapath never reads it, the plugin does at ADD */
 struct {
@@ -1017,7 +1017,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 	d.verdict = MOAT_VERDICT_DENIED;
 	d.emit = 1;
 
-	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+	ep = bpf_map_lookup_elem(&local_endpoints, &ifindex);
 	if (!ep) {
 		d.reason = MOAT_REASON_NO_ENDPOINT;
 		count(&reason_counts, d.reason, skb->len);

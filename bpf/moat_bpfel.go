@@ -259,11 +259,11 @@ const (
 const (
 	moatMapConfig            = "config"
 	moatMapConntrack         = "conntrack"
-	moatMapEndpoints         = "endpoints"
 	moatMapEvents            = "events"
 	moatMapFragments         = "fragments"
 	moatMapIdentities        = "identities"
 	moatMapIpcache           = "ipcache"
+	moatMapLocalEndpoints    = "local_endpoints"
 	moatMapPolicy            = "policy"
 	moatMapReasonCounts      = "reason_counts"
 	moatMapRuleCounts        = "rule_counts"
@@ -326,17 +326,17 @@ type moatProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type moatMapSpecs struct {
-	Config       *ebpf.MapSpec `ebpf:"config"`
-	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
-	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	Fragments    *ebpf.MapSpec `ebpf:"fragments"`
-	Identities   *ebpf.MapSpec `ebpf:"identities"`
-	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
-	Policy       *ebpf.MapSpec `ebpf:"policy"`
-	ReasonCounts *ebpf.MapSpec `ebpf:"reason_counts"`
-	RuleCounts   *ebpf.MapSpec `ebpf:"rule_counts"`
-	Stats        *ebpf.MapSpec `ebpf:"stats"`
+	Config         *ebpf.MapSpec `ebpf:"config"`
+	Conntrack      *ebpf.MapSpec `ebpf:"conntrack"`
+	Events         *ebpf.MapSpec `ebpf:"events"`
+	Fragments      *ebpf.MapSpec `ebpf:"fragments"`
+	Identities     *ebpf.MapSpec `ebpf:"identities"`
+	Ipcache        *ebpf.MapSpec `ebpf:"ipcache"`
+	LocalEndpoints *ebpf.MapSpec `ebpf:"local_endpoints"`
+	Policy         *ebpf.MapSpec `ebpf:"policy"`
+	ReasonCounts   *ebpf.MapSpec `ebpf:"reason_counts"`
+	RuleCounts     *ebpf.MapSpec `ebpf:"rule_counts"`
+	Stats          *ebpf.MapSpec `ebpf:"stats"`
 }
 
 // moatVariableSpecs contains global variables before they are loaded into the kernel.
@@ -369,28 +369,28 @@ func (o *moatObjects) Close() error {
 //
 // It can be passed to loadMoatObjects or ebpf.CollectionSpec.LoadAndAssign.
 type moatMaps struct {
-	Config       *ebpf.Map `ebpf:"config"`
-	Conntrack    *ebpf.Map `ebpf:"conntrack"`
-	Endpoints    *ebpf.Map `ebpf:"endpoints"`
-	Events       *ebpf.Map `ebpf:"events"`
-	Fragments    *ebpf.Map `ebpf:"fragments"`
-	Identities   *ebpf.Map `ebpf:"identities"`
-	Ipcache      *ebpf.Map `ebpf:"ipcache"`
-	Policy       *ebpf.Map `ebpf:"policy"`
-	ReasonCounts *ebpf.Map `ebpf:"reason_counts"`
-	RuleCounts   *ebpf.Map `ebpf:"rule_counts"`
-	Stats        *ebpf.Map `ebpf:"stats"`
+	Config         *ebpf.Map `ebpf:"config"`
+	Conntrack      *ebpf.Map `ebpf:"conntrack"`
+	Events         *ebpf.Map `ebpf:"events"`
+	Fragments      *ebpf.Map `ebpf:"fragments"`
+	Identities     *ebpf.Map `ebpf:"identities"`
+	Ipcache        *ebpf.Map `ebpf:"ipcache"`
+	LocalEndpoints *ebpf.Map `ebpf:"local_endpoints"`
+	Policy         *ebpf.Map `ebpf:"policy"`
+	ReasonCounts   *ebpf.Map `ebpf:"reason_counts"`
+	RuleCounts     *ebpf.Map `ebpf:"rule_counts"`
+	Stats          *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *moatMaps) Close() error {
 	return _MoatClose(
 		m.Config,
 		m.Conntrack,
-		m.Endpoints,
 		m.Events,
 		m.Fragments,
 		m.Identities,
 		m.Ipcache,
+		m.LocalEndpoints,
 		m.Policy,
 		m.ReasonCounts,
 		m.RuleCounts,

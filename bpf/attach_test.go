@@ -1,0 +1,262 @@
+package bpf_test
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/testutil"
+)
+
+// foreignProgram stands for another tool's TC program: it hands every packet on.
+func foreignProgram(t *testing.T) *ebpf.Program {
+	t.Helper()
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "other_tool", Type: ebpf.SchedCLS, License: "MIT",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+func progID(t *testing.T, p *ebpf.Program) ebpf.ProgramID {
+	t.Helper()
+	info, err := p.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := info.ID()
+	return id
+}
+
+// inDummyNS gives a test a device (one end of a veth) in a namespace of its own.
+func inDummyNS(t *testing.T) (ns.NetNS, int) {
+	t.Helper()
+	n := testutil.NewNS(t)
+	var ifindex int
+	err := n.Do(func(ns.NetNS) error {
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "dummy0"}, PeerName: "dummy1"}); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName("dummy0")
+		if err != nil {
+			return err
+		}
+		ifindex = l.Attrs().Index
+		return netlink.LinkSetUp(l)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, ifindex
+}
+
+func TestTCXAtHeadAndGoodNeighbour(t *testing.T) {
+	root := testutil.PinRoot(t)
+	dp, err := bpf.Load(root, bpf.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	other := foreignProgram(t)
+	n, ifindex := inDummyNS(t)
+	err = n.Do(func(ns.NetNS) error {
+		for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+			l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: other, Attach: at})
+			if err != nil {
+				return err
+			}
+			t.Cleanup(func() { l.Close() })
+		}
+		att, err := bpf.NewAttacher(bpf.ModeTCX)
+		if err != nil {
+			return err
+		}
+		a, err := att.Attach(ifindex, dp.FromPod, dp.ToPod)
+		if err != nil {
+			return err
+		}
+		for at, moat := range map[ebpf.AttachType]*ebpf.Program{ebpf.AttachTCXIngress: dp.FromPod, ebpf.AttachTCXEgress: dp.ToPod} {
+			q, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: at})
+			if err != nil {
+				return err
+			}
+			if len(q.Programs) != 2 || q.Programs[0].ID != progID(t, moat) || q.Programs[1].ID != progID(t, other) {
+				t.Errorf("%v: programs %+v, want Moat's first, then the other tool's", at, q.Programs)
+			}
+		}
+		// pinned links survive this process's handles and are found again by their pins
+		dir := filepath.Join(root, "endpoints", "net", "container")
+		if err := a.Pin(dir); err != nil {
+			return err
+		}
+		a.Close()
+		again, err := bpf.LoadPinnedAttachment(dir)
+		if err != nil {
+			return err
+		}
+		if again.Ifindex != ifindex {
+			t.Errorf("reopened attachment on ifindex %d, want %d", again.Ifindex, ifindex)
+		}
+		if err := again.Detach(); err != nil {
+			return err
+		}
+		for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+			q, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: at})
+			if err != nil {
+				return err
+			}
+			if len(q.Programs) != 1 || q.Programs[0].ID != progID(t, other) {
+				t.Errorf("%v after detach: programs %+v, want only the other tool's", at, q.Programs)
+			}
+		}
+		if _, err := bpf.LoadPinnedAttachment(dir); err == nil {
+			t.Errorf("link pins still there after detach")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func clsactState(t *testing.T, ifindex int) (hasQdisc bool, filters map[uint32][]uint16) {
+	t.Helper()
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs, err := netlink.QdiscList(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range qs {
+		if q.Type() == "clsact" {
+			hasQdisc = true
+		}
+	}
+	filters = map[uint32][]uint16{}
+	if !hasQdisc {
+		return
+	}
+	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+		fs, err := netlink.FilterList(l, parent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range fs {
+			filters[parent] = append(filters[parent], f.Attrs().Priority)
+		}
+	}
+	return
+}
+
+func TestClsactGoodNeighbour(t *testing.T) {
+	root := testutil.PinRoot(t)
+	dp, err := bpf.Load(root, bpf.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	other := foreignProgram(t)
+	att, _ := bpf.NewAttacher(bpf.ModeClsact)
+
+	t.Run("qdisc and filter of another tool stay", func(t *testing.T) {
+		n, ifindex := inDummyNS(t)
+		err := n.Do(func(ns.NetNS) error {
+			q := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex,
+				Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}, QdiscType: "clsact"}
+			if err := netlink.QdiscAdd(q); err != nil {
+				return err
+			}
+			f := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{LinkIndex: ifindex, Parent: netlink.HANDLE_MIN_INGRESS,
+				Handle: 1, Priority: 5, Protocol: unix.ETH_P_ALL}, Fd: other.FD(), Name: "other_tool", DirectAction: true}
+			if err := netlink.FilterAdd(f); err != nil {
+				return err
+			}
+			a, err := att.Attach(ifindex, dp.FromPod, dp.ToPod)
+			if err != nil {
+				return err
+			}
+			if a.CreatedQdisc {
+				t.Errorf("Moat claims a qdisc it did not create")
+			}
+			_, filters := clsactState(t, ifindex)
+			if got := filters[netlink.HANDLE_MIN_INGRESS]; len(got) != 2 || got[0] != bpf.ClsactPriority {
+				t.Errorf("ingress filters by priority %v, want Moat's (1) first, then the other tool's", got)
+			}
+			if err := a.Detach(); err != nil {
+				return err
+			}
+			has, filters := clsactState(t, ifindex)
+			if !has || len(filters[netlink.HANDLE_MIN_INGRESS]) != 1 || filters[netlink.HANDLE_MIN_INGRESS][0] != 5 ||
+				len(filters[netlink.HANDLE_MIN_EGRESS]) != 0 {
+				t.Errorf("after detach: qdisc %v filters %v, want the other tool's qdisc and filter only", has, filters)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("qdisc Moat created goes when empty", func(t *testing.T) {
+		n, ifindex := inDummyNS(t)
+		err := n.Do(func(ns.NetNS) error {
+			a, err := att.Attach(ifindex, dp.FromPod, dp.ToPod)
+			if err != nil {
+				return err
+			}
+			if !a.CreatedQdisc {
+				t.Errorf("Moat created the clsact qdisc but did not record it")
+			}
+			if err := a.Detach(); err != nil {
+				return err
+			}
+			if has, _ := clsactState(t, ifindex); has {
+				t.Errorf("clsact qdisc Moat created is still there after detach")
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("qdisc Moat created stays while another tool uses it", func(t *testing.T) {
+		n, ifindex := inDummyNS(t)
+		err := n.Do(func(ns.NetNS) error {
+			a, err := att.Attach(ifindex, dp.FromPod, dp.ToPod)
+			if err != nil {
+				return err
+			}
+			f := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{LinkIndex: ifindex, Parent: netlink.HANDLE_MIN_EGRESS,
+				Handle: 1, Priority: 9, Protocol: unix.ETH_P_ALL}, Fd: other.FD(), Name: "other_tool", DirectAction: true}
+			if err := netlink.FilterAdd(f); err != nil {
+				return err
+			}
+			if _, err := att.Attach(ifindex, dp.FromPod, dp.ToPod); err == nil {
+				t.Errorf("second attach on the same device succeeded, want a clear refusal")
+			}
+			if err := a.Detach(); err != nil {
+				return err
+			}
+			has, filters := clsactState(t, ifindex)
+			if !has || len(filters[netlink.HANDLE_MIN_EGRESS]) != 1 || len(filters[netlink.HANDLE_MIN_INGRESS]) != 0 {
+				t.Errorf("after detach: qdisc %v filters %v, want the qdisc with the other tool's filter", has, filters)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+}

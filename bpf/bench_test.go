@@ -1,0 +1,97 @@
+package bpf_test
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/policy"
+	"github.com/moatfw/moat/internal/testutil"
+)
+
+// benchPolicy is n egress rules of one identity with distinct CIDRs and ports; the one that matches
+// 198.51.100.0/24 port 443 comes last, with the given action.
+func benchPolicy(n int, last bpf.Action) *policy.IdentityPolicy {
+	p := &policy.IdentityPolicy{Identity: podID, DefaultEgress: bpf.ActionAllow, DefaultIngress: bpf.ActionDeny}
+	for i := 0; i < n-1; i++ {
+		// distinct /28s in 100.64.0.0/10 and distinct ports from 1024 up
+		a := netip.AddrFrom4([4]byte{100, 64 + byte(i>>12), byte(i >> 4), byte(i&15) << 4})
+		p.Rules = append(p.Rules, policy.Rule{ID: uint32(i + 1), Direction: bpf.Egress, Action: bpf.ActionDeny,
+			Peers: []policy.Peer{{CIDR: netip.PrefixFrom(a, 28)}},
+			Ports: []policy.PortRange{{Protocol: policy.ProtoTCP, First: uint16(1024 + i), Last: uint16(1024 + i)}}})
+	}
+	p.Rules = append(p.Rules, policy.Rule{ID: uint32(n), Direction: bpf.Egress, Action: last,
+		Peers: []policy.Peer{{CIDR: netip.MustParsePrefix("198.51.100.0/24")}},
+		Ports: []policy.PortRange{{Protocol: policy.ProtoTCP, First: 443, Last: 443}}})
+	return p
+}
+
+// runRepeat runs prog repeat times in the kernel and returns the wall time per run.
+func runRepeat(b *testing.B, prog *ebpf.Program, frame, ctx []byte, repeat int, want uint32) time.Duration {
+	b.Helper()
+	start := time.Now()
+	ret, err := prog.Run(&ebpf.RunOptions{Data: frame, Context: ctx, Repeat: uint32(repeat)})
+	elapsed := time.Since(start)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if ret != want {
+		b.Fatalf("program returned %s, want %s", verdictName(ret), verdictName(want))
+	}
+	return elapsed / time.Duration(repeat)
+}
+
+// BenchmarkVerdict measures the datapath's cost per packet, net of an empty program run through the same harness
+// (BPF_PROG_TEST_RUN's own cost). Paths: miss (no rule matches, world default), allow and deny (the last of N
+// rules decides a new flow; RST keeps the packet from creating a conntrack entry, so every run is a new flow),
+// ct-hit (a packet of an established flow).
+func BenchmarkVerdict(b *testing.B) {
+	empty, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "MIT",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer empty.Close()
+	for _, n := range []int{10, 100, 1000, 10000} {
+		for _, path := range []string{"miss", "allow", "deny", "ct-hit"} {
+			b.Run(fmt.Sprintf("rules=%d/path=%s", n, path), func(b *testing.B) {
+				h := newHarness(b, bpf.Options{})
+				last := bpf.ActionAllow
+				if path == "deny" {
+					last = bpf.ActionDeny
+				}
+				h.policy(benchPolicy(n, last))
+				pkt := tcp(podV4, worldV4, 40000, 443, testutil.TCPRst|testutil.TCPAck)
+				want := uint32(retNext)
+				switch path {
+				case "miss":
+					pkt.DPort = 80
+				case "deny":
+					want = retDrop
+				case "ct-hit":
+					syn := tcp(podV4, worldV4, 40000, 443, testutil.TCPSyn)
+					if got := h.from(syn); got != retNext {
+						b.Fatalf("establishing the flow: %s", verdictName(got))
+					}
+					pkt.TCPFlags = testutil.TCPAck
+				}
+				frame, ctx := pkt.Bytes(), skbContext(h.ifindex)
+				b.ResetTimer()
+				per := runRepeat(b, h.dp.FromPod, frame, ctx, b.N, want)
+				base := runRepeat(b, empty, frame, ctx, b.N, retNext)
+				b.ReportMetric(float64(per-base), "ns/op")
+				b.ReportMetric(float64(base), "empty-ns")
+				entries, _ := policy.Compile(benchPolicy(n, last))
+				b.ReportMetric(float64(len(entries))/float64(n), "entries/rule")
+				if mem, err := h.dp.PolicyBytes(podID); err == nil {
+					b.ReportMetric(float64(mem)/float64(n), "bytes/rule")
+				}
+			})
+		}
+	}
+}

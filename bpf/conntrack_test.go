@@ -1,0 +1,344 @@
+package bpf_test
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/policy"
+	"github.com/moatfw/moat/internal/testutil"
+)
+
+// egressOnly443 allows TCP 443 and UDP 53 to the world and denies every other world connection both ways.
+func egressOnly443() *policy.IdentityPolicy {
+	return &policy.IdentityPolicy{
+		Identity: podID, DefaultEgress: bpf.ActionDeny, DefaultIngress: bpf.ActionDeny,
+		Rules: []policy.Rule{
+			{ID: 31, Direction: bpf.Egress, Action: bpf.ActionAllow, AllPeers: true,
+				Ports: []policy.PortRange{{Protocol: policy.ProtoTCP, First: 443, Last: 443},
+					{Protocol: policy.ProtoUDP, First: 53, Last: 53}, {Protocol: policy.ProtoICMP, First: 8, Last: 8},
+					{Protocol: policy.ProtoICMPv6, First: 128, Last: 128}}},
+		},
+	}
+}
+
+func TestConntrackReplies(t *testing.T) {
+	h := newHarness(t, bpf.Options{})
+	h.policy(egressOnly443())
+	cases := []struct {
+		name       string
+		out, reply testutil.Packet
+	}{
+		{"tcp v4", tcp(podV4, worldV4, 41000, 443, testutil.TCPSyn), tcp(worldV4, podV4, 443, 41000, testutil.TCPSyn|testutil.TCPAck)},
+		{"tcp v6", tcp(podV6, worldV6, 41001, 443, testutil.TCPSyn), tcp(worldV6, podV6, 443, 41001, testutil.TCPSyn|testutil.TCPAck)},
+		{"udp v4", udp(podV4, worldV4, 41002, 53), udp(worldV4, podV4, 53, 41002)},
+		{"udp v6", udp(podV6, worldV6, 41003, 53), udp(worldV6, podV6, 53, 41003)},
+		{"icmp echo", icmp(podV4, worldV4, 8), icmp(worldV4, podV4, 0)},
+		{"icmpv6 echo", icmp(podV6, worldV6, 128), icmp(worldV6, podV6, 129)},
+	}
+	for _, c := range cases {
+		if got := h.to(c.reply); got != retDrop {
+			t.Errorf("%s: reply before the flow exists: %s, want drop", c.name, verdictName(got))
+		}
+		if got := h.from(c.out); got != retNext {
+			t.Fatalf("%s: first packet: %s, want pass", c.name, verdictName(got))
+		}
+		before := h.reasonCount(bpf.ReasonCTReply)
+		if got := h.to(c.reply); got != retNext {
+			t.Errorf("%s: reply: %s, want pass", c.name, verdictName(got))
+		}
+		if h.reasonCount(bpf.ReasonCTReply) != before+1 {
+			t.Errorf("%s: reply not counted as a conntrack reply", c.name)
+		}
+		if got := h.from(c.out); got != retNext {
+			t.Errorf("%s: next packet: %s, want pass", c.name, verdictName(got))
+		}
+	}
+	// Another remote port of the same pair is a new, denied, connection.
+	if got := h.to(tcp(worldV4, podV4, 444, 41000, testutil.TCPSyn|testutil.TCPAck)); got != retDrop {
+		t.Errorf("unrelated inbound: %s, want drop", verdictName(got))
+	}
+	// A denied first packet leaves no entry, so its "reply" is denied too.
+	if got := h.from(tcp(podV4, worldV4, 41004, 80, testutil.TCPSyn)); got != retDrop {
+		t.Errorf("denied egress: %s, want drop", verdictName(got))
+	}
+	if got := h.to(tcp(worldV4, podV4, 80, 41004, testutil.TCPSyn|testutil.TCPAck)); got != retDrop {
+		t.Errorf("reply to denied egress: %s, want drop", verdictName(got))
+	}
+}
+
+func ctKey(h *harness, proto uint8, local, remote netip.Addr, lport, rport uint16) bpf.CTKey {
+	k := bpf.CTKey{Ifindex: h.ifindex, Family: bpf.Family(local), Protocol: proto,
+		Laddr: bpf.Addr16(local), Raddr: bpf.Addr16(remote)}
+	binary.BigEndian.PutUint16(k.Lport[:], lport)
+	binary.BigEndian.PutUint16(k.Rport[:], rport)
+	return k
+}
+
+func (h *harness) ctEntry(k bpf.CTKey) (bpf.CTValue, bool) {
+	h.t.Helper()
+	var v bpf.CTValue
+	err := h.dp.ConntrackMap().Lookup(&k, &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return v, false
+	}
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return v, true
+}
+
+func TestConntrackTCPClose(t *testing.T) {
+	h := newHarness(t, bpf.Options{})
+	h.policy(egressOnly443())
+
+	// RST ends the entry at once: the reply after it is a new (denied) inbound connection.
+	h.from(tcp(podV4, worldV4, 42000, 443, testutil.TCPSyn))
+	h.to(tcp(worldV4, podV4, 443, 42000, testutil.TCPSyn|testutil.TCPAck))
+	if got := h.to(tcp(worldV4, podV4, 443, 42000, testutil.TCPRst)); got != retNext {
+		t.Errorf("RST of a tracked flow: %s, want pass", verdictName(got))
+	}
+	if _, ok := h.ctEntry(ctKey(h, testutil.ProtoTCP, podV4, worldV4, 42000, 443)); ok {
+		t.Errorf("entry still there after RST")
+	}
+	if got := h.to(tcp(worldV4, podV4, 443, 42000, testutil.TCPAck)); got != retDrop {
+		t.Errorf("packet after RST: %s, want drop", verdictName(got))
+	}
+
+	// FIN both ways shortens the entry's life to the close timeout.
+	h.from(tcp(podV4, worldV4, 42001, 443, testutil.TCPSyn))
+	h.to(tcp(worldV4, podV4, 443, 42001, testutil.TCPSyn|testutil.TCPAck))
+	open, _ := h.ctEntry(ctKey(h, testutil.ProtoTCP, podV4, worldV4, 42001, 443))
+	h.from(tcp(podV4, worldV4, 42001, 443, testutil.TCPFin|testutil.TCPAck))
+	h.to(tcp(worldV4, podV4, 443, 42001, testutil.TCPFin|testutil.TCPAck))
+	closing, ok := h.ctEntry(ctKey(h, testutil.ProtoTCP, podV4, worldV4, 42001, 443))
+	if !ok {
+		t.Fatal("entry gone after FIN")
+	}
+	wantFlags := uint8(bpf.ConntrackFlags(1<<1 | 1<<2))
+	if closing.Flags&wantFlags != wantFlags {
+		t.Errorf("flags after FIN both ways = %#x, want FIN_LOCAL|FIN_REMOTE", closing.Flags)
+	}
+	if closing.Expires >= open.Expires {
+		t.Errorf("closing entry expires at %d, not before the open one (%d)", closing.Expires, open.Expires)
+	}
+}
+
+// An ICMP error about a tracked flow passes (related); one about an unknown flow is judged as plain ICMP.
+func TestRelatedICMP(t *testing.T) {
+	h := newHarness(t, bpf.Options{})
+	h.policy(egressOnly443())
+	router4 := netip.MustParseAddr("203.0.113.1")
+	router6 := netip.MustParseAddr("2001:db8:ff::1")
+
+	out4 := udp(podV4, worldV4, 43000, 53)
+	out6 := tcp(podV6, worldV6, 43001, 443, testutil.TCPSyn)
+	if h.from(out4) != retNext || h.from(out6) != retNext {
+		t.Fatal("allowed flows did not pass")
+	}
+	unreach := testutil.Packet{Src: router4, Dst: podV4, Proto: testutil.ProtoICMP, ICMPType: 3, ICMPCode: 3, Quote: out4.L3()}
+	tooBig := testutil.Packet{Src: router6, Dst: podV6, Proto: testutil.ProtoICMPv6, ICMPType: 2, Quote: out6.L3()}
+	for name, p := range map[string]testutil.Packet{"v4 unreachable": unreach, "v6 packet too big": tooBig} {
+		before := h.reasonCount(bpf.ReasonCTRelated)
+		if got := h.to(p); got != retNext {
+			t.Errorf("%s about a tracked flow: %s, want pass", name, verdictName(got))
+		}
+		if h.reasonCount(bpf.ReasonCTRelated) != before+1 {
+			t.Errorf("%s not counted as related", name)
+		}
+	}
+	// quoting a flow that was never allowed: plain ICMP, denied by the ingress default
+	stray := unreach
+	stray.Quote = udp(podV4, worldV4, 43002, 53).L3()
+	if got := h.to(stray); got != retDrop {
+		t.Errorf("error about an unknown flow: %s, want drop", verdictName(got))
+	}
+	// truncated quote: never related
+	short := unreach
+	short.Quote = out4.L3()[:10]
+	if got := h.to(short); got != retDrop {
+		t.Errorf("error with a truncated quote: %s, want drop", verdictName(got))
+	}
+	// the pod answering an inbound flow with an error (egress direction)
+	in := udp(worldV4, podV4, 5353, 9999)
+	p := egressOnly443()
+	p.DefaultIngress = bpf.ActionAllow
+	h.policy(p)
+	if h.to(in) != retNext {
+		t.Fatal("inbound udp not allowed")
+	}
+	portUnreach := testutil.Packet{Src: podV4, Dst: worldV4, Proto: testutil.ProtoICMP, ICMPType: 3, ICMPCode: 3, Quote: in.L3()}
+	if got := h.from(portUnreach); got != retNext {
+		t.Errorf("pod's port unreachable about an inbound flow: %s, want pass", verdictName(got))
+	}
+}
+
+// A full table never opens anything: an evicted flow's next packet is decided as new in its own direction.
+func TestConntrackFull(t *testing.T) {
+	h := newHarness(t, bpf.Options{ConntrackEntries: 64})
+	h.policy(egressOnly443())
+	first := tcp(podV4, worldV4, 44000, 443, testutil.TCPSyn)
+	if h.from(first) != retNext {
+		t.Fatal("first flow denied")
+	}
+	for i := 0; i < 2000; i++ {
+		h.from(tcp(podV4, worldV4, uint16(44001+i), 443, testutil.TCPSyn))
+	}
+	if _, ok := h.ctEntry(ctKey(h, testutil.ProtoTCP, podV4, worldV4, 44000, 443)); ok {
+		t.Fatal("2,000 new flows did not evict the first one from a 64-entry table")
+	}
+	n := 0
+	var k bpf.CTKey
+	var v bpf.CTValue
+	for it := h.dp.ConntrackMap().Iterate(); it.Next(&k, &v); {
+		n++
+	}
+	if n > 64 {
+		t.Errorf("table holds %d entries, more than its 64", n)
+	}
+	// The evicted flow's reply is a new inbound connection, which policy denies.
+	if got := h.to(tcp(worldV4, podV4, 443, 44000, testutil.TCPAck)); got != retDrop {
+		t.Errorf("reply of an evicted flow: %s, want drop", verdictName(got))
+	}
+	// Its next outbound packet is decided as new egress, which policy allows again.
+	if got := h.from(tcp(podV4, worldV4, 44000, 443, testutil.TCPAck)); got != retNext {
+		t.Errorf("next egress packet of an evicted flow: %s, want pass", verdictName(got))
+	}
+	if got := h.to(tcp(worldV4, podV4, 443, 44000, testutil.TCPAck)); got != retNext {
+		t.Errorf("reply after the flow was picked up again: %s, want pass", verdictName(got))
+	}
+}
+
+// A policy change reaches established flows: a flow the new policy denies is cut at its next packet, both ways.
+func TestPolicyChangeCutsFlow(t *testing.T) {
+	h := newHarness(t, bpf.Options{})
+	p := egressOnly443()
+	p.Rules[0].Ports = append(p.Rules[0].Ports, policy.PortRange{Protocol: policy.ProtoTCP, First: 8443, Last: 8443})
+	h.policy(p)
+	cut := tcp(podV4, worldV4, 45000, 8443, testutil.TCPAck)
+	kept := tcp(podV4, worldV4, 45001, 443, testutil.TCPAck)
+	for _, f := range []testutil.Packet{cut, kept} {
+		syn := f
+		syn.TCPFlags = testutil.TCPSyn
+		if h.from(syn) != retNext {
+			t.Fatal("flow not allowed before the change")
+		}
+	}
+	h.policy(egressOnly443()) // 8443 no longer allowed
+	h.openEvents()
+	if got := h.to(tcp(worldV4, podV4, 8443, 45000, testutil.TCPAck)); got != retDrop {
+		t.Errorf("reply of a revoked flow: %s, want drop", verdictName(got))
+	}
+	ev := h.nextEvent()
+	if bpf.Reason(ev.Reason) != bpf.ReasonRevoked || bpf.Verdict(ev.Verdict) != bpf.VerdictDenied {
+		t.Errorf("revoked event: reason %s verdict %s", bpf.ReasonName(bpf.Reason(ev.Reason)), bpf.Verdict(ev.Verdict))
+	}
+	if got := h.from(cut); got != retDrop {
+		t.Errorf("revoked flow's next packet: %s, want drop", verdictName(got))
+	}
+	if got := h.from(kept); got != retNext {
+		t.Errorf("flow the new policy still allows: %s, want pass", verdictName(got))
+	}
+	if got := h.to(tcp(worldV4, podV4, 443, 45001, testutil.TCPAck)); got != retNext {
+		t.Errorf("reply of a kept flow: %s, want pass", verdictName(got))
+	}
+	v, ok := h.ctEntry(ctKey(h, testutil.ProtoTCP, podV4, worldV4, 45001, 443))
+	cfg, _ := h.dp.Config()
+	if !ok || v.Generation != cfg.Generation {
+		t.Errorf("kept flow's entry generation = %d (present %v), want %d", v.Generation, ok, cfg.Generation)
+	}
+}
+
+func TestAuditNamespace(t *testing.T) {
+	h := newHarness(t, bpf.Options{})
+	p := egressOnly443()
+	p.Audit = true
+	h.policy(p)
+	h.openEvents()
+	if got := h.from(tcp(podV4, worldV4, 46000, 80, testutil.TCPSyn)); got != retNext {
+		t.Errorf("audit namespace, denied flow: %s, want pass", verdictName(got))
+	}
+	ev := h.nextEvent()
+	if bpf.Verdict(ev.Verdict) != bpf.VerdictAudit || bpf.Reason(ev.Reason) != bpf.ReasonDenyDefault {
+		t.Errorf("audit event: verdict %s reason %s, want audit / denied-by-default", bpf.Verdict(ev.Verdict), bpf.ReasonName(bpf.Reason(ev.Reason)))
+	}
+	if got := h.to(tcp(worldV4, podV4, 80, 46000, testutil.TCPSyn|testutil.TCPAck)); got != retNext {
+		t.Errorf("reply of an audited flow: %s, want pass", verdictName(got))
+	}
+	if got := h.from(tcp(podV4, metaV4, 46001, 80, testutil.TCPSyn)); got != retNext {
+		t.Errorf("audit namespace, metadata: %s, want pass", verdictName(got))
+	}
+	// anti-spoofing is not a policy verdict: audit never lets a spoofed packet through
+	if got := h.from(tcp(netip.MustParseAddr("10.9.9.9"), worldV4, 46002, 443, testutil.TCPSyn)); got != retDrop {
+		t.Errorf("audit namespace, spoofed: %s, want drop", verdictName(got))
+	}
+
+	// the endpoint's own audit mode works the same for an enforcing identity
+	p.Audit = false
+	h.policy(p)
+	h.endpoint(podID, bpf.ModeAudit, podV4, podV6)
+	if got := h.from(tcp(podV4, worldV4, 46003, 80, testutil.TCPSyn)); got != retNext {
+		t.Errorf("audit endpoint, denied flow: %s, want pass", verdictName(got))
+	}
+	h.endpoint(podID, bpf.ModeEnforce, podV4, podV6)
+	if got := h.from(tcp(podV4, worldV4, 46004, 80, testutil.TCPSyn)); got != retDrop {
+		t.Errorf("enforce endpoint, denied flow: %s, want drop", verdictName(got))
+	}
+}
+
+// A policy in Audit mode reports its first matching rule and changes nothing.
+func TestAuditPolicy(t *testing.T) {
+	h := newHarness(t, bpf.Options{})
+	p := egressOnly443()
+	audit := policy.Rule{ID: 40, Direction: bpf.Egress, Action: bpf.ActionDeny, Audit: true, AllPeers: true,
+		Ports: ports(policy.ProtoTCP, 443, 443)}
+	p.Rules = append([]policy.Rule{audit}, p.Rules...)
+	h.policy(p)
+	h.openEvents()
+	if got := h.from(tcp(podV4, worldV4, 47000, 443, testutil.TCPSyn)); got != retNext {
+		t.Fatalf("audit policy changed the verdict: %s, want pass", verdictName(got))
+	}
+	ev := h.nextEvent()
+	if bpf.Verdict(ev.Verdict) != bpf.VerdictAudit || ev.RuleId != 40 || bpf.Reason(ev.Reason) != bpf.ReasonAuditPolicy {
+		t.Errorf("report: verdict %s rule %d reason %s, want audit rule 40 audit-policy", bpf.Verdict(ev.Verdict), ev.RuleId, bpf.ReasonName(bpf.Reason(ev.Reason)))
+	}
+	for id, want := range map[uint32]uint64{40: 1, 31: 1} {
+		if c, _ := h.dp.RuleCounter(id); c.Packets != want {
+			t.Errorf("rule %d counted %d packets, want %d", id, c.Packets, want)
+		}
+	}
+	// An audit rule after the deciding rule is never reached, so it is not reported.
+	p.Rules = append(egressOnly443().Rules, audit)
+	h.policy(p)
+	if got := h.from(tcp(podV4, worldV4, 47001, 443, testutil.TCPSyn)); got != retNext {
+		t.Fatalf("verdict: %s, want pass", verdictName(got))
+	}
+	if ev, ok := h.tryEvent(100_000_000); ok {
+		t.Errorf("unexpected report %+v", ev)
+	}
+}
+
+// A flood of denied packets fills the ring buffer: the datapath drops on, and counts the lost events.
+func TestEventStormIsCounted(t *testing.T) {
+	h := newHarness(t, bpf.Options{EventBytes: 4096})
+	h.policy(egressOnly443())
+	for i := 0; i < 500; i++ {
+		if got := h.from(tcp(podV4, worldV4, uint16(30000+i), 80, testutil.TCPSyn)); got != retDrop {
+			t.Fatalf("denied packet %d: %s", i, verdictName(got))
+		}
+	}
+	lost, err := h.dp.Stat(bpf.StatEventsLost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lost == 0 || lost >= 500 {
+		t.Errorf("lost events = %d, want some but not all of 500", lost)
+	}
+	if n := h.reasonCount(bpf.ReasonDenyDefault); n != 500 {
+		t.Errorf("deny-default counter = %d, want 500", n)
+	}
+}

@@ -3,7 +3,6 @@ package bpf_test
 import (
 	"encoding/binary"
 	"fmt"
-	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
@@ -194,5 +193,3 @@ func udp(src, dst netip.Addr, sport, dport uint16) testutil.Packet {
 	return testutil.Packet{Src: src, Dst: dst, Proto: testutil.ProtoUDP, SPort: sport, DPort: dport,
 		Payload: []byte("moat")}
 }
-
-func randomPort(r *rand.Rand) uint16 { return uint16(32768 + r.IntN(28000)) }

@@ -169,6 +169,14 @@ func (dp *Datapath) ReplacePolicy(identity uint32, keys []PolicyKey, values []Po
 	return nil
 }
 
+// PolicyTrieCapacity is how many entries one identity's policy trie holds.
+func (dp *Datapath) PolicyTrieCapacity() int {
+	if dp.inner == nil {
+		return 0
+	}
+	return int(dp.inner.MaxEntries)
+}
+
 // DeletePolicy removes an identity's policy; its endpoints fall back to the cluster defaults.
 func (dp *Datapath) DeletePolicy(identity uint32) error {
 	if err := dp.maps.Policy.Delete(identity); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {

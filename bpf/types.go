@@ -44,6 +44,9 @@ const OrderNone = 0xffffffff
 // MaxRules bounds rule ids: they index the rule_counts map.
 const MaxRules = 65536
 
+// MaxPolicyEntries is the size of one identity's policy trie (max_entries of the policy map's inner map).
+const MaxPolicyEntries = 1 << 20
+
 const (
 	Egress  Direction = moatMoatDirectionMOAT_DIR_EGRESS
 	Ingress Direction = moatMoatDirectionMOAT_DIR_INGRESS

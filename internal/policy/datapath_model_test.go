@@ -1,0 +1,265 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/moatfw/moat/bpf"
+)
+
+// This file models the datapath's decide() (bpf/moat.c) literally, over Go models of its LPM tries, so
+// that Compile's entries can be checked against Evaluate without a kernel.
+
+// lpmTrie models a BPF_MAP_TYPE_LPM_TRIE with 20 bytes of data: a lookup finds the entry with the longest
+// prefixlen, not above the lookup key's, whose first prefixlen bits of data equal the key's.
+type lpmTrie[V any] struct {
+	entries map[lpmKey]V
+	lens    []uint32 // distinct prefixlens of the entries, longest first
+}
+
+type lpmKey struct {
+	prefixlen uint32
+	data      [20]byte
+}
+
+func newLPMTrie[V any]() *lpmTrie[V] {
+	return &lpmTrie[V]{entries: make(map[lpmKey]V)}
+}
+
+// maskData keeps the first n bits of data.
+func maskData(data [20]byte, n uint32) [20]byte {
+	var out [20]byte
+	for i := range out {
+		switch bit := uint32(i) * 8; {
+		case bit+8 <= n:
+			out[i] = data[i]
+		case bit < n:
+			out[i] = data[i] & (0xff << (8 - (n - bit)))
+		}
+	}
+	return out
+}
+
+// insert adds an entry; an entry for the same prefix already there is an error (the kernel would replace
+// it, hiding that two entries were meant for one prefix).
+func (t *lpmTrie[V]) insert(prefixlen uint32, data [20]byte, v V) error {
+	if prefixlen > 160 {
+		return fmt.Errorf("prefixlen %d: beyond the 160 bits of data", prefixlen)
+	}
+	k := lpmKey{prefixlen, maskData(data, prefixlen)}
+	if _, dup := t.entries[k]; dup {
+		return fmt.Errorf("two entries for prefixlen %d data %x", prefixlen, k.data)
+	}
+	t.entries[k] = v
+	if at, found := slices.BinarySearchFunc(t.lens, prefixlen, func(a, b uint32) int { return int(b) - int(a) }); !found {
+		t.lens = slices.Insert(t.lens, at, prefixlen)
+	}
+	return nil
+}
+
+func (t *lpmTrie[V]) lookup(prefixlen uint32, data [20]byte) (V, bool) {
+	for _, n := range t.lens {
+		if n > prefixlen {
+			continue
+		}
+		if v, ok := t.entries[lpmKey{n, maskData(data, n)}]; ok {
+			return v, true
+		}
+	}
+	var zero V
+	return zero, false
+}
+
+// datapathModel is the state decide() reads for one endpoint: the ipcache, the identity's policy map (nil
+// when the identity has none) and the cluster defaults of the config map.
+type datapathModel struct {
+	ipcache  *lpmTrie[bpf.IPCacheValue]
+	policy   *lpmTrie[bpf.PolicyValue]
+	defaults [2]uint8
+}
+
+func newDatapathModel(entries []Entry, d Defaults, ipc *IPCache, identityHasPolicy bool) (*datapathModel, error) {
+	m := &datapathModel{ipcache: newLPMTrie[bpf.IPCacheValue]()}
+	m.defaults[bpf.Egress] = uint8(d.DefaultEgress)
+	m.defaults[bpf.Ingress] = uint8(d.DefaultIngress)
+	for _, e := range ipc.Entries() {
+		k := bpf.NewIPCacheKey(e.Prefix)
+		var data [20]byte
+		data[0] = k.Family
+		copy(data[1:], k.Addr[:])
+		if err := m.ipcache.insert(k.Prefixlen, data, bpf.IPCacheValue{Identity: e.Identity, Class: uint8(e.Class)}); err != nil {
+			return nil, fmt.Errorf("ipcache: %w", err)
+		}
+	}
+	if identityHasPolicy {
+		m.policy = newLPMTrie[bpf.PolicyValue]()
+		for _, e := range entries {
+			if err := m.policy.insert(e.Key.Prefixlen, e.Key.Data, e.Value); err != nil {
+				return nil, fmt.Errorf("policy: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
+
+// simulate decides pkt as the datapath would with entries in the identity's policy map.
+func simulate(entries []Entry, d Defaults, ipc *IPCache, identityHasPolicy bool, pkt Packet) Result {
+	m, err := newDatapathModel(entries, d, ipc, identityHasPolicy)
+	if err != nil {
+		panic(err)
+	}
+	return m.decide(pkt)
+}
+
+// decide is decide() of moat.c, statement by statement, followed by the verdict process() gives an
+// endpoint in enforce mode.
+func (m *datapathModel) decide(pkt Packet) Result {
+	var d Result
+	family := bpf.Family(pkt.Remote)
+	remote := bpf.Addr16(pkt.Remote)
+	dir := uint8(pkt.Direction)
+	enforce, audit := bpf.NoRule(), bpf.NoRule()
+	var flags uint32
+	var worldDefault uint8
+
+	class := m.classify(family, remote, &d.RemoteIdentity)
+	d.RemoteClass = class
+	d.RuleID = 0
+
+	action := func() bpf.Action {
+		var k lpmKey
+		if m.policy != nil {
+			k.prefixlen = 8
+			k.data[0] = uint8(bpf.KindHeader)
+			v, ok := m.policy.lookup(k.prefixlen, k.data)
+			if !ok {
+				d.Reason = bpf.ReasonNoPolicy
+				return bpf.ActionDeny
+			}
+			flags = v.Flags
+			worldDefault = v.DefaultVerdict[dir&1]
+		} else {
+			worldDefault = m.defaults[dir&1]
+		}
+
+		if class == bpf.ClassMetadata {
+			if flags&uint32(bpf.IdentityAllowMeta) == 0 {
+				d.Reason = bpf.ReasonMetadata
+				return bpf.ActionDeny
+			}
+			class = bpf.ClassWorld
+		}
+
+		if m.policy != nil {
+			k.prefixlen = 40
+			k.data[0] = uint8(bpf.KindPort)
+			k.data[1] = dir
+			k.data[2] = pkt.Protocol
+			k.data[3] = uint8(pkt.Port >> 8)
+			k.data[4] = uint8(pkt.Port)
+			v, ok := m.policy.lookup(k.prefixlen, k.data)
+			var pclass uint32
+			if ok {
+				pclass = v.PortClass
+			}
+			if pclass != 0 {
+				k.data = [20]byte{}
+				k.prefixlen = 32 + 128
+				if family == 4 {
+					k.prefixlen = 32 + 32
+				}
+				k.data[0] = uint8(bpf.KindCIDR)
+				k.data[1] = uint8(pclass >> 8)
+				k.data[2] = uint8(pclass)
+				k.data[3] = family
+				copy(k.data[4:], remote[:])
+				if v, ok := m.policy.lookup(k.prefixlen, k.data); ok {
+					better(&enforce, v.Enforce)
+					better(&audit, v.Audit)
+				}
+				if d.RemoteIdentity != 0 {
+					rid := d.RemoteIdentity
+					k.data = [20]byte{}
+					k.prefixlen = 64
+					k.data[0] = uint8(bpf.KindPeer)
+					k.data[1] = uint8(pclass >> 8)
+					k.data[2] = uint8(pclass)
+					k.data[4] = uint8(rid >> 24)
+					k.data[5] = uint8(rid >> 16)
+					k.data[6] = uint8(rid >> 8)
+					k.data[7] = uint8(rid)
+					if v, ok := m.policy.lookup(k.prefixlen, k.data); ok {
+						better(&enforce, v.Enforce)
+						better(&audit, v.Audit)
+					}
+				}
+			}
+		}
+
+		if audit.Order < enforce.Order {
+			d.AuditRuleID = audit.RuleId
+			d.AuditAction = bpf.Action(audit.Action)
+		}
+
+		if enforce.Order != bpf.OrderNone {
+			d.RuleID = enforce.RuleId
+			if bpf.Action(enforce.Action) == bpf.ActionAllow {
+				d.Reason = bpf.ReasonAllowRule
+				return bpf.ActionAllow
+			}
+			d.Reason = bpf.ReasonDenyRule
+			return bpf.ActionDeny
+		}
+		if class == bpf.ClassWorld && bpf.Action(worldDefault) == bpf.ActionDeny {
+			d.Reason = bpf.ReasonDenyDefault
+			return bpf.ActionDeny
+		}
+		d.Reason = bpf.ReasonAllowDefault
+		return bpf.ActionAllow
+	}()
+
+	d.Action = action
+	switch {
+	case action == bpf.ActionAllow:
+		d.Verdict = bpf.VerdictAllowed
+	case m.auditMode():
+		d.Verdict = bpf.VerdictAudit
+	default:
+		d.Verdict = bpf.VerdictDenied
+	}
+	return d
+}
+
+// classify is classify() of moat.c: an exact-address lookup in the ipcache.
+func (m *datapathModel) classify(family uint8, addr [16]byte, identity *uint32) bpf.Class {
+	var data [20]byte
+	data[0] = family
+	copy(data[1:], addr[:])
+	prefixlen := uint32(8 + 128)
+	if family == 4 {
+		prefixlen = 8 + 32
+	}
+	if v, ok := m.ipcache.lookup(prefixlen, data); ok {
+		*identity = v.Identity
+		return bpf.Class(v.Class)
+	}
+	*identity = 0
+	return bpf.ClassWorld
+}
+
+// auditMode is audit_mode() of moat.c for an endpoint in enforce mode.
+func (m *datapathModel) auditMode() bool {
+	if m.policy == nil {
+		return false
+	}
+	var data [20]byte
+	data[0] = uint8(bpf.KindHeader)
+	v, ok := m.policy.lookup(8, data)
+	return ok && v.Flags&uint32(bpf.IdentityAudit) != 0
+}
+
+func better(best *bpf.RuleRef, r bpf.RuleRef) {
+	if r.Order < best.Order {
+		*best = r
+	}
+}

@@ -1,0 +1,479 @@
+package policy
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/moatfw/moat/bpf"
+)
+
+// This file generates random policies, ipcaches and packets for the differential tests, and prints them.
+
+var (
+	anchors4 = []netip.Prefix{pfx("0.0.0.0/0"), pfx("10.0.0.0/8"), pfx("10.244.0.0/16"), pfx("100.64.0.0/10"),
+		pfx("192.168.0.0/16"), pfx("198.51.100.0/24"), pfx("203.0.113.0/24"), pfx("169.254.169.254/32")}
+	anchors6 = []netip.Prefix{pfx("::/0"), pfx("2001:db8::/32"), pfx("2001:db8:1::/48"), pfx("fd00::/8"),
+		pfx("fd00:10:244::/56"), pfx("fd00:ec2::254/128")}
+	wellKnownPorts = []uint16{0, 1, 22, 53, 79, 80, 81, 443, 1023, 1024, 5432, 8000, 8080, 8100, 32767, 32768, 65534, 65535}
+)
+
+// generator draws the parts of one random policy, reusing what it drew before so that cidrs nest and
+// overlap and port ranges share edges.
+type generator struct {
+	rng        *rand.Rand
+	prefixes   [2][]netip.Prefix // cidrs and excepts drawn so far, by family
+	ports      []uint16          // port range edges drawn so far
+	identities []uint32
+	broad      int // percent of rules with AllPeers; big policies have few, or their first ones shadow the rest
+}
+
+func newGenerator(rng *rand.Rand) *generator {
+	g := &generator{rng: rng, ports: slices.Clone(wellKnownPorts), broad: 15}
+	for i := 0; i < 3+rng.IntN(10); i++ {
+		g.ports = append(g.ports, uint16(rng.IntN(65536)))
+	}
+	for id := uint32(1); id <= uint32(4+rng.IntN(10)); id++ {
+		g.identities = append(g.identities, id)
+	}
+	return g
+}
+
+func (g *generator) chance(percent int) bool { return g.rng.IntN(100) < percent }
+
+// setHostBits returns a with the bits after the first n set to 1 (ones) or to random values.
+func setHostBits(a netip.Addr, n int, fill func() byte) netip.Addr {
+	b := a.As16()
+	off := 0
+	if a.Is4() {
+		off = 96
+	}
+	for i := off + n; i < 128; i++ {
+		byteIdx, bit := i/8, 7-i%8
+		b[byteIdx] &^= 1 << bit
+		b[byteIdx] |= (fill() & 1) << bit
+	}
+	out := netip.AddrFrom16(b)
+	if a.Is4() {
+		out = out.Unmap()
+	}
+	return out
+}
+
+func (g *generator) randomInside(p netip.Prefix) netip.Addr {
+	return setHostBits(p.Addr(), p.Bits(), func() byte { return byte(g.rng.IntN(2)) })
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	return setHostBits(p.Masked().Addr(), p.Bits(), func() byte { return 1 })
+}
+
+// subPrefix draws a prefix inside p, at least minExtra bits longer, usually only a few.
+func (g *generator) subPrefix(p netip.Prefix, minExtra int) netip.Prefix {
+	room := p.Addr().BitLen() - p.Bits()
+	if room < minExtra {
+		return netip.Prefix{}
+	}
+	extra := minExtra
+	switch r := g.rng.IntN(10); {
+	case r < 5:
+		extra += g.rng.IntN(min(4, room-minExtra) + 1)
+	case r < 8:
+		extra += g.rng.IntN(min(12, room-minExtra) + 1)
+	default:
+		extra += g.rng.IntN(room - minExtra + 1)
+	}
+	return netip.PrefixFrom(g.randomInside(p), p.Bits()+extra).Masked()
+}
+
+func (g *generator) cidr(f int) netip.Prefix {
+	var out netip.Prefix
+	if len(g.prefixes[f]) > 0 && g.chance(60) {
+		parent := g.prefixes[f][g.rng.IntN(len(g.prefixes[f]))]
+		if g.chance(30) {
+			return parent
+		}
+		out = g.subPrefix(parent, 0)
+	} else {
+		anchors := anchors4
+		if f == 1 {
+			anchors = anchors6
+		}
+		if g.broad < 10 {
+			anchors = anchors[1:] // no /0
+		}
+		out = g.subPrefix(anchors[g.rng.IntN(len(anchors))], 0)
+	}
+	g.prefixes[f] = append(g.prefixes[f], out)
+	return out
+}
+
+func (g *generator) peer() Peer {
+	if g.chance(25) {
+		var ids []uint32
+		for range g.rng.IntN(4) {
+			ids = append(ids, g.identities[g.rng.IntN(len(g.identities))])
+		}
+		return Peer{Identities: ids}
+	}
+	f := g.rng.IntN(2)
+	p := Peer{CIDR: g.cidr(f)}
+	for range g.rng.IntN(4) {
+		parent := p.CIDR
+		if len(p.Except) > 0 && g.chance(30) {
+			parent = p.Except[g.rng.IntN(len(p.Except))] // nested or repeated excepts
+		}
+		e := g.subPrefix(parent, 1)
+		if parent != p.CIDR {
+			e = g.subPrefix(parent, 0)
+		}
+		if !e.IsValid() || !contains(p.CIDR, e) || e == p.CIDR {
+			continue
+		}
+		g.prefixes[f] = append(g.prefixes[f], e)
+		p.Except = append(p.Except, e)
+	}
+	if g.chance(10) { // host bits set: the compiler masks them
+		p.CIDR = netip.PrefixFrom(g.randomInside(p.CIDR), p.CIDR.Bits())
+	}
+	return p
+}
+
+func (g *generator) port() uint16 {
+	if g.chance(80) {
+		return g.ports[g.rng.IntN(len(g.ports))]
+	}
+	v := uint16(g.rng.IntN(65536))
+	g.ports = append(g.ports, v)
+	return v
+}
+
+func (g *generator) portRange() PortRange {
+	var pr PortRange
+	switch r := g.rng.IntN(100); {
+	case r < 35:
+		pr.Protocol = ProtoTCP
+	case r < 60:
+		pr.Protocol = ProtoUDP
+	case r < 65:
+		pr.Protocol = ProtoSCTP
+	case r < 75:
+		pr.Protocol = ProtoICMP
+	case r < 85:
+		pr.Protocol = ProtoICMPv6
+	default:
+		pr.Protocol = []uint8{0, 47, 50, 255, uint8(g.rng.IntN(256))}[g.rng.IntN(5)]
+	}
+	switch pr.Protocol {
+	case ProtoICMP, ProtoICMPv6:
+		switch r := g.rng.IntN(10); {
+		case r < 5:
+			t := uint16([]int{0, 3, 8, 11, 128, 129, 135, 136, 255, g.rng.IntN(256)}[g.rng.IntN(10)])
+			pr.First, pr.Last = t, t
+		case r < 8:
+			a, b := uint16(g.rng.IntN(256)), uint16(g.rng.IntN(256))
+			pr.First, pr.Last = min(a, b), max(a, b)
+		case r < 9:
+			pr.First, pr.Last = 0, 255
+		default:
+			pr.First, pr.Last = 0, 65535
+		}
+		return pr
+	case ProtoTCP, ProtoUDP, ProtoSCTP:
+	default:
+		if g.chance(80) {
+			pr.First, pr.Last = 0, 65535
+			return pr
+		}
+	}
+	switch r := g.rng.IntN(10); {
+	case r < 4:
+		p := g.port()
+		pr.First, pr.Last = p, p
+	case r < 9:
+		a, b := g.port(), g.port()
+		pr.First, pr.Last = min(a, b), max(a, b)
+	default:
+		pr.First, pr.Last = 0, 65535
+	}
+	return pr
+}
+
+func (g *generator) rule() Rule {
+	r := Rule{ID: uint32(1 + g.rng.IntN(bpf.MaxRules-1)), Direction: bpf.Direction(g.rng.IntN(2)), Action: allow}
+	if g.chance(50) {
+		r.Action = deny
+	}
+	r.Audit = g.chance(15)
+	if r.AllPeers = g.chance(g.broad); !r.AllPeers {
+		n := 1 + g.rng.IntN(3)
+		if g.chance(3) {
+			n = 0
+		}
+		for range n {
+			r.Peers = append(r.Peers, g.peer())
+		}
+	}
+	if r.AllPorts = g.chance(g.broad * 5 / 3); !r.AllPorts {
+		n := 1 + g.rng.IntN(3)
+		if g.chance(3) {
+			n = 0
+		}
+		for range n {
+			r.Ports = append(r.Ports, g.portRange())
+		}
+	}
+	return r
+}
+
+func (g *generator) action() bpf.Action {
+	if g.chance(50) {
+		return deny
+	}
+	return allow
+}
+
+func (g *generator) policy(rules int) *IdentityPolicy {
+	p := &IdentityPolicy{Identity: uint32(1 + g.rng.IntN(100)), MetadataAllowed: g.chance(50), Audit: g.chance(20),
+		DefaultEgress: g.action(), DefaultIngress: g.action()}
+	if rules > 50 {
+		g.broad = 2
+	}
+	for range rules {
+		p.Rules = append(p.Rules, g.rule())
+	}
+	return p
+}
+
+// ipcache draws a cluster: its ranges, nodes, the metadata API, Services, and pods both in the pod ranges and
+// at addresses the policy's cidrs name.
+func (g *generator) ipcache() *IPCache {
+	es := []IPCacheEntry{
+		{Prefix: pfx("10.244.0.0/16"), Class: bpf.ClassCluster},
+		{Prefix: pfx("10.96.0.0/12"), Class: bpf.ClassCluster},
+		{Prefix: pfx("fd00:10:244::/56"), Class: bpf.ClassCluster},
+		{Prefix: pfx("192.168.1.0/24"), Class: bpf.ClassNode},
+		{Prefix: pfx("169.254.169.254/32"), Class: bpf.ClassMetadata},
+		{Prefix: pfx("fd00:ec2::254/128"), Class: bpf.ClassMetadata},
+		{Prefix: pfx("100.100.100.200/32"), Class: bpf.ClassMetadata},
+	}
+	id := func() uint32 {
+		if g.chance(5) {
+			return 0
+		}
+		return g.identities[g.rng.IntN(len(g.identities))]
+	}
+	host := func(p netip.Prefix) netip.Prefix {
+		a := g.randomInside(p)
+		return netip.PrefixFrom(a, a.BitLen())
+	}
+	for range 5 + g.rng.IntN(20) {
+		es = append(es, IPCacheEntry{Prefix: host(pfx("10.244.0.0/16")), Class: bpf.ClassPod, Identity: id()})
+		es = append(es, IPCacheEntry{Prefix: host(pfx("fd00:10:244::/56")), Class: bpf.ClassPod, Identity: id()})
+	}
+	for range 1 + g.rng.IntN(5) {
+		es = append(es, IPCacheEntry{Prefix: host(pfx("10.96.0.0/12")), Class: bpf.ClassService, Identity: id()})
+		es = append(es, IPCacheEntry{Prefix: host(pfx("192.168.0.0/16")), Class: bpf.ClassNode})
+	}
+	classes := []bpf.Class{bpf.ClassPod, bpf.ClassService, bpf.ClassNode, bpf.ClassMetadata, bpf.ClassCluster, bpf.ClassWorld}
+	for f := range g.prefixes {
+		for _, p := range g.prefixes[f] {
+			if !g.chance(20) {
+				continue
+			}
+			c := classes[g.rng.IntN(len(classes))]
+			e := IPCacheEntry{Prefix: host(p), Class: c}
+			if c == bpf.ClassPod || c == bpf.ClassService {
+				e.Identity = id()
+			}
+			if g.chance(20) {
+				e.Prefix = g.subPrefix(p, 0)
+			}
+			es = append(es, e)
+		}
+	}
+	return NewIPCache(es)
+}
+
+// targets collects what packets should aim at: the edges of every prefix the policy and ipcache name, and
+// every port range edge by protocol.
+type targets struct {
+	prefixes []netip.Prefix
+	ports    map[uint8][]uint16
+	protos   []uint8
+}
+
+func newTargets(p *IdentityPolicy, ipc *IPCache) *targets {
+	t := &targets{ports: make(map[uint8][]uint16)}
+	for _, e := range ipc.Entries() {
+		t.prefixes = append(t.prefixes, e.Prefix)
+	}
+	if p == nil {
+		return t
+	}
+	for _, r := range p.Rules {
+		for _, peer := range r.Peers {
+			if peer.IsCIDR() {
+				t.prefixes = append(t.prefixes, peer.CIDR.Masked())
+				t.prefixes = append(t.prefixes, peer.Except...)
+			}
+		}
+		for _, pr := range r.Ports {
+			t.ports[pr.Protocol] = append(t.ports[pr.Protocol], pr.First, pr.Last)
+			if pr.First > 0 {
+				t.ports[pr.Protocol] = append(t.ports[pr.Protocol], pr.First-1)
+			}
+			if pr.Last < 65535 {
+				t.ports[pr.Protocol] = append(t.ports[pr.Protocol], pr.Last+1)
+			}
+		}
+	}
+	for proto := range t.ports {
+		t.protos = append(t.protos, proto)
+	}
+	slices.Sort(t.protos)
+	return t
+}
+
+// edges are the addresses at and just outside the ends of p.
+func edges(p netip.Prefix) []netip.Addr {
+	first, last := p.Masked().Addr(), lastAddr(p)
+	out := []netip.Addr{first, last}
+	if prev := first.Prev(); prev.IsValid() {
+		out = append(out, prev)
+	}
+	if next := last.Next(); next.IsValid() {
+		out = append(out, next)
+	}
+	return out
+}
+
+func (g *generator) packet(t *targets) Packet {
+	pkt := Packet{Direction: bpf.Direction(g.rng.IntN(2))}
+	if len(t.protos) > 0 && g.chance(75) {
+		pkt.Protocol = t.protos[g.rng.IntN(len(t.protos))]
+	} else {
+		pkt.Protocol = []uint8{ProtoTCP, ProtoUDP, ProtoICMP, ProtoICMPv6, ProtoSCTP, 0, 47, 255, uint8(g.rng.IntN(256))}[g.rng.IntN(9)]
+	}
+	icmp := pkt.Protocol == ProtoICMP || pkt.Protocol == ProtoICMPv6
+	switch ports := t.ports[pkt.Protocol]; {
+	case len(ports) > 0 && g.chance(70):
+		pkt.Port = ports[g.rng.IntN(len(ports))]
+	case icmp:
+		pkt.Port = uint16(g.rng.IntN(256))
+	case g.chance(20):
+		pkt.Port = []uint16{0, 65535}[g.rng.IntN(2)]
+	default:
+		pkt.Port = uint16(g.rng.IntN(65536))
+	}
+	switch r := g.rng.IntN(100); {
+	case r < 70 && len(t.prefixes) > 0:
+		p := t.prefixes[g.rng.IntN(len(t.prefixes))]
+		if g.chance(70) {
+			es := edges(p)
+			pkt.Remote = es[g.rng.IntN(len(es))]
+		} else {
+			pkt.Remote = g.randomInside(p)
+		}
+	case r < 85:
+		a := anchors4
+		if g.chance(40) {
+			a = anchors6
+		}
+		pkt.Remote = g.randomInside(a[g.rng.IntN(len(a))])
+	case r < 90:
+		pkt.Remote = netip.AddrFrom16(g.randomInside(anchors4[g.rng.IntN(len(anchors4))]).As16()) // 4-in-6
+	default:
+		pkt.Remote = g.randomInside(wholeFamily[g.rng.IntN(2)])
+	}
+	return pkt
+}
+
+func formatResult(r Result) string {
+	s := fmt.Sprintf("%s %s rule %d, remote %s/%d, verdict %s", actionName(r.Action), bpf.ReasonName(r.Reason),
+		r.RuleID, r.RemoteClass, r.RemoteIdentity, r.Verdict)
+	if r.AuditRuleID != 0 || r.AuditAction != 0 {
+		s += fmt.Sprintf(", audit rule %d (%s)", r.AuditRuleID, actionName(r.AuditAction))
+	}
+	return s
+}
+
+func actionName(a bpf.Action) string {
+	switch a {
+	case bpf.ActionAllow:
+		return "allow"
+	case bpf.ActionDeny:
+		return "deny"
+	case bpf.ActionNone:
+		return "none"
+	}
+	return fmt.Sprintf("action-%d", a)
+}
+
+func formatPacket(p Packet) string {
+	return fmt.Sprintf("%s proto %d port %d remote %s", p.Direction, p.Protocol, p.Port, p.Remote)
+}
+
+func formatPolicy(p *IdentityPolicy) string {
+	if p == nil {
+		return "no policy\n"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "identity %d metadata %v audit %v default egress %s ingress %s, %d rules:\n", p.Identity,
+		p.MetadataAllowed, p.Audit, actionName(p.DefaultEgress), actionName(p.DefaultIngress), len(p.Rules))
+	for i, r := range p.Rules {
+		fmt.Fprintf(&b, "  [%d] id %d %s %s", i, r.ID, r.Direction, actionName(r.Action))
+		if r.Audit {
+			b.WriteString(" (audit)")
+		}
+		if r.AllPeers {
+			b.WriteString(" all peers")
+		} else {
+			b.WriteString(" peers [")
+			for j, peer := range r.Peers {
+				if j > 0 {
+					b.WriteString(", ")
+				}
+				if peer.IsCIDR() {
+					fmt.Fprintf(&b, "%s", peer.CIDR)
+					if len(peer.Except) > 0 {
+						fmt.Fprintf(&b, " except %v", peer.Except)
+					}
+				} else {
+					fmt.Fprintf(&b, "identities %v", peer.Identities)
+				}
+			}
+			b.WriteString("]")
+		}
+		if r.AllPorts {
+			b.WriteString(" all ports")
+		} else {
+			b.WriteString(" ports [")
+			for j, pr := range r.Ports {
+				if j > 0 {
+					b.WriteString(", ")
+				}
+				fmt.Fprintf(&b, "%d:%d-%d", pr.Protocol, pr.First, pr.Last)
+			}
+			b.WriteString("]")
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+// formatIPCache lists the ipcache entries that contain remote, the most specific (the one that counts) last.
+func formatIPCache(ipc *IPCache, remote netip.Addr) string {
+	var b strings.Builder
+	for _, e := range ipc.Entries() {
+		if e.Prefix.Contains(remote) {
+			fmt.Fprintf(&b, "  %s %s/%d\n", e.Prefix, e.Class, e.Identity)
+		}
+	}
+	if b.Len() == 0 {
+		return "  (none: the world)\n"
+	}
+	return b.String()
+}

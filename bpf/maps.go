@@ -185,15 +185,32 @@ func (dp *Datapath) DeletePolicy(identity uint32) error {
 	return nil
 }
 
-// PolicyEntries reads back an identity's policy trie (for moatctl and tests).
-func (dp *Datapath) PolicyEntries(identity uint32) ([]PolicyKey, []PolicyValue, error) {
+// PolicyMapID is the kernel id of the policy trie an identity uses now: it changes with every swap.
+func (dp *Datapath) PolicyMapID(identity uint32) (ebpf.MapID, error) {
 	var id uint32
 	if err := dp.maps.Policy.Lookup(identity, &id); err != nil {
-		return nil, nil, fmt.Errorf("look up policy of identity %d: %w", identity, err)
+		return 0, fmt.Errorf("look up policy of identity %d: %w", identity, err)
 	}
-	inner, err := ebpf.NewMapFromID(ebpf.MapID(id))
+	return ebpf.MapID(id), nil
+}
+
+func (dp *Datapath) openPolicy(identity uint32) (*ebpf.Map, error) {
+	id, err := dp.PolicyMapID(identity)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open policy map of identity %d: %w", identity, err)
+		return nil, err
+	}
+	inner, err := ebpf.NewMapFromID(id)
+	if err != nil {
+		return nil, fmt.Errorf("open policy map of identity %d: %w", identity, err)
+	}
+	return inner, nil
+}
+
+// PolicyEntries reads back an identity's policy trie (for moatctl and tests).
+func (dp *Datapath) PolicyEntries(identity uint32) ([]PolicyKey, []PolicyValue, error) {
+	inner, err := dp.openPolicy(identity)
+	if err != nil {
+		return nil, nil, err
 	}
 	defer inner.Close()
 	var keys []PolicyKey
@@ -213,13 +230,9 @@ func (dp *Datapath) PolicyEntries(identity uint32) ([]PolicyKey, []PolicyValue, 
 
 // PolicyBytes is the kernel's accounting of an identity's policy trie (its memlock), for memory reports.
 func (dp *Datapath) PolicyBytes(identity uint32) (uint64, error) {
-	var id uint32
-	if err := dp.maps.Policy.Lookup(identity, &id); err != nil {
-		return 0, fmt.Errorf("look up policy of identity %d: %w", identity, err)
-	}
-	inner, err := ebpf.NewMapFromID(ebpf.MapID(id))
+	inner, err := dp.openPolicy(identity)
 	if err != nil {
-		return 0, fmt.Errorf("open policy map of identity %d: %w", identity, err)
+		return 0, err
 	}
 	defer inner.Close()
 	info, err := inner.Info()

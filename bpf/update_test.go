@@ -1,0 +1,110 @@
+package bpf_test
+
+import (
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/policy"
+	"github.com/moatfw/moat/internal/testutil"
+)
+
+// A packet sees one identity's old policy or its new one whole, never a mix. The two policies below both deny
+// the test packet, but a packet that read the header of one and the rules of the other would be allowed:
+//
+//	old: world default Deny, no rule.
+//	new: world default Allow, a rule that denies the packet.
+//
+// While one goroutine swaps them as fast as it can, packets run on the other CPU; a single pass is a mix.
+func TestPolicySwapIsAtomic(t *testing.T) {
+	h := newHarness(t, bpf.Options{})
+	oldPolicy := &policy.IdentityPolicy{Identity: podID, DefaultEgress: bpf.ActionDeny, DefaultIngress: bpf.ActionDeny}
+	newPolicy := &policy.IdentityPolicy{Identity: podID, DefaultEgress: bpf.ActionAllow, DefaultIngress: bpf.ActionDeny,
+		Rules: []policy.Rule{{ID: 1, Direction: bpf.Egress, Action: bpf.ActionDeny, Peers: []policy.Peer{cidr("198.51.100.0/24")},
+			Ports: ports(policy.ProtoTCP, 443, 443)}}}
+	keysOf := func(p *policy.IdentityPolicy) ([]bpf.PolicyKey, []bpf.PolicyValue) {
+		entries, err := policy.Compile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ks []bpf.PolicyKey
+		var vs []bpf.PolicyValue
+		for _, e := range entries {
+			ks, vs = append(ks, e.Key), append(vs, e.Value)
+		}
+		return ks, vs
+	}
+	oldK, oldV := keysOf(oldPolicy)
+	newK, newV := keysOf(newPolicy)
+	h.policy(oldPolicy)
+
+	var stop atomic.Bool
+	var swaps atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; !stop.Load(); i++ {
+			k, v := oldK, oldV
+			if i%2 == 0 {
+				k, v = newK, newV
+			}
+			if err := h.dp.ReplacePolicy(podID, k, v); err != nil {
+				t.Error(err)
+				return
+			}
+			swaps.Add(1)
+		}
+	}()
+	frame := tcp(podV4, worldV4, 40000, 443, testutil.TCPRst).Bytes() // RST: never a conntrack entry
+	// Each swap waits for an RCU grace period (the kernel's guarantee that no program still uses the old trie),
+	// so packets keep running until enough swaps have happened under them.
+	passed, packets := 0, 0
+	for ; swaps.Load() < 40 && packets < 5_000_000 && !t.Failed(); packets++ {
+		if h.run(h.dp.FromPod, frame) != retDrop {
+			passed++
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
+	if swaps.Load() < 40 {
+		t.Fatalf("only %d swaps happened while %d packets ran: the test proved nothing", swaps.Load(), packets)
+	}
+	if passed != 0 {
+		t.Errorf("%d of %d packets passed during %d swaps: a packet saw a mix of two policies", passed, packets, swaps.Load())
+	}
+	t.Logf("%d packets during %d policy swaps, none passed", packets, swaps.Load())
+}
+
+// A change to one identity's policy builds only that identity's trie: the others keep theirs untouched.
+func TestPolicyUpdateIsLocal(t *testing.T) {
+	h := newHarness(t, bpf.Options{})
+	other := &policy.IdentityPolicy{Identity: peerID, DefaultEgress: bpf.ActionAllow, DefaultIngress: bpf.ActionAllow,
+		Rules: []policy.Rule{{ID: 2, Direction: bpf.Egress, Action: bpf.ActionDeny, AllPeers: true, AllPorts: true}}}
+	h.policy(other)
+	h.policy(egressOnly443())
+	before, err := h.dp.PolicyMapID(peerID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine, err := h.dp.PolicyMapID(podID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := egressOnly443()
+	p.DefaultEgress = bpf.ActionAllow
+	h.policy(p)
+	after, _ := h.dp.PolicyMapID(peerID)
+	mineAfter, _ := h.dp.PolicyMapID(podID)
+	if after != before {
+		t.Errorf("identity %d's trie changed (%d -> %d) when only identity %d's policy did", peerID, before, after, podID)
+	}
+	if mineAfter == mine {
+		t.Errorf("identity %d's trie was not replaced", podID)
+	}
+	keys, _, err := h.dp.PolicyEntries(peerID)
+	if err != nil || len(keys) == 0 {
+		t.Errorf("identity %d's entries after another identity's change: %d, %v", peerID, len(keys), err)
+	}
+}

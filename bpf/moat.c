@@ -495,6 +495,7 @@ struct decision {
 	__u32 rule_id;
 	__u32 remote_identity;
 	__u32 audit_rule_id; /* an Audit policy's first matching rule to report; 0 = none */
+	__u32 identity_flags; /* the header's enum moat_identity_flags that decide() read */
 	__u8 audit_action;
 };
 
@@ -640,6 +641,7 @@ static __always_inline __u8 decide(const struct moat_config *cfg, __u32 identity
 			return MOAT_ACTION_DENY;
 		}
 		flags = v->flags;
+		d->identity_flags = flags;
 		world_default = v->default_verdict[dir & 1];
 	} else {
 		world_default = cfg->default_verdict[dir & 1];
@@ -720,22 +722,10 @@ static __always_inline __u8 decide(const struct moat_config *cfg, __u32 identity
 	return MOAT_ACTION_ALLOW;
 }
 
-/* Is this identity's verdict report-only? Reads the same header decide() read. */
-static __always_inline int audit_mode(const struct moat_endpoint *ep)
+/* Is a Deny of this endpoint report-only? Its own mode, or its identity's header as decide() read it. */
+static __always_inline int audit_mode(const struct moat_endpoint *ep, const struct decision *d)
 {
-	struct moat_policy_key k = {.prefixlen = 8};
-	struct moat_policy_value *v;
-	__u32 identity = ep->identity;
-	void *inner;
-
-	if (ep->mode == MOAT_MODE_AUDIT)
-		return 1;
-	inner = bpf_map_lookup_elem(&policy, &identity);
-	if (!inner)
-		return 0;
-	k.data[0] = MOAT_KIND_HEADER;
-	v = bpf_map_lookup_elem(inner, &k);
-	return v && (v->flags & MOAT_ID_AUDIT);
+	return ep->mode == MOAT_MODE_AUDIT || (d->identity_flags & MOAT_ID_AUDIT);
 }
 
 /* The port policy judges for a flow: the destination port for egress, the pod's own port for ingress. */
@@ -801,7 +791,7 @@ static __always_inline int ct_revalidate(const struct moat_config *cfg, const st
 		port = ((__u16)k->lport[0] << 8) | k->lport[1];
 
 	action = decide(cfg, ep->identity, ct->direction, k->family, k->protocol, port, k->raddr, &r);
-	if (action == MOAT_ACTION_ALLOW || audit_mode(ep)) {
+	if (action == MOAT_ACTION_ALLOW || audit_mode(ep, &r)) {
 		ct->generation = cfg->generation;
 		ct->rule_id = r.rule_id;
 		if (action != MOAT_ACTION_ALLOW)
@@ -1094,7 +1084,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 			d.verdict = MOAT_VERDICT_ALLOWED;
 			d.create_ct = 1;
 			d.emit = (cfg->flags & MOAT_CFG_ALLOW_EVENTS) != 0;
-		} else if (audit_mode(ep)) {
+		} else if (audit_mode(ep, &d)) {
 			d.pass = 1;
 			d.verdict = MOAT_VERDICT_AUDIT;
 			d.create_ct = 1;

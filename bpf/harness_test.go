@@ -92,12 +92,7 @@ func (h *harness) policy(p *policy.IdentityPolicy) {
 	if err != nil {
 		h.t.Fatalf("compile: %v", err)
 	}
-	keys := make([]bpf.PolicyKey, len(entries))
-	values := make([]bpf.PolicyValue, len(entries))
-	for i, e := range entries {
-		keys[i], values[i] = e.Key, e.Value
-	}
-	if err := h.dp.ReplacePolicy(p.Identity, keys, values); err != nil {
+	if err := h.dp.ReplacePolicy(p.Identity, entries); err != nil {
 		h.t.Fatal(err)
 	}
 	if _, err := h.dp.BumpGeneration(); err != nil {

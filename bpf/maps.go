@@ -141,32 +141,76 @@ func (dp *Datapath) DeleteIPCache(prefix netip.Prefix) error {
 	return nil
 }
 
+// PolicyEntry is one element of an identity's policy trie, as the compiler makes it.
+type PolicyEntry struct {
+	Key   PolicyKey
+	Value PolicyValue
+}
+
 // ReplacePolicy builds a new policy trie for identity beside the one in use and swaps the reference, so a
-// packet sees the old policy or the new one whole. The cost is in proportion to this identity's entries.
+// packet sees the old policy or the new one whole. The cost is in proportion to this identity's entries, plus
+// one RCU grace period the kernel waits for so that no packet still uses the old trie when this returns.
 // Call BumpGeneration afterwards so established flows are decided again under the new policy.
-func (dp *Datapath) ReplacePolicy(identity uint32, keys []PolicyKey, values []PolicyValue) error {
-	if len(keys) != len(values) {
-		return fmt.Errorf("policy of identity %d: %d keys but %d values", identity, len(keys), len(values))
-	}
+func (dp *Datapath) ReplacePolicy(identity uint32, entries []PolicyEntry) error {
+	return dp.ReplacePolicies(map[uint32][]PolicyEntry{identity: entries})
+}
+
+// ReplacePolicies swaps in the policies of several identities with one grace period for all of them (a batch
+// update of the policy map where the kernel has it). Each identity still changes atomically on its own.
+func (dp *Datapath) ReplacePolicies(policies map[uint32][]PolicyEntry) error {
 	if dp.inner == nil {
-		return fmt.Errorf("policy of identity %d: only the enforcer that loaded the datapath writes policy", identity)
+		return fmt.Errorf("only the enforcer that loaded the datapath writes policy")
 	}
+	ids := make([]uint32, 0, len(policies))
+	inners := make([]*ebpf.Map, 0, len(policies))
+	defer func() {
+		for _, m := range inners {
+			m.Close() // the policy map holds its own reference once swapped in
+		}
+	}()
+	for identity, entries := range policies {
+		inner, err := dp.newPolicyTrie(identity, entries)
+		if err != nil {
+			return err
+		}
+		ids = append(ids, identity)
+		inners = append(inners, inner)
+	}
+	if len(ids) > 1 {
+		fds := make([]uint32, len(inners))
+		for i, m := range inners {
+			fds[i] = uint32(m.FD())
+		}
+		_, err := dp.maps.Policy.BatchUpdate(ids, fds, nil)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("swap in the policies of %d identities: %w", len(ids), err)
+		}
+	}
+	for i, identity := range ids {
+		if err := dp.maps.Policy.Put(identity, inners[i]); err != nil {
+			return fmt.Errorf("swap in policy of identity %d: %w", identity, err)
+		}
+	}
+	return nil
+}
+
+func (dp *Datapath) newPolicyTrie(identity uint32, entries []PolicyEntry) (*ebpf.Map, error) {
 	spec := dp.inner.Copy()
 	spec.Name = fmt.Sprintf("moat_pol_%d", identity)
 	inner, err := ebpf.NewMap(spec)
 	if err != nil {
-		return fmt.Errorf("create policy map of identity %d: %w", identity, err)
+		return nil, fmt.Errorf("create policy map of identity %d: %w", identity, err)
 	}
-	defer inner.Close() // the outer map holds its own reference once swapped in
-	for i := range keys {
-		if err := inner.Put(&keys[i], &values[i]); err != nil {
-			return fmt.Errorf("fill policy map of identity %d (entry %d of %d): %w", identity, i+1, len(keys), err)
+	for i := range entries {
+		if err := inner.Put(&entries[i].Key, &entries[i].Value); err != nil {
+			inner.Close()
+			return nil, fmt.Errorf("fill policy map of identity %d (entry %d of %d): %w", identity, i+1, len(entries), err)
 		}
 	}
-	if err := dp.maps.Policy.Put(identity, inner); err != nil {
-		return fmt.Errorf("swap in policy of identity %d: %w", identity, err)
-	}
-	return nil
+	return inner, nil
 }
 
 // PolicyTrieCapacity is how many entries one identity's policy trie holds.

@@ -23,20 +23,14 @@ func TestPolicySwapIsAtomic(t *testing.T) {
 	newPolicy := &policy.IdentityPolicy{Identity: podID, DefaultEgress: bpf.ActionAllow, DefaultIngress: bpf.ActionDeny,
 		Rules: []policy.Rule{{ID: 1, Direction: bpf.Egress, Action: bpf.ActionDeny, Peers: []policy.Peer{cidr("198.51.100.0/24")},
 			Ports: ports(policy.ProtoTCP, 443, 443)}}}
-	keysOf := func(p *policy.IdentityPolicy) ([]bpf.PolicyKey, []bpf.PolicyValue) {
+	compile := func(p *policy.IdentityPolicy) []bpf.PolicyEntry {
 		entries, err := policy.Compile(p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var ks []bpf.PolicyKey
-		var vs []bpf.PolicyValue
-		for _, e := range entries {
-			ks, vs = append(ks, e.Key), append(vs, e.Value)
-		}
-		return ks, vs
+		return entries
 	}
-	oldK, oldV := keysOf(oldPolicy)
-	newK, newV := keysOf(newPolicy)
+	oldEntries, newEntries := compile(oldPolicy), compile(newPolicy)
 	h.policy(oldPolicy)
 
 	var stop atomic.Bool
@@ -46,11 +40,11 @@ func TestPolicySwapIsAtomic(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for i := 0; !stop.Load(); i++ {
-			k, v := oldK, oldV
+			entries := oldEntries
 			if i%2 == 0 {
-				k, v = newK, newV
+				entries = newEntries
 			}
-			if err := h.dp.ReplacePolicy(podID, k, v); err != nil {
+			if err := h.dp.ReplacePolicy(podID, entries); err != nil {
 				t.Error(err)
 				return
 			}
@@ -106,5 +100,43 @@ func TestPolicyUpdateIsLocal(t *testing.T) {
 	keys, _, err := h.dp.PolicyEntries(peerID)
 	if err != nil || len(keys) == 0 {
 		t.Errorf("identity %d's entries after another identity's change: %d, %v", peerID, len(keys), err)
+	}
+}
+
+// Several identities swap with one batch; each gets its own trie.
+func TestReplacePolicies(t *testing.T) {
+	h := newHarness(t, bpf.Options{})
+	batch := map[uint32][]bpf.PolicyEntry{}
+	for id := uint32(100); id < 164; id++ {
+		p := egressOnly443()
+		p.Identity = id
+		entries, err := policy.Compile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		batch[id] = entries
+	}
+	if err := h.dp.ReplacePolicies(batch); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[uint64]bool{}
+	for id, want := range batch {
+		mapID, err := h.dp.PolicyMapID(id)
+		if err != nil {
+			t.Fatalf("identity %d: %v", id, err)
+		}
+		if seen[uint64(mapID)] {
+			t.Errorf("identity %d shares trie %d with another identity", id, mapID)
+		}
+		seen[uint64(mapID)] = true
+		keys, _, err := h.dp.PolicyEntries(id)
+		if err != nil || len(keys) != len(want) {
+			t.Errorf("identity %d: %d entries (%v), want %d", id, len(keys), err, len(want))
+		}
+	}
+	// and the datapath uses them: an endpoint of identity 130 is decided by its policy
+	h.endpoint(130, bpf.ModeEnforce, podV4, podV6)
+	if got := h.from(tcp(podV4, worldV4, 1000, 80, testutil.TCPSyn)); got != retDrop {
+		t.Errorf("endpoint of a batch-swapped identity, denied port: %s, want drop", verdictName(got))
 	}
 }

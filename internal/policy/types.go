@@ -66,7 +66,4 @@ type Defaults struct {
 }
 
 // Entry is one element of an identity's policy map.
-type Entry struct {
-	Key   bpf.PolicyKey
-	Value bpf.PolicyValue
-}
+type Entry = bpf.PolicyEntry

@@ -42,6 +42,7 @@ const (
 // harness is one loaded datapath with one endpoint on a dummy device of the test's own.
 type harness struct {
 	t       testing.TB
+	root    string // pin root
 	dp      *bpf.Datapath
 	ifindex uint32
 	events  *ringbuf.Reader
@@ -55,7 +56,7 @@ func newHarness(t testing.TB, opts bpf.Options) *harness {
 		t.Fatalf("load datapath: %v", err)
 	}
 	t.Cleanup(func() { dp.Close() })
-	h := &harness{t: t, dp: dp, ifindex: uint32(testutil.Dummy(t))}
+	h := &harness{t: t, root: root, dp: dp, ifindex: uint32(testutil.Dummy(t))}
 	h.endpoint(podID, bpf.ModeEnforce, podV4, podV6)
 	for _, e := range []struct {
 		p     string

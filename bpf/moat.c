@@ -76,6 +76,10 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define CT_REFRESH_SLACK NSEC /* write a new deadline only when it moved by more than this */
 #define FRAG_TIMEOUT (30 * NSEC)
 
+/* Deadlines of conntrack and fragment entries use the coarse clock: a tick is precise enough for timeouts of
+ * seconds, and it spares the hot path a clock read. Events keep the precise clock. */
+#define now_coarse() bpf_ktime_get_coarse_ns()
+
 /* ---- maps ---- */
 
 /* key 0 -> struct moat_config: layout version, policy generation, flags, cluster defaults */
@@ -820,7 +824,7 @@ static __always_inline int ct_lookup(struct __sk_buff *skb, const struct moat_co
 	const __u8 *raddr = dir == MOAT_DIR_EGRESS ? p->daddr : p->saddr;
 	__u16 lport = dir == MOAT_DIR_EGRESS ? p->sport : p->dport;
 	__u16 rport = dir == MOAT_DIR_EGRESS ? p->dport : p->sport;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = now_coarse();
 	int related = 0;
 
 	if (p->protocol == IPPROTO_ICMP || p->protocol == IPPROTO_ICMPV6) {
@@ -952,7 +956,7 @@ static __always_inline void ct_create(__u32 ifindex, const struct packet *p, __u
 	v.rule_id = d->rule_id;
 	v.flags = d->ct_audit ? MOAT_CT_AUDIT : 0;
 	/* a TCP flow picked up after its handshake (an eviction, a restart) counts as established */
-	v.expires = bpf_ktime_get_ns() +
+	v.expires = now_coarse() +
 		    ct_timeout(p->protocol, 0, p->protocol == IPPROTO_TCP && !(p->tcp_flags & TCP_FLAG_SYN));
 	if (bpf_map_update_elem(&conntrack, &k, &v, BPF_ANY) == 0)
 		stat_inc(MOAT_STAT_CT_CREATED);
@@ -1059,7 +1063,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 
 		frag_key_for(&fk, ifindex, &p);
 		fv = bpf_map_lookup_elem(&fragments, &fk);
-		if (!fv || fv->expires < bpf_ktime_get_ns()) {
+		if (!fv || fv->expires < now_coarse()) {
 			d.reason = MOAT_REASON_FRAG_NO_FIRST;
 			return finish(skb, ep, &p, dir, &d);
 		}
@@ -1105,7 +1109,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 		struct moat_frag_value fv = {};
 
 		frag_key_for(&fk, ifindex, &p);
-		fv.expires = bpf_ktime_get_ns() + FRAG_TIMEOUT;
+		fv.expires = now_coarse() + FRAG_TIMEOUT;
 		fv.pass = d.pass;
 		fv.reason = d.reason;
 		fv.rule_id = d.rule_id;

@@ -131,4 +131,29 @@ func realTraffic(t *testing.T, mode bpf.AttachMode) {
 	if n := h.reasonCount(bpf.ReasonMetadata); n == 0 {
 		t.Errorf("%s: metadata drops not counted", mode)
 	}
+
+	// An enforcer restart reuses the pinned maps and detaches nothing: the pod's links keep their programs,
+	// enforcement never stops, and policy the new enforcer writes takes effect through the same maps.
+	h.dp.Close()
+	if err := testutil.Exchange(pl.Pod, net4+":80", time.Second); err == nil {
+		t.Errorf("%s: with the enforcer's handles closed, a denied connection went through", mode)
+	}
+	dp2, err := bpf.Load(h.root, bpf.Options{})
+	if err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	t.Cleanup(func() { dp2.Close() })
+	if dp2.Created {
+		t.Errorf("%s: reload created new maps instead of reusing the pinned ones", mode)
+	}
+	h.dp = dp2
+	if err := testutil.Exchange(pl.Pod, net4+":80", time.Second); err == nil {
+		t.Errorf("%s: after the restart, a denied connection went through", mode)
+	}
+	opened := trafficPolicy()
+	opened.Rules[0].Ports = append(opened.Rules[0].Ports, policy.PortRange{Protocol: policy.ProtoTCP, First: 80, Last: 80})
+	h.policy(opened)
+	if err := testutil.Exchange(pl.Pod, net4+":80", time.Second); err != nil {
+		t.Errorf("%s: port 80 allowed by the restarted enforcer: %v", mode, err)
+	}
 }

@@ -209,6 +209,8 @@ const struct {
 /* ---- packet parsing ---- */
 
 struct packet {
+	void *data; /* the skb's linear data, read once from the context */
+	void *data_end;
 	__u8 family; /* 4 or 6 */
 	__u8 protocol;
 	__u8 has_ports;  /* sport/dport hold L4 ports or an ICMP identifier */
@@ -255,6 +257,24 @@ struct l4hdr {
 	__be16 dport;
 	__u8 rest[10]; /* TCP: seq, ack, data offset; byte 13 of the header is at rest[9] */
 };
+
+/*
+ * Reads len bytes at off: straight from the packet's linear data when they are there (the common case), through
+ * bpf_skb_load_bytes otherwise (headers in a non-linear part). Either way a short packet gives an error.
+ * Used for the headers every packet has; the extension header walk and ICMP quotes use bpf_skb_load_bytes
+ * alone, since a second branch per read there multiplies the verifier's states past its limit.
+ */
+static __always_inline int load(struct __sk_buff *skb, const struct packet *p, __u32 off, void *to,
+				const __u32 len)
+{
+	void *data = p->data;
+
+	if (off <= 0xffff && data + off + len <= p->data_end) {
+		__builtin_memcpy(to, data + off, len);
+		return 0;
+	}
+	return bpf_skb_load_bytes(skb, off, to, len);
+}
 
 static __always_inline void copy16(__u8 *dst, const __u8 *src)
 {
@@ -315,8 +335,13 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p)
 	}
 	if (p->l4_off + need > p->l3_end)
 		return MOAT_REASON_MALFORMED;
-	if (bpf_skb_load_bytes(skb, p->l4_off, &l4, 14 > need ? need : 14) < 0)
+	/* ports and ICMP type and identifier are in the first 8 bytes; TCP flags in byte 13 */
+	if (p->protocol == IPPROTO_TCP) {
+		if (load(skb, p, p->l4_off, &l4, 14) < 0)
+			return MOAT_REASON_MALFORMED;
+	} else if (load(skb, p, p->l4_off, &l4, 8) < 0) {
 		return MOAT_REASON_MALFORMED;
+	}
 
 	if (p->protocol == IPPROTO_ICMP || p->protocol == IPPROTO_ICMPV6) {
 		__u8 *b = (__u8 *)&l4;
@@ -343,7 +368,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct packet *p)
 	__u32 ihl, tot_len;
 	__u16 frag;
 
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+	if (load(skb, p, ETH_HLEN, &ip, sizeof(ip)) < 0)
 		return MOAT_REASON_MALFORMED;
 	if ((ip.ver_ihl >> 4) != 4)
 		return MOAT_REASON_MALFORMED;
@@ -390,7 +415,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct packet *p)
 	__u8 next;
 	int i;
 
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+	if (load(skb, p, ETH_HLEN, &ip, sizeof(ip)) < 0)
 		return MOAT_REASON_MALFORMED;
 	if ((bpf_ntohl(ip.ver_tc_flow) >> 28) != 6)
 		return MOAT_REASON_MALFORMED;
@@ -1010,6 +1035,8 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 
 	d.verdict = MOAT_VERDICT_DENIED;
 	d.emit = 1;
+	p.data = (void *)(long)skb->data;
+	p.data_end = (void *)(long)skb->data_end;
 
 	ep = bpf_map_lookup_elem(&local_endpoints, &ifindex);
 	if (!ep) {
@@ -1021,7 +1048,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 	if (!cfg)
 		return TCX_DROP;
 
-	if (bpf_skb_load_bytes(skb, 12, eth_proto, 2) < 0) {
+	if (load(skb, &p, 12, eth_proto, 2) < 0) {
 		d.reason = MOAT_REASON_MALFORMED;
 		return finish(skb, ep, &p, dir, &d);
 	}

@@ -1,4 +1,4 @@
-package policy
+package policy_test
 
 import (
 	"fmt"
@@ -7,54 +7,55 @@ import (
 	"testing"
 
 	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/policy"
 )
 
-func ref(order int, r Rule) bpf.RuleRef {
+func ref(order int, r policy.Rule) bpf.RuleRef {
 	return bpf.RuleRef{Order: uint32(order), RuleId: r.ID, Action: uint8(r.Action)}
 }
 
-func cidrEntry(class uint16, prefix string, enforce, audit bpf.RuleRef) Entry {
-	v := emptyValue()
+func cidrEntry(class uint16, prefix string, enforce, audit bpf.RuleRef) policy.Entry {
+	v := policy.EmptyValue()
 	v.Enforce, v.Audit = enforce, audit
-	return Entry{Key: bpf.CIDRKey(class, pfx(prefix)), Value: v}
+	return policy.Entry{Key: bpf.CIDRKey(class, pfx(prefix)), Value: v}
 }
 
-func portEntry(dir bpf.Direction, proto uint8, port uint16, bits int, class uint32) Entry {
-	v := emptyValue()
+func portEntry(dir bpf.Direction, proto uint8, port uint16, bits int, class uint32) policy.Entry {
+	v := policy.EmptyValue()
 	v.PortClass = class
-	return Entry{Key: bpf.PortKey(dir, proto, port, bits), Value: v}
+	return policy.Entry{Key: bpf.PortKey(dir, proto, port, bits), Value: v}
 }
 
-func peerEntry(class uint16, identity uint32, enforce, audit bpf.RuleRef) Entry {
-	v := emptyValue()
+func peerEntry(class uint16, identity uint32, enforce, audit bpf.RuleRef) policy.Entry {
+	v := policy.EmptyValue()
 	v.Enforce, v.Audit = enforce, audit
-	return Entry{Key: bpf.PeerKey(class, identity), Value: v}
+	return policy.Entry{Key: bpf.PeerKey(class, identity), Value: v}
 }
 
 // TestCompileEntries pins the exact entries of small policies: what each kind of entry holds, that shadowed
 // rules cost nothing, and that a hole in a protocol's ports gets an explicit class 0.
 func TestCompileEntries(t *testing.T) {
 	none := bpf.NoRule()
-	web := Rule{ID: 1, Direction: bpf.Egress, Action: allow, Peers: []Peer{cidrP("10.0.0.0/8", "10.1.0.0/16")}, Ports: portRange(ProtoTCP, 443, 443)}
-	denyAll := Rule{ID: 2, Direction: bpf.Egress, Action: deny, AllPeers: true, AllPorts: true}
-	auditDB := Rule{ID: 3, Direction: bpf.Ingress, Action: deny, Audit: true, Peers: []Peer{{Identities: []uint32{4, 5}}}, Ports: portRange(ProtoTCP, 5432, 5432)}
-	holes := Rule{ID: 4, Direction: bpf.Egress, Action: allow, Peers: []Peer{cidrP("2001:db8::/32")},
-		Ports: []PortRange{{ProtoTCP, 0, 1000}, {ProtoTCP, 1002, 65535}}}
-	nobody := Rule{ID: 5, Direction: bpf.Ingress, Action: deny, Peers: []Peer{}, AllPorts: true}
+	web := policy.Rule{ID: 1, Direction: bpf.Egress, Action: allow, Peers: []policy.Peer{cidrP("10.0.0.0/8", "10.1.0.0/16")}, Ports: portRange(policy.ProtoTCP, 443, 443)}
+	denyAll := policy.Rule{ID: 2, Direction: bpf.Egress, Action: deny, AllPeers: true, AllPorts: true}
+	auditDB := policy.Rule{ID: 3, Direction: bpf.Ingress, Action: deny, Audit: true, Peers: []policy.Peer{{Identities: []uint32{4, 5}}}, Ports: portRange(policy.ProtoTCP, 5432, 5432)}
+	holes := policy.Rule{ID: 4, Direction: bpf.Egress, Action: allow, Peers: []policy.Peer{cidrP("2001:db8::/32")},
+		Ports: []policy.PortRange{{policy.ProtoTCP, 0, 1000}, {policy.ProtoTCP, 1002, 65535}}}
+	nobody := policy.Rule{ID: 5, Direction: bpf.Ingress, Action: deny, Peers: []policy.Peer{}, AllPorts: true}
 
 	tests := []struct {
 		name  string
-		rules []Rule
-		want  []Entry // without the header
+		rules []policy.Rule
+		want  []policy.Entry // without the header
 	}{
-		{"one rule", []Rule{web}, []Entry{
-			portEntry(bpf.Egress, ProtoTCP, 443, 32, 1),
+		{"one rule", []policy.Rule{web}, []policy.Entry{
+			portEntry(bpf.Egress, policy.ProtoTCP, 443, 32, 1),
 			cidrEntry(1, "10.0.0.0/8", ref(0, web), none),
 			cidrEntry(1, "10.1.0.0/16", none, none),
 		}},
-		{"a rule, then deny everything", []Rule{web, denyAll}, []Entry{
+		{"a rule, then deny everything", []policy.Rule{web, denyAll}, []policy.Entry{
 			portEntry(bpf.Egress, 0, 0, 8, 1),
-			portEntry(bpf.Egress, ProtoTCP, 443, 32, 2),
+			portEntry(bpf.Egress, policy.ProtoTCP, 443, 32, 2),
 			cidrEntry(1, "0.0.0.0/0", ref(1, denyAll), none),
 			cidrEntry(1, "::/0", ref(1, denyAll), none),
 			cidrEntry(2, "0.0.0.0/0", ref(1, denyAll), none),
@@ -62,31 +63,31 @@ func TestCompileEntries(t *testing.T) {
 			cidrEntry(2, "10.1.0.0/16", ref(1, denyAll), none),
 			cidrEntry(2, "::/0", ref(1, denyAll), none),
 		}},
-		{"a shadowed rule costs nothing", []Rule{denyAll, web}, []Entry{
+		{"a shadowed rule costs nothing", []policy.Rule{denyAll, web}, []policy.Entry{
 			portEntry(bpf.Egress, 0, 0, 8, 1),
 			cidrEntry(1, "0.0.0.0/0", ref(0, denyAll), none),
 			cidrEntry(1, "::/0", ref(0, denyAll), none),
 		}},
-		{"audit rule with namespace peers", []Rule{auditDB}, []Entry{
-			portEntry(bpf.Ingress, ProtoTCP, 5432, 32, 1),
+		{"audit rule with namespace peers", []policy.Rule{auditDB}, []policy.Entry{
+			portEntry(bpf.Ingress, policy.ProtoTCP, 5432, 32, 1),
 			peerEntry(1, 4, none, ref(0, auditDB)),
 			peerEntry(1, 5, none, ref(0, auditDB)),
 		}},
-		{"a hole in a protocol's ports is class 0", []Rule{holes}, []Entry{
-			portEntry(bpf.Egress, ProtoTCP, 0, 16, 1),
-			portEntry(bpf.Egress, ProtoTCP, 1001, 32, 0),
+		{"a hole in a protocol's ports is class 0", []policy.Rule{holes}, []policy.Entry{
+			portEntry(bpf.Egress, policy.ProtoTCP, 0, 16, 1),
+			portEntry(bpf.Egress, policy.ProtoTCP, 1001, 32, 0),
 			cidrEntry(1, "2001:db8::/32", ref(0, holes), none),
 		}},
-		{"a rule without peers needs no class", []Rule{nobody}, nil},
+		{"a rule without peers needs no class", []policy.Rule{nobody}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := withRules(tt.rules...)
-			got, err := Compile(p)
+			got, err := policy.Compile(p)
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := append([]Entry{headerEntry(p)}, tt.want...)
+			want := append([]policy.Entry{policy.HeaderEntry(p)}, tt.want...)
 			if fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Errorf("entries:\n%s\nwant:\n%s", formatEntries(got), formatEntries(want))
 			}
@@ -95,8 +96,8 @@ func TestCompileEntries(t *testing.T) {
 }
 
 func TestCompileHeader(t *testing.T) {
-	p := &IdentityPolicy{Identity: 3, MetadataAllowed: true, Audit: true, DefaultEgress: deny, DefaultIngress: allow}
-	got, err := Compile(p)
+	p := &policy.IdentityPolicy{Identity: 3, MetadataAllowed: true, Audit: true, DefaultEgress: deny, DefaultIngress: allow}
+	got, err := policy.Compile(p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +110,7 @@ func TestCompileHeader(t *testing.T) {
 		t.Errorf("header %+v", h)
 	}
 	p.MetadataAllowed, p.Audit = false, false
-	if got, _ := Compile(p); got[0].Value.Flags != 0 {
+	if got, _ := policy.Compile(p); got[0].Value.Flags != 0 {
 		t.Errorf("flags %d, want 0", got[0].Value.Flags)
 	}
 }
@@ -120,25 +121,25 @@ func TestCompileManyPortClasses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("compiles 65,536 rules")
 	}
-	p := distinctRules(maxClasses + 1)
-	if _, err := Compile(p); err == nil || !strings.Contains(err.Error(), "more than 65535 port classes") {
-		t.Errorf("Compile of %d classes: %v", maxClasses+1, err)
+	p := distinctRules(policy.MaxClasses + 1)
+	if _, err := policy.Compile(p); err == nil || !strings.Contains(err.Error(), "more than 65535 port classes") {
+		t.Errorf("Compile of %d classes: %v", policy.MaxClasses+1, err)
 	}
-	p.Rules = p.Rules[:maxClasses]
-	entries, err := Compile(p)
+	p.Rules = p.Rules[:policy.MaxClasses]
+	entries, err := policy.Compile(p)
 	if err != nil {
-		t.Fatalf("Compile of %d classes: %v", maxClasses, err)
+		t.Fatalf("Compile of %d classes: %v", policy.MaxClasses, err)
 	}
-	if s := Stats(entries); s.Classes != maxClasses {
-		t.Errorf("%d classes, want %d", s.Classes, maxClasses)
+	if s := policy.Stats(entries); s.Classes != policy.MaxClasses {
+		t.Errorf("%d classes, want %d", s.Classes, policy.MaxClasses)
 	}
 }
 
 // distinctRules is a policy of n rules each with its own port and cidr, egress and ingress alternating.
-func distinctRules(n int) *IdentityPolicy {
+func distinctRules(n int) *policy.IdentityPolicy {
 	p := withRules()
 	for i := range n {
-		r := Rule{ID: uint32(i%(bpf.MaxRules-1)) + 1, Direction: bpf.Direction(i & 1), Action: allow}
+		r := policy.Rule{ID: uint32(i%(bpf.MaxRules-1)) + 1, Direction: bpf.Direction(i & 1), Action: allow}
 		if i%3 == 0 {
 			r.Action = deny
 		}
@@ -148,13 +149,13 @@ func distinctRules(n int) *IdentityPolicy {
 		} else {
 			c = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32-i%8)
 		}
-		r.Peers = []Peer{{CIDR: c.Masked()}}
-		proto := ProtoTCP
+		r.Peers = []policy.Peer{{CIDR: c.Masked()}}
+		proto := policy.ProtoTCP
 		if i%5 == 4 {
-			proto = ProtoUDP
+			proto = policy.ProtoUDP
 		}
 		port := uint16(i/2 + 1)
-		r.Ports = []PortRange{{Protocol: proto, First: port, Last: port}}
+		r.Ports = []policy.PortRange{{Protocol: proto, First: port, Last: port}}
 		p.Rules = append(p.Rules, r)
 	}
 	return p
@@ -162,11 +163,11 @@ func distinctRules(n int) *IdentityPolicy {
 
 func TestStats(t *testing.T) {
 	p := distinctRules(1000)
-	entries, err := Compile(p)
+	entries, err := policy.Compile(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := Stats(entries)
+	s := policy.Stats(entries)
 	if s.Entries != len(entries) || s.Entries != 1+s.Ports+s.CIDRs+s.Peers || s.Classes != 1000 || s.CIDRs != 1000 || s.Peers != 0 {
 		t.Errorf("stats %+v", s)
 	}
@@ -180,13 +181,13 @@ func BenchmarkCompile(b *testing.B) {
 	for _, n := range []int{10, 1000, 10000} {
 		p := distinctRules(n)
 		b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) {
-			var s EntryStats
+			var s policy.EntryStats
 			for b.Loop() {
-				entries, err := Compile(p)
+				entries, err := policy.Compile(p)
 				if err != nil {
 					b.Fatal(err)
 				}
-				s = Stats(entries)
+				s = policy.Stats(entries)
 			}
 			b.ReportMetric(float64(s.Entries), "entries")
 			b.ReportMetric(float64(s.Ports), "port-entries")
@@ -196,7 +197,7 @@ func BenchmarkCompile(b *testing.B) {
 	}
 }
 
-func formatEntries(es []Entry) string {
+func formatEntries(es []policy.Entry) string {
 	var b strings.Builder
 	for _, e := range es {
 		fmt.Fprintf(&b, "  len %3d %x -> enforce %+v audit %+v class %d flags %d defaults %v\n", e.Key.Prefixlen, e.Key.Data,

@@ -1,10 +1,11 @@
-package policy
+package policy_test
 
 import (
 	"fmt"
 	"slices"
 
 	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/policy"
 )
 
 // This file models the datapath's decide() (bpf/moat.c) literally, over Go models of its LPM tries, so
@@ -78,7 +79,7 @@ type datapathModel struct {
 	defaults [2]uint8
 }
 
-func newDatapathModel(entries []Entry, d Defaults, ipc *IPCache, identityHasPolicy bool) (*datapathModel, error) {
+func newDatapathModel(entries []policy.Entry, d policy.Defaults, ipc *policy.IPCache, identityHasPolicy bool) (*datapathModel, error) {
 	m := &datapathModel{ipcache: newLPMTrie[bpf.IPCacheValue]()}
 	m.defaults[bpf.Egress] = uint8(d.DefaultEgress)
 	m.defaults[bpf.Ingress] = uint8(d.DefaultIngress)
@@ -103,7 +104,7 @@ func newDatapathModel(entries []Entry, d Defaults, ipc *IPCache, identityHasPoli
 }
 
 // simulate decides pkt as the datapath would with entries in the identity's policy map.
-func simulate(entries []Entry, d Defaults, ipc *IPCache, identityHasPolicy bool, pkt Packet) Result {
+func simulate(entries []policy.Entry, d policy.Defaults, ipc *policy.IPCache, identityHasPolicy bool, pkt policy.Packet) policy.Result {
 	m, err := newDatapathModel(entries, d, ipc, identityHasPolicy)
 	if err != nil {
 		panic(err)
@@ -113,8 +114,8 @@ func simulate(entries []Entry, d Defaults, ipc *IPCache, identityHasPolicy bool,
 
 // decide is decide() of moat.c, statement by statement, followed by the verdict process() gives an
 // endpoint in enforce mode.
-func (m *datapathModel) decide(pkt Packet) Result {
-	var d Result
+func (m *datapathModel) decide(pkt policy.Packet) policy.Result {
+	var d policy.Result
 	family := bpf.Family(pkt.Remote)
 	remote := bpf.Addr16(pkt.Remote)
 	dir := uint8(pkt.Direction)

@@ -1,4 +1,4 @@
-package policy
+package policy_test
 
 import (
 	"flag"
@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/policy"
+	"github.com/moatfw/moat/internal/policy/policytest"
 )
 
 var seedFlag = flag.Uint64("policy.seed", 0, "seed of the extra random run of TestCompileAgreesWithEvaluate (0: from the clock)")
@@ -53,10 +55,10 @@ func differential(t *testing.T, seed uint64) (int, bool) {
 		case i%8 == 3:
 			rules = 0
 		}
-		g := newGenerator(rng)
-		p := g.policy(rules)
-		ipc := g.ipcache()
-		d := Defaults{DefaultEgress: g.action(), DefaultIngress: g.action()}
+		g := policytest.NewGenerator(rng)
+		p := g.Policy(rules)
+		ipc := g.IPCache()
+		d := g.Defaults()
 		n := 400 + 4*rules
 		if i%4 == 1 {
 			// now and then, an identity without a policy map
@@ -74,26 +76,26 @@ func differential(t *testing.T, seed uint64) (int, bool) {
 }
 
 // agree compiles p and compares n random packets; on the first disagreement it reports a shrunk policy.
-func agree(t *testing.T, seed uint64, p *IdentityPolicy, d Defaults, ipc *IPCache, g *generator, n int) bool {
+func agree(t *testing.T, seed uint64, p *policy.IdentityPolicy, d policy.Defaults, ipc *policy.IPCache, g *policytest.Generator, n int) bool {
 	t.Helper()
-	var entries []Entry
+	var entries []policy.Entry
 	if p != nil {
 		var err error
-		if entries, err = Compile(p); err != nil {
-			t.Errorf("seed %d: Compile: %v\n%s", seed, err, formatPolicy(p))
+		if entries, err = policy.Compile(p); err != nil {
+			t.Errorf("seed %d: Compile: %v\n%s", seed, err, policytest.FormatPolicy(p))
 			return false
 		}
 		checkEntries(t, entries)
 	}
 	m, err := newDatapathModel(entries, d, ipc, p != nil)
 	if err != nil {
-		t.Errorf("seed %d: %v\n%s", seed, err, formatPolicy(p))
+		t.Errorf("seed %d: %v\n%s", seed, err, policytest.FormatPolicy(p))
 		return false
 	}
-	tg := newTargets(p, ipc)
+	tg := policytest.NewTargets(p, ipc)
 	for range n {
-		pkt := g.packet(tg)
-		want := Evaluate(p, d, ipc, pkt)
+		pkt := g.Packet(tg)
+		want := policy.Evaluate(p, d, ipc, pkt)
 		if got := m.decide(pkt); got != want {
 			small, rules := shrink(p, d, ipc, pkt), 0
 			if p != nil {
@@ -101,8 +103,9 @@ func agree(t *testing.T, seed uint64, p *IdentityPolicy, d Defaults, ipc *IPCach
 			}
 			t.Errorf("seed %d: the datapath disagrees with Evaluate\npacket %s\ndatapath %s\nEvaluate %s\n"+
 				"defaults egress %s ingress %s\npolicy (shrunk from %d rules) %sipcache entries of the remote:\n%s",
-				seed, formatPacket(pkt), formatResult(simulateOne(small, d, ipc, pkt)), formatResult(Evaluate(small, d, ipc, pkt)),
-				actionName(d.DefaultEgress), actionName(d.DefaultIngress), rules, formatPolicy(small), formatIPCache(ipc, pkt.Remote))
+				seed, policytest.FormatPacket(pkt), policytest.FormatResult(simulateOne(small, d, ipc, pkt)),
+				policytest.FormatResult(policy.Evaluate(small, d, ipc, pkt)), policytest.ActionName(d.DefaultEgress),
+				policytest.ActionName(d.DefaultIngress), rules, policytest.FormatPolicy(small), policytest.FormatIPCache(ipc, pkt.Remote))
 			return false
 		}
 	}
@@ -110,11 +113,11 @@ func agree(t *testing.T, seed uint64, p *IdentityPolicy, d Defaults, ipc *IPCach
 }
 
 // simulateOne compiles p and decides one packet with the simulated datapath.
-func simulateOne(p *IdentityPolicy, d Defaults, ipc *IPCache, pkt Packet) Result {
-	var entries []Entry
+func simulateOne(p *policy.IdentityPolicy, d policy.Defaults, ipc *policy.IPCache, pkt policy.Packet) policy.Result {
+	var entries []policy.Entry
 	if p != nil {
 		var err error
-		if entries, err = Compile(p); err != nil {
+		if entries, err = policy.Compile(p); err != nil {
 			panic(err)
 		}
 	}
@@ -122,36 +125,22 @@ func simulateOne(p *IdentityPolicy, d Defaults, ipc *IPCache, pkt Packet) Result
 }
 
 // shrink removes rules from p while the datapath still disagrees with Evaluate about pkt.
-func shrink(p *IdentityPolicy, d Defaults, ipc *IPCache, pkt Packet) *IdentityPolicy {
-	if p == nil {
-		return nil
-	}
-	disagrees := func(q *IdentityPolicy) bool { return simulateOne(q, d, ipc, pkt) != Evaluate(q, d, ipc, pkt) }
-	cur := *p
-	for chunk := len(cur.Rules) / 2; chunk >= 1; chunk /= 2 {
-		for i := 0; i < len(cur.Rules); {
-			next := cur
-			next.Rules = append(append([]Rule(nil), cur.Rules[:i]...), cur.Rules[min(i+chunk, len(cur.Rules)):]...)
-			if disagrees(&next) {
-				cur = next
-			} else {
-				i += chunk
-			}
-		}
-	}
-	return &cur
+func shrink(p *policy.IdentityPolicy, d policy.Defaults, ipc *policy.IPCache, pkt policy.Packet) *policy.IdentityPolicy {
+	return policytest.Shrink(p, func(q *policy.IdentityPolicy) bool {
+		return simulateOne(q, d, ipc, pkt) != policy.Evaluate(q, d, ipc, pkt)
+	})
 }
 
 // checkEntries checks what the datapath assumes of a policy map: one header first, keys sorted and unique,
 // no bits set beyond a key's prefixlen, class ids that fit their two bytes, and rule references that name
 // a rule or none.
-func checkEntries(t *testing.T, entries []Entry) {
+func checkEntries(t *testing.T, entries []policy.Entry) {
 	t.Helper()
 	if len(entries) == 0 || entries[0].Key != bpf.HeaderKey() {
 		t.Fatalf("no header first")
 	}
 	for i, e := range entries {
-		if i > 0 && compareEntries(entries[i-1], e) >= 0 {
+		if i > 0 && policy.CompareEntries(entries[i-1], e) >= 0 {
 			t.Fatalf("entries %d and %d out of order or equal", i-1, i)
 		}
 		if masked := maskData(e.Key.Data, e.Key.Prefixlen); masked != e.Key.Data {
@@ -163,7 +152,7 @@ func checkEntries(t *testing.T, entries []Entry) {
 				t.Fatalf("entry %d: a second header", i)
 			}
 		case bpf.KindPort:
-			if e.Value.PortClass > maxClasses || e.Key.Prefixlen < 16 || e.Key.Prefixlen > 40 {
+			if e.Value.PortClass > policy.MaxClasses || e.Key.Prefixlen < 16 || e.Key.Prefixlen > 40 {
 				t.Fatalf("entry %d: port entry %+v", i, e)
 			}
 		case bpf.KindCIDR, bpf.KindPeer:

@@ -1,10 +1,12 @@
-package policy
+package policy_test
 
 import (
 	"net/netip"
 	"testing"
 
 	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/policy"
+	"github.com/moatfw/moat/internal/policy/policytest"
 )
 
 const (
@@ -20,8 +22,8 @@ var (
 )
 
 // testIPCache is a small cluster: pods, a Service, a node network, the metadata API and the cluster ranges.
-func testIPCache() *IPCache {
-	return NewIPCache([]IPCacheEntry{
+func testIPCache() *policy.IPCache {
+	return policy.NewIPCache([]policy.IPCacheEntry{
 		{Prefix: pfx("10.244.0.0/16"), Class: bpf.ClassCluster},
 		{Prefix: pfx("10.244.1.5/32"), Class: bpf.ClassPod, Identity: podA},
 		{Prefix: pfx("10.244.1.6/32"), Class: bpf.ClassPod, Identity: podB},
@@ -37,77 +39,77 @@ func testIPCache() *IPCache {
 func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 func addr(s string) netip.Addr  { return netip.MustParseAddr(s) }
 
-func cidrP(s string, except ...string) Peer {
-	p := Peer{CIDR: pfx(s)}
+func cidrP(s string, except ...string) policy.Peer {
+	p := policy.Peer{CIDR: pfx(s)}
 	for _, e := range except {
 		p.Except = append(p.Except, pfx(e))
 	}
 	return p
 }
 
-func portRange(proto uint8, first, last uint16) []PortRange {
-	return []PortRange{{Protocol: proto, First: first, Last: last}}
+func portRange(proto uint8, first, last uint16) []policy.PortRange {
+	return []policy.PortRange{{Protocol: proto, First: first, Last: last}}
 }
 
-func egress(proto uint8, port uint16, remote string) Packet {
-	return Packet{Direction: bpf.Egress, Protocol: proto, Port: port, Remote: addr(remote)}
+func egress(proto uint8, port uint16, remote string) policy.Packet {
+	return policy.Packet{Direction: bpf.Egress, Protocol: proto, Port: port, Remote: addr(remote)}
 }
 
-func ingress(proto uint8, port uint16, remote string) Packet {
-	return Packet{Direction: bpf.Ingress, Protocol: proto, Port: port, Remote: addr(remote)}
+func ingress(proto uint8, port uint16, remote string) policy.Packet {
+	return policy.Packet{Direction: bpf.Ingress, Protocol: proto, Port: port, Remote: addr(remote)}
 }
 
-func withRules(rules ...Rule) *IdentityPolicy {
-	return &IdentityPolicy{Identity: selfNS, DefaultEgress: allow, DefaultIngress: allow, Rules: rules}
+func withRules(rules ...policy.Rule) *policy.IdentityPolicy {
+	return &policy.IdentityPolicy{Identity: selfNS, DefaultEgress: allow, DefaultIngress: allow, Rules: rules}
 }
 
 func TestEvaluate(t *testing.T) {
 	ipc := testIPCache()
-	allowAll := Defaults{DefaultEgress: allow, DefaultIngress: allow}
-	denyAll := Defaults{DefaultEgress: deny, DefaultIngress: deny}
+	allowAll := policy.Defaults{DefaultEgress: allow, DefaultIngress: allow}
+	denyAll := policy.Defaults{DefaultEgress: deny, DefaultIngress: deny}
 
 	priorities := withRules(
-		Rule{ID: 1, Direction: bpf.Egress, Action: allow, Peers: []Peer{cidrP("10.0.0.0/8")}, Ports: portRange(ProtoTCP, 443, 443)},
-		Rule{ID: 2, Direction: bpf.Egress, Action: deny, Peers: []Peer{cidrP("10.0.0.0/8")}, AllPorts: true},
-		Rule{ID: 3, Direction: bpf.Egress, Action: allow, AllPeers: true, AllPorts: true},
+		policy.Rule{ID: 1, Direction: bpf.Egress, Action: allow, Peers: []policy.Peer{cidrP("10.0.0.0/8")}, Ports: portRange(policy.ProtoTCP, 443, 443)},
+		policy.Rule{ID: 2, Direction: bpf.Egress, Action: deny, Peers: []policy.Peer{cidrP("10.0.0.0/8")}, AllPorts: true},
+		policy.Rule{ID: 3, Direction: bpf.Egress, Action: allow, AllPeers: true, AllPorts: true},
 	)
 	excepts := withRules(
-		Rule{ID: 11, Direction: bpf.Egress, Action: allow, Peers: []Peer{cidrP("198.51.100.0/24", "198.51.100.0/28")}, AllPorts: true},
-		Rule{ID: 12, Direction: bpf.Egress, Action: deny, Peers: []Peer{cidrP("198.51.100.0/24")}, AllPorts: true},
+		policy.Rule{ID: 11, Direction: bpf.Egress, Action: allow, Peers: []policy.Peer{cidrP("198.51.100.0/24", "198.51.100.0/28")}, AllPorts: true},
+		policy.Rule{ID: 12, Direction: bpf.Egress, Action: deny, Peers: []policy.Peer{cidrP("198.51.100.0/24")}, AllPorts: true},
 	)
 	twoPeers := withRules(
-		Rule{ID: 13, Direction: bpf.Egress, Action: deny, Peers: []Peer{cidrP("10.0.0.0/9", "10.1.0.0/16"), cidrP("10.0.0.0/9", "10.1.0.0/17")}, AllPorts: true},
-		Rule{ID: 14, Direction: bpf.Egress, Action: allow, Peers: []Peer{cidrP("10.0.0.0/8", "10.128.0.0/9", "10.192.0.0/10")}, AllPorts: true},
+		policy.Rule{ID: 13, Direction: bpf.Egress, Action: deny, Peers: []policy.Peer{cidrP("10.0.0.0/9", "10.1.0.0/16"), cidrP("10.0.0.0/9", "10.1.0.0/17")}, AllPorts: true},
+		policy.Rule{ID: 14, Direction: bpf.Egress, Action: allow, Peers: []policy.Peer{cidrP("10.0.0.0/8", "10.128.0.0/9", "10.192.0.0/10")}, AllPorts: true},
 	)
 	ports := withRules(
-		Rule{ID: 21, Direction: bpf.Egress, Action: deny, AllPeers: true, Ports: portRange(ProtoUDP, 8000, 8100)},
-		Rule{ID: 22, Direction: bpf.Egress, Action: deny, AllPeers: true, Ports: portRange(ProtoICMP, 8, 8)},
-		Rule{ID: 23, Direction: bpf.Egress, Action: deny, AllPeers: true, Ports: portRange(47, 0, 65535)},
-		Rule{ID: 24, Direction: bpf.Egress, Action: deny, AllPeers: true, Ports: portRange(ProtoICMPv6, 128, 129)},
+		policy.Rule{ID: 21, Direction: bpf.Egress, Action: deny, AllPeers: true, Ports: portRange(policy.ProtoUDP, 8000, 8100)},
+		policy.Rule{ID: 22, Direction: bpf.Egress, Action: deny, AllPeers: true, Ports: portRange(policy.ProtoICMP, 8, 8)},
+		policy.Rule{ID: 23, Direction: bpf.Egress, Action: deny, AllPeers: true, Ports: portRange(47, 0, 65535)},
+		policy.Rule{ID: 24, Direction: bpf.Egress, Action: deny, AllPeers: true, Ports: portRange(policy.ProtoICMPv6, 128, 129)},
 	)
 	identities := withRules(
-		Rule{ID: 31, Direction: bpf.Egress, Action: deny, Peers: []Peer{{Identities: []uint32{podA, svcNS}}}, Ports: portRange(ProtoTCP, 5432, 5432)},
-		Rule{ID: 32, Direction: bpf.Ingress, Action: deny, Peers: []Peer{{Identities: []uint32{podB}}}, AllPorts: true},
+		policy.Rule{ID: 31, Direction: bpf.Egress, Action: deny, Peers: []policy.Peer{{Identities: []uint32{podA, svcNS}}}, Ports: portRange(policy.ProtoTCP, 5432, 5432)},
+		policy.Rule{ID: 32, Direction: bpf.Ingress, Action: deny, Peers: []policy.Peer{{Identities: []uint32{podB}}}, AllPorts: true},
 	)
 	auditBefore := withRules(
-		Rule{ID: 41, Direction: bpf.Egress, Action: deny, Audit: true, AllPeers: true, AllPorts: true},
-		Rule{ID: 42, Direction: bpf.Egress, Action: allow, Peers: []Peer{cidrP("203.0.113.0/24")}, AllPorts: true},
-		Rule{ID: 43, Direction: bpf.Egress, Action: allow, Audit: true, AllPeers: true, AllPorts: true},
+		policy.Rule{ID: 41, Direction: bpf.Egress, Action: deny, Audit: true, AllPeers: true, AllPorts: true},
+		policy.Rule{ID: 42, Direction: bpf.Egress, Action: allow, Peers: []policy.Peer{cidrP("203.0.113.0/24")}, AllPorts: true},
+		policy.Rule{ID: 43, Direction: bpf.Egress, Action: allow, Audit: true, AllPeers: true, AllPorts: true},
 	)
 	auditAfter := withRules(
-		Rule{ID: 42, Direction: bpf.Egress, Action: allow, Peers: []Peer{cidrP("203.0.113.0/24")}, AllPorts: true},
-		Rule{ID: 41, Direction: bpf.Egress, Action: deny, Audit: true, AllPeers: true, AllPorts: true},
+		policy.Rule{ID: 42, Direction: bpf.Egress, Action: allow, Peers: []policy.Peer{cidrP("203.0.113.0/24")}, AllPorts: true},
+		policy.Rule{ID: 41, Direction: bpf.Egress, Action: deny, Audit: true, AllPeers: true, AllPorts: true},
 	)
-	auditNS := withRules(Rule{ID: 51, Direction: bpf.Egress, Action: deny, Peers: []Peer{cidrP("203.0.113.0/24")}, AllPorts: true})
+	auditNS := withRules(policy.Rule{ID: 51, Direction: bpf.Egress, Action: deny, Peers: []policy.Peer{cidrP("203.0.113.0/24")}, AllPorts: true})
 	auditNS.Audit = true
-	closed := withRules(Rule{ID: 61, Direction: bpf.Egress, Action: allow, Peers: []Peer{cidrP("2001:db8::/32")}, Ports: portRange(ProtoTCP, 80, 80)})
+	closed := withRules(policy.Rule{ID: 61, Direction: bpf.Egress, Action: allow, Peers: []policy.Peer{cidrP("2001:db8::/32")}, Ports: portRange(policy.ProtoTCP, 80, 80)})
 	closed.DefaultEgress, closed.DefaultIngress = deny, deny
-	metaOpen := withRules(Rule{ID: 71, Direction: bpf.Egress, Action: allow, Peers: []Peer{cidrP("169.254.169.254/32")}, Ports: portRange(ProtoTCP, 80, 80)})
+	metaOpen := withRules(policy.Rule{ID: 71, Direction: bpf.Egress, Action: allow, Peers: []policy.Peer{cidrP("169.254.169.254/32")}, Ports: portRange(policy.ProtoTCP, 80, 80)})
 	metaOpen.MetadataAllowed, metaOpen.DefaultEgress = true, deny
-	metaClosed := withRules(Rule{ID: 72, Direction: bpf.Egress, Action: allow, AllPeers: true, AllPorts: true})
-	pods := withRules(Rule{ID: 81, Direction: bpf.Egress, Action: deny, Peers: []Peer{cidrP("10.244.0.0/16"), cidrP("192.168.1.0/24")}, AllPorts: true})
-	nobody := withRules(Rule{ID: 91, Direction: bpf.Egress, Action: deny, Peers: []Peer{}, AllPorts: true},
-		Rule{ID: 92, Direction: bpf.Egress, Action: deny, Peers: []Peer{{}}, AllPorts: true})
+	metaClosed := withRules(policy.Rule{ID: 72, Direction: bpf.Egress, Action: allow, AllPeers: true, AllPorts: true})
+	pods := withRules(policy.Rule{ID: 81, Direction: bpf.Egress, Action: deny, Peers: []policy.Peer{cidrP("10.244.0.0/16"), cidrP("192.168.1.0/24")}, AllPorts: true})
+	nobody := withRules(policy.Rule{ID: 91, Direction: bpf.Egress, Action: deny, Peers: []policy.Peer{}, AllPorts: true},
+		policy.Rule{ID: 92, Direction: bpf.Egress, Action: deny, Peers: []policy.Peer{{}}, AllPorts: true})
 
 	type want struct {
 		action      bpf.Action
@@ -133,106 +135,106 @@ func TestEvaluate(t *testing.T) {
 
 	tests := []struct {
 		name     string
-		policy   *IdentityPolicy
-		defaults Defaults
-		pkt      Packet
+		policy   *policy.IdentityPolicy
+		defaults policy.Defaults
+		pkt      policy.Packet
 		want     want
 	}{
-		{"no policy: world takes the cluster default (allow)", nil, allowAll, egress(ProtoTCP, 443, "203.0.113.1"), allowedByDefault},
-		{"no policy: world takes the cluster default (deny)", nil, denyAll, egress(ProtoTCP, 443, "203.0.113.1"), deniedByDefault},
-		{"no policy: ingress default", nil, Defaults{DefaultEgress: allow, DefaultIngress: deny}, ingress(ProtoTCP, 80, "203.0.113.1"), deniedByDefault},
-		{"no policy: metadata API denied", nil, allowAll, egress(ProtoTCP, 80, "169.254.169.254"), metadataDenied},
-		{"no policy: pods allowed under a deny default", nil, denyAll, egress(ProtoTCP, 80, "10.244.1.5"), allowedByDefault},
+		{"no policy: world takes the cluster default (allow)", nil, allowAll, egress(policy.ProtoTCP, 443, "203.0.113.1"), allowedByDefault},
+		{"no policy: world takes the cluster default (deny)", nil, denyAll, egress(policy.ProtoTCP, 443, "203.0.113.1"), deniedByDefault},
+		{"no policy: ingress default", nil, policy.Defaults{DefaultEgress: allow, DefaultIngress: deny}, ingress(policy.ProtoTCP, 80, "203.0.113.1"), deniedByDefault},
+		{"no policy: metadata API denied", nil, allowAll, egress(policy.ProtoTCP, 80, "169.254.169.254"), metadataDenied},
+		{"no policy: pods allowed under a deny default", nil, denyAll, egress(policy.ProtoTCP, 80, "10.244.1.5"), allowedByDefault},
 
-		{"metadata denied before any rule", metaClosed, allowAll, egress(ProtoTCP, 80, "169.254.169.254"), metadataDenied},
-		{"metadata v6 denied", metaClosed, allowAll, egress(ProtoTCP, 80, "fd00:ec2::254"), metadataDenied},
-		{"metadata allowed: a rule decides", metaOpen, allowAll, egress(ProtoTCP, 80, "169.254.169.254"), allowedBy(71)},
-		{"metadata allowed: counts as the world", metaOpen, allowAll, egress(ProtoTCP, 443, "169.254.169.254"), deniedByDefault},
-		{"metadata allowed: v6 as the world", metaOpen, allowAll, egress(ProtoTCP, 80, "fd00:ec2::254"), deniedByDefault},
+		{"metadata denied before any rule", metaClosed, allowAll, egress(policy.ProtoTCP, 80, "169.254.169.254"), metadataDenied},
+		{"metadata v6 denied", metaClosed, allowAll, egress(policy.ProtoTCP, 80, "fd00:ec2::254"), metadataDenied},
+		{"metadata allowed: a rule decides", metaOpen, allowAll, egress(policy.ProtoTCP, 80, "169.254.169.254"), allowedBy(71)},
+		{"metadata allowed: counts as the world", metaOpen, allowAll, egress(policy.ProtoTCP, 443, "169.254.169.254"), deniedByDefault},
+		{"metadata allowed: v6 as the world", metaOpen, allowAll, egress(policy.ProtoTCP, 80, "fd00:ec2::254"), deniedByDefault},
 
-		{"first match: the earlier allow", priorities, allowAll, egress(ProtoTCP, 443, "10.1.2.3"), allowedBy(1)},
-		{"first match: the later deny", priorities, allowAll, egress(ProtoTCP, 80, "10.1.2.3"), deniedBy(2)},
-		{"first match: udp 443 is not tcp 443", priorities, allowAll, egress(ProtoUDP, 443, "10.1.2.3"), deniedBy(2)},
-		{"first match: outside the cidr", priorities, allowAll, egress(ProtoTCP, 80, "11.0.0.1"), allowedBy(3)},
-		{"first match: v6 only matches AllPeers", priorities, allowAll, egress(ProtoTCP, 443, "2001:db8::1"), allowedBy(3)},
-		{"first match: a 4-in-6 address is not IPv4", priorities, allowAll, egress(ProtoTCP, 443, "::ffff:10.1.2.3"), allowedBy(3)},
+		{"first match: the earlier allow", priorities, allowAll, egress(policy.ProtoTCP, 443, "10.1.2.3"), allowedBy(1)},
+		{"first match: the later deny", priorities, allowAll, egress(policy.ProtoTCP, 80, "10.1.2.3"), deniedBy(2)},
+		{"first match: udp 443 is not tcp 443", priorities, allowAll, egress(policy.ProtoUDP, 443, "10.1.2.3"), deniedBy(2)},
+		{"first match: outside the cidr", priorities, allowAll, egress(policy.ProtoTCP, 80, "11.0.0.1"), allowedBy(3)},
+		{"first match: v6 only matches AllPeers", priorities, allowAll, egress(policy.ProtoTCP, 443, "2001:db8::1"), allowedBy(3)},
+		{"first match: a 4-in-6 address is not IPv4", priorities, allowAll, egress(policy.ProtoTCP, 443, "::ffff:10.1.2.3"), allowedBy(3)},
 
-		{"except: carved out", excepts, allowAll, egress(ProtoTCP, 80, "198.51.100.5"), deniedBy(12)},
-		{"except: edge of the except", excepts, allowAll, egress(ProtoTCP, 80, "198.51.100.15"), deniedBy(12)},
-		{"except: just after the except", excepts, allowAll, egress(ProtoTCP, 80, "198.51.100.16"), allowedBy(11)},
-		{"except: last address of the cidr", excepts, allowAll, egress(ProtoTCP, 80, "198.51.100.255"), allowedBy(11)},
-		{"except: outside", excepts, allowAll, egress(ProtoTCP, 80, "198.51.101.0"), allowedByDefault},
-		{"except: another peer of the rule covers it", twoPeers, allowAll, egress(ProtoTCP, 80, "10.1.200.1"), deniedBy(13)},
-		{"except: in every peer's except", twoPeers, allowAll, egress(ProtoTCP, 80, "10.1.0.1"), allowedBy(14)},
-		{"except: nested excepts", twoPeers, allowAll, egress(ProtoTCP, 80, "10.200.0.1"), allowedByDefault},
-		{"except: the outer except", twoPeers, allowAll, egress(ProtoTCP, 80, "10.130.0.1"), allowedByDefault},
-		{"except: outside the excepts", twoPeers, allowAll, egress(ProtoTCP, 80, "10.127.255.255"), deniedBy(13)},
+		{"except: carved out", excepts, allowAll, egress(policy.ProtoTCP, 80, "198.51.100.5"), deniedBy(12)},
+		{"except: edge of the except", excepts, allowAll, egress(policy.ProtoTCP, 80, "198.51.100.15"), deniedBy(12)},
+		{"except: just after the except", excepts, allowAll, egress(policy.ProtoTCP, 80, "198.51.100.16"), allowedBy(11)},
+		{"except: last address of the cidr", excepts, allowAll, egress(policy.ProtoTCP, 80, "198.51.100.255"), allowedBy(11)},
+		{"except: outside", excepts, allowAll, egress(policy.ProtoTCP, 80, "198.51.101.0"), allowedByDefault},
+		{"except: another peer of the rule covers it", twoPeers, allowAll, egress(policy.ProtoTCP, 80, "10.1.200.1"), deniedBy(13)},
+		{"except: in every peer's except", twoPeers, allowAll, egress(policy.ProtoTCP, 80, "10.1.0.1"), allowedBy(14)},
+		{"except: nested excepts", twoPeers, allowAll, egress(policy.ProtoTCP, 80, "10.200.0.1"), allowedByDefault},
+		{"except: the outer except", twoPeers, allowAll, egress(policy.ProtoTCP, 80, "10.130.0.1"), allowedByDefault},
+		{"except: outside the excepts", twoPeers, allowAll, egress(policy.ProtoTCP, 80, "10.127.255.255"), deniedBy(13)},
 
-		{"ports: below the range", ports, allowAll, egress(ProtoUDP, 7999, "203.0.113.1"), allowedByDefault},
-		{"ports: first of the range", ports, allowAll, egress(ProtoUDP, 8000, "203.0.113.1"), deniedBy(21)},
-		{"ports: last of the range", ports, allowAll, egress(ProtoUDP, 8100, "203.0.113.1"), deniedBy(21)},
-		{"ports: after the range", ports, allowAll, egress(ProtoUDP, 8101, "203.0.113.1"), allowedByDefault},
-		{"ports: tcp in a udp range", ports, allowAll, egress(ProtoTCP, 8050, "203.0.113.1"), allowedByDefault},
-		{"ports: icmp echo request", ports, allowAll, egress(ProtoICMP, 8, "203.0.113.1"), deniedBy(22)},
-		{"ports: icmp echo reply", ports, allowAll, egress(ProtoICMP, 0, "203.0.113.1"), allowedByDefault},
-		{"ports: icmpv6 type in range", ports, allowAll, egress(ProtoICMPv6, 129, "2001:db8::1"), deniedBy(24)},
-		{"ports: icmpv6 type after range", ports, allowAll, egress(ProtoICMPv6, 130, "2001:db8::1"), allowedByDefault},
+		{"ports: below the range", ports, allowAll, egress(policy.ProtoUDP, 7999, "203.0.113.1"), allowedByDefault},
+		{"ports: first of the range", ports, allowAll, egress(policy.ProtoUDP, 8000, "203.0.113.1"), deniedBy(21)},
+		{"ports: last of the range", ports, allowAll, egress(policy.ProtoUDP, 8100, "203.0.113.1"), deniedBy(21)},
+		{"ports: after the range", ports, allowAll, egress(policy.ProtoUDP, 8101, "203.0.113.1"), allowedByDefault},
+		{"ports: tcp in a udp range", ports, allowAll, egress(policy.ProtoTCP, 8050, "203.0.113.1"), allowedByDefault},
+		{"ports: icmp echo request", ports, allowAll, egress(policy.ProtoICMP, 8, "203.0.113.1"), deniedBy(22)},
+		{"ports: icmp echo reply", ports, allowAll, egress(policy.ProtoICMP, 0, "203.0.113.1"), allowedByDefault},
+		{"ports: icmpv6 type in range", ports, allowAll, egress(policy.ProtoICMPv6, 129, "2001:db8::1"), deniedBy(24)},
+		{"ports: icmpv6 type after range", ports, allowAll, egress(policy.ProtoICMPv6, 130, "2001:db8::1"), allowedByDefault},
 		{"ports: protocol 47", ports, allowAll, egress(47, 0, "203.0.113.1"), deniedBy(23)},
 		{"ports: protocol 50", ports, allowAll, egress(50, 0, "203.0.113.1"), allowedByDefault},
-		{"ports: ingress is not egress", ports, allowAll, ingress(ProtoUDP, 8000, "203.0.113.1"), allowedByDefault},
+		{"ports: ingress is not egress", ports, allowAll, ingress(policy.ProtoUDP, 8000, "203.0.113.1"), allowedByDefault},
 
-		{"identity: pod of a named namespace", identities, denyAll, egress(ProtoTCP, 5432, "10.244.1.5"), deniedBy(31)},
-		{"identity: v6 pod of a named namespace", identities, denyAll, egress(ProtoTCP, 5432, "fd00:10:244::5"), deniedBy(31)},
-		{"identity: Service of a named namespace", identities, denyAll, egress(ProtoTCP, 5432, "10.96.0.10"), deniedBy(31)},
-		{"identity: pod of another namespace", identities, denyAll, egress(ProtoTCP, 5432, "10.244.1.6"), allowedByDefault},
-		{"identity: other port", identities, denyAll, egress(ProtoTCP, 5433, "10.244.1.5"), allowedByDefault},
-		{"identity: ingress from a named namespace", identities, denyAll, ingress(ProtoTCP, 80, "10.244.1.6"), deniedBy(32)},
-		{"identity: the world has none", identities, denyAll, egress(ProtoTCP, 5432, "203.0.113.1"), allowedByDefault},
+		{"identity: pod of a named namespace", identities, denyAll, egress(policy.ProtoTCP, 5432, "10.244.1.5"), deniedBy(31)},
+		{"identity: v6 pod of a named namespace", identities, denyAll, egress(policy.ProtoTCP, 5432, "fd00:10:244::5"), deniedBy(31)},
+		{"identity: Service of a named namespace", identities, denyAll, egress(policy.ProtoTCP, 5432, "10.96.0.10"), deniedBy(31)},
+		{"identity: pod of another namespace", identities, denyAll, egress(policy.ProtoTCP, 5432, "10.244.1.6"), allowedByDefault},
+		{"identity: other port", identities, denyAll, egress(policy.ProtoTCP, 5433, "10.244.1.5"), allowedByDefault},
+		{"identity: ingress from a named namespace", identities, denyAll, ingress(policy.ProtoTCP, 80, "10.244.1.6"), deniedBy(32)},
+		{"identity: the world has none", identities, denyAll, egress(policy.ProtoTCP, 5432, "203.0.113.1"), allowedByDefault},
 
-		{"audit: reported before the enforce rule", auditBefore, allowAll, egress(ProtoTCP, 80, "203.0.113.1"), withAudit(allowedBy(42), 41, deny)},
-		{"audit: reported without enforce rule", auditBefore, allowAll, egress(ProtoTCP, 80, "198.51.100.1"), withAudit(allowedByDefault, 41, deny)},
-		{"audit: not reported after the enforce rule", auditAfter, allowAll, egress(ProtoTCP, 80, "203.0.113.1"), allowedBy(42)},
-		{"audit: reported when nothing enforces", auditAfter, denyAll, egress(ProtoTCP, 80, "198.51.100.1"), withAudit(allowedByDefault, 41, deny)},
-		{"audit namespace: would have been denied", auditNS, allowAll, egress(ProtoTCP, 80, "203.0.113.1"),
+		{"audit: reported before the enforce rule", auditBefore, allowAll, egress(policy.ProtoTCP, 80, "203.0.113.1"), withAudit(allowedBy(42), 41, deny)},
+		{"audit: reported without enforce rule", auditBefore, allowAll, egress(policy.ProtoTCP, 80, "198.51.100.1"), withAudit(allowedByDefault, 41, deny)},
+		{"audit: not reported after the enforce rule", auditAfter, allowAll, egress(policy.ProtoTCP, 80, "203.0.113.1"), allowedBy(42)},
+		{"audit: reported when nothing enforces", auditAfter, denyAll, egress(policy.ProtoTCP, 80, "198.51.100.1"), withAudit(allowedByDefault, 41, deny)},
+		{"audit namespace: would have been denied", auditNS, allowAll, egress(policy.ProtoTCP, 80, "203.0.113.1"),
 			want{action: deny, reason: bpf.ReasonDenyRule, rule: 51, verdict: bpf.VerdictAudit}},
-		{"audit namespace: allowed stays allowed", auditNS, allowAll, egress(ProtoTCP, 80, "198.51.100.1"), allowedByDefault},
+		{"audit namespace: allowed stays allowed", auditNS, allowAll, egress(policy.ProtoTCP, 80, "198.51.100.1"), allowedByDefault},
 
-		{"defaults: world egress", closed, allowAll, egress(ProtoTCP, 443, "2001:db8::1"), deniedByDefault},
-		{"defaults: world egress, rule", closed, allowAll, egress(ProtoTCP, 80, "2001:db8::1"), allowedBy(61)},
-		{"defaults: world ingress", closed, allowAll, ingress(ProtoTCP, 80, "198.51.100.1"), deniedByDefault},
-		{"defaults: node", closed, denyAll, egress(ProtoTCP, 10250, "192.168.1.10"), allowedByDefault},
-		{"defaults: pod", closed, denyAll, ingress(ProtoTCP, 8080, "10.244.1.5"), allowedByDefault},
-		{"defaults: Service", closed, denyAll, egress(ProtoTCP, 80, "10.96.0.10"), allowedByDefault},
-		{"defaults: cluster", closed, denyAll, egress(ProtoTCP, 80, "10.244.9.9"), allowedByDefault},
-		{"defaults: v6 cluster", closed, denyAll, egress(ProtoTCP, 80, "fd00:10:244::99"), allowedByDefault},
+		{"defaults: world egress", closed, allowAll, egress(policy.ProtoTCP, 443, "2001:db8::1"), deniedByDefault},
+		{"defaults: world egress, rule", closed, allowAll, egress(policy.ProtoTCP, 80, "2001:db8::1"), allowedBy(61)},
+		{"defaults: world ingress", closed, allowAll, ingress(policy.ProtoTCP, 80, "198.51.100.1"), deniedByDefault},
+		{"defaults: node", closed, denyAll, egress(policy.ProtoTCP, 10250, "192.168.1.10"), allowedByDefault},
+		{"defaults: pod", closed, denyAll, ingress(policy.ProtoTCP, 8080, "10.244.1.5"), allowedByDefault},
+		{"defaults: Service", closed, denyAll, egress(policy.ProtoTCP, 80, "10.96.0.10"), allowedByDefault},
+		{"defaults: cluster", closed, denyAll, egress(policy.ProtoTCP, 80, "10.244.9.9"), allowedByDefault},
+		{"defaults: v6 cluster", closed, denyAll, egress(policy.ProtoTCP, 80, "fd00:10:244::99"), allowedByDefault},
 
-		{"cidr peers match pods", pods, allowAll, egress(ProtoTCP, 80, "10.244.1.5"), deniedBy(81)},
-		{"cidr peers match nodes", pods, allowAll, egress(ProtoTCP, 80, "192.168.1.1"), deniedBy(81)},
-		{"empty peers match nothing", nobody, allowAll, egress(ProtoTCP, 80, "10.244.1.5"), allowedByDefault},
+		{"cidr peers match pods", pods, allowAll, egress(policy.ProtoTCP, 80, "10.244.1.5"), deniedBy(81)},
+		{"cidr peers match nodes", pods, allowAll, egress(policy.ProtoTCP, 80, "192.168.1.1"), deniedBy(81)},
+		{"empty peers match nothing", nobody, allowAll, egress(policy.ProtoTCP, 80, "10.244.1.5"), allowedByDefault},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := Evaluate(tt.policy, tt.defaults, ipc, tt.pkt)
+			got := policy.Evaluate(tt.policy, tt.defaults, ipc, tt.pkt)
 			w := tt.want
 			if got.Action != w.action || got.Reason != w.reason || got.RuleID != w.rule || got.AuditRuleID != w.auditRule ||
 				got.AuditAction != w.auditAction || got.Verdict != w.verdict {
 				t.Errorf("Evaluate = %s\nwant action %d reason %s rule %d audit rule %d (%d) verdict %s",
-					formatResult(got), w.action, bpf.ReasonName(w.reason), w.rule, w.auditRule, w.auditAction, w.verdict)
+					policytest.FormatResult(got), w.action, bpf.ReasonName(w.reason), w.rule, w.auditRule, w.auditAction, w.verdict)
 			}
 			wantClass, wantID := ipc.Lookup(tt.pkt.Remote)
 			if got.RemoteClass != wantClass || got.RemoteIdentity != wantID {
 				t.Errorf("remote %s/%d, want %s/%d", got.RemoteClass, got.RemoteIdentity, wantClass, wantID)
 			}
 			// the compiled datapath agrees on every case
-			var entries []Entry
+			var entries []policy.Entry
 			if tt.policy != nil {
 				var err error
-				if entries, err = Compile(tt.policy); err != nil {
+				if entries, err = policy.Compile(tt.policy); err != nil {
 					t.Fatal(err)
 				}
 			}
 			if dp := simulate(entries, tt.defaults, ipc, tt.policy != nil, tt.pkt); dp != got {
-				t.Errorf("datapath = %s\nEvaluate = %s", formatResult(dp), formatResult(got))
+				t.Errorf("datapath = %s\nEvaluate = %s", policytest.FormatResult(dp), policytest.FormatResult(got))
 			}
 		})
 	}
@@ -263,13 +265,13 @@ func TestIPCacheLookup(t *testing.T) {
 			t.Errorf("Lookup(%s) = %s/%d, want %s/%d", tt.addr, class, id, tt.class, tt.identity)
 		}
 	}
-	if c, id := (*IPCache)(nil).Lookup(addr("10.244.1.5")); c != bpf.ClassWorld || id != 0 {
+	if c, id := (*policy.IPCache)(nil).Lookup(addr("10.244.1.5")); c != bpf.ClassWorld || id != 0 {
 		t.Errorf("nil ipcache: %s/%d", c, id)
 	}
 	if n := len(ipc.Entries()); n != 9 {
 		t.Errorf("%d entries, want 9", n)
 	}
-	later := NewIPCache([]IPCacheEntry{{Prefix: pfx("10.0.0.1/8"), Class: bpf.ClassNode}, {Prefix: pfx("10.0.0.0/8"), Class: bpf.ClassPod, Identity: 4}})
+	later := policy.NewIPCache([]policy.IPCacheEntry{{Prefix: pfx("10.0.0.1/8"), Class: bpf.ClassNode}, {Prefix: pfx("10.0.0.0/8"), Class: bpf.ClassPod, Identity: 4}})
 	if c, id := later.Lookup(addr("10.1.1.1")); c != bpf.ClassPod || id != 4 {
 		t.Errorf("the later entry of a prefix should win: %s/%d", c, id)
 	}

@@ -1,16 +1,17 @@
-package policy
+// Package policytest generates what the differential tests of the policy compiler and of the datapath feed
+// both to them and to the reference evaluator (policy.Evaluate): random policies, ipcaches and packets aimed
+// at the edges of what they name, and small ones decoded from fuzz inputs. It also prints them and shrinks a
+// policy that makes a test fail.
+package policytest
 
 import (
-	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
-	"strings"
 
 	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/policy"
 )
-
-// This file generates random policies, ipcaches and packets for the differential tests, and prints them.
 
 var (
 	anchors4 = []netip.Prefix{pfx("0.0.0.0/0"), pfx("10.0.0.0/8"), pfx("10.244.0.0/16"), pfx("100.64.0.0/10"),
@@ -18,20 +19,28 @@ var (
 	anchors6 = []netip.Prefix{pfx("::/0"), pfx("2001:db8::/32"), pfx("2001:db8:1::/48"), pfx("fd00::/8"),
 		pfx("fd00:10:244::/56"), pfx("fd00:ec2::254/128")}
 	wellKnownPorts = []uint16{0, 1, 22, 53, 79, 80, 81, 443, 1023, 1024, 5432, 8000, 8080, 8100, 32767, 32768, 65534, 65535}
+	wholeFamily    = [2]netip.Prefix{pfx("0.0.0.0/0"), pfx("::/0")}
 )
 
-// generator draws the parts of one random policy, reusing what it drew before so that cidrs nest and
-// overlap and port ranges share edges.
-type generator struct {
+func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+// Generator draws random policies, ipcaches and packets, reusing what it drew before so that cidrs nest and
+// overlap, port ranges share edges, and ipcache entries and packets land on what the policies name. Its cidrs lie anywhere in both families, mostly inside a few anchors
+// (10.0.0.0/8, 10.244.0.0/16, 100.64.0.0/10, 192.168.0.0/16, 198.51.100.0/24, 203.0.113.0/24, the metadata
+// API, 2001:db8::/32, fd00::/8); its packets go to any address, mostly at the edges of those cidrs.
+// A Generator is not safe for concurrent use.
+type Generator struct {
 	rng        *rand.Rand
 	prefixes   [2][]netip.Prefix // cidrs and excepts drawn so far, by family
 	ports      []uint16          // port range edges drawn so far
-	identities []uint32
-	broad      int // percent of rules with AllPeers; big policies have few, or their first ones shadow the rest
+	identities []uint32          // the namespace identities of peers and ipcache entries
+	broad      int               // percent of rules with AllPeers; big policies have few, or their first ones shadow the rest
+	avoid      map[netip.Addr]bool
 }
 
-func newGenerator(rng *rand.Rand) *generator {
-	g := &generator{rng: rng, ports: slices.Clone(wellKnownPorts), broad: 15}
+// NewGenerator returns a generator that draws everything from rng: the same seed, the same policies.
+func NewGenerator(rng *rand.Rand) *Generator {
+	g := &Generator{rng: rng, ports: slices.Clone(wellKnownPorts), broad: 15}
 	for i := 0; i < 3+rng.IntN(10); i++ {
 		g.ports = append(g.ports, uint16(rng.IntN(65536)))
 	}
@@ -41,7 +50,18 @@ func newGenerator(rng *rand.Rand) *generator {
 	return g
 }
 
-func (g *generator) chance(percent int) bool { return g.rng.IntN(100) < percent }
+// Avoid keeps addrs out of the remotes of the packets the generator draws from now on, for instance the
+// addresses of the endpoint that sends and receives them.
+func (g *Generator) Avoid(addrs ...netip.Addr) {
+	if g.avoid == nil {
+		g.avoid = make(map[netip.Addr]bool)
+	}
+	for _, a := range addrs {
+		g.avoid[a] = true
+	}
+}
+
+func (g *Generator) chance(percent int) bool { return g.rng.IntN(100) < percent }
 
 // setHostBits returns a with the bits after the first n set to 1 (ones) or to random values.
 func setHostBits(a netip.Addr, n int, fill func() byte) netip.Addr {
@@ -62,7 +82,7 @@ func setHostBits(a netip.Addr, n int, fill func() byte) netip.Addr {
 	return out
 }
 
-func (g *generator) randomInside(p netip.Prefix) netip.Addr {
+func (g *Generator) randomInside(p netip.Prefix) netip.Addr {
 	return setHostBits(p.Addr(), p.Bits(), func() byte { return byte(g.rng.IntN(2)) })
 }
 
@@ -70,8 +90,13 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	return setHostBits(p.Masked().Addr(), p.Bits(), func() byte { return 1 })
 }
 
+// contains reports whether prefix outer contains prefix inner (both masked, of the same family).
+func contains(outer, inner netip.Prefix) bool {
+	return outer.Bits() <= inner.Bits() && outer.Contains(inner.Addr())
+}
+
 // subPrefix draws a prefix inside p, at least minExtra bits longer, usually only a few.
-func (g *generator) subPrefix(p netip.Prefix, minExtra int) netip.Prefix {
+func (g *Generator) subPrefix(p netip.Prefix, minExtra int) netip.Prefix {
 	room := p.Addr().BitLen() - p.Bits()
 	if room < minExtra {
 		return netip.Prefix{}
@@ -88,7 +113,7 @@ func (g *generator) subPrefix(p netip.Prefix, minExtra int) netip.Prefix {
 	return netip.PrefixFrom(g.randomInside(p), p.Bits()+extra).Masked()
 }
 
-func (g *generator) cidr(f int) netip.Prefix {
+func (g *Generator) cidr(f int) netip.Prefix {
 	var out netip.Prefix
 	if len(g.prefixes[f]) > 0 && g.chance(60) {
 		parent := g.prefixes[f][g.rng.IntN(len(g.prefixes[f]))]
@@ -110,16 +135,16 @@ func (g *generator) cidr(f int) netip.Prefix {
 	return out
 }
 
-func (g *generator) peer() Peer {
+func (g *Generator) peer() policy.Peer {
 	if g.chance(25) {
 		var ids []uint32
 		for range g.rng.IntN(4) {
 			ids = append(ids, g.identities[g.rng.IntN(len(g.identities))])
 		}
-		return Peer{Identities: ids}
+		return policy.Peer{Identities: ids}
 	}
 	f := g.rng.IntN(2)
-	p := Peer{CIDR: g.cidr(f)}
+	p := policy.Peer{CIDR: g.cidr(f)}
 	for range g.rng.IntN(4) {
 		parent := p.CIDR
 		if len(p.Except) > 0 && g.chance(30) {
@@ -141,7 +166,7 @@ func (g *generator) peer() Peer {
 	return p
 }
 
-func (g *generator) port() uint16 {
+func (g *Generator) port() uint16 {
 	if g.chance(80) {
 		return g.ports[g.rng.IntN(len(g.ports))]
 	}
@@ -150,24 +175,24 @@ func (g *generator) port() uint16 {
 	return v
 }
 
-func (g *generator) portRange() PortRange {
-	var pr PortRange
+func (g *Generator) portRange() policy.PortRange {
+	var pr policy.PortRange
 	switch r := g.rng.IntN(100); {
 	case r < 35:
-		pr.Protocol = ProtoTCP
+		pr.Protocol = policy.ProtoTCP
 	case r < 60:
-		pr.Protocol = ProtoUDP
+		pr.Protocol = policy.ProtoUDP
 	case r < 65:
-		pr.Protocol = ProtoSCTP
+		pr.Protocol = policy.ProtoSCTP
 	case r < 75:
-		pr.Protocol = ProtoICMP
+		pr.Protocol = policy.ProtoICMP
 	case r < 85:
-		pr.Protocol = ProtoICMPv6
+		pr.Protocol = policy.ProtoICMPv6
 	default:
 		pr.Protocol = []uint8{0, 47, 50, 255, uint8(g.rng.IntN(256))}[g.rng.IntN(5)]
 	}
 	switch pr.Protocol {
-	case ProtoICMP, ProtoICMPv6:
+	case policy.ProtoICMP, policy.ProtoICMPv6:
 		switch r := g.rng.IntN(10); {
 		case r < 5:
 			t := uint16([]int{0, 3, 8, 11, 128, 129, 135, 136, 255, g.rng.IntN(256)}[g.rng.IntN(10)])
@@ -181,7 +206,7 @@ func (g *generator) portRange() PortRange {
 			pr.First, pr.Last = 0, 65535
 		}
 		return pr
-	case ProtoTCP, ProtoUDP, ProtoSCTP:
+	case policy.ProtoTCP, policy.ProtoUDP, policy.ProtoSCTP:
 	default:
 		if g.chance(80) {
 			pr.First, pr.Last = 0, 65535
@@ -201,10 +226,10 @@ func (g *generator) portRange() PortRange {
 	return pr
 }
 
-func (g *generator) rule() Rule {
-	r := Rule{ID: uint32(1 + g.rng.IntN(bpf.MaxRules-1)), Direction: bpf.Direction(g.rng.IntN(2)), Action: allow}
+func (g *Generator) rule() policy.Rule {
+	r := policy.Rule{ID: uint32(1 + g.rng.IntN(bpf.MaxRules-1)), Direction: bpf.Direction(g.rng.IntN(2)), Action: bpf.ActionAllow}
 	if g.chance(50) {
-		r.Action = deny
+		r.Action = bpf.ActionDeny
 	}
 	r.Audit = g.chance(15)
 	if r.AllPeers = g.chance(g.broad); !r.AllPeers {
@@ -228,16 +253,26 @@ func (g *generator) rule() Rule {
 	return r
 }
 
-func (g *generator) action() bpf.Action {
+// Action draws Allow or Deny.
+func (g *Generator) Action() bpf.Action {
 	if g.chance(50) {
-		return deny
+		return bpf.ActionDeny
 	}
-	return allow
+	return bpf.ActionAllow
 }
 
-func (g *generator) policy(rules int) *IdentityPolicy {
-	p := &IdentityPolicy{Identity: uint32(1 + g.rng.IntN(100)), MetadataAllowed: g.chance(50), Audit: g.chance(20),
-		DefaultEgress: g.action(), DefaultIngress: g.action()}
+// Defaults draws cluster defaults: Allow or Deny for each direction.
+func (g *Generator) Defaults() policy.Defaults {
+	return policy.Defaults{DefaultEgress: g.Action(), DefaultIngress: g.Action()}
+}
+
+// Policy draws the policy of an identity (1 to 100) with the given number of rules: both directions and
+// actions, Audit rules, cidr peers of both families with excepts (nested and repeated ones too), namespace
+// peers, port ranges of TCP, UDP and SCTP, ICMP and ICMPv6 types, other protocols, rules for every peer or
+// every port, and now and then no peer or no port at all. Rule ids repeat now and then, as nothing forbids.
+func (g *Generator) Policy(rules int) *policy.IdentityPolicy {
+	p := &policy.IdentityPolicy{Identity: uint32(1 + g.rng.IntN(100)), MetadataAllowed: g.chance(50), Audit: g.chance(20),
+		DefaultEgress: g.Action(), DefaultIngress: g.Action()}
 	if rules > 50 {
 		g.broad = 2
 	}
@@ -247,10 +282,10 @@ func (g *generator) policy(rules int) *IdentityPolicy {
 	return p
 }
 
-// ipcache draws a cluster: its ranges, nodes, the metadata API, Services, and pods both in the pod ranges and
-// at addresses the policy's cidrs name.
-func (g *generator) ipcache() *IPCache {
-	es := []IPCacheEntry{
+// IPCache draws a cluster: its ranges, nodes, the metadata API, Services, and pods both in the pod ranges and
+// at addresses the cidrs drawn so far name.
+func (g *Generator) IPCache() *policy.IPCache {
+	es := []policy.IPCacheEntry{
 		{Prefix: pfx("10.244.0.0/16"), Class: bpf.ClassCluster},
 		{Prefix: pfx("10.96.0.0/12"), Class: bpf.ClassCluster},
 		{Prefix: pfx("fd00:10:244::/56"), Class: bpf.ClassCluster},
@@ -270,12 +305,12 @@ func (g *generator) ipcache() *IPCache {
 		return netip.PrefixFrom(a, a.BitLen())
 	}
 	for range 5 + g.rng.IntN(20) {
-		es = append(es, IPCacheEntry{Prefix: host(pfx("10.244.0.0/16")), Class: bpf.ClassPod, Identity: id()})
-		es = append(es, IPCacheEntry{Prefix: host(pfx("fd00:10:244::/56")), Class: bpf.ClassPod, Identity: id()})
+		es = append(es, policy.IPCacheEntry{Prefix: host(pfx("10.244.0.0/16")), Class: bpf.ClassPod, Identity: id()})
+		es = append(es, policy.IPCacheEntry{Prefix: host(pfx("fd00:10:244::/56")), Class: bpf.ClassPod, Identity: id()})
 	}
 	for range 1 + g.rng.IntN(5) {
-		es = append(es, IPCacheEntry{Prefix: host(pfx("10.96.0.0/12")), Class: bpf.ClassService, Identity: id()})
-		es = append(es, IPCacheEntry{Prefix: host(pfx("192.168.0.0/16")), Class: bpf.ClassNode})
+		es = append(es, policy.IPCacheEntry{Prefix: host(pfx("10.96.0.0/12")), Class: bpf.ClassService, Identity: id()})
+		es = append(es, policy.IPCacheEntry{Prefix: host(pfx("192.168.0.0/16")), Class: bpf.ClassNode})
 	}
 	classes := []bpf.Class{bpf.ClassPod, bpf.ClassService, bpf.ClassNode, bpf.ClassMetadata, bpf.ClassCluster, bpf.ClassWorld}
 	for f := range g.prefixes {
@@ -284,7 +319,7 @@ func (g *generator) ipcache() *IPCache {
 				continue
 			}
 			c := classes[g.rng.IntN(len(classes))]
-			e := IPCacheEntry{Prefix: host(p), Class: c}
+			e := policy.IPCacheEntry{Prefix: host(p), Class: c}
 			if c == bpf.ClassPod || c == bpf.ClassService {
 				e.Identity = id()
 			}
@@ -294,19 +329,20 @@ func (g *generator) ipcache() *IPCache {
 			es = append(es, e)
 		}
 	}
-	return NewIPCache(es)
+	return policy.NewIPCache(es)
 }
 
-// targets collects what packets should aim at: the edges of every prefix the policy and ipcache name, and
-// every port range edge by protocol.
-type targets struct {
+// Targets is what packets should aim at: the prefixes a policy and an ipcache name, and the port range edges
+// of the policy by protocol.
+type Targets struct {
 	prefixes []netip.Prefix
 	ports    map[uint8][]uint16
 	protos   []uint8
 }
 
-func newTargets(p *IdentityPolicy, ipc *IPCache) *targets {
-	t := &targets{ports: make(map[uint8][]uint16)}
+// NewTargets collects the targets of p (nil: no policy) and ipc.
+func NewTargets(p *policy.IdentityPolicy, ipc *policy.IPCache) *Targets {
+	t := &Targets{ports: make(map[uint8][]uint16)}
 	for _, e := range ipc.Entries() {
 		t.prefixes = append(t.prefixes, e.Prefix)
 	}
@@ -350,14 +386,28 @@ func edges(p netip.Prefix) []netip.Addr {
 	return out
 }
 
-func (g *generator) packet(t *targets) Packet {
-	pkt := Packet{Direction: bpf.Direction(g.rng.IntN(2))}
+// Packet draws the first packet of a flow: either direction; mostly a protocol and a port range edge of
+// the targets, else any protocol and port (for ICMP and ICMPv6 the port is a type, and may be beyond 255
+// where a range ends at 255 or 65535); mostly a remote at or next to an edge of a target prefix, else
+// anywhere, 4-in-6 addresses included. The remote is never one that Avoid named.
+func (g *Generator) Packet(t *Targets) policy.Packet {
+	for {
+		pkt := g.packet(t)
+		if !g.avoid[pkt.Remote] {
+			return pkt
+		}
+	}
+}
+
+func (g *Generator) packet(t *Targets) policy.Packet {
+	pkt := policy.Packet{Direction: bpf.Direction(g.rng.IntN(2))}
 	if len(t.protos) > 0 && g.chance(75) {
 		pkt.Protocol = t.protos[g.rng.IntN(len(t.protos))]
 	} else {
-		pkt.Protocol = []uint8{ProtoTCP, ProtoUDP, ProtoICMP, ProtoICMPv6, ProtoSCTP, 0, 47, 255, uint8(g.rng.IntN(256))}[g.rng.IntN(9)]
+		pkt.Protocol = []uint8{policy.ProtoTCP, policy.ProtoUDP, policy.ProtoICMP, policy.ProtoICMPv6, policy.ProtoSCTP,
+			0, 47, 255, uint8(g.rng.IntN(256))}[g.rng.IntN(9)]
 	}
-	icmp := pkt.Protocol == ProtoICMP || pkt.Protocol == ProtoICMPv6
+	icmp := pkt.Protocol == policy.ProtoICMP || pkt.Protocol == policy.ProtoICMPv6
 	switch ports := t.ports[pkt.Protocol]; {
 	case len(ports) > 0 && g.chance(70):
 		pkt.Port = ports[g.rng.IntN(len(ports))]
@@ -389,91 +439,4 @@ func (g *generator) packet(t *targets) Packet {
 		pkt.Remote = g.randomInside(wholeFamily[g.rng.IntN(2)])
 	}
 	return pkt
-}
-
-func formatResult(r Result) string {
-	s := fmt.Sprintf("%s %s rule %d, remote %s/%d, verdict %s", actionName(r.Action), bpf.ReasonName(r.Reason),
-		r.RuleID, r.RemoteClass, r.RemoteIdentity, r.Verdict)
-	if r.AuditRuleID != 0 || r.AuditAction != 0 {
-		s += fmt.Sprintf(", audit rule %d (%s)", r.AuditRuleID, actionName(r.AuditAction))
-	}
-	return s
-}
-
-func actionName(a bpf.Action) string {
-	switch a {
-	case bpf.ActionAllow:
-		return "allow"
-	case bpf.ActionDeny:
-		return "deny"
-	case bpf.ActionNone:
-		return "none"
-	}
-	return fmt.Sprintf("action-%d", a)
-}
-
-func formatPacket(p Packet) string {
-	return fmt.Sprintf("%s proto %d port %d remote %s", p.Direction, p.Protocol, p.Port, p.Remote)
-}
-
-func formatPolicy(p *IdentityPolicy) string {
-	if p == nil {
-		return "no policy\n"
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "identity %d metadata %v audit %v default egress %s ingress %s, %d rules:\n", p.Identity,
-		p.MetadataAllowed, p.Audit, actionName(p.DefaultEgress), actionName(p.DefaultIngress), len(p.Rules))
-	for i, r := range p.Rules {
-		fmt.Fprintf(&b, "  [%d] id %d %s %s", i, r.ID, r.Direction, actionName(r.Action))
-		if r.Audit {
-			b.WriteString(" (audit)")
-		}
-		if r.AllPeers {
-			b.WriteString(" all peers")
-		} else {
-			b.WriteString(" peers [")
-			for j, peer := range r.Peers {
-				if j > 0 {
-					b.WriteString(", ")
-				}
-				if peer.IsCIDR() {
-					fmt.Fprintf(&b, "%s", peer.CIDR)
-					if len(peer.Except) > 0 {
-						fmt.Fprintf(&b, " except %v", peer.Except)
-					}
-				} else {
-					fmt.Fprintf(&b, "identities %v", peer.Identities)
-				}
-			}
-			b.WriteString("]")
-		}
-		if r.AllPorts {
-			b.WriteString(" all ports")
-		} else {
-			b.WriteString(" ports [")
-			for j, pr := range r.Ports {
-				if j > 0 {
-					b.WriteString(", ")
-				}
-				fmt.Fprintf(&b, "%d:%d-%d", pr.Protocol, pr.First, pr.Last)
-			}
-			b.WriteString("]")
-		}
-		b.WriteString("\n")
-	}
-	return b.String()
-}
-
-// formatIPCache lists the ipcache entries that contain remote, the most specific (the one that counts) last.
-func formatIPCache(ipc *IPCache, remote netip.Addr) string {
-	var b strings.Builder
-	for _, e := range ipc.Entries() {
-		if e.Prefix.Contains(remote) {
-			fmt.Fprintf(&b, "  %s %s/%d\n", e.Prefix, e.Class, e.Identity)
-		}
-	}
-	if b.Len() == 0 {
-		return "  (none: the world)\n"
-	}
-	return b.String()
 }

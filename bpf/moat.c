@@ -652,7 +652,7 @@ static __always_inline __u8 decide(const struct moat_config *cfg, __u32 identity
 	struct moat_policy_key k = {};
 	struct moat_policy_value *v;
 	struct moat_rule_ref enforce = {.order = MOAT_ORDER_NONE}, audit = {.order = MOAT_ORDER_NONE};
-	__u32 flags = 0;
+	__u32 flags = 0, pclass = 0;
 	__u8 class, world_default;
 	void *inner;
 
@@ -660,10 +660,16 @@ static __always_inline __u8 decide(const struct moat_config *cfg, __u32 identity
 	d->remote_class = class;
 	d->rule_id = 0;
 
+	/* The port class entry carries the identity's flags and world defaults too (the compiler writes a root
+	 * entry per direction), so one lookup serves both. */
 	inner = bpf_map_lookup_elem(&policy, &identity);
 	if (inner) {
-		k.prefixlen = 8;
-		k.data[0] = MOAT_KIND_HEADER;
+		k.prefixlen = 40;
+		k.data[0] = MOAT_KIND_PORT;
+		k.data[1] = dir;
+		k.data[2] = protocol;
+		k.data[3] = port >> 8;
+		k.data[4] = port & 0xff;
 		v = bpf_map_lookup_elem(inner, &k);
 		if (!v) {
 			d->reason = MOAT_REASON_NO_POLICY;
@@ -672,6 +678,7 @@ static __always_inline __u8 decide(const struct moat_config *cfg, __u32 identity
 		flags = v->flags;
 		d->identity_flags = flags;
 		world_default = v->default_verdict[dir & 1];
+		pclass = v->port_class;
 	} else {
 		world_default = cfg->default_verdict[dir & 1];
 	}
@@ -684,46 +691,34 @@ static __always_inline __u8 decide(const struct moat_config *cfg, __u32 identity
 		class = MOAT_CLASS_WORLD;
 	}
 
-	if (inner) {
-		__u32 pclass;
-
-		k.prefixlen = 40;
-		k.data[0] = MOAT_KIND_PORT;
-		k.data[1] = dir;
-		k.data[2] = protocol;
-		k.data[3] = port >> 8;
-		k.data[4] = port & 0xff;
+	if (pclass) {
+		__builtin_memset(k.data, 0, sizeof(k.data));
+		k.prefixlen = 32 + (family == 4 ? 32 : 128);
+		k.data[0] = MOAT_KIND_CIDR;
+		k.data[1] = pclass >> 8;
+		k.data[2] = pclass & 0xff;
+		k.data[3] = family;
+		__builtin_memcpy(&k.data[4], remote, 16);
 		v = bpf_map_lookup_elem(inner, &k);
-		pclass = v ? v->port_class : 0;
-		if (pclass) {
+		if (v) {
+			better(&enforce, &v->enforce);
+			better(&audit, &v->audit);
+		}
+		if (d->remote_identity) {
+			__u32 rid = d->remote_identity;
 			__builtin_memset(k.data, 0, sizeof(k.data));
-			k.prefixlen = 32 + (family == 4 ? 32 : 128);
-			k.data[0] = MOAT_KIND_CIDR;
+			k.prefixlen = 64;
+			k.data[0] = MOAT_KIND_PEER;
 			k.data[1] = pclass >> 8;
 			k.data[2] = pclass & 0xff;
-			k.data[3] = family;
-			__builtin_memcpy(&k.data[4], remote, 16);
+			k.data[4] = rid >> 24;
+			k.data[5] = rid >> 16;
+			k.data[6] = rid >> 8;
+			k.data[7] = rid;
 			v = bpf_map_lookup_elem(inner, &k);
 			if (v) {
 				better(&enforce, &v->enforce);
 				better(&audit, &v->audit);
-			}
-			if (d->remote_identity) {
-				__u32 rid = d->remote_identity;
-				__builtin_memset(k.data, 0, sizeof(k.data));
-				k.prefixlen = 64;
-				k.data[0] = MOAT_KIND_PEER;
-				k.data[1] = pclass >> 8;
-				k.data[2] = pclass & 0xff;
-				k.data[4] = rid >> 24;
-				k.data[5] = rid >> 16;
-				k.data[6] = rid >> 8;
-				k.data[7] = rid;
-				v = bpf_map_lookup_elem(inner, &k);
-				if (v) {
-					better(&enforce, &v->enforce);
-					better(&audit, &v->audit);
-				}
 			}
 		}
 	}

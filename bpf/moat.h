@@ -68,7 +68,7 @@ enum moat_reason {
 	MOAT_REASON_EXTHDR_LIMIT = 23, /* more IPv6 extension headers than the datapath walks */
 	MOAT_REASON_UNSUPPORTED_L3 = 24, /* neither IPv4, IPv6 nor ARP */
 	MOAT_REASON_REVOKED = 25,      /* an established flow that the current policy denies */
-	MOAT_REASON_NO_POLICY = 26,    /* the identity has a policy map without a header: never published whole */
+	MOAT_REASON_NO_POLICY = 26,    /* the identity's policy map has no root PORT entry: never published whole */
 	MOAT_REASON_MAX = 32,
 };
 
@@ -119,7 +119,8 @@ struct moat_ipcache_value {
  * Per-identity policy: the policy map maps an identity to its own LPM trie of struct moat_policy_key. The enforcer
  * builds a new trie beside the old one and swaps the reference, so a packet sees one generation whole.
  * Key layouts inside data[], by data[0] (the kind):
- *   HEADER: [1]                                              prefixlen 8
+ *   HEADER: [1]                                              prefixlen 8 (for readers; the datapath reads the
+ *           same flags and defaults from the PORT entry it looks up anyway)
  *   PORT:   [2][direction][protocol][port hi][port lo]       prefixlen 16 (any protocol), 24 (any port), 24+n
  *           port = destination port for egress, the pod's port for ingress, ICMP type, 0 for other protocols
  *   CIDR:   [3][class hi][class lo][family][address x16]     prefixlen 32 + prefix length
@@ -156,8 +157,8 @@ struct moat_policy_value {
 	struct moat_rule_ref enforce; /* CIDR, PEER: first matching rule of the Enforce policies */
 	struct moat_rule_ref audit;   /* CIDR, PEER: first matching rule of the Audit policies */
 	__u32 port_class;             /* PORT: the class of rules that apply to this protocol and port; 0 = none */
-	__u32 flags;                  /* HEADER: enum moat_identity_flags */
-	__u8 default_verdict[2];      /* HEADER: per direction, world traffic that no rule matched */
+	__u32 flags;                  /* HEADER, PORT: enum moat_identity_flags */
+	__u8 default_verdict[2];      /* HEADER, PORT: per direction, world traffic that no rule matched */
 	__u8 pad[2];
 };
 

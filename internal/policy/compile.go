@@ -50,9 +50,10 @@ func Compile(p *IdentityPolicy) ([]Entry, error) {
 		return nil, fmt.Errorf("policy of identity %d: %w", p.Identity, err)
 	}
 
-	entries := []Entry{headerEntry(p)}
+	header := headerEntry(p)
+	entries := []Entry{header}
 	for _, dir := range []bpf.Direction{bpf.Egress, bpf.Ingress} {
-		entries = append(entries, portEntries(dir, segs[dir], classes)...)
+		entries = append(entries, portEntries(dir, segs[dir], classes, header.Value)...)
 	}
 	entries = append(entries, classEntries...)
 	if len(entries) > bpf.MaxPolicyEntries {

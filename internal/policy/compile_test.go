@@ -49,13 +49,16 @@ func TestCompileEntries(t *testing.T) {
 		want  []policy.Entry // without the header
 	}{
 		{"one rule", []policy.Rule{web}, []policy.Entry{
+			portEntry(bpf.Egress, 0, 0, 8, 0),
 			portEntry(bpf.Egress, policy.ProtoTCP, 443, 32, 1),
+			portEntry(bpf.Ingress, 0, 0, 8, 0),
 			cidrEntry(1, "10.0.0.0/8", ref(0, web), none),
 			cidrEntry(1, "10.1.0.0/16", none, none),
 		}},
 		{"a rule, then deny everything", []policy.Rule{web, denyAll}, []policy.Entry{
 			portEntry(bpf.Egress, 0, 0, 8, 1),
 			portEntry(bpf.Egress, policy.ProtoTCP, 443, 32, 2),
+			portEntry(bpf.Ingress, 0, 0, 8, 0),
 			cidrEntry(1, "0.0.0.0/0", ref(1, denyAll), none),
 			cidrEntry(1, "::/0", ref(1, denyAll), none),
 			cidrEntry(2, "0.0.0.0/0", ref(1, denyAll), none),
@@ -65,20 +68,28 @@ func TestCompileEntries(t *testing.T) {
 		}},
 		{"a shadowed rule costs nothing", []policy.Rule{denyAll, web}, []policy.Entry{
 			portEntry(bpf.Egress, 0, 0, 8, 1),
+			portEntry(bpf.Ingress, 0, 0, 8, 0),
 			cidrEntry(1, "0.0.0.0/0", ref(0, denyAll), none),
 			cidrEntry(1, "::/0", ref(0, denyAll), none),
 		}},
 		{"audit rule with namespace peers", []policy.Rule{auditDB}, []policy.Entry{
+			portEntry(bpf.Egress, 0, 0, 8, 0),
+			portEntry(bpf.Ingress, 0, 0, 8, 0),
 			portEntry(bpf.Ingress, policy.ProtoTCP, 5432, 32, 1),
 			peerEntry(1, 4, none, ref(0, auditDB)),
 			peerEntry(1, 5, none, ref(0, auditDB)),
 		}},
 		{"a hole in a protocol's ports is class 0", []policy.Rule{holes}, []policy.Entry{
+			portEntry(bpf.Egress, 0, 0, 8, 0),
 			portEntry(bpf.Egress, policy.ProtoTCP, 0, 16, 1),
 			portEntry(bpf.Egress, policy.ProtoTCP, 1001, 32, 0),
+			portEntry(bpf.Ingress, 0, 0, 8, 0),
 			cidrEntry(1, "2001:db8::/32", ref(0, holes), none),
 		}},
-		{"a rule without peers needs no class", []policy.Rule{nobody}, nil},
+		{"a rule without peers needs no class", []policy.Rule{nobody}, []policy.Entry{
+			portEntry(bpf.Egress, 0, 0, 8, 0),
+			portEntry(bpf.Ingress, 0, 0, 8, 0),
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -87,7 +98,13 @@ func TestCompileEntries(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := append([]policy.Entry{policy.HeaderEntry(p)}, tt.want...)
+			header := policy.HeaderEntry(p)
+			want := append([]policy.Entry{header}, tt.want...)
+			for i := range want {
+				if want[i].Key.Data[0] == uint8(bpf.KindPort) { // port entries carry the header's flags and defaults
+					want[i].Value.Flags, want[i].Value.DefaultVerdict = header.Value.Flags, header.Value.DefaultVerdict
+				}
+			}
 			if fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Errorf("entries:\n%s\nwant:\n%s", formatEntries(got), formatEntries(want))
 			}
@@ -101,10 +118,17 @@ func TestCompileHeader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 1 {
-		t.Fatalf("%d entries, want the header alone", len(got))
+	if len(got) != 3 {
+		t.Fatalf("%d entries, want the header and one root port entry per direction", len(got))
 	}
 	h := got[0]
+	for _, dir := range []bpf.Direction{bpf.Egress, bpf.Ingress} {
+		root := got[1+int(dir)]
+		if root.Key != bpf.PortKey(dir, 0, 0, 8) || root.Value.PortClass != 0 || root.Value.Flags != h.Value.Flags ||
+			root.Value.DefaultVerdict != h.Value.DefaultVerdict {
+			t.Errorf("%s root port entry %+v: want class 0 with the header's flags and defaults", dir, root)
+		}
+	}
 	if h.Key != bpf.HeaderKey() || h.Value.Flags != uint32(bpf.IdentityAllowMeta|bpf.IdentityAudit) ||
 		h.Value.DefaultVerdict != [2]uint8{uint8(deny), uint8(allow)} || h.Value.Enforce != bpf.NoRule() || h.Value.Audit != bpf.NoRule() {
 		t.Errorf("header %+v", h)

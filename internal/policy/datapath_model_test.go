@@ -129,9 +129,14 @@ func (m *datapathModel) decide(pkt policy.Packet) policy.Result {
 
 	action := func() bpf.Action {
 		var k lpmKey
+		var pclass uint32
 		if m.policy != nil {
-			k.prefixlen = 8
-			k.data[0] = uint8(bpf.KindHeader)
+			k.prefixlen = 40
+			k.data[0] = uint8(bpf.KindPort)
+			k.data[1] = dir
+			k.data[2] = pkt.Protocol
+			k.data[3] = uint8(pkt.Port >> 8)
+			k.data[4] = uint8(pkt.Port)
 			v, ok := m.policy.lookup(k.prefixlen, k.data)
 			if !ok {
 				d.Reason = bpf.ReasonNoPolicy
@@ -139,6 +144,7 @@ func (m *datapathModel) decide(pkt policy.Packet) policy.Result {
 			}
 			flags = v.Flags
 			worldDefault = v.DefaultVerdict[dir&1]
+			pclass = v.PortClass
 		} else {
 			worldDefault = m.defaults[dir&1]
 		}
@@ -151,48 +157,35 @@ func (m *datapathModel) decide(pkt policy.Packet) policy.Result {
 			class = bpf.ClassWorld
 		}
 
-		if m.policy != nil {
-			k.prefixlen = 40
-			k.data[0] = uint8(bpf.KindPort)
-			k.data[1] = dir
-			k.data[2] = pkt.Protocol
-			k.data[3] = uint8(pkt.Port >> 8)
-			k.data[4] = uint8(pkt.Port)
-			v, ok := m.policy.lookup(k.prefixlen, k.data)
-			var pclass uint32
-			if ok {
-				pclass = v.PortClass
+		if pclass != 0 {
+			k.data = [20]byte{}
+			k.prefixlen = 32 + 128
+			if family == 4 {
+				k.prefixlen = 32 + 32
 			}
-			if pclass != 0 {
+			k.data[0] = uint8(bpf.KindCIDR)
+			k.data[1] = uint8(pclass >> 8)
+			k.data[2] = uint8(pclass)
+			k.data[3] = family
+			copy(k.data[4:], remote[:])
+			if v, ok := m.policy.lookup(k.prefixlen, k.data); ok {
+				better(&enforce, v.Enforce)
+				better(&audit, v.Audit)
+			}
+			if d.RemoteIdentity != 0 {
+				rid := d.RemoteIdentity
 				k.data = [20]byte{}
-				k.prefixlen = 32 + 128
-				if family == 4 {
-					k.prefixlen = 32 + 32
-				}
-				k.data[0] = uint8(bpf.KindCIDR)
+				k.prefixlen = 64
+				k.data[0] = uint8(bpf.KindPeer)
 				k.data[1] = uint8(pclass >> 8)
 				k.data[2] = uint8(pclass)
-				k.data[3] = family
-				copy(k.data[4:], remote[:])
+				k.data[4] = uint8(rid >> 24)
+				k.data[5] = uint8(rid >> 16)
+				k.data[6] = uint8(rid >> 8)
+				k.data[7] = uint8(rid)
 				if v, ok := m.policy.lookup(k.prefixlen, k.data); ok {
 					better(&enforce, v.Enforce)
 					better(&audit, v.Audit)
-				}
-				if d.RemoteIdentity != 0 {
-					rid := d.RemoteIdentity
-					k.data = [20]byte{}
-					k.prefixlen = 64
-					k.data[0] = uint8(bpf.KindPeer)
-					k.data[1] = uint8(pclass >> 8)
-					k.data[2] = uint8(pclass)
-					k.data[4] = uint8(rid >> 24)
-					k.data[5] = uint8(rid >> 16)
-					k.data[6] = uint8(rid >> 8)
-					k.data[7] = uint8(rid)
-					if v, ok := m.policy.lookup(k.prefixlen, k.data); ok {
-						better(&enforce, v.Enforce)
-						better(&audit, v.Audit)
-					}
 				}
 			}
 		}

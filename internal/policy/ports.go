@@ -106,7 +106,11 @@ func mergeSorted(dst, a, b []int) []int {
 // routing tables"): a binary trie over the space down to the blocks of one class, candidate classes computed
 // bottom up (the children's common candidates if any, else all of them), then top down an entry wherever
 // the class inherited from above is not a candidate.
-func portEntries(dir bpf.Direction, segs []segment, classes []uint16) []Entry {
+//
+// Every entry also carries the identity's flags and world defaults from header, and the root of each direction
+// always gets an entry: the datapath reads those from the PORT entry it looks up, and a missing root means a
+// policy map that was never filled whole.
+func portEntries(dir bpf.Direction, segs []segment, classes []uint16, header bpf.PolicyValue) []Entry {
 	var resolved []segment
 	for _, s := range segs {
 		class := int(classes[s.set])
@@ -117,14 +121,19 @@ func portEntries(dir bpf.Direction, segs []segment, classes []uint16) []Entry {
 	t := portTrie{segs: resolved}
 	root := t.build(0, 0, 0, len(resolved))
 	var out []Entry
-	t.emit(root, 0, func(n *portNode, class uint32) {
+	t.emit(root, noClass, func(n *portNode, class uint32) {
 		v := emptyValue()
 		v.PortClass = class
+		v.Flags = header.Flags
+		v.DefaultVerdict = header.DefaultVerdict
 		key := bpf.PortKey(dir, uint8(n.lo>>16), uint16(n.lo), 8+int(n.depth))
 		out = append(out, Entry{Key: key, Value: v})
 	})
 	return out
 }
+
+// noClass is inherited by the root, so that it always gets an entry.
+const noClass = ^uint32(0)
 
 // portNode is a prefix of the port space: the block of 1<<(24-depth) points from lo.
 type portNode struct {

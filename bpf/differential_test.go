@@ -63,18 +63,10 @@ func TestDatapathDifferential(t *testing.T) {
 // its policy is swapped in, and after the previous policy of the identity was deleted). It returns how many
 // packets it compared and whether all of them agreed.
 func (d *differ) differential(seed uint64) (int, bool) {
-	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	rng := policytest.NewRand(seed)
 	compared := 0
 	for i := range 40 {
-		rules := 1 + rng.IntN(30)
-		switch {
-		case i == 0:
-			rules = 1000
-		case i%8 == 7:
-			rules = 100 + rng.IntN(300)
-		case i%8 == 3:
-			rules = 0
-		}
+		rules := policytest.RuleCount(rng, i)
 		g := policytest.NewGenerator(rng)
 		g.Avoid(diffV4, diffV6)
 		p := g.Policy(rules)

@@ -2,7 +2,6 @@ package policy_test
 
 import (
 	"flag"
-	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -43,18 +42,10 @@ func TestCompileAgreesWithEvaluate(t *testing.T) {
 // returns how many packets it compared and whether all of them agreed.
 func differential(t *testing.T, seed uint64) (int, bool) {
 	t.Helper()
-	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	rng := policytest.NewRand(seed)
 	compared := 0
 	for i := range 60 {
-		rules := 1 + rng.IntN(30)
-		switch {
-		case i == 0:
-			rules = 1000
-		case i%8 == 7:
-			rules = 100 + rng.IntN(300)
-		case i%8 == 3:
-			rules = 0
-		}
+		rules := policytest.RuleCount(rng, i)
 		g := policytest.NewGenerator(rng)
 		p := g.Policy(rules)
 		ipc := g.IPCache()

@@ -440,3 +440,23 @@ func (g *Generator) packet(t *Targets) policy.Packet {
 	}
 	return pkt
 }
+
+// NewRand is the random source a seed stands for in the differential tests and their failure reports.
+func NewRand(seed uint64) *rand.Rand {
+	return rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+}
+
+// RuleCount is how many rules the i-th policy of a differential run gets: the first 1,000, every eighth a few
+// hundred, some none at all, the others up to 30.
+func RuleCount(rng *rand.Rand, i int) int {
+	rules := 1 + rng.IntN(30)
+	switch {
+	case i == 0:
+		rules = 1000
+	case i%8 == 7:
+		rules = 100 + rng.IntN(300)
+	case i%8 == 3:
+		rules = 0
+	}
+	return rules
+}

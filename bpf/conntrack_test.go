@@ -342,3 +342,25 @@ func TestEventStormIsCounted(t *testing.T) {
 		t.Errorf("deny-default counter = %d, want 500", n)
 	}
 }
+
+// An inbound ping allowed by a rule is decided again, by its request's type, after a policy change.
+func TestPolicyChangeCutsInboundPing(t *testing.T) {
+	h := newHarness(t, bpf.Options{})
+	p := egressOnly443()
+	p.Rules = append(p.Rules, policy.Rule{ID: 50, Direction: bpf.Ingress, Action: bpf.ActionAllow, AllPeers: true,
+		Ports: ports(policy.ProtoICMPv6, 128, 128)})
+	h.policy(p)
+	if got := h.to(icmp(worldV6, podV6, 128)); got != retNext {
+		t.Fatalf("inbound ping allowed by rule: %s", verdictName(got))
+	}
+	if got := h.from(icmp(podV6, worldV6, 129)); got != retNext {
+		t.Fatalf("the pod's echo reply: %s", verdictName(got))
+	}
+	h.policy(egressOnly443())
+	if got := h.from(icmp(podV6, worldV6, 129)); got != retDrop {
+		t.Errorf("echo reply after the rule went: %s, want drop", verdictName(got))
+	}
+	if n := h.reasonCount(bpf.ReasonRevoked); n != 1 {
+		t.Errorf("revoked counter = %d, want 1", n)
+	}
+}

@@ -243,3 +243,30 @@ func TestMetadataForAllowedIdentity(t *testing.T) {
 		t.Errorf("metadata, not flagged, allowed by rule: %s, want drop", verdictName(got))
 	}
 }
+
+// Neighbour discovery keeps the pod's link working under a deny-everything policy, but from the pod's global
+// address it only passes towards the link: towards the world it is an ICMPv6 packet like any other.
+func TestNeighborDiscoveryStaysOnLink(t *testing.T) {
+	h := newHarness(t, bpf.Options{})
+	h.policy(&policy.IdentityPolicy{Identity: podID, DefaultEgress: bpf.ActionDeny, DefaultIngress: bpf.ActionDeny,
+		Rules: []policy.Rule{{ID: 9, Direction: bpf.Egress, Action: bpf.ActionDeny, AllPeers: true, AllPorts: true}}})
+	ns := func(src, dst string) testutil.Packet {
+		return testutil.Packet{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), Proto: testutil.ProtoICMPv6,
+			ICMPType: 135, HopLimit: 255}
+	}
+	for _, c := range []struct {
+		name string
+		pkt  testutil.Packet
+		want uint32
+	}{
+		{"unreachability detection of a global gateway", ns("fd00:250::2", "fd00:250::1"), retNext},
+		{"from the global address to the solicited-node group", ns("fd00:250::2", "ff02::1:ff00:1"), retNext},
+		{"from the global address to a link-local router", ns("fd00:250::2", "fe80::1"), retNext},
+		{"from the global address to the world", ns("fd00:250::2", "2001:db8::7"), retDrop},
+		{"from the global address to the metadata API", ns("fd00:250::2", "fd00:ec2::254"), retDrop},
+	} {
+		if got := h.from(c.pkt); got != c.want {
+			t.Errorf("%s: %s, want %s", c.name, verdictName(got), verdictName(c.want))
+		}
+	}
+}

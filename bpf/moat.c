@@ -635,6 +635,23 @@ static __always_inline void classify(__u8 family, const __u8 *addr, __u8 *class,
 	}
 }
 
+/*
+ * Neighbour discovery from the pod's global address passes only towards its link: a multicast or link-local
+ * destination, or a cluster address such as the gateway (unreachability detection of a global gateway). Towards
+ * the world or the metadata API it is an ordinary ICMPv6 packet for policy to judge, so ND cannot carry data off
+ * the node.
+ */
+static __always_inline int neighbor_on_link(const struct packet *p)
+{
+	__u32 identity;
+	__u8 class;
+
+	if (p->daddr[0] == 0xff || is_link_local6(p->daddr))
+		return 1;
+	classify(6, p->daddr, &class, &identity);
+	return class != MOAT_CLASS_WORLD && class != MOAT_CLASS_METADATA;
+}
+
 static __always_inline void better(struct moat_rule_ref *best, const struct moat_rule_ref *r)
 {
 	if (r->order < best->order)
@@ -800,21 +817,11 @@ static __always_inline int ct_revalidate(const struct moat_config *cfg, const st
 					 const struct moat_ct_key *k, struct moat_ct_value *ct, struct decision *d)
 {
 	struct decision r = {};
-	__u16 port;
 	__u8 action;
 
 	if (ct->generation == cfg->generation)
 		return 1;
-	if (k->protocol == IPPROTO_ICMP)
-		port = ICMP_ECHO;
-	else if (k->protocol == IPPROTO_ICMPV6)
-		port = ICMPV6_ECHO_REQUEST;
-	else if (ct->direction == MOAT_DIR_EGRESS)
-		port = ((__u16)k->rport[0] << 8) | k->rport[1];
-	else
-		port = ((__u16)k->lport[0] << 8) | k->lport[1];
-
-	action = decide(cfg, ep->identity, ct->direction, k->family, k->protocol, port, k->raddr, &r);
+	action = decide(cfg, ep->identity, ct->direction, k->family, k->protocol, ct->port, k->raddr, &r);
 	if (action == MOAT_ACTION_ALLOW || audit_mode(ep, &r)) {
 		ct->generation = cfg->generation;
 		ct->rule_id = r.rule_id;
@@ -973,6 +980,7 @@ static __always_inline void ct_create(__u32 ifindex, const struct packet *p, __u
 	ct_key_for(&k, ifindex, p->family, p->protocol, laddr, lport, raddr, rport);
 	v.generation = generation;
 	v.direction = dir;
+	v.port = policy_port(p, dir);
 	v.rule_id = d->rule_id;
 	v.flags = d->ct_audit ? MOAT_CT_AUDIT : 0;
 	/* a TCP flow picked up after its handshake (an eviction, a restart) counts as established */
@@ -1067,7 +1075,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 
 	if (is_neighbor_discovery(&p)) {
 		if (dir == MOAT_DIR_INGRESS || addr_is_zero(p.saddr) || is_link_local6(p.saddr) ||
-		    endpoint_owns(ep, 6, p.saddr)) {
+		    (endpoint_owns(ep, 6, p.saddr) && neighbor_on_link(&p))) {
 			d.pass = 1;
 			d.reason = MOAT_REASON_NEIGHBOR;
 			d.emit = 0;

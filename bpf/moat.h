@@ -187,7 +187,7 @@ struct moat_ct_value {
 	__u32 rule_id;    /* the rule that allowed it (0 = a default) */
 	__u8 direction;   /* direction of the first packet: enum moat_direction */
 	__u8 flags;       /* enum moat_ct_flags */
-	__u8 pad[2];
+	__u16 port;       /* the port policy judged the first packet by (ICMP: its type), for decisions again */
 };
 
 /* fragments map: the verdict of a first fragment, for the fragments that follow it. */

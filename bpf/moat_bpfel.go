@@ -81,7 +81,7 @@ type moatMoatCtValue struct {
 	RuleId     uint32
 	Direction  uint8
 	Flags      uint8
-	Pad        [2]uint8
+	Port       uint16
 }
 
 type moatMoatDirection uint32

@@ -600,8 +600,8 @@ static __always_inline int endpoint_owns(const struct moat_endpoint *ep, __u8 fa
 
 /*
  * IPv6 neighbour discovery and MLD keep the pod's link working and never leave it: ND needs hop limit 255 and
- * MLD hop limit 1, so nothing a router forwards qualifies. They pass from the unspecified address (DAD) and
- * link-local sources as well as the pod's own.
+ * MLD hop limit 1, so nothing a router forwarded qualifies. They pass from the unspecified address (DAD) and
+ * link-local sources, and from the pod's own addresses towards its link (neighbor_on_link).
  */
 static __always_inline int is_neighbor_discovery(const struct packet *p)
 {
@@ -769,8 +769,9 @@ static __always_inline int audit_mode(const struct moat_endpoint *ep, const stru
 	return ep->mode == MOAT_MODE_AUDIT || (d->identity_flags & MOAT_ID_AUDIT);
 }
 
-/* The port policy judges for a flow: the destination port for egress, the pod's own port for ingress. */
-static __always_inline __u16 policy_port(const struct packet *p, __u8 dir)
+/* The port policy judges a flow by: the destination port, which is the remote's for egress and the pod's own for
+ * ingress; the type for ICMP; 0 for protocols without ports. */
+static __always_inline __u16 policy_port(const struct packet *p)
 {
 	if (p->protocol == IPPROTO_ICMP || p->protocol == IPPROTO_ICMPV6)
 		return p->icmp_type;
@@ -980,7 +981,7 @@ static __always_inline void ct_create(__u32 ifindex, const struct packet *p, __u
 	ct_key_for(&k, ifindex, p->family, p->protocol, laddr, lport, raddr, rport);
 	v.generation = generation;
 	v.direction = dir;
-	v.port = policy_port(p, dir);
+	v.port = policy_port(p);
 	v.rule_id = d->rule_id;
 	v.flags = d->ct_audit ? MOAT_CT_AUDIT : 0;
 	/* a TCP flow picked up after its handshake (an eviction, a restart) counts as established */
@@ -1111,7 +1112,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 
 	d.emit = 0;
 	if (!ct_lookup(skb, cfg, ep, &p, dir, &d)) {
-		__u8 action = decide(cfg, ep->identity, dir, p.family, p.protocol, policy_port(&p, dir),
+		__u8 action = decide(cfg, ep->identity, dir, p.family, p.protocol, policy_port(&p),
 				     dir == MOAT_DIR_EGRESS ? p.daddr : p.saddr, &d);
 		if (action == MOAT_ACTION_ALLOW) {
 			d.pass = 1;

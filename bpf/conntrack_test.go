@@ -364,3 +364,27 @@ func TestPolicyChangeCutsInboundPing(t *testing.T) {
 		t.Errorf("revoked counter = %d, want 1", n)
 	}
 }
+
+// A pure SYN always opens a new connection: one that arrives in the reply direction of an established flow is
+// judged as a new inbound connection, not let through as a reply.
+func TestSYNIsNeverAReply(t *testing.T) {
+	h := newHarness(t, bpf.Options{})
+	h.policy(egressOnly443())
+	if got := h.from(tcp(podV4, worldV4, 46100, 443, testutil.TCPSyn)); got != retNext {
+		t.Fatalf("outbound SYN: %s", verdictName(got))
+	}
+	if got := h.to(tcp(worldV4, podV4, 443, 46100, testutil.TCPSyn)); got != retDrop {
+		t.Errorf("inbound SYN on the tuple of an outbound flow: %s, want drop (a new, denied, inbound connection)", verdictName(got))
+	}
+	if got := h.to(tcp(worldV4, podV4, 443, 46100, testutil.TCPSyn|testutil.TCPAck)); got != retNext {
+		t.Errorf("SYN-ACK of the outbound flow: %s, want pass", verdictName(got))
+	}
+	// a retransmitted SYN is decided by policy again, and still allowed
+	before := h.reasonCount(bpf.ReasonAllowRule)
+	if got := h.from(tcp(podV4, worldV4, 46100, 443, testutil.TCPSyn)); got != retNext {
+		t.Errorf("retransmitted SYN: %s, want pass", verdictName(got))
+	}
+	if h.reasonCount(bpf.ReasonAllowRule) != before+1 {
+		t.Errorf("retransmitted SYN was not decided by policy")
+	}
+}

@@ -782,6 +782,12 @@ static __always_inline __u16 policy_port(const struct packet *p)
 
 /* ---- conntrack ---- */
 
+static __always_inline int is_tcp_open(const struct packet *p)
+{
+	return p->protocol == IPPROTO_TCP && p->has_ports &&
+	       (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) == TCP_FLAG_SYN;
+}
+
 static __always_inline void ct_key_for(struct moat_ct_key *k, __u32 ifindex, __u8 family, __u8 protocol,
 				       const __u8 *laddr, __u16 lport, const __u8 *raddr, __u16 rport)
 {
@@ -1111,7 +1117,9 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 	}
 
 	d.emit = 0;
-	if (!ct_lookup(skb, cfg, ep, &p, dir, &d)) {
+	/* A pure SYN opens a connection: policy decides it whatever conntrack holds (a stale entry of a reused
+	 * port is replaced), which spares new connections the conntrack lookup. */
+	if (is_tcp_open(&p) || !ct_lookup(skb, cfg, ep, &p, dir, &d)) {
 		__u8 action = decide(cfg, ep->identity, dir, p.family, p.protocol, policy_port(&p),
 				     dir == MOAT_DIR_EGRESS ? p.daddr : p.saddr, &d);
 		if (action == MOAT_ACTION_ALLOW) {

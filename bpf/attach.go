@@ -55,8 +55,9 @@ type ClsactFilter struct {
 	Handle   uint32
 }
 
-// NewAttacher picks tcx when the kernel has it (probing on loopback is not possible without attaching, so the
-// probe is the kernel version check cilium/ebpf performs on the first attach) and clsact otherwise.
+// NewAttacher returns the attacher of a mode; the empty mode tries tcx on every attach and falls back to clsact
+// where the kernel lacks tcx (cilium/ebpf answers ErrNotSupported from its feature probe). Attachment.Mode says
+// which one was used.
 func NewAttacher(mode AttachMode) (Attacher, error) {
 	switch mode {
 	case ModeTCX:
@@ -71,6 +72,7 @@ func NewAttacher(mode AttachMode) (Attacher, error) {
 
 type autoAttacher struct{}
 
+// Mode is empty: each Attachment records the mode it got.
 func (autoAttacher) Mode() AttachMode { return "" }
 
 func (autoAttacher) Attach(ifindex int, fromPod, toPod *ebpf.Program) (*Attachment, error) {

@@ -224,7 +224,7 @@ func newDiffer(t testing.TB) *differ {
 func (d *differ) reset() {
 	d.t.Helper()
 	clearMap[bpf.CTKey, bpf.CTValue](d.t, d.dp.ConntrackMap())
-	for d.events.AvailableBytes() > 0 {
+	for d.events.Pending() > 0 {
 		if _, ok := d.tryEvent(0); !ok {
 			break
 		}
@@ -423,7 +423,7 @@ func (d *differ) send(pkt policy.Packet) outcome {
 	}
 	var o outcome
 	o.ret = d.run(prog, fr.Bytes())
-	for d.events.AvailableBytes() > 0 { // the program has written its events when the run returns
+	for d.events.Pending() > 0 { // the program has written its events when the run returns
 		ev, ok := d.tryEvent(time.Second)
 		if !ok {
 			break

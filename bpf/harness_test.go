@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/policy"
@@ -45,7 +44,7 @@ type harness struct {
 	root    string // pin root
 	dp      *bpf.Datapath
 	ifindex uint32
-	events  *ringbuf.Reader
+	events  *bpf.EventReader
 }
 
 func newHarness(t testing.TB, opts bpf.Options) *harness {
@@ -139,7 +138,7 @@ func (h *harness) reasonCount(r bpf.Reason) uint64 {
 // openEvents starts reading the ring buffer; call before the packets whose events the test checks.
 func (h *harness) openEvents() {
 	h.t.Helper()
-	r, err := ringbuf.NewReader(h.dp.EventsMap())
+	r, err := h.dp.NewEventReader()
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -160,13 +159,9 @@ func (h *harness) nextEvent() bpf.Event {
 func (h *harness) tryEvent(wait time.Duration) (bpf.Event, bool) {
 	h.t.Helper()
 	h.events.SetDeadline(time.Now().Add(wait))
-	rec, err := h.events.Read()
+	ev, err := h.events.ReadEvent()
 	if err != nil { // a deadline or a closed reader: no event
 		return bpf.Event{}, false
-	}
-	var ev bpf.Event
-	if _, err := binary.Decode(rec.RawSample, binary.LittleEndian, &ev); err != nil {
-		h.t.Fatalf("decode event: %v", err)
 	}
 	return ev, true
 }

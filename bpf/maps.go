@@ -365,9 +365,6 @@ func sumCounters(perCPU []Counter) Counter {
 	return c
 }
 
-// EventsMap is the ring buffer of flow events, for a ringbuf.Reader.
-func (dp *Datapath) EventsMap() *ebpf.Map { return dp.maps.Events }
-
 // ConntrackMap is the conntrack table (for moatctl and tests).
 func (dp *Datapath) ConntrackMap() *ebpf.Map { return dp.maps.Conntrack }
 

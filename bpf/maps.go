@@ -370,3 +370,6 @@ func (dp *Datapath) ConntrackMap() *ebpf.Map { return dp.maps.Conntrack }
 
 // FragmentsMap is the table of first fragment verdicts (for tests).
 func (dp *Datapath) FragmentsMap() *ebpf.Map { return dp.maps.Fragments }
+
+// IPCacheMap is the ipcache (for moatctl and tests).
+func (dp *Datapath) IPCacheMap() *ebpf.Map { return dp.maps.Ipcache }

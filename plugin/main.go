@@ -1,20 +1,130 @@
-// Command moat is Moat's chained CNI plugin: it tags a pod with its namespace identity and attaches the pinned
-// datapath to the pod's host veth. This build is a stub: the plugin comes with its own issue.
+// Command moat is Moat's chained CNI plugin, the last of the chain: at ADD it tags the pod with its namespace's
+// identity and attaches the pinned datapath to the pod's host veth before the pod can send a packet; at DEL and
+// GC every trace of the pod goes. It never loads programs: it opens what the enforcer pinned.
 package main
 
 import (
+	"errors"
+	"fmt"
+
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/endpoint"
 	moatversion "github.com/moatfw/moat/internal/version"
 )
 
-func notYet(_ *skel.CmdArgs) error {
-	return types.NewError(types.ErrInternal, "moat: this build of the plugin does not implement the command yet", "")
+func main() {
+	skel.PluginMainFuncs(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, Status: cmdStatus, GC: cmdGC},
+		version.PluginSupports("0.4.0", "1.0.0", "1.1.0"), "moat "+moatversion.Version)
 }
 
-func main() {
-	skel.PluginMainFuncs(skel.CNIFuncs{Add: notYet, Del: notYet, Check: notYet},
-		version.PluginSupports("0.4.0", "1.0.0", "1.1.0"), "moat "+moatversion.Version)
+func cmdAdd(args *skel.CmdArgs) error {
+	conf, err := parseConfig(args.StdinData, true)
+	if err != nil {
+		return err
+	}
+	log, closeLog := conf.logger()
+	defer closeLog()
+	a := &adder{conf: conf, args: args, log: log, store: endpoint.Store{Dir: conf.EndpointDir}}
+	if err := a.add(); err != nil {
+		a.rollback()
+		log.WithError(err).WithField("container", args.ContainerID).Error("ADD failed; rolled back")
+		return asCNIError(err)
+	}
+	return types.PrintResult(conf.prevResult, conf.CNIVersion)
+}
+
+func cmdDel(args *skel.CmdArgs) error {
+	conf, err := parseConfig(args.StdinData, false)
+	if err != nil {
+		return err
+	}
+	log, closeLog := conf.logger()
+	defer closeLog()
+	store := endpoint.Store{Dir: conf.EndpointDir}
+	if err := forget(conf, store, args.ContainerID, args.IfName); err != nil {
+		log.WithError(err).WithField("container", args.ContainerID).Error("DEL failed")
+		return asCNIError(err)
+	}
+	return nil
+}
+
+func cmdCheck(args *skel.CmdArgs) error {
+	conf, err := parseConfig(args.StdinData, true)
+	if err != nil {
+		return err
+	}
+	return asCNIError(check(conf, args))
+}
+
+// cmdStatus: under failPolicy closed the plugin is not available until the enforcer has pinned its state and
+// published a policy generation; under open it always is.
+func cmdStatus(args *skel.CmdArgs) error {
+	conf, err := parseConfig(args.StdinData, false)
+	if err != nil {
+		return err
+	}
+	if conf.FailPolicy == FailOpen {
+		return nil
+	}
+	dp, err := bpf.OpenPinned(conf.PinRoot)
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable,
+			fmt.Sprintf("moat: the enforcer's state is missing under %s: is moat-enforcer running?", conf.PinRoot), err.Error())
+	}
+	defer dp.Close()
+	cfg, err := dp.Config()
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "moat: cannot read the enforcer's state", err.Error())
+	}
+	if cfg.Generation == 0 {
+		return types.NewError(types.ErrPluginNotAvailable,
+			"moat: the enforcer has not published a policy yet", fmt.Sprintf("pin root %s", conf.PinRoot))
+	}
+	return nil
+}
+
+// cmdGC removes every endpoint of this network whose attachment the runtime no longer knows.
+func cmdGC(args *skel.CmdArgs) error {
+	conf, err := parseConfig(args.StdinData, false)
+	if err != nil {
+		return err
+	}
+	log, closeLog := conf.logger()
+	defer closeLog()
+	valid := map[types.GCAttachment]bool{}
+	for _, a := range conf.ValidAttachments {
+		valid[a] = true
+	}
+	store := endpoint.Store{Dir: conf.EndpointDir}
+	records, err := store.List(conf.Name)
+	if err != nil {
+		return asCNIError(err)
+	}
+	var errs []error
+	for _, r := range records {
+		if valid[types.GCAttachment{ContainerID: r.ContainerID, IfName: r.IfName}] {
+			continue
+		}
+		log.WithFields(map[string]any{"container": r.ContainerID, "pod": r.Namespace + "/" + r.Pod}).Info("GC: removing a stale endpoint")
+		if err := forget(conf, store, r.ContainerID, r.IfName); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return asCNIError(errors.Join(errs...))
+}
+
+// asCNIError keeps CNI errors as they are and wraps anything else as an internal error with details.
+func asCNIError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var cniErr *types.Error
+	if errors.As(err, &cniErr) {
+		return cniErr
+	}
+	return types.NewError(types.ErrInternal, "moat: "+err.Error(), fmt.Sprintf("%+v", err))
 }

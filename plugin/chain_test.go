@@ -1,0 +1,348 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
+	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/endpoint"
+	"github.com/moatfw/moat/internal/policy"
+	"github.com/moatfw/moat/internal/testutil"
+)
+
+// binDir holds moat and the reference plugins, built once for the package's tests at the versions go.mod pins.
+var binDir string
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		if os.Geteuid() != 0 {
+			return m.Run() // the tests skip themselves
+		}
+		dir, err := os.MkdirTemp("", "moat-cni-bin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		for name, pkg := range map[string]string{
+			"moat":       "github.com/moatfw/moat/plugin",
+			"bridge":     "github.com/containernetworking/plugins/plugins/main/bridge",
+			"ptp":        "github.com/containernetworking/plugins/plugins/main/ptp",
+			"loopback":   "github.com/containernetworking/plugins/plugins/main/loopback",
+			"host-local": "github.com/containernetworking/plugins/plugins/ipam/host-local",
+			"portmap":    "github.com/containernetworking/plugins/plugins/meta/portmap",
+		} {
+			out, err := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg).CombinedOutput()
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
+				return 1
+			}
+		}
+		binDir = dir
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+const (
+	testNamespace = "payments"
+	testIdentity  = 21
+)
+
+var (
+	worldAddr = netip.MustParseAddr("198.51.100.1") // the stand-in Internet, on the host namespace's loopback
+	metaAddr  = netip.MustParseAddr("169.254.169.254")
+)
+
+// node is a simulated node: a host network namespace of the test's own, the enforcer's pinned datapath, and a
+// folder for endpoint records and host-local's leases.
+type node struct {
+	t       *testing.T
+	host    ns.NetNS
+	dp      *bpf.Datapath
+	pinRoot string
+	state   string
+	cni     *libcni.CNIConfig
+}
+
+func newNode(t *testing.T, withEnforcer bool) *node {
+	t.Helper()
+	testutil.RequireRoot(t)
+	n := &node{t: t, host: testutil.NewNS(t), pinRoot: testutil.PinRoot(t), state: t.TempDir()}
+	n.cni = libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(n.state, "cache"), nil)
+	err := n.host.Do(func(ns.NetNS) error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(lo); err != nil {
+			return err
+		}
+		for _, a := range []netip.Addr{worldAddr, metaAddr} {
+			if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if withEnforcer {
+		n.startEnforcer()
+	}
+	return n
+}
+
+// startEnforcer does what the enforcer does for these tests: load and pin the datapath, publish the namespace's
+// identity with a policy that allows TCP 443 out and nothing else to the world, and a generation.
+func (n *node) startEnforcer() {
+	n.t.Helper()
+	dp, err := bpf.Load(n.pinRoot, bpf.Options{})
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.t.Cleanup(func() { dp.Close() })
+	n.dp = dp
+	if err := dp.SetNamespaceIdentity(testNamespace, testIdentity); err != nil {
+		n.t.Fatal(err)
+	}
+	if err := dp.SetIPCache(netip.MustParsePrefix("169.254.169.254/32"), bpf.ClassMetadata, 0); err != nil {
+		n.t.Fatal(err)
+	}
+	entries, err := policy.Compile(&policy.IdentityPolicy{Identity: testIdentity, DefaultEgress: bpf.ActionDeny,
+		DefaultIngress: bpf.ActionDeny, Rules: []policy.Rule{{ID: 1, Direction: bpf.Egress, Action: bpf.ActionAllow,
+			AllPeers: true, Ports: []policy.PortRange{{Protocol: policy.ProtoTCP, First: 443, Last: 443}}}}})
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	if err := dp.ReplacePolicy(testIdentity, entries); err != nil {
+		n.t.Fatal(err)
+	}
+	if _, err := dp.BumpGeneration(); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+// conflist is a bridge network with host-local addresses and moat last, at a CNI version.
+func (n *node) conflist(cniVersion, failPolicy string) *libcni.NetworkConfigList {
+	n.t.Helper()
+	raw := fmt.Sprintf(`{
+  "cniVersion": %q, "name": "moattest",
+  "plugins": [
+    {"type": "bridge", "bridge": "moatbr0", "isGateway": true, "ipMasq": false,
+     "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": "10.251.0.0/24"}]],
+              "routes": [{"dst": "0.0.0.0/0"}]}},
+    {"type": "portmap", "capabilities": {"portMappings": true}},
+    {"type": "moat", "pinRoot": %q, "endpointDir": %q, "failPolicy": %q, "logLevel": "debug",
+     "logFile": %q}
+  ]}`, cniVersion, filepath.Join(n.state, "ipam"), n.pinRoot, filepath.Join(n.state, "endpoints"), failPolicy,
+		filepath.Join(n.state, "moat.log"))
+	list, err := libcni.ConfListFromBytes([]byte(raw))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return list
+}
+
+type pod struct {
+	rt  *libcni.RuntimeConf
+	net ns.NetNS
+}
+
+func (n *node) pod(name string) *pod {
+	p := &pod{net: testutil.NewNS(n.t)}
+	p.rt = &libcni.RuntimeConf{ContainerID: "c-" + name, NetNS: p.net.Path(), IfName: "eth0",
+		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", testNamespace}, {"K8S_POD_NAME", name},
+			{"K8S_POD_UID", "uid-" + name}}}
+	return p
+}
+
+// inHost runs f with the calling thread in the node's host namespace: the plugins it starts run there.
+func (n *node) inHost(f func() error) error {
+	return n.host.Do(func(ns.NetNS) error { return f() })
+}
+
+func (n *node) store() endpoint.Store {
+	return endpoint.Store{Dir: filepath.Join(n.state, "endpoints")}
+}
+
+func TestChainAddCheckDel(t *testing.T) {
+	for _, v := range []string{"0.4.0", "1.0.0", "1.1.0"} {
+		t.Run(v, func(t *testing.T) {
+			n := newNode(t, true)
+			list := n.conflist(v, FailClosed)
+			p := n.pod("web")
+			t.Cleanup(func() { _ = n.inHost(func() error { return deleteBridge() }) })
+			ctx := context.Background()
+			if err := n.inHost(func() error { _, err := n.cni.AddNetworkList(ctx, list, p.rt); return err }); err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			rec, ok, err := n.store().Load("moattest", p.rt.ContainerID, "eth0")
+			if err != nil || !ok {
+				t.Fatalf("endpoint record after ADD: %v %v", ok, err)
+			}
+			if rec.Identity != testIdentity || rec.Namespace != testNamespace || rec.Pod != "web" || rec.AttachMode != bpf.ModeTCX {
+				t.Errorf("record %+v", rec)
+			}
+			ep, ok, err := n.dp.LookupEndpoint(uint32(rec.HostIfindex))
+			if err != nil || !ok || ep.Identity != testIdentity || len(ep.Addrs()) != 1 {
+				t.Fatalf("endpoint entry of ifindex %d: %+v %v %v", rec.HostIfindex, ep, ok, err)
+			}
+			if _, err := os.Stat(filepath.Join(endpoint.LinkDir(n.pinRoot, "moattest", p.rt.ContainerID), bpf.FromPodLinkPin)); err != nil {
+				t.Errorf("link pin: %v", err)
+			}
+			if err := n.inHost(func() error { return n.cni.CheckNetworkList(ctx, list, p.rt) }); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+
+			// traffic follows the maps: 443 out is allowed, 80 and the metadata API are not
+			for port, allowed := range map[int]bool{443: true, 80: false} {
+				testutil.Listen(t, n.host, fmt.Sprintf("%s:%d", worldAddr, port))
+				err := testutil.Exchange(p.net, fmt.Sprintf("%s:%d", worldAddr, port), time.Second)
+				if allowed && err != nil {
+					t.Errorf("port %d: %v, want an echo", port, err)
+				}
+				if !allowed && err == nil {
+					t.Errorf("port %d went through, want it blocked", port)
+				}
+			}
+			testutil.Listen(t, n.host, metaAddr.String()+":80")
+			if err := testutil.Exchange(p.net, metaAddr.String()+":80", time.Second); err == nil {
+				t.Errorf("the metadata API went through, want it blocked")
+			}
+
+			if err := n.inHost(func() error { return n.cni.DelNetworkList(ctx, list, p.rt) }); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			n.requireClean(t)
+			if err := n.inHost(func() error { return n.cni.DelNetworkList(ctx, list, p.rt) }); err != nil {
+				t.Errorf("second DEL: %v", err)
+			}
+			empty := *p.rt
+			empty.NetNS = ""
+			if err := n.inHost(func() error { return n.cni.DelNetworkList(ctx, list, &empty) }); err != nil {
+				t.Errorf("DEL with an empty CNI_NETNS: %v", err)
+			}
+		})
+	}
+}
+
+// requireClean fails unless nothing of any pod is left: records, link pins, endpoint and ipcache entries.
+func (n *node) requireClean(t *testing.T) {
+	t.Helper()
+	if recs, _ := n.store().List(""); len(recs) != 0 {
+		t.Errorf("%d endpoint records left", len(recs))
+	}
+	if pins, _ := filepath.Glob(filepath.Join(n.pinRoot, "endpoints", "*", "*")); len(pins) != 0 {
+		t.Errorf("link pins left: %v", pins)
+	}
+	if n.dp != nil {
+		if eps, _ := n.dp.Endpoints(); len(eps) != 0 {
+			t.Errorf("%d endpoint entries left", len(eps))
+		}
+		if got := n.ipcacheEntries(t); got != 1 { // the metadata entry the enforcer wrote
+			t.Errorf("%d ipcache entries, want only the enforcer's 1", got)
+		}
+	}
+}
+
+func (n *node) ipcacheEntries(t *testing.T) int {
+	count := 0
+	var k bpf.IPCacheKey
+	var v bpf.IPCacheValue
+	it := n.dp.IPCacheMap().Iterate()
+	for it.Next(&k, &v) {
+		count++
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return count
+}
+
+func deleteBridge() error {
+	l, err := netlink.LinkByName("moatbr0")
+	if err != nil {
+		return nil
+	}
+	return netlink.LinkDel(l)
+}
+
+func TestChainStatusAndGC(t *testing.T) {
+	ctx := context.Background()
+	n := newNode(t, false)
+	t.Cleanup(func() { _ = n.inHost(deleteBridge) })
+	closed, open := n.conflist("1.1.0", FailClosed), n.conflist("1.1.0", FailOpen)
+
+	err := n.cni.GetStatusNetworkList(ctx, closed)
+	if code := cniCode(err); code != types.ErrPluginNotAvailable {
+		t.Errorf("STATUS without the enforcer, failPolicy closed: %v (code %d), want code 50", err, code)
+	}
+	if err := n.cni.GetStatusNetworkList(ctx, open); err != nil {
+		t.Errorf("STATUS without the enforcer, failPolicy open: %v", err)
+	}
+	n.startEnforcer()
+	if err := n.cni.GetStatusNetworkList(ctx, closed); err != nil {
+		t.Errorf("STATUS with the enforcer: %v", err)
+	}
+
+	keep, stale := n.pod("keep"), n.pod("stale")
+	for _, p := range []*pod{keep, stale} {
+		if err := n.inHost(func() error { _, err := n.cni.AddNetworkList(ctx, closed, p.rt); return err }); err != nil {
+			t.Fatalf("ADD %s: %v", p.rt.ContainerID, err)
+		}
+	}
+	// another network's record must survive this network's GC
+	other := &endpoint.Record{Network: "othernet", ContainerID: "c-other", IfName: "eth0", Namespace: "x"}
+	if err := n.store().Save(other); err != nil {
+		t.Fatal(err)
+	}
+	gc := &libcni.GCArgs{ValidAttachments: []types.GCAttachment{{ContainerID: keep.rt.ContainerID, IfName: "eth0"}}}
+	if err := n.inHost(func() error { return n.cni.GCNetworkList(ctx, closed, gc) }); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	if _, ok, _ := n.store().Load("moattest", stale.rt.ContainerID, "eth0"); ok {
+		t.Errorf("GC left the stale pod's record")
+	}
+	if _, err := os.Stat(endpoint.LinkDir(n.pinRoot, "moattest", stale.rt.ContainerID)); err == nil {
+		t.Errorf("GC left the stale pod's link pins")
+	}
+	if _, ok, _ := n.store().Load("moattest", keep.rt.ContainerID, "eth0"); !ok {
+		t.Errorf("GC removed a valid attachment")
+	}
+	if _, ok, _ := n.store().Load("othernet", "c-other", "eth0"); !ok {
+		t.Errorf("GC of moattest removed another network's record")
+	}
+	if eps, _ := n.dp.Endpoints(); len(eps) != 1 {
+		t.Errorf("%d endpoint entries after GC, want the kept pod's 1", len(eps))
+	}
+	_ = n.store().Delete("othernet", "c-other", "eth0")
+	if err := n.inHost(func() error { return n.cni.DelNetworkList(ctx, closed, keep.rt) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.inHost(func() error { return n.cni.DelNetworkList(ctx, closed, stale.rt) }); err != nil {
+		t.Fatal(err)
+	}
+	n.requireClean(t)
+}
+
+// cniCode is the code of a CNI error result, or 0.
+func cniCode(err error) uint {
+	if e, ok := err.(*types.Error); ok {
+		return e.Code
+	}
+	return 0
+}

@@ -1,0 +1,365 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
+
+	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/endpoint"
+)
+
+// adder is one ADD: what it did so far, so a failure undoes exactly that.
+type adder struct {
+	conf  *NetConf
+	args  *skel.CmdArgs
+	log   *logrus.Entry
+	store endpoint.Store
+
+	dp         *bpf.Datapath
+	hostIndex  int
+	endpoint   bool
+	ipcache    []netip.Prefix
+	attachment *bpf.Attachment
+	linkDir    string
+	record     bool
+}
+
+func (a *adder) add() error {
+	namespace, pod, uid, err := podArgs(a.conf, a.args.Args)
+	if err != nil {
+		return err
+	}
+	log := a.log.WithFields(logrus.Fields{"pod": namespace + "/" + pod, "container": a.args.ContainerID})
+	addrs, err := podAddresses(a.conf.prevResult, a.args)
+	if err != nil {
+		return err
+	}
+	hostIndex, hostName, err := hostPeer(a.args.Netns, a.args.IfName)
+	if err != nil {
+		return err
+	}
+	// A repeated ADD of the same attachment replaces what the first one left.
+	if err := forget(a.conf, a.store, a.args.ContainerID, a.args.IfName); err != nil {
+		return err
+	}
+	rec := &endpoint.Record{Network: a.conf.Name, ContainerID: a.args.ContainerID, IfName: a.args.IfName,
+		Netns: a.args.Netns, Namespace: namespace, Pod: pod, PodUID: uid, HostIfname: hostName,
+		HostIfindex: hostIndex, Created: time.Now().UTC()}
+	for _, addr := range addrs {
+		rec.Addresses = append(rec.Addresses, addr.String())
+	}
+
+	dp, err := bpf.OpenPinned(a.conf.PinRoot)
+	switch {
+	case errors.Is(err, bpf.ErrNotPinned) && a.conf.FailPolicy == FailOpen:
+		log.Warn("the enforcer's state is missing: the pod starts unprotected, and the enforcer adopts it when it starts")
+		a.record = true
+		return a.store.Save(rec)
+	case errors.Is(err, bpf.ErrNotPinned):
+		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("moat: cannot guard pod %s/%s: the enforcer's "+
+			"state is missing under %s (is moat-enforcer running?)", namespace, pod, a.conf.PinRoot), err.Error())
+	case err != nil:
+		return fmt.Errorf("open the enforcer's state: %w", err)
+	}
+	a.dp = dp
+
+	identity, ok, err := dp.NamespaceIdentity(namespace)
+	if err != nil {
+		return err
+	}
+	if !ok && a.conf.FailPolicy == FailClosed {
+		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("moat: namespace %s has no identity yet: the "+
+			"enforcer has not published it", namespace), "failPolicy closed: try again later")
+	}
+	if !ok {
+		log.Warn("namespace has no identity yet: the pod starts under the cluster defaults and is re-tagged later")
+	}
+	rec.Identity = identity
+
+	ep, err := bpf.NewEndpoint(identity, bpf.ModeEnforce, addrs)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "moat: "+err.Error(), "")
+	}
+	a.hostIndex = hostIndex
+	if err := dp.SetEndpoint(uint32(hostIndex), &ep); err != nil {
+		return err
+	}
+	a.endpoint = true
+	for _, addr := range addrs {
+		p := netip.PrefixFrom(addr, addr.BitLen())
+		if err := dp.SetIPCache(p, bpf.ClassPod, identity); err != nil {
+			return err
+		}
+		a.ipcache = append(a.ipcache, p)
+	}
+
+	attacher, err := bpf.NewAttacher("")
+	if err != nil {
+		return err
+	}
+	att, err := attacher.Attach(hostIndex, dp.FromPod, dp.ToPod)
+	if err != nil {
+		return fmt.Errorf("attach the datapath to %s: %w", hostName, err)
+	}
+	a.attachment = att
+	a.linkDir = endpoint.LinkDir(a.conf.PinRoot, a.conf.Name, a.args.ContainerID)
+	if err := att.Pin(a.linkDir); err != nil {
+		return err
+	}
+	rec.AttachMode, rec.Filters, rec.CreatedQdisc = att.Mode, att.Filters, att.CreatedQdisc
+	if err := a.store.Save(rec); err != nil {
+		return err
+	}
+	a.record = true
+	att.Close() // the pins hold the links now
+	dp.Close()
+	log.WithFields(logrus.Fields{"identity": identity, "hostVeth": hostName, "mode": att.Mode}).Info("pod guarded")
+	return nil
+}
+
+// rollback undoes what a failed add did, newest first.
+func (a *adder) rollback() {
+	if a.record {
+		_ = a.store.Delete(a.conf.Name, a.args.ContainerID, a.args.IfName)
+	}
+	if a.attachment != nil {
+		_ = a.attachment.Detach()
+	}
+	if a.linkDir != "" {
+		_ = os.RemoveAll(a.linkDir)
+	}
+	if a.dp != nil {
+		for _, p := range a.ipcache {
+			_ = a.dp.DeleteIPCache(p)
+		}
+		if a.endpoint {
+			_ = a.dp.DeleteEndpoint(uint32(a.hostIndex))
+		}
+		a.dp.Close()
+	}
+}
+
+// podAddresses finds the pod's interface in prevResult and its addresses.
+func podAddresses(prev *current.Result, args *skel.CmdArgs) ([]netip.Addr, error) {
+	idx := -1
+	for i, iface := range prev.Interfaces {
+		if iface.Name == args.IfName && iface.Sandbox != "" {
+			idx = i
+		}
+	}
+	if idx < 0 {
+		return nil, configError(types.ErrInvalidNetworkConfig,
+			"moat: prevResult has no interface %s inside the pod's network namespace", args.IfName)
+	}
+	var addrs []netip.Addr
+	for _, ip := range prev.IPs {
+		if ip.Interface != nil && *ip.Interface != idx {
+			continue
+		}
+		a, ok := netip.AddrFromSlice(ip.Address.IP)
+		if !ok {
+			return nil, configError(types.ErrInvalidNetworkConfig, "moat: prevResult address %v is not an IP", ip.Address)
+		}
+		addrs = append(addrs, a.Unmap())
+	}
+	if len(addrs) == 0 {
+		return nil, configError(types.ErrInvalidNetworkConfig, "moat: prevResult gives interface %s no address", args.IfName)
+	}
+	return addrs, nil
+}
+
+// hostPeer finds the host side of the pod's veth by the peer ifindex the pod side reports.
+func hostPeer(netnsPath, ifname string) (int, string, error) {
+	if netnsPath == "" {
+		return 0, "", configError(types.ErrInvalidEnvironmentVariables, "moat: CNI_NETNS is empty")
+	}
+	podNS, err := ns.GetNS(netnsPath)
+	if err != nil {
+		return 0, "", types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("moat: network namespace %s: %v", netnsPath, err), "")
+	}
+	defer podNS.Close()
+	var peer int
+	err = podNS.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(ifname)
+		if err != nil {
+			return fmt.Errorf("find %s in the pod: %w", ifname, err)
+		}
+		veth, ok := l.(*netlink.Veth)
+		if !ok {
+			return fmt.Errorf("%s in the pod is a %s, not a veth: Moat guards veth-based networks", ifname, l.Type())
+		}
+		peer, err = netlink.VethPeerIndex(veth)
+		return err
+	})
+	if err != nil {
+		return 0, "", err
+	}
+	host, err := netlink.LinkByIndex(peer)
+	if err != nil {
+		return 0, "", fmt.Errorf("the host side of %s (ifindex %d) is gone: %w", ifname, peer, err)
+	}
+	return peer, host.Attrs().Name, nil
+}
+
+// forget removes every trace of one pod interface: links and their pins, endpoint and ipcache entries, the
+// record. It succeeds when there is nothing (left) to remove, and never touches what now belongs to another pod.
+func forget(conf *NetConf, store endpoint.Store, containerID, ifname string) error {
+	linkDir := endpoint.LinkDir(conf.PinRoot, conf.Name, containerID)
+	var errs []error
+	if _, err := os.Stat(linkDir); err == nil {
+		if att, err := bpf.LoadPinnedAttachment(linkDir); err == nil {
+			errs = append(errs, att.Detach())
+		}
+		errs = append(errs, os.RemoveAll(linkDir))
+	}
+	rec, ok, err := store.Load(conf.Name, containerID, ifname)
+	if err != nil || !ok {
+		return errors.Join(append(errs, err)...)
+	}
+	// the host veth may be gone and its ifindex taken by another pod's: act on it only while it is ours
+	sameDevice := false
+	if l, err := netlink.LinkByIndex(rec.HostIfindex); err == nil {
+		sameDevice = l.Attrs().Name == rec.HostIfname
+	}
+	if rec.AttachMode == bpf.ModeClsact && sameDevice {
+		att := &bpf.Attachment{Mode: bpf.ModeClsact, Ifindex: rec.HostIfindex, Filters: rec.Filters,
+			CreatedQdisc: rec.CreatedQdisc}
+		errs = append(errs, att.Detach())
+	}
+	if dp, err := bpf.OpenPinned(conf.PinRoot); err == nil {
+		errs = append(errs, forgetEntries(dp, store, rec, sameDevice))
+		dp.Close()
+	} else if !errors.Is(err, bpf.ErrNotPinned) {
+		errs = append(errs, err)
+	}
+	errs = append(errs, store.Delete(conf.Name, containerID, ifname))
+	return errors.Join(errs...)
+}
+
+// forgetEntries removes the pod's endpoint entry and the ipcache entries of addresses no other record holds.
+func forgetEntries(dp *bpf.Datapath, store endpoint.Store, rec *endpoint.Record, sameDevice bool) error {
+	var errs []error
+	if ep, ok, err := dp.LookupEndpoint(uint32(rec.HostIfindex)); err == nil && ok {
+		var have []string
+		for _, a := range ep.Addrs() {
+			have = append(have, a.String())
+		}
+		if sameDevice || slices.Equal(sortedCopy(have), sortedCopy(rec.Addresses)) {
+			errs = append(errs, dp.DeleteEndpoint(uint32(rec.HostIfindex)))
+		}
+	}
+	others, err := store.List("")
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	held := map[string]bool{}
+	for _, o := range others {
+		if o.ContainerID == rec.ContainerID && o.IfName == rec.IfName && o.Network == rec.Network {
+			continue
+		}
+		for _, a := range o.Addresses {
+			held[a] = true
+		}
+	}
+	for _, s := range rec.Addresses {
+		a, err := netip.ParseAddr(s)
+		if err != nil || held[s] {
+			continue
+		}
+		errs = append(errs, dp.DeleteIPCache(netip.PrefixFrom(a, a.BitLen())))
+	}
+	return errors.Join(errs...)
+}
+
+func sortedCopy(s []string) []string {
+	c := slices.Clone(s)
+	slices.Sort(c)
+	return c
+}
+
+// check verifies that the pod's interface is guarded as ADD left it.
+func check(conf *NetConf, args *skel.CmdArgs) error {
+	store := endpoint.Store{Dir: conf.EndpointDir}
+	rec, ok, err := store.Load(conf.Name, args.ContainerID, args.IfName)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("no endpoint record for container %s interface %s: ADD never completed", args.ContainerID, args.IfName)
+	}
+	addrs, err := podAddresses(conf.prevResult, args)
+	if err != nil {
+		return err
+	}
+	hostIndex, _, err := hostPeer(args.Netns, args.IfName)
+	if err != nil {
+		return err
+	}
+	if hostIndex != rec.HostIfindex {
+		return fmt.Errorf("the pod's host veth is ifindex %d, but Moat guards ifindex %d", hostIndex, rec.HostIfindex)
+	}
+	if rec.AttachMode == "" {
+		return fmt.Errorf("pod %s/%s runs without Moat's datapath (started under failPolicy open)", rec.Namespace, rec.Pod)
+	}
+	dp, err := bpf.OpenPinned(conf.PinRoot)
+	if err != nil {
+		return err
+	}
+	defer dp.Close()
+	if rec.AttachMode == bpf.ModeTCX {
+		att, err := bpf.LoadPinnedAttachment(endpoint.LinkDir(conf.PinRoot, conf.Name, args.ContainerID))
+		if err != nil {
+			return fmt.Errorf("the pod's links are missing: %w", err)
+		}
+		defer att.Close()
+		if att.Ifindex != hostIndex {
+			return fmt.Errorf("the pod's links are on ifindex %d, not on its host veth %d", att.Ifindex, hostIndex)
+		}
+		ids, err := att.ProgramIDs()
+		if err != nil {
+			return err
+		}
+		for i, prog := range []*ebpf.Program{dp.FromPod, dp.ToPod} {
+			info, err := prog.Info()
+			if err != nil {
+				return err
+			}
+			if id, _ := info.ID(); i >= len(ids) || ids[i] != id {
+				return fmt.Errorf("the pod's %s link does not run the enforcer's pinned program", []string{"from-pod", "to-pod"}[i])
+			}
+		}
+	}
+	ep, ok, err := dp.LookupEndpoint(uint32(hostIndex))
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("no endpoint entry for ifindex %d: the pod's packets are dropped", hostIndex)
+	}
+	var have, want []string
+	for _, a := range ep.Addrs() {
+		have = append(have, a.String())
+	}
+	for _, a := range addrs {
+		want = append(want, a.String())
+	}
+	if !slices.Equal(sortedCopy(have), sortedCopy(want)) {
+		return fmt.Errorf("the endpoint entry holds addresses %v, prevResult gives %v", have, want)
+	}
+	if ep.Identity != rec.Identity {
+		return fmt.Errorf("the endpoint entry carries identity %d, the record %d", ep.Identity, rec.Identity)
+	}
+	return nil
+}

@@ -80,7 +80,13 @@ type node struct {
 func newNode(t *testing.T, withEnforcer bool) *node {
 	t.Helper()
 	testutil.RequireRoot(t)
-	n := &node{t: t, host: testutil.NewNS(t), pinRoot: testutil.PinRoot(t), state: t.TempDir()}
+	return newNodeIn(t, testutil.NewNS(t), withEnforcer)
+}
+
+// newNodeIn makes a node whose host namespace is host.
+func newNodeIn(t *testing.T, host ns.NetNS, withEnforcer bool) *node {
+	t.Helper()
+	n := &node{t: t, host: host, pinRoot: testutil.PinRoot(t), state: t.TempDir()}
 	n.cni = libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(n.state, "cache"), nil)
 	err := n.host.Do(func(ns.NetNS) error {
 		lo, err := netlink.LinkByName("lo")

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -51,7 +50,7 @@ func (a *adder) add() error {
 		return err
 	}
 	// A repeated ADD of the same attachment replaces what the first one left.
-	if err := forget(a.conf, a.store, a.args.ContainerID, a.args.IfName); err != nil {
+	if err := a.store.Forget(a.conf.PinRoot, a.conf.Name, a.args.ContainerID, a.args.IfName); err != nil {
 		return err
 	}
 	rec := &endpoint.Record{Network: a.conf.Name, ContainerID: a.args.ContainerID, IfName: a.args.IfName,
@@ -213,82 +212,6 @@ func hostPeer(netnsPath, ifname string) (int, string, error) {
 	return peer, host.Attrs().Name, nil
 }
 
-// forget removes every trace of one pod interface: links and their pins, endpoint and ipcache entries, the
-// record. It succeeds when there is nothing (left) to remove, and never touches what now belongs to another pod.
-func forget(conf *NetConf, store endpoint.Store, containerID, ifname string) error {
-	linkDir := endpoint.LinkDir(conf.PinRoot, conf.Name, containerID)
-	var errs []error
-	if _, err := os.Stat(linkDir); err == nil {
-		if att, err := bpf.LoadPinnedAttachment(linkDir); err == nil {
-			errs = append(errs, att.Detach())
-		}
-		errs = append(errs, os.RemoveAll(linkDir))
-	}
-	rec, ok, err := store.Load(conf.Name, containerID, ifname)
-	if err != nil || !ok {
-		return errors.Join(append(errs, err)...)
-	}
-	// the host veth may be gone and its ifindex taken by another pod's: act on it only while it is ours
-	sameDevice := false
-	if l, err := netlink.LinkByIndex(rec.HostIfindex); err == nil {
-		sameDevice = l.Attrs().Name == rec.HostIfname
-	}
-	if rec.AttachMode == bpf.ModeClsact && sameDevice {
-		att := &bpf.Attachment{Mode: bpf.ModeClsact, Ifindex: rec.HostIfindex, Filters: rec.Filters,
-			CreatedQdisc: rec.CreatedQdisc}
-		errs = append(errs, att.Detach())
-	}
-	if dp, err := bpf.OpenPinned(conf.PinRoot); err == nil {
-		errs = append(errs, forgetEntries(dp, store, rec, sameDevice))
-		dp.Close()
-	} else if !errors.Is(err, bpf.ErrNotPinned) {
-		errs = append(errs, err)
-	}
-	errs = append(errs, store.Delete(conf.Name, containerID, ifname))
-	return errors.Join(errs...)
-}
-
-// forgetEntries removes the pod's endpoint entry and the ipcache entries of addresses no other record holds.
-func forgetEntries(dp *bpf.Datapath, store endpoint.Store, rec *endpoint.Record, sameDevice bool) error {
-	var errs []error
-	if ep, ok, err := dp.LookupEndpoint(uint32(rec.HostIfindex)); err == nil && ok {
-		var have []string
-		for _, a := range ep.Addrs() {
-			have = append(have, a.String())
-		}
-		if sameDevice || slices.Equal(sortedCopy(have), sortedCopy(rec.Addresses)) {
-			errs = append(errs, dp.DeleteEndpoint(uint32(rec.HostIfindex)))
-		}
-	}
-	others, err := store.List("")
-	if err != nil {
-		return errors.Join(append(errs, err)...)
-	}
-	held := map[string]bool{}
-	for _, o := range others {
-		if o.ContainerID == rec.ContainerID && o.IfName == rec.IfName && o.Network == rec.Network {
-			continue
-		}
-		for _, a := range o.Addresses {
-			held[a] = true
-		}
-	}
-	for _, s := range rec.Addresses {
-		a, err := netip.ParseAddr(s)
-		if err != nil || held[s] {
-			continue
-		}
-		errs = append(errs, dp.DeleteIPCache(netip.PrefixFrom(a, a.BitLen())))
-	}
-	return errors.Join(errs...)
-}
-
-func sortedCopy(s []string) []string {
-	c := slices.Clone(s)
-	slices.Sort(c)
-	return c
-}
-
 // check verifies that the pod's interface is guarded as ADD left it.
 func check(conf *NetConf, args *skel.CmdArgs) error {
 	store := endpoint.Store{Dir: conf.EndpointDir}
@@ -355,7 +278,7 @@ func check(conf *NetConf, args *skel.CmdArgs) error {
 	for _, a := range addrs {
 		want = append(want, a.String())
 	}
-	if !slices.Equal(sortedCopy(have), sortedCopy(want)) {
+	if !endpoint.SameAddresses(have, want) {
 		return fmt.Errorf("the endpoint entry holds addresses %v, prevResult gives %v", have, want)
 	}
 	if ep.Identity != rec.Identity {

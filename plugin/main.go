@@ -45,7 +45,7 @@ func cmdDel(args *skel.CmdArgs) error {
 	log, closeLog := conf.logger()
 	defer closeLog()
 	store := endpoint.Store{Dir: conf.EndpointDir}
-	if err := forget(conf, store, args.ContainerID, args.IfName); err != nil {
+	if err := store.Forget(conf.PinRoot, conf.Name, args.ContainerID, args.IfName); err != nil {
 		log.WithError(err).WithField("container", args.ContainerID).Error("DEL failed")
 		return asCNIError(err)
 	}
@@ -110,7 +110,7 @@ func cmdGC(args *skel.CmdArgs) error {
 			continue
 		}
 		log.WithFields(map[string]any{"container": r.ContainerID, "pod": r.Namespace + "/" + r.Pod}).Info("GC: removing a stale endpoint")
-		if err := forget(conf, store, r.ContainerID, r.IfName); err != nil {
+		if err := store.Forget(conf.PinRoot, conf.Name, r.ContainerID, r.IfName); err != nil {
 			errs = append(errs, err)
 		}
 	}

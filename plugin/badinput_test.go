@@ -26,10 +26,16 @@ type invocation struct {
 // run executes moat in the node's host namespace and returns its CNI error code (0 on success) and output.
 func (n *node) run(t *testing.T, inv invocation) (uint, string) {
 	t.Helper()
+	return n.runBinary(t, "moat", inv)
+}
+
+// runBinary executes one of the built plugins in the node's host namespace.
+func (n *node) runBinary(t *testing.T, name string, inv invocation) (uint, string) {
+	t.Helper()
 	var out bytes.Buffer
 	var errOut bytes.Buffer
 	err := n.inHost(func() error {
-		cmd := exec.Command(filepath.Join(binDir, "moat"))
+		cmd := exec.Command(filepath.Join(binDir, name))
 		for k, v := range inv.env {
 			cmd.Env = append(cmd.Env, k+"="+v)
 		}
@@ -42,7 +48,7 @@ func (n *node) run(t *testing.T, inv invocation) (uint, string) {
 	}
 	var res types.Error
 	if jerr := json.Unmarshal(out.Bytes(), &res); jerr != nil {
-		t.Fatalf("moat failed (%v) without a CNI error result on stdout: %q (stderr %q)", err, out.String(), errOut.String())
+		t.Fatalf("%s failed (%v) without a CNI error result on stdout: %q (stderr %q)", name, err, out.String(), errOut.String())
 	}
 	return res.Code, out.String()
 }

@@ -38,6 +38,7 @@ func TestMain(m *testing.M) {
 		defer os.RemoveAll(dir)
 		for name, pkg := range map[string]string{
 			"moat":       "github.com/moatfw/moat/plugin",
+			"moat-ipam":  "github.com/moatfw/moat/ipam-shim",
 			"bridge":     "github.com/containernetworking/plugins/plugins/main/bridge",
 			"ptp":        "github.com/containernetworking/plugins/plugins/main/ptp",
 			"loopback":   "github.com/containernetworking/plugins/plugins/main/loopback",
@@ -168,10 +169,13 @@ type pod struct {
 	net ns.NetNS
 }
 
-func (n *node) pod(name string) *pod {
+func (n *node) pod(name string) *pod { return n.podIn(testNamespace, name) }
+
+// podIn is a pod of a given namespace, not yet added.
+func (n *node) podIn(namespace, name string) *pod {
 	p := &pod{net: testutil.NewNS(n.t)}
 	p.rt = &libcni.RuntimeConf{ContainerID: "c-" + name, NetNS: p.net.Path(), IfName: "eth0",
-		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", testNamespace}, {"K8S_POD_NAME", name},
+		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", namespace}, {"K8S_POD_NAME", name},
 			{"K8S_POD_UID", "uid-" + name}}}
 	return p
 }

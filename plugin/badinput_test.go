@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -103,6 +105,24 @@ func TestBadInput(t *testing.T) {
 		}), conf("", prev("eth0"))}, types.ErrTryAgainLater, nil},
 		{"enforcer state missing", invocation{env(nil), strings.Replace(conf("", prev("eth0")), n.pinRoot, n.pinRoot+"-none", 1)},
 			types.ErrTryAgainLater, nil},
+		{"pin folder unusable, after the endpoint was written and the links attached", good, types.ErrInternal, func() func() {
+			blocker := filepath.Join(n.pinRoot, "endpoints", "moattest")
+			if err := os.MkdirAll(filepath.Dir(blocker), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(blocker, nil, 0o600); err == nil {
+				return func() { os.Remove(blocker) }
+			}
+			// bpffs holds no plain files: a pinned map of that name blocks the folder just as well
+			m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Pin(blocker); err != nil {
+				t.Fatal(err)
+			}
+			return func() { m.Unpin(); m.Close() }
+		}},
 		{"host veth vanished", good, types.ErrInternal, func() func() {
 			// move the host side into another namespace: the pod's peer ifindex names nothing here any more
 			elsewhere := testutil.NewNS(t)
@@ -123,6 +143,7 @@ func TestBadInput(t *testing.T) {
 			t.Errorf("%s: code %d, want %d (%s)", c.name, code, c.code, out)
 		}
 		n.requireClean(t)
+		n.requireNoLinks(t, pl.HostIfindex)
 	}
 
 	// the same invocation, whole, works: the corpus fails for the reasons it names

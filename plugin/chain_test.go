@@ -356,3 +356,46 @@ func cniCode(err error) uint {
 	}
 	return 0
 }
+
+// failPolicy open: without the enforcer the pod starts unprotected with its record written (the enforcer adopts
+// it later); with the enforcer but no identity for the namespace, it starts under the cluster defaults.
+func TestChainFailOpen(t *testing.T) {
+	ctx := context.Background()
+	n := newNode(t, false)
+	t.Cleanup(func() { _ = n.inHost(deleteBridge) })
+	list := n.conflist("1.1.0", FailOpen)
+	early := n.pod("early")
+	if err := n.inHost(func() error { _, err := n.cni.AddNetworkList(ctx, list, early.rt); return err }); err != nil {
+		t.Fatalf("ADD without the enforcer under failPolicy open: %v", err)
+	}
+	rec, ok, _ := n.store().Load("moattest", early.rt.ContainerID, "eth0")
+	if !ok || rec.AttachMode != "" || rec.Namespace != testNamespace {
+		t.Fatalf("record of an unprotected pod: %+v (%v)", rec, ok)
+	}
+	if err := n.inHost(func() error { return n.cni.CheckNetworkList(ctx, list, early.rt) }); err == nil {
+		t.Errorf("CHECK of an unprotected pod passed")
+	}
+
+	n.startEnforcer()
+	stranger := n.podIn("unlabelled", "stranger")
+	if err := n.inHost(func() error { _, err := n.cni.AddNetworkList(ctx, list, stranger.rt); return err }); err != nil {
+		t.Fatalf("ADD of a namespace without identity under failPolicy open: %v", err)
+	}
+	rec, ok, _ = n.store().Load("moattest", stranger.rt.ContainerID, "eth0")
+	if !ok || rec.Identity != 0 || rec.AttachMode != bpf.ModeTCX {
+		t.Fatalf("record of a pod under cluster defaults: %+v (%v)", rec, ok)
+	}
+	if ep, ok, _ := n.dp.LookupEndpoint(uint32(rec.HostIfindex)); !ok || ep.Identity != 0 {
+		t.Errorf("endpoint of a pod under cluster defaults: %+v (%v)", ep, ok)
+	}
+	testutil.Listen(t, n.host, metaAddr.String()+":80")
+	if err := testutil.Exchange(stranger.net, metaAddr.String()+":80", time.Second); err == nil {
+		t.Errorf("a pod under cluster defaults reached the metadata API")
+	}
+	for _, p := range []*pod{early, stranger} {
+		if err := n.inHost(func() error { return n.cni.DelNetworkList(ctx, list, p.rt) }); err != nil {
+			t.Fatalf("DEL %s: %v", p.rt.ContainerID, err)
+		}
+	}
+	n.requireClean(t)
+}

@@ -41,9 +41,15 @@ func TestChurnLeavesNothing(t *testing.T) {
 	if after := n.ipcacheEntries(t); after != before {
 		t.Errorf("ipcache entries %d -> %d", before, after)
 	}
-	err := pl.Host.Do(func(ns.NetNS) error {
+	n.requireNoLinks(t, pl.HostIfindex)
+}
+
+// requireNoLinks fails when tcx programs or a clsact qdisc are left on a host veth of the node.
+func (n *node) requireNoLinks(t *testing.T, ifindex int) {
+	t.Helper()
+	err := n.host.Do(func(ns.NetNS) error {
 		for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
-			q, err := link.QueryPrograms(link.QueryOptions{Target: pl.HostIfindex, Attach: at})
+			q, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: at})
 			if err != nil {
 				return err
 			}
@@ -51,9 +57,9 @@ func TestChurnLeavesNothing(t *testing.T) {
 				t.Errorf("%d tcx programs still on the host veth (%v)", len(q.Programs), at)
 			}
 		}
-		l, err := netlink.LinkByIndex(pl.HostIfindex)
+		l, err := netlink.LinkByIndex(ifindex)
 		if err != nil {
-			return err
+			return nil // gone, and everything on it
 		}
 		qs, err := netlink.QdiscList(l)
 		if err != nil {

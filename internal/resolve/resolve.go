@@ -1,0 +1,223 @@
+// Package resolve turns the policy API (FirewallConfig, FirewallPolicy, namespace labels) into what the compiler
+// takes: one ordered list of rules per namespace identity, with its flags and defaults. It implements the
+// semantics of ../shared/DESIGN.md ("Semantics"); the datapath and the reference evaluator take it from there.
+package resolve
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/api/v1alpha1"
+	"github.com/moatfw/moat/internal/policy"
+)
+
+// DefaultMetadataAddresses are the cloud metadata API's addresses when FirewallConfig names none.
+var DefaultMetadataAddresses = []string{"169.254.169.254/32", "fd00:ec2::254/128", "100.100.100.200/32"}
+
+// DefaultMetadataSelector opens the metadata API to namespaces labelled moat.dev/metadata: allow.
+var DefaultMetadataSelector = &metav1.LabelSelector{MatchLabels: map[string]string{v1alpha1.LabelMetadata: "allow"}}
+
+// RuleKey names one rule of one policy.
+type RuleKey struct {
+	Policy    string
+	Direction bpf.Direction
+	Index     int
+}
+
+// Input is the whole desired state. Policies and Config must have passed their Validate.
+type Input struct {
+	Config     *v1alpha1.FirewallConfig // nil: every default
+	Policies   []v1alpha1.FirewallPolicy
+	Namespaces []v1alpha1.Namespace
+	Identities map[string]uint32 // namespace -> identity, from the enforcer's allocator
+	// RuleID gives every rule its id (counters and events name it); the enforcer keeps them stable.
+	RuleID func(RuleKey) uint32
+}
+
+// Output is what the enforcer writes into the datapath.
+type Output struct {
+	Policies map[uint32]*policy.IdentityPolicy // by identity
+	Defaults policy.Defaults                   // for pods whose namespace has no identity yet
+	Metadata []netip.Prefix                    // the metadata API's addresses, for the ipcache
+	Cluster  []netip.Prefix                    // FirewallConfig's clusterCIDRs
+	Nodes    []netip.Prefix                    // FirewallConfig's nodeCIDRs
+	Warnings []string                          // what was ignored, naming the object
+}
+
+// Resolve computes every namespace's policy.
+func Resolve(in Input) Output {
+	cfg := in.Config
+	if cfg == nil {
+		cfg = &v1alpha1.FirewallConfig{}
+	}
+	out := Output{Policies: map[uint32]*policy.IdentityPolicy{},
+		Defaults: policy.Defaults{DefaultEgress: action(cfg.Spec.DefaultEgress), DefaultIngress: action(cfg.Spec.DefaultIngress)}}
+	meta := cfg.Spec.MetadataAPI
+	if meta == nil {
+		meta = &v1alpha1.MetadataAPI{}
+	}
+	addrs := meta.Addresses
+	if len(addrs) == 0 {
+		addrs = DefaultMetadataAddresses
+	}
+	out.Metadata = prefixes(addrs)
+	out.Cluster = prefixes(cfg.Spec.ClusterCIDRs)
+	out.Nodes = prefixes(cfg.Spec.NodeCIDRs)
+	metaSelector := selector(meta.AllowNamespaces, DefaultMetadataSelector)
+
+	policies := append([]v1alpha1.FirewallPolicy(nil), in.Policies...)
+	sort.SliceStable(policies, func(i, j int) bool {
+		pi, pj := priority(&policies[i]), priority(&policies[j])
+		if pi != pj {
+			return pi < pj
+		}
+		return policies[i].Name < policies[j].Name
+	})
+	nsLabels := map[string]labels.Set{}
+	for _, ns := range in.Namespaces {
+		nsLabels[ns.Name] = labels.Set(ns.Labels)
+	}
+	for _, ns := range in.Namespaces {
+		id, ok := in.Identities[ns.Name]
+		if !ok || id == 0 {
+			continue
+		}
+		set := nsLabels[ns.Name]
+		p := &policy.IdentityPolicy{
+			Identity:        id,
+			MetadataAllowed: meta.Action == v1alpha1.ActionAllow || metaSelector.Matches(set),
+			DefaultEgress:   out.Defaults.DefaultEgress,
+			DefaultIngress:  out.Defaults.DefaultIngress,
+		}
+		for label, def := range map[string]*bpf.Action{v1alpha1.LabelEgress: &p.DefaultEgress, v1alpha1.LabelIngress: &p.DefaultIngress} {
+			if v, ok := set[label]; ok {
+				switch v1alpha1.Action(v) {
+				case v1alpha1.ActionAllow, v1alpha1.ActionDeny:
+					*def = action(v1alpha1.Action(v))
+				default:
+					out.Warnings = append(out.Warnings, fmt.Sprintf("namespace %s: label %s=%q ignored: want Allow or Deny", ns.Name, label, v))
+				}
+			}
+		}
+		if v, ok := set[v1alpha1.LabelMode]; ok {
+			switch v1alpha1.Mode(v) {
+			case v1alpha1.ModeAudit:
+				p.Audit = true
+			case v1alpha1.ModeEnforce:
+			default:
+				out.Warnings = append(out.Warnings, fmt.Sprintf("namespace %s: label %s=%q ignored: want Audit or Enforce", ns.Name, v1alpha1.LabelMode, v))
+			}
+		}
+		for i := range policies {
+			pol := &policies[i]
+			if !selector(pol.Spec.NamespaceSelector, nil).Matches(set) {
+				continue
+			}
+			p.Rules = append(p.Rules, rules(pol, bpf.Egress, pol.Spec.Egress, in, nsLabels)...)
+			p.Rules = append(p.Rules, rules(pol, bpf.Ingress, pol.Spec.Ingress, in, nsLabels)...)
+		}
+		out.Policies[id] = p
+	}
+	return out
+}
+
+func rules(pol *v1alpha1.FirewallPolicy, dir bpf.Direction, list []v1alpha1.Rule, in Input,
+	nsLabels map[string]labels.Set) []policy.Rule {
+	var out []policy.Rule
+	for i, r := range list {
+		rule := policy.Rule{ID: in.RuleID(RuleKey{Policy: pol.Name, Direction: dir, Index: i}), Direction: dir,
+			Action: action(r.Action), Audit: pol.Spec.Mode == v1alpha1.ModeAudit}
+		peers := r.To
+		if dir == bpf.Ingress {
+			peers = r.From
+		}
+		if peers == nil {
+			rule.AllPeers = true
+		} else {
+			rule.Peers = []policy.Peer{} // [] is no peer at all
+		}
+		for _, peer := range peers {
+			if peer.NamespaceSelector != nil {
+				sel := selector(peer.NamespaceSelector, nil)
+				var ids []uint32
+				for name, set := range nsLabels {
+					if id := in.Identities[name]; id != 0 && sel.Matches(set) {
+						ids = append(ids, id)
+					}
+				}
+				sort.Slice(ids, func(a, b int) bool { return ids[a] < ids[b] })
+				rule.Peers = append(rule.Peers, policy.Peer{Identities: ids})
+				continue
+			}
+			cidr, _ := v1alpha1.ParseCIDR(peer.CIDR)
+			rule.Peers = append(rule.Peers, policy.Peer{CIDR: cidr, Except: prefixes(peer.Except)})
+		}
+		if r.Ports == nil {
+			rule.AllPorts = true
+		}
+		for _, port := range r.Ports {
+			rule.Ports = append(rule.Ports, portRange(port))
+		}
+		out = append(out, rule)
+	}
+	return out
+}
+
+func portRange(p v1alpha1.Port) policy.PortRange {
+	proto, _ := v1alpha1.ProtocolNumber(p.Protocol)
+	r := policy.PortRange{Protocol: proto, First: 0, Last: 65535}
+	switch {
+	case v1alpha1.HasPorts(proto) && p.Port != nil:
+		r.First, r.Last = uint16(*p.Port), uint16(*p.Port)
+		if p.EndPort != nil {
+			r.Last = uint16(*p.EndPort)
+		}
+	case v1alpha1.IsICMP(proto) && p.ICMPType != nil:
+		r.First, r.Last = uint16(*p.ICMPType), uint16(*p.ICMPType)
+	}
+	return r
+}
+
+func priority(p *v1alpha1.FirewallPolicy) int32 {
+	if p.Spec.Priority != nil {
+		return *p.Spec.Priority
+	}
+	return v1alpha1.DefaultPriority
+}
+
+func action(a v1alpha1.Action) bpf.Action {
+	if a == v1alpha1.ActionDeny {
+		return bpf.ActionDeny
+	}
+	return bpf.ActionAllow
+}
+
+// selector turns a validated LabelSelector into a labels.Selector; nil takes def, and a nil def selects nothing.
+func selector(s, def *metav1.LabelSelector) labels.Selector {
+	if s == nil {
+		s = def
+	}
+	if s == nil {
+		return labels.Nothing()
+	}
+	sel, err := metav1.LabelSelectorAsSelector(s)
+	if err != nil {
+		return labels.Nothing()
+	}
+	return sel
+}
+
+func prefixes(list []string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range list {
+		if p, err := v1alpha1.ParseCIDR(s); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -1,0 +1,190 @@
+package resolve
+
+import (
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/api/v1alpha1"
+	"github.com/moatfw/moat/internal/policy"
+	"github.com/moatfw/moat/internal/policyfile"
+)
+
+// ids numbers rules in the order they are asked for, and remembers which is which.
+type ids struct {
+	next uint32
+	keys map[uint32]RuleKey
+}
+
+func (r *ids) id(k RuleKey) uint32 {
+	for id, known := range r.keys {
+		if known == k {
+			return id
+		}
+	}
+	r.next++
+	r.keys[r.next] = k
+	return r.next
+}
+
+func load(t *testing.T, extra ...string) (Input, *ids) {
+	t.Helper()
+	data, err := os.ReadFile("../../examples/payments.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(data)
+	for _, e := range extra {
+		text += "\n---\n" + e
+	}
+	objs, problems := policyfile.Parse("example.yaml", strings.NewReader(text))
+	if len(problems) != 0 {
+		t.Fatalf("problems: %v", problems)
+	}
+	r := &ids{keys: map[uint32]RuleKey{}}
+	in := Input{Identities: map[string]uint32{}, RuleID: r.id}
+	if len(objs.Configs) > 0 {
+		in.Config = &objs.Configs[0].Object
+	}
+	for _, p := range objs.Policies {
+		in.Policies = append(in.Policies, p.Object)
+	}
+	for i, n := range objs.Namespaces {
+		in.Namespaces = append(in.Namespaces, n.Object)
+		in.Identities[n.Object.Name] = uint32(10 + i)
+	}
+	return in, r
+}
+
+// The example, resolved and decided by the reference evaluator, does what docs/policy.md says it does.
+func TestResolveExample(t *testing.T) {
+	in, rules := load(t)
+	out := Resolve(in)
+	payments, shared := in.Identities["payments"], in.Identities["shared-services"]
+	p := out.Policies[payments]
+	if p == nil || len(p.Rules) != 3 || out.Policies[shared] == nil || len(out.Policies[shared].Rules) != 0 {
+		t.Fatalf("resolved %+v", out.Policies)
+	}
+	for id, ip := range out.Policies {
+		if _, err := policy.Compile(ip); err != nil {
+			t.Errorf("identity %d does not compile: %v", id, err)
+		}
+	}
+	if len(out.Metadata) != 3 || len(out.Cluster) != 3 {
+		t.Errorf("metadata %v cluster %v", out.Metadata, out.Cluster)
+	}
+	if k := rules.keys[p.Rules[2].ID]; k.Policy != "payments-egress" || k.Direction != bpf.Ingress || k.Index != 0 {
+		t.Errorf("third rule is %+v, want payments-egress ingress 0", k)
+	}
+	var ipc []policy.IPCacheEntry
+	for _, m := range out.Metadata {
+		ipc = append(ipc, policy.IPCacheEntry{Prefix: m, Class: bpf.ClassMetadata})
+	}
+	ipc = append(ipc, policy.IPCacheEntry{Prefix: netip.MustParsePrefix("10.244.1.7/32"), Class: bpf.ClassPod, Identity: shared},
+		policy.IPCacheEntry{Prefix: netip.MustParsePrefix("10.244.0.0/16"), Class: bpf.ClassCluster})
+	cache := policy.NewIPCache(ipc)
+	for _, c := range []struct {
+		name   string
+		dir    bpf.Direction
+		proto  uint8
+		port   uint16
+		remote string
+		want   bpf.Reason
+		rule   int // index into p.Rules, -1 for none
+	}{
+		{"allowed cidr and port", bpf.Egress, 6, 443, "203.0.113.5", bpf.ReasonAllowRule, 0},
+		{"except falls to the deny", bpf.Egress, 6, 443, "203.0.113.200", bpf.ReasonDenyRule, 1},
+		{"other port denied", bpf.Egress, 6, 80, "203.0.113.5", bpf.ReasonDenyRule, 1},
+		{"udp range", bpf.Egress, 17, 8050, "203.0.113.5", bpf.ReasonAllowRule, 0},
+		{"icmp echo", bpf.Egress, 1, 8, "203.0.113.5", bpf.ReasonAllowRule, 0},
+		{"gre", bpf.Egress, 47, 0, "203.0.113.5", bpf.ReasonAllowRule, 0},
+		{"shared zone by namespace", bpf.Egress, 6, 443, "10.244.1.7", bpf.ReasonAllowRule, 0},
+		{"v6 world denied", bpf.Egress, 6, 443, "2001:db8::1", bpf.ReasonDenyRule, 1},
+		{"metadata blocked", bpf.Egress, 6, 80, "169.254.169.254", bpf.ReasonMetadata, -1},
+		{"ingress allowed", bpf.Ingress, 6, 8443, "198.51.100.9", bpf.ReasonAllowRule, 2},
+		{"ingress default allow", bpf.Ingress, 6, 22, "198.51.100.9", bpf.ReasonAllowDefault, -1},
+	} {
+		r := policy.Evaluate(p, out.Defaults, cache, policy.Packet{Direction: c.dir, Protocol: c.proto, Port: c.port,
+			Remote: netip.MustParseAddr(c.remote)})
+		wantRule := uint32(0)
+		if c.rule >= 0 {
+			wantRule = p.Rules[c.rule].ID
+		}
+		if r.Reason != c.want || r.RuleID != wantRule {
+			t.Errorf("%s: %s rule %d, want %s rule %d", c.name, bpf.ReasonName(r.Reason), r.RuleID, bpf.ReasonName(c.want), wantRule)
+		}
+	}
+}
+
+// Namespace labels: metadata, defaults and audit mode; values Moat does not know are ignored and reported.
+func TestResolveLabels(t *testing.T) {
+	in, _ := load(t, `apiVersion: v1
+kind: Namespace
+metadata:
+  name: tools
+  labels: {moat.dev/metadata: allow, moat.dev/egress: Deny, moat.dev/ingress: Deny, moat.dev/mode: Audit}`,
+		`apiVersion: v1
+kind: Namespace
+metadata:
+  name: odd
+  labels: {moat.dev/egress: deny, moat.dev/mode: loud}`)
+	out := Resolve(in)
+	tools, odd := out.Policies[in.Identities["tools"]], out.Policies[in.Identities["odd"]]
+	if !tools.MetadataAllowed || !tools.Audit || tools.DefaultEgress != bpf.ActionDeny || tools.DefaultIngress != bpf.ActionDeny {
+		t.Errorf("tools: %+v", tools)
+	}
+	if odd.MetadataAllowed || odd.Audit || odd.DefaultEgress != bpf.ActionAllow {
+		t.Errorf("odd: %+v", odd)
+	}
+	if len(out.Warnings) != 2 || !strings.Contains(strings.Join(out.Warnings, "\n"), "namespace odd: label moat.dev/egress=\"deny\" ignored") {
+		t.Errorf("warnings %q", out.Warnings)
+	}
+}
+
+// Order of policies: priority, then name; Audit policies mark their rules; to: [] is no peer; a cluster-wide
+// metadata Allow opens it to everyone.
+func TestResolveOrderAndModes(t *testing.T) {
+	prio := func(n int32) *int32 { return &n }
+	all := &metav1.LabelSelector{}
+	in := Input{
+		Config: &v1alpha1.FirewallConfig{Spec: v1alpha1.FirewallConfigSpec{DefaultEgress: v1alpha1.ActionDeny,
+			MetadataAPI: &v1alpha1.MetadataAPI{Action: v1alpha1.ActionAllow}}},
+		Policies: []v1alpha1.FirewallPolicy{
+			{ObjectMeta: metav1.ObjectMeta{Name: "b"}, Spec: v1alpha1.FirewallPolicySpec{NamespaceSelector: all,
+				Egress: []v1alpha1.Rule{{Action: v1alpha1.ActionDeny, To: []v1alpha1.Peer{}}}}},
+			{ObjectMeta: metav1.ObjectMeta{Name: "a"}, Spec: v1alpha1.FirewallPolicySpec{NamespaceSelector: all,
+				Egress: []v1alpha1.Rule{{Action: v1alpha1.ActionAllow}}}},
+			{ObjectMeta: metav1.ObjectMeta{Name: "z-first"}, Spec: v1alpha1.FirewallPolicySpec{NamespaceSelector: all,
+				Priority: prio(5), Mode: v1alpha1.ModeAudit, Egress: []v1alpha1.Rule{{Action: v1alpha1.ActionDeny}}}},
+			{ObjectMeta: metav1.ObjectMeta{Name: "nobody"}, Spec: v1alpha1.FirewallPolicySpec{
+				NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"x": "y"}},
+				Egress:            []v1alpha1.Rule{{Action: v1alpha1.ActionDeny}}}},
+		},
+		Namespaces: []v1alpha1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "n"}}, {ObjectMeta: metav1.ObjectMeta{Name: "unknown"}}},
+		Identities: map[string]uint32{"n": 3},
+	}
+	r := &ids{keys: map[uint32]RuleKey{}}
+	in.RuleID = r.id
+	out := Resolve(in)
+	if len(out.Policies) != 1 {
+		t.Fatalf("%d identities resolved, want only the one with an identity", len(out.Policies))
+	}
+	p := out.Policies[3]
+	var order []string
+	for _, rule := range p.Rules {
+		order = append(order, r.keys[rule.ID].Policy)
+	}
+	if strings.Join(order, ",") != "z-first,a,b" {
+		t.Errorf("rule order %v, want z-first (priority 5), a, b", order)
+	}
+	if !p.Rules[0].Audit || p.Rules[1].Audit || !p.Rules[1].AllPeers || p.Rules[2].AllPeers || len(p.Rules[2].Peers) != 0 {
+		t.Errorf("rules %+v", p.Rules)
+	}
+	if !p.MetadataAllowed || p.DefaultEgress != bpf.ActionDeny || out.Defaults.DefaultEgress != bpf.ActionDeny {
+		t.Errorf("policy %+v, defaults %+v", p, out.Defaults)
+	}
+}

@@ -122,6 +122,28 @@ func (dp *Datapath) NamespaceIdentity(namespace string) (identity uint32, ok boo
 	return identity, true, nil
 }
 
+// NamespaceIdentities lists every published namespace identity.
+func (dp *Datapath) NamespaceIdentities() (map[string]uint32, error) {
+	out := map[string]uint32{}
+	var k NamespaceKey
+	var id uint32
+	it := dp.maps.Identities.Iterate()
+	for it.Next(&k, &id) {
+		name := make([]byte, 0, len(k.Name))
+		for _, c := range k.Name {
+			if c == 0 {
+				break
+			}
+			name = append(name, byte(c))
+		}
+		out[string(name)] = id
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list namespace identities: %w", err)
+	}
+	return out, nil
+}
+
 // SetIPCache classifies every address in prefix as class (with the identity of a pod or Service).
 func (dp *Datapath) SetIPCache(prefix netip.Prefix, class Class, identity uint32) error {
 	k := NewIPCacheKey(prefix)

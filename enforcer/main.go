@@ -1,9 +1,13 @@
-// Command moat-enforcer is Moat's host agent. This build loads and pins the datapath under --pin-root and keeps
-// it until it is stopped; namespaces, policy sources, flows and the API come with the enforcer issue.
+// Command moat-enforcer is Moat's host agent. It loads and pins the datapath under --pin-root, adopts the state a
+// previous run pinned, and enforces the policy of a folder (--policy-dir): FirewallConfig, FirewallPolicy and
+// Namespace objects in multi-document YAML, watched, so adding, editing or removing a file takes effect. The
+// Kubernetes source, flows, metrics and the API socket come with the rest of the enforcer issue.
 package main
 
 import (
+	"context"
 	"flag"
+	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -11,24 +15,66 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/enforcer"
 	"github.com/moatfw/moat/internal/version"
 )
 
 func main() {
 	pinRoot := flag.String("pin-root", bpf.DefaultPinRoot, "bpffs folder for Moat's pinned maps and programs")
+	policyDir := flag.String("policy-dir", "", "folder of FirewallConfig, FirewallPolicy and Namespace YAML (standalone mode)")
+	kubeconfig := flag.String("kubeconfig", "", "kubeconfig of the cluster (not in this build)")
+	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	flag.Parse()
-	log := logrus.NewEntry(logrus.StandardLogger()).WithField("component", "enforcer")
 
-	dp, err := bpf.Load(*pinRoot, bpf.Options{})
+	logger := logrus.New()
+	if lvl, err := logrus.ParseLevel(*logLevel); err == nil {
+		logger.SetLevel(lvl)
+	}
+	log := logrus.NewEntry(logger).WithField("component", "enforcer")
+	if err := run(log, *pinRoot, *policyDir, *kubeconfig); err != nil {
+		log.WithError(err).Error("moat-enforcer stops")
+		os.Exit(1)
+	}
+}
+
+func run(log *logrus.Entry, pinRoot, policyDir, kubeconfig string) error {
+	if kubeconfig != "" {
+		return fmt.Errorf("--kubeconfig: the Kubernetes source is not in this build; use --policy-dir")
+	}
+	if policyDir == "" {
+		return fmt.Errorf("--policy-dir is required in this build")
+	}
+	dp, err := bpf.Load(pinRoot, bpf.Options{})
 	if err != nil {
-		log.WithError(err).Fatal("cannot load the datapath")
+		return fmt.Errorf("load the datapath: %w", err)
 	}
 	defer dp.Close()
-	log.WithFields(logrus.Fields{"pinRoot": *pinRoot, "createdMaps": dp.Created, "version": version.Version}).
+	log.WithFields(logrus.Fields{"pinRoot": pinRoot, "createdMaps": dp.Created, "version": version.Version}).
 		Info("datapath loaded and pinned")
 
-	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
-	<-stop
+	e, err := enforcer.New(dp, log)
+	if err != nil {
+		return err
+	}
+	folder := &enforcer.Folder{Dir: policyDir, Log: log.WithField("source", policyDir)}
+	apply := func() {
+		s, problems, err := folder.Load()
+		if err != nil {
+			log.WithError(err).Error("cannot read the policy folder; the policy in force stays")
+			return
+		}
+		if err := e.Apply(s); err != nil {
+			log.WithError(err).Error("cannot apply the policy")
+			return
+		}
+		log.WithFields(logrus.Fields{"policies": len(s.Policies), "namespaces": len(s.Namespaces),
+			"problems": len(problems)}).Info("policy folder applied")
+	}
+	apply()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	err = folder.Watch(ctx, apply)
 	log.Info("stopping; pinned state stays for the next start")
+	return err
 }

@@ -161,39 +161,60 @@ func (o *Objects) add(origin Origin, raw []byte) *Problem {
 	return nil
 }
 
-// LoadDir reads every .yaml, .yml and .json file of a folder (not its subfolders), in name order. Objects of
-// the same kind and name in two places are a problem; the first one stays.
-func LoadDir(dir string) (Objects, []Problem, error) {
+// Files lists the policy files of a folder (not its subfolders): .yaml, .yml and .json, not hidden, in name order.
+func Files(dir string) ([]string, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return Objects{}, nil, fmt.Errorf("read policy folder %s: %w", dir, err)
+		return nil, fmt.Errorf("read policy folder %s: %w", dir, err)
 	}
-	var names []string
+	var paths []string
 	for _, e := range entries {
 		ext := strings.ToLower(filepath.Ext(e.Name()))
 		if !e.IsDir() && (ext == ".yaml" || ext == ".yml" || ext == ".json") && !strings.HasPrefix(e.Name(), ".") {
-			names = append(names, e.Name())
+			paths = append(paths, filepath.Join(dir, e.Name()))
 		}
 	}
-	sort.Strings(names)
-	var all Objects
+	sort.Strings(paths)
+	return paths, nil
+}
+
+// ParseFile reads one file.
+func ParseFile(path string) (Objects, []Problem) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Objects{}, []Problem{{Origin: Origin{File: path}, Err: err}}
+	}
+	defer f.Close()
+	return Parse(path, f)
+}
+
+// LoadDir reads every policy file of a folder. Objects of the same kind and name in two places are a problem;
+// the first one stays.
+func LoadDir(dir string) (Objects, []Problem, error) {
+	paths, err := Files(dir)
+	if err != nil {
+		return Objects{}, nil, err
+	}
+	var parts []Objects
 	var problems []Problem
-	for _, name := range names {
-		path := filepath.Join(dir, name)
-		f, err := os.Open(path)
-		if err != nil {
-			problems = append(problems, Problem{Origin: Origin{File: path}, Err: err})
-			continue
-		}
-		objs, ps := Parse(path, f)
-		f.Close()
+	for _, path := range paths {
+		objs, ps := ParseFile(path)
+		parts = append(parts, objs)
 		problems = append(problems, ps...)
-		all.Configs = append(all.Configs, objs.Configs...)
-		all.Policies = append(all.Policies, objs.Policies...)
-		all.Namespaces = append(all.Namespaces, objs.Namespaces...)
 	}
-	all, dups := dedupe(all)
+	all, dups := Merge(parts...)
 	return all, append(problems, dups...), nil
+}
+
+// Merge joins the objects of several files, in order; an object whose kind and name came before is a problem.
+func Merge(parts ...Objects) (Objects, []Problem) {
+	var all Objects
+	for _, o := range parts {
+		all.Configs = append(all.Configs, o.Configs...)
+		all.Policies = append(all.Policies, o.Policies...)
+		all.Namespaces = append(all.Namespaces, o.Namespaces...)
+	}
+	return dedupe(all)
 }
 
 func dedupe(o Objects) (Objects, []Problem) {

@@ -1,0 +1,236 @@
+// Package enforcer is the host agent's core: it keeps the datapath's maps equal to the desired state (namespace
+// identities, the ipcache entries of the configuration, each identity's compiled policy), changing only what
+// changed, and swapping each identity's policy atomically.
+package enforcer
+
+import (
+	"maps"
+	"net/netip"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/api/v1alpha1"
+	"github.com/moatfw/moat/internal/policy"
+	"github.com/moatfw/moat/internal/resolve"
+)
+
+// State is the desired state from a source (a folder, or the Kubernetes API).
+type State struct {
+	Config     *v1alpha1.FirewallConfig
+	Policies   []v1alpha1.FirewallPolicy
+	Namespaces []v1alpha1.Namespace
+}
+
+// Enforcer writes desired state into a loaded datapath.
+type Enforcer struct {
+	dp  *bpf.Datapath
+	log *logrus.Entry
+
+	mu         sync.Mutex
+	identities map[string]uint32         // namespace -> identity, as published in the identities map
+	rules      map[resolve.RuleKey]uint32 // rule -> id, stable while the enforcer lives
+	ruleKeys   map[uint32]resolve.RuleKey
+	applied    map[uint32][]bpf.PolicyEntry // identity -> the entries swapped in last
+	ipcache    map[netip.Prefix]bpf.IPCacheValue
+	generation uint64
+}
+
+// New adopts the identities the pinned datapath already publishes, so they survive enforcer restarts.
+func New(dp *bpf.Datapath, log *logrus.Entry) (*Enforcer, error) {
+	e := &Enforcer{dp: dp, log: log, identities: map[string]uint32{}, rules: map[resolve.RuleKey]uint32{},
+		ruleKeys: map[uint32]resolve.RuleKey{}, applied: map[uint32][]bpf.PolicyEntry{},
+		ipcache: map[netip.Prefix]bpf.IPCacheValue{}}
+	published, err := dp.NamespaceIdentities()
+	if err != nil {
+		return nil, err
+	}
+	maps.Copy(e.identities, published)
+	if len(published) > 0 {
+		log.WithField("namespaces", len(published)).Info("adopted published namespace identities")
+	}
+	return e, nil
+}
+
+// Identities is a copy of namespace -> identity.
+func (e *Enforcer) Identities() map[string]uint32 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return maps.Clone(e.identities)
+}
+
+// RuleKey names the rule behind an id, for flow events and counters.
+func (e *Enforcer) RuleKey(id uint32) (resolve.RuleKey, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	k, ok := e.ruleKeys[id]
+	return k, ok
+}
+
+// Apply makes the datapath enforce s. Every identity whose compiled policy changed is swapped in one batch;
+// then the generation is bumped so established flows are decided again. Identities of namespaces that are gone
+// are withdrawn (the plugin cannot tag new pods with them; the enforcer's reconcile releases them once no endpoint
+// holds them).
+func (e *Enforcer) Apply(s State) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	start := time.Now()
+
+	present := map[string]bool{}
+	for _, ns := range s.Namespaces {
+		present[ns.Name] = true
+		if _, ok := e.identities[ns.Name]; !ok {
+			id, err := e.freeIdentity()
+			if err != nil {
+				return err
+			}
+			if err := e.dp.SetNamespaceIdentity(ns.Name, id); err != nil {
+				return err
+			}
+			e.identities[ns.Name] = id
+			e.log.WithFields(logrus.Fields{"namespace": ns.Name, "identity": id}).Info("namespace identity allocated")
+		}
+	}
+	var gone []string
+	for name := range e.identities {
+		if !present[name] {
+			gone = append(gone, name)
+		}
+	}
+
+	out := resolve.Resolve(resolve.Input{Config: s.Config, Policies: s.Policies, Namespaces: s.Namespaces,
+		Identities: e.identities, RuleID: e.ruleID})
+	for _, w := range out.Warnings {
+		e.log.Warn(w)
+	}
+
+	changed := map[uint32][]bpf.PolicyEntry{}
+	for id, p := range out.Policies {
+		entries, err := policy.Compile(p)
+		if err != nil {
+			// a policy the datapath cannot hold: keep the identity's last good one
+			e.log.WithError(err).WithField("identity", id).Error("policy not applied; the last good one stays")
+			continue
+		}
+		if !slices.Equal(entries, e.applied[id]) {
+			changed[id] = entries
+		}
+	}
+	if len(changed) > 0 {
+		if err := e.dp.ReplacePolicies(changed); err != nil {
+			return err
+		}
+		maps.Copy(e.applied, changed)
+	}
+	ipcacheChanged, err := e.syncIPCache(out)
+	if err != nil {
+		return err
+	}
+	configChanged := false
+	if err := e.dp.UpdateConfig(func(c *bpf.Config) {
+		d := [2]uint8{uint8(out.Defaults.DefaultEgress), uint8(out.Defaults.DefaultIngress)}
+		configChanged = c.DefaultVerdict != d
+		c.DefaultVerdict = d
+	}); err != nil {
+		return err
+	}
+	for _, name := range gone {
+		id := e.identities[name]
+		if err := e.dp.DeleteNamespaceIdentity(name); err != nil {
+			return err
+		}
+		if err := e.dp.DeletePolicy(id); err != nil {
+			return err
+		}
+		delete(e.identities, name)
+		delete(e.applied, id)
+		e.log.WithFields(logrus.Fields{"namespace": name, "identity": id}).Info("namespace gone: identity withdrawn")
+	}
+	if len(changed) > 0 || ipcacheChanged || configChanged || len(gone) > 0 || e.generation == 0 {
+		gen, err := e.dp.BumpGeneration()
+		if err != nil {
+			return err
+		}
+		e.generation = gen
+		e.log.WithFields(logrus.Fields{"generation": gen, "identitiesChanged": len(changed),
+			"took": time.Since(start).Round(time.Microsecond)}).Info("policy applied")
+	}
+	return nil
+}
+
+// syncIPCache writes the configuration's classes (metadata API, cluster, nodes) and removes what it wrote before
+// and no longer wants; pod entries belong to the plugin and the pod sources.
+func (e *Enforcer) syncIPCache(out resolve.Output) (bool, error) {
+	want := map[netip.Prefix]bpf.IPCacheValue{}
+	for _, p := range out.Cluster {
+		want[p] = bpf.IPCacheValue{Class: uint8(bpf.ClassCluster)}
+	}
+	for _, p := range out.Nodes {
+		want[p] = bpf.IPCacheValue{Class: uint8(bpf.ClassNode)}
+	}
+	for _, p := range out.Metadata {
+		want[p] = bpf.IPCacheValue{Class: uint8(bpf.ClassMetadata)}
+	}
+	changed := false
+	for p, v := range want {
+		if old, ok := e.ipcache[p]; ok && old == v {
+			continue
+		}
+		if err := e.dp.SetIPCache(p, bpf.Class(v.Class), v.Identity); err != nil {
+			return changed, err
+		}
+		changed = true
+	}
+	for p := range e.ipcache {
+		if _, ok := want[p]; !ok {
+			if err := e.dp.DeleteIPCache(p); err != nil {
+				return changed, err
+			}
+			changed = true
+		}
+	}
+	e.ipcache = want
+	return changed, nil
+}
+
+func (e *Enforcer) ruleID(k resolve.RuleKey) uint32 {
+	if id, ok := e.rules[k]; ok {
+		return id
+	}
+	id := uint32(len(e.rules) + 1)
+	for e.ruleKeys[id] != (resolve.RuleKey{}) || id == 0 || id >= bpf.MaxRules {
+		id = (id + 1) % bpf.MaxRules // ids are never 0; past the counters' size they wrap to free ones
+	}
+	e.rules[k], e.ruleKeys[id] = id, k
+	return id
+}
+
+// freeIdentity is the lowest identity that no namespace and no endpoint holds: an identity is released only
+// once its namespace is gone and its last pod with it (identity 0 is "not known yet").
+func (e *Enforcer) freeIdentity() (uint32, error) {
+	eps, err := e.dp.Endpoints()
+	if err != nil {
+		return 0, err
+	}
+	used := make([]uint32, 0, len(e.identities)+len(eps))
+	for _, id := range e.identities {
+		used = append(used, id)
+	}
+	for _, ep := range eps {
+		used = append(used, ep.Identity)
+	}
+	sort.Slice(used, func(i, j int) bool { return used[i] < used[j] })
+	next := uint32(1)
+	for _, id := range used {
+		if id == next {
+			next++
+		} else if id > next {
+			break
+		}
+	}
+	return next, nil
+}

@@ -1,0 +1,229 @@
+package enforcer
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/sirupsen/logrus"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/api/v1alpha1"
+	"github.com/moatfw/moat/internal/testutil"
+)
+
+const baseYAML = `apiVersion: moat.dev/v1alpha1
+kind: FirewallConfig
+metadata: {name: default}
+spec: {defaultEgress: Deny, defaultIngress: Deny}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: web, labels: {moat.dev/zone: web}}
+`
+
+func policyYAML(ports ...string) string {
+	var b strings.Builder
+	b.WriteString("apiVersion: moat.dev/v1alpha1\nkind: FirewallPolicy\nmetadata: {name: web-out}\n")
+	b.WriteString("spec:\n  namespaceSelector: {matchLabels: {moat.dev/zone: web}}\n  egress:\n  - action: Allow\n    ports:\n")
+	for _, p := range ports {
+		b.WriteString("    - {protocol: TCP, port: " + p + "}\n")
+	}
+	return b.String()
+}
+
+func write(t *testing.T, dir, name, content string) {
+	t.Helper()
+	tmp := filepath.Join(dir, "."+name+".tmp")
+	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitFor polls cond for up to 5 s.
+func waitFor(cond func() bool) bool {
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return false
+}
+
+// A folder of policy, watched: real traffic of a pod follows edits, and a broken file keeps its last good policy.
+func TestFolderPolicyDrivesTraffic(t *testing.T) {
+	root := testutil.PinRoot(t)
+	dp, err := bpf.Load(root, bpf.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	log := logrus.NewEntry(logrus.New())
+	e, err := New(dp, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	write(t, dir, "base.yaml", baseYAML)
+	write(t, dir, "policy.yaml", policyYAML("443"))
+	folder := &Folder{Dir: dir, Log: log}
+	apply := func() []string {
+		s, problems, err := folder.Load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Apply(s); err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, p := range problems {
+			out = append(out, p.Error())
+		}
+		return out
+	}
+	if problems := apply(); len(problems) != 0 {
+		t.Fatalf("problems: %v", problems)
+	}
+	web, ok := e.Identities()["web"]
+	if !ok || web == 0 {
+		t.Fatalf("namespace web has no identity: %v", e.Identities())
+	}
+	if published, ok, _ := dp.NamespaceIdentity("web"); !ok || published != web {
+		t.Errorf("published identity %d %v, want %d", published, ok, web)
+	}
+
+	pl := testutil.NewPodLink(t, []netip.Prefix{netip.MustParsePrefix("10.250.0.2/24")},
+		[]netip.Prefix{netip.MustParsePrefix("10.250.0.1/24"), netip.MustParsePrefix("198.51.100.1/24"),
+			netip.MustParsePrefix("169.254.169.254/32")})
+	for _, addr := range []string{"198.51.100.1:443", "198.51.100.1:80", "169.254.169.254:443"} {
+		testutil.Listen(t, pl.Host, addr)
+	}
+	ep, _ := bpf.NewEndpoint(web, bpf.ModeEnforce, []netip.Addr{netip.MustParseAddr("10.250.0.2")})
+	if err := dp.SetEndpoint(uint32(pl.HostIfindex), &ep); err != nil {
+		t.Fatal(err)
+	}
+	att, _ := bpf.NewAttacher(bpf.ModeTCX)
+	var a *bpf.Attachment
+	if err := pl.Host.Do(func(ns.NetNS) error { a, err = att.Attach(pl.HostIfindex, dp.FromPod, dp.ToPod); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer a.Detach()
+	reach := func(addr string) bool { return testutil.Exchange(pl.Pod, addr, time.Second) == nil }
+
+	if !reach("198.51.100.1:443") || reach("198.51.100.1:80") || reach("169.254.169.254:443") {
+		t.Fatalf("initial policy: 443 %v, 80 %v, metadata %v; want only 443", reach("198.51.100.1:443"),
+			reach("198.51.100.1:80"), reach("169.254.169.254:443"))
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	reloads := make(chan []string, 16)
+	go folder.Watch(ctx, func() { reloads <- apply() })
+
+	write(t, dir, "policy.yaml", policyYAML("443", "80"))
+	if !waitFor(func() bool { return reach("198.51.100.1:80") }) {
+		t.Fatalf("port 80 still blocked after the file allowed it")
+	}
+
+	write(t, dir, "policy.yaml", policyYAML("443", "80")+"  - action: Perhaps\n")
+	var problems []string
+	select {
+	case problems = <-drain(reloads):
+	case <-time.After(5 * time.Second):
+		t.Fatal("no reload after breaking the file")
+	}
+	if len(problems) == 0 || !strings.Contains(strings.Join(problems, "\n"), "policy.yaml") ||
+		!strings.Contains(strings.Join(problems, "\n"), `FirewallPolicy "web-out"`) {
+		t.Errorf("problems %v: want one naming the file and the policy", problems)
+	}
+	if !reach("198.51.100.1:80") {
+		t.Errorf("a broken file replaced the last good policy: port 80 blocked")
+	}
+
+	if err := os.Remove(filepath.Join(dir, "policy.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(func() bool { return !reach("198.51.100.1:443") }) {
+		t.Errorf("removing the policy file left port 443 open (world default is Deny)")
+	}
+}
+
+// drain returns a channel with the latest of the reloads that arrive within a short settle time.
+func drain(in chan []string) chan []string {
+	out := make(chan []string, 1)
+	go func() {
+		last := <-in
+		for {
+			select {
+			case v := <-in:
+				last = v
+			case <-time.After(300 * time.Millisecond):
+				out <- last
+				return
+			}
+		}
+	}()
+	return out
+}
+
+// Identities survive an enforcer restart, and a withdrawn identity is not reused while an endpoint holds it.
+func TestIdentitiesStableAndReleased(t *testing.T) {
+	root := testutil.PinRoot(t)
+	dp, err := bpf.Load(root, bpf.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	log := logrus.NewEntry(logrus.New())
+	nss := func(names ...string) State {
+		var s State
+		for _, n := range names {
+			s.Namespaces = append(s.Namespaces, namespace(n))
+		}
+		return s
+	}
+	e, _ := New(dp, log)
+	if err := e.Apply(nss("a", "b", "c")); err != nil {
+		t.Fatal(err)
+	}
+	first := e.Identities()
+	e2, err := New(dp, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e2.Apply(nss("c", "a", "b")); err != nil {
+		t.Fatal(err)
+	}
+	for name, id := range first {
+		if e2.Identities()[name] != id {
+			t.Errorf("namespace %s: identity %d after restart, %d before", name, e2.Identities()[name], id)
+		}
+	}
+	// b goes while a pod of it still runs: its identity is withdrawn but not handed to the next namespace
+	ep, _ := bpf.NewEndpoint(first["b"], bpf.ModeEnforce, []netip.Addr{netip.MustParseAddr("10.1.0.5")})
+	if err := dp.SetEndpoint(77, &ep); err != nil {
+		t.Fatal(err)
+	}
+	if err := e2.Apply(nss("a", "c", "d")); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := dp.NamespaceIdentity("b"); ok {
+		t.Errorf("identity of a deleted namespace still published")
+	}
+	if got := e2.Identities()["d"]; got == first["b"] {
+		t.Errorf("namespace d got identity %d, still held by a pod of deleted namespace b", got)
+	}
+}
+
+func namespace(name string) v1alpha1.Namespace {
+	return v1alpha1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+}

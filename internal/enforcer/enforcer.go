@@ -32,7 +32,7 @@ type Enforcer struct {
 	log *logrus.Entry
 
 	mu         sync.Mutex
-	identities map[string]uint32         // namespace -> identity, as published in the identities map
+	identities map[string]uint32          // namespace -> identity, as published in the identities map
 	rules      map[resolve.RuleKey]uint32 // rule -> id, stable while the enforcer lives
 	ruleKeys   map[uint32]resolve.RuleKey
 	applied    map[uint32][]bpf.PolicyEntry // identity -> the entries swapped in last

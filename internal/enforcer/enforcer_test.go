@@ -49,9 +49,9 @@ func write(t *testing.T, dir, name, content string) {
 	}
 }
 
-// waitFor polls cond for up to 5 s.
+// waitFor polls cond for up to 10 s (the machine may be busy with other tests).
 func waitFor(cond func() bool) bool {
-	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
 		if cond() {
 			return true
 		}
@@ -76,13 +76,15 @@ func TestFolderPolicyDrivesTraffic(t *testing.T) {
 	write(t, dir, "base.yaml", baseYAML)
 	write(t, dir, "policy.yaml", policyYAML("443"))
 	folder := &Folder{Dir: dir, Log: log}
-	apply := func() []string {
+	apply := func() []string { // also runs on the watch's goroutine: no t.Fatal here
 		s, problems, err := folder.Load()
 		if err != nil {
-			t.Fatal(err)
+			t.Errorf("load: %v", err)
+			return nil
 		}
 		if err := e.Apply(s); err != nil {
-			t.Fatal(err)
+			t.Errorf("apply: %v", err)
+			return nil
 		}
 		var out []string
 		for _, p := range problems {
@@ -128,6 +130,11 @@ func TestFolderPolicyDrivesTraffic(t *testing.T) {
 	defer cancel()
 	reloads := make(chan []string, 16)
 	go folder.Watch(ctx, func() { reloads <- apply() })
+	select { // the watch stands once it has read the folder again
+	case <-reloads:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the watch never started")
+	}
 
 	write(t, dir, "policy.yaml", policyYAML("443", "80"))
 	if !waitFor(func() bool { return reach("198.51.100.1:80") }) {
@@ -138,7 +145,7 @@ func TestFolderPolicyDrivesTraffic(t *testing.T) {
 	var problems []string
 	select {
 	case problems = <-drain(reloads):
-	case <-time.After(5 * time.Second):
+	case <-time.After(10 * time.Second):
 		t.Fatal("no reload after breaking the file")
 	}
 	if len(problems) == 0 || !strings.Contains(strings.Join(problems, "\n"), "policy.yaml") ||

@@ -76,7 +76,8 @@ func (f *Folder) Load() (State, []policyfile.Problem, error) {
 }
 
 // Watch calls changed whenever a file of the folder is written, created, renamed or removed, a little after the
-// last of a burst of events (editors write in several steps). It returns when ctx ends.
+// last of a burst of events (editors write in several steps), and once as soon as the watch stands, so that a
+// change made between the first Load and the watch is not missed. It returns when ctx ends.
 func (f *Folder) Watch(ctx context.Context, changed func()) error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -86,6 +87,7 @@ func (f *Folder) Watch(ctx context.Context, changed func()) error {
 	if err := w.Add(f.Dir); err != nil {
 		return fmt.Errorf("watch policy folder %s: %w", f.Dir, err)
 	}
+	changed()
 	const settle = 50 * time.Millisecond
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()

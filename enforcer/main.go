@@ -1,7 +1,8 @@
 // Command moat-enforcer is Moat's host agent. It loads and pins the datapath under --pin-root, adopts the state a
-// previous run pinned, and enforces the policy of a folder (--policy-dir): FirewallConfig, FirewallPolicy and
-// Namespace objects in multi-document YAML, watched, so adding, editing or removing a file takes effect. The
-// Kubernetes source, flows, metrics and the API socket come with the rest of the enforcer issue.
+// previous run pinned and the pods the plugin recorded, and enforces the policy of a folder (--policy-dir):
+// FirewallConfig, FirewallPolicy and Namespace objects in multi-document YAML, watched, so adding, editing or
+// removing a file takes effect. The Kubernetes source, flows, metrics and the API socket come with the rest of the
+// enforcer issue.
 package main
 
 import (
@@ -15,6 +16,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/endpoint"
 	"github.com/moatfw/moat/internal/enforcer"
 	"github.com/moatfw/moat/internal/version"
 )
@@ -23,6 +25,7 @@ func main() {
 	pinRoot := flag.String("pin-root", bpf.DefaultPinRoot, "bpffs folder for Moat's pinned maps and programs")
 	policyDir := flag.String("policy-dir", "", "folder of FirewallConfig, FirewallPolicy and Namespace YAML (standalone mode)")
 	kubeconfig := flag.String("kubeconfig", "", "kubeconfig of the cluster (not in this build)")
+	endpointDir := flag.String("endpoint-dir", endpoint.DefaultDir, "where the plugin records the pods it guards")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 
@@ -31,13 +34,13 @@ func main() {
 		logger.SetLevel(lvl)
 	}
 	log := logrus.NewEntry(logger).WithField("component", "enforcer")
-	if err := run(log, *pinRoot, *policyDir, *kubeconfig); err != nil {
+	if err := run(log, *pinRoot, *policyDir, *kubeconfig, *endpointDir); err != nil {
 		log.WithError(err).Error("moat-enforcer stops")
 		os.Exit(1)
 	}
 }
 
-func run(log *logrus.Entry, pinRoot, policyDir, kubeconfig string) error {
+func run(log *logrus.Entry, pinRoot, policyDir, kubeconfig, endpointDir string) error {
 	if kubeconfig != "" {
 		return fmt.Errorf("--kubeconfig: the Kubernetes source is not in this build; use --policy-dir")
 	}
@@ -69,6 +72,10 @@ func run(log *logrus.Entry, pinRoot, policyDir, kubeconfig string) error {
 		}
 		log.WithFields(logrus.Fields{"policies": len(s.Policies), "namespaces": len(s.Namespaces),
 			"problems": len(problems)}).Info("policy folder applied")
+		// pods recorded before now (or tagged before their namespace was known) are adopted and re-tagged
+		if err := e.Reconcile(endpoint.Store{Dir: endpointDir}, pinRoot); err != nil {
+			log.WithError(err).Error("reconciling recorded endpoints")
+		}
 	}
 	apply()
 

@@ -26,6 +26,7 @@ func main() {
 	policyDir := flag.String("policy-dir", "", "folder of FirewallConfig, FirewallPolicy and Namespace YAML (standalone mode)")
 	kubeconfig := flag.String("kubeconfig", "", "kubeconfig of the cluster (not in this build)")
 	endpointDir := flag.String("endpoint-dir", endpoint.DefaultDir, "where the plugin records the pods it guards")
+	flowLog := flag.String("flow-log", "", "write flow events as JSON lines to this file (- for stdout)")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 
@@ -34,13 +35,13 @@ func main() {
 		logger.SetLevel(lvl)
 	}
 	log := logrus.NewEntry(logger).WithField("component", "enforcer")
-	if err := run(log, *pinRoot, *policyDir, *kubeconfig, *endpointDir); err != nil {
+	if err := run(log, *pinRoot, *policyDir, *kubeconfig, *endpointDir, *flowLog); err != nil {
 		log.WithError(err).Error("moat-enforcer stops")
 		os.Exit(1)
 	}
 }
 
-func run(log *logrus.Entry, pinRoot, policyDir, kubeconfig, endpointDir string) error {
+func run(log *logrus.Entry, pinRoot, policyDir, kubeconfig, endpointDir, flowLog string) error {
 	if kubeconfig != "" {
 		return fmt.Errorf("--kubeconfig: the Kubernetes source is not in this build; use --policy-dir")
 	}
@@ -81,6 +82,20 @@ func run(log *logrus.Entry, pinRoot, policyDir, kubeconfig, endpointDir string) 
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if flowLog != "" {
+		w := os.Stdout
+		if flowLog != "-" {
+			if w, err = os.OpenFile(flowLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err != nil {
+				return fmt.Errorf("open the flow log: %w", err)
+			}
+			defer w.Close()
+		}
+		go func() {
+			if err := e.RunFlowLog(ctx, endpoint.Store{Dir: endpointDir}, w); err != nil {
+				log.WithError(err).Error("flow log stopped")
+			}
+		}()
+	}
 	err = folder.Watch(ctx, apply)
 	log.Info("stopping; pinned state stays for the next start")
 	return err

@@ -1,11 +1,14 @@
 package enforcer
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +18,7 @@ import (
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/api/v1alpha1"
+	"github.com/moatfw/moat/internal/endpoint"
 	"github.com/moatfw/moat/internal/testutil"
 )
 
@@ -121,9 +125,33 @@ func TestFolderPolicyDrivesTraffic(t *testing.T) {
 	defer a.Detach()
 	reach := func(addr string) bool { return testutil.Exchange(pl.Pod, addr, time.Second) == nil }
 
+	// the flow log names the pod from the plugin's record, and the policy and rule that decided
+	store := endpoint.Store{Dir: t.TempDir()}
+	if err := store.Save(&endpoint.Record{Network: "net", ContainerID: "c1", IfName: "eth0", Namespace: "web",
+		Pod: "client", HostIfname: pl.HostIfname, HostIfindex: pl.HostIfindex}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.UpdateConfig(func(c *bpf.Config) { c.Flags |= uint32(bpf.ConfigAllowEvents) }); err != nil {
+		t.Fatal(err)
+	}
+	flowLog := &syncBuffer{}
+	logCtx, stopLog := context.WithCancel(context.Background())
+	defer stopLog()
+	go e.RunFlowLog(logCtx, store, flowLog)
+	time.Sleep(100 * time.Millisecond) // the reader is open before the first packet
+
 	if !reach("198.51.100.1:443") || reach("198.51.100.1:80") || reach("169.254.169.254:443") {
 		t.Fatalf("initial policy: 443 %v, 80 %v, metadata %v; want only 443", reach("198.51.100.1:443"),
 			reach("198.51.100.1:80"), reach("169.254.169.254:443"))
+	}
+
+	if !waitFor(func() bool {
+		return hasFlow(flowLog.String(), FlowRecord{Verdict: "allowed", Reason: "allowed-by-rule", Proto: "tcp", Dport: 443,
+			Namespace: "web", Pod: "client", Remote: "world", Policy: "web-out", Rule: "egress[0]"}) &&
+			hasFlow(flowLog.String(), FlowRecord{Verdict: "denied", Reason: "denied-by-default", Proto: "tcp", Dport: 80,
+				Namespace: "web", Pod: "client", Remote: "world"})
+	}) {
+		t.Errorf("flow log lacks the allowed 443 and denied 80 flows:\n%s", flowLog.String())
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -233,4 +261,41 @@ func TestIdentitiesStableAndReleased(t *testing.T) {
 
 func namespace(name string) v1alpha1.Namespace {
 	return v1alpha1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+}
+
+// syncBuffer is a bytes.Buffer for one writer and one reader at a time.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// hasFlow reports whether a JSON-lines log holds a record matching want in every field want sets (time, src,
+// dst and sport aside).
+func hasFlow(log string, want FlowRecord) bool {
+	for _, line := range strings.Split(strings.TrimSpace(log), "\n") {
+		var got FlowRecord
+		if json.Unmarshal([]byte(line), &got) != nil {
+			continue
+		}
+		if got.Time.IsZero() || got.Src == "" || got.Dst == "" || got.Direction != "egress" {
+			continue
+		}
+		got.Time, got.Src, got.Dst, got.Sport, got.Direction = time.Time{}, "", "", 0, ""
+		if got == want {
+			return true
+		}
+	}
+	return false
 }

@@ -395,3 +395,15 @@ func (dp *Datapath) FragmentsMap() *ebpf.Map { return dp.maps.Fragments }
 
 // IPCacheMap is the ipcache (for moatctl and tests).
 func (dp *Datapath) IPCacheMap() *ebpf.Map { return dp.maps.Ipcache }
+
+// MapCapacities is the max entries of the maps whose fill level matters, by pin name.
+func (dp *Datapath) MapCapacities() map[string]uint32 {
+	out := map[string]uint32{}
+	for name, m := range map[string]*ebpf.Map{"local_endpoints": dp.maps.LocalEndpoints, "identities": dp.maps.Identities,
+		"ipcache": dp.maps.Ipcache, "policy": dp.maps.Policy, "conntrack": dp.maps.Conntrack, "fragments": dp.maps.Fragments} {
+		if m != nil {
+			out[name] = m.MaxEntries()
+		}
+	}
+	return out
+}

@@ -9,9 +9,16 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sirupsen/logrus"
 
@@ -27,6 +34,7 @@ func main() {
 	kubeconfig := flag.String("kubeconfig", "", "kubeconfig of the cluster (not in this build)")
 	endpointDir := flag.String("endpoint-dir", endpoint.DefaultDir, "where the plugin records the pods it guards")
 	flowLog := flag.String("flow-log", "", "write flow events as JSON lines to this file (- for stdout)")
+	metricsAddr := flag.String("metrics-addr", "127.0.0.1:9464", "serve Prometheus metrics here (empty: off)")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 
@@ -35,13 +43,19 @@ func main() {
 		logger.SetLevel(lvl)
 	}
 	log := logrus.NewEntry(logger).WithField("component", "enforcer")
-	if err := run(log, *pinRoot, *policyDir, *kubeconfig, *endpointDir, *flowLog); err != nil {
+	if err := run(log, options{pinRoot: *pinRoot, policyDir: *policyDir, kubeconfig: *kubeconfig,
+		endpointDir: *endpointDir, flowLog: *flowLog, metricsAddr: *metricsAddr}); err != nil {
 		log.WithError(err).Error("moat-enforcer stops")
 		os.Exit(1)
 	}
 }
 
-func run(log *logrus.Entry, pinRoot, policyDir, kubeconfig, endpointDir, flowLog string) error {
+type options struct {
+	pinRoot, policyDir, kubeconfig, endpointDir, flowLog, metricsAddr string
+}
+
+func run(log *logrus.Entry, o options) error {
+	pinRoot, policyDir, kubeconfig, endpointDir, flowLog := o.pinRoot, o.policyDir, o.kubeconfig, o.endpointDir, o.flowLog
 	if kubeconfig != "" {
 		return fmt.Errorf("--kubeconfig: the Kubernetes source is not in this build; use --policy-dir")
 	}
@@ -59,6 +73,23 @@ func run(log *logrus.Entry, pinRoot, policyDir, kubeconfig, endpointDir, flowLog
 	e, err := enforcer.New(dp, log)
 	if err != nil {
 		return err
+	}
+	if o.metricsAddr != "" {
+		reg := prometheus.NewRegistry()
+		if _, err := e.NewMetrics(reg); err != nil {
+			return err
+		}
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		ln, err := net.Listen("tcp", o.metricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics on %s: %w", o.metricsAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		defer srv.Close()
+		log.WithField("addr", ln.Addr().String()).Info("serving metrics")
 	}
 	folder := &enforcer.Folder{Dir: policyDir, Log: log.WithField("source", policyDir)}
 	apply := func() {

@@ -38,6 +38,7 @@ type Enforcer struct {
 	applied    map[uint32][]bpf.PolicyEntry // identity -> the entries swapped in last
 	ipcache    map[netip.Prefix]bpf.IPCacheValue
 	generation uint64
+	metrics    *Metrics // nil until NewMetrics
 }
 
 // New adopts the identities the pinned datapath already publishes, so they survive enforcer restarts.
@@ -156,6 +157,9 @@ func (e *Enforcer) Apply(s State) error {
 			return err
 		}
 		e.generation = gen
+		if e.metrics != nil {
+			e.metrics.ApplySeconds.Observe(time.Since(start).Seconds())
+		}
 		e.log.WithFields(logrus.Fields{"generation": gen, "identitiesChanged": len(changed),
 			"took": time.Since(start).Round(time.Microsecond)}).Info("policy applied")
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/endpoint"
+	"github.com/moatfw/moat/internal/resolve"
 )
 
 // FlowRecord is one line of the flow log (JSON): what happened to a packet, of which pod, and which policy and
@@ -60,6 +61,9 @@ func (p *pods) lookup(ifindex int) *endpoint.Record {
 	return p.by[ifindex]
 }
 
+// ruleName is a rule's place in its policy: "egress[0]".
+func ruleName(k resolve.RuleKey) string { return fmt.Sprintf("%s[%d]", k.Direction, k.Index) }
+
 // Describe turns a datapath event into a flow record.
 func (e *Enforcer) Describe(f bpf.Flow, pod *endpoint.Record) FlowRecord {
 	rec := FlowRecord{Time: f.Time.UTC(), Direction: f.Direction.String(), Verdict: f.Verdict.String(),
@@ -78,9 +82,13 @@ func (e *Enforcer) Describe(f bpf.Flow, pod *endpoint.Record) FlowRecord {
 		}
 	}
 	if k, ok := e.ruleKeys[f.RuleID]; ok && f.RuleID != 0 {
-		rec.Policy, rec.Rule = k.Policy, fmt.Sprintf("%s[%d]", k.Direction, k.Index)
+		rec.Policy, rec.Rule = k.Policy, ruleName(k)
 	}
+	m := e.metrics
 	e.mu.Unlock()
+	if m != nil {
+		m.FlowVerdicts.WithLabelValues(rec.Namespace, rec.Policy, rec.Verdict, rec.Reason).Inc()
+	}
 	if pod != nil {
 		rec.Pod = pod.Pod
 		if rec.Namespace == "" {

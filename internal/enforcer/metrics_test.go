@@ -1,0 +1,86 @@
+package enforcer
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/sirupsen/logrus"
+
+	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/api/v1alpha1"
+	"github.com/moatfw/moat/internal/testutil"
+)
+
+func TestMetrics(t *testing.T) {
+	root := testutil.PinRoot(t)
+	dp, err := bpf.Load(root, bpf.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	e, err := New(dp, logrus.NewEntry(logrus.New()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	if _, err := e.NewMetrics(reg); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Apply(State{Namespaces: []v1alpha1.Namespace{namespace("a"), namespace("b")}}); err != nil {
+		t.Fatal(err)
+	}
+	ep, _ := bpf.NewEndpoint(1, bpf.ModeEnforce, []netip.Addr{netip.MustParseAddr("10.1.0.2")})
+	if err := dp.SetEndpoint(5, &ep); err != nil {
+		t.Fatal(err)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]*dto.Metric{}
+	for _, f := range families {
+		got[f.GetName()] = f.GetMetric()
+	}
+	value := func(name string, labels map[string]string) (float64, bool) {
+		for _, m := range got[name] {
+			match := true
+			for _, l := range m.GetLabel() {
+				if want, ok := labels[l.GetName()]; ok && want != l.GetValue() {
+					match = false
+				}
+			}
+			if !match {
+				continue
+			}
+			switch {
+			case m.GetGauge() != nil:
+				return m.GetGauge().GetValue(), true
+			case m.GetCounter() != nil:
+				return m.GetCounter().GetValue(), true
+			case m.GetHistogram() != nil:
+				return float64(m.GetHistogram().GetSampleCount()), true
+			}
+		}
+		return 0, false
+	}
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"moat_policy_generation", nil, 1},
+		{"moat_endpoints", nil, 1},
+		{"moat_map_entries", map[string]string{"map": "identities"}, 2},
+		{"moat_map_max_entries", map[string]string{"map": "conntrack"}, 262144},
+		{"moat_policy_apply_seconds", nil, 1},
+		{"moat_events_lost_total", nil, 0},
+		{"moat_packets_total", map[string]string{"reason": "no-endpoint", "verdict": "drop"}, 0},
+	} {
+		v, ok := value(c.name, c.labels)
+		if !ok || v != c.want {
+			t.Errorf("%s%v = %v (present %v), want %v", c.name, c.labels, v, ok, c.want)
+		}
+	}
+}

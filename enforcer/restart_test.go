@@ -1,0 +1,225 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/testutil"
+)
+
+const restartPolicy = `apiVersion: moat.dev/v1alpha1
+kind: FirewallConfig
+metadata: {name: default}
+spec: {defaultEgress: Deny, defaultIngress: Deny}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: web}
+---
+apiVersion: moat.dev/v1alpha1
+kind: FirewallPolicy
+metadata: {name: web-out}
+spec:
+  namespaceSelector: {}
+  egress: [{action: Allow, ports: [{protocol: TCP, port: 443}]}]
+`
+
+// Killing the enforcer with SIGKILL changes no verdict: while it is gone and while it starts again, a denied
+// probe never gets through and an allowed TCP stream goes on; the new process adopts the pinned state.
+func TestKillNineChangesNoVerdict(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin := filepath.Join(t.TempDir(), "moat-enforcer")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	root := testutil.PinRoot(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(restartPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs := filepath.Join(t.TempDir(), "enforcer.log")
+	start := func() *exec.Cmd {
+		t.Helper()
+		f, err := os.OpenFile(logs, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		cmd := exec.Command(bin, "--pin-root", root, "--policy-dir", dir, "--metrics-addr", "",
+			"--endpoint-dir", filepath.Join(dir, "endpoints"))
+		cmd.Stdout, cmd.Stderr = f, f
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		return cmd
+	}
+	countLog := func(text string) int {
+		data, _ := os.ReadFile(logs)
+		return strings.Count(string(data), text)
+	}
+	waitLog := func(text string, count int) {
+		t.Helper()
+		for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+			data, _ := os.ReadFile(logs)
+			if strings.Count(string(data), text) >= count {
+				return
+			}
+		}
+		data, _ := os.ReadFile(logs)
+		t.Fatalf("the enforcer never logged %q %d times:\n%s", text, count, data)
+	}
+	first := start()
+	waitLog("policy folder applied", 1)
+
+	dp, err := bpf.OpenPinned(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	web, ok, err := dp.NamespaceIdentity("web")
+	if err != nil || !ok {
+		t.Fatalf("identity of web: %v %v", ok, err)
+	}
+	pl := testutil.NewPodLink(t, []netip.Prefix{netip.MustParsePrefix("10.250.0.2/24")},
+		[]netip.Prefix{netip.MustParsePrefix("10.250.0.1/24"), netip.MustParsePrefix("198.51.100.1/24")})
+	ep, _ := bpf.NewEndpoint(web, bpf.ModeEnforce, []netip.Addr{netip.MustParseAddr("10.250.0.2")})
+	if err := dp.SetEndpoint(uint32(pl.HostIfindex), &ep); err != nil {
+		t.Fatal(err)
+	}
+	att, _ := bpf.NewAttacher(bpf.ModeTCX)
+	var a *bpf.Attachment
+	if err := pl.Host.Do(func(ns.NetNS) error { a, err = att.Attach(pl.HostIfindex, dp.FromPod, dp.ToPod); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer a.Detach()
+
+	stream := streamEcho(t, pl, "198.51.100.1:443")
+	testutil.Listen(t, pl.Host, "198.51.100.1:80")
+	var leaked, probes atomic.Int64
+	stop := make(chan struct{})
+	probed := make(chan struct{})
+	go func() {
+		defer close(probed)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			probes.Add(1)
+			if testutil.Exchange(pl.Pod, "198.51.100.1:80", 100*time.Millisecond) == nil {
+				leaked.Add(1)
+			}
+		}
+	}()
+
+	time.Sleep(500 * time.Millisecond)
+	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = first.Wait()
+	time.Sleep(time.Second) // no enforcer at all
+	applied := countLog("policy folder applied")
+	start()
+	waitLog("createdMaps=false", 1)
+	waitLog("policy folder applied", applied+1)
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	<-probed
+	exchanged, failed := stream.stop()
+
+	if leaked.Load() != 0 {
+		t.Errorf("%d of %d denied probes got through around the restart", leaked.Load(), probes.Load())
+	}
+	if failed != nil || exchanged < 20 {
+		t.Errorf("the allowed stream: %d exchanges, then %v; want it unbroken", exchanged, failed)
+	}
+	data, _ := os.ReadFile(logs)
+	if !strings.Contains(string(data), "createdMaps=false") {
+		t.Errorf("the restarted enforcer did not reuse the pinned maps:\n%s", data)
+	}
+	t.Logf("%d denied probes, %d stream exchanges across a kill -9 and restart", probes.Load(), exchanged)
+}
+
+// echoStream is one TCP connection from the pod on which a line goes back and forth every 10 ms.
+type echoStream struct {
+	done      chan struct{}
+	result    chan error
+	exchanged atomic.Int64
+}
+
+func streamEcho(t *testing.T, pl *testutil.PodLink, addr string) *echoStream {
+	t.Helper()
+	var ln net.Listener
+	if err := pl.Host.Do(func(ns.NetNS) error {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.Copy(c, c)
+	}()
+	var conn net.Conn
+	if err := pl.Pod.Do(func(ns.NetNS) error {
+		var err error
+		conn, err = net.DialTimeout("tcp", addr, 2*time.Second)
+		return err
+	}); err != nil {
+		t.Fatalf("open the allowed stream: %v", err)
+	}
+	s := &echoStream{done: make(chan struct{}), result: make(chan error, 1)}
+	go func() {
+		defer conn.Close()
+		rd := bufio.NewReader(conn)
+		for i := 0; ; i++ {
+			select {
+			case <-s.done:
+				s.result <- nil
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			conn.SetDeadline(time.Now().Add(2 * time.Second))
+			line := fmt.Sprintf("ping %d\n", i)
+			if _, err := conn.Write([]byte(line)); err != nil {
+				s.result <- fmt.Errorf("write %d: %w", i, err)
+				return
+			}
+			got, err := rd.ReadString('\n')
+			if err != nil || got != line {
+				s.result <- fmt.Errorf("echo %d: %q, %v", i, got, err)
+				return
+			}
+			s.exchanged.Add(1)
+		}
+	}()
+	return s
+}
+
+func (s *echoStream) stop() (int64, error) {
+	close(s.done)
+	err := <-s.result
+	return s.exchanged.Load(), err
+}

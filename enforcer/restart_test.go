@@ -1,10 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"fmt"
-	"io"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -108,7 +104,7 @@ func TestKillNineChangesNoVerdict(t *testing.T) {
 	}
 	defer a.Detach()
 
-	stream := streamEcho(t, pl, "198.51.100.1:443")
+	stream := testutil.StreamEcho(t, pl, "198.51.100.1:443")
 	testutil.Listen(t, pl.Host, "198.51.100.1:80")
 	var leaked, probes atomic.Int64
 	stop := make(chan struct{})
@@ -141,7 +137,7 @@ func TestKillNineChangesNoVerdict(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	close(stop)
 	<-probed
-	exchanged, failed := stream.stop()
+	exchanged, failed := stream.Stop()
 
 	if leaked.Load() != 0 {
 		t.Errorf("%d of %d denied probes got through around the restart", leaked.Load(), probes.Load())
@@ -154,72 +150,4 @@ func TestKillNineChangesNoVerdict(t *testing.T) {
 		t.Errorf("the restarted enforcer did not reuse the pinned maps:\n%s", data)
 	}
 	t.Logf("%d denied probes, %d stream exchanges across a kill -9 and restart", probes.Load(), exchanged)
-}
-
-// echoStream is one TCP connection from the pod on which a line goes back and forth every 10 ms.
-type echoStream struct {
-	done      chan struct{}
-	result    chan error
-	exchanged atomic.Int64
-}
-
-func streamEcho(t *testing.T, pl *testutil.PodLink, addr string) *echoStream {
-	t.Helper()
-	var ln net.Listener
-	if err := pl.Host.Do(func(ns.NetNS) error {
-		var err error
-		ln, err = net.Listen("tcp", addr)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		_, _ = io.Copy(c, c)
-	}()
-	var conn net.Conn
-	if err := pl.Pod.Do(func(ns.NetNS) error {
-		var err error
-		conn, err = net.DialTimeout("tcp", addr, 2*time.Second)
-		return err
-	}); err != nil {
-		t.Fatalf("open the allowed stream: %v", err)
-	}
-	s := &echoStream{done: make(chan struct{}), result: make(chan error, 1)}
-	go func() {
-		defer conn.Close()
-		rd := bufio.NewReader(conn)
-		for i := 0; ; i++ {
-			select {
-			case <-s.done:
-				s.result <- nil
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-			conn.SetDeadline(time.Now().Add(2 * time.Second))
-			line := fmt.Sprintf("ping %d\n", i)
-			if _, err := conn.Write([]byte(line)); err != nil {
-				s.result <- fmt.Errorf("write %d: %w", i, err)
-				return
-			}
-			got, err := rd.ReadString('\n')
-			if err != nil || got != line {
-				s.result <- fmt.Errorf("echo %d: %q, %v", i, got, err)
-				return
-			}
-			s.exchanged.Add(1)
-		}
-	}()
-	return s
-}
-
-func (s *echoStream) stop() (int64, error) {
-	close(s.done)
-	err := <-s.result
-	return s.exchanged.Load(), err
 }

@@ -184,11 +184,31 @@ func TestFolderPolicyDrivesTraffic(t *testing.T) {
 		t.Errorf("a broken file replaced the last good policy: port 80 blocked")
 	}
 
+	// a change that denies an established connection cuts it at its next packet
+	write(t, dir, "policy.yaml", policyYAML("443", "80", "8443"))
+	select {
+	case <-drain(reloads):
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reload after allowing 8443")
+	}
+	stream := testutil.StreamEcho(t, pl, "198.51.100.1:8443")
+	time.Sleep(200 * time.Millisecond)
+	write(t, dir, "policy.yaml", policyYAML("443", "80"))
+	select {
+	case <-drain(reloads):
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reload after dropping 8443")
+	}
+	time.Sleep(200 * time.Millisecond)
+	if exchanged, err := stream.Stop(); err == nil || exchanged == 0 {
+		t.Errorf("an established connection the new policy denies went on (%d exchanges, %v)", exchanged, err)
+	}
+
 	if err := os.Remove(filepath.Join(dir, "policy.yaml")); err != nil {
 		t.Fatal(err)
 	}
-	if !waitFor(func() bool { return !reach("198.51.100.1:443") }) {
-		t.Errorf("removing the policy file left port 443 open (world default is Deny)")
+	if !waitFor(func() bool { return !reach("198.51.100.1:80") }) {
+		t.Errorf("removing the policy file left port 80 open (world default is Deny)")
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/sirupsen/logrus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/moatfw/moat/bpf"
@@ -18,16 +17,7 @@ import (
 // Pods the plugin recorded before the enforcer could guard them are adopted: an unprotected pod is attached and
 // tagged, a pod tagged 0 is re-tagged when its namespace appears, and a pod whose veth is gone is forgotten.
 func TestReconcileAdoptsRetagsAndForgets(t *testing.T) {
-	root := testutil.PinRoot(t)
-	dp, err := bpf.Load(root, bpf.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
-	e, err := New(dp, logrus.NewEntry(logrus.New()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	root, dp, e := newTestEnforcer(t)
 	closed := &v1alpha1.FirewallConfig{ObjectMeta: metav1.ObjectMeta{Name: "default"},
 		Spec: v1alpha1.FirewallConfigSpec{DefaultEgress: v1alpha1.ActionDeny}}
 	if err := e.Apply(State{Config: closed, Namespaces: []v1alpha1.Namespace{namespace("web")}}); err != nil {

@@ -65,17 +65,8 @@ func waitFor(cond func() bool) bool {
 
 // A folder of policy, watched: real traffic of a pod follows edits, and a broken file keeps its last good policy.
 func TestFolderPolicyDrivesTraffic(t *testing.T) {
-	root := testutil.PinRoot(t)
-	dp, err := bpf.Load(root, bpf.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
+	_, dp, e := newTestEnforcer(t)
 	log := logrus.NewEntry(logrus.New())
-	e, err := New(dp, log)
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
 	write(t, dir, "base.yaml", baseYAML)
 	write(t, dir, "policy.yaml", policyYAML("443"))
@@ -119,7 +110,11 @@ func TestFolderPolicyDrivesTraffic(t *testing.T) {
 	}
 	att, _ := bpf.NewAttacher(bpf.ModeTCX)
 	var a *bpf.Attachment
-	if err := pl.Host.Do(func(ns.NetNS) error { a, err = att.Attach(pl.HostIfindex, dp.FromPod, dp.ToPod); return err }); err != nil {
+	if err := pl.Host.Do(func(ns.NetNS) error {
+		var err error
+		a, err = att.Attach(pl.HostIfindex, dp.FromPod, dp.ToPod)
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	defer a.Detach()
@@ -232,12 +227,7 @@ func drain(in chan []string) chan []string {
 
 // Identities survive an enforcer restart, and a withdrawn identity is not reused while an endpoint holds it.
 func TestIdentitiesStableAndReleased(t *testing.T) {
-	root := testutil.PinRoot(t)
-	dp, err := bpf.Load(root, bpf.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
+	_, dp, e := newTestEnforcer(t)
 	log := logrus.NewEntry(logrus.New())
 	nss := func(names ...string) State {
 		var s State
@@ -246,7 +236,6 @@ func TestIdentitiesStableAndReleased(t *testing.T) {
 		}
 		return s
 	}
-	e, _ := New(dp, log)
 	if err := e.Apply(nss("a", "b", "c")); err != nil {
 		t.Fatal(err)
 	}
@@ -318,4 +307,21 @@ func hasFlow(log string, want FlowRecord) bool {
 		}
 	}
 	return false
+}
+
+// newTestEnforcer loads a datapath under a pin root of the test's own and starts an enforcer on it; both go
+// when the test ends.
+func newTestEnforcer(t *testing.T) (root string, dp *bpf.Datapath, e *Enforcer) {
+	t.Helper()
+	root = testutil.PinRoot(t)
+	dp, err := bpf.Load(root, bpf.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	e, err = New(dp, logrus.NewEntry(logrus.New()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root, dp, e
 }

@@ -6,24 +6,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/sirupsen/logrus"
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/api/v1alpha1"
-	"github.com/moatfw/moat/internal/testutil"
 )
 
 func TestMetrics(t *testing.T) {
-	root := testutil.PinRoot(t)
-	dp, err := bpf.Load(root, bpf.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
-	e, err := New(dp, logrus.NewEntry(logrus.New()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, dp, e := newTestEnforcer(t)
 	reg := prometheus.NewRegistry()
 	if _, err := e.NewMetrics(reg); err != nil {
 		t.Fatal(err)

@@ -51,6 +51,9 @@ func (dp *Datapath) Endpoints() (map[uint32]Endpoint, error) {
 	return out, nil
 }
 
+// ErrTooManyAddresses means a pod has more addresses than an endpoint entry holds.
+var ErrTooManyAddresses = errors.New("endpoint has too many addresses")
+
 // NewEndpoint builds an endpoint entry from the pod's addresses.
 func NewEndpoint(identity uint32, mode EndpointMode, addrs []netip.Addr) (Endpoint, error) {
 	ep := Endpoint{Identity: identity, Mode: uint8(mode)}
@@ -64,7 +67,7 @@ func NewEndpoint(identity uint32, mode EndpointMode, addrs []netip.Addr) (Endpoi
 			ep.Ipv6[ep.N_ipv6] = a.As16()
 			ep.N_ipv6++
 		default:
-			return ep, fmt.Errorf("endpoint has more than %d IPv4 or %d IPv6 addresses", len(ep.Ipv4), len(ep.Ipv6))
+			return ep, fmt.Errorf("%w: at most %d IPv4 and %d IPv6", ErrTooManyAddresses, len(ep.Ipv4), len(ep.Ipv6))
 		}
 	}
 	return ep, nil

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -26,13 +25,9 @@ type adder struct {
 	log   *logrus.Entry
 	store endpoint.Store
 
-	dp         *bpf.Datapath
-	hostIndex  int
-	endpoint   bool
-	ipcache    []netip.Prefix
-	attachment *bpf.Attachment
-	linkDir    string
-	record     bool
+	dp        *bpf.Datapath
+	undoGuard func() // undoes endpoint.Guard when a later step fails
+	record    bool
 }
 
 func (a *adder) add() error {
@@ -85,46 +80,21 @@ func (a *adder) add() error {
 	if !ok {
 		log.Warn("namespace has no identity yet: the pod starts under the cluster defaults and is re-tagged later")
 	}
-	rec.Identity = identity
 
-	ep, err := bpf.NewEndpoint(identity, bpf.ModeEnforce, addrs)
-	if err != nil {
+	undo, err := endpoint.Guard(dp, rec, identity, a.conf.PinRoot)
+	if errors.Is(err, bpf.ErrTooManyAddresses) {
 		return types.NewError(types.ErrInvalidNetworkConfig, "moat: "+err.Error(), "")
 	}
-	a.hostIndex = hostIndex
-	if err := dp.SetEndpoint(uint32(hostIndex), &ep); err != nil {
-		return err
-	}
-	a.endpoint = true
-	for _, addr := range addrs {
-		p := netip.PrefixFrom(addr, addr.BitLen())
-		if err := dp.SetIPCache(p, bpf.ClassPod, identity); err != nil {
-			return err
-		}
-		a.ipcache = append(a.ipcache, p)
-	}
-
-	attacher, err := bpf.NewAttacher("")
 	if err != nil {
 		return err
 	}
-	att, err := attacher.Attach(hostIndex, dp.FromPod, dp.ToPod)
-	if err != nil {
-		return fmt.Errorf("attach the datapath to %s: %w", hostName, err)
-	}
-	a.attachment = att
-	a.linkDir = endpoint.LinkDir(a.conf.PinRoot, a.conf.Name, a.args.ContainerID)
-	if err := att.Pin(a.linkDir); err != nil {
-		return err
-	}
-	rec.AttachMode, rec.Filters, rec.CreatedQdisc = att.Mode, att.Filters, att.CreatedQdisc
+	a.undoGuard = undo
 	if err := a.store.Save(rec); err != nil {
 		return err
 	}
 	a.record = true
-	att.Close() // the pins hold the links now
 	dp.Close()
-	log.WithFields(logrus.Fields{"identity": identity, "hostVeth": hostName, "mode": att.Mode}).Info("pod guarded")
+	log.WithFields(logrus.Fields{"identity": identity, "hostVeth": hostName, "mode": rec.AttachMode}).Info("pod guarded")
 	return nil
 }
 
@@ -133,19 +103,10 @@ func (a *adder) rollback() {
 	if a.record {
 		_ = a.store.Delete(a.conf.Name, a.args.ContainerID, a.args.IfName)
 	}
-	if a.attachment != nil {
-		_ = a.attachment.Detach()
-	}
-	if a.linkDir != "" {
-		_ = os.RemoveAll(a.linkDir)
+	if a.undoGuard != nil {
+		a.undoGuard()
 	}
 	if a.dp != nil {
-		for _, p := range a.ipcache {
-			_ = a.dp.DeleteIPCache(p)
-		}
-		if a.endpoint {
-			_ = a.dp.DeleteEndpoint(uint32(a.hostIndex))
-		}
 		a.dp.Close()
 	}
 }

@@ -3,12 +3,10 @@ package enforcer
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 
-	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/endpoint"
 )
 
@@ -45,7 +43,7 @@ func (e *Enforcer) Reconcile(store endpoint.Store, pinRoot string) error {
 		if r.AttachMode != "" && r.Identity == want {
 			continue
 		}
-		if err := e.guard(r, want, pinRoot); err != nil {
+		if _, err := endpoint.Guard(e.dp, r, want, pinRoot); err != nil {
 			errs = append(errs, fmt.Errorf("pod %s/%s: %w", r.Namespace, r.Pod, err))
 			continue
 		}
@@ -62,47 +60,4 @@ func (e *Enforcer) Reconcile(store endpoint.Store, pinRoot string) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// guard writes a recorded pod's endpoint and ipcache entries with identity, and attaches the datapath if it
-// runs without it, updating the record.
-func (e *Enforcer) guard(r *endpoint.Record, identity uint32, pinRoot string) error {
-	var addrs []netip.Addr
-	for _, s := range r.Addresses {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return fmt.Errorf("record address %q: %w", s, err)
-		}
-		addrs = append(addrs, a)
-	}
-	ep, err := bpf.NewEndpoint(identity, bpf.ModeEnforce, addrs)
-	if err != nil {
-		return err
-	}
-	if err := e.dp.SetEndpoint(uint32(r.HostIfindex), &ep); err != nil {
-		return err
-	}
-	for _, a := range addrs {
-		if err := e.dp.SetIPCache(netip.PrefixFrom(a, a.BitLen()), bpf.ClassPod, identity); err != nil {
-			return err
-		}
-	}
-	r.Identity = identity
-	if r.AttachMode != "" {
-		return nil
-	}
-	attacher, err := bpf.NewAttacher("")
-	if err != nil {
-		return err
-	}
-	att, err := attacher.Attach(r.HostIfindex, e.dp.FromPod, e.dp.ToPod)
-	if err != nil {
-		return err
-	}
-	if err := att.Pin(endpoint.LinkDir(pinRoot, r.Network, r.ContainerID)); err != nil {
-		_ = att.Detach()
-		return err
-	}
-	r.AttachMode, r.Filters, r.CreatedQdisc = att.Mode, att.Filters, att.CreatedQdisc
-	return att.Close()
 }

@@ -1,0 +1,83 @@
+package endpoint
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+
+	"github.com/moatfw/moat/bpf"
+)
+
+// Guard makes the datapath guard a recorded pod interface: its endpoint entry and the ipcache entries of its
+// addresses carry identity, and, when the record says it runs without the datapath, the programs are attached to
+// its host veth and the links pinned. It updates the record (the caller saves it).
+//
+// When it was to attach and fails, it undoes what it did. On success it returns undo, for a caller whose next
+// step fails; a re-tag of an attached pod (nothing to attach) has nothing to undo and returns nil.
+func Guard(dp *bpf.Datapath, r *Record, identity uint32, pinRoot string) (undo func(), err error) {
+	var addrs []netip.Addr
+	for _, s := range r.Addresses {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("record address %q: %w", s, err)
+		}
+		addrs = append(addrs, a)
+	}
+	ep, err := bpf.NewEndpoint(identity, bpf.ModeEnforce, addrs)
+	if err != nil {
+		return nil, err
+	}
+	attach := r.AttachMode == ""
+	var written []netip.Prefix
+	var att *bpf.Attachment
+	linkDir := LinkDir(pinRoot, r.Network, r.ContainerID)
+	undo = func() {
+		if att != nil {
+			if pinned, err := bpf.LoadPinnedAttachment(linkDir); err == nil {
+				_ = pinned.Detach() // tcx links, through their pins
+			}
+			_ = att.Detach() // this call's own handles, or its clsact filters
+			_ = os.RemoveAll(linkDir)
+		}
+		for _, p := range written {
+			_ = dp.DeleteIPCache(p)
+		}
+		_ = dp.DeleteEndpoint(uint32(r.HostIfindex))
+	}
+	fail := func(err error) (func(), error) {
+		if attach {
+			undo()
+		}
+		return nil, err
+	}
+
+	if err := dp.SetEndpoint(uint32(r.HostIfindex), &ep); err != nil {
+		return fail(err)
+	}
+	for _, a := range addrs {
+		p := netip.PrefixFrom(a, a.BitLen())
+		if err := dp.SetIPCache(p, bpf.ClassPod, identity); err != nil {
+			return fail(err)
+		}
+		written = append(written, p)
+	}
+	r.Identity = identity
+	if !attach {
+		return nil, nil
+	}
+	attacher, err := bpf.NewAttacher("")
+	if err != nil {
+		return fail(err)
+	}
+	if att, err = attacher.Attach(r.HostIfindex, dp.FromPod, dp.ToPod); err != nil {
+		return fail(fmt.Errorf("attach the datapath to %s: %w", r.HostIfname, err))
+	}
+	if err := att.Pin(linkDir); err != nil {
+		return fail(err)
+	}
+	r.AttachMode, r.Filters, r.CreatedQdisc = att.Mode, att.Filters, att.CreatedQdisc
+	if err := att.Close(); err != nil { // the pins hold the links now
+		return fail(err)
+	}
+	return func() { undo(); r.AttachMode = "" }, nil
+}

@@ -402,11 +402,108 @@ func (dp *Datapath) IPCacheMap() *ebpf.Map { return dp.maps.Ipcache }
 // MapCapacities is the max entries of the maps whose fill level matters, by pin name.
 func (dp *Datapath) MapCapacities() map[string]uint32 {
 	out := map[string]uint32{}
-	for name, m := range map[string]*ebpf.Map{"local_endpoints": dp.maps.LocalEndpoints, "identities": dp.maps.Identities,
-		"ipcache": dp.maps.Ipcache, "policy": dp.maps.Policy, "conntrack": dp.maps.Conntrack, "fragments": dp.maps.Fragments} {
+	for name, m := range dp.allMapsByName() {
 		if m != nil {
 			out[name] = m.MaxEntries()
 		}
 	}
 	return out
+}
+
+// IPCacheEntries is the whole ipcache: what every prefix is classified as.
+func (dp *Datapath) IPCacheEntries() (map[netip.Prefix]IPCacheValue, error) {
+	out := map[netip.Prefix]IPCacheValue{}
+	var k IPCacheKey
+	var v IPCacheValue
+	it := dp.maps.Ipcache.Iterate()
+	for it.Next(&k, &v) {
+		bits := int(k.Prefixlen) - 8
+		a := AddrFrom16(k.Family, k.Addr)
+		if p, err := a.Prefix(bits); err == nil {
+			out[p] = v
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list ipcache: %w", err)
+	}
+	return out, nil
+}
+
+// MapFill is how full a map is.
+type MapFill struct {
+	Entries  int    `json:"entries"`
+	Capacity uint32 `json:"capacity"`
+}
+
+// MapFills counts the entries of the maps whose fill level matters, by pin name. The conntrack and fragment
+// tables are read in batches of 4096, so a full table of a million flows costs some 250 system calls.
+func (dp *Datapath) MapFills() (map[string]MapFill, error) {
+	out := map[string]MapFill{}
+	for name, capacity := range dp.MapCapacities() {
+		var n int
+		var err error
+		switch name {
+		case "conntrack":
+			n, err = countBatch[CTKey, CTValue](dp.maps.Conntrack)
+		case "fragments":
+			n, err = countBatch[FragKey, FragValue](dp.maps.Fragments)
+		default:
+			n, err = countKeys(dp.allMapsByName()[name])
+		}
+		if err != nil {
+			return nil, fmt.Errorf("count %s entries: %w", name, err)
+		}
+		out[name] = MapFill{Entries: n, Capacity: capacity}
+	}
+	return out, nil
+}
+
+func (dp *Datapath) allMapsByName() map[string]*ebpf.Map {
+	return map[string]*ebpf.Map{"local_endpoints": dp.maps.LocalEndpoints, "identities": dp.maps.Identities,
+		"ipcache": dp.maps.Ipcache, "policy": dp.maps.Policy, "conntrack": dp.maps.Conntrack, "fragments": dp.maps.Fragments}
+}
+
+// countKeys walks a map's keys; for maps of a few thousand entries.
+func countKeys(m *ebpf.Map) (int, error) {
+	if m == nil {
+		return 0, nil
+	}
+	key := make([]byte, m.KeySize())
+	next := make([]byte, m.KeySize())
+	n := 0
+	var prev any // nil: the first key
+	for {
+		if err := m.NextKey(prev, next); err != nil {
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				return n, nil
+			}
+			return n, err
+		}
+		n++
+		copy(key, next)
+		prev = key
+	}
+}
+
+func countBatch[K, V any](m *ebpf.Map) (int, error) {
+	if m == nil {
+		return 0, nil
+	}
+	keys := make([]K, 4096)
+	values := make([]V, 4096)
+	var cursor ebpf.MapBatchCursor
+	total := 0
+	for {
+		n, err := m.BatchLookup(&cursor, keys, values, nil)
+		total += n
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return total, nil
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return countKeys(m)
+		}
+		if err != nil {
+			return total, err
+		}
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -23,6 +24,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/agentapi"
 	"github.com/moatfw/moat/internal/endpoint"
 	"github.com/moatfw/moat/internal/enforcer"
 	"github.com/moatfw/moat/internal/version"
@@ -34,6 +36,7 @@ func main() {
 	kubeconfig := flag.String("kubeconfig", "", "kubeconfig of the cluster (not in this build)")
 	endpointDir := flag.String("endpoint-dir", endpoint.DefaultDir, "where the plugin records the pods it guards")
 	flowLog := flag.String("flow-log", "", "write flow events as JSON lines to this file (- for stdout)")
+	socket := flag.String("socket", agentapi.DefaultSocket, "serve moatctl's API on this unix socket (mode 0600; empty: off)")
 	metricsAddr := flag.String("metrics-addr", "127.0.0.1:9464", "serve Prometheus metrics here (empty: off)")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	flag.Parse()
@@ -44,14 +47,14 @@ func main() {
 	}
 	log := logrus.NewEntry(logger).WithField("component", "enforcer")
 	if err := run(log, options{pinRoot: *pinRoot, policyDir: *policyDir, kubeconfig: *kubeconfig,
-		endpointDir: *endpointDir, flowLog: *flowLog, metricsAddr: *metricsAddr}); err != nil {
+		endpointDir: *endpointDir, flowLog: *flowLog, metricsAddr: *metricsAddr, socket: *socket}); err != nil {
 		log.WithError(err).Error("moat-enforcer stops")
 		os.Exit(1)
 	}
 }
 
 type options struct {
-	pinRoot, policyDir, kubeconfig, endpointDir, flowLog, metricsAddr string
+	pinRoot, policyDir, kubeconfig, endpointDir, flowLog, metricsAddr, socket string
 }
 
 func run(log *logrus.Entry, o options) error {
@@ -113,19 +116,37 @@ func run(log *logrus.Entry, o options) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if flowLog != "" {
-		w := os.Stdout
-		if flowLog != "-" {
-			if w, err = os.OpenFile(flowLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err != nil {
-				return fmt.Errorf("open the flow log: %w", err)
-			}
-			defer w.Close()
+	var flowOut io.Writer // nil: flows are kept for the API only
+	switch flowLog {
+	case "":
+	case "-":
+		flowOut = os.Stdout
+	default:
+		f, err := os.OpenFile(flowLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("open the flow log: %w", err)
 		}
+		defer f.Close()
+		flowOut = f
+	}
+	go func() {
+		if err := e.RunFlows(ctx, endpoint.Store{Dir: endpointDir}, flowOut); err != nil {
+			log.WithError(err).Error("flow events stopped")
+		}
+	}()
+	if o.socket != "" {
+		ln, err := agentapi.Listen(o.socket)
+		if err != nil {
+			return fmt.Errorf("API socket: %w", err)
+		}
+		defer os.Remove(o.socket)
+		srv := &enforcer.Server{E: e, Store: endpoint.Store{Dir: endpointDir}, Source: "folder " + policyDir}
 		go func() {
-			if err := e.RunFlowLog(ctx, endpoint.Store{Dir: endpointDir}, w); err != nil {
-				log.WithError(err).Error("flow log stopped")
+			if err := srv.Serve(ctx, ln); err != nil {
+				log.WithError(err).Error("API socket stopped")
 			}
 		}()
+		log.WithField("socket", o.socket).Info("serving moatctl's API")
 	}
 	err = folder.Watch(ctx, apply)
 	log.Info("stopping; pinned state stays for the next start")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/agentapi"
 	"github.com/moatfw/moat/internal/testutil"
 )
 
@@ -48,6 +50,7 @@ func TestKillNineChangesNoVerdict(t *testing.T) {
 		t.Fatal(err)
 	}
 	logs := filepath.Join(t.TempDir(), "enforcer.log")
+	socket := filepath.Join(t.TempDir(), "enforcer.sock")
 	start := func() *exec.Cmd {
 		t.Helper()
 		f, err := os.OpenFile(logs, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -56,7 +59,7 @@ func TestKillNineChangesNoVerdict(t *testing.T) {
 		}
 		defer f.Close()
 		cmd := exec.Command(bin, "--pin-root", root, "--policy-dir", dir, "--metrics-addr", "",
-			"--endpoint-dir", filepath.Join(dir, "endpoints"))
+			"--endpoint-dir", filepath.Join(dir, "endpoints"), "--socket", socket)
 		cmd.Stdout, cmd.Stderr = f, f
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -148,6 +151,11 @@ func TestKillNineChangesNoVerdict(t *testing.T) {
 	data, _ := os.ReadFile(logs)
 	if !strings.Contains(string(data), "createdMaps=false") {
 		t.Errorf("the restarted enforcer did not reuse the pinned maps:\n%s", data)
+	}
+	// the socket the killed enforcer left behind was taken over, and the new one reports the adopted state
+	st, err := agentapi.NewClient(socket).Status(context.Background())
+	if err != nil || !st.Ready || st.Namespaces != 1 || st.Generation == 0 {
+		t.Errorf("status after the restart: %+v, %v", st, err)
 	}
 	t.Logf("%d denied probes, %d stream exchanges across a kill -9 and restart", probes.Load(), exchanged)
 }

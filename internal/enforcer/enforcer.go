@@ -24,6 +24,15 @@ type State struct {
 	Config     *v1alpha1.FirewallConfig
 	Policies   []v1alpha1.FirewallPolicy
 	Namespaces []v1alpha1.Namespace
+	// What the source could not use (the last good version of an object stays in Policies), and where each
+	// policy came from; both only for reporting.
+	Problems []Problem
+	Origins  map[string]string // policy name -> "file (document n)" or "kubernetes"
+}
+
+// Problem is an object the source could not use.
+type Problem struct {
+	Kind, Name, Origin, Message string
 }
 
 // Enforcer writes desired state into a loaded datapath.
@@ -39,13 +48,23 @@ type Enforcer struct {
 	ipcache    map[netip.Prefix]bpf.IPCacheValue
 	generation uint64
 	metrics    *Metrics // nil until NewMetrics
+
+	// what the API socket reports
+	started   time.Time
+	appliedAt time.Time      // when the generation in force was applied
+	state     State          // the last desired state applied
+	resolved  resolve.Output // and what it resolved to, for trace
+	errors    *errorLog      // the last errors logged
+	flows     *flowHub       // recent flow events and their followers
 }
 
 // New adopts the identities the pinned datapath already publishes, so they survive enforcer restarts.
 func New(dp *bpf.Datapath, log *logrus.Entry) (*Enforcer, error) {
+	errs := newErrorLog(20)
+	log.Logger.AddHook(errs)
 	e := &Enforcer{dp: dp, log: log, identities: map[string]uint32{}, rules: map[resolve.RuleKey]uint32{},
 		ruleKeys: map[uint32]resolve.RuleKey{}, applied: map[uint32][]bpf.PolicyEntry{},
-		ipcache: map[netip.Prefix]bpf.IPCacheValue{}}
+		ipcache: map[netip.Prefix]bpf.IPCacheValue{}, started: time.Now(), errors: errs, flows: newFlowHub(10000)}
 	published, err := dp.NamespaceIdentities()
 	if err != nil {
 		return nil, err
@@ -115,6 +134,7 @@ func (e *Enforcer) Apply(s State) error {
 		if err != nil {
 			// a policy the datapath cannot hold: keep the identity's last good one
 			e.log.WithError(err).WithField("identity", id).Error("policy not applied; the last good one stays")
+			out.Policies[id] = e.resolved.Policies[id] // what trace answers from is what the datapath holds
 			continue
 		}
 		if !slices.Equal(entries, e.applied[id]) {
@@ -151,12 +171,13 @@ func (e *Enforcer) Apply(s State) error {
 		delete(e.applied, id)
 		e.log.WithFields(logrus.Fields{"namespace": name, "identity": id}).Info("namespace gone: identity withdrawn")
 	}
+	e.state, e.resolved = s, out
 	if len(changed) > 0 || ipcacheChanged || configChanged || len(gone) > 0 || e.generation == 0 {
 		gen, err := e.dp.BumpGeneration()
 		if err != nil {
 			return err
 		}
-		e.generation = gen
+		e.generation, e.appliedAt = gen, time.Now()
 		if e.metrics != nil {
 			e.metrics.ApplySeconds.Observe(time.Since(start).Seconds())
 		}

@@ -132,7 +132,7 @@ func TestFolderPolicyDrivesTraffic(t *testing.T) {
 	flowLog := &syncBuffer{}
 	logCtx, stopLog := context.WithCancel(context.Background())
 	defer stopLog()
-	go e.RunFlowLog(logCtx, store, flowLog)
+	go e.RunFlows(logCtx, store, flowLog)
 	time.Sleep(100 * time.Millisecond) // the reader is open before the first packet
 
 	if !reach("198.51.100.1:443") || reach("198.51.100.1:80") || reach("169.254.169.254:443") {

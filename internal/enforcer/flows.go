@@ -9,31 +9,16 @@ import (
 	"os"
 	"strconv"
 	"sync"
-	"time"
 
 	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/agentapi"
 	"github.com/moatfw/moat/internal/endpoint"
 	"github.com/moatfw/moat/internal/resolve"
 )
 
 // FlowRecord is one line of the flow log (JSON): what happened to a packet, of which pod, and which policy and
-// rule decided.
-type FlowRecord struct {
-	Time      time.Time `json:"time"`
-	Direction string    `json:"direction"`
-	Verdict   string    `json:"verdict"`
-	Reason    string    `json:"reason"`
-	Proto     string    `json:"proto"`
-	Src       string    `json:"src"`
-	Sport     uint16    `json:"sport"`
-	Dst       string    `json:"dst"`
-	Dport     uint16    `json:"dport"`
-	Namespace string    `json:"namespace"`
-	Pod       string    `json:"pod"`
-	Remote    string    `json:"remote"` // the remote's namespace, or its class (world, node, metadata, cluster)
-	Policy    string    `json:"policy,omitempty"`
-	Rule      string    `json:"rule,omitempty"` // "egress[0]": the rule's place in its policy
-}
+// rule decided. It is what the API's flow stream serves too.
+type FlowRecord = agentapi.Flow
 
 var protoNames = map[uint8]string{1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 
@@ -98,9 +83,10 @@ func (e *Enforcer) Describe(f bpf.Flow, pod *endpoint.Record) FlowRecord {
 	return rec
 }
 
-// RunFlowLog writes every datapath event as a JSON line to w until ctx ends. A full ring buffer loses events in
-// the kernel (counted in the stats map); the log never slows the datapath.
-func (e *Enforcer) RunFlowLog(ctx context.Context, store endpoint.Store, w io.Writer) error {
+// RunFlows reads every datapath event until ctx ends, keeps the recent ones for the API's flow stream, and
+// writes each as a JSON line to w when w is not nil (the flow log). A full ring buffer loses events in the
+// kernel (counted in the stats map); neither the log nor a slow API client ever slows the datapath.
+func (e *Enforcer) RunFlows(ctx context.Context, store endpoint.Store, w io.Writer) error {
 	r, err := e.dp.NewEventReader()
 	if err != nil {
 		return err
@@ -110,7 +96,10 @@ func (e *Enforcer) RunFlowLog(ctx context.Context, store endpoint.Store, w io.Wr
 		r.Close()
 	}()
 	index := &pods{store: store}
-	enc := json.NewEncoder(w)
+	var enc *json.Encoder
+	if w != nil {
+		enc = json.NewEncoder(w)
+	}
 	for {
 		f, err := r.Read()
 		if errors.Is(err, os.ErrClosed) || ctx.Err() != nil {
@@ -119,8 +108,68 @@ func (e *Enforcer) RunFlowLog(ctx context.Context, store endpoint.Store, w io.Wr
 		if err != nil {
 			return fmt.Errorf("read flow events: %w", err)
 		}
-		if err := enc.Encode(e.Describe(f, index.lookup(int(f.Ifindex)))); err != nil {
-			return fmt.Errorf("write flow log: %w", err)
+		rec := e.Describe(f, index.lookup(int(f.Ifindex)))
+		e.flows.publish(rec)
+		if enc != nil {
+			if err := enc.Encode(rec); err != nil {
+				return fmt.Errorf("write flow log: %w", err)
+			}
 		}
 	}
+}
+
+// flowHub keeps the latest flows in a ring and hands new ones to followers; a follower that cannot keep up
+// loses flows (counted), never the reader.
+type flowHub struct {
+	mu        sync.Mutex
+	ring      []FlowRecord
+	next      int
+	full      bool
+	followers map[chan FlowRecord]struct{}
+	dropped   uint64
+}
+
+func newFlowHub(size int) *flowHub {
+	return &flowHub{ring: make([]FlowRecord, size), followers: map[chan FlowRecord]struct{}{}}
+}
+
+func (h *flowHub) publish(f FlowRecord) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.ring[h.next] = f
+	h.next = (h.next + 1) % len(h.ring)
+	if h.next == 0 {
+		h.full = true
+	}
+	for ch := range h.followers {
+		select {
+		case ch <- f:
+		default:
+			h.dropped++
+		}
+	}
+}
+
+// recent is the flows kept, oldest first; with follow, a channel of the flows after them (close it with
+// unfollow).
+func (h *flowHub) recent(follow bool) ([]FlowRecord, chan FlowRecord) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []FlowRecord
+	if h.full {
+		out = append(out, h.ring[h.next:]...)
+	}
+	out = append(out, h.ring[:h.next]...)
+	if !follow {
+		return out, nil
+	}
+	ch := make(chan FlowRecord, 1024)
+	h.followers[ch] = struct{}{}
+	return out, ch
+}
+
+func (h *flowHub) unfollow(ch chan FlowRecord) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.followers, ch)
 }

@@ -59,7 +59,10 @@ func (f *Folder) Load() (State, []policyfile.Problem, error) {
 		f.Log.WithFields(logrus.Fields{"file": p.Origin.File, "document": p.Origin.Document, "kind": p.Kind,
 			"object": p.Name}).Error(p.Err)
 	}
-	s := State{}
+	s := State{Origins: map[string]string{}}
+	for _, p := range problems {
+		s.Problems = append(s.Problems, Problem{Kind: p.Kind, Name: p.Name, Origin: p.Origin.String(), Message: p.Err.Error()})
+	}
 	for _, c := range merged.Configs {
 		if c.Object.Name == v1alpha1.DefaultConfigName {
 			cfg := c.Object
@@ -68,6 +71,7 @@ func (f *Folder) Load() (State, []policyfile.Problem, error) {
 	}
 	for _, p := range merged.Policies {
 		s.Policies = append(s.Policies, p.Object)
+		s.Origins[p.Object.Name] = p.Origin.String()
 	}
 	for _, n := range merged.Namespaces {
 		s.Namespaces = append(s.Namespaces, n.Object)

@@ -183,6 +183,22 @@ func portRange(p v1alpha1.Port) policy.PortRange {
 	return r
 }
 
+// Priority is a policy's priority, the default filled in: lower comes first.
+func Priority(p *v1alpha1.FirewallPolicy) int32 { return priority(p) }
+
+// Selected is the names of the namespaces a policy selects, sorted.
+func Selected(p *v1alpha1.FirewallPolicy, namespaces []v1alpha1.Namespace) []string {
+	sel := selector(p.Spec.NamespaceSelector, nil)
+	out := []string{}
+	for _, ns := range namespaces {
+		if sel.Matches(labels.Set(ns.Labels)) {
+			out = append(out, ns.Name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 func priority(p *v1alpha1.FirewallPolicy) int32 {
 	if p.Spec.Priority != nil {
 		return *p.Spec.Priority

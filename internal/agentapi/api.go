@@ -1,0 +1,138 @@
+// Package agentapi is the enforcer's local API, for moatctl: JSON over HTTP on a unix socket (by default
+// /run/moat/enforcer.sock, mode 0600, so only root on the node may ask). Every path starts with the API version;
+// a server answers the versions it knows, and a client names the one it speaks.
+//
+//	GET  /v1/status      Status
+//	GET  /v1/endpoints   []Endpoint
+//	GET  /v1/policies    []Policy
+//	POST /v1/trace       TraceRequest -> TraceResult
+//	GET  /v1/flows       Flow as JSON lines: the recent ones (?since=5m, ?limit=N), then new ones with ?follow=1;
+//	                     filters ?namespace=N and ?verdict=denied
+//
+// Errors are an Error body with an HTTP status: 400 for a bad request, 404 for an unknown namespace or pod.
+package agentapi
+
+import (
+	"time"
+
+	"github.com/moatfw/moat/bpf"
+)
+
+// Version is the API version this build serves and speaks.
+const Version = "v1"
+
+// DefaultSocket is where the enforcer listens.
+const DefaultSocket = "/run/moat/enforcer.sock"
+
+// Error is the body of every failed request.
+type Error struct {
+	Error string `json:"error"`
+}
+
+// Status is the state of the enforcer and the datapath on this node.
+type Status struct {
+	Version         string                 `json:"version"`
+	APIVersion      string                 `json:"apiVersion"`
+	Started         time.Time              `json:"started"`
+	Source          string                 `json:"source"` // "folder /etc/moat/policies" or "kubernetes"
+	Ready           bool                   `json:"ready"`  // policy is in force and nothing below is wrong
+	Problems        []string               `json:"problems,omitempty"`
+	AttachModes     map[string]int         `json:"attachModes"` // tcx, clsact, "" (started without the datapath)
+	Generation      uint64                 `json:"generation"`
+	Applied         time.Time              `json:"applied"` // when the generation in force was applied
+	Endpoints       int                    `json:"endpoints"`
+	Namespaces      int                    `json:"namespaces"`
+	Policies        int                    `json:"policies"`
+	InvalidPolicies int                    `json:"invalidPolicies"`
+	Maps            map[string]bpf.MapFill `json:"maps"`
+	LostEvents      uint64                 `json:"lostEvents"`
+	LastErrors      []LogLine              `json:"lastErrors,omitempty"`
+}
+
+// LogLine is one error the enforcer logged.
+type LogLine struct {
+	Time    time.Time         `json:"time"`
+	Message string            `json:"message"`
+	Fields  map[string]string `json:"fields,omitempty"`
+}
+
+// Endpoint is one pod interface the datapath guards.
+type Endpoint struct {
+	Pod         string   `json:"pod"`
+	Namespace   string   `json:"namespace"`
+	Identity    uint32   `json:"identity"`
+	Addresses   []string `json:"addresses"`
+	HostVeth    string   `json:"hostVeth"`
+	Ifindex     int      `json:"ifindex"`
+	ContainerID string   `json:"containerID"`
+	Mode        string   `json:"mode"`     // tcx, clsact, or "" when it started without the datapath
+	Attached    bool     `json:"attached"` // the datapath has the interface and its programs are attached
+	Problem     string   `json:"problem,omitempty"`
+}
+
+// Policy is one FirewallPolicy and what became of it.
+type Policy struct {
+	Name       string   `json:"name"`
+	State      string   `json:"state"` // Accepted or Invalid
+	Reason     string   `json:"reason,omitempty"`
+	Origin     string   `json:"origin,omitempty"` // file:document, or the API object
+	Priority   int32    `json:"priority"`
+	Mode       string   `json:"mode"`
+	Namespaces []string `json:"namespaces"`
+	Rules      int      `json:"rules"`
+}
+
+// TraceRequest is a hypothetical packet: from a namespace (or one of its pods), to or from a remote.
+type TraceRequest struct {
+	Namespace string `json:"namespace"`
+	Pod       string `json:"pod,omitempty"`
+	Direction string `json:"direction,omitempty"` // egress (default) or ingress
+	Protocol  string `json:"protocol,omitempty"`  // tcp (default), udp, icmp, icmpv6, sctp, or a number
+	Port      uint16 `json:"port,omitempty"`      // the destination port: the remote's for egress, the pod's for ingress
+	// The remote: an address, or a pod (namespace and pod) whose address the enforcer looks up.
+	Remote          string `json:"remote,omitempty"`
+	RemoteNamespace string `json:"remoteNamespace,omitempty"`
+	RemotePod       string `json:"remotePod,omitempty"`
+}
+
+// TraceResult is the reference evaluator's verdict, the same the datapath is checked against.
+type TraceResult struct {
+	Verdict         string `json:"verdict"` // allowed, denied or audit
+	Reason          string `json:"reason"`
+	Policy          string `json:"policy,omitempty"`
+	Rule            string `json:"rule,omitempty"`
+	AuditPolicy     string `json:"auditPolicy,omitempty"` // an Audit policy's rule that matched first and is reported
+	AuditRule       string `json:"auditRule,omitempty"`
+	Identity        uint32 `json:"identity"`
+	Remote          string `json:"remote"` // the remote address traced
+	RemoteClass     string `json:"remoteClass"`
+	RemoteNamespace string `json:"remoteNamespace,omitempty"`
+	Explanation     string `json:"explanation"`
+}
+
+// Flow is one flow event, as in the flow log.
+type Flow struct {
+	Time      time.Time `json:"time"`
+	Direction string    `json:"direction"`
+	Verdict   string    `json:"verdict"`
+	Reason    string    `json:"reason"`
+	Proto     string    `json:"proto"`
+	Src       string    `json:"src"`
+	Sport     uint16    `json:"sport"`
+	Dst       string    `json:"dst"`
+	Dport     uint16    `json:"dport"`
+	Namespace string    `json:"namespace"`
+	Pod       string    `json:"pod"`
+	Remote    string    `json:"remote"` // the remote's namespace, or its class (world, node, metadata, cluster)
+	Policy    string    `json:"policy,omitempty"`
+	Rule      string    `json:"rule,omitempty"` // "egress[0]": the rule's place in its policy
+}
+
+// FlowFilter selects flows.
+type FlowFilter struct {
+	Namespace string
+	Verdict   string
+	Since     time.Duration // 0: every flow still in memory
+	Limit     int           // at most this many past flows (the latest); 0: no limit
+	Follow    bool
+}

@@ -27,9 +27,10 @@ $(addprefix bin/,$(BINARIES)):
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ $(pkg_$(notdir $@))
 	@if [ "$(notdir $@)" = moatctl ]; then ln -sf moatctl bin/kubectl-moat; fi
 
-# The datapath objects are committed; regenerating needs clang $(CLANG_MAJOR) and never reads the running kernel.
+# The datapath objects, the API deepcopy and the CRDs are committed; regenerating needs clang $(CLANG_MAJOR) and
+# never reads the running kernel.
 generate: check-clang
-	$(GO) generate ./bpf/
+	$(GO) generate ./bpf/ ./internal/api/v1alpha1/
 
 check-clang:
 	@v=$$($(CLANG) --version | sed -n 's/.*clang version \([0-9]*\)\..*/\1/p' | head -1); \

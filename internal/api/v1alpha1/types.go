@@ -1,9 +1,17 @@
 // Package v1alpha1 is Moat's policy API, group moat.dev, version v1alpha1: FirewallConfig (the cluster's
 // defaults, a singleton named "default") and FirewallPolicy, both cluster-scoped. docs/policy.md is the
 // reference; ../shared/DESIGN.md has the shape.
+//
+// The markers below make the CRDs (make generate, controller-gen): the OpenAPI schema rejects at admission what
+// it can (actions, modes, CIDRs, ports, protocols, peer shapes); Validate checks the rest and the enforcer
+// reports it in the policy's status.
+//
+// +kubebuilder:object:generate=true
+// +groupName=moat.dev
 package v1alpha1
 
 import (
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -24,6 +32,7 @@ const (
 const DefaultConfigName = "default"
 
 // Action of a rule, or a default.
+// +kubebuilder:validation:Enum=Allow;Deny
 type Action string
 
 // Actions.
@@ -33,6 +42,7 @@ const (
 )
 
 // Mode of a policy.
+// +kubebuilder:validation:Enum=Enforce;Audit
 type Mode string
 
 // Modes.
@@ -45,6 +55,13 @@ const (
 const DefaultPriority = 1000
 
 // FirewallConfig holds the cluster's defaults; every field is optional, and absent means the default.
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,shortName=fwc,categories=moat
+// +kubebuilder:validation:XValidation:rule="self.metadata.name == 'default'",message="only the FirewallConfig named default counts: name it default"
+// +kubebuilder:printcolumn:name="Egress",type=string,JSONPath=`.spec.defaultEgress`
+// +kubebuilder:printcolumn:name="Ingress",type=string,JSONPath=`.spec.defaultIngress`
+// +kubebuilder:printcolumn:name="Metadata",type=string,JSONPath=`.spec.metadataAPI.action`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type FirewallConfig struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
@@ -54,9 +71,11 @@ type FirewallConfig struct {
 // FirewallConfigSpec is the body of a FirewallConfig.
 type FirewallConfigSpec struct {
 	// ClusterCIDRs are inside the cluster; by default the pod and service ranges Moat learns.
-	ClusterCIDRs []string `json:"clusterCIDRs,omitempty"`
+	// +kubebuilder:validation:MaxItems=256
+	ClusterCIDRs []CIDR `json:"clusterCIDRs,omitempty"`
 	// NodeCIDRs hold node addresses in folder mode (from Nodes in Kubernetes mode).
-	NodeCIDRs []string `json:"nodeCIDRs,omitempty"`
+	// +kubebuilder:validation:MaxItems=1024
+	NodeCIDRs []CIDR `json:"nodeCIDRs,omitempty"`
 	// DefaultIngress and DefaultEgress decide world traffic no rule matched: Allow (default) or Deny.
 	DefaultIngress Action `json:"defaultIngress,omitempty"`
 	DefaultEgress  Action `json:"defaultEgress,omitempty"`
@@ -69,12 +88,22 @@ type MetadataAPI struct {
 	// Action is Deny (default) or Allow (turns the block off cluster-wide).
 	Action Action `json:"action,omitempty"`
 	// Addresses of the metadata API; default 169.254.169.254/32, fd00:ec2::254/128, 100.100.100.200/32.
-	Addresses []string `json:"addresses,omitempty"`
+	// +kubebuilder:validation:MaxItems=64
+	Addresses []CIDR `json:"addresses,omitempty"`
 	// AllowNamespaces may reach it (decided then as the world); default {matchLabels: {moat.dev/metadata: allow}}.
 	AllowNamespaces *metav1.LabelSelector `json:"allowNamespaces,omitempty"`
 }
 
 // FirewallPolicy is a set of rules for the namespaces it selects.
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,shortName=fwp,categories=moat
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Priority",type=integer,JSONPath=`.spec.priority`
+// +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.spec.mode`
+// +kubebuilder:printcolumn:name="Accepted",type=string,JSONPath=`.status.conditions[?(@.type=="Accepted")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Accepted")].reason`
+// +kubebuilder:printcolumn:name="Namespaces",type=integer,JSONPath=`.status.namespaces`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type FirewallPolicy struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
@@ -85,44 +114,106 @@ type FirewallPolicy struct {
 // FirewallPolicySpec is the body of a FirewallPolicy.
 type FirewallPolicySpec struct {
 	// NamespaceSelector picks the namespaces; {} is every namespace; omitted is invalid.
+	// +kubebuilder:validation:Required
 	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector"`
 	// Priority orders policies: lower first, default 1000, ties by name.
 	Priority *int32 `json:"priority,omitempty"`
 	// Mode is Enforce (default) or Audit (reports, never decides).
-	Mode    Mode   `json:"mode,omitempty"`
-	Egress  []Rule `json:"egress,omitempty"`
+	Mode Mode `json:"mode,omitempty"`
+	// Egress rules name their peers in `to`, ingress rules in `from`.
+	// +kubebuilder:validation:MaxItems=1024
+	// +kubebuilder:validation:XValidation:rule="self.all(r, !has(r.from))",message="egress rules name their peers in to, not from"
+	Egress []Rule `json:"egress,omitempty"`
+	// +kubebuilder:validation:MaxItems=1024
+	// +kubebuilder:validation:XValidation:rule="self.all(r, !has(r.to))",message="ingress rules name their peers in from, not to"
 	Ingress []Rule `json:"ingress,omitempty"`
 }
 
 // Rule is one rule; within a policy, rules are tried in order and the first match decides.
 type Rule struct {
+	// +kubebuilder:validation:Required
 	Action Action `json:"action"`
 	// To (egress) or From (ingress): omitted is every peer, [] is none.
-	To   []Peer `json:"to,omitempty"`
+	// +kubebuilder:validation:MaxItems=256
+	To []Peer `json:"to,omitempty"`
+	// +kubebuilder:validation:MaxItems=256
 	From []Peer `json:"from,omitempty"`
 	// Ports: omitted is every protocol and port.
+	// +kubebuilder:validation:MaxItems=64
 	Ports []Port `json:"ports,omitempty"`
 }
 
 // Peer is a CIDR (with excepts) or a namespace selector, not both.
+// +kubebuilder:validation:XValidation:rule="has(self.cidr) != has(self.namespaceSelector)",message="a peer is a cidr or a namespaceSelector, exactly one"
+// +kubebuilder:validation:XValidation:rule="!has(self.except) || has(self.cidr)",message="except belongs to a cidr peer"
 type Peer struct {
-	CIDR              string                `json:"cidr,omitempty"`
-	Except            []string              `json:"except,omitempty"`
+	CIDR CIDR `json:"cidr,omitempty"`
+	// Except are holes in CIDR, each strictly inside it.
+	// +kubebuilder:validation:MaxItems=64
+	Except            []CIDR                `json:"except,omitempty"`
 	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
 }
 
 // Port is a protocol (TCP, UDP, SCTP, ICMP, ICMPv6 or an IP protocol number) with a port or port range, or an
 // ICMP type.
+// +kubebuilder:validation:XValidation:rule="!has(self.endPort) || (has(self.port) && self.endPort >= self.port)",message="endPort needs a port, and is not below it"
+// +kubebuilder:validation:XValidation:rule="!(has(self.port) || has(self.endPort)) || self.protocol.lowerAscii() in ['tcp', 'udp', 'sctp', '6', '17', '132']",message="only TCP, UDP and SCTP have ports (ICMP uses icmpType)"
+// +kubebuilder:validation:XValidation:rule="!has(self.icmpType) || self.protocol.lowerAscii() in ['icmp', 'icmpv6', '1', '58']",message="icmpType belongs to ICMP and ICMPv6"
 type Port struct {
+	// Protocol is TCP, UDP, SCTP, ICMP, ICMPv6 (any case) or an IP protocol number 0-255.
+	// +kubebuilder:validation:Required
+	// +kubebuilder:validation:MaxLength=6
+	// +kubebuilder:validation:XValidation:rule="self.lowerAscii() in ['tcp', 'udp', 'sctp', 'icmp', 'icmpv6'] || (self.matches('^[0-9]{1,3}$') && int(self) <= 255)",message="want TCP, UDP, SCTP, ICMP, ICMPv6 or a number 0-255"
 	Protocol string `json:"protocol"`
-	Port     *int32 `json:"port,omitempty"`
-	EndPort  *int32 `json:"endPort,omitempty"`
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	Port *int32 `json:"port,omitempty"`
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	EndPort *int32 `json:"endPort,omitempty"`
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=255
 	ICMPType *int32 `json:"icmpType,omitempty"`
 }
 
+// CIDR is an IPv4 or IPv6 prefix, like 198.51.100.0/24 or 2001:db8::/32.
+// +kubebuilder:validation:Format=cidr
+// +kubebuilder:validation:MaxLength=49
+type CIDR = string
+
 // FirewallPolicyStatus is written back by the enforcer.
 type FirewallPolicyStatus struct {
+	// ObservedGeneration is the spec generation the conditions speak of.
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Namespaces is how many namespaces the policy selects.
+	Namespaces int32 `json:"namespaces,omitempty"`
+	// Conditions: Accepted (True, or False with reason Invalid and what is wrong).
+	// +listType=map
+	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// Condition types and reasons of a FirewallPolicy's status.
+const (
+	ConditionAccepted = "Accepted"
+	ReasonValid       = "Valid"
+	ReasonInvalid     = "Invalid"
+)
+
+// FirewallPolicyList is a list of FirewallPolicy.
+// +kubebuilder:object:root=true
+type FirewallPolicyList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []FirewallPolicy `json:"items"`
+}
+
+// FirewallConfigList is a list of FirewallConfig.
+// +kubebuilder:object:root=true
+type FirewallConfigList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []FirewallConfig `json:"items"`
 }
 
 // Namespace labels that steer Moat.
@@ -134,8 +225,6 @@ const (
 	LabelMode     = "moat.dev/mode" // "Audit": every verdict of the namespace is report-only
 )
 
-// Namespace is what Moat needs of a Kubernetes Namespace (also a kind in folder mode: `kind: Namespace`).
-type Namespace struct {
-	metav1.TypeMeta   `json:",inline"`
-	metav1.ObjectMeta `json:"metadata,omitempty"`
-}
+// Namespace is a Kubernetes Namespace (also a kind in folder mode, `kind: Namespace`); Moat reads its name and
+// labels.
+type Namespace = corev1.Namespace

@@ -1,12 +1,13 @@
 // Command moat-enforcer is Moat's host agent. It loads and pins the datapath under --pin-root, adopts the state a
-// previous run pinned and the pods the plugin recorded, and enforces the policy of a folder (--policy-dir):
-// FirewallConfig, FirewallPolicy and Namespace objects in multi-document YAML, watched, so adding, editing or
-// removing a file takes effect. The Kubernetes source, flows, metrics and the API socket come with the rest of the
-// enforcer issue.
+// previous run pinned and the pods the plugin recorded, and enforces the policy of one source: a folder
+// (--policy-dir: FirewallConfig, FirewallPolicy and Namespace objects in multi-document YAML, watched) or the
+// cluster (--kubeconfig, or in-cluster). It writes flow events (--flow-log), serves Prometheus metrics
+// (--metrics-addr) and moatctl's API (--socket).
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -22,6 +23,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sirupsen/logrus"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/agentapi"
@@ -31,52 +34,128 @@ import (
 )
 
 func main() {
-	pinRoot := flag.String("pin-root", bpf.DefaultPinRoot, "bpffs folder for Moat's pinned maps and programs")
-	policyDir := flag.String("policy-dir", "", "folder of FirewallConfig, FirewallPolicy and Namespace YAML (standalone mode)")
-	kubeconfig := flag.String("kubeconfig", "", "kubeconfig of the cluster (not in this build)")
-	endpointDir := flag.String("endpoint-dir", endpoint.DefaultDir, "where the plugin records the pods it guards")
-	flowLog := flag.String("flow-log", "", "write flow events as JSON lines to this file (- for stdout)")
-	socket := flag.String("socket", agentapi.DefaultSocket, "serve moatctl's API on this unix socket (mode 0600; empty: off)")
-	metricsAddr := flag.String("metrics-addr", "127.0.0.1:9464", "serve Prometheus metrics here (empty: off)")
+	var o options
+	flag.StringVar(&o.pinRoot, "pin-root", bpf.DefaultPinRoot, "bpffs folder for Moat's pinned maps and programs")
+	flag.StringVar(&o.policyDir, "policy-dir", "", "folder of FirewallConfig, FirewallPolicy and Namespace YAML (standalone mode)")
+	flag.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (default: in-cluster, when neither this nor --policy-dir is given)")
+	flag.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name in the cluster (default $NODE_NAME, else the host name)")
+	flag.StringVar(&o.endpointDir, "endpoint-dir", endpoint.DefaultDir, "where the plugin records the pods it guards")
+	flag.StringVar(&o.flowLog, "flow-log", "", "write flow events as JSON lines to this file (- for stdout)")
+	flag.StringVar(&o.socket, "socket", agentapi.DefaultSocket, "serve moatctl's API on this unix socket (mode 0600; empty: off)")
+	flag.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9464", "serve Prometheus metrics here (empty: off)")
+	flag.DurationVar(&o.reconcile, "reconcile-interval", 30*time.Second, "how often recorded endpoints are checked against the host")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 
 	logger := logrus.New()
-	if lvl, err := logrus.ParseLevel(*logLevel); err == nil {
-		logger.SetLevel(lvl)
+	lvl, err := logrus.ParseLevel(*logLevel)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "moat-enforcer: --log-level %q: want debug, info, warn or error\n", *logLevel)
+		os.Exit(2)
 	}
+	logger.SetLevel(lvl)
 	log := logrus.NewEntry(logger).WithField("component", "enforcer")
-	if err := run(log, options{pinRoot: *pinRoot, policyDir: *policyDir, kubeconfig: *kubeconfig,
-		endpointDir: *endpointDir, flowLog: *flowLog, metricsAddr: *metricsAddr, socket: *socket}); err != nil {
+	if err := run(log, o); err != nil {
 		log.WithError(err).Error("moat-enforcer stops")
 		os.Exit(1)
 	}
 }
 
 type options struct {
-	pinRoot, policyDir, kubeconfig, endpointDir, flowLog, metricsAddr, socket string
+	pinRoot, policyDir, kubeconfig, nodeName, endpointDir, flowLog, metricsAddr, socket string
+	reconcile                                                                           time.Duration
+}
+
+// source is where the desired state comes from.
+type source interface {
+	// run applies the source's state whenever it changes (calling afterApply after each) until ctx ends.
+	run(ctx context.Context, e *enforcer.Enforcer, afterApply func()) error
+	name() string
+}
+
+func pickSource(log *logrus.Entry, o options) (source, error) {
+	switch {
+	case o.policyDir != "" && o.kubeconfig != "":
+		return nil, fmt.Errorf("--policy-dir and --kubeconfig: pick one source")
+	case o.policyDir != "":
+		return &folderSource{folder: &enforcer.Folder{Dir: o.policyDir, Log: log.WithField("source", o.policyDir)}}, nil
+	}
+	var cfg *rest.Config
+	var err error
+	if o.kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
+		if errors.Is(err, rest.ErrNotInCluster) {
+			return nil, fmt.Errorf("no policy source: give --policy-dir DIR (standalone) or --kubeconfig FILE, or run in a pod")
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes config: %w", err)
+	}
+	cfg.UserAgent = "moat-enforcer/" + version.Version
+	node := o.nodeName
+	if node == "" {
+		if node, err = os.Hostname(); err != nil {
+			return nil, err
+		}
+	}
+	return &kubeSource{k: &enforcer.Kubernetes{Config: cfg, NodeName: node,
+		Log: log.WithFields(logrus.Fields{"source": "kubernetes", "node": node})}}, nil
+}
+
+type folderSource struct{ folder *enforcer.Folder }
+
+func (f *folderSource) name() string { return "folder " + f.folder.Dir }
+
+func (f *folderSource) run(ctx context.Context, e *enforcer.Enforcer, afterApply func()) error {
+	apply := func() {
+		s, problems, err := f.folder.Load()
+		if err != nil {
+			f.folder.Log.WithError(err).Error("cannot read the policy folder; the policy in force stays")
+			return
+		}
+		if err := e.Apply(s); err != nil {
+			f.folder.Log.WithError(err).Error("cannot apply the policy")
+			return
+		}
+		f.folder.Log.WithFields(logrus.Fields{"policies": len(s.Policies), "namespaces": len(s.Namespaces),
+			"problems": len(problems)}).Info("policy folder applied")
+		afterApply()
+	}
+	apply()
+	return f.folder.Watch(ctx, apply)
+}
+
+type kubeSource struct{ k *enforcer.Kubernetes }
+
+func (k *kubeSource) name() string { return "kubernetes" }
+
+func (k *kubeSource) run(ctx context.Context, e *enforcer.Enforcer, afterApply func()) error {
+	return k.k.Run(ctx, e, afterApply)
 }
 
 func run(log *logrus.Entry, o options) error {
-	pinRoot, policyDir, kubeconfig, endpointDir, flowLog := o.pinRoot, o.policyDir, o.kubeconfig, o.endpointDir, o.flowLog
-	if kubeconfig != "" {
-		return fmt.Errorf("--kubeconfig: the Kubernetes source is not in this build; use --policy-dir")
+	src, err := pickSource(log, o)
+	if err != nil {
+		return err
 	}
-	if policyDir == "" {
-		return fmt.Errorf("--policy-dir is required in this build")
-	}
-	dp, err := bpf.Load(pinRoot, bpf.Options{})
+	dp, err := bpf.Load(o.pinRoot, bpf.Options{})
 	if err != nil {
 		return fmt.Errorf("load the datapath: %w", err)
 	}
 	defer dp.Close()
-	log.WithFields(logrus.Fields{"pinRoot": pinRoot, "createdMaps": dp.Created, "version": version.Version}).
+	log.WithFields(logrus.Fields{"pinRoot": o.pinRoot, "createdMaps": dp.Created, "version": version.Version}).
 		Info("datapath loaded and pinned")
 
 	e, err := enforcer.New(dp, log)
 	if err != nil {
 		return err
 	}
+	store := endpoint.Store{Dir: o.endpointDir}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
 	if o.metricsAddr != "" {
 		reg := prometheus.NewRegistry()
 		if _, err := e.NewMetrics(reg); err != nil {
@@ -94,35 +173,14 @@ func run(log *logrus.Entry, o options) error {
 		defer srv.Close()
 		log.WithField("addr", ln.Addr().String()).Info("serving metrics")
 	}
-	folder := &enforcer.Folder{Dir: policyDir, Log: log.WithField("source", policyDir)}
-	apply := func() {
-		s, problems, err := folder.Load()
-		if err != nil {
-			log.WithError(err).Error("cannot read the policy folder; the policy in force stays")
-			return
-		}
-		if err := e.Apply(s); err != nil {
-			log.WithError(err).Error("cannot apply the policy")
-			return
-		}
-		log.WithFields(logrus.Fields{"policies": len(s.Policies), "namespaces": len(s.Namespaces),
-			"problems": len(problems)}).Info("policy folder applied")
-		// pods recorded before now (or tagged before their namespace was known) are adopted and re-tagged
-		if err := e.Reconcile(endpoint.Store{Dir: endpointDir}, pinRoot); err != nil {
-			log.WithError(err).Error("reconciling recorded endpoints")
-		}
-	}
-	apply()
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	var flowOut io.Writer // nil: flows are kept for the API only
-	switch flowLog {
+	switch o.flowLog {
 	case "":
 	case "-":
 		flowOut = os.Stdout
 	default:
-		f, err := os.OpenFile(flowLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		f, err := os.OpenFile(o.flowLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {
 			return fmt.Errorf("open the flow log: %w", err)
 		}
@@ -130,7 +188,7 @@ func run(log *logrus.Entry, o options) error {
 		flowOut = f
 	}
 	go func() {
-		if err := e.RunFlows(ctx, endpoint.Store{Dir: endpointDir}, flowOut); err != nil {
+		if err := e.RunFlows(ctx, store, flowOut); err != nil {
 			log.WithError(err).Error("flow events stopped")
 		}
 	}()
@@ -140,7 +198,7 @@ func run(log *logrus.Entry, o options) error {
 			return fmt.Errorf("API socket: %w", err)
 		}
 		defer os.Remove(o.socket)
-		srv := &enforcer.Server{E: e, Store: endpoint.Store{Dir: endpointDir}, Source: "folder " + policyDir}
+		srv := &enforcer.Server{E: e, Store: store, Source: src.name()}
 		go func() {
 			if err := srv.Serve(ctx, ln); err != nil {
 				log.WithError(err).Error("API socket stopped")
@@ -148,7 +206,29 @@ func run(log *logrus.Entry, o options) error {
 		}()
 		log.WithField("socket", o.socket).Info("serving moatctl's API")
 	}
-	err = folder.Watch(ctx, apply)
+
+	// pods recorded before now, tagged before their namespace was known, or whose veth went while nobody
+	// watched, are put right after every apply and every reconcile interval
+	reconcile := func() {
+		if err := e.Reconcile(store, o.pinRoot); err != nil {
+			log.WithError(err).Error("reconciling recorded endpoints")
+		}
+	}
+	if o.reconcile > 0 {
+		go func() {
+			t := time.NewTicker(o.reconcile)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					reconcile()
+				}
+			}
+		}()
+	}
+	err = src.run(ctx, e, reconcile)
 	log.Info("stopping; pinned state stays for the next start")
 	return err
 }

@@ -18,6 +18,8 @@ import (
 //
 // It runs on the host's network namespace, where the host veths are.
 func (e *Enforcer) Reconcile(store endpoint.Store, pinRoot string) error {
+	e.reconciling.Lock() // after an apply and on a timer: one at a time
+	defer e.reconciling.Unlock()
 	records, err := store.List("")
 	if err != nil {
 		return err

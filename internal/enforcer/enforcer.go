@@ -28,6 +28,16 @@ type State struct {
 	// policy came from; both only for reporting.
 	Problems []Problem
 	Origins  map[string]string // policy name -> "file (document n)" or "kubernetes"
+	// Addresses the cluster classifies: pods on other nodes and Services (by namespace), nodes, cluster ranges.
+	// Pods on this node are the plugin's to write.
+	Addresses []Address
+}
+
+// Address is an ipcache entry a source wants: a prefix, what it is, and for pods and Services their namespace.
+type Address struct {
+	Prefix    netip.Prefix
+	Class     bpf.Class
+	Namespace string
 }
 
 // Problem is an object the source could not use.
@@ -40,14 +50,15 @@ type Enforcer struct {
 	dp  *bpf.Datapath
 	log *logrus.Entry
 
-	mu         sync.Mutex
-	identities map[string]uint32          // namespace -> identity, as published in the identities map
-	rules      map[resolve.RuleKey]uint32 // rule -> id, stable while the enforcer lives
-	ruleKeys   map[uint32]resolve.RuleKey
-	applied    map[uint32][]bpf.PolicyEntry // identity -> the entries swapped in last
-	ipcache    map[netip.Prefix]bpf.IPCacheValue
-	generation uint64
-	metrics    *Metrics // nil until NewMetrics
+	mu          sync.Mutex
+	reconciling sync.Mutex
+	identities  map[string]uint32          // namespace -> identity, as published in the identities map
+	rules       map[resolve.RuleKey]uint32 // rule -> id, stable while the enforcer lives
+	ruleKeys    map[uint32]resolve.RuleKey
+	applied     map[uint32][]bpf.PolicyEntry // identity -> the entries swapped in last
+	ipcache     map[netip.Prefix]bpf.IPCacheValue
+	generation  uint64
+	metrics     *Metrics // nil until NewMetrics
 
 	// what the API socket reports
 	started   time.Time
@@ -72,6 +83,27 @@ func New(dp *bpf.Datapath, log *logrus.Entry) (*Enforcer, error) {
 	maps.Copy(e.identities, published)
 	if len(published) > 0 {
 		log.WithField("namespaces", len(published)).Info("adopted published namespace identities")
+	}
+	// ipcache entries a previous run wrote are this run's to keep or remove: all but the local pods' (the plugin's)
+	entries, err := dp.IPCacheEntries()
+	if err != nil {
+		return nil, err
+	}
+	eps, err := dp.Endpoints()
+	if err != nil {
+		return nil, err
+	}
+	local := map[netip.Addr]bool{}
+	for _, ep := range eps {
+		for _, a := range ep.Addrs() {
+			local[a] = true
+		}
+	}
+	for p, v := range entries {
+		if p.IsSingleIP() && local[p.Addr()] && bpf.Class(v.Class) == bpf.ClassPod {
+			continue
+		}
+		e.ipcache[p] = v
 	}
 	return e, nil
 }
@@ -147,7 +179,7 @@ func (e *Enforcer) Apply(s State) error {
 		}
 		maps.Copy(e.applied, changed)
 	}
-	ipcacheChanged, err := e.syncIPCache(out)
+	ipcacheChanged, err := e.syncIPCache(out, s.Addresses)
 	if err != nil {
 		return err
 	}
@@ -187,15 +219,32 @@ func (e *Enforcer) Apply(s State) error {
 	return nil
 }
 
-// syncIPCache writes the configuration's classes (metadata API, cluster, nodes) and removes what it wrote before
-// and no longer wants; pod entries belong to the plugin and the pod sources.
-func (e *Enforcer) syncIPCache(out resolve.Output) (bool, error) {
+// syncIPCache writes the configuration's classes (metadata API, cluster, nodes) and the source's addresses, and
+// removes what it wrote before and no longer wants; entries of pods on this node belong to the plugin. Of two
+// claims on one prefix, the metadata API wins, then pods and Services, then nodes, then the cluster.
+func (e *Enforcer) syncIPCache(out resolve.Output, addrs []Address) (bool, error) {
 	want := map[netip.Prefix]bpf.IPCacheValue{}
+	rank := func(c bpf.Class) int {
+		return map[bpf.Class]int{bpf.ClassCluster: 1, bpf.ClassNode: 2, bpf.ClassPod: 3, bpf.ClassService: 3, bpf.ClassMetadata: 4}[c]
+	}
+	claim := func(p netip.Prefix, v bpf.IPCacheValue) {
+		if old, ok := want[p]; ok && rank(bpf.Class(old.Class)) > rank(bpf.Class(v.Class)) {
+			return
+		}
+		want[p] = v
+	}
 	for _, p := range out.Cluster {
-		want[p] = bpf.IPCacheValue{Class: uint8(bpf.ClassCluster)}
+		claim(p, bpf.IPCacheValue{Class: uint8(bpf.ClassCluster)})
 	}
 	for _, p := range out.Nodes {
-		want[p] = bpf.IPCacheValue{Class: uint8(bpf.ClassNode)}
+		claim(p, bpf.IPCacheValue{Class: uint8(bpf.ClassNode)})
+	}
+	for _, a := range addrs {
+		v := bpf.IPCacheValue{Class: uint8(a.Class)}
+		if a.Namespace != "" {
+			v.Identity = e.identities[a.Namespace]
+		}
+		claim(a.Prefix.Masked(), v)
 	}
 	for _, p := range out.Metadata {
 		want[p] = bpf.IPCacheValue{Class: uint8(bpf.ClassMetadata)}

@@ -1,0 +1,405 @@
+package enforcer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/api/v1alpha1"
+	"github.com/moatfw/moat/internal/resolve"
+)
+
+// Kubernetes is the cluster source: informers on Namespaces, FirewallPolicy, FirewallConfig, Pods, Services,
+// Nodes and ServiceCIDRs make the desired state; each policy's Accepted condition is written back.
+//
+// An invalid policy (one the API server's schema let through but Validate refuses) is reported in its status and
+// its last good version, if this enforcer saw one, stays in force.
+type Kubernetes struct {
+	Config   *rest.Config
+	NodeName string // pods on this node are the plugin's to put in the ipcache
+	Log      *logrus.Entry
+
+	client  kubernetes.Interface
+	dynamic dynamic.Interface
+	ns      cache.SharedIndexInformer
+	pods    cache.SharedIndexInformer
+	svcs    cache.SharedIndexInformer
+	nodes   cache.SharedIndexInformer
+	cidrs   cache.SharedIndexInformer
+	pols    cache.SharedIndexInformer
+	cfgs    cache.SharedIndexInformer
+
+	mu       sync.Mutex
+	lastGood map[string]v1alpha1.FirewallPolicy // by name: the last valid version seen
+	goodCfg  *v1alpha1.FirewallConfig
+	reported string // the problems logged last
+}
+
+// GVRs of the policy API.
+var (
+	PoliciesResource = v1alpha1.SchemeGroupVersion.WithResource(v1alpha1.ResourceFirewallPolicies)
+	ConfigsResource  = v1alpha1.SchemeGroupVersion.WithResource(v1alpha1.ResourceFirewallConfigs)
+)
+
+// Start starts the informers and waits until their caches hold the whole cluster, so the first state is never a
+// partial one (which would withdraw identities). changed is called after every change.
+func (k *Kubernetes) Start(ctx context.Context, changed func()) error {
+	var err error
+	if k.client, err = kubernetes.NewForConfig(k.Config); err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	if k.dynamic, err = dynamic.NewForConfig(k.Config); err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	k.lastGood = map[string]v1alpha1.FirewallPolicy{}
+	f := informers.NewSharedInformerFactory(k.client, 0)
+	k.ns = f.Core().V1().Namespaces().Informer()
+	k.pods = f.Core().V1().Pods().Informer()
+	k.svcs = f.Core().V1().Services().Informer()
+	k.nodes = f.Core().V1().Nodes().Informer()
+	k.cidrs = f.Networking().V1().ServiceCIDRs().Informer()
+	// pods are the bulk of a cluster: keep only what decides an ipcache entry
+	if err := k.pods.SetTransform(slimPod); err != nil {
+		return err
+	}
+	df := dynamicinformer.NewDynamicSharedInformerFactory(k.dynamic, 0)
+	k.pols = df.ForResource(PoliciesResource).Informer()
+	k.cfgs = df.ForResource(ConfigsResource).Informer()
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { changed() },
+		UpdateFunc: func(any, any) { changed() },
+		DeleteFunc: func(any) { changed() },
+	}
+	all := []cache.SharedIndexInformer{k.ns, k.pods, k.svcs, k.nodes, k.cidrs, k.pols, k.cfgs}
+	for _, inf := range all {
+		if _, err := inf.AddEventHandler(handler); err != nil {
+			return err
+		}
+	}
+	f.Start(ctx.Done())
+	df.Start(ctx.Done())
+	synced := make([]cache.InformerSynced, 0, len(all))
+	for _, inf := range all {
+		synced = append(synced, inf.HasSynced)
+	}
+	k.Log.Info("waiting for the Kubernetes caches")
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return errors.New("the Kubernetes caches never filled (can the enforcer's service account list namespaces, " +
+			"pods, services, nodes, servicecidrs, firewallpolicies and firewallconfigs? are the CRDs installed?)")
+	}
+	return nil
+}
+
+func slimPod(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil // a tombstone
+	}
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
+			CreationTimestamp: p.CreationTimestamp, DeletionTimestamp: p.DeletionTimestamp},
+		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
+		Status: corev1.PodStatus{Phase: p.Status.Phase, PodIPs: p.Status.PodIPs},
+	}, nil
+}
+
+// Load is the desired state the caches describe now.
+func (k *Kubernetes) Load() State {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	s := State{Origins: map[string]string{}}
+	for _, obj := range k.ns.GetStore().List() {
+		s.Namespaces = append(s.Namespaces, *obj.(*corev1.Namespace))
+	}
+	sort.Slice(s.Namespaces, func(i, j int) bool { return s.Namespaces[i].Name < s.Namespaces[j].Name })
+
+	for _, obj := range k.cfgs.GetStore().List() {
+		var c v1alpha1.FirewallConfig
+		if err := fromUnstructured(obj, &c); err != nil {
+			s.Problems = append(s.Problems, Problem{Kind: v1alpha1.KindFirewallConfig, Name: nameOf(obj), Origin: "kubernetes", Message: err.Error()})
+			continue
+		}
+		if c.Name != v1alpha1.DefaultConfigName {
+			continue // the schema refuses other names; an older CRD may not
+		}
+		if errs := c.Validate(); len(errs) > 0 {
+			msg := errors.Join(errs...).Error()
+			if k.goodCfg != nil {
+				msg += " (the last good version stays in force)"
+			}
+			s.Problems = append(s.Problems, Problem{Kind: v1alpha1.KindFirewallConfig, Name: c.Name, Origin: "kubernetes", Message: msg})
+			continue
+		}
+		k.goodCfg = &c
+	}
+	if len(k.cfgs.GetStore().ListKeys()) == 0 {
+		k.goodCfg = nil // deleted: every default
+	}
+	s.Config = k.goodCfg
+
+	present := map[string]bool{}
+	for _, obj := range k.pols.GetStore().List() {
+		var p v1alpha1.FirewallPolicy
+		name := nameOf(obj)
+		present[name] = true
+		err := fromUnstructured(obj, &p)
+		if err == nil {
+			err = errors.Join(p.Validate()...)
+		}
+		if err != nil {
+			msg := err.Error()
+			if good, ok := k.lastGood[name]; ok {
+				s.Policies = append(s.Policies, good)
+				s.Origins[name] = "kubernetes"
+			}
+			s.Problems = append(s.Problems, Problem{Kind: v1alpha1.KindFirewallPolicy, Name: name, Origin: "kubernetes", Message: msg})
+			continue
+		}
+		k.lastGood[name] = p
+		s.Policies = append(s.Policies, p)
+		s.Origins[name] = "kubernetes"
+	}
+	for name := range k.lastGood {
+		if !present[name] {
+			delete(k.lastGood, name)
+		}
+	}
+	sort.Slice(s.Policies, func(i, j int) bool { return s.Policies[i].Name < s.Policies[j].Name })
+	s.Addresses = k.addresses()
+	return s
+}
+
+// addresses classifies what the cluster knows of addresses: pods on other nodes and Services by their
+// namespace, node addresses, and the pod and Service ranges as the cluster.
+func (k *Kubernetes) addresses() []Address {
+	var out []Address
+	add := func(ip string, class bpf.Class, namespace string) {
+		if a, err := netip.ParseAddr(ip); err == nil {
+			a = a.Unmap()
+			out = append(out, Address{Prefix: netip.PrefixFrom(a, a.BitLen()), Class: class, Namespace: namespace})
+		}
+	}
+	addCIDR := func(s string, class bpf.Class) {
+		if p, err := v1alpha1.ParseCIDR(s); err == nil {
+			out = append(out, Address{Prefix: p, Class: class})
+		}
+	}
+	for _, obj := range k.nodes.GetStore().List() {
+		n := obj.(*corev1.Node)
+		for _, a := range n.Status.Addresses {
+			if a.Type == corev1.NodeInternalIP || a.Type == corev1.NodeExternalIP {
+				add(a.Address, bpf.ClassNode, "")
+			}
+		}
+		for _, c := range n.Spec.PodCIDRs {
+			addCIDR(c, bpf.ClassCluster)
+		}
+	}
+	for _, obj := range k.cidrs.GetStore().List() {
+		for _, c := range obj.(*networkingv1.ServiceCIDR).Spec.CIDRs {
+			addCIDR(c, bpf.ClassCluster)
+		}
+	}
+	for _, obj := range k.svcs.GetStore().List() {
+		svc := obj.(*corev1.Service)
+		for _, ip := range svc.Spec.ClusterIPs {
+			if ip != corev1.ClusterIPNone {
+				add(ip, bpf.ClassService, svc.Namespace)
+			}
+		}
+	}
+	// of two pods with one address (one ending, one starting), the newest running one owns it
+	owner := map[string]*corev1.Pod{}
+	for _, obj := range k.pods.GetStore().List() {
+		p := obj.(*corev1.Pod)
+		if p.Spec.HostNetwork || p.Spec.NodeName == k.NodeName || p.Status.Phase == corev1.PodSucceeded ||
+			p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		for _, ip := range p.Status.PodIPs {
+			if cur, ok := owner[ip.IP]; !ok || p.CreationTimestamp.After(cur.CreationTimestamp.Time) {
+				owner[ip.IP] = p
+			}
+		}
+	}
+	for ip, p := range owner {
+		add(ip, bpf.ClassPod, p.Namespace)
+	}
+	return out
+}
+
+func fromUnstructured(obj any, into any) error {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return fmt.Errorf("unexpected object %T", obj)
+	}
+	return runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, into)
+}
+
+func nameOf(obj any) string {
+	if m, err := meta.Accessor(obj); err == nil {
+		return m.GetName()
+	}
+	return ""
+}
+
+// WriteStatus sets every FirewallPolicy's Accepted condition (and how many namespaces it selects) from the state
+// just applied, writing only what changed. Enforcers on every node compute the same status, so after the first
+// writes, the others find nothing to change; a conflict means another node was first.
+func (k *Kubernetes) WriteStatus(ctx context.Context, s State) error {
+	invalid := map[string]string{}
+	for _, p := range s.Problems {
+		if p.Kind == v1alpha1.KindFirewallPolicy {
+			invalid[p.Name] = p.Message
+		}
+	}
+	var errs []error
+	for _, obj := range k.pols.GetStore().List() {
+		u := obj.(*unstructured.Unstructured)
+		var p v1alpha1.FirewallPolicy
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &p); err != nil {
+			continue // nothing typed to write into
+		}
+		want := p.Status.DeepCopy()
+		cond := metav1.Condition{Type: v1alpha1.ConditionAccepted, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonValid,
+			Message: "compiled into the datapath", ObservedGeneration: p.Generation}
+		if msg, bad := invalid[p.Name]; bad {
+			cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, v1alpha1.ReasonInvalid, truncate(msg, 1024)
+			if _, ok := k.lastGoodName(p.Name); ok {
+				cond.Message = truncate(msg+" (the last good version stays in force)", 1024)
+			}
+		}
+		meta.SetStatusCondition(&want.Conditions, cond)
+		want.ObservedGeneration = p.Generation
+		want.Namespaces = int32(len(resolve.Selected(&p, s.Namespaces)))
+		if _, bad := invalid[p.Name]; bad {
+			want.Namespaces = 0
+		}
+		if statusEqual(&p.Status, want) {
+			continue
+		}
+		p.Status = *want
+		obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&p)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out := &unstructured.Unstructured{Object: obj}
+		out.SetAPIVersion(v1alpha1.APIVersion)
+		out.SetKind(v1alpha1.KindFirewallPolicy)
+		_, err = k.dynamic.Resource(PoliciesResource).UpdateStatus(ctx, out, metav1.UpdateOptions{})
+		switch {
+		case err == nil:
+			k.Log.WithFields(logrus.Fields{"policy": p.Name, "accepted": cond.Status, "reason": cond.Reason}).Info("policy status written")
+		case apierrors.IsConflict(err), apierrors.IsNotFound(err):
+			// another node wrote first, or the policy is gone: the next event brings the news
+		default:
+			errs = append(errs, fmt.Errorf("status of FirewallPolicy %s: %w", p.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (k *Kubernetes) lastGoodName(name string) (v1alpha1.FirewallPolicy, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	p, ok := k.lastGood[name]
+	return p, ok
+}
+
+func statusEqual(a, b *v1alpha1.FirewallPolicyStatus) bool {
+	if a.ObservedGeneration != b.ObservedGeneration || a.Namespaces != b.Namespaces || len(a.Conditions) != len(b.Conditions) {
+		return false
+	}
+	for i := range a.Conditions {
+		x, y := a.Conditions[i], b.Conditions[i]
+		if x.Type != y.Type || x.Status != y.Status || x.Reason != y.Reason || x.Message != y.Message ||
+			x.ObservedGeneration != y.ObservedGeneration {
+			return false
+		}
+	}
+	return true
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}
+
+// Run applies the cluster's state to the enforcer whenever it changes (a burst of events is applied once),
+// writes the policies' status, and re-tags recorded endpoints, until ctx ends.
+func (k *Kubernetes) Run(ctx context.Context, e *Enforcer, afterApply func()) error {
+	trigger := make(chan struct{}, 1)
+	changed := func() {
+		select {
+		case trigger <- struct{}{}:
+		default:
+		}
+	}
+	if err := k.Start(ctx, changed); err != nil {
+		return err
+	}
+	changed()
+	const settle = 10 * time.Millisecond // informers deliver a burst of related events together
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-trigger:
+		}
+		time.Sleep(settle)
+		select {
+		case <-trigger:
+		default:
+		}
+		s := k.Load()
+		if d := describeProblems(s.Problems); d != k.reported { // each problem is logged once, not at every event
+			for _, p := range s.Problems {
+				k.Log.WithFields(logrus.Fields{"kind": p.Kind, "object": p.Name}).Error(p.Message)
+			}
+			k.reported = d
+		}
+		if err := e.Apply(s); err != nil {
+			k.Log.WithError(err).Error("cannot apply the cluster's policy")
+			continue
+		}
+		if err := k.WriteStatus(ctx, s); err != nil && ctx.Err() == nil {
+			k.Log.WithError(err).Warn("writing policy status")
+		}
+		if afterApply != nil {
+			afterApply()
+		}
+	}
+}
+
+// describeProblems is the problems of a state, one per line, for logs and tests.
+func describeProblems(ps []Problem) string {
+	var b strings.Builder
+	for _, p := range ps {
+		fmt.Fprintf(&b, "%s %s: %s\n", p.Kind, p.Name, p.Message)
+	}
+	return b.String()
+}

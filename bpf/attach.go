@@ -308,3 +308,85 @@ func detachClsact(a *Attachment) error {
 	}
 	return errors.Join(errs...)
 }
+
+// Upgrade makes the attachment run fromPod and toPod where it runs programs of other code (another build's
+// object; programs with the same code, by tag, are left alone). tcx links are updated in place and clsact filters
+// replaced at their handle, each an atomic swap: every packet meets the old program or the new one. It reports
+// how many hooks changed.
+func (a *Attachment) Upgrade(fromPod, toPod *ebpf.Program) (int, error) {
+	progs := []*ebpf.Program{fromPod, toPod}
+	tags := make([]string, len(progs))
+	for i, p := range progs {
+		info, err := p.Info()
+		if err != nil {
+			return 0, fmt.Errorf("program info: %w", err)
+		}
+		tags[i] = info.Tag
+	}
+	changed := 0
+	switch a.Mode {
+	case ModeTCX:
+		for i, l := range a.links {
+			if i >= len(progs) {
+				break
+			}
+			li, err := l.Info()
+			if err != nil {
+				return changed, fmt.Errorf("link info: %w", err)
+			}
+			running, err := ebpf.NewProgramFromID(li.Program)
+			if err != nil {
+				return changed, fmt.Errorf("open attached program %d: %w", li.Program, err)
+			}
+			info, err := running.Info()
+			running.Close()
+			if err != nil {
+				return changed, fmt.Errorf("attached program info: %w", err)
+			}
+			if info.Tag == tags[i] {
+				continue
+			}
+			if err := l.Update(progs[i]); err != nil {
+				return changed, fmt.Errorf("update %s link on ifindex %d: %w", hookName(hookOf(i)), a.Ifindex, err)
+			}
+			changed++
+		}
+	case ModeClsact:
+		dev, err := netlink.LinkByIndex(a.Ifindex)
+		if err != nil {
+			return 0, fmt.Errorf("find ifindex %d: %w", a.Ifindex, err)
+		}
+		for _, rec := range a.Filters {
+			prog, name, tag := fromPod, "moat_from_pod", tags[0]
+			if rec.Parent == netlink.HANDLE_MIN_EGRESS {
+				prog, name, tag = toPod, "moat_to_pod", tags[1]
+			}
+			filters, err := netlink.FilterList(dev, rec.Parent)
+			if err != nil {
+				return changed, fmt.Errorf("list filters: %w", err)
+			}
+			for _, f := range filters {
+				bf, ok := f.(*netlink.BpfFilter)
+				at := f.Attrs()
+				if !ok || at.Priority != rec.Priority || at.Handle != rec.Handle || bf.Tag == tag {
+					continue
+				}
+				nf := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{LinkIndex: a.Ifindex, Parent: rec.Parent,
+					Handle: rec.Handle, Priority: rec.Priority, Protocol: unix.ETH_P_ALL},
+					Fd: prog.FD(), Name: name, DirectAction: true}
+				if err := netlink.FilterReplace(nf); err != nil {
+					return changed, fmt.Errorf("replace clsact filter on %s: %w", dev.Attrs().Name, err)
+				}
+				changed++
+			}
+		}
+	}
+	return changed, nil
+}
+
+func hookOf(i int) ebpf.AttachType {
+	if i == 0 {
+		return ebpf.AttachTCXIngress
+	}
+	return ebpf.AttachTCXEgress
+}

@@ -7,12 +7,14 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 
+	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/endpoint"
 )
 
 // Reconcile brings the endpoints the plugin recorded in line with the enforcer's identities:
 //   - a pod whose host veth is gone loses every trace (entries, links, pins, record);
 //   - a pod that started without the datapath (failPolicy open, no enforcer yet) is attached now;
+//   - a pod whose hooks run another build's programs gets this build's, swapped atomically in place;
 //   - a pod tagged with another identity than its namespace's now (identity 0: the namespace was not known yet)
 //     is re-tagged, and the generation is bumped so its flows are decided again.
 //
@@ -43,6 +45,12 @@ func (e *Enforcer) Reconcile(store endpoint.Store, pinRoot string) error {
 		}
 		want := identities[r.Namespace]
 		if r.AttachMode != "" && r.Identity == want {
+			n, err := e.upgrade(r, pinRoot)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("pod %s/%s: %w", r.Namespace, r.Pod, err))
+			} else if n > 0 {
+				log.WithField("hooks", n).Info("endpoint programs upgraded in place")
+			}
 			continue
 		}
 		if _, err := endpoint.Guard(e.dp, r, want, pinRoot); err != nil {
@@ -62,4 +70,22 @@ func (e *Enforcer) Reconcile(store endpoint.Store, pinRoot string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// upgrade puts this build's programs on a pod's hooks where they run other code.
+func (e *Enforcer) upgrade(r *endpoint.Record, pinRoot string) (int, error) {
+	var a *bpf.Attachment
+	switch r.AttachMode {
+	case bpf.ModeTCX:
+		var err error
+		if a, err = bpf.LoadPinnedAttachment(endpoint.LinkDir(pinRoot, r.Network, r.ContainerID)); err != nil {
+			return 0, err
+		}
+		defer a.Close()
+	case bpf.ModeClsact:
+		a = &bpf.Attachment{Mode: bpf.ModeClsact, Ifindex: r.HostIfindex, Filters: r.Filters}
+	default:
+		return 0, nil
+	}
+	return a.Upgrade(e.dp.FromPod, e.dp.ToPod)
 }

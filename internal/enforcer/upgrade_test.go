@@ -1,0 +1,166 @@
+package enforcer
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/api/v1alpha1"
+	"github.com/moatfw/moat/internal/endpoint"
+	"github.com/moatfw/moat/internal/testutil"
+)
+
+// A pod whose hooks run another build's programs (here: programs that pass everything) gets this build's on
+// the next reconcile, swapped in place: an allowed stream running through the swap goes on, and what the policy
+// denies is denied from then on. A second reconcile changes nothing.
+func TestReconcileUpgradesProgramsInPlace(t *testing.T) {
+	for _, mode := range []bpf.AttachMode{bpf.ModeTCX, bpf.ModeClsact} {
+		t.Run(string(mode), func(t *testing.T) {
+			root, dp, e := newTestEnforcer(t)
+			deny80 := v1alpha1.FirewallPolicy{ObjectMeta: metav1.ObjectMeta{Name: "no-80"},
+				Spec: v1alpha1.FirewallPolicySpec{NamespaceSelector: &metav1.LabelSelector{},
+					Egress: []v1alpha1.Rule{{Action: v1alpha1.ActionDeny, Ports: []v1alpha1.Port{{Protocol: "TCP", Port: ptr(80)}}}}}}
+			if err := e.Apply(State{Policies: []v1alpha1.FirewallPolicy{deny80}, Namespaces: []v1alpha1.Namespace{namespace("web")}}); err != nil {
+				t.Fatal(err)
+			}
+			web := e.Identities()["web"]
+			pl := testutil.NewPodLink(t, []netip.Prefix{netip.MustParsePrefix("10.250.0.2/24")},
+				[]netip.Prefix{netip.MustParsePrefix("10.250.0.1/24"), netip.MustParsePrefix("198.51.100.1/24")})
+			testutil.Listen(t, pl.Host, "198.51.100.1:80")
+
+			old := passAll(t)
+			rec := &endpoint.Record{Network: "net", ContainerID: "c1", IfName: "eth0", Namespace: "web", Pod: "p",
+				HostIfname: pl.HostIfname, HostIfindex: pl.HostIfindex, Addresses: []string{"10.250.0.2"}, Identity: web}
+			att, err := bpf.NewAttacher(mode)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := pl.Host.Do(func(ns.NetNS) error {
+				a, err := att.Attach(pl.HostIfindex, old, old)
+				if err != nil {
+					return err
+				}
+				rec.AttachMode, rec.Filters, rec.CreatedQdisc = a.Mode, a.Filters, a.CreatedQdisc
+				if err := a.Pin(endpoint.LinkDir(root, rec.Network, rec.ContainerID)); err != nil {
+					return err
+				}
+				return a.Close()
+			}); err != nil {
+				t.Fatal(err)
+			}
+			ep, _ := bpf.NewEndpoint(web, bpf.ModeEnforce, []netip.Addr{netip.MustParseAddr("10.250.0.2")})
+			if err := dp.SetEndpoint(uint32(pl.HostIfindex), &ep); err != nil {
+				t.Fatal(err)
+			}
+			store := endpoint.Store{Dir: t.TempDir()}
+			if err := store.Save(rec); err != nil {
+				t.Fatal(err)
+			}
+			defer pl.Host.Do(func(ns.NetNS) error { return store.Forget(root, "net", "c1", "eth0") })
+			reach80 := func() bool { return testutil.Exchange(pl.Pod, "198.51.100.1:80", time.Second) == nil }
+			if !reach80() {
+				t.Fatal("the old programs pass everything, yet port 80 is unreachable")
+			}
+
+			stream := testutil.StreamEcho(t, pl, "198.51.100.1:443")
+			time.Sleep(200 * time.Millisecond)
+			reconcile := func() {
+				t.Helper()
+				if err := pl.Host.Do(func(ns.NetNS) error { return e.Reconcile(store, root) }); err != nil {
+					t.Fatalf("reconcile: %v", err)
+				}
+			}
+			reconcile()
+			time.Sleep(200 * time.Millisecond)
+			if exchanged, err := stream.Stop(); err != nil || exchanged < 5 {
+				t.Errorf("the allowed stream through the upgrade: %d exchanges, then %v", exchanged, err)
+			}
+			if reach80() {
+				t.Errorf("after the upgrade the pod still reaches port 80, which the policy denies")
+			}
+			ids := hookPrograms(t, pl, root, rec)
+			want := []ebpf.ProgramID{programID(t, dp.FromPod), programID(t, dp.ToPod)}
+			if len(ids) != 2 || ids[0] != want[0] || ids[1] != want[1] {
+				t.Errorf("hooks run programs %v, want this build's %v", ids, want)
+			}
+			reconcile()
+			if again := hookPrograms(t, pl, root, rec); len(again) != 2 || again[0] != ids[0] || again[1] != ids[1] {
+				t.Errorf("a second reconcile changed the programs: %v -> %v", ids, again)
+			}
+		})
+	}
+}
+
+func ptr(v int32) *int32 { return &v }
+
+// passAll is a TC program that passes every packet, standing in for another build's.
+func passAll(t *testing.T) *ebpf.Program {
+	t.Helper()
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+func programID(t *testing.T, p *ebpf.Program) ebpf.ProgramID {
+	t.Helper()
+	info, err := p.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := info.ID()
+	return id
+}
+
+// hookPrograms is what runs on a pod's two hooks, ingress (from pod) first.
+func hookPrograms(t *testing.T, pl *testutil.PodLink, root string, r *endpoint.Record) []ebpf.ProgramID {
+	t.Helper()
+	if r.AttachMode == bpf.ModeTCX {
+		a, err := bpf.LoadPinnedAttachment(endpoint.LinkDir(root, r.Network, r.ContainerID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		ids, err := a.ProgramIDs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	var ids []ebpf.ProgramID
+	_ = pl.Host.Do(func(ns.NetNS) error {
+		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+			filters, err := netlinkFilters(r.HostIfindex, parent)
+			if err != nil {
+				t.Error(err)
+			}
+			ids = append(ids, filters...)
+		}
+		return nil
+	})
+	return ids
+}
+
+func netlinkFilters(ifindex int, parent uint32) ([]ebpf.ProgramID, error) {
+	fs, err := netlink.FilterList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}, parent)
+	if err != nil {
+		return nil, err
+	}
+	var ids []ebpf.ProgramID
+	for _, f := range fs {
+		if bf, ok := f.(*netlink.BpfFilter); ok && f.Attrs().Handle == bpf.ClsactHandle {
+			ids = append(ids, ebpf.ProgramID(bf.Id))
+		}
+	}
+	return ids, nil
+}

@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/install/conflist"
 	"github.com/moatfw/moat/internal/agentapi"
 	"github.com/moatfw/moat/internal/endpoint"
 	"github.com/moatfw/moat/internal/enforcer"
@@ -43,6 +44,9 @@ func main() {
 	flag.StringVar(&o.flowLog, "flow-log", "", "write flow events as JSON lines to this file (- for stdout)")
 	flag.StringVar(&o.socket, "socket", agentapi.DefaultSocket, "serve moatctl's API on this unix socket (mode 0600; empty: off)")
 	flag.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9464", "serve Prometheus metrics here (empty: off)")
+	flag.StringVar(&o.cniConfDir, "cni-conf-dir", "", "keep moat chained into the primary network of this CNI folder (repair loop; empty: off)")
+	flag.BoolVar(&o.ipamShim, "cni-ipam-shim", false, "with --cni-conf-dir: wrap the primary plugin's ipam in moat-ipam")
+	flag.StringVar(&o.failPolicy, "cni-fail-policy", "", "with --cni-conf-dir: the failPolicy of moat's entry (closed or open; empty: the plugin's default)")
 	flag.DurationVar(&o.reconcile, "reconcile-interval", 30*time.Second, "how often recorded endpoints are checked against the host")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	flag.Parse()
@@ -63,6 +67,8 @@ func main() {
 
 type options struct {
 	pinRoot, policyDir, kubeconfig, nodeName, endpointDir, flowLog, metricsAddr, socket string
+	cniConfDir, failPolicy                                                              string
+	ipamShim                                                                            bool
 	reconcile                                                                           time.Duration
 }
 
@@ -140,6 +146,9 @@ func run(log *logrus.Entry, o options) error {
 	if err != nil {
 		return err
 	}
+	if o.failPolicy != "" && o.failPolicy != "closed" && o.failPolicy != "open" {
+		return fmt.Errorf("--cni-fail-policy %q: want closed or open", o.failPolicy)
+	}
 	dp, err := bpf.Load(o.pinRoot, bpf.Options{})
 	if err != nil {
 		return fmt.Errorf("load the datapath: %w", err)
@@ -199,6 +208,14 @@ func run(log *logrus.Entry, o options) error {
 		}
 		defer os.Remove(o.socket)
 		srv := &enforcer.Server{E: e, Store: store, Source: src.name()}
+		if o.cniConfDir != "" {
+			srv.Checks = append(srv.Checks, func() []string {
+				if err := conflist.Check(o.cniConfDir); err != nil {
+					return []string{err.Error()}
+				}
+				return nil
+			})
+		}
 		go func() {
 			if err := srv.Serve(ctx, ln); err != nil {
 				log.WithError(err).Error("API socket stopped")
@@ -207,6 +224,17 @@ func run(log *logrus.Entry, o options) error {
 		log.WithField("socket", o.socket).Info("serving moatctl's API")
 	}
 
+	if o.cniConfDir != "" {
+		opts := conflist.Options{Dir: o.cniConfDir, IPAMShim: o.ipamShim, Entry: map[string]any{}}
+		if o.failPolicy != "" {
+			opts.Entry["failPolicy"] = o.failPolicy
+		}
+		go func() {
+			if err := conflist.Repair(ctx, opts, 5*time.Second, log.WithField("component", "cni-repair")); err != nil {
+				log.WithError(err).Error("conflist repair loop stopped: moat may fall out of the CNI chain")
+			}
+		}()
+	}
 	// pods recorded before now, tagged before their namespace was known, or whose veth went while nobody
 	// watched, are put right after every apply and every reconcile interval
 	reconcile := func() {

@@ -15,6 +15,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/install/conflist"
 	"github.com/moatfw/moat/internal/agentapi"
 	"github.com/moatfw/moat/internal/testutil"
 )
@@ -51,6 +52,11 @@ func TestKillNineChangesNoVerdict(t *testing.T) {
 	}
 	logs := filepath.Join(t.TempDir(), "enforcer.log")
 	socket := filepath.Join(t.TempDir(), "enforcer.sock")
+	cniDir := t.TempDir()
+	conflistPath := filepath.Join(cniDir, "10-net.conflist")
+	if err := os.WriteFile(conflistPath, []byte(`{"cniVersion":"1.0.0","name":"net","plugins":[{"type":"ptp"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	start := func() *exec.Cmd {
 		t.Helper()
 		f, err := os.OpenFile(logs, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -59,7 +65,7 @@ func TestKillNineChangesNoVerdict(t *testing.T) {
 		}
 		defer f.Close()
 		cmd := exec.Command(bin, "--pin-root", root, "--policy-dir", dir, "--metrics-addr", "",
-			"--endpoint-dir", filepath.Join(dir, "endpoints"), "--socket", socket)
+			"--endpoint-dir", filepath.Join(dir, "endpoints"), "--socket", socket, "--cni-conf-dir", cniDir)
 		cmd.Stdout, cmd.Stderr = f, f
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -156,6 +162,10 @@ func TestKillNineChangesNoVerdict(t *testing.T) {
 	st, err := agentapi.NewClient(socket).Status(context.Background())
 	if err != nil || !st.Ready || st.Namespaces != 1 || st.Generation == 0 {
 		t.Errorf("status after the restart: %+v, %v", st, err)
+	}
+	// and the repair loop keeps moat in the CNI chain
+	if data, _ := os.ReadFile(conflistPath); !conflist.Chained(data) {
+		t.Errorf("the enforcer's repair loop did not chain moat:\n%s", data)
 	}
 	t.Logf("%d denied probes, %d stream exchanges across a kill -9 and restart", probes.Load(), exchanged)
 }

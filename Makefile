@@ -17,7 +17,7 @@ pkg_moat-enforcer := ./enforcer
 pkg_moatctl := ./moatctl
 pkg_moat-install := ./install
 
-.PHONY: all build generate test lint fmt fuzz bench clean check-clang bpffs $(addprefix bin/,$(BINARIES))
+.PHONY: all build generate test lint fmt fuzz bench clean check-clang bpffs kube-bins $(addprefix bin/,$(BINARIES))
 
 all: build
 
@@ -41,8 +41,14 @@ check-clang:
 bpffs:
 	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 
-test: bpffs
+test: bpffs kube-bins
 	$(GO) test -count=1 -timeout 20m $(TEST_FLAGS) ./...
+
+# A real etcd, kube-apiserver, kube-controller-manager and kubectl for the tests, built from the Go module proxy at
+# pinned versions and cached under /var/cache/moat/kube (MOAT_KUBE_CACHE); KUBE_COMPONENTS adds others.
+KUBE_COMPONENTS ?=
+kube-bins:
+	GO='$(GO)' conformance/kube/build.sh $(KUBE_COMPONENTS)
 
 lint:
 	@bad=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel\.go$$')); \

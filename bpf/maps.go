@@ -229,6 +229,19 @@ func (dp *Datapath) newPolicyTrie(identity uint32, entries []PolicyEntry) (*ebpf
 	if err != nil {
 		return nil, fmt.Errorf("create policy map of identity %d: %w", identity, err)
 	}
+	if len(entries) == 0 {
+		return inner, nil
+	}
+	// one system call for all entries where the kernel batches updates of tries, one per entry where not
+	keys := make([]PolicyKey, len(entries))
+	values := make([]PolicyValue, len(entries))
+	for i := range entries {
+		keys[i], values[i] = entries[i].Key, entries[i].Value
+	}
+	n, err := inner.BatchUpdate(keys, values, nil)
+	if err == nil && n == len(entries) {
+		return inner, nil
+	}
 	for i := range entries {
 		if err := inner.Put(&entries[i].Key, &entries[i].Value); err != nil {
 			inner.Close()

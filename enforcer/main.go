@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -241,6 +242,7 @@ func run(log *logrus.Entry, o options) error {
 		if err := e.Reconcile(store, o.pinRoot); err != nil {
 			log.WithError(err).Error("reconciling recorded endpoints")
 		}
+		debug.FreeOSMemory() // parsing and compiling a large policy leaves pages the heap no longer needs
 	}
 	if o.reconcile > 0 {
 		go func() {

@@ -4,12 +4,13 @@
 package enforcer
 
 import (
+	"crypto/sha256"
 	"maps"
 	"net/netip"
-	"slices"
 	"sort"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/sirupsen/logrus"
 
@@ -55,18 +56,18 @@ type Enforcer struct {
 	identities  map[string]uint32          // namespace -> identity, as published in the identities map
 	rules       map[resolve.RuleKey]uint32 // rule -> id, stable while the enforcer lives
 	ruleKeys    map[uint32]resolve.RuleKey
-	applied     map[uint32][]bpf.PolicyEntry // identity -> the entries swapped in last
+	applied     map[uint32][sha256.Size]byte // identity -> digest of the entries swapped in last
 	ipcache     map[netip.Prefix]bpf.IPCacheValue
 	generation  uint64
 	metrics     *Metrics // nil until NewMetrics
 
 	// what the API socket reports
 	started   time.Time
-	appliedAt time.Time      // when the generation in force was applied
-	state     State          // the last desired state applied
-	resolved  resolve.Output // and what it resolved to, for trace
-	errors    *errorLog      // the last errors logged
-	flows     *flowHub       // recent flow events and their followers
+	appliedAt time.Time         // when the generation in force was applied
+	state     State             // the last desired state applied (trace resolves it again when asked)
+	stale     map[uint32]string // identities whose newest policy the datapath could not take, and why
+	errors    *errorLog         // the last errors logged
+	flows     *flowHub          // recent flow events and their followers
 }
 
 // New adopts the identities the pinned datapath already publishes, so they survive enforcer restarts.
@@ -74,7 +75,7 @@ func New(dp *bpf.Datapath, log *logrus.Entry) (*Enforcer, error) {
 	errs := newErrorLog(20)
 	log.Logger.AddHook(errs)
 	e := &Enforcer{dp: dp, log: log, identities: map[string]uint32{}, rules: map[resolve.RuleKey]uint32{},
-		ruleKeys: map[uint32]resolve.RuleKey{}, applied: map[uint32][]bpf.PolicyEntry{},
+		ruleKeys: map[uint32]resolve.RuleKey{}, applied: map[uint32][sha256.Size]byte{},
 		ipcache: map[netip.Prefix]bpf.IPCacheValue{}, started: time.Now(), errors: errs, flows: newFlowHub(10000)}
 	published, err := dp.NamespaceIdentities()
 	if err != nil {
@@ -113,6 +114,17 @@ func (e *Enforcer) Identities() map[string]uint32 {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return maps.Clone(e.identities)
+}
+
+// RuleCount is the number of rules of the policies in force.
+func (e *Enforcer) RuleCount() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := 0
+	for _, p := range e.state.Policies {
+		n += len(p.Spec.Egress) + len(p.Spec.Ingress)
+	}
+	return n
 }
 
 // RuleKey names the rule behind an id, for flow events and counters.
@@ -161,23 +173,25 @@ func (e *Enforcer) Apply(s State) error {
 	}
 
 	changed := map[uint32][]bpf.PolicyEntry{}
+	digests := map[uint32][sha256.Size]byte{}
+	stale := map[uint32]string{}
 	for id, p := range out.Policies {
 		entries, err := policy.Compile(p)
 		if err != nil {
 			// a policy the datapath cannot hold: keep the identity's last good one
 			e.log.WithError(err).WithField("identity", id).Error("policy not applied; the last good one stays")
-			out.Policies[id] = e.resolved.Policies[id] // what trace answers from is what the datapath holds
+			stale[id] = err.Error()
 			continue
 		}
-		if !slices.Equal(entries, e.applied[id]) {
-			changed[id] = entries
+		if d := digest(entries); d != e.applied[id] {
+			changed[id], digests[id] = entries, d
 		}
 	}
 	if len(changed) > 0 {
 		if err := e.dp.ReplacePolicies(changed); err != nil {
 			return err
 		}
-		maps.Copy(e.applied, changed)
+		maps.Copy(e.applied, digests)
 	}
 	ipcacheChanged, err := e.syncIPCache(out, s.Addresses)
 	if err != nil {
@@ -203,7 +217,7 @@ func (e *Enforcer) Apply(s State) error {
 		delete(e.applied, id)
 		e.log.WithFields(logrus.Fields{"namespace": name, "identity": id}).Info("namespace gone: identity withdrawn")
 	}
-	e.state, e.resolved = s, out
+	e.state, e.stale = s, stale
 	if len(changed) > 0 || ipcacheChanged || configChanged || len(gone) > 0 || e.generation == 0 {
 		gen, err := e.dp.BumpGeneration()
 		if err != nil {
@@ -269,6 +283,22 @@ func (e *Enforcer) syncIPCache(out resolve.Output, addrs []Address) (bool, error
 	}
 	e.ipcache = want
 	return changed, nil
+}
+
+// digest identifies a compiled policy: the entries are fixed-size and pointer-free, so their bytes say it all
+// (keeping a digest instead of the entries saves some 140 bytes a rule).
+func digest(entries []bpf.PolicyEntry) [sha256.Size]byte {
+	if len(entries) == 0 {
+		return sha256.Sum256(nil)
+	}
+	b := unsafe.Slice((*byte)(unsafe.Pointer(&entries[0])), len(entries)*int(unsafe.Sizeof(entries[0])))
+	return sha256.Sum256(b)
+}
+
+// resolved is what the state in force resolves to, with the rule ids in force; for trace. The caller holds mu.
+func (e *Enforcer) resolved() resolve.Output {
+	return resolve.Resolve(resolve.Input{Config: e.state.Config, Policies: e.state.Policies,
+		Namespaces: e.state.Namespaces, Identities: e.identities, RuleID: func(k resolve.RuleKey) uint32 { return e.rules[k] }})
 }
 
 func (e *Enforcer) ruleID(k resolve.RuleKey) uint32 {

@@ -44,13 +44,18 @@ func policyYAML(ports ...string) string {
 
 func write(t *testing.T, dir, name, content string) {
 	t.Helper()
+	if err := writeFileAtomic(dir, name, content); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeFileAtomic writes a file the way editors and config tools do: a temporary file renamed into place.
+func writeFileAtomic(dir, name, content string) error {
 	tmp := filepath.Join(dir, "."+name+".tmp")
 	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
+		return err
 	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		t.Fatal(err)
-	}
+	return os.Rename(tmp, filepath.Join(dir, name))
 }
 
 // waitFor polls cond for up to 10 s (the machine may be busy with other tests).

@@ -1,8 +1,11 @@
 package enforcer
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -20,12 +23,36 @@ type Folder struct {
 	Log *logrus.Entry
 
 	lastGood map[string]policyfile.Objects // by file
+	parsed   map[string]parsedFile         // by file: what its content parsed to, so an unchanged file is not parsed again
+}
+
+type parsedFile struct {
+	sum      [sha256.Size]byte
+	objs     policyfile.Objects
+	problems []policyfile.Problem
+}
+
+// parse reads a file, parsing it only when its content changed since the last time.
+func (f *Folder) parse(path string) (policyfile.Objects, []policyfile.Problem) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		delete(f.parsed, path)
+		return policyfile.Objects{}, []policyfile.Problem{{Origin: policyfile.Origin{File: path}, Err: err}}
+	}
+	sum := sha256.Sum256(data)
+	if c, ok := f.parsed[path]; ok && c.sum == sum {
+		return c.objs, c.problems
+	}
+	objs, problems := policyfile.Parse(path, bytes.NewReader(data))
+	f.parsed[path] = parsedFile{sum: sum, objs: objs, problems: problems}
+	return objs, problems
 }
 
 // Load reads the folder into a desired state, and lists its problems.
 func (f *Folder) Load() (State, []policyfile.Problem, error) {
 	if f.lastGood == nil {
 		f.lastGood = map[string]policyfile.Objects{}
+		f.parsed = map[string]parsedFile{}
 	}
 	paths, err := policyfile.Files(f.Dir)
 	if err != nil {
@@ -36,7 +63,7 @@ func (f *Folder) Load() (State, []policyfile.Problem, error) {
 	seen := map[string]bool{}
 	for _, path := range paths {
 		seen[path] = true
-		objs, ps := policyfile.ParseFile(path)
+		objs, ps := f.parse(path)
 		if len(ps) > 0 {
 			problems = append(problems, ps...)
 			if good, ok := f.lastGood[path]; ok {
@@ -51,6 +78,11 @@ func (f *Folder) Load() (State, []policyfile.Problem, error) {
 	for path := range f.lastGood {
 		if !seen[path] {
 			delete(f.lastGood, path) // a removed file takes its objects with it
+		}
+	}
+	for path := range f.parsed {
+		if !seen[path] {
+			delete(f.parsed, path)
 		}
 	}
 	merged, dups := policyfile.Merge(parts...)
@@ -92,7 +124,7 @@ func (f *Folder) Watch(ctx context.Context, changed func()) error {
 		return fmt.Errorf("watch policy folder %s: %w", f.Dir, err)
 	}
 	changed()
-	const settle = 50 * time.Millisecond
+	const settle = 20 * time.Millisecond // a rename is one event; an in-place write, a burst within milliseconds
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {

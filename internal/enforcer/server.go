@@ -280,7 +280,8 @@ func (s *Server) Trace(req agentapi.TraceRequest) (agentapi.TraceResult, int, er
 	e := s.E
 	e.mu.Lock()
 	identity, known := e.identities[req.Namespace]
-	p, defaults := e.resolved.Policies[identity], e.resolved.Defaults
+	resolved := e.resolved()
+	stale := e.stale
 	names := map[uint32]string{}
 	for n, id := range e.identities {
 		names[id] = n
@@ -296,9 +297,6 @@ func (s *Server) Trace(req agentapi.TraceRequest) (agentapi.TraceResult, int, er
 		}
 		if ep, ok, _ := e.dp.LookupEndpoint(uint32(rec.HostIfindex)); ok && ep.Identity != identity {
 			identity = ep.Identity // what the datapath tags the pod with decides
-			e.mu.Lock()
-			p = e.resolved.Policies[identity]
-			e.mu.Unlock()
 		}
 	}
 	switch {
@@ -335,7 +333,8 @@ func (s *Server) Trace(req agentapi.TraceRequest) (agentapi.TraceResult, int, er
 	for prefix, v := range entries {
 		ipc = append(ipc, policy.IPCacheEntry{Prefix: prefix, Class: bpf.Class(v.Class), Identity: v.Identity})
 	}
-	out := policy.Evaluate(p, defaults, policy.NewIPCache(ipc), pkt)
+	p := resolved.Policies[identity]
+	out := policy.Evaluate(p, resolved.Defaults, policy.NewIPCache(ipc), pkt)
 	res = agentapi.TraceResult{Verdict: out.Verdict.String(), Reason: bpf.ReasonName(out.Reason), Identity: identity,
 		Remote: pkt.Remote.String(), RemoteClass: out.RemoteClass.String(), RemoteNamespace: names[out.RemoteIdentity]}
 	if out.RemoteIdentity == 0 {
@@ -348,6 +347,10 @@ func (s *Server) Trace(req agentapi.TraceRequest) (agentapi.TraceResult, int, er
 		res.AuditPolicy, res.AuditRule = k.Policy, ruleName(k)
 	}
 	res.Explanation = explain(req, pkt, out, res, p)
+	if why, ok := stale[identity]; ok {
+		res.Explanation += "; WARNING: the datapath could not take this namespace's newest policy (" + why +
+			") and enforces an older one"
+	}
 	return res, http.StatusOK, nil
 }
 

@@ -76,12 +76,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descRule, prometheus.CounterValue, float64(v.Packets), k.Policy, ruleName(k))
 		}
 	}
-	if eps, err := dp.Endpoints(); err == nil {
-		ch <- prometheus.MustNewConstMetric(descEndpoints, prometheus.GaugeValue, float64(len(eps)))
-		ch <- prometheus.MustNewConstMetric(descMapEntries, prometheus.GaugeValue, float64(len(eps)), "local_endpoints")
-	}
-	if ids, err := dp.NamespaceIdentities(); err == nil {
-		ch <- prometheus.MustNewConstMetric(descMapEntries, prometheus.GaugeValue, float64(len(ids)), "identities")
+	if fills, err := dp.MapFills(); err == nil {
+		for name, f := range fills {
+			ch <- prometheus.MustNewConstMetric(descMapEntries, prometheus.GaugeValue, float64(f.Entries), name)
+			if name == "local_endpoints" {
+				ch <- prometheus.MustNewConstMetric(descEndpoints, prometheus.GaugeValue, float64(f.Entries))
+			}
+		}
 	}
 	if cfg, err := dp.Config(); err == nil {
 		ch <- prometheus.MustNewConstMetric(descGeneration, prometheus.GaugeValue, float64(cfg.Generation))

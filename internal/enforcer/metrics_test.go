@@ -62,6 +62,9 @@ func TestMetrics(t *testing.T) {
 		{"moat_policy_generation", nil, 1},
 		{"moat_endpoints", nil, 1},
 		{"moat_map_entries", map[string]string{"map": "identities"}, 2},
+		{"moat_map_entries", map[string]string{"map": "local_endpoints"}, 1},
+		{"moat_map_entries", map[string]string{"map": "conntrack"}, 0},
+		{"moat_map_entries", map[string]string{"map": "ipcache"}, 3}, // the metadata API's three addresses
 		{"moat_map_max_entries", map[string]string{"map": "conntrack"}, 262144},
 		{"moat_policy_apply_seconds", nil, 1},
 		{"moat_events_lost_total", nil, 0},

@@ -13,7 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
@@ -235,7 +235,12 @@ func benchKube(b *testing.B, n int) {
 
 	dp, e := benchEnforcer(b)
 	k := &Kubernetes{Config: cluster.Config, NodeName: "bench", Log: e.log}
-	go func() { _ = k.Run(ctx, e, nil) }()
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		_ = k.Run(ctx, e, nil)
+	}()
+	defer func() { cancel(); <-stopped }() // before the datapath closes
 	var web uint32
 	if !poll(60*time.Second, func() bool {
 		id, ok, _ := dp.NamespaceIdentity("web")
@@ -254,15 +259,10 @@ func benchKube(b *testing.B, n int) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		action := map[bool]string{true: "Allow", false: "Deny"}[allow]
-		u, err := policies.Get(ctx, "toggle", metav1.GetOptions{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		egress, _, _ := unstructured.NestedSlice(u.Object, "spec", "egress")
-		egress[0].(map[string]any)["action"] = action
-		_ = unstructured.SetNestedSlice(u.Object, egress, "spec", "egress")
+		// a merge patch needs no resourceVersion, so the enforcer's status writes never make it conflict
+		patch := `{"spec":{"egress":[{"action":"` + action + `","to":[{"cidr":"198.51.100.1/32"}],"ports":[{"protocol":"TCP","port":8080}]}]}}`
 		start := time.Now()
-		if _, err := policies.Update(ctx, u, metav1.UpdateOptions{}); err != nil {
+		if _, err := policies.Patch(ctx, "toggle", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 			b.Fatal(err)
 		}
 		lat = append(lat, p.until(b, allow, start))

@@ -1,52 +1,81 @@
-// Command moatctl answers what Moat is doing on a node. This build knows `version` and reads the pinned
-// datapath's counters with `counters`; the rest comes with the moatctl issue.
+// Command moatctl answers what Moat is doing on a node: is it healthy, which pods does it guard, what happened to
+// a connection, what would happen to a packet, and which namespaces can reach the Internet, the metadata API and
+// each other. It asks the local enforcer on its socket, or the cluster (--kubeconfig) for policies and the
+// report. Installed as kubectl-moat, it is `kubectl moat`.
 package main
 
 import (
-	"flag"
+	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
-	"sort"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
 
 	"github.com/moatfw/moat/bpf"
-	"github.com/moatfw/moat/internal/version"
+	"github.com/moatfw/moat/internal/agentapi"
 )
 
+// exitError carries an exit code without a message of its own (the command printed what it had to say).
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit %d", e.code) }
+
+type globals struct {
+	socket     string
+	kubeconfig string
+	output     string
+	pinRoot    string
+	out        io.Writer
+}
+
 func main() {
-	pinRoot := flag.String("pin-root", bpf.DefaultPinRoot, "bpffs folder of Moat's pinned datapath")
-	flag.Parse()
-	switch flag.Arg(0) {
-	case "version":
-		fmt.Println("moatctl", version.Version)
-	case "counters":
-		if err := counters(*pinRoot); err != nil {
-			fmt.Fprintln(os.Stderr, "moatctl:", err)
-			os.Exit(1)
-		}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := newRoot(os.Stdout).ExecuteContext(ctx)
+	stop()
+	var ee exitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		os.Exit(ee.code)
 	default:
-		fmt.Fprintln(os.Stderr, "usage: moatctl [--pin-root DIR] version|counters")
-		os.Exit(2)
+		fmt.Fprintln(os.Stderr, "moatctl:", err)
+		os.Exit(1)
 	}
 }
 
-func counters(root string) error {
-	dp, err := bpf.OpenPinned(root)
-	if err != nil {
-		return err
+func newRoot(out io.Writer) *cobra.Command {
+	g := &globals{out: out}
+	name := "moatctl"
+	if strings.HasPrefix(filepath.Base(os.Args[0]), "kubectl-") {
+		name = "kubectl moat"
 	}
-	defer dp.Close()
-	c, err := dp.ReasonCounters()
-	if err != nil {
-		return err
+	root := &cobra.Command{
+		Use:           name,
+		Short:         "What Moat is doing on this node, and who can reach what",
+		SilenceUsage:  true,
+		SilenceErrors: true,
 	}
-	reasons := make([]bpf.Reason, 0, len(c))
-	for r := range c {
-		reasons = append(reasons, r)
+	root.PersistentFlags().StringVar(&g.socket, "socket", agentapi.DefaultSocket, "the enforcer's API socket")
+	root.PersistentFlags().StringVar(&g.kubeconfig, "kubeconfig", "", "ask the cluster instead of the local enforcer (policies, report)")
+	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "table, json or yaml")
+	root.PersistentFlags().StringVar(&g.pinRoot, "pin-root", bpf.DefaultPinRoot, "the pinned datapath (counters)")
+	root.AddCommand(statusCmd(g), endpointsCmd(g), policiesCmd(g), traceCmd(g), flowsCmd(g), reportCmd(g),
+		countersCmd(g), versionCmd(g))
+	return root
+}
+
+func (g *globals) client() *agentapi.Client { return agentapi.NewClient(g.socket) }
+
+func (g *globals) checkOutput() error {
+	switch g.output {
+	case "table", "json", "yaml":
+		return nil
 	}
-	sort.Slice(reasons, func(i, j int) bool { return reasons[i] < reasons[j] })
-	fmt.Printf("%-28s %-5s %12s %14s\n", "REASON", "DROP", "PACKETS", "BYTES")
-	for _, r := range reasons {
-		fmt.Printf("%-28s %-5v %12d %14d\n", bpf.ReasonName(r), r.IsDrop(), c[r].Packets, c[r].Bytes)
-	}
-	return nil
+	return fmt.Errorf("--output %q: want table, json or yaml", g.output)
 }

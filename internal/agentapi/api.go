@@ -6,6 +6,7 @@
 //	GET  /v1/endpoints   []Endpoint
 //	GET  /v1/policies    []Policy
 //	POST /v1/trace       TraceRequest -> TraceResult
+//	GET  /v1/report      report.Report: who can reach what, from the policy in force
 //	GET  /v1/flows       Flow as JSON lines: the recent ones (?since=5m, ?limit=N), then new ones with ?follow=1;
 //	                     filters ?namespace=N and ?verdict=denied
 //
@@ -107,7 +108,12 @@ type TraceResult struct {
 	Remote          string `json:"remote"` // the remote address traced
 	RemoteClass     string `json:"remoteClass"`
 	RemoteNamespace string `json:"remoteNamespace,omitempty"`
-	Explanation     string `json:"explanation"`
+	// Between two pods, the other pod's namespace judges the packet too (its ingress for egress, and the other
+	// way round); Verdict is then the stricter of the two.
+	PeerVerdict string `json:"peerVerdict,omitempty"`
+	PeerPolicy  string `json:"peerPolicy,omitempty"`
+	PeerRule    string `json:"peerRule,omitempty"`
+	Explanation string `json:"explanation"`
 }
 
 // Flow is one flow event, as in the flow log.

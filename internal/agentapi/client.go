@@ -17,6 +17,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/moatfw/moat/internal/report"
 )
 
 // Client talks to the enforcer on its socket.
@@ -122,6 +124,12 @@ func (c *Client) Policies(ctx context.Context) ([]Policy, error) {
 func (c *Client) Trace(ctx context.Context, req TraceRequest) (TraceResult, error) {
 	var r TraceResult
 	return r, c.do(ctx, http.MethodPost, "/trace", nil, req, &r)
+}
+
+// Report asks who can reach what, from the policy in force on the node.
+func (c *Client) Report(ctx context.Context) (report.Report, error) {
+	var r report.Report
+	return r, c.do(ctx, http.MethodGet, "/report", nil, nil, &r)
 }
 
 // Flows calls fn for each flow the filter selects: the recent ones, then, with Follow, new ones until ctx ends

@@ -23,6 +23,7 @@ import (
 	"github.com/moatfw/moat/internal/api/v1alpha1"
 	"github.com/moatfw/moat/internal/endpoint"
 	"github.com/moatfw/moat/internal/policy"
+	"github.com/moatfw/moat/internal/report"
 	"github.com/moatfw/moat/internal/resolve"
 	"github.com/moatfw/moat/internal/version"
 )
@@ -47,6 +48,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	mux.HandleFunc("GET "+v+"/policies", s.policies)
 	mux.HandleFunc("POST "+v+"/trace", s.trace)
 	mux.HandleFunc("GET "+v+"/flows", s.flows)
+	mux.HandleFunc("GET "+v+"/report", s.report)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, fmt.Errorf("%s %s: not in this API (this enforcer speaks %s)", r.Method, r.URL.Path, agentapi.Version))
 	})
@@ -229,6 +231,15 @@ func (s *Server) policies(w http.ResponseWriter, _ *http.Request) {
 	reply(w, out)
 }
 
+// report answers who can reach what, from the state in force.
+func (s *Server) report(w http.ResponseWriter, _ *http.Request) {
+	e := s.E
+	e.mu.Lock()
+	in := report.Input{Config: e.state.Config, Policies: e.state.Policies, Namespaces: e.state.Namespaces}
+	e.mu.Unlock()
+	reply(w, report.Build(in))
+}
+
 var protocols = map[string]uint8{"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132}
 
 func (s *Server) trace(w http.ResponseWriter, r *http.Request) {
@@ -290,10 +301,14 @@ func (s *Server) Trace(req agentapi.TraceRequest) (agentapi.TraceResult, int, er
 	if !known {
 		return res, http.StatusNotFound, fmt.Errorf("unknown namespace %q: the policy source names no such namespace", req.Namespace)
 	}
+	var self netip.Addr // the pod's own address, the far end of the peer's check
 	if req.Pod != "" {
 		rec := findPod(records, req.Namespace, req.Pod)
 		if rec == nil {
 			return res, http.StatusNotFound, fmt.Errorf("pod %s/%s is not on this node", req.Namespace, req.Pod)
+		}
+		if len(rec.Addresses) > 0 {
+			self, _ = netip.ParseAddr(rec.Addresses[0])
 		}
 		if ep, ok, _ := e.dp.LookupEndpoint(uint32(rec.HostIfindex)); ok && ep.Identity != identity {
 			identity = ep.Identity // what the datapath tags the pod with decides
@@ -347,6 +362,29 @@ func (s *Server) Trace(req agentapi.TraceRequest) (agentapi.TraceResult, int, er
 		res.AuditPolicy, res.AuditRule = k.Policy, ruleName(k)
 	}
 	res.Explanation = explain(req, pkt, out, res, p)
+	if out.RemoteClass == bpf.ClassPod && out.RemoteIdentity != 0 {
+		// between two pods, the other pod's hook judges the packet too, by its namespace's policy
+		if !self.IsValid() {
+			self = netip.MustParseAddr("240.0.0.1") // stands for the namespace's pods
+			ipc = append(ipc, policy.IPCacheEntry{Prefix: netip.PrefixFrom(self, 32), Class: bpf.ClassPod, Identity: identity})
+		}
+		peerPkt := policy.Packet{Direction: bpf.Ingress, Protocol: pkt.Protocol, Port: pkt.Port, Remote: self}
+		if pkt.Direction == bpf.Ingress {
+			peerPkt.Direction = bpf.Egress
+		}
+		peer := policy.Evaluate(resolved.Policies[out.RemoteIdentity], resolved.Defaults, policy.NewIPCache(ipc), peerPkt)
+		res.PeerVerdict = peer.Verdict.String()
+		side := fmt.Sprintf("namespace %s's %s", res.RemoteNamespace, peerPkt.Direction)
+		peerWhy := "no rule matches"
+		if k, ok := e.RuleKey(peer.RuleID); ok && peer.RuleID != 0 {
+			res.PeerPolicy, res.PeerRule = k.Policy, ruleName(k)
+			peerWhy = fmt.Sprintf("rule %s of FirewallPolicy %s decides", res.PeerRule, res.PeerPolicy)
+		}
+		res.Explanation += fmt.Sprintf("; %s: %s (%s)", side, res.PeerVerdict, peerWhy)
+		if peer.Verdict == bpf.VerdictDenied && res.Verdict != res.PeerVerdict {
+			res.Verdict, res.Reason = peer.Verdict.String(), bpf.ReasonName(peer.Reason)
+		}
+	}
 	if why, ok := stale[identity]; ok {
 		res.Explanation += "; WARNING: the datapath could not take this namespace's newest policy (" + why +
 			") and enforces an older one"

@@ -1,0 +1,157 @@
+package report
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/moatfw/moat/internal/policyfile"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+// example is the payments example plus namespaces that show the other answers.
+func example(t *testing.T) Input {
+	t.Helper()
+	objs, problems := policyfile.ParseFile("../../examples/payments.yaml")
+	if len(problems) > 0 {
+		t.Fatal(problems)
+	}
+	extra, problems := policyfile.Parse("extra.yaml", bytes.NewReader([]byte(`apiVersion: v1
+kind: Namespace
+metadata: {name: dev, labels: {moat.dev/zone: dev}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: ops, labels: {moat.dev/zone: ops, moat.dev/metadata: allow, moat.dev/ingress: Deny}}
+`)))
+	if len(problems) > 0 {
+		t.Fatal(problems)
+	}
+	merged, _ := policyfile.Merge(objs, extra)
+	in := Input{}
+	for _, c := range merged.Configs {
+		cfg := c.Object
+		in.Config = &cfg
+	}
+	for _, p := range merged.Policies {
+		in.Policies = append(in.Policies, p.Object)
+	}
+	for _, n := range merged.Namespaces {
+		in.Namespaces = append(in.Namespaces, n.Object)
+	}
+	return in
+}
+
+func find(t *testing.T, r Report, name string) Namespace {
+	t.Helper()
+	for _, n := range r.Namespaces {
+		if n.Name == name {
+			return n
+		}
+	}
+	t.Fatalf("no namespace %s in the report", name)
+	return Namespace{}
+}
+
+func TestReportAnswers(t *testing.T) {
+	r := Build(example(t))
+	pay := find(t, r, "payments")
+	a := netip.MustParseAddr
+	for _, c := range []struct {
+		proto string
+		port  uint16
+		addr  string
+		want  bool
+	}{
+		{"tcp", 443, "203.0.113.10", true},
+		{"tcp", 443, "203.0.113.200", false}, // the except
+		{"tcp", 80, "203.0.113.10", false},
+		{"udp", 8050, "203.0.113.10", true},
+		{"udp", 8101, "203.0.113.10", false},
+		{"icmp", 8, "203.0.113.10", true},
+		{"47", 0, "203.0.113.10", true},
+		{"tcp", 443, "198.51.100.1", false},
+		{"tcp", 443, "2001:db8::1", false},
+	} {
+		if got := pay.Egress.Allows(c.proto, c.port, a(c.addr)); got != c.want {
+			t.Errorf("payments egress %s/%d to %s: %v, want %v (%+v)", c.proto, c.port, c.addr, got, c.want, pay.Egress.Grants)
+		}
+	}
+	if pay.Egress.Open != "some" || len(pay.Egress.Policies) != 1 || pay.Egress.Policies[0] != "payments-egress" {
+		t.Errorf("payments egress %+v", pay.Egress)
+	}
+	if pay.Metadata.Open != "none" {
+		t.Errorf("payments reaches the metadata API: %+v", pay.Metadata)
+	}
+	if pay.Ingress.Open != "all" || !pay.Ingress.Allows("tcp", 22, a("203.0.113.5")) { // world ingress defaults to Allow
+		t.Errorf("payments ingress %+v", pay.Ingress)
+	}
+	dev := find(t, r, "dev")
+	if dev.Egress.Open != "all" || dev.Metadata.Open != "none" || dev.Ingress.Open != "all" {
+		t.Errorf("dev: %+v %+v %+v", dev.Egress, dev.Metadata, dev.Ingress)
+	}
+	ops := find(t, r, "ops")
+	if ops.Metadata.Open != "all" || ops.Ingress.Open != "none" {
+		t.Errorf("ops: metadata %+v ingress %+v", ops.Metadata, ops.Ingress)
+	}
+	for _, p := range pay.Peers {
+		switch p.Namespace {
+		case "shared-services": // the payments rule opens it on its ports
+			if p.Open != "some" || !p.Allows("tcp", 443, netip.Addr{}) || p.Allows("tcp", 80, netip.Addr{}) {
+				t.Errorf("payments to shared-services: %+v", p.Reach)
+			}
+		default: // payments' deny to 0.0.0.0/0 covers the pod range
+			if p.Open != "none" {
+				t.Errorf("payments to %s: %+v", p.Namespace, p.Reach)
+			}
+		}
+	}
+}
+
+// The formats against golden files (go test ./internal/report -update rewrites them).
+func TestReportFormats(t *testing.T) {
+	r := Build(example(t))
+	var js bytes.Buffer
+	enc := json.NewEncoder(&js)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(r); err != nil {
+		t.Fatal(err)
+	}
+	var table, md, page bytes.Buffer
+	if err := r.Table(&table); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Markdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.HTML(&page, time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
+	for name, got := range map[string][]byte{"report.json": js.Bytes(), "report.txt": table.Bytes(), "report.md": md.Bytes(),
+		"report.html": page.Bytes()} {
+		path := filepath.Join("testdata", name)
+		if *update {
+			if err := os.WriteFile(path, got, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		want, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatalf("%v (run go test ./internal/report -update)", err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s differs from the golden file; run go test ./internal/report -update and review the diff\n%s", name, got)
+		}
+	}
+	if !bytes.Contains(page.Bytes(), []byte("<!DOCTYPE html>")) || bytes.Contains(page.Bytes(), []byte("http://")) ||
+		bytes.Contains(page.Bytes(), []byte("https://")) {
+		t.Errorf("the HTML page is not one self-contained document")
+	}
+}

@@ -1,0 +1,513 @@
+// Package simnode runs Moat on a simulated node, with no cluster: a host network namespace with a bridge
+// network whose conflist chains moat (through libcni and the reference CNI plugins, as a kubelet's runtime
+// would), the real moat-enforcer reading a folder of policy, pods in network namespaces of their own, and a
+// stand-in Internet and metadata API in another namespace behind the node. Nothing it makes can reach the
+// machine's own network: the host namespace has no way out but the stand-in Internet.
+//
+// `make demo` runs it for people; moatctl's tests and the end-to-end checks run it for machines.
+package simnode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/moatfw/moat/internal/agentapi"
+)
+
+// Addresses of the simulated world.
+var (
+	PodSubnet   = netip.MustParsePrefix("10.251.0.0/24")
+	uplinkHost  = netip.MustParsePrefix("10.99.0.1/30") // the node's side of its link to the Internet
+	uplinkWorld = netip.MustParsePrefix("10.99.0.2/30")
+	// World holds the stand-in Internet's addresses (documentation ranges) and the metadata API.
+	World = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("203.0.113.0/24"),
+		netip.MustParsePrefix("169.254.169.254/32")}
+	// Metadata is the metadata API's address.
+	Metadata = netip.MustParseAddr("169.254.169.254")
+)
+
+// Binaries names the programs a node runs: moat, moat-ipam, moat-enforcer, and the reference plugins bridge,
+// host-local, loopback and portmap.
+var Binaries = map[string]string{
+	"moat":          "github.com/moatfw/moat/plugin",
+	"moat-ipam":     "github.com/moatfw/moat/ipam-shim",
+	"moat-enforcer": "github.com/moatfw/moat/enforcer",
+	"bridge":        "github.com/containernetworking/plugins/plugins/main/bridge",
+	"host-local":    "github.com/containernetworking/plugins/plugins/ipam/host-local",
+	"loopback":      "github.com/containernetworking/plugins/plugins/main/loopback",
+	"portmap":       "github.com/containernetworking/plugins/plugins/meta/portmap",
+}
+
+// Build compiles Binaries into dir (the reference plugins at the version go.mod pins). It runs from the module's
+// folder or below.
+func Build(dir string, progress io.Writer) error {
+	for name, pkg := range Binaries {
+		if progress != nil {
+			fmt.Fprintf(progress, "building %s\n", name)
+		}
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build %s: %v\n%s", pkg, err, out)
+		}
+	}
+	return nil
+}
+
+// Node is a simulated node.
+type Node struct {
+	Dir       string // state: policy folder, endpoint records, leases, logs, socket, pinned datapath
+	BinDir    string
+	Host      ns.NetNS // the node's network namespace
+	Internet  ns.NetNS // the stand-in Internet and metadata API
+	PolicyDir string
+	Socket    string
+	FlowLog   string
+	PinRoot   string
+
+	cni      *libcni.CNIConfig
+	conflist *libcni.NetworkConfigList
+	enforcer *exec.Cmd
+	exited   chan error
+	closers  []func() error
+	mu       sync.Mutex
+	pods     []*Pod
+}
+
+// Options shape a node.
+type Options struct {
+	FailPolicy string // the conflist's failPolicy (default closed)
+	// Ports the stand-in Internet serves (TCP echo, and UDP echo on the same numbers) on every World address.
+	Ports []uint16
+}
+
+// New makes a node in dir with the binaries of binDir, and starts its enforcer on the policy folder. Close
+// removes everything it made.
+func New(dir, binDir string, opts Options) (n *Node, err error) {
+	if opts.FailPolicy == "" {
+		opts.FailPolicy = "closed"
+	}
+	if len(opts.Ports) == 0 {
+		opts.Ports = []uint16{53, 80, 443, 8080, 8443}
+	}
+	n = &Node{Dir: dir, BinDir: binDir, PolicyDir: filepath.Join(dir, "policy"), Socket: filepath.Join(dir, "enforcer.sock"),
+		FlowLog: filepath.Join(dir, "flows.jsonl"), PinRoot: filepath.Join(dir, "bpf")}
+	defer func() {
+		if err != nil {
+			_ = n.Close()
+		}
+	}()
+	for _, d := range []string{n.PolicyDir, n.PinRoot, filepath.Join(dir, "endpoints"), filepath.Join(dir, "ipam")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return n, err
+		}
+	}
+	if err := unix.Mount("bpf", n.PinRoot, "bpf", 0, "mode=0700"); err != nil {
+		return n, fmt.Errorf("mount a bpf filesystem at %s: %w", n.PinRoot, err)
+	}
+	n.closers = append(n.closers, func() error { return unix.Unmount(n.PinRoot, unix.MNT_DETACH) })
+	if n.Host, err = newNS(n); err != nil {
+		return n, err
+	}
+	if n.Internet, err = newNS(n); err != nil {
+		return n, err
+	}
+	if err := n.wire(); err != nil {
+		return n, fmt.Errorf("wire the node to its Internet: %w", err)
+	}
+	if err := n.serve(opts.Ports); err != nil {
+		return n, err
+	}
+	n.cni = libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(dir, "cni-cache"), nil)
+	if n.conflist, err = libcni.ConfListFromBytes([]byte(n.conflistJSON(opts.FailPolicy))); err != nil {
+		return n, err
+	}
+	return n, nil
+}
+
+func newNS(n *Node) (ns.NetNS, error) {
+	netns, err := testutils.NewNS()
+	if err != nil {
+		return nil, fmt.Errorf("create network namespace: %w", err)
+	}
+	n.closers = append(n.closers, func() error {
+		netns.Close()
+		return testutils.UnmountNS(netns)
+	})
+	return netns, nil
+}
+
+// wire links the host namespace to the Internet namespace, routes the World there and the pods back, and turns
+// on forwarding in the host namespace (only there: the machine's own namespace is not touched).
+func (n *Node) wire() error {
+	if err := n.Host.Do(func(ns.NetNS) error {
+		if err := up("lo"); err != nil {
+			return err
+		}
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "uplink"}, PeerName: "uplink",
+			PeerNamespace: netlink.NsFd(int(n.Internet.Fd()))}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return err
+		}
+		if err := addrUp("uplink", uplinkHost); err != nil {
+			return err
+		}
+		l, _ := netlink.LinkByName("uplink")
+		for _, p := range World {
+			if err := netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipnet(p), Gw: uplinkWorld.Addr().AsSlice()}); err != nil {
+				return err
+			}
+		}
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+	}); err != nil {
+		return err
+	}
+	return n.Internet.Do(func(ns.NetNS) error {
+		if err := up("lo"); err != nil {
+			return err
+		}
+		lo, _ := netlink.LinkByName("lo")
+		for _, p := range World {
+			a := p.Addr().Next()
+			if p.Bits() == 32 {
+				a = p.Addr()
+			}
+			if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: ipnet(netip.PrefixFrom(a, 32))}); err != nil {
+				return err
+			}
+		}
+		if err := addrUp("uplink", uplinkWorld); err != nil {
+			return err
+		}
+		l, _ := netlink.LinkByName("uplink")
+		return netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipnet(PodSubnet), Gw: uplinkHost.Addr().AsSlice()})
+	})
+}
+
+// WorldAddr is the address the stand-in Internet answers on in a World prefix (its first host).
+func WorldAddr(i int) netip.Addr {
+	p := World[i]
+	if p.Bits() == 32 {
+		return p.Addr()
+	}
+	return p.Addr().Next()
+}
+
+func up(name string) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	return netlink.LinkSetUp(l)
+}
+
+func addrUp(name string, p netip.Prefix) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}}); err != nil {
+		return err
+	}
+	return netlink.LinkSetUp(l)
+}
+
+func ipnet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Masked().Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// serve runs TCP and UDP echo servers in the Internet namespace on every World address and port.
+func (n *Node) serve(ports []uint16) error {
+	return n.Internet.Do(func(ns.NetNS) error {
+		for i := range World {
+			for _, port := range ports {
+				addr := netip.AddrPortFrom(WorldAddr(i), port).String()
+				ln, err := net.Listen("tcp", addr)
+				if err != nil {
+					return err
+				}
+				n.closers = append(n.closers, ln.Close)
+				go func() {
+					for {
+						c, err := ln.Accept()
+						if err != nil {
+							return
+						}
+						go func() {
+							defer c.Close()
+							_, _ = io.Copy(c, c)
+						}()
+					}
+				}()
+				pc, err := net.ListenPacket("udp", addr)
+				if err != nil {
+					return err
+				}
+				n.closers = append(n.closers, pc.Close)
+				go func() {
+					buf := make([]byte, 2048)
+					for {
+						k, from, err := pc.ReadFrom(buf)
+						if err != nil {
+							return
+						}
+						_, _ = pc.WriteTo(buf[:k], from)
+					}
+				}()
+			}
+		}
+		return nil
+	})
+}
+
+func (n *Node) conflistJSON(failPolicy string) string {
+	return fmt.Sprintf(`{
+  "cniVersion": "1.0.0", "name": "simnode",
+  "plugins": [
+    {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+     "ipam": {"type": "moat-ipam", "pinRoot": %q, "endpointDir": %q,
+              "delegate": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": %q}]],
+                           "routes": [{"dst": "0.0.0.0/0"}]}}},
+    {"type": "portmap", "capabilities": {"portMappings": true}},
+    {"type": "moat", "pinRoot": %q, "endpointDir": %q, "failPolicy": %q, "logFile": %q}
+  ]}`, n.PinRoot, filepath.Join(n.Dir, "endpoints"), filepath.Join(n.Dir, "ipam"), PodSubnet.String(),
+		n.PinRoot, filepath.Join(n.Dir, "endpoints"), failPolicy, filepath.Join(n.Dir, "moat-cni.log"))
+}
+
+// WritePolicy writes a file of the policy folder atomically (the enforcer watches it).
+func (n *Node) WritePolicy(name, content string) error {
+	tmp := filepath.Join(n.PolicyDir, "."+name+".tmp")
+	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(n.PolicyDir, name))
+}
+
+// StartEnforcer starts moat-enforcer in the host namespace and waits until its API says it is ready.
+func (n *Node) StartEnforcer(ctx context.Context, extraArgs ...string) error {
+	logf, err := os.OpenFile(filepath.Join(n.Dir, "enforcer.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	args := append([]string{"--pin-root", n.PinRoot, "--policy-dir", n.PolicyDir, "--endpoint-dir",
+		filepath.Join(n.Dir, "endpoints"), "--socket", n.Socket, "--flow-log", n.FlowLog, "--metrics-addr", "",
+		"--reconcile-interval", "2s"}, extraArgs...)
+	cmd := exec.Command(filepath.Join(n.BinDir, "moat-enforcer"), args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// started from a thread in the host namespace, the enforcer lives there
+	if err := n.Host.Do(func(ns.NetNS) error { return cmd.Start() }); err != nil {
+		logf.Close()
+		return err
+	}
+	logf.Close()
+	n.enforcer, n.exited = cmd, make(chan error, 1)
+	go func() { n.exited <- cmd.Wait() }()
+	c := agentapi.NewClient(n.Socket)
+	for {
+		st, err := c.Status(ctx)
+		if err == nil && st.Generation > 0 {
+			return nil
+		}
+		select {
+		case err := <-n.exited:
+			n.enforcer = nil
+			return fmt.Errorf("moat-enforcer exited (%v):\n%s", err, n.EnforcerLog())
+		case <-ctx.Done():
+			return fmt.Errorf("moat-enforcer never became ready: %v\n%s", err, n.EnforcerLog())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// StopEnforcer stops the enforcer (SIGTERM, then SIGKILL); its pinned state stays.
+func (n *Node) StopEnforcer() error {
+	if n.enforcer == nil {
+		return nil
+	}
+	_ = n.enforcer.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-n.exited:
+	case <-time.After(10 * time.Second):
+		_ = n.enforcer.Process.Kill()
+		<-n.exited
+	}
+	n.enforcer = nil
+	return nil
+}
+
+// EnforcerLog is what the enforcer has logged.
+func (n *Node) EnforcerLog() string {
+	b, _ := os.ReadFile(filepath.Join(n.Dir, "enforcer.log"))
+	return string(b)
+}
+
+// Pod is a pod on the node: a network namespace that the CNI chain gave an address.
+type Pod struct {
+	Namespace, Name string
+	Addr            netip.Addr
+	Net             ns.NetNS
+	rt              *libcni.RuntimeConf
+	node            *Node
+}
+
+// AddPod runs the CNI chain's ADD for a pod of a Kubernetes namespace, as a runtime would (with the Kubernetes
+// CNI_ARGS).
+func (n *Node) AddPod(ctx context.Context, namespace, name string) (*Pod, error) {
+	netns, err := newNS(n)
+	if err != nil {
+		return nil, err
+	}
+	p := &Pod{Namespace: namespace, Name: name, Net: netns, node: n}
+	p.rt = &libcni.RuntimeConf{ContainerID: "sim-" + namespace + "-" + name, NetNS: netns.Path(), IfName: "eth0",
+		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", namespace}, {"K8S_POD_NAME", name},
+			{"K8S_POD_UID", "uid-" + namespace + "-" + name}, {"K8S_POD_INFRA_CONTAINER_ID", "sim-" + name}}}
+	var addr netip.Addr
+	err = n.Host.Do(func(ns.NetNS) error {
+		res, err := n.cni.AddNetworkList(ctx, n.conflist, p.rt)
+		if err != nil {
+			return err
+		}
+		cur, err := current.NewResultFromResult(res)
+		if err != nil {
+			return err
+		}
+		for _, ip := range cur.IPs {
+			if a, ok := netip.AddrFromSlice(ip.Address.IP); ok && PodSubnet.Contains(a.Unmap()) {
+				addr = a.Unmap()
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("CNI ADD of pod %s/%s: %w", namespace, name, err)
+	}
+	if !addr.IsValid() {
+		return nil, fmt.Errorf("CNI ADD of pod %s/%s gave no address in %s", namespace, name, PodSubnet)
+	}
+	p.Addr = addr
+	n.mu.Lock()
+	n.pods = append(n.pods, p)
+	n.mu.Unlock()
+	return p, nil
+}
+
+// Delete runs the CNI chain's DEL for the pod.
+func (p *Pod) Delete(ctx context.Context) error {
+	n := p.node
+	err := n.Host.Do(func(ns.NetNS) error { return n.cni.DelNetworkList(ctx, n.conflist, p.rt) })
+	n.mu.Lock()
+	for i, q := range n.pods {
+		if q == p {
+			n.pods = append(n.pods[:i], n.pods[i+1:]...)
+			break
+		}
+	}
+	n.mu.Unlock()
+	return err
+}
+
+// Connect opens a TCP connection from the pod to addr, exchanges a line with the echo server, and closes it.
+func (p *Pod) Connect(addr string, timeout time.Duration) error {
+	return p.Net.Do(func(ns.NetNS) error {
+		c, err := net.DialTimeout("tcp", addr, timeout)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(timeout))
+		if _, err := c.Write([]byte("moat\n")); err != nil {
+			return err
+		}
+		buf := make([]byte, 5)
+		_, err = io.ReadFull(c, buf)
+		return err
+	})
+}
+
+// Serve runs a TCP echo server in the pod on port, until the node closes.
+func (p *Pod) Serve(port uint16) error {
+	var ln net.Listener
+	err := p.Net.Do(func(ns.NetNS) error {
+		var err error
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(p.Addr, port).String())
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	p.node.closers = append(p.node.closers, ln.Close)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	return nil
+}
+
+// ConnectFromInternet opens a TCP connection from a World address to addr (a pod's), as a client on the
+// Internet would, and exchanges a line.
+func (n *Node) ConnectFromInternet(from netip.Addr, addr string, timeout time.Duration) error {
+	return n.Internet.Do(func(ns.NetNS) error {
+		d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: from.AsSlice()}}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(timeout))
+		if _, err := c.Write([]byte("moat\n")); err != nil {
+			return err
+		}
+		buf := make([]byte, 5)
+		_, err = io.ReadFull(c, buf)
+		return err
+	})
+}
+
+// Close deletes the pods, stops the enforcer and removes every namespace, mount and file the node made. The
+// pinned state goes with its private bpf filesystem.
+func (n *Node) Close() error {
+	var errs []error
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n.mu.Lock()
+	pods := append([]*Pod(nil), n.pods...)
+	n.mu.Unlock()
+	for _, p := range pods {
+		if err := p.Delete(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, n.StopEnforcer())
+	for i := len(n.closers) - 1; i >= 0; i-- {
+		if err := n.closers[i](); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	n.closers = nil
+	return errors.Join(errs...)
+}

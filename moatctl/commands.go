@@ -1,0 +1,472 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
+
+	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/agentapi"
+	"github.com/moatfw/moat/internal/report"
+	"github.com/moatfw/moat/internal/version"
+)
+
+// emit writes v as JSON or YAML, or calls table.
+func (g *globals) emit(v any, table func(w io.Writer) error) error {
+	switch g.output {
+	case "json":
+		enc := json.NewEncoder(g.out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	case "yaml":
+		b, err := yaml.Marshal(v)
+		if err != nil {
+			return err
+		}
+		_, err = g.out.Write(b)
+		return err
+	}
+	return table(g.out)
+}
+
+func statusCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Is Moat healthy on this node? Exits non-zero when something is wrong",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.checkOutput(); err != nil {
+				return err
+			}
+			st, err := g.client().Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if err := g.emit(st, func(w io.Writer) error { return statusTable(w, st, time.Now()) }); err != nil {
+				return err
+			}
+			if !st.Ready || len(st.Problems) > 0 {
+				return exitError{1}
+			}
+			return nil
+		},
+	}
+}
+
+func statusTable(w io.Writer, st agentapi.Status, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	ready := "yes"
+	if !st.Ready {
+		ready = "NO"
+	}
+	fmt.Fprintf(tw, "Enforcer:\t%s (API %s), up %s, source %s\n", st.Version, st.APIVersion, age(now, st.Started), st.Source)
+	fmt.Fprintf(tw, "Ready:\t%s\n", ready)
+	var modes []string
+	for m, n := range st.AttachModes {
+		if m == "" {
+			m = "not attached"
+		}
+		modes = append(modes, fmt.Sprintf("%s %d", m, n))
+	}
+	sort.Strings(modes)
+	fmt.Fprintf(tw, "Endpoints:\t%d (%s)\n", st.Endpoints, dash(strings.Join(modes, ", ")))
+	applied := "never"
+	if !st.Applied.IsZero() {
+		applied = age(now, st.Applied) + " ago"
+	}
+	fmt.Fprintf(tw, "Policy:\tgeneration %d, applied %s; %d policies (%d invalid), %d namespaces\n", st.Generation, applied,
+		st.Policies, st.InvalidPolicies, st.Namespaces)
+	fmt.Fprintf(tw, "Lost events:\t%d\n", st.LostEvents)
+	names := make([]string, 0, len(st.Maps))
+	for n := range st.Maps {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var fills []string
+	for _, n := range names {
+		f := st.Maps[n]
+		pct := 0.0
+		if f.Capacity > 0 {
+			pct = 100 * float64(f.Entries) / float64(f.Capacity)
+		}
+		fills = append(fills, fmt.Sprintf("%s %d/%d (%.0f%%)", n, f.Entries, f.Capacity, pct))
+	}
+	fmt.Fprintf(tw, "Maps:\t%s\n", strings.Join(fills, ", "))
+	if len(st.Problems) == 0 {
+		fmt.Fprintf(tw, "Problems:\tnone\n")
+	}
+	for i, p := range st.Problems {
+		label := ""
+		if i == 0 {
+			label = "Problems:"
+		}
+		fmt.Fprintf(tw, "%s\t- %s\n", label, p)
+	}
+	for i, l := range st.LastErrors {
+		label := ""
+		if i == 0 {
+			label = "Last errors:"
+		}
+		fmt.Fprintf(tw, "%s\t%s %s%s\n", label, l.Time.UTC().Format(time.RFC3339), l.Message, fields(l.Fields))
+	}
+	return tw.Flush()
+}
+
+func fields(f map[string]string) string {
+	keys := make([]string, 0, len(f))
+	for k := range f {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, k+"="+f[k])
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(parts, " ") + ")"
+}
+
+func age(now, t time.Time) string {
+	d := now.Sub(t)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%ds", int(d.Minutes()), int(d.Seconds())%60)
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh%dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func endpointsCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "endpoints",
+		Short: "The pods Moat guards on this node",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.checkOutput(); err != nil {
+				return err
+			}
+			eps, err := g.client().Endpoints(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.emit(eps, func(w io.Writer) error {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "NAMESPACE\tPOD\tIDENTITY\tADDRESSES\tHOST VETH\tMODE\tATTACHED\tPROBLEM")
+				for _, ep := range eps {
+					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%v\t%s\n", ep.Namespace, dash(ep.Pod), ep.Identity,
+						strings.Join(ep.Addresses, ","), ep.HostVeth, dash(ep.Mode), ep.Attached, dash(ep.Problem))
+				}
+				return tw.Flush()
+			})
+		},
+	}
+}
+
+func policiesCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "policies",
+		Short: "Every FirewallPolicy: accepted or invalid (and why), priority, mode, the namespaces it selects",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.checkOutput(); err != nil {
+				return err
+			}
+			var ps []agentapi.Policy
+			var err error
+			if g.kubeconfig != "" {
+				ps, err = clusterPolicies(cmd.Context(), g.kubeconfig)
+			} else {
+				ps, err = g.client().Policies(cmd.Context())
+			}
+			if err != nil {
+				return err
+			}
+			return g.emit(ps, func(w io.Writer) error {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "NAME\tSTATE\tPRIORITY\tMODE\tRULES\tNAMESPACES\tREASON")
+				for _, p := range ps {
+					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\n", p.Name, p.State, p.Priority, dash(p.Mode), p.Rules,
+						dash(strings.Join(p.Namespaces, ",")), dash(p.Reason))
+				}
+				return tw.Flush()
+			})
+		},
+	}
+}
+
+func traceCmd(g *globals) *cobra.Command {
+	var from, to, proto, direction string
+	var port uint16
+	c := &cobra.Command{
+		Use:   "trace --from NAMESPACE[/POD] --to ADDRESS[:PORT]|NAMESPACE/POD[:PORT]",
+		Short: "What would happen to a packet, and which policy and rule decide it",
+		Example: "  moatctl trace --from payments/api-0 --to 203.0.113.10:443\n" +
+			"  moatctl trace --from payments --to shared-services/db-0:5432\n" +
+			"  moatctl trace --from web --to 198.51.100.7:8443 --direction ingress",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.checkOutput(); err != nil {
+				return err
+			}
+			req, err := traceRequest(from, to, proto, direction, port)
+			if err != nil {
+				return err
+			}
+			res, err := g.client().Trace(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			return g.emit(res, func(w io.Writer) error {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintf(tw, "Verdict:\t%s\n", strings.ToUpper(res.Verdict))
+				fmt.Fprintf(tw, "Reason:\t%s\n", res.Reason)
+				if res.Policy != "" {
+					fmt.Fprintf(tw, "Decided by:\tFirewallPolicy %s, rule %s\n", res.Policy, res.Rule)
+				} else {
+					fmt.Fprintf(tw, "Decided by:\tno rule (%s)\n", res.Reason)
+				}
+				if res.PeerVerdict != "" {
+					peer := "no rule"
+					if res.PeerPolicy != "" {
+						peer = fmt.Sprintf("FirewallPolicy %s, rule %s", res.PeerPolicy, res.PeerRule)
+					}
+					fmt.Fprintf(tw, "Other side:\t%s by namespace %s (%s)\n", res.PeerVerdict, res.RemoteNamespace, peer)
+				}
+				if res.AuditPolicy != "" {
+					fmt.Fprintf(tw, "Reported by:\tAudit FirewallPolicy %s, rule %s\n", res.AuditPolicy, res.AuditRule)
+				}
+				remote := res.RemoteClass
+				if res.RemoteNamespace != "" {
+					remote += ", namespace " + res.RemoteNamespace
+				}
+				fmt.Fprintf(tw, "Remote:\t%s (%s)\n", res.Remote, remote)
+				fmt.Fprintf(tw, "Identity:\t%d\n", res.Identity)
+				fmt.Fprintf(tw, "Why:\t%s\n", res.Explanation)
+				return tw.Flush()
+			})
+		},
+	}
+	c.Flags().StringVar(&from, "from", "", "the pod's namespace, or NAMESPACE/POD (required)")
+	c.Flags().StringVar(&to, "to", "", "the remote: ADDRESS, ADDRESS:PORT, [IPv6]:PORT, or NAMESPACE/POD[:PORT] (required)")
+	c.Flags().StringVar(&proto, "proto", "tcp", "tcp, udp, sctp, icmp, icmpv6 or a protocol number")
+	c.Flags().StringVar(&direction, "direction", "egress", "egress (the pod sends) or ingress (the remote sends to the pod)")
+	c.Flags().Uint16Var(&port, "port", 0, "the destination port (or use ADDRESS:PORT); the ICMP type for icmp")
+	return c
+}
+
+// traceRequest turns the trace flags into a request, refusing what the enforcer would refuse anyway.
+func traceRequest(from, to, proto, direction string, port uint16) (agentapi.TraceRequest, error) {
+	req := agentapi.TraceRequest{Protocol: proto, Direction: direction, Port: port}
+	if from == "" || to == "" {
+		return req, fmt.Errorf("trace needs --from NAMESPACE[/POD] and --to ADDRESS[:PORT] or NAMESPACE/POD")
+	}
+	req.Namespace, req.Pod, _ = strings.Cut(from, "/")
+	switch direction {
+	case "egress", "ingress":
+	default:
+		return req, fmt.Errorf("--direction %q: want egress or ingress", direction)
+	}
+	if ap, err := netip.ParseAddrPort(to); err == nil {
+		req.Remote = ap.Addr().String()
+		if req.Port == 0 {
+			req.Port = ap.Port()
+		}
+		return req, nil
+	}
+	if a, err := netip.ParseAddr(to); err == nil {
+		req.Remote = a.String()
+		return req, nil
+	}
+	ns, pod, ok := strings.Cut(to, "/")
+	if !ok || ns == "" || pod == "" {
+		return req, fmt.Errorf("--to %q: want an address, ADDRESS:PORT, or NAMESPACE/POD[:PORT]", to)
+	}
+	if p, portStr, ok := strings.Cut(pod, ":"); ok {
+		n, err := strconv.ParseUint(portStr, 10, 16)
+		if err != nil {
+			return req, fmt.Errorf("--to %q: port %q is not a port", to, portStr)
+		}
+		pod = p
+		if req.Port == 0 {
+			req.Port = uint16(n)
+		}
+	}
+	req.RemoteNamespace, req.RemotePod = ns, pod
+	return req, nil
+}
+
+func flowsCmd(g *globals) *cobra.Command {
+	var f agentapi.FlowFilter
+	c := &cobra.Command{
+		Use:   "flows",
+		Short: "Recent flow events (denied, audit, and allowed when allow events are on); --follow for new ones",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.checkOutput(); err != nil {
+				return err
+			}
+			switch f.Verdict {
+			case "", "allowed", "denied", "audit":
+			default:
+				return fmt.Errorf("--verdict %q: want allowed, denied or audit", f.Verdict)
+			}
+			var tw *tabwriter.Writer
+			if g.output == "table" {
+				tw = tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "TIME\tDIRECTION\tVERDICT\tREASON\tPOD\tPROTO\tSOURCE\tDESTINATION\tREMOTE\tPOLICY")
+			}
+			enc := json.NewEncoder(g.out)
+			err := g.client().Flows(cmd.Context(), f, func(fl agentapi.Flow) error {
+				switch g.output {
+				case "json":
+					return enc.Encode(fl)
+				case "yaml":
+					b, err := yaml.Marshal(fl)
+					if err != nil {
+						return err
+					}
+					_, err = fmt.Fprintf(g.out, "---\n%s", b)
+					return err
+				}
+				pol := "-"
+				if fl.Policy != "" {
+					pol = fl.Policy + " " + fl.Rule
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\n", fl.Time.Local().Format("15:04:05.000"),
+					fl.Direction, fl.Verdict, fl.Reason, dash(fl.Namespace), dash(fl.Pod), fl.Proto,
+					hostPort(fl.Src, fl.Sport), hostPort(fl.Dst, fl.Dport), fl.Remote, pol)
+				if f.Follow {
+					return tw.Flush() // each line as it comes
+				}
+				return nil
+			})
+			if tw != nil {
+				_ = tw.Flush()
+			}
+			if cmd.Context().Err() != nil {
+				return nil // interrupted while following
+			}
+			return err
+		},
+	}
+	c.Flags().BoolVarP(&f.Follow, "follow", "f", false, "keep printing new flows")
+	c.Flags().StringVarP(&f.Namespace, "namespace", "n", "", "only this namespace's flows")
+	c.Flags().StringVar(&f.Verdict, "verdict", "", "only allowed, denied or audit flows")
+	c.Flags().DurationVar(&f.Since, "since", 0, "only flows of the last duration (5m, 1h)")
+	c.Flags().IntVar(&f.Limit, "limit", 0, "at most this many past flows (the latest)")
+	return c
+}
+
+func hostPort(addr string, port uint16) string {
+	if port == 0 {
+		return addr
+	}
+	if strings.Contains(addr, ":") {
+		return fmt.Sprintf("[%s]:%d", addr, port)
+	}
+	return fmt.Sprintf("%s:%d", addr, port)
+}
+
+func reportCmd(g *globals) *cobra.Command {
+	var format string
+	c := &cobra.Command{
+		Use:   "report",
+		Short: "Who can reach what: per namespace, the Internet, the metadata API, other namespaces, inbound ports",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !cmd.Flags().Changed("format") && g.output != "table" {
+				format = g.output
+			}
+			switch format {
+			case "table", "json", "yaml", "markdown", "html":
+			default:
+				return fmt.Errorf("--format %q: want table, json, yaml, markdown or html", format)
+			}
+			var r report.Report
+			var err error
+			if g.kubeconfig != "" {
+				r, err = clusterReport(cmd.Context(), g.kubeconfig)
+			} else {
+				r, err = g.client().Report(cmd.Context())
+			}
+			if err != nil {
+				return err
+			}
+			switch format {
+			case "markdown":
+				return r.Markdown(g.out)
+			case "html":
+				return r.HTML(g.out, time.Now())
+			case "json", "yaml":
+				out := *g
+				out.output = format
+				return out.emit(r, nil)
+			}
+			return r.Table(g.out)
+		},
+	}
+	c.Flags().StringVar(&format, "format", "table", "table, json, yaml, markdown or html (one self-contained page)")
+	return c
+}
+
+func countersCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "counters",
+		Short: "The datapath's packet counters by reason, read from the pinned maps",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			dp, err := bpf.OpenPinned(g.pinRoot)
+			if err != nil {
+				return err
+			}
+			defer dp.Close()
+			c, err := dp.ReasonCounters()
+			if err != nil {
+				return err
+			}
+			reasons := make([]bpf.Reason, 0, len(c))
+			for r := range c {
+				reasons = append(reasons, r)
+			}
+			sort.Slice(reasons, func(i, j int) bool { return reasons[i] < reasons[j] })
+			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "REASON\tDROP\tPACKETS\tBYTES")
+			for _, r := range reasons {
+				fmt.Fprintf(tw, "%s\t%v\t%d\t%d\n", bpf.ReasonName(r), r.IsDrop(), c[r].Packets, c[r].Bytes)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func versionCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "moatctl's version",
+		Args:  cobra.NoArgs,
+		Run: func(*cobra.Command, []string) {
+			fmt.Fprintln(g.out, "moatctl", version.Version, "API", agentapi.Version)
+		},
+	}
+}

@@ -418,9 +418,10 @@ func (c *Cluster) run(bin, name string, args []string) (*proc, error) {
 	cmd := exec.Command(filepath.Join(bin, name), args...)
 	cmd.Dir = c.Dir
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	// Its own process group (a terminal's ^C reaches only the test binary, which then stops the cluster),
-	// and killed with the test binary if that dies without stopping it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// Its own process group (a terminal's ^C reaches only the test binary, which then stops the cluster). No
+	// Pdeathsig: it fires when the forking OS thread exits, and Go ends threads that a netns-switching goroutine
+	// locked (ns.Do), which killed kube-controller-manager in the middle of tests.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}

@@ -29,6 +29,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/moatfw/moat/internal/agentapi"
+	"github.com/moatfw/moat/internal/testutil"
 )
 
 // Addresses of the simulated world.
@@ -244,18 +245,7 @@ func (n *Node) serve(ports []uint16) error {
 					return err
 				}
 				n.closers = append(n.closers, ln.Close)
-				go func() {
-					for {
-						c, err := ln.Accept()
-						if err != nil {
-							return
-						}
-						go func() {
-							defer c.Close()
-							_, _ = io.Copy(c, c)
-						}()
-					}
-				}()
+				go echo(ln)
 				pc, err := net.ListenPacket("udp", addr)
 				if err != nil {
 					return err
@@ -425,20 +415,7 @@ func (p *Pod) Delete(ctx context.Context) error {
 
 // Connect opens a TCP connection from the pod to addr, exchanges a line with the echo server, and closes it.
 func (p *Pod) Connect(addr string, timeout time.Duration) error {
-	return p.Net.Do(func(ns.NetNS) error {
-		c, err := net.DialTimeout("tcp", addr, timeout)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(timeout))
-		if _, err := c.Write([]byte("moat\n")); err != nil {
-			return err
-		}
-		buf := make([]byte, 5)
-		_, err = io.ReadFull(c, buf)
-		return err
-	})
+	return testutil.Exchange(p.Net, addr, timeout)
 }
 
 // Serve runs a TCP echo server in the pod on port, until the node closes.
@@ -453,39 +430,28 @@ func (p *Pod) Serve(port uint16) error {
 		return err
 	}
 	p.node.closers = append(p.node.closers, ln.Close)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
+	go echo(ln)
 	return nil
+}
+
+// echo answers every connection of ln with what it reads, until ln closes.
+func echo(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			_, _ = io.Copy(c, c)
+		}()
+	}
 }
 
 // ConnectFromInternet opens a TCP connection from a World address to addr (a pod's), as a client on the
 // Internet would, and exchanges a line.
 func (n *Node) ConnectFromInternet(from netip.Addr, addr string, timeout time.Duration) error {
-	return n.Internet.Do(func(ns.NetNS) error {
-		d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: from.AsSlice()}}
-		c, err := d.Dial("tcp", addr)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(timeout))
-		if _, err := c.Write([]byte("moat\n")); err != nil {
-			return err
-		}
-		buf := make([]byte, 5)
-		_, err = io.ReadFull(c, buf)
-		return err
-	})
+	return testutil.ExchangeFrom(n.Internet, from, addr, timeout)
 }
 
 // Close deletes the pods, stops the enforcer and removes every namespace, mount and file the node made. The

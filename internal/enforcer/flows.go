@@ -7,20 +7,17 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"sync"
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/agentapi"
+	"github.com/moatfw/moat/internal/api/v1alpha1"
 	"github.com/moatfw/moat/internal/endpoint"
-	"github.com/moatfw/moat/internal/resolve"
 )
 
 // FlowRecord is one line of the flow log (JSON): what happened to a packet, of which pod, and which policy and
 // rule decided. It is what the API's flow stream serves too.
 type FlowRecord = agentapi.Flow
-
-var protoNames = map[uint8]string{1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 
 // pods finds the pod behind a host ifindex from the plugin's records, reading them again on a miss.
 type pods struct {
@@ -46,17 +43,11 @@ func (p *pods) lookup(ifindex int) *endpoint.Record {
 	return p.by[ifindex]
 }
 
-// ruleName is a rule's place in its policy: "egress[0]".
-func ruleName(k resolve.RuleKey) string { return fmt.Sprintf("%s[%d]", k.Direction, k.Index) }
-
 // Describe turns a datapath event into a flow record.
 func (e *Enforcer) Describe(f bpf.Flow, pod *endpoint.Record) FlowRecord {
 	rec := FlowRecord{Time: f.Time.UTC(), Direction: f.Direction.String(), Verdict: f.Verdict.String(),
-		Reason: bpf.ReasonName(f.Reason), Proto: protoNames[f.Protocol], Src: f.Src.String(), Sport: f.SrcPort,
+		Reason: bpf.ReasonName(f.Reason), Proto: v1alpha1.ProtocolName(f.Protocol), Src: f.Src.String(), Sport: f.SrcPort,
 		Dst: f.Dst.String(), Dport: f.DstPort, Remote: f.RemoteClass.String()}
-	if rec.Proto == "" {
-		rec.Proto = strconv.Itoa(int(f.Protocol))
-	}
 	e.mu.Lock()
 	for name, id := range e.identities {
 		if id == f.Identity && f.Identity != 0 {
@@ -67,7 +58,7 @@ func (e *Enforcer) Describe(f bpf.Flow, pod *endpoint.Record) FlowRecord {
 		}
 	}
 	if k, ok := e.ruleKeys[f.RuleID]; ok && f.RuleID != 0 {
-		rec.Policy, rec.Rule = k.Policy, ruleName(k)
+		rec.Policy, rec.Rule = k.Policy, k.Name()
 	}
 	m := e.metrics
 	e.mu.Unlock()

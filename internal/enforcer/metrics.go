@@ -73,7 +73,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	c.e.mu.Unlock()
 	for id, k := range keys {
 		if v, err := dp.RuleCounter(id); err == nil {
-			ch <- prometheus.MustNewConstMetric(descRule, prometheus.CounterValue, float64(v.Packets), k.Policy, ruleName(k))
+			ch <- prometheus.MustNewConstMetric(descRule, prometheus.CounterValue, float64(v.Packets), k.Policy, k.Name())
 		}
 	}
 	if fills, err := dp.MapFills(); err == nil {

@@ -240,8 +240,6 @@ func (s *Server) report(w http.ResponseWriter, _ *http.Request) {
 	reply(w, report.Build(in))
 }
 
-var protocols = map[string]uint8{"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132}
-
 func (s *Server) trace(w http.ResponseWriter, r *http.Request) {
 	var req agentapi.TraceRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
@@ -271,13 +269,9 @@ func (s *Server) Trace(req agentapi.TraceRequest) (agentapi.TraceResult, int, er
 		return res, http.StatusBadRequest, fmt.Errorf("direction %q: want egress or ingress", req.Direction)
 	}
 	if req.Protocol != "" {
-		p, ok := protocols[strings.ToLower(req.Protocol)]
-		if !ok {
-			n, err := strconv.ParseUint(req.Protocol, 10, 8)
-			if err != nil {
-				return res, http.StatusBadRequest, fmt.Errorf("protocol %q: want tcp, udp, icmp, icmpv6, sctp or a number", req.Protocol)
-			}
-			p = uint8(n)
+		p, err := v1alpha1.ProtocolNumber(req.Protocol)
+		if err != nil {
+			return res, http.StatusBadRequest, err
 		}
 		pkt.Protocol = p
 	}
@@ -356,10 +350,10 @@ func (s *Server) Trace(req agentapi.TraceRequest) (agentapi.TraceResult, int, er
 		res.RemoteNamespace = ""
 	}
 	if k, ok := e.RuleKey(out.RuleID); ok && out.RuleID != 0 {
-		res.Policy, res.Rule = k.Policy, ruleName(k)
+		res.Policy, res.Rule = k.Policy, k.Name()
 	}
 	if k, ok := e.RuleKey(out.AuditRuleID); ok && out.AuditRuleID != 0 {
-		res.AuditPolicy, res.AuditRule = k.Policy, ruleName(k)
+		res.AuditPolicy, res.AuditRule = k.Policy, k.Name()
 	}
 	res.Explanation = explain(req, pkt, out, res, p)
 	if out.RemoteClass == bpf.ClassPod && out.RemoteIdentity != 0 {
@@ -377,7 +371,7 @@ func (s *Server) Trace(req agentapi.TraceRequest) (agentapi.TraceResult, int, er
 		side := fmt.Sprintf("namespace %s's %s", res.RemoteNamespace, peerPkt.Direction)
 		peerWhy := "no rule matches"
 		if k, ok := e.RuleKey(peer.RuleID); ok && peer.RuleID != 0 {
-			res.PeerPolicy, res.PeerRule = k.Policy, ruleName(k)
+			res.PeerPolicy, res.PeerRule = k.Policy, k.Name()
 			peerWhy = fmt.Sprintf("rule %s of FirewallPolicy %s decides", res.PeerRule, res.PeerPolicy)
 		}
 		res.Explanation += fmt.Sprintf("; %s: %s (%s)", side, res.PeerVerdict, peerWhy)
@@ -428,7 +422,7 @@ func explain(req agentapi.TraceRequest, pkt policy.Packet, out policy.Result, re
 		why = fmt.Sprintf("no rule matches, so the world default decides (%s, or the namespace's %s label)", src, label)
 	}
 	s := fmt.Sprintf("%s %s %s port %d, remote %s (%s): %s; %s", req.Namespace, pkt.Direction,
-		protoName(pkt.Protocol), pkt.Port, res.Remote, remote, res.Verdict, why)
+		v1alpha1.ProtocolName(pkt.Protocol), pkt.Port, res.Remote, remote, res.Verdict, why)
 	if res.AuditRule != "" {
 		s += fmt.Sprintf("; Audit policy %s rule %s matched first and is reported", res.AuditPolicy, res.AuditRule)
 	}
@@ -436,13 +430,6 @@ func explain(req agentapi.TraceRequest, pkt policy.Packet, out policy.Result, re
 		s += fmt.Sprintf("; the namespace is in Audit mode (%s), so the packet passes and is reported", v1alpha1.LabelMode)
 	}
 	return s
-}
-
-func protoName(p uint8) string {
-	if n, ok := protoNames[p]; ok {
-		return n
-	}
-	return strconv.Itoa(int(p))
 }
 
 func (s *Server) flows(w http.ResponseWriter, r *http.Request) {

@@ -272,9 +272,9 @@ func (b *builder) eastWest(from *policy.IdentityPolicy, fromID uint32, to *polic
 }
 
 func (b *builder) grant(proto uint8, iv interval, remote string, d decision, dir bpf.Direction) Grant {
-	g := Grant{Protocol: protoName(proto), Ports: iv.String(proto), Remote: remote}
+	g := Grant{Protocol: v1alpha1.ProtocolName(proto), Ports: iv.String(proto), Remote: remote}
 	if k, ok := b.keys[d.rule]; ok && d.rule != 0 {
-		g.Policy, g.Rule = k.Policy, fmt.Sprintf("%s[%d]", k.Direction, k.Index)
+		g.Policy, g.Rule = k.Policy, k.Name()
 	} else {
 		g.Default = "no rule matches; the " + strings.ToLower(dir.String()) + " default allows it"
 	}
@@ -581,22 +581,6 @@ func joinPorts(a, b string) string {
 		return "all"
 	}
 	return fmt.Sprintf("%d-%d", lo, hi)
-}
-
-func protoName(p uint8) string {
-	switch p {
-	case policy.ProtoTCP:
-		return "tcp"
-	case policy.ProtoUDP:
-		return "udp"
-	case policy.ProtoSCTP:
-		return "sctp"
-	case policy.ProtoICMP:
-		return "icmp"
-	case policy.ProtoICMPv6:
-		return "icmpv6"
-	}
-	return strconv.Itoa(int(p))
 }
 
 // Allows reports whether the reach opens a packet of a protocol ("tcp") to port, towards (or from) addr: the

@@ -29,6 +29,9 @@ type RuleKey struct {
 	Index     int
 }
 
+// Name is the rule's place in its policy, as flow events and reports write it: "egress[0]".
+func (k RuleKey) Name() string { return fmt.Sprintf("%s[%d]", k.Direction, k.Index) }
+
 // Input is the whole desired state. Policies and Config must have passed their Validate.
 type Input struct {
 	Config     *v1alpha1.FirewallConfig // nil: every default

@@ -30,6 +30,24 @@ func ProtocolNumber(name string) (uint8, error) {
 	return uint8(n), nil
 }
 
+// ProtocolName is how flow events, trace and reports write a protocol number: tcp, udp, sctp, icmp, icmpv6, or
+// the number.
+func ProtocolName(proto uint8) string {
+	switch proto {
+	case 6:
+		return "tcp"
+	case 17:
+		return "udp"
+	case 132:
+		return "sctp"
+	case 1:
+		return "icmp"
+	case 58:
+		return "icmpv6"
+	}
+	return strconv.Itoa(int(proto))
+}
+
 // HasPorts reports whether a protocol number carries ports (TCP, UDP, SCTP).
 func HasPorts(proto uint8) bool { return proto == 6 || proto == 17 || proto == 132 }
 

@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -14,28 +13,6 @@ import (
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/testutil"
 )
-
-// foreignProgram stands for another tool's TC program: it hands every packet on.
-func foreignProgram(t *testing.T) *ebpf.Program {
-	t.Helper()
-	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "other_tool", Type: ebpf.SchedCLS, License: "MIT",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
-	return p
-}
-
-func progID(t *testing.T, p *ebpf.Program) ebpf.ProgramID {
-	t.Helper()
-	info, err := p.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, _ := info.ID()
-	return id
-}
 
 // inDummyNS gives a test a device (one end of a veth) in a namespace of its own.
 func inDummyNS(t *testing.T) (ns.NetNS, int) {
@@ -66,7 +43,7 @@ func TestTCXAtHeadAndGoodNeighbour(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dp.Close()
-	other := foreignProgram(t)
+	other := testutil.PassProgram(t, "other_tool")
 	n, ifindex := inDummyNS(t)
 	err = n.Do(func(ns.NetNS) error {
 		for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
@@ -89,7 +66,7 @@ func TestTCXAtHeadAndGoodNeighbour(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if len(q.Programs) != 2 || q.Programs[0].ID != progID(t, moat) || q.Programs[1].ID != progID(t, other) {
+			if len(q.Programs) != 2 || q.Programs[0].ID != testutil.ProgramID(t, moat) || q.Programs[1].ID != testutil.ProgramID(t, other) {
 				t.Errorf("%v: programs %+v, want Moat's first, then the other tool's", at, q.Programs)
 			}
 		}
@@ -114,7 +91,7 @@ func TestTCXAtHeadAndGoodNeighbour(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if len(q.Programs) != 1 || q.Programs[0].ID != progID(t, other) {
+			if len(q.Programs) != 1 || q.Programs[0].ID != testutil.ProgramID(t, other) {
 				t.Errorf("%v after detach: programs %+v, want only the other tool's", at, q.Programs)
 			}
 		}
@@ -166,7 +143,7 @@ func TestClsactGoodNeighbour(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dp.Close()
-	other := foreignProgram(t)
+	other := testutil.PassProgram(t, "other_tool")
 	att, _ := bpf.NewAttacher(bpf.ModeClsact)
 
 	t.Run("qdisc and filter of another tool stay", func(t *testing.T) {

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -35,7 +34,7 @@ func TestReconcileUpgradesProgramsInPlace(t *testing.T) {
 				[]netip.Prefix{netip.MustParsePrefix("10.250.0.1/24"), netip.MustParsePrefix("198.51.100.1/24")})
 			testutil.Listen(t, pl.Host, "198.51.100.1:80")
 
-			old := passAll(t)
+			old := testutil.PassProgram(t, "old_build")
 			rec := &endpoint.Record{Network: "net", ContainerID: "c1", IfName: "eth0", Namespace: "web", Pod: "p",
 				HostIfname: pl.HostIfname, HostIfindex: pl.HostIfindex, Addresses: []string{"10.250.0.2"}, Identity: web}
 			att, err := bpf.NewAttacher(mode)
@@ -86,7 +85,7 @@ func TestReconcileUpgradesProgramsInPlace(t *testing.T) {
 				t.Errorf("after the upgrade the pod still reaches port 80, which the policy denies")
 			}
 			ids := hookPrograms(t, pl, root, rec)
-			want := []ebpf.ProgramID{programID(t, dp.FromPod), programID(t, dp.ToPod)}
+			want := []ebpf.ProgramID{testutil.ProgramID(t, dp.FromPod), testutil.ProgramID(t, dp.ToPod)}
 			if len(ids) != 2 || ids[0] != want[0] || ids[1] != want[1] {
 				t.Errorf("hooks run programs %v, want this build's %v", ids, want)
 			}
@@ -99,28 +98,6 @@ func TestReconcileUpgradesProgramsInPlace(t *testing.T) {
 }
 
 func ptr(v int32) *int32 { return &v }
-
-// passAll is a TC program that passes every packet, standing in for another build's.
-func passAll(t *testing.T) *ebpf.Program {
-	t.Helper()
-	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
-	return p
-}
-
-func programID(t *testing.T, p *ebpf.Program) ebpf.ProgramID {
-	t.Helper()
-	info, err := p.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, _ := info.ID()
-	return id
-}
 
 // hookPrograms is what runs on a pod's two hooks, ingress (from pod) first.
 func hookPrograms(t *testing.T, pl *testutil.PodLink, root string, r *endpoint.Record) []ebpf.ProgramID {

@@ -452,6 +452,7 @@ type MapFill struct {
 // tables are read in batches of 4096, so a full table of a million flows costs some 250 system calls.
 func (dp *Datapath) MapFills() (map[string]MapFill, error) {
 	out := map[string]MapFill{}
+	byName := dp.allMapsByName()
 	for name, capacity := range dp.MapCapacities() {
 		var n int
 		var err error
@@ -461,7 +462,7 @@ func (dp *Datapath) MapFills() (map[string]MapFill, error) {
 		case "fragments":
 			n, err = countBatch[FragKey, FragValue](dp.maps.Fragments)
 		default:
-			n, err = countKeys(dp.allMapsByName()[name])
+			n, err = countKeys(byName[name])
 		}
 		if err != nil {
 			return nil, fmt.Errorf("count %s entries: %w", name, err)

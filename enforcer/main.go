@@ -242,7 +242,6 @@ func run(log *logrus.Entry, o options) error {
 		if err := e.Reconcile(store, o.pinRoot); err != nil {
 			log.WithError(err).Error("reconciling recorded endpoints")
 		}
-		debug.FreeOSMemory() // parsing and compiling a large policy leaves pages the heap no longer needs
 	}
 	if o.reconcile > 0 {
 		go func() {
@@ -258,7 +257,10 @@ func run(log *logrus.Entry, o options) error {
 			}
 		}()
 	}
-	err = src.run(ctx, e, reconcile)
+	err = src.run(ctx, e, func() {
+		reconcile()
+		debug.FreeOSMemory() // parsing and compiling a large policy leaves pages the heap no longer needs
+	})
 	log.Info("stopping; pinned state stays for the next start")
 	return err
 }

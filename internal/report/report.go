@@ -195,6 +195,7 @@ func (b *builder) decide(p *policy.IdentityPolicy, pkt policy.Packet) decision {
 func (b *builder) world(p *policy.IdentityPolicy, dir bpf.Direction) Reach {
 	regions := b.worldRegions(p, dir)
 	var grants []Grant
+	denies := denials{}
 	total, open := 0, 0
 	for _, reg := range regions {
 		for _, proto := range protocolsOf(p) {
@@ -205,6 +206,7 @@ func (b *builder) world(p *policy.IdentityPolicy, dir bpf.Direction) Reach {
 				d := b.decide(p, policy.Packet{Direction: dir, Protocol: proto, Port: iv.first, Remote: reg.addr})
 				total++
 				if !d.allowed {
+					b.denied(denies, d)
 					continue
 				}
 				open++
@@ -214,12 +216,13 @@ func (b *builder) world(p *policy.IdentityPolicy, dir bpf.Direction) Reach {
 			}
 		}
 	}
-	return b.summarize(grants, total, open, p, dir)
+	return b.summarize(grants, total, open, denies, p, dir)
 }
 
 // metadata answers whether the namespace reaches the metadata API.
 func (b *builder) metadata(p *policy.IdentityPolicy) Reach {
 	var grants []Grant
+	denies := denials{}
 	total, open := 0, 0
 	for _, m := range b.out.Metadata {
 		for _, proto := range protocolsOf(p) {
@@ -229,15 +232,17 @@ func (b *builder) metadata(p *policy.IdentityPolicy) Reach {
 			for _, iv := range intervals(p, bpf.Egress, proto, m.Addr()) {
 				d := b.decide(p, policy.Packet{Direction: bpf.Egress, Protocol: proto, Port: iv.first, Remote: m.Addr()})
 				total++
-				if d.allowed {
-					open++
-					grants = append(grants, b.grant(proto, iv, m.String(), d, bpf.Egress))
+				if !d.allowed {
+					b.denied(denies, d)
+					continue
 				}
+				open++
+				grants = append(grants, b.grant(proto, iv, m.String(), d, bpf.Egress))
 			}
 		}
 	}
-	r := b.summarize(grants, total, open, p, bpf.Egress)
-	if r.Open == "none" {
+	r := b.summarize(grants, total, open, denies, p, bpf.Egress)
+	if r.Open == "none" && !named(denies) {
 		r.Why = fmt.Sprintf("blocked by default (label the namespace %s=allow, or list it in FirewallConfig's metadataAPI)", v1alpha1.LabelMetadata)
 	}
 	return r
@@ -246,6 +251,7 @@ func (b *builder) metadata(p *policy.IdentityPolicy) Reach {
 // eastWest answers what a pod of one namespace reaches of another's pods: its egress and their ingress.
 func (b *builder) eastWest(from *policy.IdentityPolicy, fromID uint32, to *policy.IdentityPolicy, toID uint32) Reach {
 	var grants []Grant
+	denies := denials{}
 	total, open := 0, 0
 	for _, proto := range protocolsOf(from, to) {
 		if proto == policy.ProtoICMPv6 {
@@ -257,6 +263,11 @@ func (b *builder) eastWest(from *policy.IdentityPolicy, fromID uint32, to *polic
 			in := b.decide(to, policy.Packet{Direction: bpf.Ingress, Protocol: proto, Port: iv.first, Remote: b.podAddr(fromID)})
 			total++
 			if !out.allowed || !in.allowed {
+				if !out.allowed {
+					b.denied(denies, out)
+				} else {
+					b.denied(denies, in)
+				}
 				continue
 			}
 			open++
@@ -268,7 +279,27 @@ func (b *builder) eastWest(from *policy.IdentityPolicy, fromID uint32, to *polic
 			grants = append(grants, b.grant(proto, iv, b.names[toID], d, dir))
 		}
 	}
-	return b.summarize(grants, total, open, from, bpf.Egress)
+	return b.summarize(grants, total, open, denies, from, bpf.Egress)
+}
+
+func named(ds denials) bool {
+	for k := range ds {
+		if k != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// denials are the rules that deny some class of packets, named "policy rule"; "" stands for a default.
+type denials map[string]bool
+
+func (b *builder) denied(ds denials, d decision) {
+	if k, ok := b.keys[d.rule]; ok && d.rule != 0 {
+		ds[k.Policy+" "+k.Name()] = true
+	} else {
+		ds[""] = true
+	}
 }
 
 func (b *builder) grant(proto uint8, iv interval, remote string, d decision, dir bpf.Direction) Grant {
@@ -282,7 +313,7 @@ func (b *builder) grant(proto uint8, iv interval, remote string, d decision, dir
 }
 
 // summarize merges neighbouring grants of one protocol, remote and decider, and says all, some or none.
-func (b *builder) summarize(grants []Grant, total, open int, p *policy.IdentityPolicy, dir bpf.Direction) Reach {
+func (b *builder) summarize(grants []Grant, total, open int, denies denials, p *policy.IdentityPolicy, dir bpf.Direction) Reach {
 	r := Reach{Open: "some"}
 	switch {
 	case open == 0:
@@ -313,6 +344,24 @@ func (b *builder) summarize(grants []Grant, total, open int, p *policy.IdentityP
 		r.Why = "denied"
 		if p != nil && (dir == bpf.Egress && p.DefaultEgress == bpf.ActionDeny || dir == bpf.Ingress && p.DefaultIngress == bpf.ActionDeny) {
 			r.Why = "denied by the world default, and no rule allows it"
+		}
+		rules := make([]string, 0, len(denies))
+		for k := range denies {
+			if k != "" {
+				rules = append(rules, k)
+			}
+		}
+		if len(rules) > 0 {
+			sort.Strings(rules)
+			r.Why = "denied by " + strings.Join(rules, ", ")
+			if denies[""] {
+				r.Why += "; the rest by the " + strings.ToLower(dir.String()) + " default"
+			}
+			for _, k := range rules {
+				if pol, _, _ := strings.Cut(k, " "); !slices.Contains(r.Policies, pol) {
+					r.Policies = append(r.Policies, pol)
+				}
+			}
 		}
 	}
 	sort.Strings(r.Policies)

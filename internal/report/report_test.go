@@ -97,7 +97,7 @@ func TestReportAnswers(t *testing.T) {
 		t.Errorf("dev: %+v %+v %+v", dev.Egress, dev.Metadata, dev.Ingress)
 	}
 	ops := find(t, r, "ops")
-	if ops.Metadata.Open != "all" || ops.Ingress.Open != "none" {
+	if ops.Metadata.Open != "all" || ops.Ingress.Open != "none" || ops.Ingress.Why != "denied by the world default, and no rule allows it" {
 		t.Errorf("ops: metadata %+v ingress %+v", ops.Metadata, ops.Ingress)
 	}
 	for _, p := range pay.Peers {
@@ -106,8 +106,8 @@ func TestReportAnswers(t *testing.T) {
 			if p.Open != "some" || !p.Allows("tcp", 443, netip.Addr{}) || p.Allows("tcp", 80, netip.Addr{}) {
 				t.Errorf("payments to shared-services: %+v", p.Reach)
 			}
-		default: // payments' deny to 0.0.0.0/0 covers the pod range
-			if p.Open != "none" {
+		default: // payments' deny to 0.0.0.0/0 covers the pod range, and the answer names it
+			if p.Open != "none" || p.Why != "denied by payments-egress egress[1]" || len(p.Policies) != 1 {
 				t.Errorf("payments to %s: %+v", p.Namespace, p.Reach)
 			}
 		}

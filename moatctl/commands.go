@@ -170,24 +170,27 @@ func endpointsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.emit(eps, func(w io.Writer) error {
-				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NAMESPACE\tPOD\tIDENTITY\tADDRESSES\tHOST VETH\tMODE\tATTACHED\tPROBLEM")
-				for _, ep := range eps {
-					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%v\t%s\n", ep.Namespace, dash(ep.Pod), ep.Identity,
-						strings.Join(ep.Addresses, ","), ep.HostVeth, dash(ep.Mode), ep.Attached, dash(ep.Problem))
-				}
-				return tw.Flush()
-			})
+			return g.emit(eps, func(w io.Writer) error { return endpointsTable(w, eps) })
 		},
 	}
 }
 
+func endpointsTable(w io.Writer, eps []agentapi.Endpoint) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAMESPACE\tPOD\tIDENTITY\tADDRESSES\tHOST VETH\tMODE\tATTACHED\tPROBLEM")
+	for _, ep := range eps {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%v\t%s\n", ep.Namespace, dash(ep.Pod), ep.Identity,
+			strings.Join(ep.Addresses, ","), ep.HostVeth, dash(ep.Mode), ep.Attached, dash(ep.Problem))
+	}
+	return tw.Flush()
+}
+
 func policiesCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "policies",
-		Short: "Every FirewallPolicy: accepted or invalid (and why), priority, mode, the namespaces it selects",
-		Args:  cobra.NoArgs,
+		Annotations: map[string]string{clusterAnnotation: "yes"},
+		Use:         "policies",
+		Short:       "Every FirewallPolicy: accepted or invalid (and why), priority, mode, the namespaces it selects",
+		Args:        cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := g.checkOutput(); err != nil {
 				return err
@@ -202,17 +205,19 @@ func policiesCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.emit(ps, func(w io.Writer) error {
-				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NAME\tSTATE\tPRIORITY\tMODE\tRULES\tNAMESPACES\tREASON")
-				for _, p := range ps {
-					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\n", p.Name, p.State, p.Priority, dash(p.Mode), p.Rules,
-						dash(strings.Join(p.Namespaces, ",")), dash(p.Reason))
-				}
-				return tw.Flush()
-			})
+			return g.emit(ps, func(w io.Writer) error { return policiesTable(w, ps) })
 		},
 	}
+}
+
+func policiesTable(w io.Writer, ps []agentapi.Policy) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSTATE\tPRIORITY\tMODE\tRULES\tNAMESPACES\tREASON")
+	for _, p := range ps {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\n", p.Name, p.State, p.Priority, dash(p.Mode), p.Rules,
+			dash(strings.Join(p.Namespaces, ",")), dash(p.Reason))
+	}
+	return tw.Flush()
 }
 
 func traceCmd(g *globals) *cobra.Command {
@@ -237,34 +242,7 @@ func traceCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.emit(res, func(w io.Writer) error {
-				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintf(tw, "Verdict:\t%s\n", strings.ToUpper(res.Verdict))
-				fmt.Fprintf(tw, "Reason:\t%s\n", res.Reason)
-				if res.Policy != "" {
-					fmt.Fprintf(tw, "Decided by:\tFirewallPolicy %s, rule %s\n", res.Policy, res.Rule)
-				} else {
-					fmt.Fprintf(tw, "Decided by:\tno rule (%s)\n", res.Reason)
-				}
-				if res.PeerVerdict != "" {
-					peer := "no rule"
-					if res.PeerPolicy != "" {
-						peer = fmt.Sprintf("FirewallPolicy %s, rule %s", res.PeerPolicy, res.PeerRule)
-					}
-					fmt.Fprintf(tw, "Other side:\t%s by namespace %s (%s)\n", res.PeerVerdict, res.RemoteNamespace, peer)
-				}
-				if res.AuditPolicy != "" {
-					fmt.Fprintf(tw, "Reported by:\tAudit FirewallPolicy %s, rule %s\n", res.AuditPolicy, res.AuditRule)
-				}
-				remote := res.RemoteClass
-				if res.RemoteNamespace != "" {
-					remote += ", namespace " + res.RemoteNamespace
-				}
-				fmt.Fprintf(tw, "Remote:\t%s (%s)\n", res.Remote, remote)
-				fmt.Fprintf(tw, "Identity:\t%d\n", res.Identity)
-				fmt.Fprintf(tw, "Why:\t%s\n", res.Explanation)
-				return tw.Flush()
-			})
+			return g.emit(res, func(w io.Writer) error { return traceTable(w, res) })
 		},
 	}
 	c.Flags().StringVar(&from, "from", "", "the pod's namespace, or NAMESPACE/POD (required)")
@@ -273,6 +251,35 @@ func traceCmd(g *globals) *cobra.Command {
 	c.Flags().StringVar(&direction, "direction", "egress", "egress (the pod sends) or ingress (the remote sends to the pod)")
 	c.Flags().Uint16Var(&port, "port", 0, "the destination port (or use ADDRESS:PORT); the ICMP type for icmp")
 	return c
+}
+
+func traceTable(w io.Writer, res agentapi.TraceResult) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "Verdict:\t%s\n", strings.ToUpper(res.Verdict))
+	fmt.Fprintf(tw, "Reason:\t%s\n", res.Reason)
+	if res.Policy != "" {
+		fmt.Fprintf(tw, "Decided by:\tFirewallPolicy %s, rule %s\n", res.Policy, res.Rule)
+	} else {
+		fmt.Fprintf(tw, "Decided by:\tno rule (%s)\n", res.Reason)
+	}
+	if res.PeerVerdict != "" {
+		peer := "no rule"
+		if res.PeerPolicy != "" {
+			peer = fmt.Sprintf("FirewallPolicy %s, rule %s", res.PeerPolicy, res.PeerRule)
+		}
+		fmt.Fprintf(tw, "Other side:\t%s by namespace %s (%s)\n", res.PeerVerdict, res.RemoteNamespace, peer)
+	}
+	if res.AuditPolicy != "" {
+		fmt.Fprintf(tw, "Reported by:\tAudit FirewallPolicy %s, rule %s\n", res.AuditPolicy, res.AuditRule)
+	}
+	remote := res.RemoteClass
+	if res.RemoteNamespace != "" {
+		remote += ", namespace " + res.RemoteNamespace
+	}
+	fmt.Fprintf(tw, "Remote:\t%s (%s)\n", res.Remote, remote)
+	fmt.Fprintf(tw, "Identity:\t%d\n", res.Identity)
+	fmt.Fprintf(tw, "Why:\t%s\n", res.Explanation)
+	return tw.Flush()
 }
 
 // traceRequest turns the trace flags into a request, refusing what the enforcer would refuse anyway.
@@ -334,7 +341,7 @@ func flowsCmd(g *globals) *cobra.Command {
 			var tw *tabwriter.Writer
 			if g.output == "table" {
 				tw = tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "TIME\tDIRECTION\tVERDICT\tREASON\tPOD\tPROTO\tSOURCE\tDESTINATION\tREMOTE\tPOLICY")
+				fmt.Fprintln(tw, flowHeader)
 			}
 			enc := json.NewEncoder(g.out)
 			err := g.client().Flows(cmd.Context(), f, func(fl agentapi.Flow) error {
@@ -349,13 +356,7 @@ func flowsCmd(g *globals) *cobra.Command {
 					_, err = fmt.Fprintf(g.out, "---\n%s", b)
 					return err
 				}
-				pol := "-"
-				if fl.Policy != "" {
-					pol = fl.Policy + " " + fl.Rule
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\n", fl.Time.Local().Format("15:04:05.000"),
-					fl.Direction, fl.Verdict, fl.Reason, dash(fl.Namespace), dash(fl.Pod), fl.Proto,
-					hostPort(fl.Src, fl.Sport), hostPort(fl.Dst, fl.Dport), fl.Remote, pol)
+				flowRow(tw, fl, time.Local)
 				if f.Follow {
 					return tw.Flush() // each line as it comes
 				}
@@ -378,6 +379,23 @@ func flowsCmd(g *globals) *cobra.Command {
 	return c
 }
 
+const flowHeader = "TIME\tDIRECTION\tVERDICT\tREASON\tPOD\tPROTO\tSOURCE\tDESTINATION\tREMOTE\tPOLICY"
+
+// flowRow writes one flow as a row under flowHeader, its time in loc.
+func flowRow(w io.Writer, fl agentapi.Flow, loc *time.Location) {
+	pol := "-"
+	if fl.Policy != "" {
+		pol = fl.Policy + " " + fl.Rule
+	}
+	sport, dport := fl.Sport, fl.Dport
+	if fl.Proto == "icmp" || fl.Proto == "icmpv6" {
+		sport, dport = 0, 0 // an echo's identifier, not a port
+	}
+	fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\n", fl.Time.In(loc).Format("15:04:05.000"),
+		fl.Direction, fl.Verdict, fl.Reason, dash(fl.Namespace), dash(fl.Pod), fl.Proto,
+		hostPort(fl.Src, sport), hostPort(fl.Dst, dport), fl.Remote, pol)
+}
+
 func hostPort(addr string, port uint16) string {
 	if port == 0 {
 		return addr
@@ -391,9 +409,10 @@ func hostPort(addr string, port uint16) string {
 func reportCmd(g *globals) *cobra.Command {
 	var format string
 	c := &cobra.Command{
-		Use:   "report",
-		Short: "Who can reach what: per namespace, the Internet, the metadata API, other namespaces, inbound ports",
-		Args:  cobra.NoArgs,
+		Annotations: map[string]string{clusterAnnotation: "yes"},
+		Use:         "report",
+		Short:       "Who can reach what: per namespace, the Internet, the metadata API, other namespaces, inbound ports",
+		Args:        cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !cmd.Flags().Changed("format") && g.output != "table" {
 				format = g.output
@@ -462,9 +481,10 @@ func countersCmd(g *globals) *cobra.Command {
 
 func versionCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "version",
-		Short: "moatctl's version",
-		Args:  cobra.NoArgs,
+		Use:         "version",
+		Annotations: map[string]string{clusterAnnotation: "yes"}, // asks nobody
+		Short:       "moatctl's version",
+		Args:        cobra.NoArgs,
 		Run: func(*cobra.Command, []string) {
 			fmt.Fprintln(g.out, "moatctl", version.Version, "API", agentapi.Version)
 		},

@@ -60,6 +60,12 @@ func newRoot(out io.Writer) *cobra.Command {
 		Short:         "What Moat is doing on this node, and who can reach what",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if g.kubeconfig != "" && cmd.Annotations[clusterAnnotation] == "" {
+				return fmt.Errorf("%s answers about one node from its enforcer's socket, not from the cluster: drop --kubeconfig (only policies and report read the cluster)", cmd.CommandPath())
+			}
+			return nil
+		},
 	}
 	root.PersistentFlags().StringVar(&g.socket, "socket", agentapi.DefaultSocket, "the enforcer's API socket")
 	root.PersistentFlags().StringVar(&g.kubeconfig, "kubeconfig", "", "ask the cluster instead of the local enforcer (policies, report)")
@@ -69,6 +75,9 @@ func newRoot(out io.Writer) *cobra.Command {
 		countersCmd(g), versionCmd(g))
 	return root
 }
+
+// clusterAnnotation marks the commands that can answer from the cluster (--kubeconfig).
+const clusterAnnotation = "moat.dev/cluster"
 
 func (g *globals) client() *agentapi.Client { return agentapi.NewClient(g.socket) }
 

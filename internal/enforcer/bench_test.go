@@ -215,7 +215,7 @@ func benchKube(b *testing.B, n int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	installCRDs(b, dyn)
+	installCRDs(b, cluster)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "web",

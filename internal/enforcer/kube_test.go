@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,7 +16,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -30,45 +28,15 @@ import (
 	"github.com/moatfw/moat/internal/testutil/kubetest"
 )
 
-var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
-
-// InstallCRDs creates Moat's CRDs from install/kubernetes/crds and waits until the API server serves them.
-func installCRDs(t testing.TB, dyn dynamic.Interface) {
+// installCRDs creates Moat's CRDs from install/kubernetes/crds and waits until the API server serves them.
+func installCRDs(t testing.TB, cluster *kubetest.Cluster) {
 	t.Helper()
 	files, err := filepath.Glob("../../install/kubernetes/crds/*.yaml")
 	if err != nil || len(files) != 2 {
 		t.Fatalf("CRD files: %v %v", files, err)
 	}
-	ctx := context.Background()
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var obj map[string]any
-		if err := yaml.Unmarshal(data, &obj); err != nil {
-			t.Fatalf("%s: %v", f, err)
-		}
-		u := &unstructured.Unstructured{Object: obj}
-		if _, err := dyn.Resource(crdResource).Create(ctx, u, metav1.CreateOptions{}); err != nil {
-			t.Fatalf("create CRD %s: %v", f, err)
-		}
-		if !poll(30*time.Second, func() bool {
-			got, err := dyn.Resource(crdResource).Get(ctx, u.GetName(), metav1.GetOptions{})
-			if err != nil {
-				return false
-			}
-			conds, _, _ := unstructured.NestedSlice(got.Object, "status", "conditions")
-			for _, c := range conds {
-				m := c.(map[string]any)
-				if m["type"] == "Established" && m["status"] == "True" {
-					return true
-				}
-			}
-			return false
-		}) {
-			t.Fatalf("CRD %s never established", u.GetName())
-		}
+	if err := cluster.InstallCRDs(context.Background(), files...); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -103,7 +71,7 @@ func TestKubernetesSource(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	installCRDs(t, dyn)
+	installCRDs(t, cluster)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	policies := dyn.Resource(PoliciesResource)

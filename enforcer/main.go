@@ -166,6 +166,16 @@ func run(log *logrus.Entry, o options) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	srv := &enforcer.Server{E: e, Store: store, Source: src.name()}
+	if o.cniConfDir != "" {
+		srv.Checks = append(srv.Checks, func() []string {
+			if err := conflist.Check(o.cniConfDir); err != nil {
+				return []string{err.Error()}
+			}
+			return nil
+		})
+	}
+
 	if o.metricsAddr != "" {
 		reg := prometheus.NewRegistry()
 		if _, err := e.NewMetrics(reg); err != nil {
@@ -178,9 +188,11 @@ func run(log *logrus.Entry, o options) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go func() { _ = srv.Serve(ln) }()
-		defer srv.Close()
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		mux.HandleFunc("/readyz", srv.Readyz)
+		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = hs.Serve(ln) }()
+		defer hs.Close()
 		log.WithField("addr", ln.Addr().String()).Info("serving metrics")
 	}
 
@@ -208,15 +220,6 @@ func run(log *logrus.Entry, o options) error {
 			return fmt.Errorf("API socket: %w", err)
 		}
 		defer os.Remove(o.socket)
-		srv := &enforcer.Server{E: e, Store: store, Source: src.name()}
-		if o.cniConfDir != "" {
-			srv.Checks = append(srv.Checks, func() []string {
-				if err := conflist.Check(o.cniConfDir); err != nil {
-					return []string{err.Error()}
-				}
-				return nil
-			})
-		}
 		go func() {
 			if err := srv.Serve(ctx, ln); err != nil {
 				log.WithError(err).Error("API socket stopped")

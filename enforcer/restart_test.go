@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -57,6 +59,7 @@ func TestKillNineChangesNoVerdict(t *testing.T) {
 	if err := os.WriteFile(conflistPath, []byte(`{"cniVersion":"1.0.0","name":"net","plugins":[{"type":"ptp"}]}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	metricsAddr := testutil.FreeLocalAddr(t)
 	start := func() *exec.Cmd {
 		t.Helper()
 		f, err := os.OpenFile(logs, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -64,7 +67,7 @@ func TestKillNineChangesNoVerdict(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer f.Close()
-		cmd := exec.Command(bin, "--pin-root", root, "--policy-dir", dir, "--metrics-addr", "",
+		cmd := exec.Command(bin, "--pin-root", root, "--policy-dir", dir, "--metrics-addr", metricsAddr,
 			"--endpoint-dir", filepath.Join(dir, "endpoints"), "--socket", socket, "--cni-conf-dir", cniDir)
 		cmd.Stdout, cmd.Stderr = f, f
 		if err := cmd.Start(); err != nil {
@@ -166,6 +169,35 @@ func TestKillNineChangesNoVerdict(t *testing.T) {
 	// and the repair loop keeps moat in the CNI chain
 	if data, _ := os.ReadFile(conflistPath); !conflist.Chained(data) {
 		t.Errorf("the enforcer's repair loop did not chain moat:\n%s", data)
+	}
+	// the probes a DaemonSet uses: live, and ready only while the node is right (here: a CNI network to chain into)
+	probe := func(path string) (int, string) {
+		resp, err := http.Get("http://" + metricsAddr + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if code, body := probe("/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz: %d %s", code, body)
+	}
+	if code, body := probe("/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz of a healthy node: %d %s", code, body)
+	}
+	conflistData, _ := os.ReadFile(conflistPath)
+	if err := os.Remove(conflistPath); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := probe("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "no CNI network") {
+		t.Errorf("/readyz without a CNI network: %d %s", code, body)
+	}
+	if err := os.WriteFile(conflistPath, conflistData, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := probe("/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz with the network back: %d %s", code, body)
 	}
 	t.Logf("%d denied probes, %d stream exchanges across a kill -9 and restart", probes.Load(), exchanged)
 }

@@ -129,6 +129,21 @@ func (s *Server) Status() agentapi.Status {
 
 func (s *Server) status(w http.ResponseWriter, _ *http.Request) { reply(w, s.Status()) }
 
+// Readyz answers a readiness probe: 200 when the status is Ready, else 503 with the problems, one a line.
+func (s *Server) Readyz(w http.ResponseWriter, _ *http.Request) {
+	st := s.Status()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if !st.Ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "not ready")
+	} else {
+		fmt.Fprintln(w, "ready")
+	}
+	for _, p := range st.Problems {
+		fmt.Fprintln(w, "-", p)
+	}
+}
+
 func (s *Server) endpoints(w http.ResponseWriter, _ *http.Request) { reply(w, s.endpointList()) }
 
 // endpointList is every recorded pod, checked against the datapath and the host's links.

@@ -229,10 +229,8 @@ func run(log *logrus.Entry, o options) error {
 	}
 
 	if o.cniConfDir != "" {
-		opts := conflist.Options{Dir: o.cniConfDir, IPAMShim: o.ipamShim, Entry: map[string]any{}}
-		if o.failPolicy != "" {
-			opts.Entry["failPolicy"] = o.failPolicy
-		}
+		opts := conflist.Settings{Dir: o.cniConfDir, IPAMShim: o.ipamShim, FailPolicy: o.failPolicy, PinRoot: o.pinRoot,
+			EndpointDir: o.endpointDir}.Options()
 		go func() {
 			if err := conflist.Repair(ctx, opts, 5*time.Second, log.WithField("component", "cni-repair")); err != nil {
 				log.WithError(err).Error("conflist repair loop stopped: moat may fall out of the CNI chain")

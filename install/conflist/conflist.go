@@ -16,6 +16,9 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/endpoint"
 )
 
 // PluginType is Moat's entry in a chain; IPAMShimType wraps the primary plugin's ipam.
@@ -29,6 +32,8 @@ type Options struct {
 	Dir      string         // the CNI configuration folder, /etc/cni/net.d
 	IPAMShim bool           // wrap the primary plugin's ipam in moat-ipam (address reuse safety)
 	Entry    map[string]any // more keys of Moat's entry (failPolicy, logLevel, ...); "type" is always moat
+	// more keys of the moat-ipam wrapper (pinRoot, endpointDir); "type" and "delegate" are always Moat's
+	IPAMEntry map[string]any
 }
 
 // ErrNoNetwork is returned when the folder holds no network to chain into.
@@ -36,9 +41,21 @@ var ErrNoNetwork = errors.New("no CNI network configuration")
 
 // Primary is the path of the network the runtime uses: the first configuration file in name order.
 func Primary(dir string) (string, error) {
+	files, err := networkFiles(dir)
+	if err != nil {
+		return "", err
+	}
+	if len(files) == 0 {
+		return "", fmt.Errorf("%w in %s: install the cluster's primary CNI first", ErrNoNetwork, dir)
+	}
+	return files[0], nil
+}
+
+// networkFiles are the folder's network configurations in the order the runtime considers them.
+func networkFiles(dir string) ([]string, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return "", fmt.Errorf("read CNI folder: %w", err)
+		return nil, fmt.Errorf("read CNI folder: %w", err)
 	}
 	var names []string
 	for _, e := range entries {
@@ -47,14 +64,11 @@ func Primary(dir string) (string, error) {
 		}
 		switch filepath.Ext(e.Name()) {
 		case ".conf", ".conflist", ".json":
-			names = append(names, e.Name())
+			names = append(names, filepath.Join(dir, e.Name()))
 		}
 	}
-	if len(names) == 0 {
-		return "", fmt.Errorf("%w in %s: install the cluster's primary CNI first", ErrNoNetwork, dir)
-	}
 	sort.Strings(names)
-	return filepath.Join(dir, names[0]), nil
+	return names, nil
 }
 
 // Chain returns the conflist with Moat chained in: a lone plugin configuration becomes a list; Moat's entry is
@@ -65,18 +79,40 @@ func Chain(data []byte, opts Options) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	// keys someone added to Moat's entries (a logLevel while debugging) stay unless opts set them
+	entry := map[string]any{}
+	for _, p := range list["plugins"].([]any) {
+		if m := p.(map[string]any); m["type"] == PluginType {
+			for k, v := range m {
+				entry[k] = v
+			}
+		}
+	}
 	plugins := withoutMoat(list)
 	if len(plugins) == 0 {
 		return nil, errors.New("the network has no plugin besides Moat")
 	}
 	if opts.IPAMShim {
-		if ipam, ok := plugins[0]["ipam"].(map[string]any); ok && ipam["type"] != IPAMShimType {
-			plugins[0]["ipam"] = map[string]any{"type": IPAMShimType, "delegate": ipam}
+		shim := map[string]any{}
+		if ipam, ok := plugins[0]["ipam"].(map[string]any); ok && ipam["type"] == IPAMShimType {
+			for k, v := range ipam {
+				shim[k] = v
+			}
+		}
+		unwrapIPAM(plugins[0])
+		if ipam, ok := plugins[0]["ipam"].(map[string]any); ok {
+			if ipam["type"] == IPAMShimType {
+				return nil, errors.New("the moat-ipam entry has no delegate (the original ipam) to wrap")
+			}
+			for k, v := range opts.IPAMEntry {
+				shim[k] = v
+			}
+			shim["type"], shim["delegate"] = IPAMShimType, ipam
+			plugins[0]["ipam"] = shim
 		}
 	} else {
 		unwrapIPAM(plugins[0])
 	}
-	entry := map[string]any{}
 	for k, v := range opts.Entry {
 		entry[k] = v
 	}
@@ -97,6 +133,24 @@ func Unchain(data []byte) ([]byte, error) {
 	}
 	list["plugins"] = toAny(plugins)
 	return encode(list)
+}
+
+// Mentions reports whether a conflist holds anything of Moat's: its entry anywhere, or the ipam shim.
+func Mentions(data []byte) bool {
+	list, err := parse(data)
+	if err != nil {
+		return false
+	}
+	for _, p := range list["plugins"].([]any) {
+		m := p.(map[string]any)
+		if m["type"] == PluginType {
+			return true
+		}
+		if ipam, ok := m["ipam"].(map[string]any); ok && ipam["type"] == IPAMShimType {
+			return true
+		}
+	}
+	return false
 }
 
 // Chained reports whether a conflist has Moat's entry last (where it must be to see the final result).
@@ -235,6 +289,54 @@ func Ensure(opts Options) (Result, error) {
 	return res, nil
 }
 
+// Remove takes Moat out of every network of the folder that holds it (its entry, and the ipam shim with the
+// original ipam restored), and returns the files it rewrote. A file that mentions Moat but cannot be read as a
+// network stops it before anything is written.
+func Remove(dir string) ([]string, error) {
+	files, err := networkFiles(dir)
+	if err != nil {
+		return nil, err
+	}
+	type change struct {
+		path string
+		data []byte
+		mode os.FileMode
+	}
+	var changes []change
+	for _, path := range files {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", path, err)
+		}
+		if !bytes.Contains(data, []byte(PluginType)) {
+			continue
+		}
+		if _, err := parse(data); err != nil {
+			return nil, fmt.Errorf("%s mentions moat but is not a network configuration: %w", path, err)
+		}
+		if !Mentions(data) {
+			continue
+		}
+		out, err := Unchain(data)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		mode := os.FileMode(0o644)
+		if fi, err := os.Stat(path); err == nil {
+			mode = fi.Mode().Perm()
+		}
+		changes = append(changes, change{path, out, mode})
+	}
+	var done []string
+	for _, c := range changes {
+		if err := WriteAtomic(c.path, c.data, c.mode); err != nil {
+			return done, err
+		}
+		done = append(done, c.path)
+	}
+	return done, nil
+}
+
 // normalize re-encodes JSON so that formatting alone is no change.
 func normalize(data []byte) []byte {
 	var v any
@@ -290,4 +392,33 @@ func WriteAtomic(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)
+}
+
+// Settings are what Moat's entries say besides their type. moat-install and the enforcer's repair loop both
+// build their Options from them, so neither rewrites what the other wrote.
+type Settings struct {
+	Dir         string
+	IPAMShim    bool
+	FailPolicy  string // closed or open; empty: the plugin's default (closed)
+	PinRoot     string // written only when not the default
+	EndpointDir string // written only when not the default
+	LogFile     string // the plugin's log file; empty: none
+}
+
+// Options is the chaining these settings ask for.
+func (s Settings) Options() Options {
+	entry, shim := map[string]any{}, map[string]any{}
+	if s.FailPolicy != "" {
+		entry["failPolicy"] = s.FailPolicy
+	}
+	if s.PinRoot != "" && s.PinRoot != bpf.DefaultPinRoot {
+		entry["pinRoot"], shim["pinRoot"] = s.PinRoot, s.PinRoot
+	}
+	if s.EndpointDir != "" && s.EndpointDir != endpoint.DefaultDir {
+		entry["endpointDir"], shim["endpointDir"] = s.EndpointDir, s.EndpointDir
+	}
+	if s.LogFile != "" {
+		entry["logFile"] = s.LogFile
+	}
+	return Options{Dir: s.Dir, IPAMShim: s.IPAMShim, Entry: entry, IPAMEntry: shim}
 }

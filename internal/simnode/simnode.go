@@ -28,6 +28,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/moatfw/moat/install/conflist"
 	"github.com/moatfw/moat/internal/agentapi"
 	"github.com/moatfw/moat/internal/testutil"
 )
@@ -44,12 +45,14 @@ var (
 	Metadata = netip.MustParseAddr("169.254.169.254")
 )
 
-// Binaries names the programs a node runs: moat, moat-ipam, moat-enforcer, and the reference plugins bridge,
-// host-local, loopback and portmap.
+// Binaries names the programs a node runs: moat, moat-ipam, moat-enforcer, moat-install, moatctl, and the
+// reference plugins bridge, host-local, loopback and portmap.
 var Binaries = map[string]string{
 	"moat":          "github.com/moatfw/moat/plugin",
 	"moat-ipam":     "github.com/moatfw/moat/ipam-shim",
 	"moat-enforcer": "github.com/moatfw/moat/enforcer",
+	"moat-install":  "github.com/moatfw/moat/install",
+	"moatctl":       "github.com/moatfw/moat/moatctl",
 	"bridge":        "github.com/containernetworking/plugins/plugins/main/bridge",
 	"host-local":    "github.com/containernetworking/plugins/plugins/ipam/host-local",
 	"loopback":      "github.com/containernetworking/plugins/plugins/main/loopback",
@@ -82,9 +85,9 @@ type Node struct {
 	Socket    string
 	FlowLog   string
 	PinRoot   string
+	ConfDir   string // the CNI configuration folder: the runtime reads its first network at every ADD and DEL
 
 	cni      *libcni.CNIConfig
-	conflist *libcni.NetworkConfigList
 	enforcer *exec.Cmd
 	exited   chan error
 	closers  []func() error
@@ -97,6 +100,8 @@ type Options struct {
 	FailPolicy string // the conflist's failPolicy (default closed)
 	// Ports the stand-in Internet serves (TCP echo, and UDP echo on the same numbers) on every World address.
 	Ports []uint16
+	// Unchained leaves the primary network as the "cluster's CNI" wrote it, without moat (moat-install's work).
+	Unchained bool
 }
 
 // New makes a node in dir with the binaries of binDir, and starts its enforcer on the policy folder. Close
@@ -109,13 +114,13 @@ func New(dir, binDir string, opts Options) (n *Node, err error) {
 		opts.Ports = []uint16{53, 80, 443, 8080, 8443}
 	}
 	n = &Node{Dir: dir, BinDir: binDir, PolicyDir: filepath.Join(dir, "policy"), Socket: filepath.Join(dir, "enforcer.sock"),
-		FlowLog: filepath.Join(dir, "flows.jsonl"), PinRoot: filepath.Join(dir, "bpf")}
+		FlowLog: filepath.Join(dir, "flows.jsonl"), PinRoot: filepath.Join(dir, "bpf"), ConfDir: filepath.Join(dir, "net.d")}
 	defer func() {
 		if err != nil {
 			_ = n.Close()
 		}
 	}()
-	for _, d := range []string{n.PolicyDir, n.PinRoot, filepath.Join(dir, "endpoints"), filepath.Join(dir, "ipam")} {
+	for _, d := range []string{n.PolicyDir, n.PinRoot, n.EndpointDir(), filepath.Join(dir, "ipam"), n.ConfDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return n, err
 		}
@@ -137,10 +142,33 @@ func New(dir, binDir string, opts Options) (n *Node, err error) {
 		return n, err
 	}
 	n.cni = libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(dir, "cni-cache"), nil)
-	if n.conflist, err = libcni.ConfListFromBytes([]byte(n.conflistJSON(opts.FailPolicy))); err != nil {
+	if err := os.WriteFile(filepath.Join(n.ConfDir, "10-simnode.conflist"), []byte(n.conflistJSON()), 0o644); err != nil {
 		return n, err
 	}
+	if !opts.Unchained {
+		if _, err := conflist.Ensure(n.ChainSettings(opts.FailPolicy).Options()); err != nil {
+			return n, fmt.Errorf("chain moat: %w", err)
+		}
+	}
 	return n, nil
+}
+
+// EndpointDir is where the plugin keeps the node's endpoint records.
+func (n *Node) EndpointDir() string { return filepath.Join(n.Dir, "endpoints") }
+
+// ChainSettings are the settings moat is chained with on this node (its own pin root, records and log).
+func (n *Node) ChainSettings(failPolicy string) conflist.Settings {
+	return conflist.Settings{Dir: n.ConfDir, IPAMShim: true, FailPolicy: failPolicy, PinRoot: n.PinRoot,
+		EndpointDir: n.EndpointDir(), LogFile: filepath.Join(n.Dir, "moat-cni.log")}
+}
+
+// network is the chain the runtime runs: the folder's first network, read afresh as a runtime does.
+func (n *Node) network() (*libcni.NetworkConfigList, error) {
+	path, err := conflist.Primary(n.ConfDir)
+	if err != nil {
+		return nil, err
+	}
+	return libcni.ConfListFromFile(path)
 }
 
 func newNS(n *Node) (ns.NetNS, error) {
@@ -267,18 +295,15 @@ func (n *Node) serve(ports []uint16) error {
 	})
 }
 
-func (n *Node) conflistJSON(failPolicy string) string {
+// conflistJSON is the node's network as its primary CNI would write it: a bridge and portmap.
+func (n *Node) conflistJSON() string {
 	return fmt.Sprintf(`{
   "cniVersion": "1.0.0", "name": "simnode",
   "plugins": [
     {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
-     "ipam": {"type": "moat-ipam", "pinRoot": %q, "endpointDir": %q,
-              "delegate": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": %q}]],
-                           "routes": [{"dst": "0.0.0.0/0"}]}}},
-    {"type": "portmap", "capabilities": {"portMappings": true}},
-    {"type": "moat", "pinRoot": %q, "endpointDir": %q, "failPolicy": %q, "logFile": %q}
-  ]}`, n.PinRoot, filepath.Join(n.Dir, "endpoints"), filepath.Join(n.Dir, "ipam"), PodSubnet.String(),
-		n.PinRoot, filepath.Join(n.Dir, "endpoints"), failPolicy, filepath.Join(n.Dir, "moat-cni.log"))
+     "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": %q}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]}`, filepath.Join(n.Dir, "ipam"), PodSubnet.String())
 }
 
 // WritePolicy writes a file of the policy folder atomically (the enforcer watches it).
@@ -297,7 +322,7 @@ func (n *Node) StartEnforcer(ctx context.Context, extraArgs ...string) error {
 		return err
 	}
 	args := append([]string{"--pin-root", n.PinRoot, "--policy-dir", n.PolicyDir, "--endpoint-dir",
-		filepath.Join(n.Dir, "endpoints"), "--socket", n.Socket, "--flow-log", n.FlowLog, "--metrics-addr", "",
+		n.EndpointDir(), "--socket", n.Socket, "--flow-log", n.FlowLog, "--metrics-addr", "",
 		"--reconcile-interval", "2s"}, extraArgs...)
 	cmd := exec.Command(filepath.Join(n.BinDir, "moat-enforcer"), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -369,8 +394,12 @@ func (n *Node) AddPod(ctx context.Context, namespace, name string) (*Pod, error)
 		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", namespace}, {"K8S_POD_NAME", name},
 			{"K8S_POD_UID", "uid-" + namespace + "-" + name}, {"K8S_POD_INFRA_CONTAINER_ID", "sim-" + name}}}
 	var addr netip.Addr
+	network, err := n.network()
+	if err != nil {
+		return nil, err
+	}
 	err = n.Host.Do(func(ns.NetNS) error {
-		res, err := n.cni.AddNetworkList(ctx, n.conflist, p.rt)
+		res, err := n.cni.AddNetworkList(ctx, network, p.rt)
 		if err != nil {
 			return err
 		}
@@ -401,7 +430,10 @@ func (n *Node) AddPod(ctx context.Context, namespace, name string) (*Pod, error)
 // Delete runs the CNI chain's DEL for the pod.
 func (p *Pod) Delete(ctx context.Context) error {
 	n := p.node
-	err := n.Host.Do(func(ns.NetNS) error { return n.cni.DelNetworkList(ctx, n.conflist, p.rt) })
+	network, err := n.network()
+	if err == nil {
+		err = n.Host.Do(func(ns.NetNS) error { return n.cni.DelNetworkList(ctx, network, p.rt) })
+	}
 	n.mu.Lock()
 	for i, q := range n.pods {
 		if q == p {

@@ -103,6 +103,9 @@ func Install(o Options) (Result, error) {
 	}
 	res.Conflist = ens.Path
 	f := log.WithField("conflist", ens.Path)
+	if written, err := os.ReadFile(ens.Path); err == nil && o.IPAMShim && !bytes.Contains(written, []byte(conflist.IPAMShimType)) {
+		f.Warn("the primary plugin has no ipam of its own to wrap (flannel, for one, hands it to a delegate): moat-ipam is not in the chain")
+	}
 	if ens.Changed {
 		res.Rewritten = append(res.Rewritten, ens.Path)
 		if ens.Removed != "" {

@@ -17,7 +17,7 @@ pkg_moat-enforcer := ./enforcer
 pkg_moatctl := ./moatctl
 pkg_moat-install := ./install
 
-.PHONY: all build generate test lint fmt fuzz bench clean check-clang bpffs kube-bins $(addprefix bin/,$(BINARIES))
+.PHONY: all build generate test lint fmt fuzz bench clean check-clang bpffs kube-bins $(addprefix bin/,$(BINARIES)) demo image
 
 all: build
 
@@ -26,6 +26,15 @@ build: $(addprefix bin/,$(BINARIES))
 $(addprefix bin/,$(BINARIES)):
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ $(pkg_$(notdir $@))
 	@if [ "$(notdir $@)" = moatctl ]; then ln -sf moatctl bin/kubectl-moat; fi
+
+# The container image, built without a daemon into an OCI image layout archive (install/image, docs/image.md). The
+# manifests run IMAGE with imagePullPolicy IfNotPresent: `ctr -n k8s.io images import bin/moat-image.tar` puts it
+# on a node. The builder runs on this machine (GOOS= GOARCH=) and labels the image with the binaries' GOARCH.
+IMAGE ?= moatfw/moat:v0.1.0
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null)
+image: build
+	GOOS= GOARCH= $(GO) run ./install/image -bin bin -out bin/moat-image.tar -tag '$(IMAGE)' \
+		-arch "$$($(GO) env GOARCH)" -version '$(VERSION)' -source-date-epoch '$(SOURCE_DATE_EPOCH)'
 
 # The datapath objects, the API deepcopy and the CRDs are committed; regenerating needs clang $(CLANG_MAJOR) and
 # never reads the running kernel.
@@ -66,6 +75,10 @@ fuzz: bpffs
 			echo "fuzz $$pkg $$f for $(FUZZTIME)"; \
 			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 		done; done
+
+# Moat on a simulated node with real pods in network namespaces (no cluster), as root.
+demo:
+	$(GO) run ./conformance/demo
 
 bench: bpffs
 	$(GO) run ./internal/benchdoc -out docs/benchmarks.md

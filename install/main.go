@@ -33,6 +33,7 @@ func main() {
 	flag.StringVar(&o.EndpointDir, "endpoint-dir", endpoint.DefaultDir, "the plugin's endpoint records")
 	flag.StringVar(&o.Socket, "socket", installer.DefaultSocket, "the enforcer's socket: --uninstall refuses while it answers")
 	flag.BoolVar(&uninstall, "uninstall", false, "take Moat off the node instead")
+	flag.BoolVar(&o.KeepBinaries, "keep-binaries", false, "with --uninstall: leave moat and moat-ipam in the CNI bin folder (for runtimes that tear pods down from a cached chain)")
 	flag.BoolVar(&hold, "hold", false, "afterwards (or alone), wait for SIGTERM: the main container of a DaemonSet")
 	flag.Parse()
 	log := logrus.New()

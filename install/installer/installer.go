@@ -37,6 +37,7 @@ type Options struct {
 	BinDir            string // the CNI bin folder, /opt/cni/bin
 	SourceDir         string // where the binaries to install are
 	Socket            string // the enforcer's API socket (Uninstall refuses while an enforcer serves it)
+	KeepBinaries      bool   // Uninstall leaves moat and moat-ipam in the bin folder (DEL from a cached chain)
 	Log               *logrus.Entry
 }
 
@@ -146,6 +147,9 @@ func Uninstall(o Options) (Result, error) {
 	// no new pod gets Moat now; the binaries go next, then what running pods carry
 	var errs []error
 	for _, name := range Binaries {
+		if o.KeepBinaries {
+			break
+		}
 		p := filepath.Join(o.BinDir, name)
 		switch err := os.Remove(p); {
 		case err == nil:

@@ -226,3 +226,25 @@ func jsonEqual(t *testing.T, a, b []byte) bool {
 	}
 	return reflect.DeepEqual(x, y)
 }
+
+// --keep-binaries leaves moat's DEL to runtimes that tear pods down from a cached chain.
+func TestUninstallKeepsBinariesWhenAsked(t *testing.T) {
+	o := fakeNode(t, "10-net.conflist", `{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"ptp","ipam":{"type":"host-local"}}]}`)
+	o.IPAMShim = true
+	if _, err := Install(o); err != nil {
+		t.Fatal(err)
+	}
+	o.Socket = filepath.Join(t.TempDir(), "none.sock")
+	o.KeepBinaries = true
+	res, err := Uninstall(o)
+	if err != nil || len(res.Removed) != 0 || len(res.Rewritten) != 1 {
+		t.Fatalf("Uninstall: %+v, %v", res, err)
+	}
+	if got := listDir(t, o.BinDir); len(got) != 2 {
+		t.Errorf("the binaries went: %v", got)
+	}
+	data, _ := os.ReadFile(filepath.Join(o.Dir, "10-net.conflist"))
+	if conflist.Mentions(data) || !strings.Contains(string(data), `"type": "host-local"`) {
+		t.Errorf("the network after uninstall:\n%s", data)
+	}
+}

@@ -388,8 +388,14 @@ func TestChartNotes(t *testing.T) {
 	if !strings.Contains(notes, "rollout status daemonset/moat") || !strings.Contains(notes, "failPolicy open") {
 		t.Errorf("NOTES.txt:\n%s", notes)
 	}
-	if strings.Contains(notes, "no new pod can start") {
+	if strings.Contains(notes, "failing closed") {
 		t.Error("NOTES.txt warns of failing closed while the policy is open")
+	}
+	if _, notes, err = renderChart(""); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(notes, "failing closed") {
+		t.Errorf("NOTES.txt does not warn of failing closed:\n%s", notes)
 	}
 }
 

@@ -39,7 +39,7 @@ image: build
 # The datapath objects, the API deepcopy and the CRDs are committed; regenerating needs clang $(CLANG_MAJOR) and
 # never reads the running kernel.
 generate: check-clang
-	$(GO) generate ./bpf/ ./internal/api/v1alpha1/
+	$(GO) generate ./bpf/ ./internal/api/v1alpha1/ ./install/kubernetes/
 
 check-clang:
 	@v=$$($(CLANG) --version | sed -n 's/.*clang version \([0-9]*\)\..*/\1/p' | head -1); \

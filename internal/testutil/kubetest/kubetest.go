@@ -78,6 +78,19 @@ type config struct {
 	controllers []string
 	apiserver   map[string]string
 	kcm         map[string]string
+	host        string
+	scheduler   bool
+}
+
+// WithHost serves the apiserver on host (an address of this network namespace that is not loopback) and
+// advertises it, so the "kubernetes" Service has it as its endpoint: what a node's kubelet and its pods need.
+func WithHost(host string) Option {
+	return func(c *config) { c.host = host }
+}
+
+// WithScheduler runs kube-scheduler too (pods without a nodeName, DaemonSets).
+func WithScheduler() Option {
+	return func(c *config) { c.scheduler = true }
 }
 
 // WithControllers replaces DefaultControllers (kube-controller-manager --controllers; "*" runs them all).
@@ -278,6 +291,12 @@ func (c *Cluster) start(bin string, cfg *config) error {
 		"advertise-address":        "127.0.0.1",
 		"endpoint-reconciler-type": "none",
 	}
+	apiHost := "127.0.0.1"
+	if cfg.host != "" {
+		apiHost = cfg.host
+		apiFlags["bind-address"], apiFlags["advertise-address"] = cfg.host, cfg.host
+		delete(apiFlags, "endpoint-reconciler-type")
+	}
 	for k, v := range cfg.apiserver {
 		apiFlags[k] = v
 	}
@@ -285,7 +304,7 @@ func (c *Cluster) start(bin string, cfg *config) error {
 	if err != nil {
 		return err
 	}
-	apiURL := "https://127.0.0.1:" + strconv.Itoa(apiPort)
+	apiURL := "https://" + net.JoinHostPort(apiHost, strconv.Itoa(apiPort))
 	// The self-signed serving certificate (and its CA) appear in cert-dir before the server listens.
 	certFile := filepath.Join(certDir, "apiserver.crt")
 	var caData []byte
@@ -338,6 +357,7 @@ func (c *Cluster) start(bin string, cfg *config) error {
 		"controllers":  strings.Join(cfg.controllers, ","),
 		"leader-elect": "false",
 		"secure-port":  "0",
+		"root-ca-file": certFile, // the kube-root-ca.crt ConfigMaps pods mount with their token
 	}
 	for k, v := range cfg.kcm {
 		kcmFlags[k] = v
@@ -345,6 +365,12 @@ func (c *Cluster) start(bin string, cfg *config) error {
 	kcm, err := c.run(bin, "kube-controller-manager", flagArgs(kcmFlags))
 	if err != nil {
 		return err
+	}
+	if cfg.scheduler {
+		if _, err := c.run(bin, "kube-scheduler", flagArgs(map[string]string{"kubeconfig": c.Kubeconfig,
+			"leader-elect": "false", "secure-port": "0"})); err != nil {
+			return err
+		}
 	}
 	// With the ServiceAccount controller, its first "default" ServiceAccount shows the controllers run;
 	// otherwise the process merely has to stay up for a moment.

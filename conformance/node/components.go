@@ -1,0 +1,308 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/moatfw/moat/internal/testutil/kubetest"
+)
+
+// proc is a process the node started.
+type proc struct {
+	name    string
+	cmd     *exec.Cmd
+	logPath string
+	done    chan struct{}
+	err     error
+}
+
+// run starts a component inside the node's network namespace, logging to <Dir>/logs/<name>.log.
+func (n *Node) run(name, bin string, args ...string) (*proc, error) {
+	logDir := filepath.Join(n.Dir, "logs")
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(logDir, name+".log")
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "# %s %s\n", bin, strings.Join(args, " "))
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = append(os.Environ(), "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	// its own process group, and no Pdeathsig: Go ends the netns-locked thread that forks it
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := n.netns.Do(func(ns.NetNS) error { return cmd.Start() }); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	n.procs = append(n.procs, p)
+	return p, nil
+}
+
+func (p *proc) terminate(grace time.Duration) {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// ComponentLog is the tail of a component's log.
+func (n *Node) ComponentLog(name string, max int) string {
+	b, _ := os.ReadFile(filepath.Join(n.Dir, "logs", name+".log"))
+	if len(b) > max {
+		b = b[len(b)-max:]
+	}
+	return string(b)
+}
+
+// waitUntil polls cond until it holds, the process ends, or the time is up.
+func waitUntil(ctx context.Context, p *proc, d time.Duration, what string, cond func() bool) error {
+	deadline := time.Now().Add(d)
+	for {
+		if cond() {
+			return nil
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("%s exited (%v) before %s; see %s", p.name, p.err, what, p.logPath)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: no %s after %s; see %s", p.name, what, d, p.logPath)
+		}
+	}
+}
+
+// bridgeConflist is the node's primary network: what a cluster's CNI would have written.
+func bridgeConflist() string {
+	return fmt.Sprintf(`{
+  "cniVersion": "1.0.0",
+  "name": "e2e-bridge",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "cni0",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "/run/moat-e2e/cni-ipam",
+        "ranges": [[{"subnet": %q}], [{"subnet": %q}]],
+        "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
+      }
+    },
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+`, PodCIDR, PodCIDRv6)
+}
+
+// installCNI puts the reference plugins into /opt/cni/bin and the bridge network into /etc/cni/net.d.
+func (n *Node) installCNI() error {
+	for _, name := range []string{"bridge", "host-local", "loopback", "portmap"} {
+		data, err := os.ReadFile(filepath.Join(n.CNIBinDir, name))
+		if err != nil {
+			return fmt.Errorf("reference CNI plugin: %w", err)
+		}
+		if err := os.WriteFile(filepath.Join("/opt/cni/bin", name), data, 0o755); err != nil {
+			return err
+		}
+	}
+	return os.WriteFile("/etc/cni/net.d/10-bridge.conflist", []byte(bridgeConflist()), 0o644)
+}
+
+func (n *Node) startContainerd(ctx context.Context) error {
+	root := filepath.Join(n.Dir, "containerd")
+	cfg := fmt.Sprintf(`version = 2
+root = %q
+state = "/run/moat-e2e/containerd"
+[grpc]
+  address = %q
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = %q
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/opt/cni/bin"
+    conf_dir = "/etc/cni/net.d"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+`, root, n.sock, n.pauseRef())
+	path := filepath.Join(n.Dir, "containerd.toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return err
+	}
+	n.logf("containerd")
+	p, err := n.run("containerd", "containerd", "--config", path)
+	if err != nil {
+		return err
+	}
+	return waitUntil(ctx, p, 30*time.Second, "socket", func() bool {
+		out, err := n.ctr(ctx, "version")
+		return err == nil && strings.Contains(string(out), "Server")
+	})
+}
+
+// pauseRef is the sandbox image's name as containerd knows it.
+func (n *Node) pauseRef() string {
+	if n.PauseName == "" {
+		return "moat.test/pause:1"
+	}
+	return n.PauseName
+}
+
+func (n *Node) ctr(ctx context.Context, args ...string) ([]byte, error) {
+	return exec.CommandContext(ctx, "ctr", append([]string{"--address", n.sock, "--namespace", "k8s.io"}, args...)...).CombinedOutput()
+}
+
+// Import puts an OCI image archive into the node's containerd, where the kubelet finds it.
+func (n *Node) Import(ctx context.Context, archive string) error {
+	out, err := n.ctr(ctx, "images", "import", "--no-unpack=false", archive)
+	if err != nil {
+		return fmt.Errorf("ctr images import %s: %w: %s", archive, err, out)
+	}
+	n.logf("imported %s", strings.TrimSpace(string(out)))
+	return nil
+}
+
+// removeContainers ends every container and sandbox of the node's containerd (the kubelet is stopped by then).
+func (n *Node) removeContainers() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := n.ctr(ctx, "tasks", "ls", "-q")
+	if err != nil {
+		return nil // containerd is not answering: killShims ends what is left
+	}
+	for _, id := range strings.Fields(string(out)) {
+		_, _ = n.ctr(ctx, "tasks", "kill", "-s", "SIGKILL", id)
+	}
+	for _, id := range strings.Fields(string(out)) {
+		for i := 0; i < 20; i++ {
+			if _, err := n.ctr(ctx, "tasks", "delete", id); err == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if out, err := n.ctr(ctx, "containers", "ls", "-q"); err == nil {
+		for _, id := range strings.Fields(string(out)) {
+			_, _ = n.ctr(ctx, "containers", "delete", id)
+		}
+	}
+	return nil
+}
+
+func (n *Node) startKubelet(ctx context.Context) error {
+	root := filepath.Join(n.Dir, "kubelet")
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return err
+	}
+	cfg := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupRoot: /
+oomScoreAdj: 0
+failSwapOn: false
+address: %s
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+authentication:
+  anonymous: {enabled: true}
+  webhook: {enabled: false}
+authorization: {mode: AlwaysAllow}
+containerRuntimeEndpoint: unix://%s
+clusterDomain: cluster.local
+resolvConf: ""
+serializeImagePulls: false
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {"memory.available": "0%%", "nodefs.available": "0%%", "imagefs.available": "0%%"}
+protectKernelDefaults: false
+podLogsDir: %s
+syncFrequency: 10s
+nodeStatusUpdateFrequency: 4s
+maxPods: 110
+`, NodeIP, n.sock, filepath.Join(n.Dir, "pod-logs"))
+	path := filepath.Join(n.Dir, "kubelet.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return err
+	}
+	n.logf("kubelet")
+	p, err := n.run("kubelet", filepath.Join(kubetest.BinDir(), "kubelet"), "--config", path, "--kubeconfig", n.Kubeconfig,
+		"--root-dir", root, "--node-ip", NodeIP.String(), "--hostname-override", NodeName, "--v", "1")
+	if err != nil {
+		return err
+	}
+	client := n.Cluster.Client()
+	return waitUntil(ctx, p, 120*time.Second, "Ready node", func() bool {
+		c, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		node, err := client.CoreV1().Nodes().Get(c, NodeName, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		for _, cond := range node.Status.Conditions {
+			if cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+func (n *Node) startKubeProxy() error {
+	cfg := fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: %q}
+mode: iptables
+hostnameOverride: %s
+bindAddress: %s
+clusterCIDR: %s
+metricsBindAddress: 127.0.0.1:10249
+healthzBindAddress: 0.0.0.0:10256
+conntrack: {maxPerCore: 0, min: 0}
+`, n.Kubeconfig, NodeName, NodeIP, PodCIDR)
+	path := filepath.Join(n.Dir, "kube-proxy.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return err
+	}
+	n.logf("kube-proxy")
+	_, err := n.run("kube-proxy", filepath.Join(kubetest.BinDir(), "kube-proxy"), "--config", path)
+	return err
+}
+
+// Kubectl runs the cached kubectl against the node's cluster.
+func (n *Node) Kubectl(ctx context.Context, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(kubetest.BinDir(), "kubectl"), append([]string{"--kubeconfig", n.Kubeconfig}, args...)...)
+	return cmd.CombinedOutput()
+}

@@ -32,9 +32,10 @@ const systemNodeCritical = 2000001000
 
 const serviceAccount = "system:serviceaccount:" + namespace + ":moat-enforcer"
 
-// TestManifestsOnAPIServer creates every object of moat.yaml, then of uninstall.yaml, on a real API server (strict
-// field validation: an unknown or misspelt field is an error), has it admit each DaemonSet's pod, checks the
-// enforcer's permissions with SubjectAccessReviews, and has it validate the chart's objects under other values.
+// TestManifestsOnAPIServer creates every object of moat.yaml, then of firewallconfig.yaml, then of uninstall.yaml,
+// on a real API server (strict field validation: an unknown or misspelt field is an error), has it admit each
+// DaemonSet's pod, checks the enforcer's permissions with SubjectAccessReviews, and has it validate the chart's
+// objects under other values.
 func TestManifestsOnAPIServer(t *testing.T) {
 	c := kubetest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -58,9 +59,13 @@ func TestManifestsOnAPIServer(t *testing.T) {
 			a.create(ctx, t, u)
 		}
 	}
+	config := decodeFile(t, manifests.ConfigFile)
+	for _, u := range config {
+		a.create(ctx, t, u)
+	}
 
 	t.Run("FirewallConfig kept as written", func(t *testing.T) {
-		want := find(t, objs, "FirewallConfig", "default")
+		want := find(t, config, "FirewallConfig", "default")
 		got := a.get(ctx, t, want)
 		if diff := cmp.Diff(want.Object["spec"], got.Object["spec"]); diff != "" {
 			t.Errorf("the API server changed the spec (-sent +stored):\n%s", diff)
@@ -77,7 +82,7 @@ func TestManifestsOnAPIServer(t *testing.T) {
 				_ = unstructured.SetNestedField(u.Object, []any{"169.254.169.254"}, "spec", "metadataAPI", "addresses")
 			},
 		} {
-			u := find(t, objs, "FirewallConfig", "default").DeepCopy()
+			u := find(t, config, "FirewallConfig", "default").DeepCopy()
 			mutate(u)
 			if _, err := a.resource(t, u).Create(ctx, u, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); !apierrors.IsInvalid(err) {
 				t.Errorf("%v: want Invalid, got %v", u.Object["spec"], err)
@@ -205,7 +210,8 @@ func TestManifestsOnAPIServer(t *testing.T) {
 }
 
 // TestKubectlApply runs the commands docs/install.md gives, with kubectl, on a cluster that has never seen Moat:
-// install, then the three steps of uninstall.yaml.
+// install (moat.yaml, which must succeed the first time, then firewallconfig.yaml), then the three steps of
+// uninstall.yaml.
 func TestKubectlApply(t *testing.T) {
 	kubectlPath := filepath.Join(kubetest.BinDir(), "kubectl")
 	if _, err := os.Stat(kubectlPath); err != nil {
@@ -227,17 +233,21 @@ func TestKubectlApply(t *testing.T) {
 		}
 	}
 
-	// kubectl maps every object's kind before it creates any, so on a cluster without the CRDs the first apply
-	// creates everything but the FirewallConfig, and says so; the second creates that too.
-	if out, err := kubectl("apply", "-f", manifests.ManifestFile); err != nil &&
-		!strings.Contains(out, `no matches for kind "FirewallConfig"`) {
-		t.Fatalf("kubectl apply: %v", err)
-	}
-	must("wait", "--for=condition=Established", "--timeout=60s", "crd/firewallpolicies.moat.dev", "crd/firewallconfigs.moat.dev")
+	// The first apply on a cluster without the CRDs succeeds and creates every object of moat.yaml (kubectl maps
+	// every object's kind before it creates any, so a custom resource in the file would fail it).
 	must("apply", "-f", manifests.ManifestFile)
 	a := newApplier(t, c)
 	for _, u := range decodeFile(t, manifests.ManifestFile) {
 		a.get(ctx, t, u)
+	}
+	// then the FirewallConfig, as docs/install.md says: its CRD may take a moment to be served after the first
+	// apply, which a script waits for
+	must("wait", "--for=condition=Established", "--timeout=60s", "crd/firewallpolicies.moat.dev", "crd/firewallconfigs.moat.dev")
+	must("apply", "-f", manifests.ConfigFile)
+	a.mapper.Reset() // discovery ran before the CRDs were served
+	cfg := find(t, decodeFile(t, manifests.ConfigFile), "FirewallConfig", "default")
+	if diff := cmp.Diff(cfg.Object["spec"], a.get(ctx, t, cfg).Object["spec"]); diff != "" {
+		t.Errorf("FirewallConfig after kubectl apply (-file +stored):\n%s", diff)
 	}
 
 	// uninstall, step by step as uninstall.yaml's header says
@@ -246,7 +256,7 @@ func TestKubectlApply(t *testing.T) {
 	if got := a.get(ctx, t, find(t, decodeFile(t, uninstallFile), "DaemonSet", "moat-uninstall")); got.GetNamespace() != namespace {
 		t.Errorf("moat-uninstall in %q", got.GetNamespace())
 	}
-	must("delete", "--ignore-not-found", "--timeout=120s", "-f", uninstallFile, "-f", manifests.ManifestFile)
+	must("delete", "--ignore-not-found", "--timeout=120s", "-f", uninstallFile, "-f", manifests.ConfigFile, "-f", manifests.ManifestFile)
 	for _, name := range []string{"firewallpolicies.moat.dev", "firewallconfigs.moat.dev"} {
 		_, err := a.dyn.Resource(crdResource).Get(ctx, name, metav1.GetOptions{})
 		if !apierrors.IsNotFound(err) {

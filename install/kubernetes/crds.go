@@ -12,8 +12,11 @@ import (
 
 // Paths of the generated copies, relative to this folder.
 const (
-	// ManifestFile holds every object of an install, the CRDs included between CRDBegin and CRDEnd.
+	// ManifestFile holds every object of an install, the CRDs included between CRDBegin and CRDEnd, but no custom
+	// resource: kubectl cannot create one in the same apply as its CRD.
 	ManifestFile = "moat.yaml"
+	// ConfigFile holds the default FirewallConfig, the cluster's defaults spelled out, applied after ManifestFile.
+	ConfigFile = "firewallconfig.yaml"
 	// CRDDir is controller-gen's output, the source of truth.
 	CRDDir = "crds"
 	// ChartCRDDir is the Helm chart's copy (Helm installs what it finds there before the templates).

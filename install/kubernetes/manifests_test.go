@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,11 +19,14 @@ import (
 	"helm.sh/helm/v3/pkg/engine"
 	"helm.sh/helm/v3/pkg/lint"
 	"helm.sh/helm/v3/pkg/lint/support"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
 	manifests "github.com/moatfw/moat/install/kubernetes"
+	"github.com/moatfw/moat/internal/api/v1alpha1"
+	"github.com/moatfw/moat/internal/resolve"
 )
 
 const (
@@ -97,10 +101,10 @@ func TestSpliceCRDs(t *testing.T) {
 	}
 }
 
-// TestChartRendersManifest: with its default values the chart renders the objects of moat.yaml, all but the
-// Namespace (helm install --create-namespace makes that one).
+// TestChartRendersManifest: with its default values the chart renders the objects of moat.yaml and
+// firewallconfig.yaml, all but the Namespace (helm install --create-namespace makes that one).
 func TestChartRendersManifest(t *testing.T) {
-	want := byKey(t, decodeFile(t, manifests.ManifestFile))
+	want := byKey(t, append(decodeFile(t, manifests.ManifestFile), decodeFile(t, manifests.ConfigFile)...))
 	got, _, err := renderChart("")
 	if err != nil {
 		t.Fatal(err)
@@ -119,12 +123,12 @@ func TestChartRendersManifest(t *testing.T) {
 			continue
 		}
 		if diff := cmp.Diff(normalise(w).Object, normalise(g).Object); diff != "" {
-			t.Errorf("%s differs (-moat.yaml +chart):\n%s", k, diff)
+			t.Errorf("%s differs (-manifests +chart):\n%s", k, diff)
 		}
 	}
 	for k := range gotByKey {
 		if _, ok := want[k]; !ok {
-			t.Errorf("the chart renders %s, which %s lacks", k, manifests.ManifestFile)
+			t.Errorf("the chart renders %s, which %s and %s lack", k, manifests.ManifestFile, manifests.ConfigFile)
 		}
 	}
 	// what the rest of the tests rely on
@@ -132,6 +136,79 @@ func TestChartRendersManifest(t *testing.T) {
 		if !slices.ContainsFunc(got, func(u *unstructured.Unstructured) bool { return u.GetKind() == kind }) {
 			t.Errorf("no %s rendered", kind)
 		}
+	}
+}
+
+// TestManifestHoldsNoCustomResource: moat.yaml must succeed in one kubectl apply on a cluster that has never seen
+// Moat, and kubectl looks up every object's kind before it creates the CRDs of the same file, so moat.yaml holds
+// no object of a kind its CRDs define. The default FirewallConfig lives in firewallconfig.yaml, alone.
+func TestManifestHoldsNoCustomResource(t *testing.T) {
+	objs := decodeFile(t, manifests.ManifestFile)
+	groups := map[string]bool{}
+	for _, u := range objs {
+		if u.GetKind() == "CustomResourceDefinition" {
+			groups[nested[string](t, u.Object, "spec", "group")] = true
+		}
+	}
+	if len(groups) == 0 {
+		t.Fatalf("%s holds no CRD", manifests.ManifestFile)
+	}
+	for _, u := range objs {
+		if gvk := u.GroupVersionKind(); groups[gvk.Group] {
+			t.Errorf("%s holds %s, a kind of its own CRDs: a first kubectl apply fails with no matches for kind %q "+
+				"(move it to %s)", manifests.ManifestFile, key(u), gvk.Kind, manifests.ConfigFile)
+		}
+	}
+
+	cfg := decodeFile(t, manifests.ConfigFile)
+	if len(cfg) != 1 {
+		t.Fatalf("%s: want one object, the FirewallConfig, got %d", manifests.ConfigFile, len(cfg))
+	}
+	if got, want := key(cfg[0]), "moat.dev/v1alpha1 FirewallConfig "+v1alpha1.DefaultConfigName; got != want {
+		t.Errorf("%s holds %s, want %s", manifests.ConfigFile, got, want)
+	}
+}
+
+// TestConfigFileIsTheDefaults: firewallconfig.yaml spells out the defaults, so the enforcer resolves it exactly as
+// it resolves no FirewallConfig at all.
+func TestConfigFileIsTheDefaults(t *testing.T) {
+	data, err := os.ReadFile(manifests.ConfigFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg v1alpha1.FirewallConfig
+	if err := yaml.UnmarshalStrict(data, &cfg); err != nil {
+		t.Fatalf("%s: %v", manifests.ConfigFile, err)
+	}
+	if errs := cfg.Validate(); len(errs) > 0 {
+		t.Fatalf("%s: %v", manifests.ConfigFile, errs)
+	}
+	if cfg.Spec.DefaultIngress == "" || cfg.Spec.DefaultEgress == "" || cfg.Spec.MetadataAPI == nil ||
+		cfg.Spec.MetadataAPI.Action == "" || len(cfg.Spec.MetadataAPI.Addresses) == 0 || cfg.Spec.MetadataAPI.AllowNamespaces == nil {
+		t.Errorf("%s leaves a default out: %+v", manifests.ConfigFile, cfg.Spec)
+	}
+	ns := func(name string, labels map[string]string) v1alpha1.Namespace {
+		return v1alpha1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
+	}
+	in := resolve.Input{
+		Namespaces: []v1alpha1.Namespace{
+			ns("plain", nil),
+			ns("opened", map[string]string{v1alpha1.LabelMetadata: "allow"}),
+			ns("closed", map[string]string{v1alpha1.LabelMetadata: "deny"}),
+			ns("denying", map[string]string{v1alpha1.LabelEgress: "Deny", v1alpha1.LabelIngress: "Deny"}),
+		},
+		Identities: map[string]uint32{"plain": 1, "opened": 2, "closed": 3, "denying": 4},
+		RuleID:     func(resolve.RuleKey) uint32 { return 1 },
+	}
+	absent := resolve.Resolve(in)
+	in.Config = &cfg
+	spelled := resolve.Resolve(in)
+	if !reflect.DeepEqual(absent, spelled) {
+		t.Errorf("%s resolves otherwise than no FirewallConfig:\n absent: %+v\n  %s: %+v", manifests.ConfigFile, absent,
+			manifests.ConfigFile, spelled)
+	}
+	if len(absent.Policies) != 4 || !absent.Policies[2].MetadataAllowed || absent.Policies[1].MetadataAllowed {
+		t.Errorf("the namespaces did not resolve as expected: %+v", absent.Policies)
 	}
 }
 

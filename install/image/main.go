@@ -4,16 +4,22 @@
 //
 //	go run ./install/image -bin bin -tag moatfw/moat:v0.1.0 -out bin/moat-image.tar
 //
-// install/image/Containerfile describes the same image for docker and buildah.
+// install/image/Containerfile describes the same image for docker and buildah. The image is internal/ociimage/moatimage's,
+// built with internal/ociimage.
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"strconv"
 	"time"
+
+	"github.com/moatfw/moat/internal/ociimage"
+	"github.com/moatfw/moat/internal/ociimage/moatimage"
 )
 
 func main() {
@@ -37,15 +43,15 @@ func parseFlags(args []string, getenv func(string) string) (options, error) {
 	if arch == "" {
 		arch = runtime.GOARCH
 	}
-	fs.StringVar(&o.binDir, "bin", "bin", "the folder holding "+fmt.Sprint(binaries))
-	fs.StringVar(&o.ref, "tag", defaultRef, "the image reference the archive names")
+	fs.StringVar(&o.binDir, "bin", "bin", "the folder holding "+fmt.Sprint(moatimage.Binaries))
+	fs.StringVar(&o.ref, "tag", moatimage.DefaultRef, "the image reference the archive names")
 	fs.StringVar(&o.out, "out", "bin/moat-image.tar", "the OCI image layout archive to write")
 	fs.StringVar(&o.arch, "arch", arch, "the binaries' architecture (GOARCH); checked against their ELF headers")
 	fs.StringVar(&o.version, "version", "", "the org.opencontainers.image.version label (default: the reference's tag)")
 	fs.StringVar(&epoch, "source-date-epoch", getenv("SOURCE_DATE_EPOCH"),
 		"the image's creation time and every file's mtime, in seconds since 1970 (default $SOURCE_DATE_EPOCH, else 0)")
-	fs.StringVar(&o.licenses, "licenses", defaultLicenses, "the org.opencontainers.image.licenses label (SPDX)")
-	fs.StringVar(&o.source, "source", defaultSource, "the org.opencontainers.image.source label")
+	fs.StringVar(&o.licenses, "licenses", moatimage.DefaultLicenses, "the org.opencontainers.image.licenses label (SPDX)")
+	fs.StringVar(&o.source, "source", moatimage.DefaultSource, "the org.opencontainers.image.source label")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
@@ -61,4 +67,28 @@ func parseFlags(args []string, getenv func(string) string) (options, error) {
 		o.created = time.Unix(secs, 0).UTC()
 	}
 	return o, nil
+}
+
+type options struct {
+	binDir   string
+	ref      string
+	out      string
+	arch     string
+	version  string
+	licenses string
+	source   string
+	created  time.Time
+}
+
+// build writes the image's archive to o.out, reporting its progress to log.
+func build(o options, log io.Writer) (ociimage.Result, error) {
+	return moatimage.Build(context.Background(), moatimage.Options{
+		BinDir:   o.binDir,
+		Ref:      o.ref,
+		Arch:     o.arch,
+		Version:  o.version,
+		Licenses: o.licenses,
+		Source:   o.source,
+		Created:  o.created,
+	}, o.out, log)
 }

@@ -1,4 +1,4 @@
-package main
+package ociimage
 
 import (
 	"debug/elf"
@@ -33,9 +33,10 @@ func elfMachine(arch string) (elfTarget, error) {
 	return t, nil
 }
 
-// checkELF makes sure r holds an executable the image can run: ELF for arch, and static, since the image has
-// no dynamic loader or libc (a binary with an interpreter fails there with a bare "no such file or directory").
-func checkELF(r io.ReaderAt, arch string) error {
+// CheckELF makes sure r holds an executable the image can run: ELF for arch (a GOARCH), and static, since the
+// image has no dynamic loader or libc (a binary with an interpreter fails there with a bare "no such file or
+// directory").
+func CheckELF(r io.ReaderAt, arch string) error {
 	want, err := elfMachine(arch)
 	if err != nil {
 		return err
@@ -43,7 +44,7 @@ func checkELF(r io.ReaderAt, arch string) error {
 	f, err := elf.NewFile(r)
 	if err != nil {
 		var fe *elf.FormatError
-		if errors.As(err, &fe) {
+		if errors.As(err, &fe) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return fmt.Errorf("not an ELF executable: %w", err)
 		}
 		return fmt.Errorf("read ELF header: %w", err)

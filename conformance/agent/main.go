@@ -1,0 +1,69 @@
+// Command agent is the program of the e2e suite's test image, moat.test/agent:1: one static binary that serves
+// echo, probes a peer, or sleeps.
+//
+//	agent serve [--tcp PORTS] [--udp PORTS] [--name NAME]
+//	agent probe [--timeout 1s] [--proto tcp|udp] ADDR:PORT
+//	agent sleep
+//
+// serve answers every line (TCP) or datagram (UDP) on the listed ports, on every address (IPv4 and IPv6), with
+// "NAME LINE", and writes one JSON line per connection or datagram to stdout, naming the client. With no port
+// flags it serves TCP 8080; NAME defaults to the host name (a pod's name).
+//
+// probe sends one line to ADDR:PORT ([ADDR]:PORT for IPv6), waits for its echo and prints one JSON line:
+//
+//	{"target":"10.0.0.7:8080","proto":"tcp","reached":true,"reply":"web probe 1f2e","error":"","ms":1,"local":"10.0.0.5:40512"}
+//
+// It exits 0 when the echo came back, 1 when it did not (error then starts with timeout, refused, reset,
+// unreachable, denied, closed, mismatch or failed), 2 on bad usage.
+//
+// sleep does nothing: a client-only pod. serve and sleep end with exit status 0 on SIGTERM or SIGINT.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `usage:
+  agent serve [--tcp PORTS] [--udp PORTS] [--name NAME]   echo servers (default: --tcp 8080); PORTS like 8080,9090
+  agent probe [--timeout 1s] [--proto tcp|udp] ADDR:PORT  one echo exchange; exit 0 reached, 1 not, 2 bad usage
+  agent sleep                                             wait for SIGTERM
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run is the command line: it returns the exit status.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	switch args[0] {
+	case "serve":
+		return runServe(ctx, args[1:], stdout, stderr)
+	case "probe":
+		return runProbe(ctx, args[1:], stdout, stderr)
+	case "sleep":
+		if len(args) > 1 {
+			fmt.Fprintf(stderr, "agent: sleep takes no arguments\n%s", usage)
+			return 2
+		}
+		fmt.Fprintln(stderr, "agent: sleeping until SIGTERM")
+		<-ctx.Done()
+		return 0
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "agent: unknown command %q\n%s", args[0], usage)
+		return 2
+	}
+}

@@ -267,7 +267,7 @@ func CheckWithContainerd(t testing.TB, res ociimage.Result) {
 		t.Log("no ctr here: not imported into containerd")
 		return
 	}
-	if err := exec.Command(ctr, "version").Run(); err != nil {
+	if err := exec.Command(ctr, "--connect-timeout", "2s", "version").Run(); err != nil {
 		t.Logf("ctr finds no containerd (%v): not imported", err)
 		return
 	}

@@ -17,7 +17,7 @@ pkg_moat-enforcer := ./enforcer
 pkg_moatctl := ./moatctl
 pkg_moat-install := ./install
 
-.PHONY: all build generate test lint fmt fuzz bench clean check-clang bpffs kube-bins $(addprefix bin/,$(BINARIES)) demo image
+.PHONY: all build generate test lint fmt fuzz bench clean check-clang bpffs kube-bins e2e $(addprefix bin/,$(BINARIES)) demo image
 
 all: build
 
@@ -52,10 +52,17 @@ bpffs:
 
 test: bpffs kube-bins
 	$(GO) test -count=1 -timeout 20m $(TEST_FLAGS) ./...
+	$(MAKE) e2e
+
+# The end-to-end suite on a real node (kubelet, containerd, kube-proxy; conformance/node), Moat deployed from
+# install/kubernetes/moat.yaml. Installs containerd and runc from Debian when they are missing.
+e2e: bpffs kube-bins
+	conformance/e2e/prereqs.sh
+	MOAT_E2E=1 $(GO) test -count=1 -timeout 30m $(TEST_FLAGS) ./conformance/e2e/
 
 # A real etcd, kube-apiserver, kube-controller-manager and kubectl for the tests, built from the Go module proxy at
 # pinned versions and cached under /var/cache/moat/kube (MOAT_KUBE_CACHE); KUBE_COMPONENTS adds others.
-KUBE_COMPONENTS ?=
+KUBE_COMPONENTS ?= etcd kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet kube-proxy
 kube-bins:
 	GO='$(GO)' conformance/kube/build.sh $(KUBE_COMPONENTS)
 

@@ -60,6 +60,9 @@ var globalSysctls = []string{"vm/overcommit_memory", "vm/panic_on_oom", "kernel/
 // hostState is what Stop restores, kept in a file so that a later run can restore it after a crash.
 type hostState struct {
 	Sysctls map[string]string `json:"sysctls"`
+	// mount points the node made shared (HostToContainer volumes need a shared or slave host mount, as systemd
+	// makes every mount); they are made private again
+	Shared  []string          `json:"shared"`
 	Created []string          `json:"created"` // folders that did not exist
 	Moved   map[string]string `json:"moved"`   // folders that existed: where they were moved aside
 }
@@ -104,7 +107,9 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 		kubetest.WithScheduler(), kubetest.WithControllers("namespace-controller", "garbage-collector-controller",
 			"serviceaccount-controller", "root-ca-certificate-publisher-controller", "daemonset-controller",
 			"endpointslice-controller", "node-lifecycle-controller", "replicaset-controller", "deployment-controller"),
-		kubetest.WithAPIServerFlags(map[string]string{"service-node-port-range": "30000-32767"})); err != nil {
+		kubetest.WithAPIServerFlags(map[string]string{"service-node-port-range": "30000-32767",
+			// exec and logs reach the kubelet at the node's address: its name resolves nowhere
+			"kubelet-preferred-address-types": "InternalIP"})); err != nil {
 		return n, err
 	}
 	n.Kubeconfig = n.Cluster.Kubeconfig
@@ -142,6 +147,15 @@ func (n *Node) saveHost() error {
 	n.state = st
 	if err := n.writeState(); err != nil {
 		return err
+	}
+	if !isShared("/sys/fs/bpf") {
+		st.Shared = append(st.Shared, "/sys/fs/bpf")
+		if err := n.writeState(); err != nil {
+			return err
+		}
+		if err := unix.Mount("", "/sys/fs/bpf", "", unix.MS_SHARED, ""); err != nil {
+			return fmt.Errorf("make /sys/fs/bpf a shared mount: %w", err)
+		}
 	}
 	for _, d := range append(append([]string{}, hostDirs...), "/run/moat-e2e") {
 		if _, err := os.Stat(d); err == nil {
@@ -250,6 +264,11 @@ func restoreHost(dir string, log io.Writer) error {
 			}
 		}
 	}
+	for _, mp := range st.Shared {
+		if err := unix.Mount("", mp, "", unix.MS_PRIVATE, ""); err != nil {
+			errs = append(errs, fmt.Errorf("make %s private again: %w", mp, err))
+		}
+	}
 	for i := len(st.Created) - 1; i >= 0; i-- {
 		if err := os.RemoveAll(st.Created[i]); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
@@ -269,6 +288,31 @@ func restoreHost(dir string, log io.Writer) error {
 		fmt.Fprintf(log, "node: restoring the host: %v (state kept in %s)\n", err, dir)
 	}
 	return err
+}
+
+// isShared reports whether a mount point propagates to peers (mountinfo's optional field shared:N).
+func isShared(mp string) bool {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	shared := false
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 7 || f[4] != mp {
+			continue
+		}
+		shared = false // the last mount on the point is the one that counts
+		for _, opt := range f[6:] {
+			if opt == "-" {
+				break
+			}
+			if strings.HasPrefix(opt, "shared:") {
+				shared = true
+			}
+		}
+	}
+	return shared
 }
 
 // unmountUnder unmounts every mount point below the prefixes, deepest first.
@@ -314,13 +358,38 @@ func removeCNINetns() error {
 	return errors.Join(errs...)
 }
 
-// removeCgroups removes the kubelet's cgroup tree (name) in every hierarchy, deepest first; only empty cgroups
-// can go, and the processes in them are gone by now.
+// removeCgroups removes the kubelet's cgroup tree (name) in every hierarchy, deepest first. Processes still in
+// it are the node's containers (a killed run leaves them: ending a shim does not end its container): they are
+// killed by PID first.
 func removeCgroups(name string) error {
 	var errs []error
 	roots, _ := filepath.Glob("/sys/fs/cgroup/*/" + name)
 	if m, _ := filepath.Glob("/sys/fs/cgroup/" + name); len(m) > 0 {
 		roots = append(roots, m...)
+	}
+	var pids []int
+	for _, root := range roots {
+		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.Name() == "cgroup.procs" {
+				b, _ := os.ReadFile(p)
+				for _, f := range strings.Fields(string(b)) {
+					var pid int
+					if _, err := fmt.Sscanf(f, "%d", &pid); err == nil && pid > 1 && pid != os.Getpid() {
+						pids = append(pids, pid)
+					}
+				}
+			}
+			return nil
+		})
+	}
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, pid := range pids {
+		for syscall.Kill(pid, 0) == nil && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
 	for _, root := range roots {
 		var dirs []string

@@ -1,0 +1,274 @@
+// Package e2e is Moat's end-to-end suite on a real node: a kubelet and containerd (conformance/node) create the
+// pods, Moat is deployed from install/kubernetes/moat.yaml as a user would, and the pods' traffic to a stand-in
+// Internet, the metadata API and each other must follow FirewallConfig, FirewallPolicy and the namespace labels.
+//
+// It runs with MOAT_E2E=1 as root (`make e2e`); otherwise it skips. It prints a table of every case with the
+// expected and the actual result and its runtime; a failing case shows the flow log and the enforcer's log.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/moatfw/moat/conformance/images"
+	"github.com/moatfw/moat/conformance/node"
+	"github.com/moatfw/moat/internal/simnode"
+)
+
+// suite is what every test shares.
+var suite struct {
+	node     *node.Node
+	client   kubernetes.Interface
+	internet ns.NetNS
+	images   images.Images
+	repo     string // the repository's root (the manifests)
+	mu       sync.Mutex
+	results  []result
+}
+
+// result is one case of the table.
+type result struct {
+	test, name, want, got string
+	ok                    bool
+	took                  time.Duration
+}
+
+func record(t *testing.T, name, want, got string, took time.Duration) bool {
+	suite.mu.Lock()
+	defer suite.mu.Unlock()
+	ok := want == got
+	suite.results = append(suite.results, result{test: t.Name(), name: name, want: want, got: got, ok: ok, took: took})
+	return ok
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv("MOAT_E2E") != "1" || os.Geteuid() != 0 {
+		fmt.Println("e2e: skipped (run `make e2e` as root: it sets MOAT_E2E=1)")
+		os.Exit(0)
+	}
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) (code int) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	fail := func(format string, args ...any) int {
+		fmt.Fprintf(os.Stderr, "e2e: "+format+"\n", args...)
+		return 1
+	}
+	repo, err := filepath.Abs("../..")
+	if err != nil {
+		return fail("%v", err)
+	}
+	suite.repo = repo
+	work, err := os.MkdirTemp("", "moat-e2e-")
+	if err != nil {
+		return fail("%v", err)
+	}
+	defer os.RemoveAll(work)
+
+	fmt.Println("e2e: building Moat, the reference CNI plugins and the images")
+	bin := filepath.Join(work, "bin")
+	if err := simnode.Build(bin, nil); err != nil {
+		return fail("build: %v", err)
+	}
+	imgs, err := images.Build(ctx, filepath.Join(work, "images"), bin, os.Stdout)
+	if err != nil {
+		return fail("images: %v", err)
+	}
+	suite.images = imgs
+
+	n, err := node.Start(ctx, node.Config{CNIBinDir: bin, PauseArchive: imgs.Pause.Archive, PauseName: imgs.Pause.Name,
+		Log: os.Stdout})
+	if err != nil {
+		return fail("start the node: %v", err)
+	}
+	suite.node = n
+	suite.client = n.Cluster.Client()
+	// Ctrl-C or a CI timeout's SIGTERM: the host is restored before the process ends
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		s := <-sig
+		fmt.Fprintf(os.Stderr, "e2e: %v: tearing the node down\n", s)
+		if err := n.Stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: teardown: %v\n", err)
+		}
+		os.Exit(130)
+	}()
+	defer func() {
+		fmt.Println("e2e: tearing the node down")
+		if err := n.Stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: teardown: %v\n", err)
+			code = 1
+		}
+	}()
+	for _, a := range []string{imgs.Agent.Archive, imgs.Moat.Archive} {
+		if err := n.Import(ctx, a); err != nil {
+			return fail("%v", err)
+		}
+	}
+	if suite.internet, err = ns.GetNS("/run/netns/" + node.InternetNS); err != nil {
+		return fail("%v", err)
+	}
+	defer suite.internet.Close()
+	stopServers, err := serveInternet(suite.internet)
+	if err != nil {
+		return fail("the Internet's servers: %v", err)
+	}
+	defer stopServers()
+
+	fmt.Println("e2e: deploying Moat with install/kubernetes/moat.yaml")
+	if err := deployMoat(ctx); err != nil {
+		dumpMoat(ctx)
+		return fail("deploy Moat: %v", err)
+	}
+	fmt.Printf("e2e: the node is up with Moat after %s\n", time.Since(start).Round(time.Second))
+
+	code = m.Run()
+	printResults(time.Since(start))
+	return code
+}
+
+// deployMoat applies the manifest as a user would and waits until the DaemonSet's pod is ready.
+func deployMoat(ctx context.Context) error {
+	manifest := filepath.Join(suite.repo, "install/kubernetes/moat.yaml")
+	if out, err := suite.node.Kubectl(ctx, "apply", "-f", manifest); err != nil {
+		return fmt.Errorf("kubectl apply -f %s: %v\n%s", manifest, err, out)
+	}
+	if cfg := filepath.Join(suite.repo, "install/kubernetes/firewallconfig.yaml"); exists(cfg) {
+		if out, err := suite.node.Kubectl(ctx, "apply", "-f", cfg); err != nil {
+			return fmt.Errorf("kubectl apply -f %s: %v\n%s", cfg, err, out)
+		}
+	}
+	out, err := suite.node.Kubectl(ctx, "-n", "moat-system", "rollout", "status", "daemonset/moat", "--timeout", "180s")
+	if err != nil {
+		return fmt.Errorf("the moat DaemonSet never became ready: %v\n%s", err, out)
+	}
+	return nil
+}
+
+func exists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// dumpMoat prints what explains a failure: the Moat pod's state, the enforcer's log and the recent flows.
+func dumpMoat(ctx context.Context) {
+	for _, args := range [][]string{
+		{"-n", "moat-system", "get", "pods", "-o", "wide"},
+		{"-n", "moat-system", "describe", "pods"},
+		{"-n", "moat-system", "logs", "daemonset/moat", "-c", "install", "--tail", "40"},
+		{"-n", "moat-system", "logs", "daemonset/moat", "-c", "enforcer", "--tail", "60"},
+		{"-n", "moat-system", "exec", "daemonset/moat", "-c", "enforcer", "--", "moatctl", "flows", "--limit", "30"},
+	} {
+		c, cancel := context.WithTimeout(ctx, 20*time.Second)
+		out, err := suite.node.Kubectl(c, args...)
+		cancel()
+		fmt.Fprintf(os.Stderr, "--- kubectl %s (%v)\n%s\n", strings.Join(args, " "), err, out)
+	}
+}
+
+func printResults(total time.Duration) {
+	suite.mu.Lock()
+	defer suite.mu.Unlock()
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nTEST\tCASE\tEXPECTED\tACTUAL\tTOOK\t")
+	bad := 0
+	for _, r := range suite.results {
+		mark := ""
+		if !r.ok {
+			mark = "<-- FAIL"
+			bad++
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.test, r.name, r.want, r.got, r.took.Round(time.Millisecond), mark)
+	}
+	_ = tw.Flush()
+	fmt.Printf("e2e: %d cases, %d as expected, %d not; %s in all\n", len(suite.results), len(suite.results)-bad, bad,
+		total.Round(time.Second))
+}
+
+// serveInternet runs TCP echo servers on every World address and port, and UDP on 53, in the Internet's
+// namespace. Each answers a line with "<server address> <client address> <the line>", so a test sees the source
+// address that reached the Internet.
+func serveInternet(inet ns.NetNS) (stop func(), err error) {
+	var closers []func() error
+	stop = func() {
+		for _, c := range closers {
+			_ = c()
+		}
+	}
+	err = inet.Do(func(ns.NetNS) error {
+		for _, a := range append(append([]netip.Addr{}, node.World...), node.MetadataV4, node.MetadataV6) {
+			for _, port := range node.WorldPorts {
+				ln, err := net.Listen("tcp", netip.AddrPortFrom(a, port).String())
+				if err != nil {
+					return err
+				}
+				closers = append(closers, ln.Close)
+				go echoTCP(ln)
+			}
+			pc, err := net.ListenPacket("udp", netip.AddrPortFrom(a, 53).String())
+			if err != nil {
+				return err
+			}
+			closers = append(closers, pc.Close)
+			go echoUDP(pc)
+		}
+		return nil
+	})
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	return stop, nil
+}
+
+func echoTCP(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			buf := make([]byte, 512)
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "%s %s %s", c.LocalAddr(), c.RemoteAddr(), buf[:n])
+		}()
+	}
+}
+
+func echoUDP(pc net.PacketConn) {
+	buf := make([]byte, 512)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		_, _ = pc.WriteTo([]byte(fmt.Sprintf("%s %s %s", pc.LocalAddr(), from, buf[:n])), from)
+	}
+}
+
+// command runs a program and returns its combined output.
+func command(ctx context.Context, name string, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	return string(out), err
+}

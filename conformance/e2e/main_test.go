@@ -7,12 +7,13 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -27,6 +28,7 @@ import (
 
 	"github.com/moatfw/moat/conformance/images"
 	"github.com/moatfw/moat/conformance/node"
+	"github.com/moatfw/moat/internal/ociimage/moatimage"
 	"github.com/moatfw/moat/internal/simnode"
 )
 
@@ -36,7 +38,8 @@ var suite struct {
 	client   kubernetes.Interface
 	internet ns.NetNS
 	images   images.Images
-	repo     string // the repository's root (the manifests)
+	next     images.Image // Moat's image under another tag: the DaemonSet's roll
+	repo     string       // the repository's root (the manifests)
 	mu       sync.Mutex
 	results  []result
 }
@@ -93,6 +96,12 @@ func run(m *testing.M) (code int) {
 		return fail("images: %v", err)
 	}
 	suite.images = imgs
+	const nextRef = "moatfw/moat:v0.1.1-e2e"
+	res, err := moatimage.Build(ctx, moatimage.Options{BinDir: bin, Ref: nextRef}, filepath.Join(work, "images", "moat-next.tar"), io.Discard)
+	if err != nil {
+		return fail("image %s: %v", nextRef, err)
+	}
+	suite.next = images.Image{Ref: nextRef, Name: res.Name, Archive: res.Archive}
 
 	n, err := node.Start(ctx, node.Config{CNIBinDir: bin, PauseArchive: imgs.Pause.Archive, PauseName: imgs.Pause.Name,
 		Log: os.Stdout})
@@ -119,7 +128,7 @@ func run(m *testing.M) (code int) {
 			code = 1
 		}
 	}()
-	for _, a := range []string{imgs.Agent.Archive, imgs.Moat.Archive} {
+	for _, a := range []string{imgs.Agent.Archive, imgs.Moat.Archive, suite.next.Archive} {
 		if err := n.Import(ctx, a); err != nil {
 			return fail("%v", err)
 		}
@@ -245,13 +254,17 @@ func echoTCP(ln net.Listener) {
 		}
 		go func() {
 			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-			buf := make([]byte, 512)
-			n, err := c.Read(buf)
-			if err != nil {
-				return
+			rd := bufio.NewReader(c)
+			for {
+				_ = c.SetDeadline(time.Now().Add(60 * time.Second))
+				line, err := rd.ReadString('\n')
+				if err != nil {
+					return
+				}
+				if _, err := fmt.Fprintf(c, "%s %s %s", c.LocalAddr(), c.RemoteAddr(), line); err != nil {
+					return
+				}
 			}
-			fmt.Fprintf(c, "%s %s %s", c.LocalAddr(), c.RemoteAddr(), buf[:n])
 		}()
 	}
 }
@@ -265,10 +278,4 @@ func echoUDP(pc net.PacketConn) {
 		}
 		_, _ = pc.WriteTo([]byte(fmt.Sprintf("%s %s %s", pc.LocalAddr(), from, buf[:n])), from)
 	}
-}
-
-// command runs a program and returns its combined output.
-func command(ctx context.Context, name string, args ...string) (string, error) {
-	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-	return string(out), err
 }

@@ -1,0 +1,246 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+)
+
+// podNetns finds a pod's network namespace from the record Moat's plugin left for it.
+func podNetns(t *testing.T, p pod) ns.NetNS {
+	t.Helper()
+	files, _ := filepath.Glob("/run/moat/endpoints/*/*.json")
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		var rec struct {
+			Namespace string `json:"namespace"`
+			Pod       string `json:"pod"`
+			Netns     string `json:"netns"`
+		}
+		if json.Unmarshal(data, &rec) == nil && rec.Namespace == p.ns && rec.Pod == p.name {
+			n, err := ns.GetNS(rec.Netns)
+			if err != nil {
+				t.Fatalf("the network namespace of %s: %v", p, err)
+			}
+			t.Cleanup(func() { n.Close() })
+			return n
+		}
+	}
+	t.Fatalf("no endpoint record for %s in /run/moat/endpoints", p)
+	return nil
+}
+
+// traffic runs, from inside a pod, an allowed TCP stream (a line every 50 ms on one connection) and a loop of
+// new connections to a denied port, until stop: what must hold while Moat itself changes.
+type traffic struct {
+	stop      chan struct{}
+	done      chan struct{}
+	exchanges atomic.Int64
+	streamErr atomic.Value
+	probes    atomic.Int64
+	leaked    atomic.Int64
+}
+
+func startTraffic(t *testing.T, netns ns.NetNS, allowed, denied string) *traffic {
+	t.Helper()
+	tr := &traffic{stop: make(chan struct{}), done: make(chan struct{})}
+	var conn net.Conn
+	if err := netns.Do(func(ns.NetNS) error {
+		var err error
+		conn, err = net.DialTimeout("tcp", allowed, 2*time.Second)
+		return err
+	}); err != nil {
+		t.Fatalf("open the allowed stream to %s: %v", allowed, err)
+	}
+	streamDone := make(chan struct{})
+	go func() {
+		defer close(streamDone)
+		defer conn.Close()
+		rd := bufio.NewReader(conn)
+		for i := 0; ; i++ {
+			select {
+			case <-tr.stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := fmt.Fprintf(conn, "ping %d\n", i); err != nil {
+				tr.streamErr.Store(err.Error())
+				return
+			}
+			line, err := rd.ReadString('\n')
+			if err != nil || !strings.Contains(line, fmt.Sprintf("ping %d", i)) {
+				tr.streamErr.Store(fmt.Sprintf("exchange %d: %q %v", i, line, err))
+				return
+			}
+			tr.exchanges.Add(1)
+		}
+	}()
+	go func() {
+		defer close(tr.done)
+		defer func() { <-streamDone }()
+		for {
+			select {
+			case <-tr.stop:
+				return
+			default:
+			}
+			tr.probes.Add(1)
+			var c net.Conn
+			err := netns.Do(func(ns.NetNS) error {
+				var err error
+				c, err = net.DialTimeout("tcp", denied, 200*time.Millisecond)
+				return err
+			})
+			if err == nil {
+				tr.leaked.Add(1)
+				c.Close()
+			}
+		}
+	}()
+	return tr
+}
+
+// finish stops the traffic and records what happened to it.
+func (tr *traffic) finish(t *testing.T, what string) {
+	t.Helper()
+	close(tr.stop)
+	<-tr.done
+	serr, _ := tr.streamErr.Load().(string)
+	leaks := fmt.Sprintf("%d of %d", tr.leaked.Load(), tr.probes.Load())
+	if !record(t, what+": denied connections that got through", "0 of N", strings.Replace(leaks, fmt.Sprintf(" of %d", tr.probes.Load()), " of N", 1), 0) {
+		t.Errorf("%s: %s denied connections got through", what, leaks)
+	}
+	stream := "unbroken"
+	if serr != "" || tr.exchanges.Load() < 10 {
+		stream = fmt.Sprintf("broken after %d exchanges: %s", tr.exchanges.Load(), serr)
+	}
+	if !record(t, what+": an allowed stream", "unbroken", stream, 0) {
+		t.Errorf("%s: the allowed stream %s", what, stream)
+	}
+	t.Logf("%s: %d stream exchanges, %d denied probes", what, tr.exchanges.Load(), tr.probes.Load())
+}
+
+// moatPod is the name of the DaemonSet's pod.
+func moatPod(t *testing.T) string {
+	t.Helper()
+	out, err := suite.node.Kubectl(context.Background(), "-n", "moat-system", "get", "pods", "-l", "app.kubernetes.io/name=moat",
+		"-o", "jsonpath={.items[*].metadata.name}")
+	if err != nil || strings.TrimSpace(string(out)) == "" {
+		out2, _ := suite.node.Kubectl(context.Background(), "-n", "moat-system", "get", "pods", "--show-labels")
+		t.Fatalf("the Moat pod: %v %s\n%s", err, out, out2)
+	}
+	return strings.Fields(string(out))[0]
+}
+
+// Deleting the Moat pod while traffic runs: no denied connection gets through, an allowed stream survives, and
+// pods still start (and are guarded) once the DaemonSet's new pod is ready.
+func TestMoatPodRestart(t *testing.T) {
+	namespace(t, "e2e-restart", map[string]string{"moat.dev/zone": "e2e-restart", "moat.dev/egress": "Deny"})
+	mustApply(t, `apiVersion: moat.dev/v1alpha1
+kind: FirewallPolicy
+metadata: {name: e2e-restart}
+spec:
+  namespaceSelector: {matchLabels: {moat.dev/zone: e2e-restart}}
+  egress:
+  - action: Allow
+    to: [{cidr: 198.51.100.0/24}]
+    ports: [{protocol: TCP, port: 443}]
+`)
+	p := agent(t, "e2e-restart", "client")
+	expect(t, p, "tcp", "198.51.100.1:443", true, applied)
+	tr := startTraffic(t, podNetns(t, p), "198.51.100.1:443", "198.51.100.1:80")
+	time.Sleep(time.Second)
+	old := moatPod(t)
+	ctx := context.Background()
+	if out, err := suite.node.Kubectl(ctx, "-n", "moat-system", "delete", "pod", old, "--wait=true"); err != nil {
+		t.Fatalf("delete the Moat pod: %v\n%s", err, out)
+	}
+	if out, err := suite.node.Kubectl(ctx, "-n", "moat-system", "rollout", "status", "daemonset/moat", "--timeout", "120s"); err != nil {
+		t.Fatalf("the DaemonSet did not come back: %v\n%s", err, out)
+	}
+	time.Sleep(time.Second)
+	tr.finish(t, "Moat pod deleted and recreated")
+	after := agent(t, "e2e-restart", "after")
+	expect(t, after, "tcp", "198.51.100.1:443", true, applied)
+	expect(t, after, "tcp", "198.51.100.1:80", false, 0)
+}
+
+// Rolling the DaemonSet to a new image: the same guarantees as a restart, one node at a time.
+func TestRollToANewImage(t *testing.T) {
+	namespace(t, "e2e-roll", map[string]string{"moat.dev/zone": "e2e-roll", "moat.dev/egress": "Deny"})
+	mustApply(t, `apiVersion: moat.dev/v1alpha1
+kind: FirewallPolicy
+metadata: {name: e2e-roll}
+spec:
+  namespaceSelector: {matchLabels: {moat.dev/zone: e2e-roll}}
+  egress:
+  - action: Allow
+    to: [{cidr: 198.51.100.0/24}]
+    ports: [{protocol: TCP, port: 443}]
+`)
+	p := agent(t, "e2e-roll", "client")
+	expect(t, p, "tcp", "198.51.100.1:443", true, applied)
+	tr := startTraffic(t, podNetns(t, p), "198.51.100.1:443", "198.51.100.1:80")
+	time.Sleep(time.Second)
+	ctx := context.Background()
+	next := suite.next.Ref
+	if out, err := suite.node.Kubectl(ctx, "-n", "moat-system", "set", "image", "daemonset/moat",
+		"install="+next, "enforcer="+next); err != nil {
+		t.Fatalf("set the new image: %v\n%s", err, out)
+	}
+	if out, err := suite.node.Kubectl(ctx, "-n", "moat-system", "rollout", "status", "daemonset/moat", "--timeout", "120s"); err != nil {
+		t.Fatalf("the roll did not finish: %v\n%s", err, out)
+	}
+	out, _ := suite.node.Kubectl(ctx, "-n", "moat-system", "get", "pods", "-o", "jsonpath={.items[*].spec.containers[0].image}")
+	if !record(t, "the Moat pod runs the new image", next, strings.TrimSpace(string(out)), 0) {
+		t.Errorf("after the roll the pod runs %s", out)
+	}
+	time.Sleep(time.Second)
+	tr.finish(t, "DaemonSet rolled to "+next)
+}
+
+// An address that one namespace's pod gave back goes to another namespace's pod: the identity follows the new
+// pod, so the old namespace's policy does not apply to it.
+func TestAddressReuseAcrossNamespaces(t *testing.T) {
+	namespace(t, "e2e-reuse-a", map[string]string{"moat.dev/zone": "e2e-reuse-a", "moat.dev/egress": "Deny"})
+	namespace(t, "e2e-reuse-b", map[string]string{"moat.dev/zone": "e2e-reuse-b"})
+	a := agent(t, "e2e-reuse-a", "first")
+	expect(t, a, "tcp", "203.0.113.1:80", false, applied)
+	addr := a.v4
+	deletePod(t, a)
+	// host-local hands out the address after the last one it reserved: point it just before the freed one, as a
+	// busy node's pool would come round to it
+	leases := "/run/moat-e2e/cni-ipam/e2e-bridge"
+	if !eventually(60*time.Second, func() bool { _, err := os.Stat(filepath.Join(leases, addr.String())); return os.IsNotExist(err) }) {
+		t.Fatalf("the address %s was never released (CNI DEL)", addr)
+	}
+	last := filepath.Join(leases, "last_reserved_ip.0")
+	if err := os.WriteFile(last, []byte(addr.Prev().String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b := agent(t, "e2e-reuse-b", "second")
+	if !record(t, "the freed address goes to a pod of another namespace", addr.String(), b.v4.String(), 0) {
+		t.Fatalf("the new pod got %s, not the freed %s", b.v4, addr)
+	}
+	expect(t, b, "tcp", "203.0.113.1:80", true, applied)
+	// and the Internet answering the reused address reaches the new pod's namespace's verdicts too
+	if _, ok := exchangeFromInternet(netip.MustParseAddr("203.0.113.1"), netip.AddrPortFrom(addr, 8080).String()); !record(t,
+		"Internet -> the reused address, port 8080", "reached", verdict(ok), 0) {
+		t.Errorf("the Internet cannot reach the new pod at the reused address")
+	}
+}

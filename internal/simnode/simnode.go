@@ -176,10 +176,12 @@ func newNS(n *Node) (ns.NetNS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create network namespace: %w", err)
 	}
+	n.mu.Lock()
 	n.closers = append(n.closers, func() error {
 		netns.Close()
 		return testutils.UnmountNS(netns)
 	})
+	n.mu.Unlock()
 	return netns, nil
 }
 

@@ -37,17 +37,35 @@ func main() {
 	out := flag.String("out", "docs/benchmarks.md", "file to write")
 	count := flag.Int("count", 5, "runs of each benchmark")
 	benchtime := flag.String("benchtime", "200000x", "go test -benchtime")
+	quick := flag.Bool("quick", false, "a smaller run (N=10 and 10,000 only, fewer repetitions): make bench QUICK=1")
 	flag.Parse()
+	started := time.Now()
+	verdict, change, sizes, changes := "^BenchmarkVerdict$", "^BenchmarkChangeEnforced$", []int{10, 1000, 10000}, 20
+	if *quick {
+		*count = 2
+		verdict = "^BenchmarkVerdict$/^rules=(10|10000)$"
+		change = "^BenchmarkChangeEnforced$/^source=folder$/^rules=(10|10000)$"
+		sizes, changes = []int{10, 10000}, 10
+	}
 
-	raw := benchmark("^BenchmarkVerdict$", *benchtime, *count, "./bpf/")
+	raw := benchmark(verdict, *benchtime, *count, "./bpf/")
 	samples := parse(raw)
 	if len(samples) == 0 {
 		log.Fatal("benchdoc: no BenchmarkVerdict results in the output")
 	}
 	doc := render(samples)
 	doc += renderPlugin(parseMetrics(benchmark("^BenchmarkPluginAddDel$", "1x", *count, "./plugin/"), "BenchmarkPluginAddDel"))
-	doc += renderChange(benchmark("^BenchmarkChangeEnforced$", "20x", min(*count, 3), "./internal/enforcer/"))
+	doc += renderChurn(parseMetrics(benchmark("^BenchmarkPodChurn$", "1x", 1, "./internal/simnode/"), "BenchmarkPodChurn"))
+	changeRaw := benchmark(change, "20x", min(*count, 3), "./internal/enforcer/")
+	doc += renderChange(bytes.NewBuffer(changeRaw.Bytes()))
+	rcs, err := measureRuleChanges(sizes, changes)
+	if err != nil {
+		log.Fatalf("benchdoc: rule changes: %v", err)
+	}
+	doc += renderRuleChanges(rcs, folderP50(changeRaw))
 	doc += renderRSS(parseMetrics(benchmark("^BenchmarkEnforcerRSS$", "1x", min(*count, 3), "./enforcer/"), "BenchmarkEnforcerRSS"))
+	doc += fmt.Sprintf("\n---\n`make bench%s` took %s.\n", map[bool]string{true: " QUICK=1", false: ""}[*quick],
+		time.Since(started).Round(time.Second))
 	if err := os.WriteFile(*out, []byte(doc), 0o644); err != nil {
 		log.Fatal(err)
 	}

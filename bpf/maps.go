@@ -521,3 +521,15 @@ func countBatch[K, V any](m *ebpf.Map) (int, error) {
 		}
 	}
 }
+
+// EntryBytes is each map's key plus value size in bytes: the payload one entry holds (the kernel adds its own
+// per-element bookkeeping on top).
+func (dp *Datapath) EntryBytes() map[string]int {
+	out := map[string]int{}
+	for name, m := range dp.allMapsByName() {
+		if m != nil {
+			out[name] = int(m.KeySize() + m.ValueSize())
+		}
+	}
+	return out
+}

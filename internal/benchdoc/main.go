@@ -63,7 +63,8 @@ func main() {
 		log.Fatalf("benchdoc: rule changes: %v", err)
 	}
 	doc += renderRuleChanges(rcs, folderP50(changeRaw))
-	doc += renderRSS(parseMetrics(benchmark("^BenchmarkEnforcerRSS$", "1x", min(*count, 3), "./enforcer/"), "BenchmarkEnforcerRSS"))
+	doc += renderRSS(parseMetrics(benchmark("^BenchmarkEnforcerRSS$", "1x", min(*count, 3), "./enforcer/"), "BenchmarkEnforcerRSS"),
+		parseMetrics(benchmark("^BenchmarkEndpointBytes$", "1x", 1, "./bpf/"), "BenchmarkEndpointBytes"))
 	doc += fmt.Sprintf("\n---\n`make bench%s` took %s.\n", map[bool]string{true: " QUICK=1", false: ""}[*quick],
 		time.Since(started).Round(time.Second))
 	if err := os.WriteFile(*out, []byte(doc), 0o644); err != nil {
@@ -317,7 +318,7 @@ func renderChange(raw *bytes.Buffer) string {
 }
 
 // renderRSS is the enforcer's memory section.
-func renderRSS(m map[string][]float64) string {
+func renderRSS(m, sizes map[string][]float64) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n## Enforcer: memory\n\n")
 	fmt.Fprintf(&b, "`go test -bench BenchmarkEnforcerRSS -benchtime 1x ./enforcer/`: the real `moat-enforcer` with 250 recorded\n")
@@ -332,6 +333,13 @@ func renderRSS(m map[string][]float64) string {
 	fmt.Fprintf(&b, "| %.1f (%.1f-%.1f) | %.1f (%.1f-%.1f) | <= 64: **%s** |\n", r.median, r.min, r.max, h.median, h.min, h.max, met(r.median <= 64))
 	fmt.Fprintf(&b, "\nAbout 23 MiB of it is the binary's own code and data, 8 MiB the flow event ring; the peak is the first\n")
 	fmt.Fprintf(&b, "policy's parse and compile, whose pages the enforcer hands back to the kernel after each apply.\n")
+	if len(sizes["bytes/endpoint"]) > 0 {
+		v := func(k string) float64 { return summarize(sizes[k]).median }
+		fmt.Fprintf(&b, "\nIn the maps (`go test -bench BenchmarkEndpointBytes ./bpf/`, key and value bytes, the kernel's per-element\n")
+		fmt.Fprintf(&b, "bookkeeping on top): a pod %.0f bytes (its endpoint entry and the ipcache entries of an IPv4 and an IPv6\n", v("bytes/endpoint"))
+		fmt.Fprintf(&b, "address), a tracked flow %.0f, a namespace identity %.0f; a rule costs the policy bytes per rule of the\n", v("bytes/flow"), v("bytes/namespace"))
+		fmt.Fprintf(&b, "datapath table above.\n")
+	}
 	return b.String()
 }
 

@@ -1,0 +1,290 @@
+// Package sidebyside measures Moat's datapath next to no filter, iptables-legacy, iptables-nft and nftables on
+// real veths in network namespaces of its own: stream throughput (iperf3), TCP request-response latency and
+// connection rate, each at N rules, and renders the results as a Markdown section with SVG plots.
+package sidebyside
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Options choose what a run measures.
+type Options struct {
+	Quick    bool          // N = 10 and 10,000 only (unless Ns is given)
+	Ns       []int         // rule counts; default 10, 100, 1,000, 10,000
+	Duration time.Duration // of each measurement; default 3s
+	Reps     int           // repetitions of every configuration at every N; default 3
+}
+
+// Metrics, in the units Result.Unit names.
+const (
+	MetricThroughput1 = "throughput-1" // Gbit/s, one TCP stream
+	MetricThroughput4 = "throughput-4" // Gbit/s, four TCP streams
+	MetricCPUPerGbit  = "cpu-per-gbit" // percent of a CPU (iperf3 client + server) per Gbit/s, one stream
+	MetricRRP50       = "rr-p50"       // microseconds, 64-byte ping-pong on one connection
+	MetricRRP99       = "rr-p99"       // microseconds
+	MetricConnRate    = "conn-rate"    // connections per second, each with one 64-byte exchange
+)
+
+// Metrics are the metrics in the order they print.
+var Metrics = []string{MetricThroughput1, MetricThroughput4, MetricCPUPerGbit, MetricRRP50, MetricRRP99, MetricConnRate}
+
+var units = map[string]string{MetricThroughput1: "Gbit/s", MetricThroughput4: "Gbit/s", MetricCPUPerGbit: "%CPU per Gbit/s",
+	MetricRRP50: "µs", MetricRRP99: "µs", MetricConnRate: "conn/s"}
+
+// Result is one metric of one configuration at one N over the repetitions.
+type Result struct {
+	Config  string
+	N       int
+	Metric  string
+	Unit    string
+	Median  float64
+	Min     float64
+	Max     float64
+	Samples []float64
+}
+
+func (o Options) withDefaults() Options {
+	if len(o.Ns) == 0 {
+		o.Ns = []int{10, 100, 1000, 10000}
+		if o.Quick {
+			o.Ns = []int{10, 10000}
+		}
+	}
+	if o.Duration <= 0 {
+		o.Duration = 3 * time.Second
+	}
+	if o.Reps <= 0 {
+		o.Reps = 3
+	}
+	return o
+}
+
+// Run measures every configuration at every N, Reps times, interleaved (all configurations at one N, then
+// again) so that drift hits them all, and prints a line per measurement to progress. Each measurement has
+// namespaces, filter and servers of its own, removed before the next, even on failure.
+func Run(ctx context.Context, opts Options, progress io.Writer) ([]Result, error) {
+	opts = opts.withDefaults()
+	samples := map[[3]string][]float64{}
+	var order [][3]string
+	for _, n := range opts.Ns {
+		for rep := 0; rep < opts.Reps; rep++ {
+			for _, cfg := range Configs {
+				got, err := measure(ctx, cfg, n, opts.Duration)
+				if err != nil {
+					return nil, fmt.Errorf("%s, %d rules: %w", cfg, n, err)
+				}
+				for _, m := range Metrics {
+					v, ok := got[m]
+					if !ok {
+						continue
+					}
+					fmt.Fprintf(progress, "%s\tN=%d\trep %d\t%s\t%.2f %s\n", cfg, n, rep+1, m, v, units[m])
+					k := [3]string{cfg, strconv.Itoa(n), m}
+					if _, seen := samples[k]; !seen {
+						order = append(order, k)
+					}
+					samples[k] = append(samples[k], v)
+				}
+			}
+		}
+	}
+	var out []Result
+	for _, k := range order {
+		n, _ := strconv.Atoi(k[1])
+		s := samples[k]
+		sorted := slices.Sorted(slices.Values(s))
+		out = append(out, Result{Config: k[0], N: n, Metric: k[2], Unit: units[k[2]], Median: median(sorted),
+			Min: sorted[0], Max: sorted[len(sorted)-1], Samples: s})
+	}
+	return out, nil
+}
+
+func median(sorted []float64) float64 {
+	if len(sorted)%2 == 1 {
+		return sorted[len(sorted)/2]
+	}
+	return (sorted[len(sorted)/2-1] + sorted[len(sorted)/2]) / 2
+}
+
+// measure sets up configuration cfg with n rules on a fresh topology and takes every metric once.
+func measure(ctx context.Context, cfg string, n int, d time.Duration) (got map[string]float64, err error) {
+	t, err := newTopology(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if cerr := t.close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	remove, err := installFilter(ctx, t, cfg, n, false)
+	if err != nil {
+		return nil, err
+	}
+	defer remove()
+	stop, err := startServers(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+
+	got = map[string]float64{}
+	for _, streams := range []int{1, 4} {
+		gbps, cpu, err := iperf(ctx, t, streams, d)
+		if err != nil {
+			return nil, err
+		}
+		if streams == 1 {
+			got[MetricThroughput1] = gbps
+			if gbps > 0 {
+				got[MetricCPUPerGbit] = cpu / gbps
+			}
+		} else {
+			got[MetricThroughput4] = gbps
+		}
+	}
+	var rr rrResult
+	if err := helperJSON(ctx, t, "rr", d, &rr); err != nil {
+		return nil, err
+	}
+	got[MetricRRP50], got[MetricRRP99] = rr.P50us, rr.P99us
+	var crr crrResult
+	if err := helperJSON(ctx, t, "crr", d, &crr); err != nil {
+		return nil, err
+	}
+	got[MetricConnRate] = crr.PerSec
+	return got, nil
+}
+
+// startServers starts iperf3 and the echo server in the server namespace on the server CPU and waits until
+// both accept connections from the client; stop ends them (by their process, never by name).
+func startServers(ctx context.Context, t *topology) (stop func(), err error) {
+	var procs []*exec.Cmd
+	stop = func() {
+		for _, p := range procs {
+			_ = p.Process.Kill()
+			_ = p.Wait()
+		}
+	}
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
+	argv := inNS(t.server, serverCPU, "iperf3", "-s", "-B", serverAddr, "-p", strconv.Itoa(iperfPort))
+	iperfSrv := exec.Command(argv[0], argv[1:]...)
+	if err := iperfSrv.Start(); err != nil {
+		return stop, fmt.Errorf("start iperf3 server: %w", err)
+	}
+	procs = append(procs, iperfSrv)
+	argv, env, err := helperCommand(t.server, serverCPU, "server", fmt.Sprintf("%s:%d", serverAddr, rrPort))
+	if err != nil {
+		return stop, err
+	}
+	echo := exec.Command(argv[0], argv[1:]...)
+	echo.Env, echo.Stderr = env, os.Stderr
+	if err := echo.Start(); err != nil {
+		return stop, fmt.Errorf("start echo server: %w", err)
+	}
+	procs = append(procs, echo)
+	// both answer a connection from the client once they listen
+	var last error
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if last = probe(ctx, t, rrPort); last == nil {
+			if last = probe(ctx, t, iperfPort); last == nil {
+				return stop, nil
+			}
+		}
+	}
+	return stop, fmt.Errorf("servers not reachable from the client: %w", last)
+}
+
+// probe connects from the client to a server port within a second (for iperf3's port, connecting is all).
+func probe(ctx context.Context, t *topology, port int) error {
+	role := "probe"
+	if port == iperfPort {
+		argv := inNS(t.client, "", "bash", "-c", fmt.Sprintf("exec 3<>/dev/tcp/%s/%d", serverAddr, port))
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		return run(cctx, argv[0], argv[1:]...)
+	}
+	argv, env, err := helperCommand(t.client, "", role, fmt.Sprintf("%s:%d", serverAddr, port))
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, argv[0], argv[1:]...)
+	cmd.Env = env
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%w: %s", err, out)
+	}
+	return nil
+}
+
+// helperJSON runs a client role pinned to the client CPU and decodes what it prints.
+func helperJSON(ctx context.Context, t *topology, role string, d time.Duration, v any) error {
+	argv, env, err := helperCommand(t.client, clientCPU, role, fmt.Sprintf("%s:%d", serverAddr, rrPort), d.String())
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, d+20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, argv[0], argv[1:]...)
+	cmd.Env = env
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("%s client: %w: %s", role, err, stderr.String())
+	}
+	return json.Unmarshal(out, v)
+}
+
+// iperfReport is the part of iperf3 -J's report used here.
+type iperfReport struct {
+	End struct {
+		SumReceived struct {
+			BitsPerSecond float64 `json:"bits_per_second"`
+		} `json:"sum_received"`
+		CPU struct {
+			HostTotal   float64 `json:"host_total"`
+			RemoteTotal float64 `json:"remote_total"`
+		} `json:"cpu_utilization_percent"`
+	} `json:"end"`
+	Error string `json:"error"`
+}
+
+// iperf runs an iperf3 client with streams parallel streams for d and returns Gbit/s received and the CPU
+// percent of client and server together.
+func iperf(ctx context.Context, t *topology, streams int, d time.Duration) (gbps, cpu float64, err error) {
+	secs := max(1, int(d.Round(time.Second)/time.Second))
+	argv := inNS(t.client, clientCPU, "iperf3", "-c", serverAddr, "-p", strconv.Itoa(iperfPort), "-J",
+		"-t", strconv.Itoa(secs), "-P", strconv.Itoa(streams))
+	cctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+20*time.Second)
+	defer cancel()
+	out, runErr := output(cctx, nil, argv[0], argv[1:]...)
+	var r iperfReport
+	if err := json.Unmarshal(out, &r); err != nil {
+		if runErr != nil {
+			return 0, 0, runErr
+		}
+		return 0, 0, fmt.Errorf("iperf3 report: %w", err)
+	}
+	if r.Error != "" {
+		return 0, 0, fmt.Errorf("iperf3: %s", r.Error)
+	}
+	if runErr != nil {
+		return 0, 0, runErr
+	}
+	return r.End.SumReceived.BitsPerSecond / 1e9, r.End.CPU.HostTotal + r.End.CPU.RemoteTotal, nil
+}

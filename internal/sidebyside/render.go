@@ -83,6 +83,8 @@ func Render(results []Result) string {
 	for _, r := range results {
 		reps = max(reps, len(r.Samples))
 	}
+	b.WriteString("iptables and nft accept ESTABLISHED before any rule, so a stream or a persistent request-response " +
+		"connection walks the rules only with its first packet; their per-rule cost shows in the connection rate.\n\n")
 	fmt.Fprintf(&b, "Cells: median (min-max over %d repetitions, interleaved) and the ratio to no filter at the same N.\n\n", reps)
 	for _, m := range Metrics {
 		fmt.Fprintf(&b, "### %s, %s\n\n| configuration |", metricTitles[m], units[m])

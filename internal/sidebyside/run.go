@@ -1,6 +1,12 @@
 // Package sidebyside measures Moat's datapath next to no filter, iptables-legacy, iptables-nft and nftables on
 // real veths in network namespaces of its own: stream throughput (iperf3), TCP request-response latency and
 // connection rate, each at N rules, and renders the results as a Markdown section with SVG plots.
+//
+// It needs root, iperf3, iptables (legacy and nft), nft and taskset (prereqs.sh installs them). The whole
+// comparison runs from its test:
+//
+//	SIDEBYSIDE_OUT=/tmp/out [SIDEBYSIDE_QUICK=1] [SIDEBYSIDE_DURATION=3s] [SIDEBYSIDE_REPS=3] \
+//	  go test -run TestSideBySideReport -v -timeout 60m ./internal/sidebyside/
 package sidebyside
 
 import (

@@ -192,7 +192,7 @@ func startServers(ctx context.Context, t *topology) (stop func(), err error) {
 		return stop, fmt.Errorf("start iperf3 server: %w", err)
 	}
 	procs = append(procs, iperfSrv)
-	argv, env, err := helperCommand(t.server, serverCPU, "server", fmt.Sprintf("%s:%d", serverAddr, rrPort))
+	argv, env, err := helperCommand(t.server, echoCPU, "server", fmt.Sprintf("%s:%d", serverAddr, rrPort))
 	if err != nil {
 		return stop, err
 	}
@@ -239,7 +239,7 @@ func probe(ctx context.Context, t *topology, port int) error {
 
 // helperJSON runs a client role pinned to the client CPU and decodes what it prints.
 func helperJSON(ctx context.Context, t *topology, role string, d time.Duration, v any) error {
-	argv, env, err := helperCommand(t.client, clientCPU, role, fmt.Sprintf("%s:%d", serverAddr, rrPort), d.String())
+	argv, env, err := helperCommand(t.client, echoCPU, role, fmt.Sprintf("%s:%d", serverAddr, rrPort), d.String())
 	if err != nil {
 		return err
 	}

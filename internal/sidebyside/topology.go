@@ -26,13 +26,15 @@ const (
 )
 
 // Placement is where the processes of a run sit on this machine's CPUs.
-const Placement = "client processes (iperf3 -c, the request-response and connection-rate clients) pinned to CPU 0 " +
-	"with taskset, servers (iperf3 -s, the echo server) to CPU 1; a veth hands a packet to the peer namespace on " +
-	"the sending CPU, so the router's forwarding and the filter run in softirq on the CPU of whichever side sends"
+const Placement = "iperf3 client on CPU 0 and server on CPU 1 (taskset); the request-response and connection-rate " +
+	"client and echo server both on CPU 1, so a round trip has no cross-CPU wakeup and a filter's cost is not lost in " +
+	"it; a veth hands a packet to the peer namespace on the sending CPU, so the router's forwarding and the filter " +
+	"run in softirq on the CPU of whichever side sends"
 
 const (
-	clientCPU = "0"
-	serverCPU = "1"
+	clientCPU = "0" // iperf3 -c
+	serverCPU = "1" // iperf3 -s
+	echoCPU   = "1" // the request-response and connection-rate client and server, together
 )
 
 // topology is three network namespaces joined by two veths, made with ip(8) and removed by close.

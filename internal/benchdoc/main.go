@@ -46,7 +46,7 @@ func main() {
 	started := time.Now()
 	verdict, change, sizes, changes := "^BenchmarkVerdict$", "^BenchmarkChangeEnforced$", []int{10, 1000, 10000}, 20
 	if *quick {
-		*count = 2
+		*count = 1
 		verdict = "^BenchmarkVerdict$/^rules=(10|10000)$"
 		change = "^BenchmarkChangeEnforced$/^source=folder$/^rules=(10|10000)$"
 		sizes, changes = []int{10, 10000}, 10

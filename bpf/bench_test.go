@@ -49,7 +49,7 @@ func runRepeat(b *testing.B, prog *ebpf.Program, frame, ctx []byte, repeat int, 
 // BenchmarkVerdict measures the datapath's cost per packet, net of an empty program run through the same harness
 // (BPF_PROG_TEST_RUN's own cost). Paths: miss (no rule matches, world default), allow and deny (the last of N
 // rules decides a new flow; RST keeps the packet from creating a conntrack entry, so every run is a new flow),
-// ct-hit (a packet of an established flow).
+// ct-hit (a packet of an established flow), syn (an allowed SYN, which writes the flow's conntrack entry each run).
 func BenchmarkVerdict(b *testing.B) {
 	empty, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "MIT",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}})
@@ -58,7 +58,7 @@ func BenchmarkVerdict(b *testing.B) {
 	}
 	defer empty.Close()
 	for _, n := range []int{10, 100, 1000, 10000} {
-		for _, path := range []string{"miss", "allow", "deny", "ct-hit"} {
+		for _, path := range []string{"miss", "allow", "deny", "ct-hit", "syn"} {
 			b.Run(fmt.Sprintf("rules=%d/path=%s", n, path), func(b *testing.B) {
 				h := newHarness(b, bpf.Options{})
 				last := bpf.ActionAllow
@@ -79,6 +79,8 @@ func BenchmarkVerdict(b *testing.B) {
 						b.Fatalf("establishing the flow: %s", verdictName(got))
 					}
 					pkt.TCPFlags = testutil.TCPAck
+				case "syn":
+					pkt.TCPFlags = testutil.TCPSyn // a new connection's first packet: it writes its conntrack entry
 				}
 				frame, ctx := pkt.Bytes(), skbContext(h.ifindex)
 				b.ResetTimer()

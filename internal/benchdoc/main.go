@@ -149,7 +149,7 @@ func summarize(v []float64) stat {
 }
 
 func render(samples []sample) string {
-	paths := []string{"miss", "allow", "deny", "ct-hit"}
+	paths := []string{"miss", "allow", "deny", "ct-hit", "syn"}
 	type key struct {
 		rules int
 		path  string
@@ -189,7 +189,8 @@ func render(samples []sample) string {
 	fmt.Fprintf(&b, "  matching one last. Each cell is the median (min-max) over %d runs of ns per packet, **net of an empty\n", len(empty)/max(1, len(ns)))
 	fmt.Fprintf(&b, "  program** run through the same harness (%.1f ns median, the cost of BPF_PROG_TEST_RUN itself).\n", es.median)
 	fmt.Fprintf(&b, "- Paths: `miss` no rule matches (world default); `allow`/`deny` the last rule decides a new flow (RST, so\n")
-	fmt.Fprintf(&b, "  no conntrack entry is made and every run is a new flow); `ct-hit` a packet of an established flow.\n\n")
+	fmt.Fprintf(&b, "  no conntrack entry is made and every run is a new flow); `ct-hit` a packet of an established flow; `syn` an\n")
+	fmt.Fprintf(&b, "  allowed SYN, the first packet of a real connection, which writes the flow's conntrack entry.\n\n")
 	fmt.Fprintf(&b, "| rules | %s | policy entries per rule | policy bytes per rule |\n", strings.Join(paths, " | "))
 	fmt.Fprintf(&b, "|---|%s---|---|\n", strings.Repeat("---|", len(paths)))
 	for _, r := range rules {

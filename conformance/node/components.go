@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -15,89 +14,35 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/moatfw/moat/internal/testutil/kubetest"
+	"github.com/moatfw/moat/internal/testutil/procs"
 )
 
-// proc is a process the node started.
-type proc struct {
-	name    string
-	cmd     *exec.Cmd
-	logPath string
-	done    chan struct{}
-	err     error
-}
-
 // run starts a component inside the node's network namespace, logging to <Dir>/logs/<name>.log.
-func (n *Node) run(name, bin string, args ...string) (*proc, error) {
+func (n *Node) run(name, bin string, args ...string) (*procs.Proc, error) {
 	logDir := filepath.Join(n.Dir, "logs")
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return nil, err
 	}
-	logPath := filepath.Join(logDir, name+".log")
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	env := append(os.Environ(), "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	p, err := procs.Start(name, bin, args, filepath.Join(logDir, name+".log"), "", env, func(cmd *exec.Cmd) error {
+		return n.netns.Do(func(ns.NetNS) error { return cmd.Start() })
+	})
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	fmt.Fprintf(f, "# %s %s\n", bin, strings.Join(args, " "))
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = append(os.Environ(), "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-	// its own process group, and no Pdeathsig: Go ends the netns-locked thread that forks it
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := n.netns.Do(func(ns.NetNS) error { return cmd.Start() }); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
 	n.procs = append(n.procs, p)
 	return p, nil
 }
 
-func (p *proc) terminate(grace time.Duration) {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(grace):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-// ComponentLog is the tail of a component's log.
-func (n *Node) ComponentLog(name string, max int) string {
-	b, _ := os.ReadFile(filepath.Join(n.Dir, "logs", name+".log"))
-	if len(b) > max {
-		b = b[len(b)-max:]
-	}
-	return string(b)
-}
-
-// waitUntil polls cond until it holds, the process ends, or the time is up.
-func waitUntil(ctx context.Context, p *proc, d time.Duration, what string, cond func() bool) error {
-	deadline := time.Now().Add(d)
-	for {
-		if cond() {
-			return nil
-		}
-		select {
-		case <-p.done:
-			return fmt.Errorf("%s exited (%v) before %s; see %s", p.name, p.err, what, p.logPath)
-		case <-ctx.Done():
+// waitUntil polls cond until it holds, the process ends, ctx ends, or d passes.
+func waitUntil(ctx context.Context, p *procs.Proc, d time.Duration, what string, cond func() bool) error {
+	if err := p.WaitUntil(ctx.Done(), d, 200*time.Millisecond, what, cond); err != nil {
+		if ctx.Err() != nil {
 			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: no %s after %s; see %s", p.name, what, d, p.logPath)
-		}
+		return err
 	}
+	return nil
 }
 
 // bridgeConflist is the node's primary network: what a cluster's CNI would have written.

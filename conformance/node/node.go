@@ -27,6 +27,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/moatfw/moat/internal/testutil/kubetest"
+	"github.com/moatfw/moat/internal/testutil/procs"
 )
 
 // Config says where the node keeps its state and what it runs.
@@ -44,7 +45,7 @@ type Node struct {
 	Cluster    *kubetest.Cluster
 	Kubeconfig string // admin, reaching the apiserver on HostAddr
 	netns      ns.NetNS
-	procs      []*proc
+	procs      []*procs.Proc
 	state      *hostState
 	sock       string
 }
@@ -210,10 +211,10 @@ func (n *Node) Stop() error {
 	var errs []error
 	for i := len(n.procs) - 1; i >= 0; i-- {
 		p := n.procs[i]
-		if p.name == "containerd" {
+		if p.Name == "containerd" {
 			errs = append(errs, n.removeContainers())
 		}
-		p.terminate(15 * time.Second)
+		p.Terminate(15 * time.Second)
 	}
 	n.procs = nil
 	errs = append(errs, killShims(n.sock))

@@ -26,12 +26,10 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -40,6 +38,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/moatfw/moat/internal/testutil/procs"
 )
 
 // Version is the Kubernetes version that conformance/kube/build.sh builds (keep the two in step).
@@ -130,17 +130,9 @@ type Cluster struct {
 	Dir string
 
 	client    kubernetes.Interface
-	procs     []*proc // in start order
+	procs     []*procs.Proc // in start order
 	removeDir bool
 	stopped   bool
-}
-
-type proc struct {
-	name    string
-	cmd     *exec.Cmd
-	logPath string
-	done    chan struct{} // closed when the process has exited
-	err     error         // exit status, valid after done
 }
 
 // Start runs a cluster for the test and stops it when the test ends, failing the test if it cannot start.
@@ -154,7 +146,7 @@ func Start(tb testing.TB, opts ...Option) *Cluster {
 	tb.Cleanup(func() {
 		if tb.Failed() {
 			for _, p := range c.procs {
-				tb.Logf("kubetest: tail of %s:\n%s", p.logPath, tail(p.logPath))
+				tb.Logf("kubetest: tail of %s:\n%s", p.LogPath, procs.Tail(p.LogPath, logTailBytes))
 			}
 		}
 		if err := c.Stop(); err != nil {
@@ -384,8 +376,8 @@ func (c *Cluster) start(bin string, cfg *config) error {
 		})
 	}
 	select {
-	case <-kcm.done:
-		return kcm.exitError()
+	case <-kcm.Done():
+		return kcm.ExitError()
 	case <-time.After(time.Second):
 		return nil
 	}
@@ -404,19 +396,17 @@ func (c *Cluster) Stop() error {
 	c.stopped = true
 	var errs []error
 	for _, p := range c.procs {
-		select {
-		case <-p.done:
-			errs = append(errs, p.exitError())
-		default:
+		if p.Exited() {
+			errs = append(errs, p.ExitError())
 		}
 	}
 	for i := len(c.procs) - 1; i >= 0; i-- {
 		p := c.procs[i]
 		grace := 10 * time.Second
-		if p.name == "kube-apiserver" {
+		if p.Name == "kube-apiserver" {
 			grace = 20 * time.Second
 		}
-		p.terminate(grace)
+		p.Terminate(grace)
 	}
 	if c.removeDir {
 		if err := os.RemoveAll(c.Dir); err != nil {
@@ -429,75 +419,22 @@ func (c *Cluster) Stop() error {
 // killAll ends whatever a failed start left running.
 func (c *Cluster) killAll() {
 	for i := len(c.procs) - 1; i >= 0; i-- {
-		c.procs[i].terminate(5 * time.Second)
+		c.procs[i].Terminate(5 * time.Second)
 	}
 }
 
-func (c *Cluster) run(bin, name string, args []string) (*proc, error) {
-	logPath := filepath.Join(c.Dir, name+".log")
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+func (c *Cluster) run(bin, name string, args []string) (*procs.Proc, error) {
+	p, err := procs.Start(name, filepath.Join(bin, name), args, filepath.Join(c.Dir, name+".log"), c.Dir, nil, nil)
 	if err != nil {
 		return nil, err
 	}
-	defer logFile.Close() // the child has its own descriptor
-	fmt.Fprintf(logFile, "# %s %s\n", name, strings.Join(args, " "))
-	cmd := exec.Command(filepath.Join(bin, name), args...)
-	cmd.Dir = c.Dir
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	// Its own process group (a terminal's ^C reaches only the test binary, which then stops the cluster). No
-	// Pdeathsig: it fires when the forking OS thread exits, and Go ends threads that a netns-switching goroutine
-	// locked (ns.Do), which killed kube-controller-manager in the middle of tests.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
 	c.procs = append(c.procs, p)
 	return p, nil
 }
 
-// terminate sends SIGTERM to the process (by its PID, never its group or name), waits up to grace, then
-// SIGKILLs it.
-func (p *proc) terminate(grace time.Duration) {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(grace):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-func (p *proc) exitError() error {
-	return fmt.Errorf("%s exited (%v); tail of %s:\n%s", p.name, p.err, p.logPath, tail(p.logPath))
-}
-
 // waitFor polls ready until it holds, the process exits, or startTimeout passes.
-func waitFor(p *proc, ready func() bool) error {
-	deadline := time.Now().Add(startTimeout)
-	for {
-		if ready() {
-			return nil
-		}
-		select {
-		case <-p.done:
-			return p.exitError()
-		default:
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready after %v; tail of %s:\n%s", p.name, startTimeout, p.logPath, tail(p.logPath))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+func waitFor(p *procs.Proc, ready func() bool) error {
+	return p.WaitUntil(nil, startTimeout, 100*time.Millisecond, "readiness", ready)
 }
 
 func get(hc *http.Client, url, token string) ([]byte, bool) {
@@ -558,26 +495,4 @@ func writeKeyPair(keyPath, pubPath string) error {
 		return err
 	}
 	return os.WriteFile(pubPath, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644)
-}
-
-// tail returns the end of a log file.
-func tail(path string) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Sprintf("(cannot read: %v)", err)
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err == nil && fi.Size() > logTailBytes {
-		if _, err := f.Seek(fi.Size()-logTailBytes, io.SeekStart); err != nil {
-			return fmt.Sprintf("(cannot read: %v)", err)
-		}
-	}
-	b, _ := io.ReadAll(f)
-	s := string(b)
-	if len(b) == logTailBytes {
-		if i := strings.IndexByte(s, '\n'); i >= 0 {
-			s = "..." + s[i:]
-		}
-	}
-	return strings.TrimRight(s, "\n")
 }

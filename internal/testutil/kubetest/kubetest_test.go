@@ -137,8 +137,8 @@ func TestNewStop(t *testing.T) {
 	}
 	t.Logf("stopped in %v", time.Since(begin).Round(time.Millisecond))
 	for _, p := range c.procs {
-		if err := p.cmd.Process.Signal(syscall.Signal(0)); !errors.Is(err, os.ErrProcessDone) {
-			t.Errorf("%s (pid %d) still there after Stop: %v", p.name, p.cmd.Process.Pid, err)
+		if err := p.Cmd.Process.Signal(syscall.Signal(0)); !errors.Is(err, os.ErrProcessDone) {
+			t.Errorf("%s (pid %d) still there after Stop: %v", p.Name, p.Cmd.Process.Pid, err)
 		}
 	}
 	for _, log := range []string{"etcd.log", "kube-apiserver.log", "kube-controller-manager.log"} {

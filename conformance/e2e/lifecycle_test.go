@@ -147,22 +147,35 @@ func moatPod(t *testing.T) string {
 	return strings.Fields(string(out))[0]
 }
 
-// Deleting the Moat pod while traffic runs: no denied connection gets through, an allowed stream survives, and
-// pods still start (and are guarded) once the DaemonSet's new pod is ready.
-func TestMoatPodRestart(t *testing.T) {
-	namespace(t, "e2e-restart", map[string]string{"moat.dev/zone": "e2e-restart", "moat.dev/egress": "Deny"})
-	mustApply(t, `apiVersion: moat.dev/v1alpha1
+// allow443 is a policy that opens 198.51.100.0/24 on TCP 443 to the zone named like itself.
+func allow443(zone string) string {
+	return fmt.Sprintf(`apiVersion: moat.dev/v1alpha1
 kind: FirewallPolicy
-metadata: {name: e2e-restart}
+metadata: {name: %s}
 spec:
-  namespaceSelector: {matchLabels: {moat.dev/zone: e2e-restart}}
+  namespaceSelector: {matchLabels: {moat.dev/zone: %s}}
   egress:
   - action: Allow
     to: [{cidr: 198.51.100.0/24}]
     ports: [{protocol: TCP, port: 443}]
-`)
-	p := agent(t, "e2e-restart", "client")
+`, zone, zone)
+}
+
+// guardedClient is a pod of a new namespace whose world egress is denied but for allow443, once that policy is
+// in force.
+func guardedClient(t *testing.T, zone string) pod {
+	t.Helper()
+	namespace(t, zone, map[string]string{"moat.dev/zone": zone, "moat.dev/egress": "Deny"})
+	mustApply(t, allow443(zone))
+	p := agent(t, zone, "client")
 	expect(t, p, "tcp", "198.51.100.1:443", true, applied)
+	return p
+}
+
+// Deleting the Moat pod while traffic runs: no denied connection gets through, an allowed stream survives, and
+// pods still start (and are guarded) once the DaemonSet's new pod is ready.
+func TestMoatPodRestart(t *testing.T) {
+	p := guardedClient(t, "e2e-restart")
 	tr := startTraffic(t, podNetns(t, p), "198.51.100.1:443", "198.51.100.1:80")
 	time.Sleep(time.Second)
 	old := moatPod(t)
@@ -182,19 +195,7 @@ spec:
 
 // Rolling the DaemonSet to a new image: the same guarantees as a restart, one node at a time.
 func TestRollToANewImage(t *testing.T) {
-	namespace(t, "e2e-roll", map[string]string{"moat.dev/zone": "e2e-roll", "moat.dev/egress": "Deny"})
-	mustApply(t, `apiVersion: moat.dev/v1alpha1
-kind: FirewallPolicy
-metadata: {name: e2e-roll}
-spec:
-  namespaceSelector: {matchLabels: {moat.dev/zone: e2e-roll}}
-  egress:
-  - action: Allow
-    to: [{cidr: 198.51.100.0/24}]
-    ports: [{protocol: TCP, port: 443}]
-`)
-	p := agent(t, "e2e-roll", "client")
-	expect(t, p, "tcp", "198.51.100.1:443", true, applied)
+	p := guardedClient(t, "e2e-roll")
 	tr := startTraffic(t, podNetns(t, p), "198.51.100.1:443", "198.51.100.1:80")
 	time.Sleep(time.Second)
 	ctx := context.Background()

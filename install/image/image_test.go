@@ -195,37 +195,6 @@ func TestBuildOptions(t *testing.T) {
 	}
 }
 
-func TestImageName(t *testing.T) {
-	for _, c := range []struct{ ref, full, tag string }{
-		{"moatfw/moat:v0.1.0", "docker.io/moatfw/moat:v0.1.0", "v0.1.0"},
-		{"docker.io/moatfw/moat:v0.1.0", "docker.io/moatfw/moat:v0.1.0", "v0.1.0"},
-		{"index.docker.io/moatfw/moat:v1", "docker.io/moatfw/moat:v1", "v1"},
-		{"moat", "docker.io/library/moat:latest", "latest"},
-		{"localhost:5000/moat:dev", "localhost:5000/moat:dev", "dev"},
-		{"registry.example/a/b/moat:1.2", "registry.example/a/b/moat:1.2", "1.2"},
-	} {
-		full, tag, err := ociimage.ImageName(c.ref)
-		if err != nil || full != c.full || tag != c.tag {
-			t.Errorf("ociimage.ImageName(%q) = %q, %q, %v; want %q, %q", c.ref, full, tag, err, c.full, c.tag)
-		}
-	}
-	for _, ref := range []string{"", "Moatfw/Moat:v1", "moatfw/moat:bad tag", "moatfw/moat@sha256:" + strings.Repeat("a", 64)} {
-		if _, _, err := ociimage.ImageName(ref); err == nil {
-			t.Errorf("ociimage.ImageName(%q): no error", ref)
-		}
-	}
-}
-
-func fileSHA(t *testing.T, p string) string {
-	t.Helper()
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
-}
-
 func TestBuildReproducible(t *testing.T) {
 	binDir, contents := fakeBinaries(t)
 	outDir := t.TempDir()
@@ -251,7 +220,7 @@ func TestBuildReproducible(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r1.Digest != r2.Digest || fileSHA(t, first) != fileSHA(t, second) {
+	if r1.Digest != r2.Digest || ocitest.FileSHA256(t, first) != ocitest.FileSHA256(t, second) {
 		t.Errorf("two builds of the same binaries differ: %s and %s", r1.Digest, r2.Digest)
 	}
 
@@ -582,7 +551,7 @@ func TestBuildSameAsBefore(t *testing.T) {
 			if res.Digest.Hex != c.manifest {
 				t.Errorf("manifest %s, want sha256:%s", res.Digest, c.manifest)
 			}
-			if got := fileSHA(t, out); got != c.archive {
+			if got := ocitest.FileSHA256(t, out); got != c.archive {
 				t.Errorf("archive sha256 %s, want %s", got, c.archive)
 			}
 			if c.name != "defaults" {

@@ -4,9 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"debug/elf"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -175,16 +173,6 @@ func TestBuildMinimal(t *testing.T) {
 	}
 }
 
-func archiveSHA(t *testing.T, p string) string {
-	t.Helper()
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
-}
-
 func TestBuildReproducible(t *testing.T) {
 	spec, _ := testSpec(t)
 	dir := t.TempDir()
@@ -203,7 +191,7 @@ func TestBuildReproducible(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if first.Digest != second.Digest || archiveSHA(t, first.Archive) != archiveSHA(t, second.Archive) {
+	if first.Digest != second.Digest || ocitest.FileSHA256(t, first.Archive) != ocitest.FileSHA256(t, second.Archive) {
 		t.Errorf("two builds of the same spec differ: %s and %s", first.Digest, second.Digest)
 	}
 	for name, change := range map[string]func(*ociimage.Spec){
@@ -219,7 +207,7 @@ func TestBuildReproducible(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if archiveSHA(t, res.Archive) == archiveSHA(t, first.Archive) {
+		if ocitest.FileSHA256(t, res.Archive) == ocitest.FileSHA256(t, first.Archive) {
 			t.Errorf("another %s kept the archive", name)
 		}
 		if name != "ref" && res.Digest == first.Digest {
@@ -418,13 +406,17 @@ func TestImageName(t *testing.T) {
 		{"moat.test/pause:1", "moat.test/pause:1", "1"},
 		{"localhost:5000/moat:dev", "localhost:5000/moat:dev", "dev"},
 		{"moat", "docker.io/library/moat:latest", "latest"},
+		{"docker.io/moatfw/moat:v0.1.0", "docker.io/moatfw/moat:v0.1.0", "v0.1.0"},
+		{"index.docker.io/moatfw/moat:v1", "docker.io/moatfw/moat:v1", "v1"},
+		{"registry.example/a/b/moat:1.2", "registry.example/a/b/moat:1.2", "1.2"},
 	} {
 		full, tag, err := ociimage.ImageName(c.ref)
 		if err != nil || full != c.full || tag != c.tag {
 			t.Errorf("ImageName(%q) = %q, %q, %v; want %q, %q", c.ref, full, tag, err, c.full, c.tag)
 		}
 	}
-	for _, ref := range []string{"", "moat.test/Agent:1", "moat.test/agent@sha256:" + strings.Repeat("a", 64)} {
+	for _, ref := range []string{"", "moat.test/Agent:1", "moat.test/agent@sha256:" + strings.Repeat("a", 64),
+		"Moatfw/Moat:v1", "moatfw/moat:bad tag", "moatfw/moat@sha256:" + strings.Repeat("a", 64)} {
 		if _, _, err := ociimage.ImageName(ref); err == nil {
 			t.Errorf("ImageName(%q): no error", ref)
 		}

@@ -324,3 +324,14 @@ func Machine(arch string) (elf.Machine, bool) {
 	}[arch]
 	return m, ok
 }
+
+// FileSHA256 is the hex SHA-256 of a file's bytes.
+func FileSHA256(t testing.TB, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}

@@ -73,13 +73,13 @@ func main() {
 	doc += "\n![request-response p50 against N](benchmarks-rr.svg)\n![throughput against N](benchmarks-throughput.svg)\n"
 	doc += renderPlugin(parseMetrics(benchmark("^BenchmarkPluginAddDel$", "1x", *count, "./plugin/"), "BenchmarkPluginAddDel"))
 	doc += renderChurn(parseMetrics(benchmark("^BenchmarkPodChurn$", "1x", 1, "./internal/simnode/"), "BenchmarkPodChurn"))
-	changeRaw := benchmark(change, "20x", min(*count, 3), "./internal/enforcer/")
-	doc += renderChange(bytes.NewBuffer(changeRaw.Bytes()))
+	p50, p99 := parseChange(benchmark(change, "20x", min(*count, 3), "./internal/enforcer/"))
+	doc += renderChange(p50, p99)
 	rcs, err := measureRuleChanges(sizes, changes)
 	if err != nil {
 		log.Fatalf("benchdoc: rule changes: %v", err)
 	}
-	doc += renderRuleChanges(rcs, folderP50(changeRaw))
+	doc += renderRuleChanges(rcs, folderP50(p50))
 	doc += renderRSS(parseMetrics(benchmark("^BenchmarkEnforcerRSS$", "1x", min(*count, 3), "./enforcer/"), "BenchmarkEnforcerRSS"),
 		parseMetrics(benchmark("^BenchmarkEndpointBytes$", "1x", 1, "./bpf/"), "BenchmarkEndpointBytes"))
 	doc += fmt.Sprintf("\n---\n`make bench%s` took %s.\n", map[bool]string{true: " QUICK=1", false: ""}[*quick],
@@ -274,13 +274,15 @@ func renderPlugin(m map[string][]float64) string {
 
 var changeLine = regexp.MustCompile(`^BenchmarkChangeEnforced/source=([a-z]+)/rules=(\d+)(?:-\d+)?\s+\d+\s+(.*)$`)
 
-// renderChange is the change -> enforced section: p50 and p99 by source and rules loaded.
-func renderChange(raw *bytes.Buffer) string {
-	type key struct {
-		source string
-		rules  int
-	}
-	p50, p99 := map[key][]float64{}, map[key][]float64{}
+// changeKey is one BenchmarkChangeEnforced case: a source and the rules loaded.
+type changeKey struct {
+	source string
+	rules  int
+}
+
+// parseChange reads BenchmarkChangeEnforced's p50 and p99 (ms) of every run, by case.
+func parseChange(raw io.Reader) (p50, p99 map[changeKey][]float64) {
+	p50, p99 = map[changeKey][]float64{}, map[changeKey][]float64{}
 	sc := bufio.NewScanner(raw)
 	for sc.Scan() {
 		m := changeLine.FindStringSubmatch(sc.Text())
@@ -288,7 +290,7 @@ func renderChange(raw *bytes.Buffer) string {
 			continue
 		}
 		rules, _ := strconv.Atoi(m[2])
-		k := key{m[1], rules}
+		k := changeKey{m[1], rules}
 		f := strings.Fields(m[3])
 		for i := 0; i+1 < len(f); i += 2 {
 			v, err := strconv.ParseFloat(f[i], 64)
@@ -303,6 +305,11 @@ func renderChange(raw *bytes.Buffer) string {
 			}
 		}
 	}
+	return p50, p99
+}
+
+// renderChange is the change -> enforced section: p50 and p99 by source and rules loaded.
+func renderChange(p50, p99 map[changeKey][]float64) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n## Enforcer: policy change -> enforced\n\n")
 	fmt.Fprintf(&b, "`go test -bench BenchmarkChangeEnforced -benchtime 20x ./internal/enforcer/`: N rules loaded (policies that\n")
@@ -321,7 +328,7 @@ func renderChange(raw *bytes.Buffer) string {
 		}
 		sort.Ints(rules)
 		for _, r := range rules {
-			k := key{src, r}
+			k := changeKey{src, r}
 			if len(p99[k]) == 0 {
 				continue
 			}

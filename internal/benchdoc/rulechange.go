@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"os/exec"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -162,27 +160,12 @@ func renderRuleChanges(rcs []ruleChange, moat map[int]float64) string {
 }
 
 // folderP50 is the folder source's median p50 by rules loaded.
-func folderP50(raw *bytes.Buffer) map[int]float64 {
-	per := map[int][]float64{}
-	sc := bufio.NewScanner(bytes.NewReader(raw.Bytes()))
-	for sc.Scan() {
-		m := changeLine.FindStringSubmatch(sc.Text())
-		if m == nil || m[1] != "folder" {
-			continue
-		}
-		rules, _ := strconv.Atoi(m[2])
-		f := strings.Fields(m[3])
-		for i := 0; i+1 < len(f); i += 2 {
-			if f[i+1] == "p50-ms" {
-				if v, err := strconv.ParseFloat(f[i], 64); err == nil {
-					per[rules] = append(per[rules], v)
-				}
-			}
-		}
-	}
+func folderP50(p50 map[changeKey][]float64) map[int]float64 {
 	out := map[int]float64{}
-	for r, v := range per {
-		out[r] = summarize(v).median
+	for k, v := range p50 {
+		if k.source == "folder" {
+			out[k.rules] = summarize(v).median
+		}
 	}
 	return out
 }

@@ -383,15 +383,7 @@ func removeCgroups(name string) error {
 			return nil
 		})
 	}
-	for _, pid := range pids {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for _, pid := range pids {
-		for syscall.Kill(pid, 0) == nil && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
+	killAndWait(pids)
 	for _, root := range roots {
 		var dirs []string
 		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
@@ -423,6 +415,19 @@ func killLeftovers(dir string) error {
 	return killWhere(func(cmdline string) bool { return strings.Contains(cmdline, dir+"/") })
 }
 
+// killAndWait SIGKILLs the processes and waits up to 10 s for them to be gone.
+func killAndWait(pids []int) {
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, pid := range pids {
+		for syscall.Kill(pid, 0) == nil && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
 func killWhere(match func(cmdline string) bool) error {
 	entries, _ := os.ReadDir("/proc")
 	self := os.Getpid()
@@ -438,15 +443,7 @@ func killWhere(match func(cmdline string) bool) error {
 		}
 		pids = append(pids, pid)
 	}
-	for _, pid := range pids {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for _, pid := range pids {
-		for syscall.Kill(pid, 0) == nil && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
+	killAndWait(pids)
 	return nil
 }
 

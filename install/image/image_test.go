@@ -23,6 +23,7 @@ import (
 	"github.com/moatfw/moat/internal/ociimage"
 	"github.com/moatfw/moat/internal/ociimage/moatimage"
 	"github.com/moatfw/moat/internal/ociimage/ocitest"
+	"github.com/moatfw/moat/internal/testutil"
 )
 
 // fakeBinaries writes the five binaries as small amd64 ELF files into a new folder and returns it with their
@@ -297,7 +298,7 @@ func TestBuildBadInput(t *testing.T) {
 			outDir := t.TempDir()
 			o := testOptions(binDir, filepath.Join(outDir, "moat-image.tar"))
 			c.prepare(t, binDir, &o)
-			before := listDir(t, outDir)
+			before := testutil.ListDir(t, outDir)
 			_, err := build(o, io.Discard)
 			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
 				t.Fatalf("build: error %v, want one with %q", err, c.wantErr)
@@ -305,7 +306,7 @@ func TestBuildBadInput(t *testing.T) {
 			if err.Error() != strings.ToLower(err.Error()[:1])+err.Error()[1:] {
 				t.Errorf("error %q does not start in lower case", err)
 			}
-			if after := listDir(t, outDir); !slices.Equal(before, after) {
+			if after := testutil.ListDir(t, outDir); !slices.Equal(before, after) {
 				t.Errorf("a failed build left %q behind (before: %q)", after, before)
 			}
 		})
@@ -336,19 +337,6 @@ func write(t *testing.T, p string, b []byte) {
 	if err := os.WriteFile(p, b, 0o755); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func listDir(t *testing.T, dir string) []string {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	return names
 }
 
 func TestParseFlags(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/moatfw/moat/install/conflist"
+	"github.com/moatfw/moat/internal/testutil"
 )
 
 const flannelConf = `{
@@ -56,19 +57,6 @@ func inode(t *testing.T, path string) uint64 {
 	return fi.Sys().(*syscall.Stat_t).Ino
 }
 
-func listDir(t *testing.T, dir string) []string {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	return names
-}
-
 func TestInstallCopiesChainsAndIsIdempotent(t *testing.T) {
 	o := fakeNode(t, "10-flannel.conf", flannelConf)
 	o.FailPolicy = "open"
@@ -80,7 +68,7 @@ func TestInstallCopiesChainsAndIsIdempotent(t *testing.T) {
 	if res.Conflist != conf || len(res.Copied) != 2 || len(res.Removed) != 1 {
 		t.Errorf("first install: %+v", res)
 	}
-	if got := listDir(t, o.Dir); len(got) != 1 || got[0] != "10-flannel.conflist" {
+	if got := testutil.ListDir(t, o.Dir); len(got) != 1 || got[0] != "10-flannel.conflist" {
 		t.Errorf("the CNI folder holds %v, want only the conflist that replaced the lone .conf", got)
 	}
 	data, err := os.ReadFile(conf)
@@ -178,7 +166,7 @@ func TestInstallRefusesAndChangesNothing(t *testing.T) {
 			if res.Changed() {
 				t.Errorf("Install changed %+v", res)
 			}
-			if got := listDir(t, o.BinDir); len(got) != 0 {
+			if got := testutil.ListDir(t, o.BinDir); len(got) != 0 {
 				t.Errorf("binaries copied although it refused: %v", got)
 			}
 			if c.file != "" {
@@ -210,7 +198,7 @@ func TestUninstallRefusesABrokenNetwork(t *testing.T) {
 	if now, _ := os.ReadFile(filepath.Join(o.Dir, "10-net.conflist")); !bytes.Equal(now, chained) {
 		t.Errorf("Uninstall changed the good network before refusing")
 	}
-	if got := listDir(t, o.BinDir); len(got) != 2 {
+	if got := testutil.ListDir(t, o.BinDir); len(got) != 2 {
 		t.Errorf("Uninstall removed binaries before refusing: %v", got)
 	}
 }
@@ -240,7 +228,7 @@ func TestUninstallKeepsBinariesWhenAsked(t *testing.T) {
 	if err != nil || len(res.Removed) != 0 || len(res.Rewritten) != 1 {
 		t.Fatalf("Uninstall: %+v, %v", res, err)
 	}
-	if got := listDir(t, o.BinDir); len(got) != 2 {
+	if got := testutil.ListDir(t, o.BinDir); len(got) != 2 {
 		t.Errorf("the binaries went: %v", got)
 	}
 	data, _ := os.ReadFile(filepath.Join(o.Dir, "10-net.conflist"))

@@ -19,6 +19,7 @@ import (
 
 	"github.com/moatfw/moat/internal/ociimage"
 	"github.com/moatfw/moat/internal/ociimage/ocitest"
+	"github.com/moatfw/moat/internal/testutil"
 )
 
 var testEpoch = time.Unix(1700000000, 0).UTC()
@@ -307,7 +308,7 @@ func TestBuildBadSpec(t *testing.T) {
 			spec, _ := testSpec(t)
 			outDir := t.TempDir()
 			out := c.change(t, &spec, filepath.Join(outDir, "agent.tar"))
-			before := listDir(t, outDir)
+			before := testutil.ListDir(t, outDir)
 			_, err := ociimage.Build(context.Background(), spec, out, io.Discard)
 			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
 				t.Fatalf("build: error %v, want one with %q", err, c.wantErr)
@@ -315,7 +316,7 @@ func TestBuildBadSpec(t *testing.T) {
 			if err.Error() != strings.ToLower(err.Error()[:1])+err.Error()[1:] {
 				t.Errorf("error %q does not start in lower case", err)
 			}
-			if after := listDir(t, outDir); !slices.Equal(before, after) {
+			if after := testutil.ListDir(t, outDir); !slices.Equal(before, after) {
 				t.Errorf("a failed build left %q behind (before: %q)", after, before)
 			}
 		})
@@ -347,7 +348,7 @@ func TestBuildFailureKeepsArchive(t *testing.T) {
 	if b, err := os.ReadFile(out); err != nil || string(b) != "the previous archive" {
 		t.Errorf("the previous archive became %q (%v)", b, err)
 	}
-	if names := listDir(t, dir); !slices.Equal(names, []string{"agent.tar"}) {
+	if names := testutil.ListDir(t, dir); !slices.Equal(names, []string{"agent.tar"}) {
 		t.Errorf("failed builds left %q", names)
 	}
 }
@@ -421,17 +422,4 @@ func TestImageName(t *testing.T) {
 			t.Errorf("ImageName(%q): no error", ref)
 		}
 	}
-}
-
-func listDir(t *testing.T, dir string) []string {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	return names
 }

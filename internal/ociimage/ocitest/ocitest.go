@@ -220,8 +220,8 @@ func ReadArchive(t testing.TB, archive string) (v1.Descriptor, v1.Image, []*tar.
 	return im.Manifests[0], img, hdrs
 }
 
-// LayerFiles reads the image's one layer: headers by name, and contents of regular files.
-func LayerFiles(t testing.TB, img v1.Image) ([]*tar.Header, map[string][]byte) {
+// oneLayer is the image's only layer; an image with another number of layers fails the test.
+func oneLayer(t testing.TB, img v1.Image) v1.Layer {
 	t.Helper()
 	layers, err := img.Layers()
 	if err != nil {
@@ -230,10 +230,17 @@ func LayerFiles(t testing.TB, img v1.Image) ([]*tar.Header, map[string][]byte) {
 	if len(layers) != 1 {
 		t.Fatalf("%d layers, want 1", len(layers))
 	}
-	if mt, _ := layers[0].MediaType(); mt != types.OCILayer {
+	return layers[0]
+}
+
+// LayerFiles reads the image's one layer: headers by name, and contents of regular files.
+func LayerFiles(t testing.TB, img v1.Image) ([]*tar.Header, map[string][]byte) {
+	t.Helper()
+	layer := oneLayer(t, img)
+	if mt, _ := layer.MediaType(); mt != types.OCILayer {
 		t.Errorf("layer media type %s, want %s", mt, types.OCILayer)
 	}
-	rc, err := layers[0].Uncompressed()
+	rc, err := layer.Uncompressed()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,14 +304,7 @@ func CheckWithContainerd(t testing.TB, res ociimage.Result) {
 // ExtractLayer unpacks the image's one layer into a new folder and returns it: the image's root file system.
 func ExtractLayer(t testing.TB, img v1.Image) string {
 	t.Helper()
-	layers, err := img.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(layers) != 1 {
-		t.Fatalf("%d layers, want 1", len(layers))
-	}
-	rc, err := layers[0].Uncompressed()
+	rc, err := oneLayer(t, img).Uncompressed()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -386,5 +390,55 @@ func TestSYNIsNeverAReply(t *testing.T) {
 	}
 	if h.reasonCount(bpf.ReasonAllowRule) != before+1 {
 		t.Errorf("retransmitted SYN was not decided by policy")
+	}
+}
+
+// procJiffies reads the kernel's jiffies from /proc/timer_list, a clock independent of the datapath's.
+func procJiffies(t *testing.T) (uint64, time.Time) {
+	t.Helper()
+	b, err := os.ReadFile("/proc/timer_list")
+	if err != nil {
+		t.Skipf("no /proc/timer_list to check jiffies against: %v", err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "jiffies: "); ok {
+			j, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				t.Fatalf("jiffies line %q: %v", l, err)
+			}
+			return j, time.Now()
+		}
+	}
+	t.Skip("/proc/timer_list has no jiffies line")
+	return 0, time.Time{}
+}
+
+// Deadlines are in jiffies at the tick rate the loader measured: the rate agrees with the kernel's own count, and
+// a SYN's entry expires 60 s of ticks from now.
+func TestConntrackDeadlinesInJiffies(t *testing.T) {
+	h := newHarness(t, bpf.Options{})
+	h.policy(egressOnly443())
+	cfg, err := h.dp.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	j0, t0 := procJiffies(t)
+	time.Sleep(300 * time.Millisecond)
+	j1, t1 := procJiffies(t)
+	rate := float64(j1-j0) / t1.Sub(t0).Seconds()
+	if hz := float64(cfg.Hz); hz < rate*0.85 || hz > rate*1.15 {
+		t.Fatalf("config.hz = %d, but the kernel counted %.0f jiffies per second", cfg.Hz, rate)
+	}
+
+	before, _ := procJiffies(t)
+	h.from(tcp(podV4, worldV4, 42100, 443, testutil.TCPSyn))
+	after, _ := procJiffies(t)
+	e, ok := h.ctEntry(ctKey(h, testutil.ProtoTCP, podV4, worldV4, 42100, 443))
+	if !ok {
+		t.Fatal("no entry for an allowed SYN")
+	}
+	lo, hi := before+60*uint64(cfg.Hz), after+60*uint64(cfg.Hz)
+	if e.Expires < lo || e.Expires > hi {
+		t.Errorf("SYN entry expires at jiffy %d, want 60 s of ticks from now: %d..%d", e.Expires, lo, hi)
 	}
 }

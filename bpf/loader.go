@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -81,13 +83,22 @@ func Load(root string, opts Options) (*Datapath, error) {
 	}
 	dp := &Datapath{Root: root, FromPod: objs.MoatFromPod, ToPod: objs.MoatToPod, maps: objs.moatMaps,
 		inner: spec.Maps["policy"].InnerMap, Created: created}
+	hz, err := kernelHZ(objs.MoatJiffies)
+	objs.MoatJiffies.Close()
+	if err != nil {
+		dp.Close()
+		return nil, err
+	}
 	if created {
-		cfg := Config{LayoutVersion: LayoutVersion,
+		cfg := Config{LayoutVersion: LayoutVersion, Hz: hz,
 			DefaultVerdict: [2]uint8{uint8(ActionAllow), uint8(ActionAllow)}}
 		if err := dp.maps.Config.Put(uint32(0), &cfg); err != nil {
 			dp.Close()
 			return nil, fmt.Errorf("write datapath config: %w", err)
 		}
+	} else if err := dp.UpdateConfig(func(c *Config) { c.Hz = hz }); err != nil {
+		dp.Close()
+		return nil, err
 	}
 	for name, prog := range map[string]*ebpf.Program{FromPodPin: dp.FromPod, ToPodPin: dp.ToPod} {
 		if err := pinReplace(prog, filepath.Join(root, name)); err != nil {
@@ -223,4 +234,51 @@ func pinReplace(prog *ebpf.Program, path string) error {
 		return fmt.Errorf("pin program %s: %w", path, err)
 	}
 	return nil
+}
+
+// The kernel's tick rate, measured once per process: deadlines of conntrack and fragment entries are in jiffies.
+var hzOnce struct {
+	sync.Once
+	hz  uint16
+	err error
+}
+
+// kernelHZ measures how many jiffies the kernel counts per second by running prog (which returns bpf_jiffies64)
+// at two tick edges about 100 ms apart, and rounds to the nearest rate Linux builds with (100, 250, 300, 1000).
+func kernelHZ(prog *ebpf.Program) (uint16, error) {
+	hzOnce.Do(func() {
+		pkt := make([]byte, 64)
+		read := func() (uint32, error) { return prog.Run(&ebpf.RunOptions{Data: pkt}) }
+		edge := func() (uint32, time.Time, error) {
+			first, err := read()
+			for err == nil {
+				var j uint32
+				if j, err = read(); err == nil && j != first {
+					return j, time.Now(), nil
+				}
+			}
+			return 0, time.Time{}, fmt.Errorf("read the kernel's jiffies: %w", err)
+		}
+		j0, t0, err := edge()
+		if err == nil {
+			time.Sleep(100 * time.Millisecond)
+			var j1 uint32
+			var t1 time.Time
+			if j1, t1, err = edge(); err == nil {
+				hzOnce.hz = nearestHZ(float64(j1-j0) / t1.Sub(t0).Seconds())
+			}
+		}
+		hzOnce.err = err
+	})
+	return hzOnce.hz, hzOnce.err
+}
+
+// nearestHZ is the configurable tick rate closest to a measured one (within 10%), or the measured one rounded.
+func nearestHZ(measured float64) uint16 {
+	for _, hz := range []float64{100, 250, 300, 1000} {
+		if measured > hz*0.9 && measured < hz*1.1 {
+			return uint16(hz)
+		}
+	}
+	return uint16(measured + 0.5)
 }

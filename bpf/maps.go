@@ -186,6 +186,11 @@ func (dp *Datapath) ReplacePolicies(policies map[uint32][]PolicyEntry) error {
 	if dp.inner == nil {
 		return fmt.Errorf("only the enforcer that loaded the datapath writes policy")
 	}
+	for identity := range policies {
+		if identity == 0 || identity >= MaxIdentities {
+			return fmt.Errorf("policy of identity %d: identities run from 1 to %d", identity, MaxIdentities-1)
+		}
+	}
 	ids := make([]uint32, 0, len(policies))
 	inners := make([]*ebpf.Map, 0, len(policies))
 	defer func() {
@@ -461,6 +466,8 @@ func (dp *Datapath) MapFills() (map[string]MapFill, error) {
 			n, err = countBatch[CTKey, CTValue](dp.maps.Conntrack)
 		case "fragments":
 			n, err = countBatch[FragKey, FragValue](dp.maps.Fragments)
+		case "policy":
+			n, err = countPolicies(dp.maps.Policy)
 		default:
 			n, err = countKeys(byName[name])
 		}
@@ -475,6 +482,41 @@ func (dp *Datapath) MapFills() (map[string]MapFill, error) {
 func (dp *Datapath) allMapsByName() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{"local_endpoints": dp.maps.LocalEndpoints, "identities": dp.maps.Identities,
 		"ipcache": dp.maps.Ipcache, "policy": dp.maps.Policy, "conntrack": dp.maps.Conntrack, "fragments": dp.maps.Fragments}
+}
+
+// countPolicies counts the identities that have a policy: the policy map is an array with a slot for every
+// identity, and a batch lookup returns only the filled ones (one lookup per slot where the kernel cannot batch).
+func countPolicies(m *ebpf.Map) (int, error) {
+	if m == nil {
+		return 0, nil
+	}
+	keys := make([]uint32, 4096)
+	ids := make([]uint32, 4096)
+	var cursor ebpf.MapBatchCursor
+	total := 0
+	for {
+		n, err := m.BatchLookup(&cursor, keys, ids, nil)
+		total += n
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return total, nil
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			break
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+	n := 0
+	var id uint32
+	for k := uint32(0); k < m.MaxEntries(); k++ {
+		if err := m.Lookup(k, &id); err == nil {
+			n++
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // countKeys walks a map's keys; for maps of a few thousand entries.

@@ -67,18 +67,16 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 
 #define MAX_EXTHDRS 8 /* IPv6 extension headers walked before a packet is dropped */
 
-#define NSEC 1000000000ULL
-#define CT_TIMEOUT_TCP_SYN (60 * NSEC)
-#define CT_TIMEOUT_TCP (6 * 3600 * NSEC)
-#define CT_TIMEOUT_TCP_CLOSE (10 * NSEC)
-#define CT_TIMEOUT_OTHER (60 * NSEC)
-#define CT_TIMEOUT_ICMP (30 * NSEC)
-#define CT_REFRESH_SLACK NSEC /* write a new deadline only when it moved by more than this */
-#define FRAG_TIMEOUT (30 * NSEC)
-
-/* Deadlines of conntrack and fragment entries use the coarse clock: a tick is precise enough for timeouts of
- * seconds, and it spares the hot path a clock read. Events keep the precise clock. */
-#define now_coarse() bpf_ktime_get_coarse_ns()
+/* Timeouts in seconds. Deadlines of conntrack and fragment entries are in jiffies: bpf_jiffies64 is inlined by
+ * the kernel (about 1 ns, against 15 for bpf_ktime_get_coarse_ns on every packet), a tick is precise enough for
+ * timeouts of seconds, and config.hz turns seconds into ticks. Events keep the precise clock. */
+#define CT_TIMEOUT_TCP_SYN 60
+#define CT_TIMEOUT_TCP (6 * 3600)
+#define CT_TIMEOUT_TCP_CLOSE 10
+#define CT_TIMEOUT_OTHER 60
+#define CT_TIMEOUT_ICMP 30
+#define CT_REFRESH_SLACK 1 /* write a new deadline only when it moved by more than this */
+#define FRAG_TIMEOUT 30
 
 /* ---- maps ---- */
 
@@ -122,8 +120,8 @@ struct {
 /* identity (__u32) -> that identity's policy trie (header, port classes, CIDR and peer entries; layouts in
  * moat.h), swapped whole on every change */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
-	__uint(max_entries, 65536);
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, MOAT_MAX_IDENTITIES);
 	__type(key, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__array(values, struct {
@@ -804,6 +802,14 @@ static __always_inline void ct_key_for(struct moat_ct_key *k, __u32 ifindex, __u
 	copy16(k->raddr, raddr);
 }
 
+/* Ticks per second: the enforcer measures them before any program is attached; should it not have, the largest
+ * HZ Linux builds with makes every deadline late, never early. */
+static __always_inline __u64 ticks(const struct moat_config *cfg, __u64 seconds)
+{
+	return seconds * (cfg->hz ? cfg->hz : 1000);
+}
+
+/* in seconds */
 static __always_inline __u64 ct_timeout(__u8 protocol, __u8 flags, int established)
 {
 	if (protocol == IPPROTO_TCP) {
@@ -858,7 +864,7 @@ static __always_inline int ct_lookup(struct __sk_buff *skb, const struct moat_co
 	const __u8 *raddr = dir == MOAT_DIR_EGRESS ? p->daddr : p->saddr;
 	__u16 lport = dir == MOAT_DIR_EGRESS ? p->sport : p->dport;
 	__u16 rport = dir == MOAT_DIR_EGRESS ? p->dport : p->sport;
-	__u64 now = now_coarse();
+	__u64 now = bpf_jiffies64();
 	int related = 0;
 
 	if (p->protocol == IPPROTO_ICMP || p->protocol == IPPROTO_ICMPV6) {
@@ -957,15 +963,15 @@ lookup:
 			ct->flags |= dir == MOAT_DIR_EGRESS ? MOAT_CT_FIN_LOCAL : MOAT_CT_FIN_REMOTE;
 	}
 	{
-		__u64 deadline = now + ct_timeout(p->protocol, ct->flags, ct->flags & MOAT_CT_SEEN_REPLY);
-		if (deadline > ct->expires + CT_REFRESH_SLACK || deadline < ct->expires)
+		__u64 deadline = now + ticks(cfg, ct_timeout(p->protocol, ct->flags, ct->flags & MOAT_CT_SEEN_REPLY));
+		if (deadline > ct->expires + ticks(cfg, CT_REFRESH_SLACK) || deadline < ct->expires)
 			ct->expires = deadline;
 	}
 	return 1;
 }
 
-static __always_inline void ct_create(__u32 ifindex, const struct packet *p, __u8 dir, __u64 generation,
-				      const struct decision *d)
+static __always_inline void ct_create(__u32 ifindex, const struct packet *p, __u8 dir,
+				      const struct moat_config *cfg, const struct decision *d)
 {
 	struct moat_ct_key k;
 	struct moat_ct_value v = {};
@@ -985,14 +991,14 @@ static __always_inline void ct_create(__u32 ifindex, const struct packet *p, __u
 	if (p->protocol == IPPROTO_TCP && (p->tcp_flags & TCP_FLAG_RST))
 		return;
 	ct_key_for(&k, ifindex, p->family, p->protocol, laddr, lport, raddr, rport);
-	v.generation = generation;
+	v.generation = cfg->generation;
 	v.direction = dir;
 	v.port = policy_port(p);
 	v.rule_id = d->rule_id;
 	v.flags = d->ct_audit ? MOAT_CT_AUDIT : 0;
 	/* a TCP flow picked up after its handshake (an eviction, a restart) counts as established */
-	v.expires = now_coarse() +
-		    ct_timeout(p->protocol, 0, p->protocol == IPPROTO_TCP && !(p->tcp_flags & TCP_FLAG_SYN));
+	v.expires = bpf_jiffies64() +
+		    ticks(cfg, ct_timeout(p->protocol, 0, p->protocol == IPPROTO_TCP && !(p->tcp_flags & TCP_FLAG_SYN)));
 	if (bpf_map_update_elem(&conntrack, &k, &v, BPF_ANY) == 0)
 		stat_inc(MOAT_STAT_CT_CREATED);
 }
@@ -1100,7 +1106,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 
 		frag_key_for(&fk, ifindex, &p);
 		fv = bpf_map_lookup_elem(&fragments, &fk);
-		if (!fv || fv->expires < now_coarse()) {
+		if (!fv || fv->expires < bpf_jiffies64()) {
 			d.reason = MOAT_REASON_FRAG_NO_FIRST;
 			return finish(skb, ep, &p, dir, &d);
 		}
@@ -1139,7 +1145,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 			d.emit = 1;
 		}
 		if (d.create_ct)
-			ct_create(ifindex, &p, dir, cfg->generation, &d);
+			ct_create(ifindex, &p, dir, cfg, &d);
 	}
 
 	if (p.fragment) {
@@ -1148,7 +1154,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 		struct moat_frag_value fv = {};
 
 		frag_key_for(&fk, ifindex, &p);
-		fv.expires = now_coarse() + FRAG_TIMEOUT;
+		fv.expires = bpf_jiffies64() + ticks(cfg, FRAG_TIMEOUT);
 		fv.pass = d.pass;
 		fv.reason = d.reason;
 		fv.rule_id = d.rule_id;
@@ -1167,4 +1173,11 @@ SEC("tc")
 int moat_to_pod(struct __sk_buff *skb)
 {
 	return process(skb, MOAT_DIR_INGRESS);
+}
+
+/* Not attached: the enforcer runs it (BPF_PROG_TEST_RUN) twice, some time apart, to learn config.hz. */
+SEC("tc")
+int moat_jiffies(struct __sk_buff *skb)
+{
+	return (__u32)bpf_jiffies64();
 }

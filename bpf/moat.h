@@ -10,12 +10,13 @@
 
 /* Bumped whenever a map's key, value or meaning changes; kept in the config map so a new enforcer can refuse or
  * migrate pinned maps of an older layout. */
-#define MOAT_LAYOUT_VERSION 1
+#define MOAT_LAYOUT_VERSION 2 /* 2: policy is an array of maps by identity; deadlines in jiffies */
 
 #define MOAT_MAX_ENDPOINT_V4 4
 #define MOAT_MAX_ENDPOINT_V6 4
 #define MOAT_MAX_RULES 65536 /* rule ids index moat_rules */
 #define MOAT_NAMESPACE_LEN 64
+#define MOAT_MAX_IDENTITIES 65536 /* identities index the policy map: 1 .. MOAT_MAX_IDENTITIES-1 */
 
 enum moat_direction {
 	MOAT_DIR_EGRESS = 0,  /* from the pod: host veth ingress hook */
@@ -98,7 +99,8 @@ struct moat_config {
 	__u32 flags;             /* enum moat_config_flags */
 	__u64 generation;        /* bumped after every change that can alter a verdict; conntrack entries remember it */
 	__u8 default_verdict[2]; /* per direction: world traffic of identities without a policy map (cluster default) */
-	__u8 pad[6];
+	__u16 hz;                /* ticks per second of bpf_jiffies64, measured by the enforcer; 0 = not yet */
+	__u8 pad[4];
 };
 
 /* ipcache map: remote address -> class and identity. data = family (4|6), then the address. */
@@ -116,8 +118,9 @@ struct moat_ipcache_value {
 };
 
 /*
- * Per-identity policy: the policy map maps an identity to its own LPM trie of struct moat_policy_key. The enforcer
- * builds a new trie beside the old one and swaps the reference, so a packet sees one generation whole.
+ * Per-identity policy: the policy map, an array indexed by identity (the kernel inlines its lookup), holds each
+ * identity's own LPM trie of struct moat_policy_key. The enforcer builds a new trie beside the old one and swaps
+ * the reference, so a packet sees one generation whole.
  * Key layouts inside data[], by data[0] (the kind):
  *   HEADER: [1]                                              prefixlen 8 (for readers; the datapath reads the
  *           same flags and defaults from the PORT entry it looks up anyway)
@@ -182,7 +185,7 @@ enum moat_ct_flags {
 };
 
 struct moat_ct_value {
-	__u64 expires;    /* bpf_ktime_get_ns deadline */
+	__u64 expires;    /* deadline in jiffies (bpf_jiffies64; config.hz per second) */
 	__u64 generation; /* config.generation when policy last allowed the flow */
 	__u32 rule_id;    /* the rule that allowed it (0 = a default) */
 	__u8 direction;   /* direction of the first packet: enum moat_direction */
@@ -202,7 +205,7 @@ struct moat_frag_key {
 };
 
 struct moat_frag_value {
-	__u64 expires;
+	__u64 expires; /* deadline in jiffies */
 	__u32 rule_id;
 	__u8 pass;   /* 1 = the first fragment passed */
 	__u8 reason; /* the first fragment's reason */

@@ -38,7 +38,8 @@ type moatMoatConfig struct {
 	Flags          uint32
 	Generation     uint64
 	DefaultVerdict [2]uint8
-	Pad            [6]uint8
+	Hz             uint16
+	Pad            [4]uint8
 }
 
 type moatMoatConfigFlags uint32
@@ -269,6 +270,7 @@ const (
 	moatMapRuleCounts        = "rule_counts"
 	moatMapStats             = "stats"
 	moatProgMoatFromPod      = "moat_from_pod"
+	moatProgMoatJiffies      = "moat_jiffies"
 	moatProgMoatToPod        = "moat_to_pod"
 	moatVarUnusedEnums       = "unused_enums"
 	moatVarUnusedEvent       = "unused_event"
@@ -319,6 +321,7 @@ type moatSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type moatProgramSpecs struct {
 	MoatFromPod *ebpf.ProgramSpec `ebpf:"moat_from_pod"`
+	MoatJiffies *ebpf.ProgramSpec `ebpf:"moat_jiffies"`
 	MoatToPod   *ebpf.ProgramSpec `ebpf:"moat_to_pod"`
 }
 
@@ -413,12 +416,14 @@ type moatVariables struct {
 // It can be passed to loadMoatObjects or ebpf.CollectionSpec.LoadAndAssign.
 type moatPrograms struct {
 	MoatFromPod *ebpf.Program `ebpf:"moat_from_pod"`
+	MoatJiffies *ebpf.Program `ebpf:"moat_jiffies"`
 	MoatToPod   *ebpf.Program `ebpf:"moat_to_pod"`
 }
 
 func (p *moatPrograms) Close() error {
 	return _MoatClose(
 		p.MoatFromPod,
+		p.MoatJiffies,
 		p.MoatToPod,
 	)
 }

@@ -36,7 +36,10 @@ type (
 )
 
 // LayoutVersion is the map layout this build creates and understands (MOAT_LAYOUT_VERSION in moat.h).
-const LayoutVersion = 1
+const LayoutVersion = 2
+
+// MaxIdentities bounds namespace identities (1 to MaxIdentities-1): they index the policy map.
+const MaxIdentities = 65536
 
 // OrderNone marks a RuleRef that holds no rule.
 const OrderNone = 0xffffffff

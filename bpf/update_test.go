@@ -139,4 +139,29 @@ func TestReplacePolicies(t *testing.T) {
 	if got := h.from(tcp(podV4, worldV4, 1000, 80, testutil.TCPSyn)); got != retDrop {
 		t.Errorf("endpoint of a batch-swapped identity, denied port: %s, want drop", verdictName(got))
 	}
+	// the policy map is an array with a slot per identity: its fill counts the identities with a policy
+	fills, err := h.dp.MapFills()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fills["policy"]; got.Entries != len(batch) || got.Capacity != bpf.MaxIdentities {
+		t.Errorf("policy map fill = %+v, want %d of %d", got, len(batch), bpf.MaxIdentities)
+	}
+	if err := h.dp.DeletePolicy(130); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.dp.DeletePolicy(130); err != nil {
+		t.Errorf("deleting an empty slot: %v, want no error", err)
+	}
+	if _, err := h.dp.PolicyMapID(130); err == nil {
+		t.Error("identity 130 still has a policy after DeletePolicy")
+	}
+	if fills, _ := h.dp.MapFills(); fills["policy"].Entries != len(batch)-1 {
+		t.Errorf("policy map fill after a delete = %+v, want %d", fills["policy"], len(batch)-1)
+	}
+	for _, id := range []uint32{0, bpf.MaxIdentities} {
+		if err := h.dp.ReplacePolicies(map[uint32][]bpf.PolicyEntry{id: batch[130]}); err == nil {
+			t.Errorf("policy of identity %d accepted, want an error (identities run 1..%d)", id, bpf.MaxIdentities-1)
+		}
+	}
 }

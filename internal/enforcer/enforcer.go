@@ -5,6 +5,7 @@ package enforcer
 
 import (
 	"crypto/sha256"
+	"fmt"
 	"maps"
 	"net/netip"
 	"sort"
@@ -335,6 +336,9 @@ func (e *Enforcer) freeIdentity() (uint32, error) {
 		} else if id > next {
 			break
 		}
+	}
+	if next >= bpf.MaxIdentities {
+		return 0, fmt.Errorf("no free namespace identity: all %d are in use", bpf.MaxIdentities-1)
 	}
 	return next, nil
 }

@@ -208,6 +208,15 @@ func (clsactAttacher) Mode() AttachMode { return ModeClsact }
 
 func (clsactAttacher) Attach(ifindex int, fromPod, toPod *ebpf.Program) (*Attachment, error) {
 	a := &Attachment{Mode: ModeClsact, Ifindex: ifindex}
+	// tcx programs run before every clsact filter: one that redirects or drops would decide packets Moat never
+	// saw, so a device that has any is refused (a kernel without tcx has none).
+	for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: at})
+		if err == nil && len(res.Programs) > 0 {
+			return nil, fmt.Errorf("ifindex %d has %d tcx program(s) on %s, which would run before Moat's clsact "+
+				"filters: attach with tcx instead (conflist attachMode tcx)", ifindex, len(res.Programs), hookName(at))
+		}
+	}
 	dev, err := netlink.LinkByIndex(ifindex)
 	if err != nil {
 		return nil, fmt.Errorf("find ifindex %d: %w", ifindex, err)

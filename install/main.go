@@ -28,6 +28,7 @@ func main() {
 	flag.StringVar(&o.SourceDir, "source-dir", "", "where moat and moat-ipam are (default: the folder of moat-install)")
 	flag.BoolVar(&o.IPAMShim, "ipam-shim", false, "wrap the primary plugin's ipam in moat-ipam, the original as its delegate")
 	flag.StringVar(&o.FailPolicy, "fail-policy", "", "moat's failPolicy: closed or open (empty: the plugin's default, closed)")
+	flag.StringVar(&o.AttachMode, "attach-mode", "", "moat's attachMode: tcx or clsact (empty: the plugin's default, tcx; see docs/operations.md before choosing clsact)")
 	flag.StringVar(&o.LogFile, "plugin-log-file", "", "moat's logFile: where the plugin logs (empty: nowhere)")
 	flag.StringVar(&o.PinRoot, "pin-root", bpf.DefaultPinRoot, "the bpffs folder of Moat's pinned state")
 	flag.StringVar(&o.EndpointDir, "endpoint-dir", endpoint.DefaultDir, "the plugin's endpoint records")
@@ -46,6 +47,9 @@ func main() {
 	}
 	if o.FailPolicy != "" && o.FailPolicy != "closed" && o.FailPolicy != "open" {
 		fail(entry, fmt.Errorf("--fail-policy %q: want closed or open", o.FailPolicy))
+	}
+	if o.AttachMode != "" && o.AttachMode != "tcx" && o.AttachMode != "clsact" {
+		fail(entry, fmt.Errorf("--attach-mode %q: want tcx or clsact", o.AttachMode))
 	}
 	if o.SourceDir == "" {
 		exe, err := os.Executable()

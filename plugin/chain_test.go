@@ -77,6 +77,8 @@ type node struct {
 	pinRoot string
 	state   string
 	cni     *libcni.CNIConfig
+	// attachMode, when set, is written into moat's entry
+	attachMode string
 }
 
 func newNode(t *testing.T, withEnforcer bool) *node {
@@ -160,15 +162,19 @@ func (n *node) conflistWith(cniVersion, failPolicy, primary string) *libcni.Netw
 	if primary == "ptp" {
 		first = fmt.Sprintf(`{"type": "ptp", "ipMasq": false, "ipam": %s}`, ipam)
 	}
+	attachKey := ""
+	if n.attachMode != "" {
+		attachKey = fmt.Sprintf(`, "attachMode": %q`, n.attachMode)
+	}
 	raw := fmt.Sprintf(`{
   "cniVersion": %q, "name": "moattest",
   "plugins": [
     %s,
     {"type": "portmap", "capabilities": {"portMappings": true}},
     {"type": "moat", "pinRoot": %q, "endpointDir": %q, "failPolicy": %q, "logLevel": "debug",
-     "logFile": %q}
+     "logFile": %q%s}
   ]}`, cniVersion, first, n.pinRoot, filepath.Join(n.state, "endpoints"), failPolicy,
-		filepath.Join(n.state, "moat.log"))
+		filepath.Join(n.state, "moat.log"), attachKey)
 	list, err := libcni.ConfListFromBytes([]byte(raw))
 	if err != nil {
 		n.t.Fatal(err)
@@ -202,11 +208,24 @@ func (n *node) store() endpoint.Store {
 }
 
 func TestChainAddCheckDel(t *testing.T) {
-	for _, c := range []struct{ primary, version string }{
-		{"bridge", "0.4.0"}, {"bridge", "1.0.0"}, {"bridge", "1.1.0"}, {"ptp", "0.4.0"}, {"ptp", "1.1.0"},
+	for _, c := range []struct {
+		primary, version string
+		mode             bpf.AttachMode
+	}{
+		{"bridge", "0.4.0", ""}, {"bridge", "1.0.0", ""}, {"bridge", "1.1.0", ""}, {"ptp", "0.4.0", ""}, {"ptp", "1.1.0", ""},
+		{"bridge", "1.1.0", bpf.ModeClsact},
 	} {
-		t.Run(c.primary+"/"+c.version, func(t *testing.T) {
+		name := c.primary + "/" + c.version
+		if c.mode != "" {
+			name += "/" + string(c.mode)
+		}
+		t.Run(name, func(t *testing.T) {
 			n := newNode(t, true)
+			n.attachMode = string(c.mode)
+			wantMode := bpf.ModeTCX
+			if c.mode != "" {
+				wantMode = c.mode
+			}
 			list := n.conflistWith(c.version, FailClosed, c.primary)
 			p := n.pod("web")
 			t.Cleanup(func() { _ = n.inHost(func() error { return deleteBridge() }) })
@@ -218,15 +237,18 @@ func TestChainAddCheckDel(t *testing.T) {
 			if err != nil || !ok {
 				t.Fatalf("endpoint record after ADD: %v %v", ok, err)
 			}
-			if rec.Identity != testIdentity || rec.Namespace != testNamespace || rec.Pod != "web" || rec.AttachMode != bpf.ModeTCX {
-				t.Errorf("record %+v", rec)
+			if rec.Identity != testIdentity || rec.Namespace != testNamespace || rec.Pod != "web" || rec.AttachMode != wantMode {
+				t.Errorf("record %+v, want attach mode %s", rec, wantMode)
 			}
 			ep, ok, err := n.dp.LookupEndpoint(uint32(rec.HostIfindex))
 			if err != nil || !ok || ep.Identity != testIdentity || len(ep.Addrs()) != 1 {
 				t.Fatalf("endpoint entry of ifindex %d: %+v %v %v", rec.HostIfindex, ep, ok, err)
 			}
-			if _, err := os.Stat(filepath.Join(endpoint.LinkDir(n.pinRoot, "moattest", p.rt.ContainerID), bpf.FromPodLinkPin)); err != nil {
-				t.Errorf("link pin: %v", err)
+			if _, err := os.Stat(filepath.Join(endpoint.LinkDir(n.pinRoot, "moattest", p.rt.ContainerID), bpf.FromPodLinkPin)); (err == nil) != (wantMode == bpf.ModeTCX) {
+				t.Errorf("link pin in mode %s: %v", wantMode, err)
+			}
+			if (len(rec.Filters) == 2) != (wantMode == bpf.ModeClsact) {
+				t.Errorf("clsact filters in the record in mode %s: %v", wantMode, rec.Filters)
 			}
 			if err := n.inHost(func() error { return n.cni.CheckNetworkList(ctx, list, p.rt) }); err != nil {
 				t.Errorf("CHECK: %v", err)

@@ -31,6 +31,8 @@ type NetConf struct {
 	PinRoot          string `json:"pinRoot,omitempty"`
 	SocketPath       string `json:"socketPath,omitempty"`
 	DefaultNamespace string `json:"defaultNamespace,omitempty"`
+	// AttachMode is how programs hang on host veths: tcx (the default where the kernel has it) or clsact.
+	AttachMode string `json:"attachMode,omitempty"`
 	// EndpointDir is where endpoint records go (default /run/moat/endpoints); tests point it elsewhere.
 	EndpointDir string `json:"endpointDir,omitempty"`
 
@@ -68,6 +70,10 @@ func parseConfig(stdin []byte, needPrev bool) (*NetConf, error) {
 		if _, err := logrus.ParseLevel(conf.LogLevel); err != nil {
 			return nil, configError(types.ErrInvalidNetworkConfig, "moat: logLevel %q: %v", conf.LogLevel, err)
 		}
+	}
+	if conf.AttachMode != "" && conf.AttachMode != string(bpf.ModeTCX) && conf.AttachMode != string(bpf.ModeClsact) {
+		return nil, configError(types.ErrInvalidNetworkConfig, "moat: attachMode %q: want %q or %q",
+			conf.AttachMode, bpf.ModeTCX, bpf.ModeClsact)
 	}
 	if conf.PinRoot == "" {
 		conf.PinRoot = bpf.DefaultPinRoot

@@ -18,6 +18,8 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`{"failPolicy": "maybe"}`))
 	f.Add([]byte(`{"name": "a/b"}`))
 	f.Add([]byte(`{"logLevel": "loud"}`))
+	f.Add([]byte(`{"attachMode": "xdp"}`))
+	f.Add([]byte(`{"attachMode": "clsact"}`))
 	f.Add([]byte(`[]`))
 	f.Fuzz(func(t *testing.T, stdin []byte) {
 		for _, needPrev := range []bool{false, true} {
@@ -51,6 +53,15 @@ func TestParseConfigDefaults(t *testing.T) {
 	}
 	if conf.FailPolicy != FailClosed || conf.PinRoot != "/sys/fs/bpf/moat" || conf.EndpointDir != "/run/moat/endpoints" {
 		t.Errorf("defaults: %+v", conf)
+	}
+	if conf.AttachMode != "" {
+		t.Errorf("default attachMode %q, want empty (tcx where the kernel has it)", conf.AttachMode)
+	}
+	for stdin, ok := range map[string]bool{`{"attachMode": "tcx"}`: true, `{"attachMode": "clsact"}`: true,
+		`{"attachMode": "xdp"}`: false, `{"attachMode": "TCX"}`: false} {
+		if _, err := parseConfig([]byte(stdin), false); (err == nil) != ok {
+			t.Errorf("%s: error %v, want ok=%v", stdin, err, ok)
+		}
 	}
 	if _, err := parseConfig([]byte(`{"cniVersion": "1.0.0", "name": "n"}`), true); err == nil {
 		t.Errorf("a config without prevResult passed as chained")

@@ -81,7 +81,7 @@ func (a *adder) add() error {
 		log.Warn("namespace has no identity yet: the pod starts under the cluster defaults and is re-tagged later")
 	}
 
-	undo, err := endpoint.Guard(dp, rec, identity, a.conf.PinRoot)
+	undo, err := endpoint.Guard(dp, rec, identity, a.conf.PinRoot, bpf.AttachMode(a.conf.AttachMode))
 	if errors.Is(err, bpf.ErrTooManyAddresses) {
 		return types.NewError(types.ErrInvalidNetworkConfig, "moat: "+err.Error(), "")
 	}

@@ -403,6 +403,7 @@ type Settings struct {
 	PinRoot     string // written only when not the default
 	EndpointDir string // written only when not the default
 	LogFile     string // the plugin's log file; empty: none
+	AttachMode  string // tcx or clsact; empty: the plugin's default (tcx where the kernel has it)
 }
 
 // Options is the chaining these settings ask for.
@@ -419,6 +420,9 @@ func (s Settings) Options() Options {
 	}
 	if s.LogFile != "" {
 		entry["logFile"] = s.LogFile
+	}
+	if s.AttachMode != "" {
+		entry["attachMode"] = s.AttachMode
 	}
 	return Options{Dir: s.Dir, IPAMShim: s.IPAMShim, Entry: entry, IPAMEntry: shim}
 }

@@ -33,7 +33,7 @@ func TestGoldenNetworks(t *testing.T) {
 			opts   Options
 		}{
 			{"chained", Settings{FailPolicy: "closed"}.Options()},
-			{"shim", Settings{IPAMShim: true, FailPolicy: "open", PinRoot: "/sys/fs/bpf/moat-test"}.Options()},
+			{"shim", Settings{IPAMShim: true, FailPolicy: "open", PinRoot: "/sys/fs/bpf/moat-test", AttachMode: "clsact"}.Options()},
 		} {
 			name := filepath.Base(in) + "." + c.suffix + ".golden"
 			t.Run(name, func(t *testing.T) {

@@ -12,9 +12,11 @@ import (
 // addresses carry identity, and, when the record says it runs without the datapath, the programs are attached to
 // its host veth and the links pinned. It updates the record (the caller saves it).
 //
+// mode is how to attach: tcx, clsact, or empty for tcx where the kernel has it, clsact where not.
+//
 // When it was to attach and fails, it undoes what it did. On success it returns undo, for a caller whose next
 // step fails; a re-tag of an attached pod (nothing to attach) has nothing to undo and returns nil.
-func Guard(dp *bpf.Datapath, r *Record, identity uint32, pinRoot string) (undo func(), err error) {
+func Guard(dp *bpf.Datapath, r *Record, identity uint32, pinRoot string, mode bpf.AttachMode) (undo func(), err error) {
 	var addrs []netip.Addr
 	for _, s := range r.Addresses {
 		a, err := netip.ParseAddr(s)
@@ -65,7 +67,7 @@ func Guard(dp *bpf.Datapath, r *Record, identity uint32, pinRoot string) (undo f
 	if !attach {
 		return nil, nil
 	}
-	attacher, err := bpf.NewAttacher("")
+	attacher, err := bpf.NewAttacher(mode)
 	if err != nil {
 		return fail(err)
 	}

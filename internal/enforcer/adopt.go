@@ -53,7 +53,7 @@ func (e *Enforcer) Reconcile(store endpoint.Store, pinRoot string) error {
 			}
 			continue
 		}
-		if _, err := endpoint.Guard(e.dp, r, want, pinRoot); err != nil {
+		if _, err := endpoint.Guard(e.dp, r, want, pinRoot, ""); err != nil {
 			errs = append(errs, fmt.Errorf("pod %s/%s: %w", r.Namespace, r.Pod, err))
 			continue
 		}

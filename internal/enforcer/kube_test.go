@@ -162,7 +162,7 @@ spec:
 	}
 	rec := &endpoint.Record{Network: "net", ContainerID: "c1", IfName: "eth0", Namespace: "web", Pod: "client",
 		HostIfname: pl.HostIfname, HostIfindex: pl.HostIfindex, Addresses: []string{"10.250.0.2"}}
-	if err := pl.Host.Do(func(ns.NetNS) error { _, err := endpoint.Guard(dp, rec, web, root); return err }); err != nil {
+	if err := pl.Host.Do(func(ns.NetNS) error { _, err := endpoint.Guard(dp, rec, web, root, ""); return err }); err != nil {
 		t.Fatal(err)
 	}
 	reach := func(addr string) bool { return testutil.Exchange(pl.Pod, addr, 500*time.Millisecond) == nil }

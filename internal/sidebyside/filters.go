@@ -22,12 +22,16 @@ const (
 	ConfigNone           = "none"
 	ConfigMoat           = "moat"
 	ConfigIptablesLegacy = "iptables-legacy"
-	ConfigIptablesNft    = "iptables-nft"
-	ConfigNftables       = "nftables"
+	// ConfigIptablesLegacyStateless is iptables-legacy without conntrack: no ESTABLISHED accept, so every packet
+	// in both directions walks the rules.
+	ConfigIptablesLegacyStateless = "iptables-legacy-stateless"
+	ConfigIptablesNft             = "iptables-nft"
+	ConfigNftables                = "nftables"
 )
 
 // Configs are the configurations in the order they run and print.
-var Configs = []string{ConfigNone, ConfigMoat, ConfigIptablesLegacy, ConfigIptablesNft, ConfigNftables}
+var Configs = []string{ConfigNone, ConfigMoat, ConfigIptablesLegacy, ConfigIptablesLegacyStateless,
+	ConfigIptablesNft, ConfigNftables}
 
 // podIdentity is the client's identity in Moat's datapath, published for namespace podNamespace.
 const (
@@ -36,7 +40,8 @@ const (
 )
 
 // installFilter puts configuration cfg with n rules on the topology: n-1 rules that do not match the flows under
-// test, then (unless withoutMatch) the one that allows them; everything else from the client is dropped.
+// test, then (unless withoutMatch) the one that allows them (iptables-legacy-stateless: the two, one per
+// direction); everything else from the client is dropped.
 // The returned function removes what the namespaces' removal does not (Moat's links, maps and bpffs mount).
 func installFilter(ctx context.Context, t *topology, cfg string, n int, withoutMatch bool) (func(), error) {
 	switch cfg {
@@ -45,21 +50,28 @@ func installFilter(ctx context.Context, t *topology, cfg string, n int, withoutM
 	case ConfigMoat:
 		return installMoat(t, n, withoutMatch)
 	case ConfigIptablesLegacy:
-		return func() {}, restoreIptables(ctx, t, "iptables-legacy-restore", n, withoutMatch)
+		return func() {}, restoreIptables(ctx, t, "iptables-legacy-restore", iptablesRules(n, true, withoutMatch))
+	case ConfigIptablesLegacyStateless:
+		return func() {}, restoreIptables(ctx, t, "iptables-legacy-restore", iptablesRules(n, false, withoutMatch))
 	case ConfigIptablesNft:
-		return func() {}, restoreIptables(ctx, t, "iptables-nft-restore", n, withoutMatch)
+		return func() {}, restoreIptables(ctx, t, "iptables-nft-restore", iptablesRules(n, true, withoutMatch))
 	case ConfigNftables:
 		return func() {}, loadNft(ctx, t, n, withoutMatch)
 	}
 	return nil, fmt.Errorf("unknown configuration %q", cfg)
 }
 
-// iptablesRules is an iptables-restore input for the router's FORWARD chain: established first, as CNIs do,
-// then n-1 non-matching ACCEPTs, then the matching one; the chain's policy drops the rest.
-func iptablesRules(n int, withoutMatch bool) []byte {
+// iptablesRules is an iptables-restore input for the router's FORWARD chain. Stateful: established first, as
+// CNIs do, then n-1 non-matching ACCEPTs, then the matching one (client to server). Stateless: no conntrack, so
+// the n-1 non-matching ACCEPTs, the matching one, and after them the one for the replies (server to client),
+// which every reply reaches after walking the n rules before it. withoutMatch leaves out the matching rules;
+// the chain's policy drops the rest.
+func iptablesRules(n int, stateful, withoutMatch bool) []byte {
 	var b strings.Builder
 	b.WriteString("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n")
-	b.WriteString("-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n")
+	if stateful {
+		b.WriteString("-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n")
+	}
 	for i := 0; i < n-1; i++ {
 		fmt.Fprintf(&b, "-A FORWARD -s %s/32 -d %s -p tcp -m tcp --dport %d -j ACCEPT\n", clientAddr,
 			policytest.NRulesCIDR(i), policytest.NRulesFirstPort+i)
@@ -67,15 +79,20 @@ func iptablesRules(n int, withoutMatch bool) []byte {
 	if !withoutMatch {
 		fmt.Fprintf(&b, "-A FORWARD -s %s/32 -d %s -p tcp -m tcp --dport %d:%d -j ACCEPT\n", clientAddr, serverNet,
 			iperfPort, rrPort)
+		if !stateful {
+			fmt.Fprintf(&b, "-A FORWARD -s %s -d %s/32 -p tcp -m tcp --sport %d:%d -j ACCEPT\n", serverNet, clientAddr,
+				iperfPort, rrPort)
+		}
 	}
 	b.WriteString("COMMIT\n")
 	return []byte(b.String())
 }
 
-func restoreIptables(ctx context.Context, t *topology, bin string, n int, withoutMatch bool) error {
+// restoreIptables loads rules, an iptables-restore input, with bin into the router namespace.
+func restoreIptables(ctx context.Context, t *topology, bin string, rules []byte) error {
 	argv := inNS(t.router, "", bin)
-	if _, err := output(ctx, iptablesRules(n, withoutMatch), argv[0], argv[1:]...); err != nil {
-		return fmt.Errorf("load %d rules: %w", n, err)
+	if _, err := output(ctx, rules, argv[0], argv[1:]...); err != nil {
+		return fmt.Errorf("load %d rules: %w", strings.Count(string(rules), "-A FORWARD"), err)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
-// Package sidebyside measures Moat's datapath next to no filter, iptables-legacy, iptables-nft and nftables on
-// real veths in network namespaces of its own: stream throughput (iperf3), TCP request-response latency and
-// connection rate, each at N rules, and renders the results as a Markdown section with SVG plots.
+// Package sidebyside measures Moat's datapath next to no filter, iptables-legacy (stateful and stateless),
+// iptables-nft and nftables on real veths in network namespaces of its own: stream throughput (iperf3) and the
+// machine's CPU per Gbit/s, TCP request-response latency and connection rate, each at N rules, and renders the
+// results as a Markdown section with SVG plots.
 //
 // It needs root, iperf3, iptables (legacy and nft), nft and taskset (prereqs.sh installs them). The whole
 // comparison runs from its test:
@@ -10,6 +11,8 @@
 package sidebyside
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -34,7 +37,7 @@ type Options struct {
 const (
 	MetricThroughput1 = "throughput-1" // Gbit/s, one TCP stream
 	MetricThroughput4 = "throughput-4" // Gbit/s, four TCP streams
-	MetricCPUPerGbit  = "cpu-per-gbit" // percent of a CPU (iperf3 client + server) per Gbit/s, one stream
+	MetricCPUPerGbit  = "cpu-per-gbit" // percent of one CPU, the whole machine busy (/proc/stat), per Gbit/s, one stream
 	MetricRRP50       = "rr-p50"       // microseconds, 64-byte ping-pong on one connection
 	MetricRRP99       = "rr-p99"       // microseconds
 	MetricConnRate    = "conn-rate"    // connections per second, each with one 64-byte exchange
@@ -43,7 +46,7 @@ const (
 // Metrics are the metrics in the order they print.
 var Metrics = []string{MetricThroughput1, MetricThroughput4, MetricCPUPerGbit, MetricRRP50, MetricRRP99, MetricConnRate}
 
-var units = map[string]string{MetricThroughput1: "Gbit/s", MetricThroughput4: "Gbit/s", MetricCPUPerGbit: "%CPU per Gbit/s",
+var units = map[string]string{MetricThroughput1: "Gbit/s", MetricThroughput4: "Gbit/s", MetricCPUPerGbit: "% of one CPU per Gbit/s",
 	MetricRRP50: "µs", MetricRRP99: "µs", MetricConnRate: "conn/s"}
 
 // Result is one metric of one configuration at one N over the repetitions.
@@ -144,19 +147,30 @@ func measure(ctx context.Context, cfg string, n int, d time.Duration) (got map[s
 	defer stop()
 
 	got = map[string]float64{}
-	for _, streams := range []int{1, 4} {
-		gbps, cpu, err := iperf(ctx, t, streams, d)
-		if err != nil {
-			return nil, err
-		}
-		if streams == 1 {
-			got[MetricThroughput1] = gbps
-			if gbps > 0 {
-				got[MetricCPUPerGbit] = cpu / gbps
-			}
-		} else {
-			got[MetricThroughput4] = gbps
-		}
+	// the one stream with the whole machine's CPU time around it: softirq (forwarding, filtering) included,
+	// wherever it runs
+	before, err := readProcStat()
+	if err != nil {
+		return nil, err
+	}
+	gbps, err := iperf(ctx, t, 1, d)
+	if err != nil {
+		return nil, err
+	}
+	after, err := readProcStat()
+	if err != nil {
+		return nil, err
+	}
+	cpu, err := cpuPercent(before, after)
+	if err != nil {
+		return nil, err
+	}
+	got[MetricThroughput1] = gbps
+	if gbps > 0 {
+		got[MetricCPUPerGbit] = cpu / gbps
+	}
+	if got[MetricThroughput4], err = iperf(ctx, t, 4, d); err != nil {
+		return nil, err
 	}
 	var rr rrResult
 	if err := helperJSON(ctx, t, "rr", d, &rr); err != nil {
@@ -262,17 +276,12 @@ type iperfReport struct {
 		SumReceived struct {
 			BitsPerSecond float64 `json:"bits_per_second"`
 		} `json:"sum_received"`
-		CPU struct {
-			HostTotal   float64 `json:"host_total"`
-			RemoteTotal float64 `json:"remote_total"`
-		} `json:"cpu_utilization_percent"`
 	} `json:"end"`
 	Error string `json:"error"`
 }
 
-// iperf runs an iperf3 client with streams parallel streams for d and returns Gbit/s received and the CPU
-// percent of client and server together.
-func iperf(ctx context.Context, t *topology, streams int, d time.Duration) (gbps, cpu float64, err error) {
+// iperf runs an iperf3 client with streams parallel streams for d and returns Gbit/s received.
+func iperf(ctx context.Context, t *topology, streams int, d time.Duration) (gbps float64, err error) {
 	secs := max(1, int(d.Round(time.Second)/time.Second))
 	argv := inNS(t.client, clientCPU, "iperf3", "-c", serverAddr, "-p", strconv.Itoa(iperfPort), "-J",
 		"-t", strconv.Itoa(secs), "-P", strconv.Itoa(streams))
@@ -282,15 +291,91 @@ func iperf(ctx context.Context, t *topology, streams int, d time.Duration) (gbps
 	var r iperfReport
 	if err := json.Unmarshal(out, &r); err != nil {
 		if runErr != nil {
-			return 0, 0, runErr
+			return 0, runErr
 		}
-		return 0, 0, fmt.Errorf("iperf3 report: %w", err)
+		return 0, fmt.Errorf("iperf3 report: %w", err)
 	}
 	if r.Error != "" {
-		return 0, 0, fmt.Errorf("iperf3: %s", r.Error)
+		return 0, fmt.Errorf("iperf3: %s", r.Error)
 	}
 	if runErr != nil {
-		return 0, 0, runErr
+		return 0, runErr
 	}
-	return r.End.SumReceived.BitsPerSecond / 1e9, r.End.CPU.HostTotal + r.End.CPU.RemoteTotal, nil
+	return r.End.SumReceived.BitsPerSecond / 1e9, nil
+}
+
+// cpuTimes is a reading of /proc/stat: the aggregate "cpu" line's busy and total clock ticks, summed over all
+// CPUs, and the number of CPUs (its "cpuN" lines).
+type cpuTimes struct {
+	busy, total uint64
+	cpus        int
+}
+
+func readProcStat() (cpuTimes, error) {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuTimes{}, err
+	}
+	return parseProcStat(data)
+}
+
+// parseProcStat reads the "cpu" line of /proc/stat (user nice system idle iowait irq softirq steal guest
+// guest_nice): total is the sum of the first eight (guest time is already counted in user and nice), busy is
+// total less idle and iowait.
+func parseProcStat(data []byte) (cpuTimes, error) {
+	var c cpuTimes
+	found := false
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(nil, 1<<20) // the intr line is long
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 0 || !strings.HasPrefix(f[0], "cpu") {
+			continue
+		}
+		if f[0] != "cpu" {
+			if _, err := strconv.Atoi(f[0][3:]); err == nil {
+				c.cpus++
+			}
+			continue
+		}
+		if found {
+			return cpuTimes{}, fmt.Errorf("/proc/stat: two cpu lines")
+		}
+		found = true
+		if len(f) < 9 {
+			return cpuTimes{}, fmt.Errorf("/proc/stat: cpu line %q has fewer than 8 fields", sc.Text())
+		}
+		var v [8]uint64
+		for i := range v {
+			n, err := strconv.ParseUint(f[1+i], 10, 64)
+			if err != nil {
+				return cpuTimes{}, fmt.Errorf("/proc/stat: cpu line: %w", err)
+			}
+			v[i] = n
+			c.total += n
+		}
+		c.busy = c.total - v[3] - v[4]
+	}
+	if err := sc.Err(); err != nil {
+		return cpuTimes{}, err
+	}
+	if !found || c.cpus == 0 {
+		return cpuTimes{}, fmt.Errorf("/proc/stat: no cpu lines")
+	}
+	return c, nil
+}
+
+// cpuPercent is how busy the machine was between two readings in percent of one CPU: 100 is one CPU fully
+// busy, 200 two (both, on a two-CPU machine).
+func cpuPercent(before, after cpuTimes) (float64, error) {
+	if after.cpus != before.cpus {
+		return 0, fmt.Errorf("/proc/stat: %d CPUs, then %d", before.cpus, after.cpus)
+	}
+	if after.total <= before.total {
+		return 0, fmt.Errorf("/proc/stat: no time passed between the readings")
+	}
+	if after.busy < before.busy {
+		return 0, fmt.Errorf("/proc/stat: busy time went backwards")
+	}
+	return float64(after.busy-before.busy) / float64(after.total-before.total) * float64(after.cpus) * 100, nil
 }

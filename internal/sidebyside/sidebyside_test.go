@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -39,13 +40,20 @@ func hostRules(t *testing.T) string {
 
 // reachable sets up cfg with n rules (without the matching one if withoutMatch), starts the echo server and
 // makes one exchange from the client.
-func reachable(ctx context.Context, cfg string, n int, withoutMatch bool) (err error) {
+func reachable(ctx context.Context, cfg string, n int, withoutMatch bool) error {
+	return reachableWith(ctx, func(topo *topology) (func(), error) {
+		return installFilter(ctx, topo, cfg, n, withoutMatch)
+	})
+}
+
+// reachableWith is reachable with the filter install puts on the topology.
+func reachableWith(ctx context.Context, install func(*topology) (func(), error)) (err error) {
 	topo, err := newTopology(ctx)
 	if err != nil {
 		return err
 	}
 	defer topo.close()
-	remove, err := installFilter(ctx, topo, cfg, n, withoutMatch)
+	remove, err := install(topo)
 	if err != nil {
 		return err
 	}
@@ -84,8 +92,12 @@ func TestSideBySideSmoke(t *testing.T) {
 		})
 	}
 
-	// The filters are real: each lets the flow through with its matching rule and drops it without.
-	for _, cfg := range []string{ConfigMoat, ConfigIptablesLegacy, ConfigIptablesNft, ConfigNftables} {
+	// The filters are real: each lets the flow through with its matching rule (rules, stateless) and drops it
+	// without.
+	for _, cfg := range Configs {
+		if cfg == ConfigNone {
+			continue
+		}
 		t.Run(cfg+"/drops", func(t *testing.T) {
 			if err := reachable(ctx, cfg, 10, false); err != nil {
 				t.Fatalf("with the matching rule: %v", err)
@@ -95,6 +107,22 @@ func TestSideBySideSmoke(t *testing.T) {
 			}
 		})
 	}
+	// Stateless is stateless: with the client's rule but not the one for the replies, nothing comes back.
+	t.Run(ConfigIptablesLegacyStateless+"/replies", func(t *testing.T) {
+		rules := string(iptablesRules(10, false, false))
+		reply := fmt.Sprintf("--sport %d:%d", iperfPort, rrPort)
+		lines := strings.SplitAfter(rules, "\n")
+		kept := slices.DeleteFunc(lines, func(l string) bool { return strings.Contains(l, reply) })
+		if len(kept) != len(strings.SplitAfter(rules, "\n"))-1 {
+			t.Fatalf("no reply rule to leave out in:\n%s", rules)
+		}
+		err := reachableWith(ctx, func(topo *topology) (func(), error) {
+			return func() {}, restoreIptables(ctx, topo, "iptables-legacy-restore", []byte(strings.Join(kept, "")))
+		})
+		if err == nil {
+			t.Fatal("without the reply rule the connection still went through")
+		}
+	})
 
 	after := hostRules(t)
 	for _, leak := range []string{clientAddr, "sidebyside", "100.64.0.0/28"} {
@@ -145,4 +173,113 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+func TestIptablesRules(t *testing.T) {
+	forward := fmt.Sprintf("-A FORWARD -s %s/32 -d %s -p tcp -m tcp --dport %d:%d -j ACCEPT", clientAddr, serverNet,
+		iperfPort, rrPort)
+	reply := fmt.Sprintf("-A FORWARD -s %s -d %s/32 -p tcp -m tcp --sport %d:%d -j ACCEPT", serverNet, clientAddr,
+		iperfPort, rrPort)
+	established := "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
+	rules := func(stateful, withoutMatch bool) []string {
+		var out []string
+		for _, l := range strings.Split(string(iptablesRules(10, stateful, withoutMatch)), "\n") {
+			if strings.HasPrefix(l, "-A ") {
+				out = append(out, l)
+			}
+		}
+		return out
+	}
+	for _, c := range []struct {
+		name                   string
+		stateful, withoutMatch bool
+		first                  string   // the chain's first rule
+		last                   []string // its last rules, after the 9 that do not match
+		len                    int
+	}{
+		{"stateful", true, false, established, []string{forward}, 11},
+		{"stateful without match", true, true, established, nil, 10},
+		{"stateless", false, false, "", []string{forward, reply}, 11},
+		{"stateless without match", false, true, "", nil, 9},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got := rules(c.stateful, c.withoutMatch)
+			if len(got) != c.len {
+				t.Fatalf("%d rules, want %d:\n%s", len(got), c.len, strings.Join(got, "\n"))
+			}
+			rest := got
+			if c.first != "" {
+				if got[0] != c.first {
+					t.Errorf("first rule %q, want %q", got[0], c.first)
+				}
+				rest = got[1:]
+			}
+			for i, l := range rest[:9] {
+				if l == established || l == forward || l == reply || !strings.Contains(l, "--dport") {
+					t.Errorf("rule %d: %q, want one that does not match the flows", i, l)
+				}
+			}
+			if tail := rest[9:]; !slices.Equal(tail, c.last) {
+				t.Errorf("last rules %q, want %q", tail, c.last)
+			}
+			if !c.stateful && slices.Contains(got, established) {
+				t.Error("stateless rules accept ESTABLISHED")
+			}
+		})
+	}
+}
+
+// procStat is /proc/stat of a two-CPU machine, cut short.
+const procStat = `cpu  471952 66853 872811 5338420 19588 0 19332 817 0 0
+cpu0 225890 34568 434755 2685725 4234 0 9823 404 0 0
+cpu1 246061 32285 438056 2652694 15353 0 9508 412 0 0
+intr 60658490 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 1 1 15
+ctxt 96498079
+btime 1700000000
+processes 123456
+procs_running 2
+procs_blocked 0
+softirq 1 2 3 4 5 6 7 8 9 10 11
+`
+
+func TestProcStat(t *testing.T) {
+	got, err := parseProcStat([]byte(procStat))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// total: user..steal; busy: total - idle - iowait
+	want := cpuTimes{busy: 471952 + 66853 + 872811 + 0 + 19332 + 817,
+		total: 471952 + 66853 + 872811 + 5338420 + 19588 + 0 + 19332 + 817, cpus: 2}
+	if got != want {
+		t.Fatalf("parse: %+v, want %+v", got, want)
+	}
+
+	// 2 CPUs for 1 s at 100 ticks/s: 200 ticks; 50 busy is a quarter of the machine, 50% of one CPU.
+	after := strings.Replace(procStat, "cpu  471952 66853 872811 5338420 19588 0 19332 817 0 0",
+		"cpu  471982 66853 872821 5338560 19598 0 19342 817 0 0", 1)
+	a, err := parseProcStat([]byte(after))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pct, err := cpuPercent(got, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pct != 50 {
+		t.Errorf("cpuPercent: %v, want 50", pct)
+	}
+	if _, err := cpuPercent(a, a); err == nil {
+		t.Error("cpuPercent of one reading twice: no error")
+	}
+
+	for _, bad := range []string{
+		"",
+		"cpu0 1 2 3 4 5 6 7 8 0 0\n",
+		"cpu  1 2 3 4\ncpu0 1 2 3 4\n",
+		"cpu  1 2 x 4 5 6 7 8 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n",
+	} {
+		if c, err := parseProcStat([]byte(bad)); err == nil {
+			t.Errorf("parse %q: %+v, want an error", bad, c)
+		}
+	}
 }

@@ -87,11 +87,11 @@ fuzz: bpffs
 demo:
 	$(GO) run ./conformance/demo
 
-# Regenerates docs/benchmarks.md (about 15 minutes; QUICK=1 a smaller run). Installs iperf3, iptables and
-# nftables from Debian when they are missing.
+# Regenerates docs/benchmarks.md (about 12 minutes; QUICK=1 a smaller run, under 3). Installs iperf3, sockperf,
+# iptables and nftables from Debian when they are missing.
 QUICK ?=
 bench: bpffs kube-bins
-	@need=(); for pkg in iperf3 iptables nftables util-linux; do dpkg -s $$pkg >/dev/null 2>&1 || need+=($$pkg); done; \
+	@need=(); for pkg in iperf3 sockperf iptables nftables util-linux; do dpkg -s $$pkg >/dev/null 2>&1 || need+=($$pkg); done; \
 	if [ $${#need[@]} -gt 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $${need[@]} >/dev/null; fi
 	$(GO) run ./internal/benchdoc -out docs/benchmarks.md $(if $(QUICK),-quick)
 

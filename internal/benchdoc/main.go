@@ -39,13 +39,15 @@ type sample struct {
 
 func main() {
 	out := flag.String("out", "docs/benchmarks.md", "file to write")
-	count := flag.Int("count", 5, "runs of each benchmark")
+	count := flag.Int("count", 3, "runs of each benchmark")
 	benchtime := flag.String("benchtime", "200000x", "go test -benchtime")
 	quick := flag.Bool("quick", false, "a smaller run (N=10 and 10,000 only, fewer repetitions): make bench QUICK=1")
 	flag.Parse()
 	started := time.Now()
 	verdict, change, sizes, changes := "^BenchmarkVerdict$", "^BenchmarkChangeEnforced$", []int{10, 1000, 10000}, 20
+	attaches := "100x"
 	if *quick {
+		attaches = "20x"
 		*count = 1
 		verdict = "^BenchmarkVerdict$/^rules=(10|10000)$"
 		change = "^BenchmarkChangeEnforced$/^source=folder$/^rules=(10|10000)$"
@@ -58,9 +60,9 @@ func main() {
 		log.Fatal("benchdoc: no BenchmarkVerdict results in the output")
 	}
 	doc := render(samples)
-	sbs := sidebyside.Options{Quick: *quick, Duration: 2 * time.Second, Reps: 2}
+	sbs := sidebyside.Options{Quick: *quick, Duration: time.Second, Reps: 3}
 	if *quick {
-		sbs.Duration, sbs.Reps = time.Second, 1
+		sbs.Reps = 1
 	}
 	results, err := sidebyside.Run(context.Background(), sbs, os.Stderr)
 	if err != nil {
@@ -73,7 +75,7 @@ func main() {
 	doc += "\n![request-response p50 against N](benchmarks-rr.svg)\n![throughput against N](benchmarks-throughput.svg)\n"
 	var pluginRaw bytes.Buffer
 	pluginRaw.ReadFrom(benchmark("^BenchmarkPluginAddDel$", "1x", min(*count, 3), "./plugin/"))
-	pluginRaw.ReadFrom(benchmark("^BenchmarkAttach$", "100x", 1, "./bpf/"))
+	pluginRaw.ReadFrom(benchmark("^BenchmarkAttach$", attaches, 1, "./bpf/"))
 	doc += renderPlugin(&pluginRaw)
 	doc += renderChurn(parseMetrics(benchmark("^BenchmarkPodChurn$", "1x", 1, "./internal/simnode/"), "BenchmarkPodChurn"))
 	p50, p99 := parseChange(benchmark(change, "20x", min(*count, 3), "./internal/enforcer/"))
@@ -83,7 +85,7 @@ func main() {
 		log.Fatalf("benchdoc: rule changes: %v", err)
 	}
 	doc += renderRuleChanges(rcs, folderP50(p50))
-	doc += renderRSS(parseMetrics(benchmark("^BenchmarkEnforcerRSS$", "1x", min(*count, 3), "./enforcer/"), "BenchmarkEnforcerRSS"),
+	doc += renderRSS(parseMetrics(benchmark("^BenchmarkEnforcerRSS$", "1x", 1, "./enforcer/"), "BenchmarkEnforcerRSS"),
 		parseMetrics(benchmark("^BenchmarkEndpointBytes$", "1x", 1, "./bpf/"), "BenchmarkEndpointBytes"))
 	doc += fmt.Sprintf("\n---\n`make bench%s` took %s.\n", map[bool]string{true: " QUICK=1", false: ""}[*quick],
 		time.Since(started).Round(time.Second))

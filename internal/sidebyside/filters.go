@@ -78,10 +78,10 @@ func iptablesRules(n int, stateful, withoutMatch bool) []byte {
 	}
 	if !withoutMatch {
 		fmt.Fprintf(&b, "-A FORWARD -s %s/32 -d %s -p tcp -m tcp --dport %d:%d -j ACCEPT\n", clientAddr, serverNet,
-			iperfPort, rrPort)
+			iperfPort, lastPort)
 		if !stateful {
 			fmt.Fprintf(&b, "-A FORWARD -s %s -d %s/32 -p tcp -m tcp --sport %d:%d -j ACCEPT\n", serverNet, clientAddr,
-				iperfPort, rrPort)
+				iperfPort, lastPort)
 		}
 	}
 	b.WriteString("COMMIT\n")
@@ -105,7 +105,7 @@ func nftRules(n int, withoutMatch bool) []byte {
 		elems = append(elems, fmt.Sprintf("%s . %d", policytest.NRulesCIDR(i), policytest.NRulesFirstPort+i))
 	}
 	if !withoutMatch {
-		elems = append(elems, fmt.Sprintf("%s . %d-%d", serverNet, iperfPort, rrPort))
+		elems = append(elems, fmt.Sprintf("%s . %d-%d", serverNet, iperfPort, lastPort))
 	}
 	var b strings.Builder
 	b.WriteString("table ip sidebyside {\n")
@@ -216,7 +216,7 @@ func installMoat(t *topology, n int, withoutMatch bool) (cleanup func(), err err
 // the one that allows the flows under test.
 func moatPolicy(n int, withoutMatch bool) *policy.IdentityPolicy {
 	p := policytest.NRules(podIdentity, n, bpf.ActionAllow, bpf.ActionAllow, bpf.ActionDeny,
-		netip.MustParsePrefix(serverNet), iperfPort, rrPort)
+		netip.MustParsePrefix(serverNet), iperfPort, lastPort)
 	if withoutMatch {
 		p.Rules = p.Rules[:len(p.Rules)-1]
 	}

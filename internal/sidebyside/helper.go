@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"slices"
 	"time"
 )
 
@@ -38,21 +37,13 @@ func helperCommand(n, cpu, role string, args ...string) ([]string, []string, err
 	return inNS(n, cpu, append([]string{exe}, args...)...), append(os.Environ(), helperEnv+"="+role), nil
 }
 
-// rrResult is what the request-response client prints.
-type rrResult struct {
-	Count int     `json:"count"`
-	P50us float64 `json:"p50_us"`
-	P99us float64 `json:"p99_us"`
-}
-
 // crrResult is what the connection-rate client prints.
 type crrResult struct {
 	PerSec float64 `json:"per_sec"`
 	Errors int     `json:"errors"`
 }
 
-// helperMain runs a role: "server ADDR" echoes 64-byte messages on every connection; "rr ADDR DURATION"
-// ping-pongs on one connection; "crr ADDR DURATION" opens, exchanges once and closes connections; "probe
+// helperMain runs a role: "server ADDR" echoes 64-byte messages on every connection; "crr ADDR DURATION" opens, exchanges once and closes connections; "probe
 // ADDR" makes one exchange within a second.
 func helperMain(role string, args []string, out io.Writer) error {
 	if len(args) < 1 {
@@ -60,7 +51,7 @@ func helperMain(role string, args []string, out io.Writer) error {
 	}
 	addr := args[0]
 	var d time.Duration
-	if role == "rr" || role == "crr" {
+	if role == "crr" {
 		if len(args) < 2 {
 			return fmt.Errorf("no duration")
 		}
@@ -72,12 +63,6 @@ func helperMain(role string, args []string, out io.Writer) error {
 	switch role {
 	case "server":
 		return serve(addr)
-	case "rr":
-		r, err := requestResponse(addr, d)
-		if err != nil {
-			return err
-		}
-		return json.NewEncoder(out).Encode(r)
 	case "crr":
 		r, err := connectionRate(addr, d)
 		if err != nil {
@@ -127,43 +112,6 @@ func exchange(c net.Conn, buf []byte, deadline time.Time) error {
 	}
 	_, err := io.ReadFull(c, buf)
 	return err
-}
-
-// requestResponse ping-pongs 64 bytes on one connection for d, after a warm-up of 200 round trips.
-func requestResponse(addr string, d time.Duration) (rrResult, error) {
-	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-	if err != nil {
-		return rrResult{}, err
-	}
-	defer c.Close()
-	buf := make([]byte, msgSize)
-	deadline := time.Now().Add(d + 5*time.Second)
-	for range 200 {
-		if err := exchange(c, buf, deadline); err != nil {
-			return rrResult{}, err
-		}
-	}
-	c.SetDeadline(deadline)
-	lat := make([]time.Duration, 0, 1<<16)
-	for end := time.Now().Add(d); ; {
-		start := time.Now()
-		if start.After(end) {
-			break
-		}
-		if _, err := c.Write(buf); err != nil {
-			return rrResult{}, err
-		}
-		if _, err := io.ReadFull(c, buf); err != nil {
-			return rrResult{}, err
-		}
-		lat = append(lat, time.Since(start))
-	}
-	if len(lat) == 0 {
-		return rrResult{}, fmt.Errorf("no round trip")
-	}
-	slices.Sort(lat)
-	q := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))]) / 1e3 }
-	return rrResult{Count: len(lat), P50us: q(0.50), P99us: q(0.99)}, nil
 }
 
 // connectionRate opens connections for d, each with one 64-byte exchange, and counts the ones that complete.

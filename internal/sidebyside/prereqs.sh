@@ -1,9 +1,10 @@
 #!/bin/sh
-# Installs what the side-by-side comparison runs (iperf3, iptables-legacy/-nft, nft, taskset) when it is
+# Installs what the side-by-side comparison runs (iperf3, sockperf, iptables-legacy/-nft, nft, taskset) when it is
 # missing; running it again changes nothing.
 set -eu
 missing=""
 command -v iperf3 >/dev/null 2>&1 || missing="$missing iperf3"
+command -v sockperf >/dev/null 2>&1 || missing="$missing sockperf"
 command -v iptables-legacy-restore >/dev/null 2>&1 || missing="$missing iptables"
 command -v iptables-nft-restore >/dev/null 2>&1 || case "$missing" in *iptables*) ;; *) missing="$missing iptables" ;; esac
 command -v nft >/dev/null 2>&1 || missing="$missing nftables"

@@ -13,7 +13,7 @@ var metricTitles = map[string]string{
 	MetricThroughput1: "TCP throughput, one stream (iperf3)",
 	MetricThroughput4: "TCP throughput, four streams (iperf3)",
 	MetricCPUPerGbit:  "CPU per Gbit/s, one stream (whole machine from /proc/stat, all CPUs, softirq included)",
-	MetricRRP50:       "TCP request-response p50 (64 B ping-pong, one connection)",
+	MetricRRP50:       "TCP request-response p50 (sockperf ping-pong, 64 B, one connection, round trip)",
 	MetricRRP99:       "TCP request-response p99",
 	MetricConnRate:    "Connection rate (connect, one 64 B exchange, close)",
 }

@@ -3,7 +3,7 @@
 // machine's CPU per Gbit/s, TCP request-response latency and connection rate, each at N rules, and renders the
 // results as a Markdown section with SVG plots.
 //
-// It needs root, iperf3, iptables (legacy and nft), nft and taskset (prereqs.sh installs them). The whole
+// It needs root, iperf3, sockperf, iptables (legacy and nft), nft and taskset (prereqs.sh installs them). The whole
 // comparison runs from its test:
 //
 //	SIDEBYSIDE_OUT=/tmp/out [SIDEBYSIDE_QUICK=1] [SIDEBYSIDE_DURATION=3s] [SIDEBYSIDE_REPS=3] \
@@ -19,6 +19,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,7 +39,7 @@ const (
 	MetricThroughput1 = "throughput-1" // Gbit/s, one TCP stream
 	MetricThroughput4 = "throughput-4" // Gbit/s, four TCP streams
 	MetricCPUPerGbit  = "cpu-per-gbit" // percent of one CPU, the whole machine busy (/proc/stat), per Gbit/s, one stream
-	MetricRRP50       = "rr-p50"       // microseconds, 64-byte ping-pong on one connection
+	MetricRRP50       = "rr-p50"       // microseconds, round trip of a 64-byte sockperf ping-pong on one connection
 	MetricRRP99       = "rr-p99"       // microseconds
 	MetricConnRate    = "conn-rate"    // connections per second, each with one 64-byte exchange
 )
@@ -172,11 +173,9 @@ func measure(ctx context.Context, cfg string, n int, d time.Duration) (got map[s
 	if got[MetricThroughput4], err = iperf(ctx, t, 4, d); err != nil {
 		return nil, err
 	}
-	var rr rrResult
-	if err := helperJSON(ctx, t, "rr", d, &rr); err != nil {
+	if got[MetricRRP50], got[MetricRRP99], err = sockperf(ctx, t, d); err != nil {
 		return nil, err
 	}
-	got[MetricRRP50], got[MetricRRP99] = rr.P50us, rr.P99us
 	var crr crrResult
 	if err := helperJSON(ctx, t, "crr", d, &crr); err != nil {
 		return nil, err
@@ -206,7 +205,13 @@ func startServers(ctx context.Context, t *topology) (stop func(), err error) {
 		return stop, fmt.Errorf("start iperf3 server: %w", err)
 	}
 	procs = append(procs, iperfSrv)
-	argv, env, err := helperCommand(t.server, echoCPU, "server", fmt.Sprintf("%s:%d", serverAddr, rrPort))
+	argv = inNS(t.server, echoCPU, "sockperf", "server", "--tcp", "-i", serverAddr, "-p", strconv.Itoa(rrPort))
+	sp := exec.Command(argv[0], argv[1:]...)
+	if err := sp.Start(); err != nil {
+		return stop, fmt.Errorf("start sockperf server: %w", err)
+	}
+	procs = append(procs, sp)
+	argv, env, err := helperCommand(t.server, echoCPU, "server", fmt.Sprintf("%s:%d", serverAddr, crrPort))
 	if err != nil {
 		return stop, err
 	}
@@ -219,19 +224,22 @@ func startServers(ctx context.Context, t *topology) (stop func(), err error) {
 	// both answer a connection from the client once they listen
 	var last error
 	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-		if last = probe(ctx, t, rrPort); last == nil {
+		if last = probe(ctx, t, crrPort); last == nil {
 			if last = probe(ctx, t, iperfPort); last == nil {
-				return stop, nil
+				if last = probe(ctx, t, rrPort); last == nil {
+					return stop, nil
+				}
 			}
 		}
 	}
 	return stop, fmt.Errorf("servers not reachable from the client: %w", last)
 }
 
-// probe connects from the client to a server port within a second (for iperf3's port, connecting is all).
+// probe connects from the client to a server port within a second (for iperf3's and sockperf's ports,
+// connecting is all).
 func probe(ctx context.Context, t *topology, port int) error {
 	role := "probe"
-	if port == iperfPort {
+	if port != crrPort {
 		argv := inNS(t.client, "", "bash", "-c", fmt.Sprintf("exec 3<>/dev/tcp/%s/%d", serverAddr, port))
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
@@ -253,7 +261,7 @@ func probe(ctx context.Context, t *topology, port int) error {
 
 // helperJSON runs a client role pinned to the client CPU and decodes what it prints.
 func helperJSON(ctx context.Context, t *topology, role string, d time.Duration, v any) error {
-	argv, env, err := helperCommand(t.client, echoCPU, role, fmt.Sprintf("%s:%d", serverAddr, rrPort), d.String())
+	argv, env, err := helperCommand(t.client, echoCPU, role, fmt.Sprintf("%s:%d", serverAddr, crrPort), d.String())
 	if err != nil {
 		return err
 	}
@@ -268,6 +276,45 @@ func helperJSON(ctx context.Context, t *topology, role string, d time.Duration, 
 		return fmt.Errorf("%s client: %w: %s", role, err, stderr.String())
 	}
 	return json.Unmarshal(out, v)
+}
+
+// sockperfPercentile is one line of sockperf's percentile table, e.g. "---> percentile 50.000 =   13.980".
+var sockperfPercentile = regexp.MustCompile(`percentile\s+(\d+\.\d+)\s+=\s+([\d.]+)`)
+
+// sockperf ping-pongs 64 bytes on one TCP connection for d (sockperf's own 400 ms warm-up not counted) from the
+// client to the sockperf server, both on echoCPU, and returns the round trip's p50 and p99 in microseconds.
+func sockperf(ctx context.Context, t *topology, d time.Duration) (p50, p99 float64, err error) {
+	secs := max(1, int(d.Round(time.Second)/time.Second))
+	argv := inNS(t.client, echoCPU, "sockperf", "ping-pong", "--tcp", "-i", serverAddr, "-p", strconv.Itoa(rrPort),
+		"-m", "64", "-t", strconv.Itoa(secs), "--full-rtt")
+	cctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+20*time.Second)
+	defer cancel()
+	out, err := output(cctx, nil, argv[0], argv[1:]...)
+	if err != nil {
+		return 0, 0, fmt.Errorf("sockperf ping-pong: %w", err)
+	}
+	return parseSockperf(out)
+}
+
+// parseSockperf reads the 50th and 99th percentiles of a sockperf --full-rtt report.
+func parseSockperf(out []byte) (p50, p99 float64, err error) {
+	found := 0
+	for _, m := range sockperfPercentile.FindAllSubmatch(out, -1) {
+		v, perr := strconv.ParseFloat(string(m[2]), 64)
+		if perr != nil {
+			continue
+		}
+		switch string(m[1]) {
+		case "50.000":
+			p50, found = v, found|1
+		case "99.000":
+			p99, found = v, found|2
+		}
+	}
+	if found != 3 {
+		return 0, 0, fmt.Errorf("no p50 and p99 in sockperf's report: %q", out)
+	}
+	return p50, p99, nil
 }
 
 // iperfReport is the part of iperf3 -J's report used here.

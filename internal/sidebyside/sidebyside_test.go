@@ -17,7 +17,7 @@ func requireTools(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (network namespaces, bpf, iptables): run as root")
 	}
-	for _, tool := range []string{"ip", "taskset", "iperf3", "iptables-legacy-restore", "iptables-nft-restore", "nft"} {
+	for _, tool := range []string{"ip", "taskset", "iperf3", "iptables-legacy-restore", "iptables-nft-restore", "nft", "sockperf"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("%s missing: run internal/sidebyside/prereqs.sh", tool)
 		}
@@ -58,7 +58,7 @@ func reachableWith(ctx context.Context, install func(*topology) (func(), error))
 		return err
 	}
 	defer remove()
-	argv, env, err := helperCommand(topo.server, serverCPU, "server", fmt.Sprintf("%s:%d", serverAddr, rrPort))
+	argv, env, err := helperCommand(topo.server, serverCPU, "server", fmt.Sprintf("%s:%d", serverAddr, crrPort))
 	if err != nil {
 		return err
 	}
@@ -69,7 +69,7 @@ func reachableWith(ctx context.Context, install func(*topology) (func(), error))
 	}
 	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
 	time.Sleep(300 * time.Millisecond) // the server listening; a refused connect would read as a drop otherwise
-	return probe(ctx, topo, rrPort)
+	return probe(ctx, topo, crrPort)
 }
 
 func TestSideBySideSmoke(t *testing.T) {
@@ -110,7 +110,7 @@ func TestSideBySideSmoke(t *testing.T) {
 	// Stateless is stateless: with the client's rule but not the one for the replies, nothing comes back.
 	t.Run(ConfigIptablesLegacyStateless+"/replies", func(t *testing.T) {
 		rules := string(iptablesRules(10, false, false))
-		reply := fmt.Sprintf("--sport %d:%d", iperfPort, rrPort)
+		reply := fmt.Sprintf("--sport %d:%d", iperfPort, lastPort)
 		lines := strings.SplitAfter(rules, "\n")
 		kept := slices.DeleteFunc(lines, func(l string) bool { return strings.Contains(l, reply) })
 		if len(kept) != len(strings.SplitAfter(rules, "\n"))-1 {
@@ -177,9 +177,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 func TestIptablesRules(t *testing.T) {
 	forward := fmt.Sprintf("-A FORWARD -s %s/32 -d %s -p tcp -m tcp --dport %d:%d -j ACCEPT", clientAddr, serverNet,
-		iperfPort, rrPort)
+		iperfPort, lastPort)
 	reply := fmt.Sprintf("-A FORWARD -s %s -d %s/32 -p tcp -m tcp --sport %d:%d -j ACCEPT", serverNet, clientAddr,
-		iperfPort, rrPort)
+		iperfPort, lastPort)
 	established := "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
 	rules := func(stateful, withoutMatch bool) []string {
 		var out []string
@@ -281,5 +281,18 @@ func TestProcStat(t *testing.T) {
 		if c, err := parseProcStat([]byte(bad)); err == nil {
 			t.Errorf("parse %q: %+v, want an error", bad, c)
 		}
+	}
+}
+
+func TestParseSockperf(t *testing.T) {
+	report := []byte("sockperf: \x1b[2;35m====> avg-rtt=14.659 (std-dev=3.264)\x1b[0m\n" +
+		"sockperf: ---> percentile 99.999 =  215.359\nsockperf: ---> percentile 99.000 =   20.009\n" +
+		"sockperf: ---> percentile 90.000 =   15.032\nsockperf: ---> percentile 50.000 =   13.980\n")
+	p50, p99, err := parseSockperf(report)
+	if err != nil || p50 != 13.980 || p99 != 20.009 {
+		t.Errorf("parseSockperf = %v, %v, %v; want 13.98, 20.009", p50, p99, err)
+	}
+	if _, _, err := parseSockperf([]byte("sockperf: ---> percentile 50.000 =   13.980\n")); err == nil {
+		t.Error("a report without p99 parsed")
 	}
 }

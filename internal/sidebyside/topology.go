@@ -22,19 +22,21 @@ const (
 	podIfname    = "sbspod" // the pod veth's host end, in the router namespace
 	upIfname     = "sbsup"  // the router's link to the server
 	iperfPort    = 5201
-	rrPort       = 5202
+	rrPort       = 5202 // sockperf
+	crrPort      = 5203 // the connection-rate echo server
+	lastPort     = crrPort
 )
 
 // Placement is where the processes of a run sit on this machine's CPUs.
-const Placement = "iperf3 client on CPU 0 and server on CPU 1 (taskset); the request-response and connection-rate " +
-	"client and echo server both on CPU 1, so a round trip has no cross-CPU wakeup and a filter's cost is not lost in " +
+const Placement = "iperf3 client on CPU 0 and server on CPU 1 (taskset); the request-response client and server " +
+	"(sockperf ping-pong) and the connection-rate client and echo server all on CPU 1, so a round trip has no cross-CPU wakeup and a filter's cost is not lost in " +
 	"it; a veth hands a packet to the peer namespace on the sending CPU, so the router's forwarding and the filter " +
 	"run in softirq on the CPU of whichever side sends"
 
 const (
 	clientCPU = "0" // iperf3 -c
 	serverCPU = "1" // iperf3 -s
-	echoCPU   = "1" // the request-response and connection-rate client and server, together
+	echoCPU   = "1" // the request-response and connection-rate clients and servers, together
 )
 
 // topology is three network namespaces joined by two veths, made with ip(8) and removed by close.

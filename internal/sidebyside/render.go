@@ -95,7 +95,7 @@ func Render(results []Result) string {
 		"one-stream iperf3 run, in percent of one CPU (100% is one CPU fully busy), divided by that run's Gbit/s. " +
 		"It includes the forwarding and filtering done in softirq wherever it runs, and anything else running on " +
 		"the machine at the time.\n\n")
-	fmt.Fprintf(&b, "Cells: median (min-max over %d repetitions, interleaved) and the ratio to no filter at the same N.\n\n", reps)
+	fmt.Fprintf(&b, "Cells: median (min-max over %d repetitions, interleaved, each repetition starting one configuration later) and the ratio to no filter at the same N.\n\n", reps)
 	for _, m := range Metrics {
 		fmt.Fprintf(&b, "### %s, %s\n\n| configuration |", metricTitles[m], units[m])
 		for _, n := range ns {

@@ -89,7 +89,9 @@ func Run(ctx context.Context, opts Options, progress io.Writer) ([]Result, error
 	var order [][3]string
 	for _, n := range opts.Ns {
 		for rep := 0; rep < opts.Reps; rep++ {
-			for _, cfg := range Configs {
+			// each repetition starts one configuration later, so none of them always runs first
+			for i := range Configs {
+				cfg := Configs[(i+rep)%len(Configs)]
 				got, err := measure(ctx, cfg, n, opts.Duration)
 				if err != nil {
 					return nil, fmt.Errorf("%s, %d rules: %w", cfg, n, err)

@@ -51,6 +51,7 @@ func runRepeat(b *testing.B, prog *ebpf.Program, frame, ctx []byte, repeat int, 
 // rules decides a new flow; RST keeps the packet from creating a conntrack entry, so every run is a new flow),
 // ct-hit (a packet of an established flow), syn (an allowed SYN, which writes the flow's conntrack entry each run).
 func BenchmarkVerdict(b *testing.B) {
+	parent := b // harnesses live until the whole benchmark ends, not just the sub-benchmark that made them
 	empty, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "MIT",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}})
 	if err != nil {
@@ -58,15 +59,22 @@ func BenchmarkVerdict(b *testing.B) {
 	}
 	defer empty.Close()
 	for _, n := range []int{10, 100, 1000, 10000} {
-		for _, path := range []string{"miss", "allow", "deny", "ct-hit", "syn"} {
+		// one datapath per N, shared by the paths (loading it and n rules is most of a run's time); each path has
+		// a source port of its own so that no path's conntrack entry decides another's packets, and deny, which
+		// needs the last rule to deny, goes last
+		var h *harness
+		last := bpf.ActionAllow
+		for i, path := range []string{"miss", "allow", "ct-hit", "syn", "deny"} {
 			b.Run(fmt.Sprintf("rules=%d/path=%s", n, path), func(b *testing.B) {
-				h := newHarness(b, bpf.Options{})
-				last := bpf.ActionAllow
-				if path == "deny" {
-					last = bpf.ActionDeny
+				if h == nil {
+					h = newHarness(parent, bpf.Options{})
+					h.policy(benchPolicy(n, last))
 				}
-				h.policy(benchPolicy(n, last))
-				pkt := tcp(podV4, worldV4, 40000, 443, testutil.TCPRst|testutil.TCPAck)
+				if path == "deny" && last != bpf.ActionDeny {
+					last = bpf.ActionDeny
+					h.policy(benchPolicy(n, last))
+				}
+				pkt := tcp(podV4, worldV4, uint16(40000+i), 443, testutil.TCPRst|testutil.TCPAck)
 				want := uint32(retNext)
 				switch path {
 				case "miss":
@@ -74,7 +82,7 @@ func BenchmarkVerdict(b *testing.B) {
 				case "deny":
 					want = retDrop
 				case "ct-hit":
-					syn := tcp(podV4, worldV4, 40000, 443, testutil.TCPSyn)
+					syn := tcp(podV4, worldV4, pkt.SPort, 443, testutil.TCPSyn)
 					if got := h.from(syn); got != retNext {
 						b.Fatalf("establishing the flow: %s", verdictName(got))
 					}

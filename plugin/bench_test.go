@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -13,8 +14,8 @@ import (
 )
 
 // BenchmarkPluginAddDel measures Moat's own ADD and DEL, apart from the primary plugin's: the moat binary run as
-// a runtime runs it, on a veth the test made, over 200 pods per run, with each attach mode. It reports p50 and p99
-// in milliseconds.
+// a runtime runs it, on a veth the test made, over 200 pods per run (50 with MOAT_BENCH_QUICK), with each attach
+// mode. It reports p50 and p99 in milliseconds.
 func BenchmarkPluginAddDel(b *testing.B) {
 	pl := testutil.NewPodLink(b, []netip.Prefix{netip.MustParsePrefix("10.250.0.2/24")}, nil)
 	n := newNodeIn(b, pl.Host, true)
@@ -24,7 +25,10 @@ func BenchmarkPluginAddDel(b *testing.B) {
 		"attachMode": %q, "prevResult": {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": %q}],
 		"ips": [{"address": "10.250.0.2/24", "interface": 0}]}}`, n.pinRoot, filepath.Join(n.state, "endpoints"), mode,
 				pl.Pod.Path())
-			const pods = 200
+			pods := 200
+			if os.Getenv("MOAT_BENCH_QUICK") != "" {
+				pods = 50 // make bench QUICK=1
+			}
 			var adds, dels []time.Duration
 			for i := 0; i < b.N*pods; i++ {
 				for _, cmd := range []string{"ADD", "DEL"} {

@@ -43,11 +43,12 @@ func main() {
 	benchtime := flag.String("benchtime", "200000x", "go test -benchtime")
 	quick := flag.Bool("quick", false, "a smaller run (N=10 and 10,000 only, fewer repetitions): make bench QUICK=1")
 	flag.Parse()
+	quickRun = *quick
 	started := time.Now()
 	verdict, change, sizes, changes := "^BenchmarkVerdict$", "^BenchmarkChangeEnforced$", []int{10, 1000, 10000}, 20
-	attaches := "100x"
+	attaches, churn := "100x", "^BenchmarkPodChurn$"
 	if *quick {
-		attaches = "20x"
+		attaches, churn = "20x", "^BenchmarkPodChurn$/^mode=tcx$"
 		*count = 1
 		verdict = "^BenchmarkVerdict$/^rules=(10|10000)$"
 		change = "^BenchmarkChangeEnforced$/^source=folder$/^rules=(10|10000)$"
@@ -77,7 +78,7 @@ func main() {
 	pluginRaw.ReadFrom(benchmark("^BenchmarkPluginAddDel$", "1x", min(*count, 3), "./plugin/"))
 	pluginRaw.ReadFrom(benchmark("^BenchmarkAttach$", attaches, 1, "./bpf/"))
 	doc += renderPlugin(&pluginRaw)
-	doc += renderChurn(parseMetrics(benchmark("^BenchmarkPodChurn$", "1x", 1, "./internal/simnode/"), "BenchmarkPodChurn"))
+	doc += renderChurn(benchmark(churn, "1x", 1, "./internal/simnode/"))
 	p50, p99 := parseChange(benchmark(change, "20x", min(*count, 3), "./internal/enforcer/"))
 	doc += renderChange(p50, p99)
 	rcs, err := measureRuleChanges(sizes, changes)
@@ -95,11 +96,17 @@ func main() {
 	fmt.Fprintf(os.Stderr, "benchdoc: wrote %s\n", *out)
 }
 
+// quickRun is make bench QUICK=1: benchmarks run with MOAT_BENCH_QUICK=1.
+var quickRun bool
+
 // benchmark runs the benchmarks matching pattern in pkg, echoing their output, and returns it.
 func benchmark(pattern, benchtime string, count int, pkg string) *bytes.Buffer {
 	args := []string{"test", "-run", "^$", "-bench", pattern, "-benchtime", benchtime, "-count", strconv.Itoa(count), pkg}
 	fmt.Fprintf(os.Stderr, "benchdoc: go %s\n", strings.Join(args, " "))
 	cmd := exec.Command("go", args...)
+	if quickRun {
+		cmd.Env = append(os.Environ(), "MOAT_BENCH_QUICK=1") // the benchmarks take fewer pods
+	}
 	var raw bytes.Buffer
 	cmd.Stdout = io.MultiWriter(&raw, os.Stderr)
 	cmd.Stderr = os.Stderr
@@ -285,7 +292,8 @@ func renderPlugin(raw io.Reader) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n## Plugin: Moat's own ADD and DEL\n\n")
 	fmt.Fprintf(&b, "`go test -bench BenchmarkPluginAddDel ./plugin/`: the `moat` binary run as a runtime runs it (process start\n")
-	fmt.Fprintf(&b, "included, the primary plugin not), ADD then DEL of 200 pods per run on a veth the test made, with each\n")
+	fmt.Fprintf(&b, "included, the primary plugin not), ADD then DEL of %d pods per run on a veth the test made, with each\n",
+		map[bool]int{false: 200, true: 50}[quickRun])
 	fmt.Fprintf(&b, "`attachMode`. Milliseconds, median (min-max) over the runs.\n\n")
 	fmt.Fprintf(&b, "| attachMode | command | p50 | p99 | target p50 <= 5, p99 <= 20 |\n|---|---|---|---|---|\n")
 	for _, mode := range []string{"tcx", "clsact"} {

@@ -3,6 +3,7 @@ package simnode
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -25,22 +26,27 @@ metadata: {name: churn, labels: {moat.dev/zone: churn}}
 // for pods that come and go: a sustained 20 pods a second (each deleted a second after it was created) and then
 // a burst of 100 pods started at once. It reports ADD and DEL latencies of the whole chain, the failures and what
 // is left afterwards (records, host veths, pinned links): all must be zero. sustained-pods/s is the rate the
-// ADDs kept up with (200 asked at 20 a second); burst-pods/s how fast 100 pods asked at once were all up.
+// ADDs kept up with (200 asked at 20 a second); burst-pods/s how fast 100 pods asked at once were all up. It runs
+// with each attachMode.
 func BenchmarkPodChurn(b *testing.B) {
 	testutil.RequireRoot(b)
 	bin := b.TempDir()
 	if err := Build(bin, nil); err != nil {
 		b.Fatal(err)
 	}
-	for i := 0; i < b.N; i++ {
-		churn(b, bin)
+	for _, mode := range []string{"tcx", "clsact"} {
+		b.Run("mode="+mode, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				churn(b, bin, mode)
+			}
+		})
 	}
 }
 
-func churn(b *testing.B, bin string) {
+func churn(b *testing.B, bin, mode string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	n, err := New(b.TempDir(), bin, Options{Ports: []uint16{80}})
+	n, err := New(b.TempDir(), bin, Options{Ports: []uint16{80}, AttachMode: mode})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -101,12 +107,16 @@ func churn(b *testing.B, bin string) {
 		mu.Unlock()
 	}
 
-	// sustained: 20 pods a second for 10 seconds, each living a second
+	// sustained: 20 pods a second for 10 seconds (5 with MOAT_BENCH_QUICK), each living a second
+	sustainedPods := 200
+	if os.Getenv("MOAT_BENCH_QUICK") != "" {
+		sustainedPods = 100
+	}
 	b.ResetTimer()
 	var wg sync.WaitGroup
 	tick := time.NewTicker(50 * time.Millisecond)
 	sustainedStart := time.Now()
-	for i := 0; i < 200; i++ {
+	for i := 0; i < sustainedPods; i++ {
 		<-tick.C
 		wg.Add(1)
 		go func() { defer wg.Done(); life(time.Second) }()
@@ -173,7 +183,7 @@ func churn(b *testing.B, bin string) {
 	b.ReportMetric(pct(burstAdds, 99), "burst-add-p99-ms")
 	b.ReportMetric(pct(dels, 50), "del-p50-ms")
 	b.ReportMetric(pct(dels, 99), "del-p99-ms")
-	b.ReportMetric(200/sustained.Seconds(), "sustained-pods/s")
+	b.ReportMetric(float64(sustainedPods)/sustained.Seconds(), "sustained-pods/s")
 	b.ReportMetric(float64(sustainedFailures), "sustained-failures")
 	b.ReportMetric(100/burstUp.Seconds(), "burst-pods/s")
 	b.ReportMetric(float64(failures.Load()-sustainedFailures), "burst-failures")

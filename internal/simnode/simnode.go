@@ -102,6 +102,8 @@ type Options struct {
 	Ports []uint16
 	// Unchained leaves the primary network as the "cluster's CNI" wrote it, without moat (moat-install's work).
 	Unchained bool
+	// AttachMode is the chained entry's attachMode (empty: the plugin's default, tcx).
+	AttachMode string
 }
 
 // New makes a node in dir with the binaries of binDir, and starts its enforcer on the policy folder. Close
@@ -146,7 +148,9 @@ func New(dir, binDir string, opts Options) (n *Node, err error) {
 		return n, err
 	}
 	if !opts.Unchained {
-		if _, err := conflist.Ensure(n.ChainSettings(opts.FailPolicy).Options()); err != nil {
+		set := n.ChainSettings(opts.FailPolicy)
+		set.AttachMode = opts.AttachMode
+		if _, err := conflist.Ensure(set.Options()); err != nil {
 			return n, fmt.Errorf("chain moat: %w", err)
 		}
 	}

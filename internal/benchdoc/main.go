@@ -61,9 +61,9 @@ func main() {
 		log.Fatal("benchdoc: no BenchmarkVerdict results in the output")
 	}
 	doc := render(samples)
-	sbs := sidebyside.Options{Quick: *quick, Duration: time.Second, Reps: 3}
+	sbs := sidebyside.Options{Quick: *quick, Duration: time.Second, StreamDuration: 2 * time.Second, Reps: 3}
 	if *quick {
-		sbs.Reps = 1
+		sbs.StreamDuration, sbs.Reps = time.Second, 1
 	}
 	results, err := sidebyside.Run(context.Background(), sbs, os.Stderr)
 	if err != nil {
@@ -75,11 +75,11 @@ func main() {
 	}
 	doc += "\n![request-response p50 against N](benchmarks-rr.svg)\n![throughput against N](benchmarks-throughput.svg)\n"
 	var pluginRaw bytes.Buffer
-	pluginRaw.ReadFrom(benchmark("^BenchmarkPluginAddDel$", "1x", min(*count, 3), "./plugin/"))
+	pluginRaw.ReadFrom(benchmark("^BenchmarkPluginAddDel$", "1x", min(*count, 2), "./plugin/"))
 	pluginRaw.ReadFrom(benchmark("^BenchmarkAttach$", attaches, 1, "./bpf/"))
 	doc += renderPlugin(&pluginRaw)
 	doc += renderChurn(benchmark(churn, "1x", 1, "./internal/simnode/"))
-	p50, p99 := parseChange(benchmark(change, "20x", min(*count, 3), "./internal/enforcer/"))
+	p50, p99 := parseChange(benchmark(change, "20x", 1, "./internal/enforcer/"))
 	doc += renderChange(p50, p99)
 	rcs, err := measureRuleChanges(sizes, changes)
 	if err != nil {
@@ -295,7 +295,7 @@ func renderPlugin(raw io.Reader) string {
 	fmt.Fprintf(&b, "included, the primary plugin not), ADD then DEL of %d pods per run on a veth the test made, with each\n",
 		map[bool]int{false: 200, true: 50}[quickRun])
 	fmt.Fprintf(&b, "`attachMode`. Milliseconds, median (min-max) over the runs.\n\n")
-	fmt.Fprintf(&b, "| attachMode | command | p50 | p99 | target p50 <= 5, p99 <= 20 |\n|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "| attachMode | command | p50 | p99 | p99 <= 20 | p50 <= 5 |\n|---|---|---|---|---|---|\n")
 	for _, mode := range []string{"tcx", "clsact"} {
 		m := parseMetrics(bytes.NewReader(text), "BenchmarkPluginAddDel/mode="+mode)
 		for _, cmd := range []string{"add", "del"} {
@@ -304,8 +304,8 @@ func renderPlugin(raw io.Reader) string {
 				continue
 			}
 			a, z := summarize(p50), summarize(p99)
-			fmt.Fprintf(&b, "| %s | %s | %.1f (%.1f-%.1f) | %.1f (%.1f-%.1f) | **%s** |\n", mode, strings.ToUpper(cmd),
-				a.median, a.min, a.max, z.median, z.min, z.max, met(a.median <= 5 && z.median <= 20))
+			fmt.Fprintf(&b, "| %s | %s | %.1f (%.1f-%.1f) | %.1f (%.1f-%.1f) | **%s** | **%s** |\n", mode,
+				strings.ToUpper(cmd), a.median, a.min, a.max, z.median, z.min, z.max, met(z.median <= 20), met(a.median <= 5))
 		}
 	}
 	fmt.Fprintf(&b, "\nWith tcx (the default) almost all of it is the kernel: a tcx attach or detach waits for an RCU grace\n")

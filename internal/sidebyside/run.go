@@ -33,6 +33,9 @@ type Options struct {
 	Quick    bool          // N = 10 and 10,000 only (unless Ns is given)
 	Ns       []int         // rule counts; default 10, 100, 1,000, 10,000
 	Duration time.Duration // of each measurement; default 3s
+	// StreamDuration is the one-stream iperf3 run's (whole seconds; the throughput targets read it); default
+	// Duration
+	StreamDuration time.Duration
 	Reps     int           // repetitions of every configuration at every N; default 3
 }
 
@@ -74,6 +77,9 @@ func (o Options) withDefaults() Options {
 	if o.Duration <= 0 {
 		o.Duration = 3 * time.Second
 	}
+	if o.StreamDuration <= 0 {
+		o.StreamDuration = o.Duration
+	}
 	if o.Reps <= 0 {
 		o.Reps = 3
 	}
@@ -92,7 +98,7 @@ func Run(ctx context.Context, opts Options, progress io.Writer) ([]Result, error
 			// each repetition starts one configuration later, so none of them always runs first
 			for i := range Configs {
 				cfg := Configs[(i+rep)%len(Configs)]
-				got, err := measure(ctx, cfg, n, opts.Duration)
+				got, err := measure(ctx, cfg, n, opts.Duration, opts.StreamDuration)
 				if err != nil {
 					return nil, fmt.Errorf("%s, %d rules: %w", cfg, n, err)
 				}
@@ -130,7 +136,7 @@ func median(sorted []float64) float64 {
 }
 
 // measure sets up configuration cfg with n rules on a fresh topology and takes every metric once.
-func measure(ctx context.Context, cfg string, n int, d time.Duration) (got map[string]float64, err error) {
+func measure(ctx context.Context, cfg string, n int, d, stream time.Duration) (got map[string]float64, err error) {
 	t, err := newTopology(ctx)
 	if err != nil {
 		return nil, err
@@ -154,7 +160,7 @@ func measure(ctx context.Context, cfg string, n int, d time.Duration) (got map[s
 	// frees of the tables just replaced: let both finish before measuring, for every configuration alike.
 	runtime.GC()
 	debug.FreeOSMemory()
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond)
 
 	got = map[string]float64{}
 	// the one stream with the whole machine's CPU time around it: softirq (forwarding, filtering) included,
@@ -163,7 +169,7 @@ func measure(ctx context.Context, cfg string, n int, d time.Duration) (got map[s
 	if err != nil {
 		return nil, err
 	}
-	gbps, err := iperf(ctx, t, 1, d)
+	gbps, err := iperf(ctx, t, 1, stream)
 	if err != nil {
 		return nil, err
 	}

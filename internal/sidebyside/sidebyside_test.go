@@ -79,7 +79,7 @@ func TestSideBySideSmoke(t *testing.T) {
 
 	for _, cfg := range Configs {
 		t.Run(cfg, func(t *testing.T) {
-			got, err := measure(ctx, cfg, 10, time.Second)
+			got, err := measure(ctx, cfg, 10, time.Second, time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}

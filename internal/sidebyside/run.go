@@ -33,10 +33,10 @@ type Options struct {
 	Quick    bool          // N = 10 and 10,000 only (unless Ns is given)
 	Ns       []int         // rule counts; default 10, 100, 1,000, 10,000
 	Duration time.Duration // of each measurement; default 3s
-	// StreamDuration is the one-stream iperf3 run's (whole seconds; the throughput targets read it); default
-	// Duration
-	StreamDuration time.Duration
 	Reps     int           // repetitions of every configuration at every N; default 3
+	// StreamDuration is the one-stream iperf3 run's (whole seconds; the throughput targets read it); default
+	// Duration.
+	StreamDuration time.Duration
 }
 
 // Metrics, in the units Result.Unit names.

@@ -132,7 +132,36 @@ func Render(results []Result) string {
 		}
 		fmt.Fprintf(&b, "- %s: **%s** (%s)\n", c.name, mark, c.detail)
 	}
+	b.WriteString(noiseFloor(t, ns))
 	return b.String()
+}
+
+// noiseFloor says how far no filter's own repetitions spread, over every N, for the measures whose targets
+// have margins of a few percent: a margin smaller than the spread cannot be told apart from drift.
+func noiseFloor(t table, ns []int) string {
+	var parts []string
+	for _, m := range []string{MetricThroughput1, MetricThroughput4, MetricConnRate, MetricRRP50} {
+		var all []float64
+		for _, n := range ns {
+			all = append(all, t[ConfigNone][n][m].Samples...)
+		}
+		if len(all) < 2 {
+			continue
+		}
+		slices.Sort(all)
+		mid := median(all)
+		parts = append(parts, fmt.Sprintf("%s %s-%s %s (%.0f%% of its median)", m, num(all[0]), num(all[len(all)-1]),
+			units[m], 100*(all[len(all)-1]-all[0])/mid))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "\nNoise floor: with no filter at all, the runs of this report spread over " + strings.Join(parts, ", ") +
+		". A target whose margin is smaller than that spread (0.97x of throughput, 0.95x of connection rate) is " +
+		"decided here by drift as much as by the filter: read those rows with the CPU per Gbit/s table and the " +
+		"per-packet costs above. On a VM of two vCPUs, iperf3's streams land at two or more levels of throughput " +
+		"whatever the filter (the min-max of every row shows it), while request-response through sockperf holds " +
+		"within a few percent.\n"
 }
 
 type check struct {

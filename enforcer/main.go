@@ -47,6 +47,7 @@ func main() {
 	flag.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9464", "serve Prometheus metrics here (empty: off)")
 	flag.StringVar(&o.cniConfDir, "cni-conf-dir", "", "keep moat chained into the primary network of this CNI folder (repair loop; empty: off)")
 	flag.BoolVar(&o.ipamShim, "cni-ipam-shim", false, "with --cni-conf-dir: wrap the primary plugin's ipam in moat-ipam")
+	flag.StringVar(&o.attachMode, "cni-attach-mode", "", "with --cni-conf-dir: the attachMode of moat's entry (tcx or clsact; empty: the plugin's default, tcx)")
 	flag.StringVar(&o.failPolicy, "cni-fail-policy", "", "with --cni-conf-dir: the failPolicy of moat's entry (closed or open; empty: the plugin's default)")
 	flag.DurationVar(&o.reconcile, "reconcile-interval", 30*time.Second, "how often recorded endpoints are checked against the host")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
@@ -68,7 +69,7 @@ func main() {
 
 type options struct {
 	pinRoot, policyDir, kubeconfig, nodeName, endpointDir, flowLog, metricsAddr, socket string
-	cniConfDir, failPolicy                                                              string
+	cniConfDir, failPolicy, attachMode                                                  string
 	ipamShim                                                                            bool
 	reconcile                                                                           time.Duration
 }
@@ -150,6 +151,9 @@ func run(log *logrus.Entry, o options) error {
 	if o.failPolicy != "" && o.failPolicy != "closed" && o.failPolicy != "open" {
 		return fmt.Errorf("--cni-fail-policy %q: want closed or open", o.failPolicy)
 	}
+	if o.attachMode != "" && o.attachMode != "tcx" && o.attachMode != "clsact" {
+		return fmt.Errorf("--cni-attach-mode %q: want tcx or clsact", o.attachMode)
+	}
 	dp, err := bpf.Load(o.pinRoot, bpf.Options{})
 	if err != nil {
 		return fmt.Errorf("load the datapath: %w", err)
@@ -229,7 +233,7 @@ func run(log *logrus.Entry, o options) error {
 	}
 
 	if o.cniConfDir != "" {
-		opts := conflist.Settings{Dir: o.cniConfDir, IPAMShim: o.ipamShim, FailPolicy: o.failPolicy, PinRoot: o.pinRoot,
+		opts := conflist.Settings{Dir: o.cniConfDir, IPAMShim: o.ipamShim, FailPolicy: o.failPolicy, AttachMode: o.attachMode, PinRoot: o.pinRoot,
 			EndpointDir: o.endpointDir}.Options()
 		go func() {
 			if err := conflist.Repair(ctx, opts, 5*time.Second, log.WithField("component", "cni-repair")); err != nil {

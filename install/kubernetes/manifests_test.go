@@ -301,8 +301,15 @@ func TestChartValues(t *testing.T) {
 			wantArg(t, container(t, ds, "initContainers", "install"), "--ipam-shim", true)
 			wantArg(t, container(t, ds, "containers", "enforcer"), "--cni-ipam-shim", true)
 		}},
+		{"attach mode", "cni: {attachMode: clsact}", func(t *testing.T, objs []*unstructured.Unstructured) {
+			ds := find(t, objs, "DaemonSet", "moat")
+			wantArg(t, container(t, ds, "initContainers", "install"), "--attach-mode=clsact", true)
+			wantArg(t, container(t, ds, "containers", "enforcer"), "--cni-attach-mode=clsact", true)
+		}},
 		{"no ipam shim by default", "", func(t *testing.T, objs []*unstructured.Unstructured) {
 			ds := find(t, objs, "DaemonSet", "moat")
+			wantArg(t, container(t, ds, "initContainers", "install"), "--attach-mode", false)
+			wantArg(t, container(t, ds, "containers", "enforcer"), "--cni-attach-mode", false)
 			wantArg(t, container(t, ds, "initContainers", "install"), "--ipam-shim", false)
 			wantArg(t, container(t, ds, "containers", "enforcer"), "--cni-ipam-shim", false)
 			wantArg(t, container(t, ds, "containers", "enforcer"), "--flow-log", false)
@@ -432,6 +439,7 @@ func TestChartRejectsBadValues(t *testing.T) {
 	for _, values := range []string{
 		"cni: {failPolicy: Closed}",
 		"cni: {ipamShim: 'yes'}",
+		"cni: {attachMode: xdp}",
 		"cni: {binDir: opt/cni/bin}",
 		"logLevel: loud",
 		"metrics: {address: '9464'}",

@@ -40,15 +40,10 @@ func inDummyNS(t *testing.T) (ns.NetNS, int) {
 }
 
 func TestTCXAtHeadAndGoodNeighbour(t *testing.T) {
-	root := testutil.PinRoot(t)
-	dp, err := bpf.Load(root, bpf.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
+	dp := loadDatapath(t, bpf.Options{})
 	other := testutil.PassProgram(t, "other_tool")
 	n, ifindex := inDummyNS(t)
-	err = n.Do(func(ns.NetNS) error {
+	err := n.Do(func(ns.NetNS) error {
 		for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
 			l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: other, Attach: at})
 			if err != nil {
@@ -74,7 +69,7 @@ func TestTCXAtHeadAndGoodNeighbour(t *testing.T) {
 			}
 		}
 		// pinned links survive this process's handles and are found again by their pins
-		dir := filepath.Join(root, "endpoints", "net", "container")
+		dir := filepath.Join(dp.Root, "endpoints", "net", "container")
 		if err := a.Pin(dir); err != nil {
 			return err
 		}
@@ -140,12 +135,7 @@ func clsactState(t *testing.T, ifindex int) (hasQdisc bool, filters map[uint32][
 }
 
 func TestClsactGoodNeighbour(t *testing.T) {
-	root := testutil.PinRoot(t)
-	dp, err := bpf.Load(root, bpf.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
+	dp := loadDatapath(t, bpf.Options{})
 	other := testutil.PassProgram(t, "other_tool")
 	att, _ := bpf.NewAttacher(bpf.ModeClsact)
 
@@ -244,12 +234,7 @@ func TestClsactGoodNeighbour(t *testing.T) {
 // BenchmarkAttach measures how long attaching both programs to a fresh veth takes, by mode: the part of a pod's
 // ADD that holds RTNL. It reports the median and p99 of b.N attaches; tcx waits for an RCU grace period per hook.
 func BenchmarkAttach(b *testing.B) {
-	root := testutil.PinRoot(b)
-	dp, err := bpf.Load(root, bpf.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer dp.Close()
+	dp := loadDatapath(b, bpf.Options{})
 	for _, mode := range []bpf.AttachMode{bpf.ModeTCX, bpf.ModeClsact} {
 		b.Run("mode="+string(mode), func(b *testing.B) {
 			att, err := bpf.NewAttacher(mode)
@@ -299,15 +284,10 @@ func BenchmarkAttach(b *testing.B) {
 // tcx programs run before clsact filters: attaching in clsact mode to a device that has one is refused, and
 // leaves no qdisc or filter behind.
 func TestClsactRefusesDeviceWithTCX(t *testing.T) {
-	root := testutil.PinRoot(t)
-	dp, err := bpf.Load(root, bpf.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
+	dp := loadDatapath(t, bpf.Options{})
 	other := testutil.PassProgram(t, "other_tool")
 	n, ifindex := inDummyNS(t)
-	err = n.Do(func(ns.NetNS) error {
+	err := n.Do(func(ns.NetNS) error {
 		l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: other, Attach: ebpf.AttachTCXEgress})
 		if err != nil {
 			return err

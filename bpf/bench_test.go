@@ -109,11 +109,7 @@ func BenchmarkVerdict(b *testing.B) {
 // BenchmarkEndpointBytes reports what one pod costs in the maps (its endpoint entry and the ipcache entries of an
 // IPv4 and an IPv6 address) and what one tracked flow costs, in key and value bytes.
 func BenchmarkEndpointBytes(b *testing.B) {
-	dp, err := bpf.Load(testutil.PinRoot(b), bpf.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer dp.Close()
+	dp := loadDatapath(b, bpf.Options{})
 	sizes := dp.EntryBytes()
 	for i := 0; i < b.N; i++ {
 		_ = sizes["local_endpoints"]

@@ -47,15 +47,21 @@ type harness struct {
 	events  *bpf.EventReader
 }
 
-func newHarness(t testing.TB, opts bpf.Options) *harness {
+// loadDatapath loads the datapath on a bpffs of the test's own; it is closed when the test ends.
+func loadDatapath(t testing.TB, opts bpf.Options) *bpf.Datapath {
 	t.Helper()
-	root := testutil.PinRoot(t)
-	dp, err := bpf.Load(root, opts)
+	dp, err := bpf.Load(testutil.PinRoot(t), opts)
 	if err != nil {
 		t.Fatalf("load datapath: %v", err)
 	}
 	t.Cleanup(func() { dp.Close() })
-	h := &harness{t: t, root: root, dp: dp, ifindex: uint32(testutil.Dummy(t))}
+	return dp
+}
+
+func newHarness(t testing.TB, opts bpf.Options) *harness {
+	t.Helper()
+	dp := loadDatapath(t, opts)
+	h := &harness{t: t, root: dp.Root, dp: dp, ifindex: uint32(testutil.Dummy(t))}
 	h.endpoint(podID, bpf.ModeEnforce, podV4, podV6)
 	for _, e := range []struct {
 		p     string

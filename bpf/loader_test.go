@@ -118,12 +118,7 @@ func TestLoadRefusesIncompatibleMaps(t *testing.T) {
 
 // The Go side's bound on a policy trie is the one the object declares.
 func TestPolicyTrieSize(t *testing.T) {
-	root := testutil.PinRoot(t)
-	dp, err := bpf.Load(root, bpf.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
+	dp := loadDatapath(t, bpf.Options{})
 	if got := dp.PolicyTrieCapacity(); got != bpf.MaxPolicyEntries {
 		t.Errorf("policy trie holds %d entries, bpf.MaxPolicyEntries says %d", got, bpf.MaxPolicyEntries)
 	}

@@ -463,11 +463,12 @@ func (dp *Datapath) MapFills() (map[string]MapFill, error) {
 		var err error
 		switch name {
 		case "conntrack":
-			n, err = countBatch[CTKey, CTValue](dp.maps.Conntrack)
+			n, err = countBatch[CTKey, CTValue](dp.maps.Conntrack, countKeys)
 		case "fragments":
-			n, err = countBatch[FragKey, FragValue](dp.maps.Fragments)
+			n, err = countBatch[FragKey, FragValue](dp.maps.Fragments, countKeys)
 		case "policy":
-			n, err = countPolicies(dp.maps.Policy)
+			// an array with a slot for every identity: a batch lookup returns only the filled ones
+			n, err = countBatch[uint32, uint32](dp.maps.Policy, countFilledSlots)
 		default:
 			n, err = countKeys(byName[name])
 		}
@@ -484,29 +485,8 @@ func (dp *Datapath) allMapsByName() map[string]*ebpf.Map {
 		"ipcache": dp.maps.Ipcache, "policy": dp.maps.Policy, "conntrack": dp.maps.Conntrack, "fragments": dp.maps.Fragments}
 }
 
-// countPolicies counts the identities that have a policy: the policy map is an array with a slot for every
-// identity, and a batch lookup returns only the filled ones (one lookup per slot where the kernel cannot batch).
-func countPolicies(m *ebpf.Map) (int, error) {
-	if m == nil {
-		return 0, nil
-	}
-	keys := make([]uint32, 4096)
-	ids := make([]uint32, 4096)
-	var cursor ebpf.MapBatchCursor
-	total := 0
-	for {
-		n, err := m.BatchLookup(&cursor, keys, ids, nil)
-		total += n
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return total, nil
-		}
-		if errors.Is(err, ebpf.ErrNotSupported) {
-			break
-		}
-		if err != nil {
-			return total, err
-		}
-	}
+// countFilledSlots counts the filled slots of a map-in-map array, one lookup per slot.
+func countFilledSlots(m *ebpf.Map) (int, error) {
 	n := 0
 	var id uint32
 	for k := uint32(0); k < m.MaxEntries(); k++ {
@@ -541,7 +521,8 @@ func countKeys(m *ebpf.Map) (int, error) {
 	}
 }
 
-func countBatch[K, V any](m *ebpf.Map) (int, error) {
+// countBatch counts a map's entries in batches of 4096, or with fallback where the kernel cannot batch.
+func countBatch[K, V any](m *ebpf.Map, fallback func(*ebpf.Map) (int, error)) (int, error) {
 	if m == nil {
 		return 0, nil
 	}
@@ -556,7 +537,7 @@ func countBatch[K, V any](m *ebpf.Map) (int, error) {
 			return total, nil
 		}
 		if errors.Is(err, ebpf.ErrNotSupported) {
-			return countKeys(m)
+			return fallback(m)
 		}
 		if err != nil {
 			return total, err

@@ -59,15 +59,26 @@ type ClsactFilter struct {
 // where the kernel lacks tcx (cilium/ebpf answers ErrNotSupported from its feature probe). Attachment.Mode says
 // which one was used.
 func NewAttacher(mode AttachMode) (Attacher, error) {
+	if err := CheckAttachMode(mode); err != nil {
+		return nil, err
+	}
 	switch mode {
 	case ModeTCX:
 		return tcxAttacher{}, nil
 	case ModeClsact:
 		return clsactAttacher{}, nil
-	case "":
-		return autoAttacher{}, nil
 	}
-	return nil, fmt.Errorf("attach mode %q: want tcx or clsact", mode)
+	return autoAttacher{}, nil
+}
+
+// CheckAttachMode accepts the attach modes a configuration may name: tcx, clsact, or empty (tcx where the kernel
+// has it, clsact where not).
+func CheckAttachMode(mode AttachMode) error {
+	switch mode {
+	case "", ModeTCX, ModeClsact:
+		return nil
+	}
+	return fmt.Errorf("%q is not an attach mode: want %s or %s", mode, ModeTCX, ModeClsact)
 }
 
 type autoAttacher struct{}

@@ -151,8 +151,8 @@ func run(log *logrus.Entry, o options) error {
 	if o.failPolicy != "" && o.failPolicy != "closed" && o.failPolicy != "open" {
 		return fmt.Errorf("--cni-fail-policy %q: want closed or open", o.failPolicy)
 	}
-	if o.attachMode != "" && o.attachMode != "tcx" && o.attachMode != "clsact" {
-		return fmt.Errorf("--cni-attach-mode %q: want tcx or clsact", o.attachMode)
+	if err := bpf.CheckAttachMode(bpf.AttachMode(o.attachMode)); err != nil {
+		return fmt.Errorf("--cni-attach-mode: %w", err)
 	}
 	dp, err := bpf.Load(o.pinRoot, bpf.Options{})
 	if err != nil {

@@ -48,8 +48,8 @@ func main() {
 	if o.FailPolicy != "" && o.FailPolicy != "closed" && o.FailPolicy != "open" {
 		fail(entry, fmt.Errorf("--fail-policy %q: want closed or open", o.FailPolicy))
 	}
-	if o.AttachMode != "" && o.AttachMode != "tcx" && o.AttachMode != "clsact" {
-		fail(entry, fmt.Errorf("--attach-mode %q: want tcx or clsact", o.AttachMode))
+	if err := bpf.CheckAttachMode(bpf.AttachMode(o.AttachMode)); err != nil {
+		fail(entry, fmt.Errorf("--attach-mode: %w", err))
 	}
 	if o.SourceDir == "" {
 		exe, err := os.Executable()

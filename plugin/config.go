@@ -71,9 +71,8 @@ func parseConfig(stdin []byte, needPrev bool) (*NetConf, error) {
 			return nil, configError(types.ErrInvalidNetworkConfig, "moat: logLevel %q: %v", conf.LogLevel, err)
 		}
 	}
-	if conf.AttachMode != "" && conf.AttachMode != string(bpf.ModeTCX) && conf.AttachMode != string(bpf.ModeClsact) {
-		return nil, configError(types.ErrInvalidNetworkConfig, "moat: attachMode %q: want %q or %q",
-			conf.AttachMode, bpf.ModeTCX, bpf.ModeClsact)
+	if err := bpf.CheckAttachMode(bpf.AttachMode(conf.AttachMode)); err != nil {
+		return nil, configError(types.ErrInvalidNetworkConfig, "moat: attachMode: %v", err)
 	}
 	if conf.PinRoot == "" {
 		conf.PinRoot = bpf.DefaultPinRoot

@@ -83,22 +83,20 @@ func Load(root string, opts Options) (*Datapath, error) {
 	}
 	dp := &Datapath{Root: root, FromPod: objs.MoatFromPod, ToPod: objs.MoatToPod, maps: objs.moatMaps,
 		inner: spec.Maps["policy"].InnerMap, Created: created}
-	hz, err := kernelHZ(objs.MoatJiffies)
-	objs.MoatJiffies.Close()
-	if err != nil {
-		dp.Close()
-		return nil, err
-	}
+	defer objs.MoatJiffies.Close()
 	if created {
+		// the tick rate is the running kernel's: pinned maps do not outlive it, so reused ones have it already
+		hz, err := kernelHZ(objs.MoatJiffies)
+		if err != nil {
+			dp.Close()
+			return nil, err
+		}
 		cfg := Config{LayoutVersion: LayoutVersion, Hz: hz,
 			DefaultVerdict: [2]uint8{uint8(ActionAllow), uint8(ActionAllow)}}
 		if err := dp.maps.Config.Put(uint32(0), &cfg); err != nil {
 			dp.Close()
 			return nil, fmt.Errorf("write datapath config: %w", err)
 		}
-	} else if err := dp.UpdateConfig(func(c *Config) { c.Hz = hz }); err != nil {
-		dp.Close()
-		return nil, err
 	}
 	for name, prog := range map[string]*ebpf.Program{FromPodPin: dp.FromPod, ToPodPin: dp.ToPod} {
 		if err := pinReplace(prog, filepath.Join(root, name)); err != nil {

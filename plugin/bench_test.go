@@ -53,6 +53,7 @@ func BenchmarkPluginAddDel(b *testing.B) {
 				b.ReportMetric(float64(d[len(d)/2].Microseconds())/1000, name+"-p50-ms")
 				b.ReportMetric(float64(d[len(d)*99/100].Microseconds())/1000, name+"-p99-ms")
 			}
+			b.ReportMetric(float64(pods), "pods")
 		})
 	}
 }

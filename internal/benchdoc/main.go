@@ -150,7 +150,11 @@ func parse(r io.Reader) []sample {
 
 type stat struct{ median, min, max float64 }
 
+// summarize is the median, min and max of v; zero when there is nothing to summarise.
 func summarize(v []float64) stat {
+	if len(v) == 0 {
+		return stat{}
+	}
 	slices.Sort(v)
 	n := len(v)
 	med := v[n/2]
@@ -297,8 +301,8 @@ func renderPlugin(raw io.Reader) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n## Plugin: Moat's own ADD and DEL\n\n")
 	fmt.Fprintf(&b, "`go test -bench BenchmarkPluginAddDel ./plugin/`: the `moat` binary run as a runtime runs it (process start\n")
-	fmt.Fprintf(&b, "included, the primary plugin not), ADD then DEL of %d pods per run on a veth the test made, with each\n",
-		map[bool]int{false: 200, true: 50}[quickRun])
+	fmt.Fprintf(&b, "included, the primary plugin not), ADD then DEL of %.0f pods per run on a veth the test made, with each\n",
+		summarize(parseMetrics(bytes.NewReader(text), "BenchmarkPluginAddDel/")["pods"]).median)
 	fmt.Fprintf(&b, "`attachMode`. Milliseconds, median (min-max) over the runs.\n\n")
 	fmt.Fprintf(&b, "| attachMode | command | p50 | p99 | p99 <= 20 | p50 <= 5 |\n|---|---|---|---|---|---|\n")
 	for _, mode := range []string{"tcx", "clsact"} {

@@ -177,8 +177,8 @@ func renderChurn(raw io.Reader) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n## Pod churn: the whole chain\n\n")
 	fmt.Fprintf(&b, "`go test -bench BenchmarkPodChurn ./internal/simnode/`: bridge, host-local through moat-ipam, portmap and\n")
-	fmt.Fprintf(&b, "moat through libcni on a simulated node with its enforcer, as a runtime runs them: %d pods asked at 20 a\n",
-		map[bool]int{false: 200, true: 100}[quickRun])
+	fmt.Fprintf(&b, "moat through libcni on a simulated node with its enforcer, as a runtime runs them: %.0f pods asked at 20 a\n",
+		summarize(parseMetrics(bytes.NewReader(text), "BenchmarkPodChurn/")["sustained-pods"]).median)
 	fmt.Fprintf(&b, "second (each deleted a second later), then 100 pods asked at once, with each `attachMode`. Milliseconds\n")
 	fmt.Fprintf(&b, "for the whole chain; DEL over both phases; left behind afterwards: records, pinned links, host veths.\n\n")
 	fmt.Fprintf(&b, "| attachMode | phase | ADD p50 | ADD p99 | rate reached | failures | DEL p50 | DEL p99 | left behind |\n")

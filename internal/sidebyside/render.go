@@ -187,14 +187,18 @@ func targets(t table, ns []int) []check {
 		c.detail = strings.Join(parts, "; ")
 		out = append(out, c)
 	}
-	every("Moat throughput >= 0.97x no filter at every N (one stream)", func(n int) (bool, string) {
-		m, ok1 := med(ConfigMoat, n, MetricThroughput1)
-		base, ok2 := med(ConfigNone, n, MetricThroughput1)
-		if !ok1 || !ok2 || base == 0 {
-			return false, "missing"
+	// atLeast checks that Moat's median of metric is at least the share least of no filter's at N
+	atLeast := func(metric string, least float64) func(n int) (bool, string) {
+		return func(n int) (bool, string) {
+			m, ok1 := med(ConfigMoat, n, metric)
+			base, ok2 := med(ConfigNone, n, metric)
+			if !ok1 || !ok2 || base == 0 {
+				return false, "missing"
+			}
+			return m/base >= least, fmt.Sprintf("%.2fx", m/base)
 		}
-		return m/base >= 0.97, fmt.Sprintf("%.2fx", m/base)
-	})
+	}
+	every("Moat throughput >= 0.97x no filter at every N (one stream)", atLeast(MetricThroughput1, 0.97))
 	every("Moat adds <= 1 µs to request-response p50 at every N", func(n int) (bool, string) {
 		m, ok1 := med(ConfigMoat, n, MetricRRP50)
 		base, ok2 := med(ConfigNone, n, MetricRRP50)
@@ -203,14 +207,7 @@ func targets(t table, ns []int) []check {
 		}
 		return m-base <= 1, fmt.Sprintf("%+.2f µs", m-base)
 	})
-	every("Moat connection rate >= 0.95x no filter at every N", func(n int) (bool, string) {
-		m, ok1 := med(ConfigMoat, n, MetricConnRate)
-		base, ok2 := med(ConfigNone, n, MetricConnRate)
-		if !ok1 || !ok2 || base == 0 {
-			return false, "missing"
-		}
-		return m/base >= 0.95, fmt.Sprintf("%.2fx", m/base)
-	})
+	every("Moat connection rate >= 0.95x no filter at every N", atLeast(MetricConnRate, 0.95))
 	flat := check{name: "Moat at N=10,000 within 1.15x of N=10 (request-response p50, throughput and connection rate; " +
 		"each figure is the cost at N=10,000 over N=10, so above 1 is worse)"}
 	if slices.Contains(ns, 10) && slices.Contains(ns, 10000) {

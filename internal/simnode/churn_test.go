@@ -184,6 +184,7 @@ func churn(b *testing.B, bin, mode string) {
 	b.ReportMetric(pct(dels, 50), "del-p50-ms")
 	b.ReportMetric(pct(dels, 99), "del-p99-ms")
 	b.ReportMetric(float64(sustainedPods)/sustained.Seconds(), "sustained-pods/s")
+	b.ReportMetric(float64(sustainedPods), "sustained-pods")
 	b.ReportMetric(float64(sustainedFailures), "sustained-failures")
 	b.ReportMetric(100/burstUp.Seconds(), "burst-pods/s")
 	b.ReportMetric(float64(failures.Load()-sustainedFailures), "burst-failures")

@@ -49,7 +49,10 @@ type Output struct {
 	Metadata []netip.Prefix                    // the metadata API's addresses, for the ipcache
 	Cluster  []netip.Prefix                    // FirewallConfig's clusterCIDRs
 	Nodes    []netip.Prefix                    // FirewallConfig's nodeCIDRs
-	Warnings []string                          // what was ignored, naming the object
+	// Problems are namespace labels with values Moat does not know: each took the closed side. Warnings are
+	// policies that select no namespace. Both sorted by kind and name.
+	Problems []Finding
+	Warnings []Finding
 }
 
 // Resolve computes every namespace's policy.
@@ -81,51 +84,58 @@ func Resolve(in Input) Output {
 		}
 		return policies[i].Name < policies[j].Name
 	})
+	selectors := make([]labels.Selector, len(policies))
+	selected := make([]bool, len(policies))
+	for i := range policies {
+		selectors[i] = selector(policies[i].Spec.NamespaceSelector, nil)
+	}
 	nsLabels := map[string]labels.Set{}
 	for _, ns := range in.Namespaces {
 		nsLabels[ns.Name] = labels.Set(ns.Labels)
 	}
-	for _, ns := range in.Namespaces {
-		id, ok := in.Identities[ns.Name]
-		if !ok || id == 0 {
-			continue
-		}
+	for i := range in.Namespaces {
+		ns := &in.Namespaces[i]
 		set := nsLabels[ns.Name]
-		p := &policy.IdentityPolicy{
-			Identity:        id,
-			MetadataAllowed: meta.Action == v1alpha1.ActionAllow || metaSelector.Matches(set),
-			DefaultEgress:   out.Defaults.DefaultEgress,
-			DefaultIngress:  out.Defaults.DefaultIngress,
-		}
-		for label, def := range map[string]*bpf.Action{v1alpha1.LabelEgress: &p.DefaultEgress, v1alpha1.LabelIngress: &p.DefaultIngress} {
-			if v, ok := set[label]; ok {
-				switch v1alpha1.Action(v) {
-				case v1alpha1.ActionAllow, v1alpha1.ActionDeny:
-					*def = action(v1alpha1.Action(v))
-				default:
-					out.Warnings = append(out.Warnings, fmt.Sprintf("namespace %s: label %s=%q ignored: want Allow or Deny", ns.Name, label, v))
-				}
+		wants, problems := namespaceLabels(ns)
+		out.Problems = append(out.Problems, problems...)
+		id, ok := in.Identities[ns.Name]
+		hasIdentity := ok && id != 0
+		var p *policy.IdentityPolicy
+		if hasIdentity {
+			p = &policy.IdentityPolicy{
+				Identity:        id,
+				MetadataAllowed: meta.Action == v1alpha1.ActionAllow || metaSelector.Matches(set),
+				DefaultEgress:   out.Defaults.DefaultEgress,
+				DefaultIngress:  out.Defaults.DefaultIngress,
+				Audit:           wants.audit,
 			}
-		}
-		if v, ok := set[v1alpha1.LabelMode]; ok {
-			switch v1alpha1.Mode(v) {
-			case v1alpha1.ModeAudit:
-				p.Audit = true
-			case v1alpha1.ModeEnforce:
-			default:
-				out.Warnings = append(out.Warnings, fmt.Sprintf("namespace %s: label %s=%q ignored: want Audit or Enforce", ns.Name, v1alpha1.LabelMode, v))
+			if wants.egress != nil {
+				p.DefaultEgress = *wants.egress
 			}
+			if wants.ingress != nil {
+				p.DefaultIngress = *wants.ingress
+			}
+			out.Policies[id] = p
 		}
-		for i := range policies {
-			pol := &policies[i]
-			if !selector(pol.Spec.NamespaceSelector, nil).Matches(set) {
+		for j := range policies {
+			if !selectors[j].Matches(set) {
 				continue
 			}
-			p.Rules = append(p.Rules, rules(pol, bpf.Egress, pol.Spec.Egress, in, nsLabels)...)
-			p.Rules = append(p.Rules, rules(pol, bpf.Ingress, pol.Spec.Ingress, in, nsLabels)...)
+			selected[j] = true
+			if hasIdentity {
+				pol := &policies[j]
+				p.Rules = append(p.Rules, rules(pol, bpf.Egress, pol.Spec.Egress, in, nsLabels)...)
+				p.Rules = append(p.Rules, rules(pol, bpf.Ingress, pol.Spec.Ingress, in, nsLabels)...)
+			}
 		}
-		out.Policies[id] = p
 	}
+	for i := range policies {
+		if !selected[i] {
+			out.Warnings = append(out.Warnings, Finding{Kind: v1alpha1.KindFirewallPolicy, Name: policies[i].Name, Message: SelectsNothing})
+		}
+	}
+	sortFindings(out.Problems)
+	sortFindings(out.Warnings)
 	return out
 }
 

@@ -120,28 +120,99 @@ func TestResolveExample(t *testing.T) {
 	}
 }
 
-// Namespace labels: metadata, defaults and audit mode; values Moat does not know are ignored and reported.
+// Namespace labels: metadata, defaults and audit mode.
 func TestResolveLabels(t *testing.T) {
 	in, _ := load(t, `apiVersion: v1
 kind: Namespace
 metadata:
   name: tools
-  labels: {moat.dev/metadata: allow, moat.dev/egress: Deny, moat.dev/ingress: Deny, moat.dev/mode: Audit}`,
-		`apiVersion: v1
-kind: Namespace
-metadata:
-  name: odd
-  labels: {moat.dev/egress: deny, moat.dev/mode: loud}`)
+  labels: {moat.dev/metadata: allow, moat.dev/egress: Deny, moat.dev/ingress: Deny, moat.dev/mode: Audit}`)
 	out := Resolve(in)
-	tools, odd := out.Policies[in.Identities["tools"]], out.Policies[in.Identities["odd"]]
+	tools := out.Policies[in.Identities["tools"]]
 	if !tools.MetadataAllowed || !tools.Audit || tools.DefaultEgress != bpf.ActionDeny || tools.DefaultIngress != bpf.ActionDeny {
 		t.Errorf("tools: %+v", tools)
 	}
-	if odd.MetadataAllowed || odd.Audit || odd.DefaultEgress != bpf.ActionAllow {
-		t.Errorf("odd: %+v", odd)
+	if len(out.Problems) != 0 {
+		t.Errorf("problems %v", out.Problems)
 	}
-	if len(out.Warnings) != 2 || !strings.Contains(strings.Join(out.Warnings, "\n"), "namespace odd: label moat.dev/egress=\"deny\" ignored") {
-		t.Errorf("warnings %q", out.Warnings)
+}
+
+// Label values are read in any case; a value Moat does not know never opens anything (an unknown world default
+// is Deny, an unknown mode Enforce, moat.dev/metadata matches only "allow") and is a problem naming the namespace.
+func TestResolveLabelValues(t *testing.T) {
+	cfgAllow := &v1alpha1.FirewallConfig{Spec: v1alpha1.FirewallConfigSpec{DefaultEgress: v1alpha1.ActionAllow,
+		DefaultIngress: v1alpha1.ActionAllow}}
+	cfgDeny := &v1alpha1.FirewallConfig{Spec: v1alpha1.FirewallConfigSpec{DefaultEgress: v1alpha1.ActionDeny,
+		DefaultIngress: v1alpha1.ActionDeny}}
+	for _, c := range []struct {
+		name, label, value string
+		config             *v1alpha1.FirewallConfig
+		want               func(p *policy.IdentityPolicy) bool
+		problem            string // "" for none
+	}{
+		{"deny lower", v1alpha1.LabelEgress, "deny", cfgAllow, func(p *policy.IdentityPolicy) bool { return p.DefaultEgress == bpf.ActionDeny }, ""},
+		{"deny upper", v1alpha1.LabelEgress, "DENY", cfgAllow, func(p *policy.IdentityPolicy) bool { return p.DefaultEgress == bpf.ActionDeny }, ""},
+		{"deny title", v1alpha1.LabelIngress, "Deny", cfgAllow, func(p *policy.IdentityPolicy) bool { return p.DefaultIngress == bpf.ActionDeny }, ""},
+		{"allow lower", v1alpha1.LabelEgress, "allow", cfgDeny, func(p *policy.IdentityPolicy) bool { return p.DefaultEgress == bpf.ActionAllow }, ""},
+		{"allow upper", v1alpha1.LabelIngress, "ALLOW", cfgDeny, func(p *policy.IdentityPolicy) bool { return p.DefaultIngress == bpf.ActionAllow }, ""},
+		{"egress block", v1alpha1.LabelEgress, "block", cfgAllow, func(p *policy.IdentityPolicy) bool {
+			return p.DefaultEgress == bpf.ActionDeny && p.DefaultIngress == bpf.ActionAllow
+		}, `label moat.dev/egress="block": want Allow or Deny; world egress of the namespace is denied`},
+		{"ingress empty", v1alpha1.LabelIngress, "", cfgAllow, func(p *policy.IdentityPolicy) bool {
+			return p.DefaultIngress == bpf.ActionDeny && p.DefaultEgress == bpf.ActionAllow
+		}, `label moat.dev/ingress="": want Allow or Deny; world ingress of the namespace is denied`},
+		{"ingress typo", v1alpha1.LabelIngress, "Alow", cfgAllow, func(p *policy.IdentityPolicy) bool { return p.DefaultIngress == bpf.ActionDeny },
+			`moat.dev/ingress="Alow"`},
+		{"audit lower", v1alpha1.LabelMode, "audit", nil, func(p *policy.IdentityPolicy) bool { return p.Audit }, ""},
+		{"enforce upper", v1alpha1.LabelMode, "ENFORCE", nil, func(p *policy.IdentityPolicy) bool { return !p.Audit }, ""},
+		{"mode unknown", v1alpha1.LabelMode, "loud", nil, func(p *policy.IdentityPolicy) bool { return !p.Audit },
+			`label moat.dev/mode="loud": want Audit or Enforce; the namespace stays in Enforce mode`},
+		{"mode audit-ish", v1alpha1.LabelMode, "Auditing", nil, func(p *policy.IdentityPolicy) bool { return !p.Audit }, `"Auditing"`},
+		{"metadata allow", v1alpha1.LabelMetadata, "allow", nil, func(p *policy.IdentityPolicy) bool { return p.MetadataAllowed }, ""},
+		{"metadata deny", v1alpha1.LabelMetadata, "Deny", nil, func(p *policy.IdentityPolicy) bool { return !p.MetadataAllowed }, ""},
+		{"metadata Allow", v1alpha1.LabelMetadata, "Allow", nil, func(p *policy.IdentityPolicy) bool { return !p.MetadataAllowed },
+			`label moat.dev/metadata="Allow": want allow (exactly`},
+		{"metadata yes", v1alpha1.LabelMetadata, "yes", nil, func(p *policy.IdentityPolicy) bool { return !p.MetadataAllowed },
+			`moat.dev/metadata="yes"`},
+	} {
+		in := Input{Config: c.config, Identities: map[string]uint32{"ns": 7}, RuleID: func(RuleKey) uint32 { return 1 },
+			Namespaces: []v1alpha1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "ns", Labels: map[string]string{c.label: c.value}}}}}
+		out := Resolve(in)
+		if p := out.Policies[7]; p == nil || !c.want(p) {
+			t.Errorf("%s: %s=%q resolved to %+v", c.name, c.label, c.value, p)
+		}
+		switch {
+		case c.problem == "" && len(out.Problems) != 0:
+			t.Errorf("%s: problems %v, want none", c.name, out.Problems)
+		case c.problem != "" && (len(out.Problems) != 1 || out.Problems[0].Kind != "Namespace" || out.Problems[0].Name != "ns" ||
+			!strings.Contains(out.Problems[0].Message, c.problem)):
+			t.Errorf("%s: problems %v, want one about namespace ns with %q", c.name, out.Problems, c.problem)
+		}
+	}
+}
+
+// A policy whose selector matches no namespace is a warning naming it; one that selects a namespace is not.
+func TestResolveWarnsOfPoliciesSelectingNothing(t *testing.T) {
+	sel := func(l map[string]string) *metav1.LabelSelector { return &metav1.LabelSelector{MatchLabels: l} }
+	in := Input{
+		Policies: []v1alpha1.FirewallPolicy{
+			{ObjectMeta: metav1.ObjectMeta{Name: "used"}, Spec: v1alpha1.FirewallPolicySpec{NamespaceSelector: sel(map[string]string{"team": "a"})}},
+			{ObjectMeta: metav1.ObjectMeta{Name: "unused"}, Spec: v1alpha1.FirewallPolicySpec{NamespaceSelector: sel(map[string]string{"team": "typo"})}},
+			{ObjectMeta: metav1.ObjectMeta{Name: "by-name"}, Spec: v1alpha1.FirewallPolicySpec{
+				NamespaceSelector: sel(map[string]string{"kubernetes.io/metadata.name": "a"})}},
+		},
+		Namespaces: []v1alpha1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "a",
+			Labels: map[string]string{"team": "a", "kubernetes.io/metadata.name": "a"}}}},
+		Identities: map[string]uint32{"a": 1},
+		RuleID:     func(RuleKey) uint32 { return 1 },
+	}
+	out := Resolve(in)
+	if len(out.Warnings) != 1 || out.Warnings[0] != (Finding{Kind: v1alpha1.KindFirewallPolicy, Name: "unused", Message: SelectsNothing}) {
+		t.Errorf("warnings %v, want one about unused", out.Warnings)
+	}
+	in.Namespaces = nil
+	if out := Resolve(in); len(out.Warnings) != 3 {
+		t.Errorf("no namespace at all: warnings %v, want all three", out.Warnings)
 	}
 }
 

@@ -3,6 +3,7 @@ package enforcer
 import (
 	"errors"
 	"fmt"
+	"maps"
 
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
@@ -16,7 +17,9 @@ import (
 //   - a pod that started without the datapath (failPolicy open, no enforcer yet) is attached now;
 //   - a pod whose hooks run another build's programs gets this build's, swapped atomically in place;
 //   - a pod tagged with another identity than its namespace's now (identity 0: the namespace was not known yet)
-//     is re-tagged, and the generation is bumped so its flows are decided again.
+//     is re-tagged, and the generation is bumped so its flows are decided again;
+//   - a pod whose namespace is gone keeps its identity, which lingers until its last pod is gone (see lingerer):
+//     it never falls back to identity 0 and the cluster defaults. Then the identity is released.
 //
 // It runs on the host's network namespace, where the host veths are.
 func (e *Enforcer) Reconcile(store endpoint.Store, pinRoot string) error {
@@ -27,9 +30,14 @@ func (e *Enforcer) Reconcile(store endpoint.Store, pinRoot string) error {
 		return err
 	}
 	e.mu.Lock()
-	identities := make(map[string]uint32, len(e.identities))
-	for k, v := range e.identities {
-		identities[k] = v
+	identities := maps.Clone(e.identities)
+	lingering := map[uint32]string{} // identity -> its gone namespace ("" when not known)
+	for id, l := range e.lingering {
+		if l.namespace != nil {
+			lingering[id] = l.namespace.Name
+		} else {
+			lingering[id] = ""
+		}
 	}
 	e.mu.Unlock()
 
@@ -43,7 +51,10 @@ func (e *Enforcer) Reconcile(store endpoint.Store, pinRoot string) error {
 			errs = append(errs, store.Forget(pinRoot, r.Network, r.ContainerID, r.IfName))
 			continue
 		}
-		want := identities[r.Namespace]
+		want, known := identities[r.Namespace]
+		if name, ok := lingering[r.Identity]; !known && ok && (name == r.Namespace || name == "") {
+			want = r.Identity // its namespace is gone: the pod keeps its identity while it lives
+		}
 		if r.AttachMode != "" && r.Identity == want {
 			n, err := e.upgrade(r, pinRoot)
 			if err != nil {
@@ -68,6 +79,9 @@ func (e *Enforcer) Reconcile(store endpoint.Store, pinRoot string) error {
 		if _, err := e.dp.BumpGeneration(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := e.releaseUnheld(); err != nil {
+		errs = append(errs, fmt.Errorf("release identities no pod holds: %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
-	"sort"
+	"slices"
 	"sync"
 	"time"
 	"unsafe"
@@ -55,6 +55,7 @@ type Enforcer struct {
 	mu          sync.Mutex
 	reconciling sync.Mutex
 	identities  map[string]uint32          // namespace -> identity, as published in the identities map
+	lingering   map[uint32]lingerer        // identities of gone namespaces that pods of this node still hold
 	rules       map[resolve.RuleKey]uint32 // rule -> id, stable while the enforcer lives
 	ruleKeys    map[uint32]resolve.RuleKey
 	applied     map[uint32][sha256.Size]byte // identity -> digest of the entries swapped in last
@@ -94,6 +95,21 @@ func New(dp *bpf.Datapath, log *logrus.Entry) (*Enforcer, error) {
 	eps, err := dp.Endpoints()
 	if err != nil {
 		return nil, err
+	}
+	// a pod tagged with an identity no namespace publishes belongs to a namespace that went while a previous run
+	// lived: the identity lingers with the policy the datapath holds for it (its labels are not known any more)
+	e.lingering = map[uint32]lingerer{}
+	publishedIDs := map[uint32]bool{}
+	for _, id := range published {
+		publishedIDs[id] = true
+	}
+	for _, ep := range eps {
+		if ep.Identity != 0 && !publishedIDs[ep.Identity] {
+			e.lingering[ep.Identity] = lingerer{}
+		}
+	}
+	if len(e.lingering) > 0 {
+		log.WithField("identities", len(e.lingering)).Info("adopted identities of gone namespaces that pods still hold")
 	}
 	local := map[netip.Addr]bool{}
 	for _, ep := range eps {
@@ -136,39 +152,99 @@ func (e *Enforcer) RuleKey(id uint32) (resolve.RuleKey, bool) {
 	return k, ok
 }
 
+// lingerer is an identity whose namespace is gone while pods of this node still hold it.
+//
+// Such pods keep their identity and go on being decided by the policy their namespace had, as the last labels
+// seen select it (after an enforcer restart, the labels are not known: the policy compiled last stays as it is).
+// The alternatives were worse: identity 0 would hand the pods to the cluster defaults, which are open unless
+// FirewallConfig says otherwise (a namespace deletion would open its pods to the world while they drain), and
+// isolating them would cut what they still serve during their graceful termination with no policy saying so.
+// The identity is withdrawn from the identities map at once (the plugin tags no new pod with it) and released,
+// policy slot included, when the last endpoint holding it is gone; until then no other namespace gets its number
+// (invariant 2). A namespace of the same name that comes back gets it back.
+type lingerer struct {
+	namespace *v1alpha1.Namespace // as last seen; nil when adopted from the endpoints map after a restart
+}
+
 // Apply makes the datapath enforce s. Every identity whose compiled policy changed is swapped in one batch;
-// then the generation is bumped so established flows are decided again. Identities of namespaces that are gone
-// are withdrawn (the plugin cannot tag new pods with them; the enforcer's reconcile releases them once no endpoint
-// holds them).
+// then the generation is bumped so established flows are decided again. A new namespace's identity is published
+// only once its policy is in place, so the plugin never tags a pod with an identity that has none. Identities of
+// namespaces that are gone are withdrawn (the plugin cannot tag new pods with them) and linger while pods of this
+// node hold them (see lingerer).
 func (e *Enforcer) Apply(s State) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	start := time.Now()
+	return e.apply(s)
+}
 
+// apply is Apply with mu held.
+func (e *Enforcer) apply(s State) error {
+	start := time.Now()
+	held, err := e.heldIdentities()
+	if err != nil {
+		return err
+	}
+	ids := maps.Clone(e.identities) // namespace -> identity once this apply is done
+	lingering := maps.Clone(e.lingering)
 	present := map[string]bool{}
+	var fresh []string // namespaces whose identity is to be published
 	for _, ns := range s.Namespaces {
 		present[ns.Name] = true
-		if _, ok := e.identities[ns.Name]; !ok {
-			id, err := e.freeIdentity()
-			if err != nil {
-				return err
-			}
-			if err := e.dp.SetNamespaceIdentity(ns.Name, id); err != nil {
-				return err
-			}
-			e.identities[ns.Name] = id
-			e.log.WithFields(logrus.Fields{"namespace": ns.Name, "identity": id}).Info("namespace identity allocated")
+		if _, ok := ids[ns.Name]; ok {
+			continue
 		}
+		id := uint32(0)
+		for lid, l := range lingering {
+			if l.namespace != nil && l.namespace.Name == ns.Name {
+				id = lid // the namespace came back while its pods still run
+				delete(lingering, lid)
+			}
+		}
+		if id == 0 {
+			if id, err = freeIdentity(ids, lingering, held); err != nil {
+				return err
+			}
+		}
+		ids[ns.Name] = id
+		fresh = append(fresh, ns.Name)
 	}
 	var gone []string
-	for name := range e.identities {
-		if !present[name] {
-			gone = append(gone, name)
+	for name, id := range ids {
+		if present[name] {
+			continue
+		}
+		gone = append(gone, name)
+		delete(ids, name)
+		if held[id] {
+			l := lingerer{}
+			for i := range e.state.Namespaces {
+				if e.state.Namespaces[i].Name == name {
+					l.namespace = e.state.Namespaces[i].DeepCopy()
+				}
+			}
+			if l.namespace == nil { // adopted from the map and gone before any state named it: the name at least
+				l.namespace = &v1alpha1.Namespace{}
+				l.namespace.Name = name
+			}
+			lingering[id] = l
+		}
+	}
+	var released []uint32 // policy slots no namespace and no endpoint needs any more
+	for _, name := range gone {
+		if id := e.identities[name]; !held[id] {
+			released = append(released, id)
+		}
+	}
+	for id := range lingering {
+		if !held[id] {
+			delete(lingering, id)
+			released = append(released, id)
 		}
 	}
 
-	out := resolve.Resolve(resolve.Input{Config: s.Config, Policies: s.Policies, Namespaces: s.Namespaces,
-		Identities: e.identities, RuleID: e.ruleID})
+	in := e.resolveInput(s, ids, lingering)
+	in.RuleID = e.ruleID
+	out := resolve.Resolve(in)
 	for _, w := range out.Warnings {
 		e.log.Warn(w)
 	}
@@ -194,7 +270,7 @@ func (e *Enforcer) Apply(s State) error {
 		}
 		maps.Copy(e.applied, digests)
 	}
-	ipcacheChanged, err := e.syncIPCache(out, s.Addresses)
+	ipcacheChanged, err := e.syncIPCache(out, s.Addresses, in.Identities)
 	if err != nil {
 		return err
 	}
@@ -206,20 +282,43 @@ func (e *Enforcer) Apply(s State) error {
 	}); err != nil {
 		return err
 	}
+	for _, name := range fresh {
+		id := ids[name]
+		if err := e.dp.SetNamespaceIdentity(name, id); err != nil {
+			return err
+		}
+		e.identities[name] = id
+		if _, revived := e.lingering[id]; revived {
+			delete(e.lingering, id)
+			e.log.WithFields(logrus.Fields{"namespace": name, "identity": id}).Info("namespace back: its pods' identity published again")
+		} else {
+			e.log.WithFields(logrus.Fields{"namespace": name, "identity": id}).Info("namespace identity allocated")
+		}
+	}
 	for _, name := range gone {
 		id := e.identities[name]
 		if err := e.dp.DeleteNamespaceIdentity(name); err != nil {
 			return err
 		}
+		delete(e.identities, name)
+		if l, ok := lingering[id]; ok {
+			e.lingering[id] = l
+			e.log.WithFields(logrus.Fields{"namespace": name, "identity": id}).
+				Info("namespace gone: identity withdrawn; its pods on this node keep it and its policy until they end")
+		} else {
+			e.log.WithFields(logrus.Fields{"namespace": name, "identity": id}).Info("namespace gone: identity withdrawn")
+		}
+	}
+	for _, id := range released {
 		if err := e.dp.DeletePolicy(id); err != nil {
 			return err
 		}
-		delete(e.identities, name)
 		delete(e.applied, id)
-		e.log.WithFields(logrus.Fields{"namespace": name, "identity": id}).Info("namespace gone: identity withdrawn")
+		delete(e.lingering, id)
+		e.log.WithField("identity", id).Info("identity released: no namespace and no pod holds it")
 	}
 	e.state, e.stale = s, stale
-	if len(changed) > 0 || ipcacheChanged || configChanged || len(gone) > 0 || e.generation == 0 {
+	if len(changed) > 0 || ipcacheChanged || configChanged || len(gone) > 0 || len(released) > 0 || e.generation == 0 {
 		gen, err := e.dp.BumpGeneration()
 		if err != nil {
 			return err
@@ -234,10 +333,65 @@ func (e *Enforcer) Apply(s State) error {
 	return nil
 }
 
-// syncIPCache writes the configuration's classes (metadata API, cluster, nodes) and the source's addresses, and
-// removes what it wrote before and no longer wants; entries of pods on this node belong to the plugin. Of two
+// resolveInput is what the resolver takes for state s: its namespaces with identities ids, and the lingering
+// identities whose namespace is known, so that their pods and the rules naming them as peers are decided as
+// before the namespace went. RuleID is the caller's to set.
+func (e *Enforcer) resolveInput(s State, ids map[string]uint32, lingering map[uint32]lingerer) resolve.Input {
+	in := resolve.Input{Config: s.Config, Policies: s.Policies, Namespaces: s.Namespaces, Identities: ids}
+	if len(lingering) == 0 {
+		return in
+	}
+	in.Namespaces = slices.Clone(s.Namespaces)
+	in.Identities = maps.Clone(ids)
+	for id, l := range lingering {
+		if l.namespace != nil {
+			in.Namespaces = append(in.Namespaces, *l.namespace)
+			in.Identities[l.namespace.Name] = id
+		}
+	}
+	return in
+}
+
+// heldIdentities is the set of identities the endpoints of this node carry.
+func (e *Enforcer) heldIdentities() (map[uint32]bool, error) {
+	eps, err := e.dp.Endpoints()
+	if err != nil {
+		return nil, err
+	}
+	held := map[uint32]bool{}
+	for _, ep := range eps {
+		if ep.Identity != 0 {
+			held[ep.Identity] = true
+		}
+	}
+	return held, nil
+}
+
+// releaseUnheld applies the state in force again when a lingering identity lost its last endpoint, which
+// releases it. The reconcile calls it after removing the endpoints of pods that are gone.
+func (e *Enforcer) releaseUnheld() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.lingering) == 0 {
+		return nil
+	}
+	held, err := e.heldIdentities()
+	if err != nil {
+		return err
+	}
+	for id := range e.lingering {
+		if !held[id] {
+			return e.apply(e.state)
+		}
+	}
+	return nil
+}
+
+// syncIPCache writes the configuration's classes (metadata API, cluster, nodes) and the source's addresses (their
+// namespaces' identities from identities), and removes what it wrote before and no longer wants; entries of pods
+// on this node belong to the plugin. Of two
 // claims on one prefix, the metadata API wins, then pods and Services, then nodes, then the cluster.
-func (e *Enforcer) syncIPCache(out resolve.Output, addrs []Address) (bool, error) {
+func (e *Enforcer) syncIPCache(out resolve.Output, addrs []Address, identities map[string]uint32) (bool, error) {
 	want := map[netip.Prefix]bpf.IPCacheValue{}
 	rank := func(c bpf.Class) int {
 		return map[bpf.Class]int{bpf.ClassCluster: 1, bpf.ClassNode: 2, bpf.ClassPod: 3, bpf.ClassService: 3, bpf.ClassMetadata: 4}[c]
@@ -257,7 +411,7 @@ func (e *Enforcer) syncIPCache(out resolve.Output, addrs []Address) (bool, error
 	for _, a := range addrs {
 		v := bpf.IPCacheValue{Class: uint8(a.Class)}
 		if a.Namespace != "" {
-			v.Identity = e.identities[a.Namespace]
+			v.Identity = identities[a.Namespace]
 		}
 		claim(a.Prefix.Masked(), v)
 	}
@@ -298,8 +452,9 @@ func digest(entries []bpf.PolicyEntry) [sha256.Size]byte {
 
 // resolved is what the state in force resolves to, with the rule ids in force; for trace. The caller holds mu.
 func (e *Enforcer) resolved() resolve.Output {
-	return resolve.Resolve(resolve.Input{Config: e.state.Config, Policies: e.state.Policies,
-		Namespaces: e.state.Namespaces, Identities: e.identities, RuleID: func(k resolve.RuleKey) uint32 { return e.rules[k] }})
+	in := e.resolveInput(e.state, e.identities, e.lingering)
+	in.RuleID = func(k resolve.RuleKey) uint32 { return e.rules[k] }
+	return resolve.Resolve(in)
 }
 
 func (e *Enforcer) ruleID(k resolve.RuleKey) uint32 {
@@ -314,31 +469,21 @@ func (e *Enforcer) ruleID(k resolve.RuleKey) uint32 {
 	return id
 }
 
-// freeIdentity is the lowest identity that no namespace and no endpoint holds: an identity is released only
-// once its namespace is gone and its last pod with it (identity 0 is "not known yet").
-func (e *Enforcer) freeIdentity() (uint32, error) {
-	eps, err := e.dp.Endpoints()
-	if err != nil {
-		return 0, err
+// freeIdentity is the lowest identity that no namespace (ids), no lingering identity and no endpoint (held)
+// holds: an identity is released only once its namespace is gone and its last pod with it (identity 0 is "not
+// known yet").
+func freeIdentity(ids map[string]uint32, lingering map[uint32]lingerer, held map[uint32]bool) (uint32, error) {
+	used := map[uint32]bool{}
+	for _, id := range ids {
+		used[id] = true
 	}
-	used := make([]uint32, 0, len(e.identities)+len(eps))
-	for _, id := range e.identities {
-		used = append(used, id)
+	for id := range lingering {
+		used[id] = true
 	}
-	for _, ep := range eps {
-		used = append(used, ep.Identity)
-	}
-	sort.Slice(used, func(i, j int) bool { return used[i] < used[j] })
-	next := uint32(1)
-	for _, id := range used {
-		if id == next {
-			next++
-		} else if id > next {
-			break
+	for id := uint32(1); id < bpf.MaxIdentities; id++ {
+		if !used[id] && !held[id] {
+			return id, nil
 		}
 	}
-	if next >= bpf.MaxIdentities {
-		return 0, fmt.Errorf("no free namespace identity: all %d are in use", bpf.MaxIdentities-1)
-	}
-	return next, nil
+	return 0, fmt.Errorf("no free namespace identity: all %d are in use", bpf.MaxIdentities-1)
 }

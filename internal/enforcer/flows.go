@@ -57,6 +57,14 @@ func (e *Enforcer) Describe(f bpf.Flow, pod *endpoint.Record) FlowRecord {
 			rec.Remote = name
 		}
 	}
+	for id, l := range e.lingering { // a gone namespace whose pods still run
+		if l.namespace != nil && id == f.Identity {
+			rec.Namespace = l.namespace.Name
+		}
+		if l.namespace != nil && id == f.RemoteIdentity {
+			rec.Remote = l.namespace.Name
+		}
+	}
 	if k, ok := e.ruleKeys[f.RuleID]; ok && f.RuleID != 0 {
 		rec.Policy, rec.Rule = k.Policy, k.Name()
 	}

@@ -306,6 +306,14 @@ func (s *Server) Trace(req agentapi.TraceRequest) (agentapi.TraceResult, int, er
 	for n, id := range e.identities {
 		names[id] = n
 	}
+	for id, l := range e.lingering {
+		if l.namespace != nil {
+			names[id] = l.namespace.Name
+			if l.namespace.Name == req.Namespace && !known {
+				identity, known = id, true // gone, but its pods on this node still hold the identity
+			}
+		}
+	}
 	e.mu.Unlock()
 	if !known {
 		return res, http.StatusNotFound, fmt.Errorf("unknown namespace %q: the policy source names no such namespace", req.Namespace)

@@ -1,0 +1,169 @@
+package enforcer
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/sirupsen/logrus"
+
+	"github.com/moatfw/moat/internal/endpoint"
+	"github.com/moatfw/moat/internal/testutil"
+)
+
+// openDefaultsYAML leaves the cluster defaults open (world egress allowed), so a pod that fell back to identity 0
+// would reach what its namespace's policy denies.
+const openDefaultsYAML = `apiVersion: moat.dev/v1alpha1
+kind: FirewallConfig
+metadata: {name: default}
+spec: {defaultEgress: Allow}
+`
+
+const webNamespaceYAML = `apiVersion: v1
+kind: Namespace
+metadata: {name: web, labels: {moat.dev/zone: web}}
+`
+
+// webPolicyYAML allows the given ports to 198.51.100.0/24 and denies the rest of it, for namespaces in zone web.
+func webPolicyYAML(ports ...string) string {
+	return policyYAML(ports...) + "  - action: Deny\n    to: [{cidr: 198.51.100.0/24}]\n"
+}
+
+// A namespace deleted under a running pod (its document removed from the policy folder): the pod keeps its
+// identity and its namespace's policy, never the open cluster defaults; its identity is withdrawn at once, goes to
+// no other namespace while the pod lives, comes back with its namespace, survives an enforcer restart, and is
+// released once the pod is gone.
+func TestDeletedNamespaceKeepsItsPodsIdentity(t *testing.T) {
+	root, dp, e := newTestEnforcer(t)
+	log := logrus.NewEntry(logrus.New())
+	dir := t.TempDir()
+	write(t, dir, "config.yaml", openDefaultsYAML)
+	write(t, dir, "web.yaml", webNamespaceYAML)
+	write(t, dir, "policy.yaml", webPolicyYAML("443"))
+	folder := &Folder{Dir: dir, Log: log}
+	store := endpoint.Store{Dir: t.TempDir()}
+
+	pl := testutil.NewPodLink(t, []netip.Prefix{netip.MustParsePrefix("10.250.0.2/24")},
+		[]netip.Prefix{netip.MustParsePrefix("10.250.0.1/24"), netip.MustParsePrefix("198.51.100.1/24")})
+	for _, addr := range []string{"198.51.100.1:443", "198.51.100.1:80"} {
+		testutil.Listen(t, pl.Host, addr)
+	}
+	reach := func(addr string) bool { return testutil.Exchange(pl.Pod, addr, time.Second) == nil }
+	// what the enforcer does after every change of its source: apply, then reconcile the recorded endpoints
+	sync := func(e *Enforcer) {
+		t.Helper()
+		s, problems, err := folder.Load()
+		if err != nil || len(problems) > 0 {
+			t.Fatalf("load the folder: %v %v", err, problems)
+		}
+		if err := e.Apply(s); err != nil {
+			t.Fatalf("apply: %v", err)
+		}
+		if err := pl.Host.Do(func(ns.NetNS) error { return e.Reconcile(store, root) }); err != nil {
+			t.Fatalf("reconcile: %v", err)
+		}
+	}
+	sync(e)
+	web := e.Identities()["web"]
+	rec := &endpoint.Record{Network: "net", ContainerID: "c1", IfName: "eth0", Namespace: "web", Pod: "client",
+		HostIfname: pl.HostIfname, HostIfindex: pl.HostIfindex, Addresses: []string{"10.250.0.2"}}
+	if err := pl.Host.Do(func(ns.NetNS) error { _, err := endpoint.Guard(dp, rec, web, root, ""); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pl.Host.Do(func(ns.NetNS) error { return store.Forget(root, "net", "c1", "eth0") }) })
+	if err := store.Save(rec); err != nil {
+		t.Fatal(err)
+	}
+	tagged := func() uint32 {
+		t.Helper()
+		ep, ok, err := dp.LookupEndpoint(uint32(pl.HostIfindex))
+		if err != nil || !ok {
+			t.Fatalf("the pod's endpoint entry: %v %v", ok, err)
+		}
+		return ep.Identity
+	}
+	// on a loaded machine the first exchange (ARP, the listener) may be slow
+	if !poll(10*time.Second, func() bool { return reach("198.51.100.1:443") }) || reach("198.51.100.1:80") {
+		t.Fatalf("baseline: 443 %v, 80 %v; want only 443", reach("198.51.100.1:443"), reach("198.51.100.1:80"))
+	}
+
+	// the namespace goes while the pod runs
+	write(t, dir, "web.yaml", "")
+	sync(e)
+	if _, ok, _ := dp.NamespaceIdentity("web"); ok {
+		t.Errorf("the identity of deleted namespace web is still published: new pods could take it")
+	}
+	if got := tagged(); got != web {
+		t.Errorf("the pod of deleted namespace web is tagged %d, want its identity %d kept (0 = open cluster defaults)", got, web)
+	}
+	if !reach("198.51.100.1:443") || reach("198.51.100.1:80") {
+		t.Errorf("after its namespace went: 443 %v, 80 %v; want its policy in force (only 443), not the open defaults",
+			reach("198.51.100.1:443"), reach("198.51.100.1:80"))
+	}
+	if saved, ok, _ := store.Load("net", "c1", "eth0"); !ok || saved.Identity != web {
+		t.Errorf("record after reconcile: %+v, want identity %d", saved, web)
+	}
+
+	// policy goes on applying to it, through its namespace's last labels
+	write(t, dir, "policy.yaml", webPolicyYAML("443", "80"))
+	sync(e)
+	if !poll(5*time.Second, func() bool { return reach("198.51.100.1:80") }) {
+		t.Errorf("a policy edit did not reach the pod of a deleted namespace: 80 still denied")
+	}
+	write(t, dir, "policy.yaml", webPolicyYAML("443"))
+	sync(e)
+	if !poll(5*time.Second, func() bool { return !reach("198.51.100.1:80") }) {
+		t.Errorf("a policy edit did not reach the pod of a deleted namespace: 80 still allowed")
+	}
+
+	// no other namespace gets its number while the pod holds it
+	write(t, dir, "other.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n")
+	sync(e)
+	if other := e.Identities()["other"]; other == 0 || other == web {
+		t.Errorf("namespace other got identity %d; %d is held by a pod of deleted namespace web", other, web)
+	}
+
+	// the namespace comes back: its identity with it
+	write(t, dir, "web.yaml", webNamespaceYAML)
+	sync(e)
+	if got, ok, _ := dp.NamespaceIdentity("web"); !ok || got != web || tagged() != web {
+		t.Errorf("namespace web back: published %d (%v), pod tagged %d; want %d for both", got, ok, tagged(), web)
+	}
+
+	// gone again, then the enforcer restarts: the pod's identity and its policy survive
+	write(t, dir, "web.yaml", "")
+	sync(e)
+	e2, err := New(dp, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sync(e2)
+	if got := tagged(); got != web {
+		t.Errorf("after an enforcer restart, the pod of deleted namespace web is tagged %d, want %d", got, web)
+	}
+	if !reach("198.51.100.1:443") || reach("198.51.100.1:80") {
+		t.Errorf("after an enforcer restart: 443 %v, 80 %v; want only 443", reach("198.51.100.1:443"), reach("198.51.100.1:80"))
+	}
+	write(t, dir, "late.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: late}\n")
+	sync(e2)
+	if late := e2.Identities()["late"]; late == 0 || late == web {
+		t.Errorf("after a restart, namespace late got identity %d; %d is held by a pod of deleted namespace web", late, web)
+	}
+
+	// the pod ends: the identity is released and its policy slot emptied
+	if err := pl.Host.Do(func(ns.NetNS) error { return store.Forget(root, "net", "c1", "eth0") }); err != nil {
+		t.Fatal(err)
+	}
+	if err := pl.Host.Do(func(ns.NetNS) error { return e2.Reconcile(store, root) }); err != nil {
+		t.Fatalf("reconcile: %v", err)
+	}
+	if _, err := dp.PolicyMapID(web); err == nil {
+		t.Errorf("identity %d kept its policy slot after its last pod ended", web)
+	}
+	write(t, dir, "new.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: new}\n")
+	sync(e2)
+	if got := e2.Identities()["new"]; got != web {
+		t.Errorf("namespace new got identity %d; %d, released, is the lowest free one", got, web)
+	}
+}

@@ -17,13 +17,16 @@ import (
 
 // Folder is the standalone source: multi-document YAML files of FirewallConfig, FirewallPolicy and Namespace
 // objects in one folder. A file with a problem keeps its last good objects (an invalid edit never replaces a
-// valid policy); every problem is logged naming its file, document and object.
+// valid policy). An object defined twice (same kind and name, in one file or two) is refused in both places, and
+// the version in force before, if its file still defines it, stays in force. Every problem is logged naming its
+// file, document and object.
 type Folder struct {
 	Dir string
 	Log *logrus.Entry
 
 	lastGood map[string]policyfile.Objects // by file
 	parsed   map[string]parsedFile         // by file: what its content parsed to, so an unchanged file is not parsed again
+	inForce  policyfile.Objects            // what the last Load kept, for objects defined twice since
 }
 
 type parsedFile struct {
@@ -64,8 +67,8 @@ func (f *Folder) Load() (State, []policyfile.Problem, error) {
 	for _, path := range paths {
 		seen[path] = true
 		objs, ps := f.parse(path)
-		if len(ps) > 0 {
-			problems = append(problems, ps...)
+		problems = append(problems, ps...)
+		if policyfile.Refuses(ps) {
 			if good, ok := f.lastGood[path]; ok {
 				objs = good
 				f.Log.WithField("file", path).Warn("file has problems: its last good objects stay in force")
@@ -85,7 +88,8 @@ func (f *Folder) Load() (State, []policyfile.Problem, error) {
 			delete(f.parsed, path)
 		}
 	}
-	merged, dups := policyfile.Merge(parts...)
+	merged, dups := policyfile.MergeKeeping(f.inForce, parts...)
+	f.inForce = merged
 	problems = append(problems, dups...)
 	for _, p := range problems {
 		f.Log.WithFields(logrus.Fields{"file": p.Origin.File, "document": p.Origin.Document, "kind": p.Kind,

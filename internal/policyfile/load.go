@@ -11,9 +11,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
@@ -41,12 +43,25 @@ type Origin struct {
 
 func (o Origin) String() string { return fmt.Sprintf("%s (document %d)", o.File, o.Document) }
 
-// Problem is a document that could not be used.
+// Problem is a document that could not be used, or was used only after a correction the problem names.
 type Problem struct {
 	Origin Origin
 	Kind   string
 	Name   string
 	Err    error
+	// Corrected: the object was loaded all the same, corrected as Err says (a Namespace whose
+	// kubernetes.io/metadata.name label names another namespace); the file is not refused for it.
+	Corrected bool
+}
+
+// Refuses tells whether any of problems refused its document (a file with such a problem is not used as it is).
+func Refuses(problems []Problem) bool {
+	for _, p := range problems {
+		if !p.Corrected {
+			return true
+		}
+	}
+	return false
 }
 
 func (p Problem) Error() string {
@@ -60,7 +75,8 @@ func (p Problem) Error() string {
 // maxDocument bounds one YAML document, so a hostile file cannot make the enforcer read without end.
 const maxDocument = 4 << 20
 
-// Parse reads every document of one file's content.
+// Parse reads every document of one file's content. A Namespace gets the label kubernetes.io/metadata.name with
+// its own name, as the API server sets it, so a selector by name selects the same namespaces in both modes.
 func Parse(file string, r io.Reader) (Objects, []Problem) {
 	var objs Objects
 	var problems []Problem
@@ -82,9 +98,7 @@ func Parse(file string, r io.Reader) (Objects, []Problem) {
 		if len(bytes.TrimSpace(stripComments(raw))) == 0 {
 			continue // an empty document between separators
 		}
-		if p := objs.add(origin, raw); p != nil {
-			problems = append(problems, *p)
-		}
+		problems = append(problems, objs.add(origin, raw)...)
 	}
 	return objs, problems
 }
@@ -101,7 +115,29 @@ func stripComments(raw []byte) []byte {
 }
 
 // add decodes one document by its kind, strictly: unknown fields are errors, not silently dropped.
-func (o *Objects) add(origin Origin, raw []byte) *Problem {
+func (o *Objects) add(origin Origin, raw []byte) []Problem {
+	if p := o.decode(origin, raw); p != nil {
+		return []Problem{*p}
+	}
+	if len(o.Namespaces) == 0 || o.Namespaces[len(o.Namespaces)-1].Origin != origin {
+		return nil
+	}
+	n := &o.Namespaces[len(o.Namespaces)-1].Object
+	if n.Labels == nil {
+		n.Labels = map[string]string{}
+	}
+	var problems []Problem
+	if v, ok := n.Labels[corev1.LabelMetadataName]; ok && v != n.Name {
+		problems = append(problems, Problem{Origin: origin, Kind: "Namespace", Name: n.Name, Corrected: true,
+			Err: fmt.Errorf("label %s=%q: the API server sets it to the namespace's own name, and so does Moat: %q",
+				corev1.LabelMetadataName, v, n.Name)})
+	}
+	n.Labels[corev1.LabelMetadataName] = n.Name
+	return problems
+}
+
+// decode decodes one document into o, or says why it cannot.
+func (o *Objects) decode(origin Origin, raw []byte) *Problem {
 	var head struct {
 		APIVersion string `json:"apiVersion"`
 		Kind       string `json:"kind"`
@@ -188,8 +224,8 @@ func ParseFile(path string) (Objects, []Problem) {
 	return Parse(path, f)
 }
 
-// LoadDir reads every policy file of a folder. Objects of the same kind and name in two places are a problem;
-// the first one stays.
+// LoadDir reads every policy file of a folder. Objects of the same kind and name in two places are problems, and
+// none of them is loaded.
 func LoadDir(dir string) (Objects, []Problem, error) {
 	paths, err := Files(dir)
 	if err != nil {
@@ -206,37 +242,58 @@ func LoadDir(dir string) (Objects, []Problem, error) {
 	return all, append(problems, dups...), nil
 }
 
-// Merge joins the objects of several files, in order; an object whose kind and name came before is a problem.
-func Merge(parts ...Objects) (Objects, []Problem) {
+// Merge joins the objects of several files, in order. Objects of the same kind and name defined more than once
+// (in one file or in several) are all refused, each with a problem that names every definition, since which one
+// was meant cannot be told.
+func Merge(parts ...Objects) (Objects, []Problem) { return MergeKeeping(Objects{}, parts...) }
+
+// MergeKeeping is Merge that keeps what was in force: when before (what a previous merge kept) has an object of a
+// kind and name defined more than once, from a file that still defines it, that version stays in force (a new
+// definition elsewhere neither replaces it nor takes it away); the definitions are problems all the same.
+func MergeKeeping(before Objects, parts ...Objects) (Objects, []Problem) {
 	var all Objects
 	for _, o := range parts {
 		all.Configs = append(all.Configs, o.Configs...)
 		all.Policies = append(all.Policies, o.Policies...)
 		all.Namespaces = append(all.Namespaces, o.Namespaces...)
 	}
-	return dedupe(all)
-}
-
-func dedupe(o Objects) (Objects, []Problem) {
 	var problems []Problem
-	o.Configs, problems = dedupeKind(o.Configs, v1alpha1.KindFirewallConfig, func(c v1alpha1.FirewallConfig) string { return c.Name }, problems)
-	o.Policies, problems = dedupeKind(o.Policies, v1alpha1.KindFirewallPolicy, func(p v1alpha1.FirewallPolicy) string { return p.Name }, problems)
-	o.Namespaces, problems = dedupeKind(o.Namespaces, "Namespace", func(n v1alpha1.Namespace) string { return n.Name }, problems)
-	return o, problems
+	all.Configs, problems = dedupe(all.Configs, before.Configs, v1alpha1.KindFirewallConfig, func(c v1alpha1.FirewallConfig) string { return c.Name }, problems)
+	all.Policies, problems = dedupe(all.Policies, before.Policies, v1alpha1.KindFirewallPolicy, func(p v1alpha1.FirewallPolicy) string { return p.Name }, problems)
+	all.Namespaces, problems = dedupe(all.Namespaces, before.Namespaces, "Namespace", func(n v1alpha1.Namespace) string { return n.Name }, problems)
+	return all, problems
 }
 
-func dedupeKind[T any](list []Sourced[T], kind string, name func(T) string, problems []Problem) ([]Sourced[T], []Problem) {
-	first := map[string]Origin{}
+func dedupe[T any](list, before []Sourced[T], kind string, name func(T) string, problems []Problem) ([]Sourced[T], []Problem) {
+	defs := map[string][]Origin{}
+	for _, s := range list {
+		defs[name(s.Object)] = append(defs[name(s.Object)], s.Origin)
+	}
+	kept := map[string]Sourced[T]{}
+	for _, s := range before {
+		kept[name(s.Object)] = s
+	}
 	var out []Sourced[T]
 	for _, s := range list {
 		n := name(s.Object)
-		if o, seen := first[n]; seen {
-			problems = append(problems, Problem{Origin: s.Origin, Kind: kind, Name: n,
-				Err: fmt.Errorf("already defined in %s; this one is ignored", o)})
+		origins := defs[n]
+		if len(origins) == 1 {
+			out = append(out, s)
 			continue
 		}
-		first[n] = s.Origin
-		out = append(out, s)
+		places := make([]string, len(origins))
+		for i, o := range origins {
+			places[i] = o.String()
+		}
+		problems = append(problems, Problem{Origin: s.Origin, Kind: kind, Name: n,
+			Err: fmt.Errorf("defined %d times, in %s: every definition is refused until one is left", len(origins),
+				strings.Join(places, ", "))})
+		if s.Origin != origins[0] {
+			continue // the rest is decided once, at the first definition
+		}
+		if k, ok := kept[n]; ok && slices.ContainsFunc(origins, func(o Origin) bool { return o.File == k.Origin.File }) {
+			out = append(out, k)
+		}
 	}
 	return out, problems
 }

@@ -94,10 +94,14 @@ func TestParseProblems(t *testing.T) {
 	}
 }
 
+// Two definitions of one object, in two files or in one, are both refused, each problem naming every definition.
 func TestLoadDirDuplicates(t *testing.T) {
 	dir := t.TempDir()
 	pol := "apiVersion: moat.dev/v1alpha1\nkind: FirewallPolicy\nmetadata: {name: same}\nspec: {namespaceSelector: {}}\n"
-	for name, body := range map[string]string{"a.yaml": pol, "b.yml": pol, "c.txt": "ignored", ".hidden.yaml": "ignored"} {
+	ns := "apiVersion: v1\nkind: Namespace\nmetadata: {name: twice}\n"
+	other := "apiVersion: moat.dev/v1alpha1\nkind: FirewallPolicy\nmetadata: {name: once}\nspec: {namespaceSelector: {}}\n"
+	for name, body := range map[string]string{"a.yaml": pol + "---\n" + other, "b.yml": pol, "c.yaml": ns + "---\n" + ns,
+		"c.txt": "ignored", ".hidden.yaml": "ignored"} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -106,14 +110,106 @@ func TestLoadDirDuplicates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(objs.Policies) != 1 || !strings.HasSuffix(objs.Policies[0].Origin.File, "a.yaml") {
-		t.Errorf("policies %+v, want the first one, from a.yaml", objs.Policies)
+	if len(objs.Policies) != 1 || objs.Policies[0].Object.Name != "once" || len(objs.Namespaces) != 0 {
+		t.Errorf("policies %+v, namespaces %+v: want only once, no namespace", objs.Policies, objs.Namespaces)
 	}
-	if len(problems) != 1 || !strings.Contains(problems[0].Error(), "already defined in") {
-		t.Errorf("problems %v, want one duplicate", problems)
+	want := map[string]bool{"a.yaml (document 1)": true, "b.yml (document 1)": true, "c.yaml (document 1)": true, "c.yaml (document 2)": true}
+	for _, p := range problems {
+		rel := Origin{File: filepath.Base(p.Origin.File), Document: p.Origin.Document}.String()
+		if !want[rel] {
+			t.Errorf("unexpected problem %v", p)
+			continue
+		}
+		delete(want, rel)
+		var names []string
+		if p.Kind == "Namespace" {
+			names = []string{"c.yaml (document 1)", "c.yaml (document 2)"}
+		} else {
+			names = []string{"a.yaml (document 1)", "b.yml (document 1)"}
+		}
+		for _, n := range names {
+			if !strings.Contains(p.Error(), n) {
+				t.Errorf("%v does not name %s", p, n)
+			}
+		}
+		if !strings.Contains(p.Error(), "defined 2 times") || !strings.Contains(p.Error(), "refused") || p.Corrected {
+			t.Errorf("problem %v", p)
+		}
+	}
+	if len(want) != 0 {
+		t.Errorf("no problem for %v", want)
 	}
 	if _, _, err := LoadDir(filepath.Join(dir, "missing")); err == nil {
 		t.Errorf("a missing folder loaded")
+	}
+}
+
+// What was in force stays in force when a second definition appears, as long as its own file still defines it;
+// two definitions new at once leave neither in force.
+func TestMergeKeeping(t *testing.T) {
+	parse := func(file, name, egress string) Objects {
+		t.Helper()
+		objs, ps := Parse(file, strings.NewReader("apiVersion: moat.dev/v1alpha1\nkind: FirewallPolicy\nmetadata: {name: "+name+
+			"}\nspec: {namespaceSelector: {}, egress: [{action: "+egress+"}]}\n"))
+		if len(ps) != 0 {
+			t.Fatal(ps)
+		}
+		return objs
+	}
+	a, b, c := parse("a.yaml", "x", "Deny"), parse("b.yaml", "x", "Allow"), parse("c.yaml", "x", "Allow")
+	before, problems := MergeKeeping(Objects{}, a)
+	if len(problems) != 0 || len(before.Policies) != 1 {
+		t.Fatalf("a alone: %v %+v", problems, before)
+	}
+	got, problems := MergeKeeping(before, a, b)
+	if len(problems) != 2 || len(got.Policies) != 1 || got.Policies[0].Origin.File != "a.yaml" ||
+		got.Policies[0].Object.Spec.Egress[0].Action != "Deny" {
+		t.Errorf("a in force, then b: %v %+v, want a's version kept and two problems", problems, got.Policies)
+	}
+	edited := parse("a.yaml", "x", "Allow") // a edited while b also defines x: the version in force before stays
+	if got, _ := MergeKeeping(got, edited, b); len(got.Policies) != 1 || got.Policies[0].Object.Spec.Egress[0].Action != "Deny" {
+		t.Errorf("a edited while b defines x too: %+v, want the version in force before", got.Policies)
+	}
+	if got, problems := MergeKeeping(Objects{}, a, b); len(problems) != 2 || len(got.Policies) != 0 {
+		t.Errorf("both new at once: %v %+v, want neither", problems, got.Policies)
+	}
+	if got, problems := MergeKeeping(before, b, c); len(problems) != 2 || len(got.Policies) != 0 {
+		t.Errorf("a's file no longer defines x: %v %+v, want neither of b and c", problems, got.Policies)
+	}
+	if got, problems := MergeKeeping(got, b); len(problems) != 0 || len(got.Policies) != 1 || got.Policies[0].Origin.File != "b.yaml" {
+		t.Errorf("one definition left: %v %+v", problems, got.Policies)
+	}
+}
+
+// A Namespace carries kubernetes.io/metadata.name with its own name, as the API server sets it; a file that says
+// otherwise is corrected and reported, and the rest of the file loads.
+func TestNamespaceNameLabel(t *testing.T) {
+	objs, problems := Parse("ns.yaml", strings.NewReader(`apiVersion: v1
+kind: Namespace
+metadata: {name: plain}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: right, labels: {kubernetes.io/metadata.name: right, moat.dev/zone: a}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: wrong, labels: {kubernetes.io/metadata.name: prod}}
+`))
+	if len(objs.Namespaces) != 3 {
+		t.Fatalf("namespaces %+v", objs.Namespaces)
+	}
+	for _, n := range objs.Namespaces {
+		if got := n.Object.Labels["kubernetes.io/metadata.name"]; got != n.Object.Name {
+			t.Errorf("namespace %s: kubernetes.io/metadata.name=%q", n.Object.Name, got)
+		}
+	}
+	if objs.Namespaces[1].Object.Labels["moat.dev/zone"] != "a" {
+		t.Errorf("other labels lost: %v", objs.Namespaces[1].Object.Labels)
+	}
+	if len(problems) != 1 || !problems[0].Corrected || problems[0].Origin.Document != 3 || problems[0].Name != "wrong" ||
+		!strings.Contains(problems[0].Error(), `kubernetes.io/metadata.name="prod"`) || Refuses(problems) {
+		t.Errorf("problems %v, want one corrected problem about wrong", problems)
 	}
 }
 

@@ -38,7 +38,8 @@ type Status struct {
 	Source          string                 `json:"source"` // "folder /etc/moat/policies" or "kubernetes"
 	Ready           bool                   `json:"ready"`  // policy is in force and nothing below is wrong
 	Problems        []string               `json:"problems,omitempty"`
-	AttachModes     map[string]int         `json:"attachModes"` // tcx, clsact, "" (started without the datapath)
+	Warnings        []string               `json:"warnings,omitempty"` // not problems: Ready stays
+	AttachModes     map[string]int         `json:"attachModes"`        // tcx, clsact, "" (started without the datapath)
 	Generation      uint64                 `json:"generation"`
 	Applied         time.Time              `json:"applied"` // when the generation in force was applied
 	Endpoints       int                    `json:"endpoints"`
@@ -81,6 +82,7 @@ type Policy struct {
 	Mode       string   `json:"mode"`
 	Namespaces []string `json:"namespaces"`
 	Rules      int      `json:"rules"`
+	Warnings   []string `json:"warnings,omitempty"` // e.g. that it selects no namespace
 }
 
 // TraceRequest is a hypothetical packet: from a namespace (or one of its pods), to or from a remote.

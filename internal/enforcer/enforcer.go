@@ -68,6 +68,7 @@ type Enforcer struct {
 	appliedAt time.Time         // when the generation in force was applied
 	state     State             // the last desired state applied (trace resolves it again when asked)
 	stale     map[uint32]string // identities whose newest policy the datapath could not take, and why
+	findings  findings          // what the last apply found about its objects (labels, selectors)
 	errors    *errorLog         // the last errors logged
 	flows     *flowHub          // recent flow events and their followers
 }
@@ -245,9 +246,7 @@ func (e *Enforcer) apply(s State) error {
 	in := e.resolveInput(s, ids, lingering)
 	in.RuleID = e.ruleID
 	out := resolve.Resolve(in)
-	for _, w := range out.Warnings {
-		e.log.Warn(w)
-	}
+	e.noteFindings(out)
 
 	changed := map[uint32][]bpf.PolicyEntry{}
 	digests := map[uint32][sha256.Size]byte{}

@@ -25,6 +25,10 @@ var (
 	descLost       = prometheus.NewDesc("moat_events_lost_total", "Flow events the ring buffer had no room for.", nil, nil)
 	descMapEntries = prometheus.NewDesc("moat_map_entries", "Entries in a datapath map.", []string{"map"}, nil)
 	descMapSize    = prometheus.NewDesc("moat_map_max_entries", "Capacity of a datapath map.", []string{"map"}, nil)
+	descProblems   = prometheus.NewDesc("moat_problems", "Problems with policy objects (moatctl status lists them): "+
+		"objects the source could not use, and namespace labels with values Moat does not know, by kind.", []string{"kind"}, nil)
+	descWarnings = prometheus.NewDesc("moat_warnings", "Warnings about policy objects applied as written "+
+		"(a FirewallPolicy that selects no namespace), by kind.", []string{"kind"}, nil)
 )
 
 // NewMetrics registers the enforcer's metrics with reg.
@@ -51,7 +55,7 @@ type collector struct{ e *Enforcer }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPackets, descBytes, descRule, descEndpoints, descGeneration, descLost,
-		descMapEntries, descMapSize} {
+		descMapEntries, descMapSize, descProblems, descWarnings} {
 		ch <- d
 	}
 }
@@ -70,7 +74,14 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	c.e.mu.Lock()
 	keys := maps.Clone(c.e.ruleKeys)
+	problems, warnings := c.e.problemCounts()
 	c.e.mu.Unlock()
+	for kind, n := range problems {
+		ch <- prometheus.MustNewConstMetric(descProblems, prometheus.GaugeValue, float64(n), kind)
+	}
+	for kind, n := range warnings {
+		ch <- prometheus.MustNewConstMetric(descWarnings, prometheus.GaugeValue, float64(n), kind)
+	}
 	for id, k := range keys {
 		if v, err := dp.RuleCounter(id); err == nil {
 			ch <- prometheus.MustNewConstMetric(descRule, prometheus.CounterValue, float64(v.Packets), k.Policy, k.Name())

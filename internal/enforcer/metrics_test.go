@@ -6,6 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/api/v1alpha1"
@@ -17,7 +18,14 @@ func TestMetrics(t *testing.T) {
 	if _, err := e.NewMetrics(reg); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Apply(State{Namespaces: []v1alpha1.Namespace{namespace("a"), namespace("b")}}); err != nil {
+	// b's label is a problem; the policy selects no namespace (a warning); the source could not use another policy
+	b := namespace("b")
+	b.Labels = map[string]string{v1alpha1.LabelEgress: "block"}
+	nobody := v1alpha1.FirewallPolicy{Spec: v1alpha1.FirewallPolicySpec{
+		NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "nobody"}}}}
+	nobody.Name = "nobody"
+	if err := e.Apply(State{Namespaces: []v1alpha1.Namespace{namespace("a"), b}, Policies: []v1alpha1.FirewallPolicy{nobody},
+		Problems: []Problem{{Kind: v1alpha1.KindFirewallPolicy, Name: "broken", Origin: "kubernetes", Message: "bad"}}}); err != nil {
 		t.Fatal(err)
 	}
 	ep, _ := bpf.NewEndpoint(1, bpf.ModeEnforce, []netip.Addr{netip.MustParseAddr("10.1.0.2")})
@@ -69,6 +77,10 @@ func TestMetrics(t *testing.T) {
 		{"moat_policy_apply_seconds", nil, 1},
 		{"moat_events_lost_total", nil, 0},
 		{"moat_packets_total", map[string]string{"reason": "no-endpoint", "verdict": "drop"}, 0},
+		{"moat_problems", map[string]string{"kind": "Namespace"}, 1},
+		{"moat_problems", map[string]string{"kind": "FirewallPolicy"}, 1},
+		{"moat_problems", map[string]string{"kind": "FirewallConfig"}, 0},
+		{"moat_warnings", map[string]string{"kind": "FirewallPolicy"}, 1},
 	} {
 		v, ok := value(c.name, c.labels)
 		if !ok || v != c.want {

@@ -87,6 +87,12 @@ func (s *Server) Status() agentapi.Status {
 		}
 		st.Problems = append(st.Problems, fmt.Sprintf("%s %s (%s): %s", p.Kind, p.Name, p.Origin, p.Message))
 	}
+	for _, f := range e.findings.problems { // namespace labels read on the closed side
+		st.Problems = append(st.Problems, f.String())
+	}
+	for _, f := range e.findings.warnings {
+		st.Warnings = append(st.Warnings, f.String())
+	}
 	e.mu.Unlock()
 	st.LastErrors = e.errors.lines()
 	if e.generation == 0 {
@@ -119,8 +125,10 @@ func (s *Server) Status() agentapi.Status {
 	}
 	st.Ready = e.generation != 0
 	for _, p := range st.Problems {
-		if !strings.HasPrefix(p, v1alpha1.KindFirewallPolicy+" ") && !strings.HasPrefix(p, "pod ") {
-			st.Ready = false // an invalid policy keeps the last good one, and one pod is not the node
+		if !strings.HasPrefix(p, v1alpha1.KindFirewallPolicy+" ") && !strings.HasPrefix(p, "Namespace ") && !strings.HasPrefix(p, "pod ") {
+			// an invalid policy or namespace keeps the last good one (a label Moat does not know is read on the
+			// closed side), and one pod is not the node
+			st.Ready = false
 		}
 	}
 	sort.Strings(st.Problems)
@@ -235,6 +243,9 @@ func (s *Server) policies(w http.ResponseWriter, _ *http.Request) {
 		if bad, ok := invalid[p.Name]; ok {
 			ap.State, ap.Reason = "Invalid", bad.Message+" (the last good version stays in force)"
 			delete(invalid, p.Name)
+		}
+		if len(ap.Namespaces) == 0 {
+			ap.Warnings = []string{resolve.SelectsNothing}
 		}
 		out = append(out, ap)
 	}

@@ -100,10 +100,17 @@ func TestConntrackTCPClose(t *testing.T) {
 	h := newHarness(t, bpf.Options{})
 	h.policy(egressOnly443())
 
-	// RST ends the entry at once: the reply after it is a new (denied) inbound connection.
-	h.from(tcp(podV4, worldV4, 42000, 443, testutil.TCPSyn))
-	h.to(tcp(worldV4, podV4, 443, 42000, testutil.TCPSyn|testutil.TCPAck))
-	if got := h.to(tcp(worldV4, podV4, 443, 42000, testutil.TCPRst)); got != retNext {
+	// A RST the endpoint would take ends the entry at once: the reply after it is a new (denied) inbound
+	// connection.
+	syn := tcp(podV4, worldV4, 42000, 443, testutil.TCPSyn)
+	syn.Seq = 1000
+	synAck := tcp(worldV4, podV4, 443, 42000, testutil.TCPSyn|testutil.TCPAck)
+	synAck.Seq, synAck.Ack = 7000, 1001
+	rst := tcp(worldV4, podV4, 443, 42000, testutil.TCPRst)
+	rst.Seq = 7001
+	h.from(syn)
+	h.to(synAck)
+	if got := h.to(rst); got != retNext {
 		t.Errorf("RST of a tracked flow: %s, want pass", verdictName(got))
 	}
 	if _, ok := h.ctEntry(ctKey(h, testutil.ProtoTCP, podV4, worldV4, 42000, 443)); ok {

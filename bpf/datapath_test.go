@@ -65,10 +65,9 @@ func TestTruthTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.openEvents()
-	ns := testutil.Packet{Src: netip.IPv6Unspecified(), Dst: netip.MustParseAddr("ff02::1:ff00:2"),
-		Proto: testutil.ProtoICMPv6, ICMPType: 135, HopLimit: 255}
-	nsLinkLocal := ns
-	nsLinkLocal.Src = netip.MustParseAddr("fe80::2")
+	ns := testutil.NeighborMessage(135, netip.IPv6Unspecified(), testutil.SolicitedNode(podV6), podV6)
+	gateway := netip.MustParseAddr("fd00:250::1")
+	nsLinkLocal := testutil.NeighborMessage(135, netip.MustParseAddr("fe80::2"), testutil.SolicitedNode(gateway), gateway)
 	nsForwarded := nsLinkLocal
 	nsForwarded.HopLimit = 254
 	mld := testutil.Packet{Src: netip.IPv6Unspecified(), Dst: netip.MustParseAddr("ff02::16"),
@@ -250,20 +249,19 @@ func TestNeighborDiscoveryStaysOnLink(t *testing.T) {
 	h := newHarness(t, bpf.Options{})
 	h.policy(&policy.IdentityPolicy{Identity: podID, DefaultEgress: bpf.ActionDeny, DefaultIngress: bpf.ActionDeny,
 		Rules: []policy.Rule{{ID: 9, Direction: bpf.Egress, Action: bpf.ActionDeny, AllPeers: true, AllPorts: true}}})
-	ns := func(src, dst string) testutil.Packet {
-		return testutil.Packet{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), Proto: testutil.ProtoICMPv6,
-			ICMPType: 135, HopLimit: 255}
+	ns := func(src, dst, target string) testutil.Packet {
+		return testutil.NeighborMessage(135, netip.MustParseAddr(src), netip.MustParseAddr(dst), netip.MustParseAddr(target))
 	}
 	for _, c := range []struct {
 		name string
 		pkt  testutil.Packet
 		want uint32
 	}{
-		{"unreachability detection of a global gateway", ns("fd00:250::2", "fd00:250::1"), retNext},
-		{"from the global address to the solicited-node group", ns("fd00:250::2", "ff02::1:ff00:1"), retNext},
-		{"from the global address to a link-local router", ns("fd00:250::2", "fe80::1"), retNext},
-		{"from the global address to the world", ns("fd00:250::2", "2001:db8::7"), retDrop},
-		{"from the global address to the metadata API", ns("fd00:250::2", "fd00:ec2::254"), retDrop},
+		{"unreachability detection of a global gateway", ns("fd00:250::2", "fd00:250::1", "fd00:250::1"), retNext},
+		{"from the global address to the solicited-node group", ns("fd00:250::2", "ff02::1:ff00:1", "fd00:250::1"), retNext},
+		{"from the global address to a link-local router", ns("fd00:250::2", "fe80::1", "fe80::1"), retNext},
+		{"from the global address to the world", ns("fd00:250::2", "2001:db8::7", "2001:db8::7"), retDrop},
+		{"from the global address to the metadata API", ns("fd00:250::2", "fd00:ec2::254", "fd00:ec2::254"), retDrop},
 	} {
 		if got := h.from(c.pkt); got != c.want {
 			t.Errorf("%s: %s, want %s", c.name, verdictName(got), verdictName(c.want))

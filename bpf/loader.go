@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -43,6 +44,7 @@ type Datapath struct {
 	inner   *ebpf.MapSpec
 	// Created is true when Load made the maps, false when it reused pinned ones.
 	Created bool
+	jiffies *ebpf.Program // returns bpf_jiffies64's low 32 bits through BPF_PROG_TEST_RUN; nil from OpenPinned
 }
 
 // Load is the enforcer's way in: it loads the programs, creates the maps or reuses the ones pinned under root
@@ -82,8 +84,7 @@ func Load(root string, opts Options) (*Datapath, error) {
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
 	dp := &Datapath{Root: root, FromPod: objs.MoatFromPod, ToPod: objs.MoatToPod, maps: objs.moatMaps,
-		inner: spec.Maps["policy"].InnerMap, Created: created}
-	defer objs.MoatJiffies.Close()
+		inner: spec.Maps["policy"].InnerMap, Created: created, jiffies: objs.MoatJiffies}
 	if created {
 		// the tick rate is the running kernel's: pinned maps do not outlive it, so reused ones have it already
 		hz, err := kernelHZ(objs.MoatJiffies)
@@ -124,7 +125,7 @@ func OpenPinned(root string) (*Datapath, error) {
 		"config": &dp.maps.Config, "conntrack": &dp.maps.Conntrack, "local_endpoints": &dp.maps.LocalEndpoints,
 		"events": &dp.maps.Events, "fragments": &dp.maps.Fragments, "identities": &dp.maps.Identities,
 		"ipcache": &dp.maps.Ipcache, "policy": &dp.maps.Policy, "reason_counts": &dp.maps.ReasonCounts,
-		"rule_counts": &dp.maps.RuleCounts, "stats": &dp.maps.Stats,
+		"rule_counts": &dp.maps.RuleCounts, "stats": &dp.maps.Stats, "ct_counts": &dp.maps.CtCounts,
 	}
 	for name, m := range opened {
 		if *m, err = ebpf.LoadPinnedMap(filepath.Join(root, name), nil); err != nil {
@@ -144,7 +145,7 @@ func OpenPinned(root string) (*Datapath, error) {
 // Close releases this process's handles; pins, and the links that use the programs, stay.
 func (dp *Datapath) Close() error {
 	var errs []error
-	for _, p := range []*ebpf.Program{dp.FromPod, dp.ToPod} {
+	for _, p := range []*ebpf.Program{dp.FromPod, dp.ToPod, dp.jiffies} {
 		if p != nil {
 			errs = append(errs, p.Close())
 		}
@@ -176,7 +177,7 @@ func (dp *Datapath) Unpin() error {
 func (dp *Datapath) allMaps() []*ebpf.Map {
 	m := &dp.maps
 	return []*ebpf.Map{m.Config, m.Conntrack, m.LocalEndpoints, m.Events, m.Fragments, m.Identities, m.Ipcache,
-		m.Policy, m.ReasonCounts, m.RuleCounts, m.Stats}
+		m.Policy, m.ReasonCounts, m.RuleCounts, m.Stats, m.CtCounts}
 }
 
 // checkPinnedLayout refuses a pin root whose config map was written by a build with another layout.
@@ -241,29 +242,31 @@ var hzOnce struct {
 	err error
 }
 
-// kernelHZ measures how many jiffies the kernel counts per second by running prog (which returns bpf_jiffies64)
-// at two tick edges about 100 ms apart, and rounds to the nearest rate Linux builds with (100, 250, 300, 1000).
+// kernelHZ measures how many jiffies the kernel counts per second: prog returns bpf_jiffies64 and writes the
+// monotonic clock read in the same instant into the packet, so two runs 200 ms apart give the rate within a tick
+// (5% at HZ=100) however late this process gets to run; it rounds to the nearest rate Linux builds with (100,
+// 250, 300, 1000).
 func kernelHZ(prog *ebpf.Program) (uint16, error) {
 	hzOnce.Do(func() {
-		pkt := make([]byte, 64)
-		read := func() (uint32, error) { return prog.Run(&ebpf.RunOptions{Data: pkt}) }
-		edge := func() (uint32, time.Time, error) {
-			first, err := read()
-			for err == nil {
-				var j uint32
-				if j, err = read(); err == nil && j != first {
-					return j, time.Now(), nil
-				}
+		read := func() (uint32, uint64, error) {
+			pkt, out := make([]byte, 64), make([]byte, 64)
+			j, err := prog.Run(&ebpf.RunOptions{Data: pkt, DataOut: out})
+			if err != nil {
+				return 0, 0, fmt.Errorf("read the kernel's jiffies: %w", err)
 			}
-			return 0, time.Time{}, fmt.Errorf("read the kernel's jiffies: %w", err)
+			return j, binary.LittleEndian.Uint64(out), nil
 		}
-		j0, t0, err := edge()
+		j0, t0, err := read()
 		if err == nil {
-			time.Sleep(100 * time.Millisecond)
+			time.Sleep(200 * time.Millisecond)
 			var j1 uint32
-			var t1 time.Time
-			if j1, t1, err = edge(); err == nil {
-				hzOnce.hz = nearestHZ(float64(j1-j0) / t1.Sub(t0).Seconds())
+			var t1 uint64
+			if j1, t1, err = read(); err == nil {
+				if t1 <= t0 {
+					err = fmt.Errorf("read the kernel's jiffies: the clock did not advance (%d, %d)", t0, t1)
+				} else {
+					hzOnce.hz = nearestHZ(float64(j1-j0) / (float64(t1-t0) / 1e9))
+				}
 			}
 		}
 		hzOnce.err = err

@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 
 	"github.com/cilium/ebpf"
@@ -16,10 +17,14 @@ func (dp *Datapath) SetEndpoint(ifindex uint32, ep *Endpoint) error {
 	return nil
 }
 
-// DeleteEndpoint removes the endpoint of a host veth; a missing one is not an error.
+// DeleteEndpoint removes the endpoint of a host veth, and its count of conntrack entries (a device that takes its
+// ifindex later starts from zero); a missing one is not an error.
 func (dp *Datapath) DeleteEndpoint(ifindex uint32) error {
 	if err := dp.maps.LocalEndpoints.Delete(ifindex); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete endpoint of ifindex %d: %w", ifindex, err)
+	}
+	if err := dp.maps.CtCounts.Delete(ifindex); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete conntrack count of ifindex %d: %w", ifindex, err)
 	}
 	return nil
 }
@@ -71,6 +76,40 @@ func NewEndpoint(identity uint32, mode EndpointMode, addrs []netip.Addr) (Endpoi
 		}
 	}
 	return ep, nil
+}
+
+// SetLink records the pod interface's MAC and IPv6 link-local address, which ARP and neighbour discovery from
+// the pod must carry. An invalid link-local address is derived from the MAC as the kernel does by default
+// (modified EUI-64); a MAC that is not 6 bytes leaves both unknown, and the datapath then checks addresses only.
+func (ep *Endpoint) SetLink(mac net.HardwareAddr, linkLocal netip.Addr) {
+	ep.Mac, ep.LinkLocal6 = [6]uint8{}, [16]uint8{}
+	if len(mac) != 6 {
+		return
+	}
+	copy(ep.Mac[:], mac)
+	if !linkLocal.Is6() || !linkLocal.IsLinkLocalUnicast() {
+		linkLocal = LinkLocalFromMAC(mac)
+	}
+	ep.LinkLocal6 = linkLocal.As16()
+}
+
+// MAC is the pod interface's MAC, nil when unknown.
+func (ep *Endpoint) MAC() net.HardwareAddr {
+	if ep.Mac == [6]uint8{} {
+		return nil
+	}
+	return net.HardwareAddr(ep.Mac[:])
+}
+
+// LinkLocalFromMAC is the IPv6 link-local address the kernel gives an interface with this 6-byte MAC by
+// default: fe80:: and the modified EUI-64 interface identifier (RFC 4291 appendix A).
+func LinkLocalFromMAC(mac net.HardwareAddr) netip.Addr {
+	var a [16]byte
+	a[0], a[1] = 0xfe, 0x80
+	a[8], a[9], a[10] = mac[0]^0x02, mac[1], mac[2]
+	a[11], a[12] = 0xff, 0xfe
+	a[13], a[14], a[15] = mac[3], mac[4], mac[5]
+	return netip.AddrFrom16(a)
 }
 
 // Addrs lists the endpoint's own addresses.
@@ -411,6 +450,92 @@ func sumCounters(perCPU []Counter) Counter {
 // ConntrackMap is the conntrack table (for moatctl and tests).
 func (dp *Datapath) ConntrackMap() *ebpf.Map { return dp.maps.Conntrack }
 
+// Jiffies is the low 32 bits of the kernel's jiffies counter, the clock of conntrack deadlines. It needs the
+// datapath from Load (the enforcer's), not from OpenPinned.
+func (dp *Datapath) Jiffies() (uint32, error) {
+	if dp.jiffies == nil {
+		return 0, errors.New("read the kernel's jiffies: the datapath was opened, not loaded")
+	}
+	j, err := dp.jiffies.Run(&ebpf.RunOptions{Data: make([]byte, 64)})
+	if err != nil {
+		return 0, fmt.Errorf("read the kernel's jiffies: %w", err)
+	}
+	return j, nil
+}
+
+// ConntrackCounts reads each endpoint's count of conntrack entries, by host ifindex.
+func (dp *Datapath) ConntrackCounts() (map[uint32]CTCount, error) {
+	out := map[uint32]CTCount{}
+	var k uint32
+	var v CTCount
+	it := dp.maps.CtCounts.Iterate()
+	for it.Next(&k, &v) {
+		out[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list conntrack counts: %w", err)
+	}
+	return out, nil
+}
+
+// RecountConntrack sets each endpoint's count of conntrack entries to the entries of the table that have not
+// expired. The datapath counts its own inserts and deletes; LRU evictions and entries that expire unseen it
+// cannot, so without a recount a count only grows, and a pod would meet its bound early. Entries inserted while
+// the walk ran are added on top: a count may come out a little high, never low. It drops the counts of devices
+// that are no endpoint any more, and returns the new counts by ifindex.
+func (dp *Datapath) RecountConntrack() (map[uint32]uint64, error) {
+	before, err := dp.ConntrackCounts()
+	if err != nil {
+		return nil, err
+	}
+	now, err := dp.Jiffies()
+	if err != nil {
+		return nil, err
+	}
+	live := map[uint32]uint64{}
+	keys := make([]CTKey, 4096)
+	values := make([]CTValue, 4096)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := dp.maps.Conntrack.BatchLookup(&cursor, keys, values, nil)
+		for i := 0; i < n; i++ {
+			if int32(uint32(values[i].Expires)-now) >= 0 { // deadlines lie within 2^31 ticks of now
+				live[keys[i].Ifindex]++
+			}
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("walk conntrack: %w", err)
+		}
+	}
+	after, err := dp.ConntrackCounts()
+	if err != nil {
+		return nil, err
+	}
+	endpoints, err := dp.Endpoints()
+	if err != nil {
+		return nil, err
+	}
+	out := map[uint32]uint64{}
+	for ifindex, c := range after {
+		if _, ok := endpoints[ifindex]; !ok {
+			if err := dp.maps.CtCounts.Delete(ifindex); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return nil, fmt.Errorf("delete conntrack count of ifindex %d: %w", ifindex, err)
+			}
+			continue
+		}
+		n := live[ifindex] + c.Created - before[ifindex].Created
+		if err := dp.maps.CtCounts.Update(ifindex, CTCount{Live: n, Created: c.Created}, ebpf.UpdateExist); err != nil &&
+			!errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil, fmt.Errorf("write conntrack count of ifindex %d: %w", ifindex, err)
+		}
+		out[ifindex] = n
+	}
+	return out, nil
+}
+
 // FragmentsMap is the table of first fragment verdicts (for tests).
 func (dp *Datapath) FragmentsMap() *ebpf.Map { return dp.maps.Fragments }
 
@@ -482,7 +607,8 @@ func (dp *Datapath) MapFills() (map[string]MapFill, error) {
 
 func (dp *Datapath) allMapsByName() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{"local_endpoints": dp.maps.LocalEndpoints, "identities": dp.maps.Identities,
-		"ipcache": dp.maps.Ipcache, "policy": dp.maps.Policy, "conntrack": dp.maps.Conntrack, "fragments": dp.maps.Fragments}
+		"ipcache": dp.maps.Ipcache, "policy": dp.maps.Policy, "conntrack": dp.maps.Conntrack, "fragments": dp.maps.Fragments,
+		"ct_counts": dp.maps.CtCounts}
 }
 
 // countFilledSlots counts the filled slots of a map-in-map array, one lookup per slot.

@@ -28,14 +28,18 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 
 #define IPPROTO_HOPOPTS 0
 #define IPPROTO_ICMP 1
+#define IPPROTO_IPIP 4
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
+#define IPPROTO_IPV6 41 /* 6in4 */
 #define IPPROTO_ROUTING 43
 #define IPPROTO_FRAGMENT 44
+#define IPPROTO_GRE 47
 #define IPPROTO_AH 51
 #define IPPROTO_ICMPV6 58
 #define IPPROTO_DSTOPTS 60
-#define IPPROTO_MH 135
+#define IPPROTO_ETHERIP 97
+#define IPPROTO_L2TP 115
 #define IPPROTO_SCTP 132
 
 #define IP_MF 0x2000
@@ -55,10 +59,23 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define ICMPV6_ECHO_REQUEST 128
 #define ICMPV6_ECHO_REPLY 129
 #define ICMPV6_MLD_QUERY 130
+#define ICMPV6_MLD_REPORT 131
 #define ICMPV6_MLD_REDUCTION 132
 #define ICMPV6_ROUTER_SOLICIT 133
+#define ICMPV6_ROUTER_ADVERT 134
+#define ICMPV6_NEIGHBOR_SOLICIT 135
+#define ICMPV6_NEIGHBOR_ADVERT 136
 #define ICMPV6_REDIRECT 137
 #define ICMPV6_MLD2_REPORT 143
+
+/* UDP ports of the encapsulations a node decapsulates */
+#define UDP_PORT_VXLAN 4789
+#define UDP_PORT_VXLAN_LINUX 8472 /* the kernel's and flannel's default */
+#define UDP_PORT_GENEVE 6081
+
+/* The longest ICMP error a real stack sends, IP header included: RFC 1812 4.3.2.3 for IPv4, RFC 4443 2.4(c) */
+#define ICMP_ERROR_MAX_V4 576
+#define ICMP_ERROR_MAX_V6 1280
 
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
@@ -142,6 +159,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } conntrack SEC(".maps");
 
+/* endpoint host veth ifindex -> struct moat_ct_count: its conntrack entries, against config.ct_max_per_endpoint */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct moat_ct_count);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ct_counts SEC(".maps");
+
 /* struct moat_frag_key -> struct moat_frag_value: first fragment verdicts */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -220,7 +246,11 @@ struct packet {
 	__u16 sport; /* host order */
 	__u16 dport;
 	__u8 frag_protocol; /* the protocol in a fragment's key: IPv4's, or the IPv6 fragment header's next header */
-	__u8 pad[3];
+	__u8 icmp_code;
+	__u8 pad[2];
+	__u32 tcp_seq; /* host order */
+	__u32 tcp_ack;
+	__u32 tcp_len; /* TCP payload bytes */
 	__u32 frag_id;
 	__u32 l4_off; /* offset of the L4 header from the start of the frame */
 	__u32 l3_end; /* end of the IP datagram in the frame */
@@ -344,6 +374,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p)
 	if (p->protocol == IPPROTO_ICMP || p->protocol == IPPROTO_ICMPV6) {
 		__u8 *b = (__u8 *)&l4;
 		p->icmp_type = b[0];
+		p->icmp_code = b[1];
 		if (is_icmp_echo(p->family, p->icmp_type)) {
 			/* the identifier stands for both ports, so request and reply meet in conntrack */
 			p->sport = ((__u16)b[4] << 8) | b[5];
@@ -355,8 +386,17 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p)
 	p->sport = bpf_ntohs(l4.sport);
 	p->dport = bpf_ntohs(l4.dport);
 	p->has_ports = 1;
-	if (p->protocol == IPPROTO_TCP)
+	if (p->protocol == IPPROTO_TCP) {
+		__u32 doff = (l4.rest[8] >> 4) * 4;
+
+		/* a header shorter than 20 bytes, or options past the datagram (a tiny first fragment) */
+		if (doff < 20 || p->l4_off + doff > p->l3_end)
+			return MOAT_REASON_MALFORMED;
 		p->tcp_flags = l4.rest[9];
+		p->tcp_seq = ((__u32)l4.rest[0] << 24) | ((__u32)l4.rest[1] << 16) | ((__u32)l4.rest[2] << 8) | l4.rest[3];
+		p->tcp_ack = ((__u32)l4.rest[4] << 24) | ((__u32)l4.rest[5] << 16) | ((__u32)l4.rest[6] << 8) | l4.rest[7];
+		p->tcp_len = p->l3_end - p->l4_off - doff;
+	}
 	return 0;
 }
 
@@ -435,7 +475,6 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct packet *p)
 		case IPPROTO_HOPOPTS:
 		case IPPROTO_ROUTING:
 		case IPPROTO_DSTOPTS:
-		case IPPROTO_MH:
 			if (off + 8 > p->l3_end || bpf_skb_load_bytes(skb, off, &ext, 2) < 0)
 				return MOAT_REASON_MALFORMED;
 			next = ext.nexthdr;
@@ -471,12 +510,12 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct packet *p)
 			goto done;
 		}
 	}
-	/* still an extension header after MAX_EXTHDRS: refuse rather than guess */
+	/* still an extension header after MAX_EXTHDRS: refuse rather than guess. The Mobility header (135) is an
+	 * upper-layer protocol for policy, as the receiving stack treats it, never a header to look past. */
 	switch (next) {
 	case IPPROTO_HOPOPTS:
 	case IPPROTO_ROUTING:
 	case IPPROTO_DSTOPTS:
-	case IPPROTO_MH:
 	case IPPROTO_AH:
 	case IPPROTO_FRAGMENT:
 		return MOAT_REASON_EXTHDR_LIMIT;
@@ -596,23 +635,6 @@ static __always_inline int endpoint_owns(const struct moat_endpoint *ep, __u8 fa
 	return 0;
 }
 
-/*
- * IPv6 neighbour discovery and MLD keep the pod's link working and never leave it: ND needs hop limit 255 and
- * MLD hop limit 1, so nothing a router forwarded qualifies. They pass from the unspecified address (DAD) and
- * link-local sources, and from the pod's own addresses towards its link (neighbor_on_link).
- */
-static __always_inline int is_neighbor_discovery(const struct packet *p)
-{
-	if (p->family != 6 || p->protocol != IPPROTO_ICMPV6 || p->fragment)
-		return 0;
-	if (p->icmp_type >= ICMPV6_ROUTER_SOLICIT && p->icmp_type <= ICMPV6_REDIRECT)
-		return p->hop_limit == 255;
-	if ((p->icmp_type >= ICMPV6_MLD_QUERY && p->icmp_type <= ICMPV6_MLD_REDUCTION) ||
-	    p->icmp_type == ICMPV6_MLD2_REPORT)
-		return p->hop_limit == 1 && p->daddr[0] == 0xff;
-	return 0;
-}
-
 /* ---- remote classification and policy ---- */
 
 static __always_inline void classify(__u8 family, const __u8 *addr, __u8 *class, __u32 *identity)
@@ -633,27 +655,42 @@ static __always_inline void classify(__u8 family, const __u8 *addr, __u8 *class,
 	}
 }
 
-/*
- * Neighbour discovery from the pod's global address passes only towards its link: a multicast or link-local
- * destination, or a cluster address such as the gateway (unreachability detection of a global gateway). Towards
- * the world or the metadata API it is an ordinary ICMPv6 packet for policy to judge, so ND cannot carry data off
- * the node.
- */
-static __always_inline int neighbor_on_link(const struct packet *p)
-{
-	__u32 identity;
-	__u8 class;
-
-	if (p->daddr[0] == 0xff || is_link_local6(p->daddr))
-		return 1;
-	classify(6, p->daddr, &class, &identity);
-	return class != MOAT_CLASS_WORLD && class != MOAT_CLASS_METADATA;
-}
+#include "neighbor.h"
 
 static __always_inline void better(struct moat_rule_ref *best, const struct moat_rule_ref *r)
 {
 	if (r->order < best->order)
 		*best = *r;
+}
+
+/* Is a an IPv6 address of a NAT64 prefix that embeds an IPv4 address in its last 32 bits: the well-known
+ * 64:ff9b::/96 (RFC 6052), or the local-use 64:ff9b:1::/48 (RFC 8215) with a /96 NAT64 prefix inside it? */
+static __always_inline int nat64_embeds_ipv4(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	if (a[0] != 0x00 || a[1] != 0x64 || a[2] != 0xff || a[3] != 0x9b)
+		return 0;
+	if (w[1] == 0 && w[2] == 0)
+		return 1; /* 64:ff9b::/96 */
+	return a[4] == 0x00 && a[5] == 0x01; /* 64:ff9b:1::/48 */
+}
+
+/* Encapsulation a node decapsulates (IPIP, 6in4, GRE, EtherIP, L2TP; VXLAN and Geneve by their UDP ports): sent
+ * to the node, its inner packet would go where policy never looked. port is the destination port. */
+static __always_inline int is_encapsulation(__u8 protocol, __u16 port)
+{
+	switch (protocol) {
+	case IPPROTO_IPIP:
+	case IPPROTO_IPV6:
+	case IPPROTO_GRE:
+	case IPPROTO_ETHERIP:
+	case IPPROTO_L2TP:
+		return 1;
+	case IPPROTO_UDP:
+		return port == UDP_PORT_VXLAN || port == UDP_PORT_VXLAN_LINUX || port == UDP_PORT_GENEVE;
+	}
+	return 0;
 }
 
 /*
@@ -669,8 +706,17 @@ static __always_inline __u8 decide(const struct moat_config *cfg, __u32 identity
 	struct moat_rule_ref enforce = {.order = MOAT_ORDER_NONE}, audit = {.order = MOAT_ORDER_NONE};
 	__u32 flags = 0, pclass = 0;
 	__u8 class, world_default;
+	__u8 embedded[16] __attribute__((aligned(8)));
 	void *inner;
 
+	/* A NAT64 address is decided by the IPv4 address it stands for: the metadata block and every IPv4 rule hold
+	 * through the translator. */
+	if (family == 6 && nat64_embeds_ipv4(remote)) {
+		clear16(embedded);
+		__builtin_memcpy(embedded, remote + 12, 4);
+		remote = embedded;
+		family = 4;
+	}
 	classify(family, remote, &class, &d->remote_identity);
 	d->remote_class = class;
 	d->rule_id = 0;
@@ -751,6 +797,11 @@ static __always_inline __u8 decide(const struct moat_config *cfg, __u32 identity
 			return MOAT_ACTION_ALLOW;
 		}
 		d->reason = MOAT_REASON_DENY_RULE;
+		return MOAT_ACTION_DENY;
+	}
+	if (dir == MOAT_DIR_EGRESS && (class == MOAT_CLASS_NODE || class == MOAT_CLASS_CLUSTER) &&
+	    is_encapsulation(protocol, port)) {
+		d->reason = MOAT_REASON_ENCAPSULATION;
 		return MOAT_ACTION_DENY;
 	}
 	if (class == MOAT_CLASS_WORLD && world_default == MOAT_ACTION_DENY) {
@@ -850,6 +901,72 @@ static __always_inline int ct_revalidate(const struct moat_config *cfg, const st
 	return 0;
 }
 
+/* ---- the per-endpoint conntrack bound ---- */
+
+static __always_inline struct moat_ct_count *ct_count_of(__u32 ifindex)
+{
+	struct moat_ct_count *c = bpf_map_lookup_elem(&ct_counts, &ifindex);
+
+	if (!c) {
+		struct moat_ct_count zero = {};
+		bpf_map_update_elem(&ct_counts, &ifindex, &zero, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&ct_counts, &ifindex);
+	}
+	return c;
+}
+
+/* Deletes a conntrack entry of the endpoint and counts it out. */
+static __always_inline void ct_delete(const struct moat_ct_key *k)
+{
+	struct moat_ct_count *c;
+
+	if (bpf_map_delete_elem(&conntrack, k) != 0)
+		return;
+	c = bpf_map_lookup_elem(&ct_counts, &k->ifindex);
+	if (c && c->live > 0)
+		__sync_fetch_and_add(&c->live, -1);
+}
+
+/* The sequence number after a TCP segment: what its sender sends next. */
+static __always_inline __u32 tcp_seq_end(const struct packet *p)
+{
+	return p->tcp_seq + p->tcp_len + ((p->tcp_flags & TCP_FLAG_SYN) ? 1 : 0) +
+	       ((p->tcp_flags & TCP_FLAG_FIN) ? 1 : 0);
+}
+
+static __always_inline __u8 ct_seq_flag(__u8 dir)
+{
+	return dir == MOAT_DIR_EGRESS ? MOAT_CT_SEQ_LOCAL : MOAT_CT_SEQ_REMOTE;
+}
+
+/*
+ * Would the endpoint's own TCP take this RST? Only one that an on-path sender could write: its sequence number is
+ * exactly the next one its sender's side of the flow sends (RFC 5961: a modern stack resets only on that, and
+ * answers any other in-window RST with a challenge ACK that draws the exact one), or it acknowledges exactly what
+ * the other side sent (the answer to a SYN). A blind RST from off the path matches neither.
+ */
+static __always_inline int tcp_rst_accepted(const struct moat_ct_value *ct, const struct packet *p, __u8 dir)
+{
+	__u8 other = dir ^ 1;
+
+	if ((ct->flags & ct_seq_flag(dir)) && p->tcp_seq == ct->seq_next[dir & 1])
+		return 1;
+	return (p->tcp_flags & TCP_FLAG_ACK) && (ct->flags & ct_seq_flag(other)) &&
+	       p->tcp_ack == ct->seq_next[other & 1];
+}
+
+/* Keeps the highest next sequence number each side of a TCP flow has sent. */
+static __always_inline void tcp_track_seq(struct moat_ct_value *ct, const struct packet *p, __u8 dir)
+{
+	__u32 end = tcp_seq_end(p);
+	__u8 own = ct_seq_flag(dir);
+
+	if (!(ct->flags & own) || (__s32)(end - ct->seq_next[dir & 1]) > 0) {
+		ct->seq_next[dir & 1] = end;
+		ct->flags |= own;
+	}
+}
+
 /*
  * Looks the flow up in conntrack. Returns 1 and fills d when conntrack decides the packet (an established or
  * related flow, or one that a policy change revoked), 0 when it is new.
@@ -877,6 +994,9 @@ static __always_inline int ct_lookup(struct __sk_buff *skb, const struct moat_co
 			struct iphdr6 ip6;
 			__u32 off = p->l4_off + 8;
 
+			/* a quote longer than a real stack sends carries something else: plain ICMP for policy */
+			if (p->l3_end - ETH_HLEN > (p->family == 4 ? ICMP_ERROR_MAX_V4 : ICMP_ERROR_MAX_V6))
+				return 0;
 			if (p->family == 4) {
 				if (bpf_skb_load_bytes(skb, off, &ip4, sizeof(ip4)) < 0)
 					return 0;
@@ -908,6 +1028,11 @@ static __always_inline int ct_lookup(struct __sk_buff *skb, const struct moat_co
 				in.sport = 0;
 				in.dport = 0;
 			}
+			/* An error goes back to the sender of the packet it quotes: to the peer of the flow when the pod
+			 * sends it, to the pod when it receives it. One sent anywhere else is not related to the flow
+			 * (it would carry data past policy to any address): plain ICMP for policy. */
+			if (!addr_eq(in.saddr, p->daddr))
+				return 0;
 			/* the quoted packet travelled in the other direction: its source is ours for to_pod */
 			if (dir == MOAT_DIR_INGRESS)
 				ct_key_for(&k, skb->ifindex, p->family, in.protocol, in.saddr, in.sport, in.daddr,
@@ -932,11 +1057,11 @@ lookup:
 	if (!ct)
 		return 0;
 	if (ct->expires < now) {
-		bpf_map_delete_elem(&conntrack, &k);
+		ct_delete(&k);
 		return 0;
 	}
 	if (!ct_revalidate(cfg, ep, &k, ct, d)) {
-		bpf_map_delete_elem(&conntrack, &k);
+		ct_delete(&k);
 		d->pass = 0;
 		d->reason = MOAT_REASON_REVOKED;
 		d->verdict = MOAT_VERDICT_DENIED;
@@ -956,9 +1081,13 @@ lookup:
 
 	if (p->protocol == IPPROTO_TCP) {
 		if (p->tcp_flags & TCP_FLAG_RST) {
-			bpf_map_delete_elem(&conntrack, &k); /* the RST itself passes; the flow is over */
+			/* The RST passes either way: the endpoint's TCP judges it. Only one it would take ends the
+			 * flow here, so a blind RST cannot cut an allowed flow out of conntrack. */
+			if (tcp_rst_accepted(ct, p, dir))
+				ct_delete(&k);
 			return 1;
 		}
+		tcp_track_seq(ct, p, dir);
 		if (p->tcp_flags & TCP_FLAG_FIN)
 			ct->flags |= dir == MOAT_DIR_EGRESS ? MOAT_CT_FIN_LOCAL : MOAT_CT_FIN_REMOTE;
 	}
@@ -970,8 +1099,12 @@ lookup:
 	return 1;
 }
 
-static __always_inline void ct_create(__u32 ifindex, const struct packet *p, __u8 dir,
-				      const struct moat_config *cfg, const struct decision *d)
+/*
+ * Records an allowed new flow. Returns 0, or MOAT_REASON_CT_LIMIT when the endpoint already holds its bound of
+ * entries: a flood of new flows fills its own share, never the table of everyone else.
+ */
+static __always_inline int ct_create(__u32 ifindex, const struct packet *p, __u8 dir,
+				     const struct moat_config *cfg, const struct decision *d)
 {
 	struct moat_ct_key k;
 	struct moat_ct_value v = {};
@@ -980,17 +1113,27 @@ static __always_inline void ct_create(__u32 ifindex, const struct packet *p, __u
 	__u16 lport = dir == MOAT_DIR_EGRESS ? p->sport : p->dport;
 	__u16 rport = dir == MOAT_DIR_EGRESS ? p->dport : p->sport;
 
+	struct moat_ct_count *c = 0;
+
 	if (p->protocol == IPPROTO_ICMP || p->protocol == IPPROTO_ICMPV6) {
 		if (!is_icmp_echo(p->family, p->icmp_type))
-			return;
+			return 0;
 		rport = 0;
 	} else if (!p->has_ports) {
 		lport = 0;
 		rport = 0;
 	}
 	if (p->protocol == IPPROTO_TCP && (p->tcp_flags & TCP_FLAG_RST))
-		return;
+		return 0;
 	ct_key_for(&k, ifindex, p->family, p->protocol, laddr, lport, raddr, rport);
+	if (cfg->ct_max_per_endpoint) {
+		c = ct_count_of(ifindex);
+		/* at the bound, only an entry that exists already (a SYN on a reused port) may be written again */
+		if (c && c->live >= cfg->ct_max_per_endpoint && !bpf_map_lookup_elem(&conntrack, &k)) {
+			stat_inc(MOAT_STAT_CT_LIMITED);
+			return MOAT_REASON_CT_LIMIT;
+		}
+	}
 	v.generation = cfg->generation;
 	v.direction = dir;
 	v.port = policy_port(p);
@@ -999,8 +1142,20 @@ static __always_inline void ct_create(__u32 ifindex, const struct packet *p, __u
 	/* a TCP flow picked up after its handshake (an eviction, a restart) counts as established */
 	v.expires = bpf_jiffies64() +
 		    ticks(cfg, ct_timeout(p->protocol, 0, p->protocol == IPPROTO_TCP && !(p->tcp_flags & TCP_FLAG_SYN)));
-	if (bpf_map_update_elem(&conntrack, &k, &v, BPF_ANY) == 0)
+	if (p->protocol == IPPROTO_TCP && p->has_ports) {
+		v.seq_next[dir & 1] = tcp_seq_end(p);
+		v.flags |= ct_seq_flag(dir);
+	}
+	if (bpf_map_update_elem(&conntrack, &k, &v, BPF_NOEXIST) == 0) {
 		stat_inc(MOAT_STAT_CT_CREATED);
+		if (c) {
+			__sync_fetch_and_add(&c->live, 1);
+			__sync_fetch_and_add(&c->created, 1);
+		}
+	} else {
+		bpf_map_update_elem(&conntrack, &k, &v, BPF_ANY); /* replaces a stale entry: no new one to count */
+	}
+	return 0;
 }
 
 /* ---- fragments ---- */
@@ -1045,7 +1200,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 	struct moat_endpoint *ep;
 	struct moat_config *cfg;
 	__u32 ifindex = skb->ifindex, zero = 0;
-	__u8 eth_proto[2];
+	struct ethhdr_moat eth;
 	__u16 proto;
 	int err;
 
@@ -1064,12 +1219,22 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 	if (!cfg)
 		return TCX_DROP;
 
-	if (load(skb, &p, 12, eth_proto, 2) < 0) {
+	if (load(skb, &p, 0, &eth, sizeof(eth)) < 0) {
 		d.reason = MOAT_REASON_MALFORMED;
 		return finish(skb, ep, &p, dir, &d);
 	}
-	proto = ((__u16)eth_proto[0] << 8) | eth_proto[1];
+	/* a pod sends with its own MAC only, so it cannot take over another's place in the bridge's table */
+	if (dir == MOAT_DIR_EGRESS && mac_known(ep) && !mac_eq(eth.source, ep->mac)) {
+		d.reason = MOAT_REASON_SPOOFED;
+		return finish(skb, ep, &p, dir, &d);
+	}
+	proto = bpf_ntohs(eth.proto);
 	if (proto == ETH_P_ARP) {
+		err = arp_check(skb, &p, ep, dir);
+		if (err) {
+			d.reason = err;
+			return finish(skb, ep, &p, dir, &d);
+		}
 		d.pass = 1;
 		d.reason = MOAT_REASON_NEIGHBOR;
 		d.emit = 0;
@@ -1086,14 +1251,24 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 		return finish(skb, ep, &p, dir, &d);
 	}
 
-	if (is_neighbor_discovery(&p)) {
-		if (dir == MOAT_DIR_INGRESS || addr_is_zero(p.saddr) || is_link_local6(p.saddr) ||
-		    (endpoint_owns(ep, 6, p.saddr) && neighbor_on_link(&p))) {
-			d.pass = 1;
-			d.reason = MOAT_REASON_NEIGHBOR;
-			d.emit = 0;
+	/* to a pod only what is addressed to it: nothing rides to a pod on a frame sent to its MAC */
+	if (dir == MOAT_DIR_INGRESS && !for_endpoint(ep, &p)) {
+		d.reason = MOAT_REASON_NOT_FOR_ENDPOINT;
+		return finish(skb, ep, &p, dir, &d);
+	}
+	/* A pod's ARP and ND pass without policy, so neither can be blocked by a deny-everything policy, but only
+	 * for its own addresses and towards its link (neighbor.h). An ND or MLD type with another hop limit is no
+	 * neighbour message to any receiver: plain ICMPv6 for policy. */
+	if (is_neighbor_message(&p) && nd_on_link(&p)) {
+		err = dir == MOAT_DIR_EGRESS ? nd_from_pod(skb, &p, ep) : 0;
+		if (err) {
+			d.reason = err;
 			return finish(skb, ep, &p, dir, &d);
 		}
+		d.pass = 1;
+		d.reason = MOAT_REASON_NEIGHBOR;
+		d.emit = 0;
+		return finish(skb, ep, &p, dir, &d);
 	}
 	if (dir == MOAT_DIR_EGRESS && !endpoint_owns(ep, p.family, p.saddr)) {
 		d.reason = MOAT_REASON_SPOOFED;
@@ -1144,8 +1319,13 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 			d.verdict = MOAT_VERDICT_DENIED;
 			d.emit = 1;
 		}
-		if (d.create_ct)
-			ct_create(ifindex, &p, dir, cfg, &d);
+		if (d.create_ct && ct_create(ifindex, &p, dir, cfg, &d)) {
+			/* past the endpoint's conntrack bound: not policy, so audit mode does not pass it either */
+			d.pass = 0;
+			d.verdict = MOAT_VERDICT_DENIED;
+			d.reason = MOAT_REASON_CT_LIMIT;
+			d.emit = 1;
+		}
 	}
 
 	if (p.fragment) {
@@ -1175,9 +1355,16 @@ int moat_to_pod(struct __sk_buff *skb)
 	return process(skb, MOAT_DIR_INGRESS);
 }
 
-/* Not attached: the enforcer runs it (BPF_PROG_TEST_RUN) twice, some time apart, to learn config.hz. */
+/* Not attached: the enforcer runs it (BPF_PROG_TEST_RUN) to read the jiffies clock of conntrack deadlines, and
+ * twice some time apart to learn config.hz. It returns the low 32 bits of jiffies, and writes the monotonic clock
+ * (8 bytes, ns) over the start of the packet, read in the same instant, so the rate measured does not depend on
+ * when user space got to run. */
 SEC("tc")
 int moat_jiffies(struct __sk_buff *skb)
 {
-	return (__u32)bpf_jiffies64();
+	__u64 now = bpf_ktime_get_ns();
+	__u64 j = bpf_jiffies64();
+
+	bpf_skb_store_bytes(skb, 0, &now, sizeof(now), 0);
+	return (__u32)j;
 }

@@ -10,7 +10,8 @@
 
 /* Bumped whenever a map's key, value or meaning changes; kept in the config map so a new enforcer can refuse or
  * migrate pinned maps of an older layout. */
-#define MOAT_LAYOUT_VERSION 2 /* 2: policy is an array of maps by identity; deadlines in jiffies */
+#define MOAT_LAYOUT_VERSION 3 /* 2: policy is an array of maps by identity; deadlines in jiffies. 3: endpoint MAC and
+				* link-local address, TCP sequence tracking in conntrack, per-endpoint conntrack bound */
 
 #define MOAT_MAX_ENDPOINT_V4 4
 #define MOAT_MAX_ENDPOINT_V6 4
@@ -70,6 +71,11 @@ enum moat_reason {
 	MOAT_REASON_UNSUPPORTED_L3 = 24, /* neither IPv4, IPv6 nor ARP */
 	MOAT_REASON_REVOKED = 25,      /* an established flow that the current policy denies */
 	MOAT_REASON_NO_POLICY = 26,    /* the identity's policy map has no root PORT entry: never published whole */
+	MOAT_REASON_NEIGHBOR_DENIED = 27, /* ARP or ND/MLD that a pod may not send: another's address or MAC, a
+					   * router's message, a payload beyond its options */
+	MOAT_REASON_NOT_FOR_ENDPOINT = 28, /* to a pod, but not to its address, a broadcast or a multicast group */
+	MOAT_REASON_ENCAPSULATION = 29,    /* tunnel traffic (IPIP, 6in4, GRE, VXLAN, Geneve) to the node: needs a rule */
+	MOAT_REASON_CT_LIMIT = 30,         /* a new flow past the endpoint's bound of conntrack entries */
 	MOAT_REASON_MAX = 32,
 };
 
@@ -87,6 +93,9 @@ struct moat_endpoint {
 	__u8 pad;
 	__u8 ipv4[MOAT_MAX_ENDPOINT_V4][4];
 	__u8 ipv6[MOAT_MAX_ENDPOINT_V6][16];
+	__u8 mac[6];           /* the pod interface's MAC; all zero = unknown (a record of an older plugin) */
+	__u8 pad2[2];
+	__u8 link_local6[16];  /* the pod interface's IPv6 link-local address; all zero = unknown */
 };
 
 /* config map, one element (key 0). Written by the enforcer. */
@@ -100,7 +109,7 @@ struct moat_config {
 	__u64 generation;        /* bumped after every change that can alter a verdict; conntrack entries remember it */
 	__u8 default_verdict[2]; /* per direction: world traffic of identities without a policy map (cluster default) */
 	__u16 hz;                /* ticks per second of bpf_jiffies64, measured by the enforcer; 0 = not yet */
-	__u8 pad[4];
+	__u32 ct_max_per_endpoint; /* conntrack entries one endpoint may hold; 0 = no bound of its own */
 };
 
 /* ipcache map: remote address -> class and identity. data = family (4|6), then the address. */
@@ -182,6 +191,8 @@ enum moat_ct_flags {
 	MOAT_CT_FIN_LOCAL = 1 << 1,  /* the pod sent FIN */
 	MOAT_CT_FIN_REMOTE = 1 << 2, /* the remote sent FIN */
 	MOAT_CT_AUDIT = 1 << 3,      /* let through only because of audit mode */
+	MOAT_CT_SEQ_LOCAL = 1 << 4,  /* seq_next[MOAT_DIR_EGRESS] holds the pod's next TCP sequence number */
+	MOAT_CT_SEQ_REMOTE = 1 << 5, /* seq_next[MOAT_DIR_INGRESS] holds the remote's */
 };
 
 struct moat_ct_value {
@@ -191,6 +202,15 @@ struct moat_ct_value {
 	__u8 direction;   /* direction of the first packet: enum moat_direction */
 	__u8 flags;       /* enum moat_ct_flags */
 	__u16 port;       /* the port policy judged the first packet by (ICMP: its type), for decisions again */
+	__u32 seq_next[2]; /* TCP, by direction of the sender: the sequence number it sends next (highest seen) */
+};
+
+/* ct_counts map value, keyed by the endpoint's host veth ifindex: its conntrack entries, against
+ * config.ct_max_per_endpoint. The datapath counts up on insert and down on its own deletes; LRU evictions are not
+ * seen, so the enforcer recounts the table now and then. */
+struct moat_ct_count {
+	__u64 live;    /* entries the endpoint holds (an estimate never below the truth after a recount) */
+	__u64 created; /* entries ever inserted, so a recount can add those made while it ran */
 };
 
 /* fragments map: the verdict of a first fragment, for the fragments that follow it. */
@@ -222,6 +242,7 @@ struct moat_counter {
 enum moat_stat {
 	MOAT_STAT_EVENTS_LOST = 0, /* the ring buffer was full */
 	MOAT_STAT_CT_CREATED = 1,
+	MOAT_STAT_CT_LIMITED = 2, /* new flows refused by the per-endpoint conntrack bound */
 	MOAT_STAT_MAX = 8,
 };
 

@@ -33,13 +33,13 @@ const (
 )
 
 type moatMoatConfig struct {
-	_              structs.HostLayout
-	LayoutVersion  uint32
-	Flags          uint32
-	Generation     uint64
-	DefaultVerdict [2]uint8
-	Hz             uint16
-	Pad            [4]uint8
+	_                structs.HostLayout
+	LayoutVersion    uint32
+	Flags            uint32
+	Generation       uint64
+	DefaultVerdict   [2]uint8
+	Hz               uint16
+	CtMaxPerEndpoint uint32
 }
 
 type moatMoatConfigFlags uint32
@@ -54,6 +54,12 @@ type moatMoatCounter struct {
 	Bytes   uint64
 }
 
+type moatMoatCtCount struct {
+	_       structs.HostLayout
+	Live    uint64
+	Created uint64
+}
+
 type moatMoatCtFlags uint32
 
 const (
@@ -61,6 +67,8 @@ const (
 	moatMoatCtFlagsMOAT_CT_FIN_LOCAL  moatMoatCtFlags = 2
 	moatMoatCtFlagsMOAT_CT_FIN_REMOTE moatMoatCtFlags = 4
 	moatMoatCtFlagsMOAT_CT_AUDIT      moatMoatCtFlags = 8
+	moatMoatCtFlagsMOAT_CT_SEQ_LOCAL  moatMoatCtFlags = 16
+	moatMoatCtFlagsMOAT_CT_SEQ_REMOTE moatMoatCtFlags = 32
 )
 
 type moatMoatCtKey struct {
@@ -83,6 +91,7 @@ type moatMoatCtValue struct {
 	Direction  uint8
 	Flags      uint8
 	Port       uint16
+	SeqNext    [2]uint32
 }
 
 type moatMoatDirection uint32
@@ -93,14 +102,17 @@ const (
 )
 
 type moatMoatEndpoint struct {
-	_        structs.HostLayout
-	Identity uint32
-	Mode     uint8
-	N_ipv4   uint8
-	N_ipv6   uint8
-	Pad      uint8
-	Ipv4     [4][4]uint8
-	Ipv6     [4][16]uint8
+	_          structs.HostLayout
+	Identity   uint32
+	Mode       uint8
+	N_ipv4     uint8
+	N_ipv6     uint8
+	Pad        uint8
+	Ipv4       [4][4]uint8
+	Ipv6       [4][16]uint8
+	Mac        [6]uint8
+	Pad2       [2]uint8
+	LinkLocal6 [16]uint8
 }
 
 type moatMoatEndpointMode uint32
@@ -206,28 +218,32 @@ type moatMoatPolicyValue struct {
 type moatMoatReason uint32
 
 const (
-	moatMoatReasonMOAT_REASON_NONE           moatMoatReason = 0
-	moatMoatReasonMOAT_REASON_ALLOW_RULE     moatMoatReason = 1
-	moatMoatReasonMOAT_REASON_ALLOW_DEFAULT  moatMoatReason = 2
-	moatMoatReasonMOAT_REASON_CT_ESTABLISHED moatMoatReason = 3
-	moatMoatReasonMOAT_REASON_CT_REPLY       moatMoatReason = 4
-	moatMoatReasonMOAT_REASON_CT_RELATED     moatMoatReason = 5
-	moatMoatReasonMOAT_REASON_NEIGHBOR       moatMoatReason = 6
-	moatMoatReasonMOAT_REASON_FRAGMENT       moatMoatReason = 7
-	moatMoatReasonMOAT_REASON_AUDIT          moatMoatReason = 8
-	moatMoatReasonMOAT_REASON_AUDIT_POLICY   moatMoatReason = 9
-	moatMoatReasonMOAT_REASON_NO_ENDPOINT    moatMoatReason = 16
-	moatMoatReasonMOAT_REASON_SPOOFED        moatMoatReason = 17
-	moatMoatReasonMOAT_REASON_DENY_RULE      moatMoatReason = 18
-	moatMoatReasonMOAT_REASON_DENY_DEFAULT   moatMoatReason = 19
-	moatMoatReasonMOAT_REASON_METADATA       moatMoatReason = 20
-	moatMoatReasonMOAT_REASON_MALFORMED      moatMoatReason = 21
-	moatMoatReasonMOAT_REASON_FRAG_NO_FIRST  moatMoatReason = 22
-	moatMoatReasonMOAT_REASON_EXTHDR_LIMIT   moatMoatReason = 23
-	moatMoatReasonMOAT_REASON_UNSUPPORTED_L3 moatMoatReason = 24
-	moatMoatReasonMOAT_REASON_REVOKED        moatMoatReason = 25
-	moatMoatReasonMOAT_REASON_NO_POLICY      moatMoatReason = 26
-	moatMoatReasonMOAT_REASON_MAX            moatMoatReason = 32
+	moatMoatReasonMOAT_REASON_NONE             moatMoatReason = 0
+	moatMoatReasonMOAT_REASON_ALLOW_RULE       moatMoatReason = 1
+	moatMoatReasonMOAT_REASON_ALLOW_DEFAULT    moatMoatReason = 2
+	moatMoatReasonMOAT_REASON_CT_ESTABLISHED   moatMoatReason = 3
+	moatMoatReasonMOAT_REASON_CT_REPLY         moatMoatReason = 4
+	moatMoatReasonMOAT_REASON_CT_RELATED       moatMoatReason = 5
+	moatMoatReasonMOAT_REASON_NEIGHBOR         moatMoatReason = 6
+	moatMoatReasonMOAT_REASON_FRAGMENT         moatMoatReason = 7
+	moatMoatReasonMOAT_REASON_AUDIT            moatMoatReason = 8
+	moatMoatReasonMOAT_REASON_AUDIT_POLICY     moatMoatReason = 9
+	moatMoatReasonMOAT_REASON_NO_ENDPOINT      moatMoatReason = 16
+	moatMoatReasonMOAT_REASON_SPOOFED          moatMoatReason = 17
+	moatMoatReasonMOAT_REASON_DENY_RULE        moatMoatReason = 18
+	moatMoatReasonMOAT_REASON_DENY_DEFAULT     moatMoatReason = 19
+	moatMoatReasonMOAT_REASON_METADATA         moatMoatReason = 20
+	moatMoatReasonMOAT_REASON_MALFORMED        moatMoatReason = 21
+	moatMoatReasonMOAT_REASON_FRAG_NO_FIRST    moatMoatReason = 22
+	moatMoatReasonMOAT_REASON_EXTHDR_LIMIT     moatMoatReason = 23
+	moatMoatReasonMOAT_REASON_UNSUPPORTED_L3   moatMoatReason = 24
+	moatMoatReasonMOAT_REASON_REVOKED          moatMoatReason = 25
+	moatMoatReasonMOAT_REASON_NO_POLICY        moatMoatReason = 26
+	moatMoatReasonMOAT_REASON_NEIGHBOR_DENIED  moatMoatReason = 27
+	moatMoatReasonMOAT_REASON_NOT_FOR_ENDPOINT moatMoatReason = 28
+	moatMoatReasonMOAT_REASON_ENCAPSULATION    moatMoatReason = 29
+	moatMoatReasonMOAT_REASON_CT_LIMIT         moatMoatReason = 30
+	moatMoatReasonMOAT_REASON_MAX              moatMoatReason = 32
 )
 
 type moatMoatRuleRef struct {
@@ -243,6 +259,7 @@ type moatMoatStat uint32
 const (
 	moatMoatStatMOAT_STAT_EVENTS_LOST moatMoatStat = 0
 	moatMoatStatMOAT_STAT_CT_CREATED  moatMoatStat = 1
+	moatMoatStatMOAT_STAT_CT_LIMITED  moatMoatStat = 2
 	moatMoatStatMOAT_STAT_MAX         moatMoatStat = 8
 )
 
@@ -260,6 +277,7 @@ const (
 const (
 	moatMapConfig            = "config"
 	moatMapConntrack         = "conntrack"
+	moatMapCtCounts          = "ct_counts"
 	moatMapEvents            = "events"
 	moatMapFragments         = "fragments"
 	moatMapIdentities        = "identities"
@@ -331,6 +349,7 @@ type moatProgramSpecs struct {
 type moatMapSpecs struct {
 	Config         *ebpf.MapSpec `ebpf:"config"`
 	Conntrack      *ebpf.MapSpec `ebpf:"conntrack"`
+	CtCounts       *ebpf.MapSpec `ebpf:"ct_counts"`
 	Events         *ebpf.MapSpec `ebpf:"events"`
 	Fragments      *ebpf.MapSpec `ebpf:"fragments"`
 	Identities     *ebpf.MapSpec `ebpf:"identities"`
@@ -374,6 +393,7 @@ func (o *moatObjects) Close() error {
 type moatMaps struct {
 	Config         *ebpf.Map `ebpf:"config"`
 	Conntrack      *ebpf.Map `ebpf:"conntrack"`
+	CtCounts       *ebpf.Map `ebpf:"ct_counts"`
 	Events         *ebpf.Map `ebpf:"events"`
 	Fragments      *ebpf.Map `ebpf:"fragments"`
 	Identities     *ebpf.Map `ebpf:"identities"`
@@ -389,6 +409,7 @@ func (m *moatMaps) Close() error {
 	return _MoatClose(
 		m.Config,
 		m.Conntrack,
+		m.CtCounts,
 		m.Events,
 		m.Fragments,
 		m.Identities,

@@ -17,6 +17,7 @@ type (
 	RuleRef        = moatMoatRuleRef
 	CTKey          = moatMoatCtKey
 	CTValue        = moatMoatCtValue
+	CTCount        = moatMoatCtCount
 	FragKey        = moatMoatFragKey
 	FragValue      = moatMoatFragValue
 	Counter        = moatMoatCounter
@@ -36,7 +37,7 @@ type (
 )
 
 // LayoutVersion is the map layout this build creates and understands (MOAT_LAYOUT_VERSION in moat.h).
-const LayoutVersion = 2
+const LayoutVersion = 3
 
 // MaxIdentities bounds namespace identities (1 to MaxIdentities-1): they index the policy map.
 const MaxIdentities = 65536
@@ -77,65 +78,74 @@ const (
 )
 
 const (
-	ReasonNone          Reason = moatMoatReasonMOAT_REASON_NONE
-	ReasonAllowRule     Reason = moatMoatReasonMOAT_REASON_ALLOW_RULE
-	ReasonAllowDefault  Reason = moatMoatReasonMOAT_REASON_ALLOW_DEFAULT
-	ReasonCTEstablished Reason = moatMoatReasonMOAT_REASON_CT_ESTABLISHED
-	ReasonCTReply       Reason = moatMoatReasonMOAT_REASON_CT_REPLY
-	ReasonCTRelated     Reason = moatMoatReasonMOAT_REASON_CT_RELATED
-	ReasonNeighbor      Reason = moatMoatReasonMOAT_REASON_NEIGHBOR
-	ReasonFragment      Reason = moatMoatReasonMOAT_REASON_FRAGMENT
-	ReasonAudit         Reason = moatMoatReasonMOAT_REASON_AUDIT
-	ReasonAuditPolicy   Reason = moatMoatReasonMOAT_REASON_AUDIT_POLICY
-	ReasonNoEndpoint    Reason = moatMoatReasonMOAT_REASON_NO_ENDPOINT
-	ReasonSpoofed       Reason = moatMoatReasonMOAT_REASON_SPOOFED
-	ReasonDenyRule      Reason = moatMoatReasonMOAT_REASON_DENY_RULE
-	ReasonDenyDefault   Reason = moatMoatReasonMOAT_REASON_DENY_DEFAULT
-	ReasonMetadata      Reason = moatMoatReasonMOAT_REASON_METADATA
-	ReasonMalformed     Reason = moatMoatReasonMOAT_REASON_MALFORMED
-	ReasonFragNoFirst   Reason = moatMoatReasonMOAT_REASON_FRAG_NO_FIRST
-	ReasonExtHdrLimit   Reason = moatMoatReasonMOAT_REASON_EXTHDR_LIMIT
-	ReasonUnsupportedL3 Reason = moatMoatReasonMOAT_REASON_UNSUPPORTED_L3
-	ReasonRevoked       Reason = moatMoatReasonMOAT_REASON_REVOKED
-	ReasonNoPolicy      Reason = moatMoatReasonMOAT_REASON_NO_POLICY
-	ReasonMax           Reason = moatMoatReasonMOAT_REASON_MAX
-	firstDropReason     Reason = ReasonNoEndpoint
-	IdentityAllowMeta          = moatMoatIdentityFlagsMOAT_ID_METADATA_ALLOW
-	IdentityAudit              = moatMoatIdentityFlagsMOAT_ID_AUDIT
-	ConfigAllowEvents          = moatMoatConfigFlagsMOAT_CFG_ALLOW_EVENTS
-	ModeEnforce                = moatMoatEndpointModeMOAT_MODE_ENFORCE
-	ModeAudit                  = moatMoatEndpointModeMOAT_MODE_AUDIT
-	StatEventsLost             = moatMoatStatMOAT_STAT_EVENTS_LOST
-	StatCTCreated              = moatMoatStatMOAT_STAT_CT_CREATED
-	statMax                    = moatMoatStatMOAT_STAT_MAX
-	KindHeader                 = moatMoatPolicyKindMOAT_KIND_HEADER
-	KindPort                   = moatMoatPolicyKindMOAT_KIND_PORT
-	KindCIDR                   = moatMoatPolicyKindMOAT_KIND_CIDR
-	KindPeer                   = moatMoatPolicyKindMOAT_KIND_PEER
+	ReasonNone           Reason = moatMoatReasonMOAT_REASON_NONE
+	ReasonAllowRule      Reason = moatMoatReasonMOAT_REASON_ALLOW_RULE
+	ReasonAllowDefault   Reason = moatMoatReasonMOAT_REASON_ALLOW_DEFAULT
+	ReasonCTEstablished  Reason = moatMoatReasonMOAT_REASON_CT_ESTABLISHED
+	ReasonCTReply        Reason = moatMoatReasonMOAT_REASON_CT_REPLY
+	ReasonCTRelated      Reason = moatMoatReasonMOAT_REASON_CT_RELATED
+	ReasonNeighbor       Reason = moatMoatReasonMOAT_REASON_NEIGHBOR
+	ReasonFragment       Reason = moatMoatReasonMOAT_REASON_FRAGMENT
+	ReasonAudit          Reason = moatMoatReasonMOAT_REASON_AUDIT
+	ReasonAuditPolicy    Reason = moatMoatReasonMOAT_REASON_AUDIT_POLICY
+	ReasonNoEndpoint     Reason = moatMoatReasonMOAT_REASON_NO_ENDPOINT
+	ReasonSpoofed        Reason = moatMoatReasonMOAT_REASON_SPOOFED
+	ReasonDenyRule       Reason = moatMoatReasonMOAT_REASON_DENY_RULE
+	ReasonDenyDefault    Reason = moatMoatReasonMOAT_REASON_DENY_DEFAULT
+	ReasonMetadata       Reason = moatMoatReasonMOAT_REASON_METADATA
+	ReasonMalformed      Reason = moatMoatReasonMOAT_REASON_MALFORMED
+	ReasonFragNoFirst    Reason = moatMoatReasonMOAT_REASON_FRAG_NO_FIRST
+	ReasonExtHdrLimit    Reason = moatMoatReasonMOAT_REASON_EXTHDR_LIMIT
+	ReasonUnsupportedL3  Reason = moatMoatReasonMOAT_REASON_UNSUPPORTED_L3
+	ReasonRevoked        Reason = moatMoatReasonMOAT_REASON_REVOKED
+	ReasonNoPolicy       Reason = moatMoatReasonMOAT_REASON_NO_POLICY
+	ReasonNeighborDenied Reason = moatMoatReasonMOAT_REASON_NEIGHBOR_DENIED
+	ReasonNotForEndpoint Reason = moatMoatReasonMOAT_REASON_NOT_FOR_ENDPOINT
+	ReasonEncapsulation  Reason = moatMoatReasonMOAT_REASON_ENCAPSULATION
+	ReasonCTLimit        Reason = moatMoatReasonMOAT_REASON_CT_LIMIT
+	ReasonMax            Reason = moatMoatReasonMOAT_REASON_MAX
+	firstDropReason      Reason = ReasonNoEndpoint
+	IdentityAllowMeta           = moatMoatIdentityFlagsMOAT_ID_METADATA_ALLOW
+	IdentityAudit               = moatMoatIdentityFlagsMOAT_ID_AUDIT
+	ConfigAllowEvents           = moatMoatConfigFlagsMOAT_CFG_ALLOW_EVENTS
+	ModeEnforce                 = moatMoatEndpointModeMOAT_MODE_ENFORCE
+	ModeAudit                   = moatMoatEndpointModeMOAT_MODE_AUDIT
+	StatEventsLost              = moatMoatStatMOAT_STAT_EVENTS_LOST
+	StatCTCreated               = moatMoatStatMOAT_STAT_CT_CREATED
+	StatCTLimited               = moatMoatStatMOAT_STAT_CT_LIMITED
+	statMax                     = moatMoatStatMOAT_STAT_MAX
+	KindHeader                  = moatMoatPolicyKindMOAT_KIND_HEADER
+	KindPort                    = moatMoatPolicyKindMOAT_KIND_PORT
+	KindCIDR                    = moatMoatPolicyKindMOAT_KIND_CIDR
+	KindPeer                    = moatMoatPolicyKindMOAT_KIND_PEER
 )
 
 var reasonNames = map[Reason]string{
-	ReasonNone:          "none",
-	ReasonAllowRule:     "allowed-by-rule",
-	ReasonAllowDefault:  "allowed-by-default",
-	ReasonCTEstablished: "established",
-	ReasonCTReply:       "reply",
-	ReasonCTRelated:     "related",
-	ReasonNeighbor:      "neighbor-discovery",
-	ReasonFragment:      "fragment",
-	ReasonAudit:         "audit",
-	ReasonAuditPolicy:   "audit-policy",
-	ReasonNoEndpoint:    "no-endpoint",
-	ReasonSpoofed:       "spoofed-source",
-	ReasonDenyRule:      "denied-by-rule",
-	ReasonDenyDefault:   "denied-by-default",
-	ReasonMetadata:      "metadata-api",
-	ReasonMalformed:     "malformed",
-	ReasonFragNoFirst:   "fragment-without-first",
-	ReasonExtHdrLimit:   "too-many-extension-headers",
-	ReasonUnsupportedL3: "unsupported-l3",
-	ReasonRevoked:       "revoked-by-policy",
-	ReasonNoPolicy:      "no-policy",
+	ReasonNone:           "none",
+	ReasonAllowRule:      "allowed-by-rule",
+	ReasonAllowDefault:   "allowed-by-default",
+	ReasonCTEstablished:  "established",
+	ReasonCTReply:        "reply",
+	ReasonCTRelated:      "related",
+	ReasonNeighbor:       "neighbor-discovery",
+	ReasonFragment:       "fragment",
+	ReasonAudit:          "audit",
+	ReasonAuditPolicy:    "audit-policy",
+	ReasonNoEndpoint:     "no-endpoint",
+	ReasonSpoofed:        "spoofed-source",
+	ReasonDenyRule:       "denied-by-rule",
+	ReasonDenyDefault:    "denied-by-default",
+	ReasonMetadata:       "metadata-api",
+	ReasonMalformed:      "malformed",
+	ReasonFragNoFirst:    "fragment-without-first",
+	ReasonExtHdrLimit:    "too-many-extension-headers",
+	ReasonUnsupportedL3:  "unsupported-l3",
+	ReasonRevoked:        "revoked-by-policy",
+	ReasonNoPolicy:       "no-policy",
+	ReasonNeighborDenied: "neighbor-denied",
+	ReasonNotForEndpoint: "not-for-endpoint",
+	ReasonEncapsulation:  "encapsulation",
+	ReasonCTLimit:        "conntrack-limit",
 }
 
 // ReasonName is the name flow logs and metrics use for a reason code.

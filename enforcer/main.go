@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -50,6 +51,7 @@ func main() {
 	flag.StringVar(&o.attachMode, "cni-attach-mode", "", "with --cni-conf-dir: the attachMode of moat's entry (tcx or clsact; empty: the plugin's default, tcx)")
 	flag.StringVar(&o.failPolicy, "cni-fail-policy", "", "with --cni-conf-dir: the failPolicy of moat's entry (closed or open; empty: the plugin's default)")
 	flag.DurationVar(&o.reconcile, "reconcile-interval", 30*time.Second, "how often recorded endpoints are checked against the host")
+	flag.Var(&o.conntrackEntries, "conntrack-entries", "size of the conntrack table when the enforcer creates the maps (default 262144; a change needs moat-install --uninstall)")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 
@@ -72,6 +74,21 @@ type options struct {
 	cniConfDir, failPolicy, attachMode                                                  string
 	ipamShim                                                                            bool
 	reconcile                                                                           time.Duration
+	conntrackEntries                                                                    entries
+}
+
+// entries is a map size flag: a positive count.
+type entries uint32
+
+func (n *entries) String() string { return strconv.FormatUint(uint64(*n), 10) }
+
+func (n *entries) Set(s string) error {
+	v, err := strconv.ParseUint(s, 10, 32)
+	if err != nil || v == 0 {
+		return fmt.Errorf("%q: want a positive number of entries", s)
+	}
+	*n = entries(v)
+	return nil
 }
 
 // source is where the desired state comes from.
@@ -154,7 +171,7 @@ func run(log *logrus.Entry, o options) error {
 	if err := bpf.CheckAttachMode(bpf.AttachMode(o.attachMode)); err != nil {
 		return fmt.Errorf("--cni-attach-mode: %w", err)
 	}
-	dp, err := bpf.Load(o.pinRoot, bpf.Options{})
+	dp, err := bpf.Load(o.pinRoot, bpf.Options{ConntrackEntries: uint32(o.conntrackEntries)})
 	if err != nil {
 		return fmt.Errorf("load the datapath: %w", err)
 	}
@@ -248,6 +265,7 @@ func run(log *logrus.Entry, o options) error {
 			log.WithError(err).Error("reconciling recorded endpoints")
 		}
 	}
+	go e.RunConntrackRecount(ctx, store, enforcer.RecountInterval)
 	if o.reconcile > 0 {
 		go func() {
 			t := time.NewTicker(o.reconcile)

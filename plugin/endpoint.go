@@ -54,6 +54,7 @@ func (a *adder) add() error {
 	for _, addr := range addrs {
 		rec.Addresses = append(rec.Addresses, addr.String())
 	}
+	rec.MAC, rec.LinkLocal = endpoint.LinkOf(a.args.Netns, a.args.IfName)
 
 	dp, err := bpf.OpenPinned(a.conf.PinRoot)
 	switch {

@@ -2,8 +2,12 @@ package endpoint
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
 
 	"github.com/moatfw/moat/bpf"
 )
@@ -29,6 +33,13 @@ func Guard(dp *bpf.Datapath, r *Record, identity uint32, pinRoot string, mode bp
 	if err != nil {
 		return nil, err
 	}
+	if r.MAC == "" {
+		// a record of an older plugin: read the interface now (the datapath checks addresses only without it)
+		r.MAC, r.LinkLocal = LinkOf(r.Netns, r.IfName)
+	}
+	mac, _ := net.ParseMAC(r.MAC)
+	ll, _ := netip.ParseAddr(r.LinkLocal)
+	ep.SetLink(mac, ll)
 	attach := r.AttachMode == ""
 	var written []netip.Prefix
 	var att *bpf.Attachment
@@ -82,4 +93,38 @@ func Guard(dp *bpf.Datapath, r *Record, identity uint32, pinRoot string, mode bp
 		return fail(err)
 	}
 	return func() { undo(); r.AttachMode = "" }, nil
+}
+
+// LinkOf reads the MAC and IPv6 link-local address of a pod's interface from inside its network namespace; both
+// are empty when the namespace or the interface is gone, and the link-local address when it has none.
+func LinkOf(netnsPath, ifname string) (mac, linkLocal string) {
+	if netnsPath == "" {
+		return "", ""
+	}
+	podNS, err := ns.GetNS(netnsPath)
+	if err != nil {
+		return "", ""
+	}
+	defer podNS.Close()
+	_ = podNS.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(ifname)
+		if err != nil {
+			return err
+		}
+		if hw := l.Attrs().HardwareAddr; len(hw) == 6 {
+			mac = hw.String()
+		}
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_V6)
+		if err != nil {
+			return err
+		}
+		for _, a := range addrs {
+			if a.IP.IsLinkLocalUnicast() {
+				linkLocal = a.IP.String()
+				break
+			}
+		}
+		return nil
+	})
+	return mac, linkLocal
 }

@@ -31,6 +31,8 @@ type Record struct {
 	HostIfindex  int                `json:"hostIfindex"`
 	Identity     uint32             `json:"identity"`
 	Addresses    []string           `json:"addresses"`
+	MAC          string             `json:"mac,omitempty"`        // the pod interface's MAC: ARP and ND from the pod must carry it
+	LinkLocal    string             `json:"linkLocal,omitempty"`  // its IPv6 link-local address, when it has one
 	AttachMode   bpf.AttachMode     `json:"attachMode,omitempty"` // empty: not attached (failPolicy open, no datapath)
 	Filters      []bpf.ClsactFilter `json:"clsactFilters,omitempty"`
 	CreatedQdisc bool               `json:"createdQdisc,omitempty"`

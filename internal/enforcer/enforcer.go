@@ -278,6 +278,7 @@ func (e *Enforcer) apply(s State) error {
 		d := [2]uint8{uint8(out.Defaults.DefaultEgress), uint8(out.Defaults.DefaultIngress)}
 		configChanged = c.DefaultVerdict != d
 		c.DefaultVerdict = d
+		c.CtMaxPerEndpoint = out.ConntrackPerEndpoint // a bound, not a verdict: no generation bump
 	}); err != nil {
 		return err
 	}

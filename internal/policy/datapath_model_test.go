@@ -123,6 +123,12 @@ func (m *datapathModel) decide(pkt policy.Packet) policy.Result {
 	var flags uint32
 	var worldDefault uint8
 
+	// nat64_embeds_ipv4(): 64:ff9b::/96, and 64:ff9b:1::/48 with the IPv4 address in the last 32 bits
+	if family == 6 && remote[0] == 0 && remote[1] == 0x64 && remote[2] == 0xff && remote[3] == 0x9b &&
+		([8]byte(remote[4:12]) == [8]byte{} || (remote[4] == 0 && remote[5] == 1)) {
+		remote = [16]byte{remote[12], remote[13], remote[14], remote[15]}
+		family = 4
+	}
 	class := m.classify(family, remote, &d.RemoteIdentity)
 	d.RemoteClass = class
 	d.RuleID = 0
@@ -202,6 +208,11 @@ func (m *datapathModel) decide(pkt policy.Packet) policy.Result {
 				return bpf.ActionAllow
 			}
 			d.Reason = bpf.ReasonDenyRule
+			return bpf.ActionDeny
+		}
+		if dir == uint8(bpf.Egress) && (class == bpf.ClassNode || class == bpf.ClassCluster) &&
+			policy.IsEncapsulation(pkt.Protocol, pkt.Port) {
+			d.Reason = bpf.ReasonEncapsulation
 			return bpf.ActionDeny
 		}
 		if class == bpf.ClassWorld && bpf.Action(worldDefault) == bpf.ActionDeny {

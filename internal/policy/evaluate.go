@@ -33,11 +33,17 @@ type Result struct {
 //  1. the metadata API is denied unless the namespace may reach it; then it counts as the world;
 //  2. the first matching rule of an Enforce policy decides, and the first matching rule of an Audit policy
 //     is reported when it comes before that one;
-//  3. no Enforce rule matched: the world gets the identity's default for the direction, everything else
-//     (nodes, pods, Services, the rest of the cluster) is allowed.
+//  3. no Enforce rule matched: encapsulation sent to a node or another cluster address (not a pod) is denied;
+//     the world gets the identity's default for the direction; everything else (nodes, pods, Services, the
+//     rest of the cluster) is allowed.
+//
+// A remote in a NAT64 prefix is judged as the IPv4 address it embeds (NAT64Embedded).
 func Evaluate(p *IdentityPolicy, d Defaults, ipc *IPCache, pkt Packet) Result {
 	var r Result
 	pkt.Remote = pkt.Remote.WithZone("") // the datapath knows no zones
+	if v4, ok := NAT64Embedded(pkt.Remote); ok {
+		pkt.Remote = v4
+	}
 	r.RemoteClass, r.RemoteIdentity = ipc.Lookup(pkt.Remote)
 	r.Action, r.Reason = decide(p, d, r.RemoteClass, r.RemoteIdentity, pkt, &r)
 	switch {
@@ -101,10 +107,53 @@ func decide(p *IdentityPolicy, d Defaults, class bpf.Class, identity uint32, pkt
 		}
 		return bpf.ActionDeny, bpf.ReasonDenyRule
 	}
+	if pkt.Direction == bpf.Egress && (class == bpf.ClassNode || class == bpf.ClassCluster) &&
+		IsEncapsulation(pkt.Protocol, pkt.Port) {
+		return bpf.ActionDeny, bpf.ReasonEncapsulation
+	}
 	if class == bpf.ClassWorld && worldDefault == bpf.ActionDeny {
 		return bpf.ActionDeny, bpf.ReasonDenyDefault
 	}
 	return bpf.ActionAllow, bpf.ReasonAllowDefault
+}
+
+// Encapsulations a node decapsulates: IP protocols, and UDP destination ports.
+var (
+	EncapsulationProtocols = []uint8{4, 41, 47, 97, 115} // IPIP, 6in4, GRE, EtherIP, L2TP
+	EncapsulationUDPPorts  = []uint16{4789, 8472, 6081}  // VXLAN, the kernel's VXLAN default, Geneve
+)
+
+// IsEncapsulation reports whether a packet of proto to port is tunnel traffic that a node would decapsulate:
+// without a rule that allows it, a pod may not send it to a node or another cluster address.
+func IsEncapsulation(proto uint8, port uint16) bool {
+	for _, p := range EncapsulationProtocols {
+		if proto == p {
+			return true
+		}
+	}
+	if proto == ProtoUDP {
+		for _, p := range EncapsulationUDPPorts {
+			if port == p {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+var (
+	nat64WellKnown = netip.MustParsePrefix("64:ff9b::/96")
+	nat64LocalUse  = netip.MustParsePrefix("64:ff9b:1::/48")
+)
+
+// NAT64Embedded is the IPv4 address an IPv6 address of a NAT64 prefix stands for: 64:ff9b::/96, or 64:ff9b:1::/48
+// with a /96 NAT64 prefix inside it (the IPv4 address in the last 32 bits, RFC 6052).
+func NAT64Embedded(a netip.Addr) (netip.Addr, bool) {
+	if !a.Is6() || a.Is4In6() || !(nat64WellKnown.Contains(a) || nat64LocalUse.Contains(a)) {
+		return a, false
+	}
+	b := a.As16()
+	return netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]}), true
 }
 
 // matchesPort reports whether the rule's ports cover a packet of protocol proto to port.

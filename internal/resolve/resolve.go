@@ -17,7 +17,12 @@ import (
 )
 
 // DefaultMetadataAddresses are the cloud metadata API's addresses when FirewallConfig names none.
-var DefaultMetadataAddresses = []string{"169.254.169.254/32", "fd00:ec2::254/128", "100.100.100.200/32"}
+// AWS, Azure, GCP, OpenStack and others serve it at 169.254.169.254; AWS also at fd00:ec2::254, GCP at
+// fd20:ce::254, Alibaba Cloud at 100.100.100.200, and EKS Pod Identity hands out credentials at 169.254.170.23 and
+// fd00:ec2::23. Addresses that other clouds use for other purposes (Azure's WireServer 168.63.129.16, Tencent's
+// 169.254.0.23) are opt-in: list them in FirewallConfig (docs/policy.md).
+var DefaultMetadataAddresses = []string{"169.254.169.254/32", "fd00:ec2::254/128", "100.100.100.200/32",
+	"fd20:ce::254/128", "169.254.170.23/32", "fd00:ec2::23/128"}
 
 // DefaultMetadataSelector opens the metadata API to namespaces labelled moat.dev/metadata: allow.
 var DefaultMetadataSelector = &metav1.LabelSelector{MatchLabels: map[string]string{v1alpha1.LabelMetadata: "allow"}}
@@ -49,6 +54,8 @@ type Output struct {
 	Metadata []netip.Prefix                    // the metadata API's addresses, for the ipcache
 	Cluster  []netip.Prefix                    // FirewallConfig's clusterCIDRs
 	Nodes    []netip.Prefix                    // FirewallConfig's nodeCIDRs
+	// ConntrackPerEndpoint bounds the conntrack entries of one pod interface (0: no bound).
+	ConntrackPerEndpoint uint32
 	// Problems are namespace labels with values Moat does not know: each took the closed side. Warnings are
 	// policies that select no namespace. Both sorted by kind and name.
 	Problems []Finding
@@ -74,6 +81,10 @@ func Resolve(in Input) Output {
 	out.Metadata = prefixes(addrs)
 	out.Cluster = prefixes(cfg.Spec.ClusterCIDRs)
 	out.Nodes = prefixes(cfg.Spec.NodeCIDRs)
+	out.ConntrackPerEndpoint = v1alpha1.DefaultConntrackPerEndpoint
+	if ct := cfg.Spec.Conntrack; ct != nil && ct.MaxPerEndpoint != nil {
+		out.ConntrackPerEndpoint = uint32(*ct.MaxPerEndpoint)
+	}
 	metaSelector := selector(meta.AllowNamespaces, DefaultMetadataSelector)
 
 	policies := append([]v1alpha1.FirewallPolicy(nil), in.Policies...)

@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"encoding/binary"
+	"net"
 	"net/netip"
 )
 
@@ -46,18 +47,30 @@ type Packet struct {
 	HopLimit     uint8  // 64 when zero
 	Payload      []byte // after the L4 header
 	Fragment     *Fragment
-	IPv4Options  []byte  // a multiple of 4 bytes
-	ExtHeaders   []uint8 // IPv6 extension headers (8 bytes each) before the fragment header and L4
-	Quote        []byte  // for ICMP errors: the quoted packet (from its IP header on)
-	NoL4         bool    // a non-first fragment: Payload only, no L4 header
+	IPv4Options  []byte           // a multiple of 4 bytes
+	ExtHeaders   []uint8          // IPv6 extension headers (8 bytes each) before the fragment header and L4
+	Quote        []byte           // for ICMP errors: the quoted packet (from its IP header on)
+	NoL4         bool             // a non-first fragment: Payload only, no L4 header
+	Seq, Ack     uint32           // TCP sequence and acknowledgement numbers
+	SrcMAC       net.HardwareAddr // the Ethernet source; 02:00:00:00:00:02 when nil
+	DstMAC       net.HardwareAddr // the Ethernet destination; 02:00:00:00:00:01 when nil
 }
+
+// DefaultSrcMAC is the Ethernet source of a Packet that names none.
+var DefaultSrcMAC = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x02}
 
 // Bytes is the whole Ethernet frame.
 func (p Packet) Bytes() []byte {
 	l3 := p.L3()
 	frame := make([]byte, ethHeaderSize, ethHeaderSize+len(l3))
 	copy(frame[0:6], []byte{0x02, 0, 0, 0, 0, 0x01})
-	copy(frame[6:12], []byte{0x02, 0, 0, 0, 0, 0x02})
+	copy(frame[6:12], DefaultSrcMAC)
+	if p.DstMAC != nil {
+		copy(frame[0:6], p.DstMAC)
+	}
+	if p.SrcMAC != nil {
+		copy(frame[6:12], p.SrcMAC)
+	}
 	if p.Src.Is4() {
 		binary.BigEndian.PutUint16(frame[12:], EthTypeIPv4)
 	} else {
@@ -77,6 +90,8 @@ func (p Packet) L4() []byte {
 		h = make([]byte, 20)
 		binary.BigEndian.PutUint16(h[0:], p.SPort)
 		binary.BigEndian.PutUint16(h[2:], p.DPort)
+		binary.BigEndian.PutUint32(h[4:], p.Seq)
+		binary.BigEndian.PutUint32(h[8:], p.Ack)
 		h[12] = 5 << 4
 		h[13] = p.TCPFlags
 		binary.BigEndian.PutUint16(h[14:], 65535)
@@ -168,6 +183,60 @@ func (p Packet) L3() []byte {
 	copy(h[24:], d[:])
 	h = append(h, ext...)
 	return append(h, l4...)
+}
+
+// ARPMessage is an Ethernet/IPv4 ARP frame: op 1 (request) or 2 (reply), the Ethernet source is the sender's
+// hardware address.
+func ARPMessage(op uint16, sha net.HardwareAddr, spa netip.Addr, tha net.HardwareAddr, tpa netip.Addr) []byte {
+	frame := ARP()
+	binary.BigEndian.PutUint16(frame[20:], op)
+	copy(frame[6:12], sha)
+	copy(frame[22:28], sha)
+	s, t := spa.As4(), tpa.As4()
+	copy(frame[28:32], s[:])
+	copy(frame[32:38], tha)
+	copy(frame[38:42], t[:])
+	return frame
+}
+
+// NDOption is a neighbour discovery option of 8 bytes: a link-layer address (types 1 and 2) or a nonce (14).
+func NDOption(typ uint8, data []byte) []byte {
+	o := make([]byte, 8)
+	o[0], o[1] = typ, 1
+	copy(o[2:], data)
+	return o
+}
+
+// NeighborMessage is an ND message with hop limit 255: NS (135) or NA (136) with a target, or RS (133) when
+// target is invalid; the options follow the fixed part. Payload, if any, comes after the options.
+func NeighborMessage(typ uint8, src, dst, target netip.Addr, options ...[]byte) Packet {
+	var body []byte
+	if typ != 133 {
+		body = make([]byte, 4) // reserved (flags of an NA)
+		if typ == 136 {
+			body[0] = 0x60 // solicited, override
+		}
+		t := target.As16()
+		body = append(body, t[:]...)
+	}
+	// the builder's ICMP header carries 4 bytes after the type and code; the first 4 of body go there
+	var rest []byte
+	id := uint16(0)
+	if len(body) >= 4 {
+		id = binary.BigEndian.Uint16(body[0:2])
+		rest = body[4:]
+	}
+	for _, o := range options {
+		rest = append(rest, o...)
+	}
+	return Packet{Src: src, Dst: dst, Proto: ProtoICMPv6, ICMPType: typ, ICMPID: id, HopLimit: 255, Payload: rest}
+}
+
+// SolicitedNode is the solicited-node multicast group of an IPv6 address.
+func SolicitedNode(a netip.Addr) netip.Addr {
+	b := a.As16()
+	g := [16]byte{0xff, 0x02, 11: 1, 12: 0xff, 13: b[13], 14: b[14], 15: b[15]}
+	return netip.AddrFrom16(g)
 }
 
 // ARP is an ARP request frame.

@@ -81,13 +81,26 @@ type FirewallConfigSpec struct {
 	DefaultEgress  Action `json:"defaultEgress,omitempty"`
 	// MetadataAPI controls the built-in block of the cloud metadata API.
 	MetadataAPI *MetadataAPI `json:"metadataAPI,omitempty"`
+	// Conntrack bounds the connection tracking table's use per pod.
+	Conntrack *Conntrack `json:"conntrack,omitempty"`
+}
+
+// Conntrack bounds what one pod may hold of the node's connection tracking table, so that a pod opening flows
+// by the hundred thousand meets a bound of its own and never evicts other pods' established connections.
+type Conntrack struct {
+	// MaxPerEndpoint is how many tracked flows one pod interface may hold at once; a new flow past it is dropped
+	// (reason conntrack-limit). Default 65536 (a quarter of the table); 0 turns the bound off.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=16777216
+	MaxPerEndpoint *int32 `json:"maxPerEndpoint,omitempty"`
 }
 
 // MetadataAPI is the built-in rule for the cloud metadata API, which comes before every policy.
 type MetadataAPI struct {
 	// Action is Deny (default) or Allow (turns the block off cluster-wide).
 	Action Action `json:"action,omitempty"`
-	// Addresses of the metadata API; default 169.254.169.254/32, fd00:ec2::254/128, 100.100.100.200/32.
+	// Addresses of the metadata API; default 169.254.169.254/32, fd00:ec2::254/128, 100.100.100.200/32,
+	// fd20:ce::254/128 (GCP), 169.254.170.23/32 and fd00:ec2::23/128 (EKS Pod Identity).
 	// +kubebuilder:validation:MaxItems=64
 	Addresses []CIDR `json:"addresses,omitempty"`
 	// AllowNamespaces may reach it (decided then as the world); default {matchLabels: {moat.dev/metadata: allow}}.

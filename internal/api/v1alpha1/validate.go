@@ -228,5 +228,17 @@ func (c *FirewallConfig) Validate() []error {
 			}
 		}
 	}
+	if ct := c.Spec.Conntrack; ct != nil && ct.MaxPerEndpoint != nil {
+		if n := *ct.MaxPerEndpoint; n < 0 || n > MaxConntrackPerEndpoint {
+			add("spec.conntrack.maxPerEndpoint", "%d: want 0 (no bound) to %d", n, MaxConntrackPerEndpoint)
+		}
+	}
 	return errs
 }
+
+// DefaultConntrackPerEndpoint is how many tracked flows one pod interface may hold when FirewallConfig says
+// nothing: a quarter of the default table, so one pod alone can never fill it.
+const DefaultConntrackPerEndpoint = 65536
+
+// MaxConntrackPerEndpoint is the largest bound FirewallConfig may set.
+const MaxConntrackPerEndpoint = 1 << 24

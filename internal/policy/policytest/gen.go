@@ -405,7 +405,7 @@ func (g *Generator) packet(t *Targets) policy.Packet {
 		pkt.Protocol = t.protos[g.rng.IntN(len(t.protos))]
 	} else {
 		pkt.Protocol = []uint8{policy.ProtoTCP, policy.ProtoUDP, policy.ProtoICMP, policy.ProtoICMPv6, policy.ProtoSCTP,
-			0, 47, 255, uint8(g.rng.IntN(256))}[g.rng.IntN(9)]
+			0, 47, 255, uint8(g.rng.IntN(256)), 4, 41}[g.rng.IntN(11)]
 	}
 	icmp := pkt.Protocol == policy.ProtoICMP || pkt.Protocol == policy.ProtoICMPv6
 	switch ports := t.ports[pkt.Protocol]; {
@@ -414,7 +414,7 @@ func (g *Generator) packet(t *Targets) policy.Packet {
 	case icmp:
 		pkt.Port = uint16(g.rng.IntN(256))
 	case g.chance(20):
-		pkt.Port = []uint16{0, 65535}[g.rng.IntN(2)]
+		pkt.Port = []uint16{0, 65535, 4789, 8472, 6081}[g.rng.IntN(5)] // edges, and encapsulation ports
 	default:
 		pkt.Port = uint16(g.rng.IntN(65536))
 	}
@@ -433,8 +433,22 @@ func (g *Generator) packet(t *Targets) policy.Packet {
 			a = anchors6
 		}
 		pkt.Remote = g.randomInside(a[g.rng.IntN(len(a))])
-	case r < 90:
+	case r < 88:
 		pkt.Remote = netip.AddrFrom16(g.randomInside(anchors4[g.rng.IntN(len(anchors4))]).As16()) // 4-in-6
+	case r < 92:
+		// NAT64: an IPv4 address of the targets or the anchors, in the well-known or the local-use prefix
+		v4 := g.randomInside(anchors4[g.rng.IntN(len(anchors4))])
+		if len(t.prefixes) > 0 && g.chance(60) {
+			if p := t.prefixes[g.rng.IntN(len(t.prefixes))]; p.Addr().Is4() {
+				v4 = g.randomInside(p)
+			}
+		}
+		b := v4.As4()
+		n := [16]byte{0, 0x64, 0xff, 0x9b, 12: b[0], 13: b[1], 14: b[2], 15: b[3]}
+		if g.chance(30) {
+			n[5] = 1 // 64:ff9b:1::/48
+		}
+		pkt.Remote = netip.AddrFrom16(n)
 	default:
 		pkt.Remote = g.randomInside(wholeFamily[g.rng.IntN(2)])
 	}

@@ -1,0 +1,315 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The neighbour stage of the pipeline: ARP, IPv6 neighbour discovery and MLD, and what may reach a pod at all.
+ * Included by moat.c after its parse and address helpers.
+ *
+ * ARP and ND keep a pod's link working, so they pass without policy (a deny-everything policy must not cut a pod
+ * off its gateway). In exchange a pod may speak them only for itself:
+ *   - every frame from a pod carries the pod's own MAC as its source;
+ *   - ARP: the pod's MAC and its own IPv4 address (0.0.0.0 for a probe) as sender, nothing after the message;
+ *   - NA: only for the pod's own addresses, with its own MAC as target link-layer address;
+ *   - no Router Advertisement, no Redirect, no MLD query (a pod is neither router nor querier);
+ *   - NS, RS and MLD reports only to their on-link groups (NS also to its target, for unreachability detection),
+ *     with hop limit 255 (ND) or 1 (MLD), and nothing beyond their fixed part and known options.
+ * To a pod only packets addressed to it pass: one of its addresses, a multicast group, the broadcast address, its
+ * link-local address. So no data rides to a pod inside a frame sent to its MAC.
+ * When the endpoint's MAC (or link-local address) is unknown, from the record of an older plugin, the checks that
+ * need it are skipped; the address checks still hold.
+ */
+#ifndef __MOAT_NEIGHBOR_H
+#define __MOAT_NEIGHBOR_H
+
+#define ARP_HTYPE_ETHER 1
+#define ARP_OP_REQUEST 1
+#define ARP_OP_REPLY 2
+#define ARP_LEN 28             /* an Ethernet/IPv4 ARP message */
+#define ETH_MIN_FRAME 60       /* a frame padded to Ethernet's minimum, as some senders do */
+#define ND_OPT_SOURCE_LLADDR 1 /* option types (RFC 4861, RFC 7527) */
+#define ND_OPT_TARGET_LLADDR 2
+#define ND_OPT_NONCE 14
+#define ND_MAX_OPTIONS 3   /* options of 8 bytes a pod's NS, NA or RS may carry */
+#define MLD2_MAX_RECORDS 8 /* multicast address records of one MLDv2 report from a pod */
+#define MLD2_MAX_SOURCES 8 /* sources of one record */
+
+struct ethhdr_moat {
+	__u8 dest[6];
+	__u8 source[6];
+	__be16 proto;
+};
+
+struct arphdr_moat {
+	__be16 htype;
+	__be16 ptype;
+	__u8 hlen;
+	__u8 plen;
+	__be16 op;
+	__u8 sha[6];
+	__u8 spa[4];
+	__u8 tha[6];
+	__u8 tpa[4];
+};
+
+static __always_inline int mac_known(const struct moat_endpoint *ep)
+{
+	return (ep->mac[0] | ep->mac[1] | ep->mac[2] | ep->mac[3] | ep->mac[4] | ep->mac[5]) != 0;
+}
+
+static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5];
+}
+
+static __always_inline int is_multicast6(const __u8 *a)
+{
+	return a[0] == 0xff;
+}
+
+/* Is a the endpoint's link-local address (any link-local one, when the endpoint's is unknown)? */
+static __always_inline int own_link_local(const struct moat_endpoint *ep, const __u8 *a)
+{
+	if (!is_link_local6(a))
+		return 0;
+	return addr_is_zero(ep->link_local6) || addr_eq(a, ep->link_local6);
+}
+
+/* One of the endpoint's IPv6 addresses, link-local included: what ND may speak for. */
+static __always_inline int owns6(const struct moat_endpoint *ep, const __u8 *a)
+{
+	return own_link_local(ep, a) || endpoint_owns(ep, 6, a);
+}
+
+/* Is the packet for this pod at all? Its addresses, multicast, IPv4 broadcast, its link-local address. */
+static __always_inline int for_endpoint(const struct moat_endpoint *ep, const struct packet *p)
+{
+	if (p->family == 4) {
+		__u32 all = 0xffffffff;
+		if ((p->daddr[0] & 0xf0) == 0xe0 || *(const __u32 *)p->daddr == all)
+			return 1;
+		return endpoint_owns(ep, 4, p->daddr);
+	}
+	return is_multicast6(p->daddr) || owns6(ep, p->daddr);
+}
+
+/* ---- ARP ---- */
+
+/* ARP: well formed both ways; from the pod only for itself, to the pod only replies for it. 0 or a reason. */
+static __always_inline int arp_check(struct __sk_buff *skb, const struct packet *p, const struct moat_endpoint *ep,
+				     __u8 dir)
+{
+	struct arphdr_moat a;
+	__u16 op;
+
+	if (skb->len < ETH_HLEN + ARP_LEN || load(skb, p, ETH_HLEN, &a, sizeof(a)) < 0)
+		return MOAT_REASON_MALFORMED;
+	op = bpf_ntohs(a.op);
+	if (a.htype != bpf_htons(ARP_HTYPE_ETHER) || a.ptype != bpf_htons(ETH_P_IP) || a.hlen != 6 || a.plen != 4 ||
+	    (op != ARP_OP_REQUEST && op != ARP_OP_REPLY))
+		return MOAT_REASON_NEIGHBOR_DENIED;
+
+	if (dir == MOAT_DIR_INGRESS) {
+		__u8 tpa[16] __attribute__((aligned(8))) = {};
+		/* a reply names its receiver; a request is a broadcast every neighbour sees */
+		__builtin_memcpy(tpa, a.tpa, 4);
+		if (op == ARP_OP_REPLY && !endpoint_owns(ep, 4, tpa))
+			return MOAT_REASON_NOT_FOR_ENDPOINT;
+		return 0;
+	}
+
+	if (mac_known(ep) && !mac_eq(a.sha, ep->mac))
+		return MOAT_REASON_NEIGHBOR_DENIED;
+	{
+		__u8 spa[16] __attribute__((aligned(8))) = {};
+		__builtin_memcpy(spa, a.spa, 4);
+		/* 0.0.0.0 only in a probe (RFC 5227), which is a request */
+		if (addr_is_zero(spa) ? op != ARP_OP_REQUEST : !endpoint_owns(ep, 4, spa))
+			return MOAT_REASON_NEIGHBOR_DENIED;
+	}
+	/* a request's target hardware address is not yet known: zero (or all ones, as some senders write) */
+	if (op == ARP_OP_REQUEST) {
+		int zero = (a.tha[0] | a.tha[1] | a.tha[2] | a.tha[3] | a.tha[4] | a.tha[5]) == 0;
+		int ones = (a.tha[0] & a.tha[1] & a.tha[2] & a.tha[3] & a.tha[4] & a.tha[5]) == 0xff;
+		if (!zero && !ones)
+			return MOAT_REASON_NEIGHBOR_DENIED;
+	}
+	/* nothing after the message but an Ethernet minimum's padding of zeros */
+	if (skb->len != ETH_HLEN + ARP_LEN) {
+		__u64 pad[3] = {};
+		if (skb->len != ETH_MIN_FRAME ||
+		    bpf_skb_load_bytes(skb, ETH_HLEN + ARP_LEN, pad, ETH_MIN_FRAME - ETH_HLEN - ARP_LEN) < 0)
+			return MOAT_REASON_NEIGHBOR_DENIED;
+		if ((pad[0] | pad[1] | pad[2]) != 0)
+			return MOAT_REASON_NEIGHBOR_DENIED;
+	}
+	return 0;
+}
+
+/* ---- IPv6 neighbour discovery and MLD ---- */
+
+/* An ICMPv6 type of neighbour discovery (RFC 4861) or MLD (RFC 2710, RFC 3810). */
+static __always_inline int is_neighbor_message(const struct packet *p)
+{
+	if (p->family != 6 || p->protocol != IPPROTO_ICMPV6 || p->fragment)
+		return 0;
+	return (p->icmp_type >= ICMPV6_MLD_QUERY && p->icmp_type <= ICMPV6_REDIRECT) ||
+	       p->icmp_type == ICMPV6_MLD2_REPORT;
+}
+
+/* Sent on the link, as only a neighbour can: ND with hop limit 255, MLD with hop limit 1 to a multicast group.
+ * Such messages reach a pod without policy; a routed copy (from the Internet) never qualifies. */
+static __always_inline int nd_on_link(const struct packet *p)
+{
+	if (p->icmp_type >= ICMPV6_ROUTER_SOLICIT && p->icmp_type <= ICMPV6_REDIRECT)
+		return p->hop_limit == 255;
+	return p->hop_limit == 1 && is_multicast6(p->daddr);
+}
+
+/* Is a the solicited-node multicast group of target (ff02::1:ffXX:XXXX)? */
+static __always_inline int is_solicited_node_of(const __u8 *a, const __u8 *target)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return w[0] == bpf_htonl(0xff020000) && w[1] == 0 && w[2] == bpf_htonl(1) && a[12] == 0xff &&
+	       a[13] == target[13] && a[14] == target[14] && a[15] == target[15];
+}
+
+static __always_inline int is_all_routers(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+	return w[0] == bpf_htonl(0xff020000) && w[1] == 0 && w[2] == 0 && w[3] == bpf_htonl(2);
+}
+
+static __always_inline int is_mld2_routers(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+	return w[0] == bpf_htonl(0xff020000) && w[1] == 0 && w[2] == 0 && w[3] == bpf_htonl(0x16);
+}
+
+/*
+ * Options of a pod's NS, NA or RS, from off to the end of the message: each of 8 bytes; a link-layer address
+ * option (allowed: ND_OPT_SOURCE_LLADDR or ND_OPT_TARGET_LLADDR, or none when 0) must hold the pod's MAC; a nonce
+ * only where nonce_ok (DAD, RFC 7527). Anything else is data that has no business there. 0 or a reason.
+ */
+static __always_inline int nd_options(struct __sk_buff *skb, const struct packet *p, const struct moat_endpoint *ep,
+				      __u32 off, __u8 lladdr, int nonce_ok)
+{
+	__u32 left = p->l3_end - off;
+	int i;
+
+	if (off > p->l3_end || left % 8 != 0 || left > ND_MAX_OPTIONS * 8)
+		return MOAT_REASON_NEIGHBOR_DENIED;
+#pragma unroll
+	for (i = 0; i < ND_MAX_OPTIONS; i++) {
+		__u8 opt[8];
+		if (i * 8 >= left)
+			break;
+		if (bpf_skb_load_bytes(skb, off + i * 8, opt, sizeof(opt)) < 0)
+			return MOAT_REASON_MALFORMED;
+		if (opt[1] != 1)
+			return MOAT_REASON_NEIGHBOR_DENIED;
+		if (opt[0] == ND_OPT_NONCE && nonce_ok)
+			continue;
+		if (!lladdr || opt[0] != lladdr)
+			return MOAT_REASON_NEIGHBOR_DENIED;
+		if (mac_known(ep) && !mac_eq(&opt[2], ep->mac))
+			return MOAT_REASON_NEIGHBOR_DENIED;
+	}
+	return 0;
+}
+
+/* An MLDv2 report: records of known shape that add up to the message exactly, groups that are multicast. */
+static __always_inline int mld2_report(struct __sk_buff *skb, const struct packet *p)
+{
+	__u32 off = p->l4_off + 8;
+	__u8 hdr[8];
+	__u16 n;
+	int i;
+
+	if (bpf_skb_load_bytes(skb, p->l4_off, hdr, sizeof(hdr)) < 0)
+		return MOAT_REASON_MALFORMED;
+	n = ((__u16)hdr[6] << 8) | hdr[7];
+	if (n > MLD2_MAX_RECORDS)
+		return MOAT_REASON_NEIGHBOR_DENIED;
+#pragma unroll
+	for (i = 0; i < MLD2_MAX_RECORDS; i++) {
+		__u8 rec[20];
+		__u16 sources;
+		if (i >= n)
+			break;
+		if (off + sizeof(rec) > p->l3_end || bpf_skb_load_bytes(skb, off, rec, sizeof(rec)) < 0)
+			return MOAT_REASON_NEIGHBOR_DENIED;
+		sources = ((__u16)rec[2] << 8) | rec[3];
+		/* record types 1-6, no auxiliary data, a multicast group */
+		if (rec[0] < 1 || rec[0] > 6 || rec[1] != 0 || sources > MLD2_MAX_SOURCES || rec[4] != 0xff)
+			return MOAT_REASON_NEIGHBOR_DENIED;
+		off += sizeof(rec) + (__u32)sources * 16;
+	}
+	return off == p->l3_end ? 0 : MOAT_REASON_NEIGHBOR_DENIED;
+}
+
+/* Neighbour discovery and MLD from a pod: only for itself and towards its link. 0 or a reason. */
+static __always_inline int nd_from_pod(struct __sk_buff *skb, const struct packet *p, const struct moat_endpoint *ep)
+{
+	__u32 len = p->l3_end - p->l4_off;
+	int unspecified = addr_is_zero(p->saddr);
+	__u8 target[16] __attribute__((aligned(8)));
+
+	if (!nd_on_link(p) || p->icmp_code != 0)
+		return MOAT_REASON_NEIGHBOR_DENIED;
+	if (!unspecified && !owns6(ep, p->saddr))
+		return MOAT_REASON_SPOOFED;
+
+	switch (p->icmp_type) {
+	case ICMPV6_ROUTER_SOLICIT:
+		if (len < 8 || !is_all_routers(p->daddr))
+			return MOAT_REASON_NEIGHBOR_DENIED;
+		return nd_options(skb, p, ep, p->l4_off + 8, unspecified ? 0 : ND_OPT_SOURCE_LLADDR, 0);
+	case ICMPV6_NEIGHBOR_SOLICIT:
+	case ICMPV6_NEIGHBOR_ADVERT:
+		if (len < 24 || bpf_skb_load_bytes(skb, p->l4_off + 8, target, sizeof(target)) < 0)
+			return MOAT_REASON_MALFORMED;
+		if (is_multicast6(target))
+			return MOAT_REASON_NEIGHBOR_DENIED;
+		if (p->icmp_type == ICMPV6_NEIGHBOR_ADVERT) {
+			/* an advertisement speaks for its target: only the pod's own */
+			if (unspecified || !owns6(ep, target))
+				return MOAT_REASON_NEIGHBOR_DENIED;
+			return nd_options(skb, p, ep, p->l4_off + 24, ND_OPT_TARGET_LLADDR, 0);
+		}
+		/* a solicitation goes to its target's group, or to the target itself (unreachability detection) */
+		if (!is_solicited_node_of(p->daddr, target) && !addr_eq(p->daddr, target))
+			return MOAT_REASON_NEIGHBOR_DENIED;
+		if (unspecified) {
+			/* duplicate address detection: of the pod's own address, to its group, with no source address */
+			if (!owns6(ep, target) || !is_solicited_node_of(p->daddr, target))
+				return MOAT_REASON_NEIGHBOR_DENIED;
+			return nd_options(skb, p, ep, p->l4_off + 24, 0, 1);
+		}
+		/* an on-link target: link-local, or inside the cluster (the gateway, a pod of the same network) */
+		if (!is_link_local6(target)) {
+			__u32 identity;
+			__u8 class;
+			classify(6, target, &class, &identity);
+			if (class == MOAT_CLASS_WORLD || class == MOAT_CLASS_METADATA)
+				return MOAT_REASON_NEIGHBOR_DENIED;
+		}
+		return nd_options(skb, p, ep, p->l4_off + 24, ND_OPT_SOURCE_LLADDR, 0);
+	case ICMPV6_MLD_REPORT:
+	case ICMPV6_MLD_REDUCTION:
+		/* MLDv1: the group and nothing more; a report to the group, a done to all routers */
+		if (len != 24 || bpf_skb_load_bytes(skb, p->l4_off + 8, target, sizeof(target)) < 0)
+			return MOAT_REASON_NEIGHBOR_DENIED;
+		if (!is_multicast6(target))
+			return MOAT_REASON_NEIGHBOR_DENIED;
+		if (p->icmp_type == ICMPV6_MLD_REPORT ? !addr_eq(p->daddr, target) : !is_all_routers(p->daddr))
+			return MOAT_REASON_NEIGHBOR_DENIED;
+		return 0;
+	case ICMPV6_MLD2_REPORT:
+		if (!is_mld2_routers(p->daddr))
+			return MOAT_REASON_NEIGHBOR_DENIED;
+		return mld2_report(skb, p);
+	}
+	/* Router Advertisement, Redirect, MLD query: a router's or querier's word, never a pod's */
+	return MOAT_REASON_NEIGHBOR_DENIED;
+}
+
+#endif

@@ -23,6 +23,8 @@ var (
 	descEndpoints  = prometheus.NewDesc("moat_endpoints", "Pod interfaces the datapath guards on this node.", nil, nil)
 	descGeneration = prometheus.NewDesc("moat_policy_generation", "The policy generation in force.", nil, nil)
 	descLost       = prometheus.NewDesc("moat_events_lost_total", "Flow events the ring buffer had no room for.", nil, nil)
+	descCTLimited  = prometheus.NewDesc("moat_conntrack_limited_total", "New flows dropped because their pod held its bound of conntrack entries (FirewallConfig conntrack.maxPerEndpoint).", nil, nil)
+	descCTBound    = prometheus.NewDesc("moat_conntrack_per_endpoint_max", "The bound of conntrack entries one pod interface may hold (0: none).", nil, nil)
 	descMapEntries = prometheus.NewDesc("moat_map_entries", "Entries in a datapath map.", []string{"map"}, nil)
 	descMapSize    = prometheus.NewDesc("moat_map_max_entries", "Capacity of a datapath map.", []string{"map"}, nil)
 	descProblems   = prometheus.NewDesc("moat_problems", "Problems with policy objects (moatctl status lists them): "+
@@ -55,7 +57,7 @@ type collector struct{ e *Enforcer }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPackets, descBytes, descRule, descEndpoints, descGeneration, descLost,
-		descMapEntries, descMapSize, descProblems, descWarnings} {
+		descMapEntries, descMapSize, descProblems, descWarnings, descCTLimited, descCTBound} {
 		ch <- d
 	}
 }
@@ -97,6 +99,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if cfg, err := dp.Config(); err == nil {
 		ch <- prometheus.MustNewConstMetric(descGeneration, prometheus.GaugeValue, float64(cfg.Generation))
+		ch <- prometheus.MustNewConstMetric(descCTBound, prometheus.GaugeValue, float64(cfg.CtMaxPerEndpoint))
+	}
+	if n, err := dp.Stat(bpf.StatCTLimited); err == nil {
+		ch <- prometheus.MustNewConstMetric(descCTLimited, prometheus.CounterValue, float64(n))
 	}
 	if lost, err := dp.Stat(bpf.StatEventsLost); err == nil {
 		ch <- prometheus.MustNewConstMetric(descLost, prometheus.CounterValue, float64(lost))

@@ -72,10 +72,13 @@ func TestMetrics(t *testing.T) {
 		{"moat_map_entries", map[string]string{"map": "identities"}, 2},
 		{"moat_map_entries", map[string]string{"map": "local_endpoints"}, 1},
 		{"moat_map_entries", map[string]string{"map": "conntrack"}, 0},
-		{"moat_map_entries", map[string]string{"map": "ipcache"}, 3}, // the metadata API's three addresses
+		{"moat_map_entries", map[string]string{"map": "ipcache"}, 6}, // the metadata API's six addresses
 		{"moat_map_max_entries", map[string]string{"map": "conntrack"}, 262144},
 		{"moat_policy_apply_seconds", nil, 1},
 		{"moat_events_lost_total", nil, 0},
+		{"moat_conntrack_limited_total", nil, 0},
+		{"moat_conntrack_per_endpoint_max", nil, 65536},
+		{"moat_packets_total", map[string]string{"reason": "conntrack-limit", "verdict": "drop"}, 0},
 		{"moat_packets_total", map[string]string{"reason": "no-endpoint", "verdict": "drop"}, 0},
 		{"moat_problems", map[string]string{"kind": "Namespace"}, 1},
 		{"moat_problems", map[string]string{"kind": "FirewallPolicy"}, 1},

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -43,7 +44,38 @@ var (
 		netip.MustParsePrefix("169.254.169.254/32")}
 	// Metadata is the metadata API's address.
 	Metadata = netip.MustParseAddr("169.254.169.254")
+	// UplinkHost is the node's address on its link to the Internet (a node address that is not the pods'
+	// gateway).
+	UplinkHost = uplinkHost.Addr()
 )
+
+// The IPv6 side of a node made with Options.DualStack: pods take a second address in PodSubnet6, and the stand-in
+// Internet also answers on World6 and on the NAT64 forms (NAT64Prefix) of the World addresses.
+var (
+	PodSubnet6   = netip.MustParsePrefix("fd00:251::/64")
+	uplinkHost6  = netip.MustParsePrefix("fd00:250:99::1/64")
+	uplinkWorld6 = netip.MustParsePrefix("fd00:250:99::2/64")
+	// World6 holds the stand-in Internet's IPv6 addresses (documentation ranges) and the metadata API's.
+	World6 = []netip.Prefix{netip.MustParsePrefix("2001:db8:100::/64"), netip.MustParsePrefix("2001:db8:113::/64"),
+		netip.MustParsePrefix("fd00:ec2::254/128")}
+	// Metadata6 is the metadata API's IPv6 address.
+	Metadata6 = netip.MustParseAddr("fd00:ec2::254")
+	// NAT64Prefix is the well-known NAT64 prefix (RFC 6052); the node routes it to the stand-in Internet.
+	NAT64Prefix = netip.MustParsePrefix("64:ff9b::/96")
+	// UplinkHost6 is the node's IPv6 address on its link to the Internet.
+	UplinkHost6 = uplinkHost6.Addr()
+)
+
+// Uplink is the name of the node's link to the Internet, in the host and in the Internet namespace.
+const Uplink = "uplink"
+
+// NAT64 is an IPv4 address embedded in NAT64Prefix (64:ff9b::a.b.c.d).
+func NAT64(a netip.Addr) netip.Addr {
+	b := NAT64Prefix.Addr().As16()
+	v4 := a.As4()
+	copy(b[12:], v4[:])
+	return netip.AddrFrom16(b)
+}
 
 // Binaries names the programs a node runs: moat, moat-ipam, moat-enforcer, moat-install, moatctl, and the
 // reference plugins bridge, host-local, loopback and portmap.
@@ -59,10 +91,13 @@ var Binaries = map[string]string{
 	"portmap":       "github.com/containernetworking/plugins/plugins/meta/portmap",
 }
 
-// Build compiles Binaries into dir (the reference plugins at the version go.mod pins). It runs from the module's
-// folder or below.
-func Build(dir string, progress io.Writer) error {
+// Build compiles Binaries into dir (the reference plugins at the version go.mod pins), or only the ones named in
+// only. It runs from the module's folder or below.
+func Build(dir string, progress io.Writer, only ...string) error {
 	for name, pkg := range Binaries {
+		if len(only) > 0 && !slices.Contains(only, name) {
+			continue
+		}
 		if progress != nil {
 			fmt.Fprintf(progress, "building %s\n", name)
 		}
@@ -86,6 +121,7 @@ type Node struct {
 	FlowLog   string
 	PinRoot   string
 	ConfDir   string // the CNI configuration folder: the runtime reads its first network at every ADD and DEL
+	DualStack bool
 
 	cni      *libcni.CNIConfig
 	enforcer *exec.Cmd
@@ -104,6 +140,9 @@ type Options struct {
 	Unchained bool
 	// AttachMode is the chained entry's attachMode (empty: the plugin's default, tcx).
 	AttachMode string
+	// DualStack gives pods an IPv6 address too (PodSubnet6) and the stand-in Internet World6 and the NAT64 forms
+	// of the World addresses.
+	DualStack bool
 }
 
 // New makes a node in dir with the binaries of binDir, and starts its enforcer on the policy folder. Close
@@ -116,7 +155,8 @@ func New(dir, binDir string, opts Options) (n *Node, err error) {
 		opts.Ports = []uint16{53, 80, 443, 8080, 8443}
 	}
 	n = &Node{Dir: dir, BinDir: binDir, PolicyDir: filepath.Join(dir, "policy"), Socket: filepath.Join(dir, "enforcer.sock"),
-		FlowLog: filepath.Join(dir, "flows.jsonl"), PinRoot: filepath.Join(dir, "bpf"), ConfDir: filepath.Join(dir, "net.d")}
+		FlowLog: filepath.Join(dir, "flows.jsonl"), PinRoot: filepath.Join(dir, "bpf"), ConfDir: filepath.Join(dir, "net.d"),
+		DualStack: opts.DualStack}
 	defer func() {
 		if err != nil {
 			_ = n.Close()
@@ -139,6 +179,11 @@ func New(dir, binDir string, opts Options) (n *Node, err error) {
 	}
 	if err := n.wire(); err != nil {
 		return n, fmt.Errorf("wire the node to its Internet: %w", err)
+	}
+	if n.DualStack {
+		if err := n.wire6(); err != nil {
+			return n, fmt.Errorf("wire the node to its IPv6 Internet: %w", err)
+		}
 	}
 	if err := n.serve(opts.Ports); err != nil {
 		return n, err
@@ -270,10 +315,22 @@ func ipnet(p netip.Prefix) *net.IPNet {
 
 // serve runs TCP and UDP echo servers in the Internet namespace on every World address and port.
 func (n *Node) serve(ports []uint16) error {
-	return n.Internet.Do(func(ns.NetNS) error {
+	var addrs []netip.Addr
+	for i := range World {
+		addrs = append(addrs, WorldAddr(i))
+	}
+	if n.DualStack {
+		for i := range World6 {
+			addrs = append(addrs, WorldAddr6(i))
+		}
 		for i := range World {
+			addrs = append(addrs, NAT64(WorldAddr(i)))
+		}
+	}
+	return n.Internet.Do(func(ns.NetNS) error {
+		for _, a := range addrs {
 			for _, port := range ports {
-				addr := netip.AddrPortFrom(WorldAddr(i), port).String()
+				addr := netip.AddrPortFrom(a, port).String()
 				ln, err := net.Listen("tcp", addr)
 				if err != nil {
 					return err
@@ -303,13 +360,19 @@ func (n *Node) serve(ports []uint16) error {
 
 // conflistJSON is the node's network as its primary CNI would write it: a bridge and portmap.
 func (n *Node) conflistJSON() string {
+	ranges := fmt.Sprintf(`[[{"subnet": %q}]]`, PodSubnet.String())
+	routes := `[{"dst": "0.0.0.0/0"}]`
+	if n.DualStack {
+		ranges = fmt.Sprintf(`[[{"subnet": %q}], [{"subnet": %q}]]`, PodSubnet.String(), PodSubnet6.String())
+		routes = `[{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]`
+	}
 	return fmt.Sprintf(`{
   "cniVersion": "1.0.0", "name": "simnode",
   "plugins": [
     {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
-     "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": %q}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+     "ipam": {"type": "host-local", "dataDir": %q, "ranges": %s, "routes": %s}},
     {"type": "portmap", "capabilities": {"portMappings": true}}
-  ]}`, filepath.Join(n.Dir, "ipam"), PodSubnet.String())
+  ]}`, filepath.Join(n.Dir, "ipam"), ranges, routes)
 }
 
 // WritePolicy writes a file of the policy folder atomically (the enforcer watches it).
@@ -383,6 +446,7 @@ func (n *Node) EnforcerLog() string {
 type Pod struct {
 	Namespace, Name string
 	Addr            netip.Addr
+	Addr6           netip.Addr // on a DualStack node
 	Net             ns.NetNS
 	rt              *libcni.RuntimeConf
 	node            *Node
@@ -399,7 +463,7 @@ func (n *Node) AddPod(ctx context.Context, namespace, name string) (*Pod, error)
 	p.rt = &libcni.RuntimeConf{ContainerID: "sim-" + namespace + "-" + name, NetNS: netns.Path(), IfName: "eth0",
 		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", namespace}, {"K8S_POD_NAME", name},
 			{"K8S_POD_UID", "uid-" + namespace + "-" + name}, {"K8S_POD_INFRA_CONTAINER_ID", "sim-" + name}}}
-	var addr netip.Addr
+	var addr, addr6 netip.Addr
 	network, err := n.network()
 	if err != nil {
 		return nil, err
@@ -416,6 +480,8 @@ func (n *Node) AddPod(ctx context.Context, namespace, name string) (*Pod, error)
 		for _, ip := range cur.IPs {
 			if a, ok := netip.AddrFromSlice(ip.Address.IP); ok && PodSubnet.Contains(a.Unmap()) {
 				addr = a.Unmap()
+			} else if ok && PodSubnet6.Contains(a) {
+				addr6 = a
 			}
 		}
 		return nil
@@ -426,7 +492,10 @@ func (n *Node) AddPod(ctx context.Context, namespace, name string) (*Pod, error)
 	if !addr.IsValid() {
 		return nil, fmt.Errorf("CNI ADD of pod %s/%s gave no address in %s", namespace, name, PodSubnet)
 	}
-	p.Addr = addr
+	if n.DualStack && !addr6.IsValid() {
+		return nil, fmt.Errorf("CNI ADD of pod %s/%s gave no address in %s", namespace, name, PodSubnet6)
+	}
+	p.Addr, p.Addr6 = addr, addr6
 	n.mu.Lock()
 	n.pods = append(n.pods, p)
 	n.mu.Unlock()

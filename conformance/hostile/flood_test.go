@@ -1,0 +1,102 @@
+package hostile
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/moatfw/moat/internal/agentapi"
+	"github.com/moatfw/moat/internal/simnode"
+)
+
+// floodFlows is how many short flows the flooding pod starts: several times the whole table.
+const floodFlows = 20000
+
+// flood sends one datagram to each of n distinct world (address, port) pairs from the pod, starting at port
+// first.
+func flood(t *testing.T, p *simnode.Pod, first, n int) {
+	t.Helper()
+	err := p.Net.Do(func(ns.NetNS) error {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: ip(p.Addr)})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for i := 0; i < n; i++ {
+			// 198.51.100.0/24 and 203.0.113.0/24 both lead to the stand-in Internet
+			w := simnode.World[i%2].Addr().As4()
+			w[3] = byte(2 + (i/2)%250)
+			to := netip.AddrPortFrom(netip.AddrFrom4(w), uint16(first+i/500))
+			if _, err := c.WriteToUDPAddrPort([]byte("flood"), to); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("flood: %v", err)
+	}
+}
+
+// conntrackFlood: one pod starts many short flows to fill the conntrack table, evicting the entries of other
+// pods' connections; a connection into a namespace that denies world ingress then dies at the server's next
+// packet. Moat bounds the entries one endpoint may hold (spec.conntrack.maxPerEndpoint) and drops a flow over
+// the bound (reason conntrack-limit). Without Moat there is no conntrack to evict, so this case's baseline is a
+// Moat node whose bound is the whole table: there the flood does break the other pod's connection.
+func conntrackFlood(t *testing.T, e *env) {
+	if !e.moat {
+		t.Skip("without Moat there is no conntrack table to flood: the baseline is the Moat node with no per-endpoint bound")
+	}
+	if !e.ctEntries {
+		t.Fatal("moat-enforcer has no --conntrack-entries flag: the table cannot be made small enough to flood")
+	}
+	a, b := e.pods["flood-a"], e.pods["stream-b"]
+	port := 1024
+	for _, c := range []struct {
+		name   string
+		bound  int
+		breaks bool
+	}{
+		// the bounded run first, while the table is nearly empty
+		{"bound of 1024 per endpoint", 1024, false},
+		// the default bound (65536), far above this small table: in effect none
+		{"no bound (the baseline)", 65536, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e.apply(t, "00-config.yaml", configYAML(fmt.Sprintf("  conntrack: {maxPerEndpoint: %d}\n", c.bound)))
+			s := openStream(t, e, b, uint16(7100+c.bound%100))
+			if err := s.exchange("before", 3*time.Second); err != nil {
+				t.Fatalf("the stream does not work to begin with: %v", err)
+			}
+			start := time.Now()
+			flood(t, a, port, floodFlows)
+			port += floodFlows/500 + 1
+			t.Logf("%d flows sent in %v", floodFlows, time.Since(start).Round(time.Millisecond))
+			if !c.breaks {
+				if err := s.exchange("after", 3*time.Second); err != nil {
+					t.Errorf("the flood broke the other pod's connection: %v", err)
+				}
+				if _, ok := e.waitFlow(t, func(f agentapi.Flow) bool {
+					return f.Reason == "conntrack-limit" && f.Src == a.Addr.String()
+				}); !ok {
+					t.Errorf("no flow event dropping the flood's excess with reason conntrack-limit")
+				}
+				return
+			}
+			// the entry is gone: the server's next segment is decided as new world ingress, and denied
+			_ = s.server.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = fmt.Fprintf(s.server, "after\n")
+			_, ok := e.waitFlow(t, func(f agentapi.Flow) bool {
+				return f.Direction == "ingress" && f.Verdict == "denied" && f.Src == s.serverAddr.Addr().String() &&
+					f.Sport == s.serverAddr.Port() && f.Dport == s.podPort
+			})
+			if !ok {
+				t.Errorf("with no per-endpoint bound the flood did not evict the other pod's entry: no attack")
+			}
+		})
+	}
+}

@@ -100,6 +100,9 @@ func clusterPolicies(ctx context.Context, kubeconfig string) ([]agentapi.Policy,
 		if errs := p.Validate(); len(errs) > 0 {
 			ap.State, ap.Reason = "Invalid", errors.Join(errs...).Error()
 		}
+		if len(ap.Namespaces) == 0 {
+			ap.Warnings = []string{resolve.SelectsNothing}
+		}
 		out = append(out, ap)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })

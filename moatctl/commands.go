@@ -111,6 +111,13 @@ func statusTable(w io.Writer, st agentapi.Status, now time.Time) error {
 		}
 		fmt.Fprintf(tw, "%s\t- %s\n", label, p)
 	}
+	for i, w := range st.Warnings {
+		label := ""
+		if i == 0 {
+			label = "Warnings:"
+		}
+		fmt.Fprintf(tw, "%s\t- %s\n", label, w)
+	}
 	for i, l := range st.LastErrors {
 		label := ""
 		if i == 0 {
@@ -214,8 +221,15 @@ func policiesTable(w io.Writer, ps []agentapi.Policy) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tSTATE\tPRIORITY\tMODE\tRULES\tNAMESPACES\tREASON")
 	for _, p := range ps {
+		notes := []string{}
+		if p.Reason != "" {
+			notes = append(notes, p.Reason)
+		}
+		for _, w := range p.Warnings {
+			notes = append(notes, "warning: "+w)
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\n", p.Name, p.State, p.Priority, dash(p.Mode), p.Rules,
-			dash(strings.Join(p.Namespaces, ",")), dash(p.Reason))
+			dash(strings.Join(p.Namespaces, ",")), dash(strings.Join(notes, "; ")))
 	}
 	return tw.Flush()
 }

@@ -56,6 +56,7 @@ func TestTables(t *testing.T) {
 	troubled.LostEvents = 17
 	troubled.Problems = []string{"FirewallPolicy broken is invalid: egress[0].action: \"Perhaps\" is not Allow or Deny",
 		"pod shop/cart-7d9 (veth3a1b2c) is not attached: link not found"}
+	troubled.Warnings = []string{"FirewallPolicy legacy-egress: selects no namespace: its rules apply nowhere"}
 	troubled.LastErrors = []agentapi.LogLine{{Time: now.Add(-time.Minute), Message: "attach failed",
 		Fields: map[string]string{"pod": "shop/cart-7d9", "veth": "veth3a1b2c"}}}
 	for name, st := range map[string]agentapi.Status{"status-healthy.txt": healthy, "status-troubled.txt": troubled} {
@@ -83,6 +84,8 @@ func TestTables(t *testing.T) {
 		{Name: "payments", State: "Accepted", Priority: 100, Mode: "Enforce", Namespaces: []string{"payments"}, Rules: 4},
 		{Name: "audit-egress", State: "Accepted", Priority: 1000, Mode: "Audit", Namespaces: []string{"dev", "ops"}, Rules: 1},
 		{Name: "broken", State: "Invalid", Reason: "egress[0].action: \"Perhaps\" is not Allow or Deny", Mode: "Enforce"},
+		{Name: "legacy-egress", State: "Accepted", Priority: 1000, Mode: "Enforce", Rules: 2, Namespaces: []string{},
+			Warnings: []string{"selects no namespace: its rules apply nowhere"}},
 	}); err != nil {
 		t.Fatal(err)
 	}

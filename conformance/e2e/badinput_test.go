@@ -7,8 +7,8 @@ import (
 )
 
 // Bad input from a user: the API server refuses what the schema rules out (unknown fields, a malformed CIDR, an
-// unknown action); odd namespace labels are ignored (and reported), never crash the enforcer, and never open the
-// metadata API.
+// unknown action); odd namespace labels are reported, never crash the enforcer, and never open anything: an
+// unknown world default denies, and only "allow" opens the metadata API.
 func TestBadInput(t *testing.T) {
 	for _, c := range []struct{ name, yaml, says string }{
 		{"a FirewallConfig with an unknown field", `apiVersion: moat.dev/v1alpha1
@@ -49,8 +49,8 @@ spec: {defaultEgress: Deny}
 	namespace(t, "e2e-odd", map[string]string{"moat.dev/zone": "e2e-odd", "moat.dev/egress": "sideways",
 		"moat.dev/metadata": "Yes", "moat.dev/mode": "loud"})
 	p := agent(t, "e2e-odd", "client")
-	expect(t, p, "tcp", "203.0.113.1:80", true, applied) // an unknown egress value is ignored: the default holds
-	expect(t, p, "tcp", "169.254.169.254:80", false, 0)  // only "allow" opens the metadata API
+	expect(t, p, "tcp", "203.0.113.1:80", false, applied) // an unknown egress value fails closed: Deny
+	expect(t, p, "tcp", "169.254.169.254:80", false, 0)   // only "allow" opens the metadata API
 	if after := moatRestarts(t); !record(t, "enforcer restarts after odd labels", restartsBefore, after, 0) {
 		t.Errorf("the enforcer restarted: %s -> %s", restartsBefore, after)
 	}

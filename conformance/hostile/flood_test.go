@@ -16,8 +16,10 @@ import (
 // floodFlows is how many short flows the flooding pod starts: several times the whole table.
 const floodFlows = 20000
 
-// flood sends one datagram to each of n distinct world (address, port) pairs from the pod, starting at port
-// first.
+// flood starts n short flows from the pod to distinct world (address, port) pairs, from port first on: two
+// datagrams each. A second packet matters: the kernel's LRU map keeps an entry that was looked up again
+// (referenced) ahead of entries that were only inserted, so a flood of one-packet flows only evicts itself,
+// while flows of two packets push a quiet connection's entry out.
 func flood(t *testing.T, p *simnode.Pod, first, n int) {
 	t.Helper()
 	err := p.Net.Do(func(ns.NetNS) error {
@@ -31,8 +33,10 @@ func flood(t *testing.T, p *simnode.Pod, first, n int) {
 			w := simnode.World[i%2].Addr().As4()
 			w[3] = byte(2 + (i/2)%250)
 			to := netip.AddrPortFrom(netip.AddrFrom4(w), uint16(first+i/500))
-			if _, err := c.WriteToUDPAddrPort([]byte("flood"), to); err != nil {
-				return err
+			for range 2 {
+				if _, err := c.WriteToUDPAddrPort([]byte("flood"), to); err != nil {
+					return err
+				}
 			}
 		}
 		return nil

@@ -16,6 +16,18 @@ import (
 	"github.com/moatfw/moat/internal/simnode"
 )
 
+// tunnelAllowedYAML lets the tunnel namespace's pods send VXLAN and IPIP to the pods' gateway.
+const tunnelAllowedYAML = `apiVersion: moat.dev/v1alpha1
+kind: FirewallPolicy
+metadata: {name: tunnel-allowed}
+spec:
+  namespaceSelector: {matchLabels: {moat.dev/zone: tunnel}}
+  egress:
+  - action: Allow
+    to: [{cidr: 10.251.0.1/32}]
+    ports: [{protocol: UDP, port: 4789}, {protocol: UDP, port: 8472}, {protocol: "4"}]
+`
+
 // decapsulator is a VXLAN device in the node, as an overlay network would leave one: whatever a pod wraps in
 // VXLAN to the node's port comes out of it and is routed on, here to the metadata API.
 func decapsulator(t *testing.T, e *env, name string, vni uint32, port uint16) net.HardwareAddr {
@@ -92,7 +104,11 @@ func tunnels(t *testing.T, e *env) {
 	for _, node := range []struct {
 		name string
 		addr netip.Addr
-	}{{"gateway", gwAddr}, {"uplink", simnode.UplinkHost}} {
+	}{{"gateway", gwAddr}, {"uplink", simnode.UplinkHost}, {"gateway, allowed by a rule", gwAddr}} {
+		if node.name == "gateway, allowed by a rule" {
+			// what Moat drops is encapsulation no rule allows, not these packets as such
+			e.apply(t, "tunnel.yaml", tunnelAllowedYAML)
+		}
 		for _, c := range []struct {
 			name  string
 			frame func(id []byte) []byte
@@ -123,12 +139,16 @@ func tunnels(t *testing.T, e *env) {
 				return outerIP(node.addr, layers.IPProtocolIPv6, innerUDP(a.Addr6, simnode.WorldAddr6(1), id)...)
 			}, false},
 		} {
+			allowed := node.name == "gateway, allowed by a rule"
+			if allowed && !c.decap && c.name != "IPIP" {
+				continue // the rule allows VXLAN and IPIP only
+			}
 			t.Run(c.name+" to the "+node.name, func(t *testing.T) {
 				id, m := tag("tunnel"), tag("marker")
 				hostile := c.frame(id)
 				marker := udpFrame(t, from.MAC, gw.MAC, netip.AddrPortFrom(a.Addr, 9), netip.AddrPortFrom(node.addr, 9), m)
 				atNode, atWorld := listen(t, gw, false), listen(t, inet, false)
-				e.verdict(t, c.name+" reaching the node", through(t, from, atNode, hostile, has(id), marker, has(m)), true)
+				e.verdict(t, c.name+" reaching the node", through(t, from, atNode, hostile, has(id), marker, has(m)), !allowed)
 				if c.decap && !e.moat {
 					// the node unwraps it and routes the inner packet on: the attack done
 					if _, ok := atWorld.until(has(id), 3*time.Second); !ok {

@@ -5,11 +5,17 @@ package bpf_test
 
 import (
 	"bytes"
+	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/policy"
@@ -436,4 +442,123 @@ func TestMobilityHeaderIsAProtocol(t *testing.T) {
 		Ports: ports(135, 0, 65535)})
 	h.policy(p)
 	h.check([]row{{"protocol 135 allowed by a rule", false, frame, retNext, bpf.ReasonAllowRule}})
+}
+
+// 3. A packet that claims a cluster or node source must arrive the way the cluster network brings that address:
+// the route back to the source leaves through the device it came in on. In a network namespace of the test's
+// own: a tunnel device towards other nodes' pods, an uplink towards the nodes and the world, a bridge for this
+// node's pods.
+func TestSpoofedClusterSourcesFromOutside(t *testing.T) {
+	n := testutil.NewNS(t)
+	err := n.Do(func(ns.NetNS) error {
+		for _, f := range []string{"/proc/sys/net/ipv4/conf/all/forwarding", "/proc/sys/net/ipv6/conf/all/forwarding"} {
+			if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
+				return fmt.Errorf("turn forwarding on: %w", err)
+			}
+		}
+		dev := map[string]int{}
+		for _, name := range []string{"up0", "tun0", "br0"} {
+			// veth pairs stand for the devices (this kernel may have no dummy driver); both ends up, for carrier
+			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}); err != nil {
+				return fmt.Errorf("add %s: %w", name, err)
+			}
+			for _, end := range []string{name + "p", name} {
+				l, err := netlink.LinkByName(end)
+				if err != nil {
+					return err
+				}
+				if err := netlink.LinkSetUp(l); err != nil {
+					return err
+				}
+				dev[end] = l.Attrs().Index
+			}
+		}
+		for _, a := range []struct{ dev, addr string }{{"up0", "10.0.0.1/24"}, {"br0", "10.1.0.1/24"},
+			{"up0", "fd00:250:99::1/64"}, {"br0", "fd00:250::1/64"}} {
+			addr, _ := netlink.ParseAddr(a.addr)
+			addr.Flags = unix.IFA_F_NODAD
+			if err := netlink.AddrAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: dev[a.dev]}}, addr); err != nil {
+				return fmt.Errorf("address %s on %s: %w", a.addr, a.dev, err)
+			}
+		}
+		for _, r := range []struct{ dev, dst string }{{"tun0", "10.252.0.0/16"}, {"tun0", "fd00:252::/48"},
+			{"up0", "0.0.0.0/0"}, {"up0", "::/0"}} {
+			_, dst, _ := net.ParseCIDR(r.dst)
+			if err := netlink.RouteAdd(&netlink.Route{LinkIndex: dev[r.dev], Dst: dst, Scope: netlink.SCOPE_LINK}); err != nil {
+				return fmt.Errorf("route %s dev %s: %w", r.dst, r.dev, err)
+			}
+		}
+		spoofedSources(t, dev)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func spoofedSources(t *testing.T, dev map[string]int) {
+	h := newHarness(t, bpf.Options{})
+	h.policy(&policy.IdentityPolicy{Identity: podID, DefaultEgress: bpf.ActionAllow, DefaultIngress: bpf.ActionDeny})
+	if err := h.dp.SetIPCache(netip.MustParsePrefix("fd00:252::/48"), bpf.ClassCluster, 0); err != nil {
+		t.Fatal(err)
+	}
+	other := uint32(testutil.Dummy(t)) // another pod's host veth
+	ep, err := bpf.NewEndpoint(peerID, bpf.ModeEnforce, []netip.Addr{peerV4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.dp.SetEndpoint(other, &ep); err != nil {
+		t.Fatal(err)
+	}
+	sport := uint16(20000)
+	arrive := func(src, dst netip.Addr, iif uint32) uint32 {
+		sport++
+		ctx := skbContext(h.ifindex)
+		binary.LittleEndian.PutUint32(ctx[36:], iif) // __sk_buff.ingress_ifindex
+		ret, err := h.dp.ToPod.Run(&ebpf.RunOptions{Data: tcp(src, dst, sport, 80, testutil.TCPSyn).Bytes(), Context: ctx})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ret
+	}
+	a := netip.MustParseAddr
+	up, tun, br := uint32(dev["up0"]), uint32(dev["tun0"]), uint32(dev["br0"])
+	rows := []struct {
+		name     string
+		src, dst netip.Addr
+		iif      uint32
+		want     uint32
+		reason   bpf.Reason
+	}{
+		{"another node's pod over the tunnel", a("10.252.0.5"), podV4, tun, retNext, bpf.ReasonAllowDefault},
+		{"another node's pod from the uplink", a("10.252.0.5"), podV4, up, retDrop, bpf.ReasonSpoofed},
+		{"this node's pod range from the uplink", a("10.1.0.77"), podV4, up, retDrop, bpf.ReasonSpoofed},
+		{"this node's pod through its bridge", a("10.1.0.77"), podV4, br, retNext, bpf.ReasonAllowDefault},
+		{"a node from the uplink", a("10.0.0.5"), podV4, up, retNext, bpf.ReasonAllowDefault},
+		{"a node from the tunnel", a("10.0.0.5"), podV4, tun, retDrop, bpf.ReasonSpoofed},
+		{"the node's own address, masqueraded on the way in", a("10.1.0.1"), podV4, up, retNext, bpf.ReasonAllowDefault},
+		{"made on this node", a("10.252.0.5"), podV4, 0, retNext, bpf.ReasonAllowDefault},
+		{"from a pod of this node", peerV4, podV4, other, retNext, bpf.ReasonAllowDefault},
+		{"the world from the uplink: policy decides", worldV4, podV4, up, retDrop, bpf.ReasonDenyDefault},
+		{"the world from the tunnel: policy decides", worldV4, podV4, tun, retDrop, bpf.ReasonDenyDefault},
+		{"another node's pod over the tunnel, IPv6", a("fd00:252::5"), podV6, tun, retNext, bpf.ReasonAllowDefault},
+		{"another node's pod from the uplink, IPv6", a("fd00:252::5"), podV6, up, retDrop, bpf.ReasonSpoofed},
+		{"this node's pod range from the uplink, IPv6", a("fd00:250::77"), podV6, up, retDrop, bpf.ReasonSpoofed},
+	}
+	for _, r := range rows {
+		before := h.reasonCount(r.reason)
+		if got := arrive(r.src, r.dst, r.iif); got != r.want {
+			t.Errorf("%s: %s, want %s", r.name, verdictName(got), verdictName(r.want))
+		}
+		if after := h.reasonCount(r.reason); after != before+1 {
+			t.Errorf("%s: counter of %s went %d -> %d, want +1", r.name, bpf.ReasonName(r.reason), before, after)
+		}
+	}
+	// FirewallConfig sourceValidation: Off (multipath, asymmetric routes) leaves it to the network
+	if err := h.dp.UpdateConfig(func(c *bpf.Config) { c.Flags |= uint32(bpf.ConfigNoSourceCheck) }); err != nil {
+		t.Fatal(err)
+	}
+	if got := arrive(a("10.252.0.5"), podV4, up); got != retNext {
+		t.Errorf("another node's pod from the uplink, check off: %s, want pass", verdictName(got))
+	}
 }

@@ -829,6 +829,62 @@ static __always_inline __u16 policy_port(const struct packet *p)
 	return p->dport;
 }
 
+/* ---- where a source may come from ---- */
+
+#define AF_INET 2
+#define AF_INET6 10
+
+/*
+ * Did a packet from a cluster or node address reach the node the way the cluster network brings that address? A
+ * pod or a node address is not the world's to use: a packet from outside that claims one would otherwise be
+ * decided as cluster traffic (allowed by default) and reach namespaces that deny the world.
+ *   - made on this node (no ingress device), or sent by a pod of this node (its own veth, where anti-spoofing
+ *     checked the source): yes;
+ *   - the world and the metadata API: nothing to check, policy decides them as such;
+ *   - else the route back to the source must leave through the device the packet came in on, as strict
+ *     reverse-path filtering would have it: a pod of another node over the CNI's tunnel, the node's pods through
+ *     its bridge. One of the node's own addresses (a local route) passes: what was masqueraded on the way in
+ *     carries one, and the kernel drops IPv4 packets that arrive claiming one (martian source).
+ * Only a new flow towards the pod is checked; FirewallConfig sourceValidation: Off turns it off (multipath or
+ * asymmetric routing).
+ */
+static __always_inline int source_path_ok(struct __sk_buff *skb, const struct moat_config *cfg, const struct packet *p)
+{
+	struct bpf_fib_lookup f = {};
+	__u32 iif = skb->ingress_ifindex, identity;
+	__u8 class;
+	long rc;
+
+	if (iif == 0 || (cfg->flags & MOAT_CFG_NO_SOURCE_CHECK) || bpf_map_lookup_elem(&local_endpoints, &iif))
+		return 1;
+	classify(p->family, p->saddr, &class, &identity);
+	if (class == MOAT_CLASS_WORLD || class == MOAT_CLASS_METADATA)
+		return 1;
+	/* the route a packet to the source would take, had it come in on iif */
+	if (p->family == 4) {
+		f.family = AF_INET;
+		__builtin_memcpy(&f.ipv4_dst, p->saddr, 4);
+		__builtin_memcpy(&f.ipv4_src, p->daddr, 4);
+	} else {
+		f.family = AF_INET6;
+		__builtin_memcpy(f.ipv6_dst, p->saddr, 16);
+		__builtin_memcpy(f.ipv6_src, p->daddr, 16);
+	}
+	f.ifindex = iif;
+	rc = bpf_fib_lookup(skb, &f, sizeof(f), BPF_FIB_LOOKUP_SKIP_NEIGH);
+	switch (rc) {
+	case BPF_FIB_LKUP_RET_SUCCESS:
+	case BPF_FIB_LKUP_RET_NO_NEIGH:
+		return f.ifindex == iif;
+	case BPF_FIB_LKUP_RET_BLACKHOLE:
+	case BPF_FIB_LKUP_RET_UNREACHABLE:
+	case BPF_FIB_LKUP_RET_PROHIBIT:
+		return 0; /* no way back to that source at all */
+	}
+	/* a local address (not forwarded), forwarding off on iif, an error: nothing this check can judge */
+	return 1;
+}
+
 /* ---- conntrack ---- */
 
 static __always_inline int is_tcp_open(const struct packet *p)
@@ -1301,7 +1357,16 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 	/* A pure SYN opens a connection: policy decides it whatever conntrack holds (a stale entry of a reused
 	 * port is replaced), which spares new connections the conntrack lookup. */
 	if (is_tcp_open(&p) || !ct_lookup(skb, cfg, ep, &p, dir, &d)) {
-		__u8 action = decide(cfg, ep->identity, dir, p.family, p.protocol, policy_port(&p),
+		__u8 action;
+
+		if (dir == MOAT_DIR_INGRESS && !source_path_ok(skb, cfg, &p)) {
+			/* not policy: dropped in audit mode too */
+			d.reason = MOAT_REASON_SPOOFED;
+			d.verdict = MOAT_VERDICT_DENIED;
+			d.emit = 1;
+			return finish(skb, ep, &p, dir, &d);
+		}
+		action = decide(cfg, ep->identity, dir, p.family, p.protocol, policy_port(&p),
 				     dir == MOAT_DIR_EGRESS ? p.daddr : p.saddr, &d);
 		if (action == MOAT_ACTION_ALLOW) {
 			d.pass = 1;

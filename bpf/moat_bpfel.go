@@ -45,7 +45,8 @@ type moatMoatConfig struct {
 type moatMoatConfigFlags uint32
 
 const (
-	moatMoatConfigFlagsMOAT_CFG_ALLOW_EVENTS moatMoatConfigFlags = 1
+	moatMoatConfigFlagsMOAT_CFG_ALLOW_EVENTS    moatMoatConfigFlags = 1
+	moatMoatConfigFlagsMOAT_CFG_NO_SOURCE_CHECK moatMoatConfigFlags = 2
 )
 
 type moatMoatCounter struct {

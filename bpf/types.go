@@ -108,6 +108,7 @@ const (
 	IdentityAllowMeta           = moatMoatIdentityFlagsMOAT_ID_METADATA_ALLOW
 	IdentityAudit               = moatMoatIdentityFlagsMOAT_ID_AUDIT
 	ConfigAllowEvents           = moatMoatConfigFlagsMOAT_CFG_ALLOW_EVENTS
+	ConfigNoSourceCheck         = moatMoatConfigFlagsMOAT_CFG_NO_SOURCE_CHECK
 	ModeEnforce                 = moatMoatEndpointModeMOAT_MODE_ENFORCE
 	ModeAudit                   = moatMoatEndpointModeMOAT_MODE_AUDIT
 	StatEventsLost              = moatMoatStatMOAT_STAT_EVENTS_LOST

@@ -279,6 +279,12 @@ func (e *Enforcer) apply(s State) error {
 		configChanged = c.DefaultVerdict != d
 		c.DefaultVerdict = d
 		c.CtMaxPerEndpoint = out.ConntrackPerEndpoint // a bound, not a verdict: no generation bump
+		// checked for new flows only, so no generation bump either
+		if out.NoSourceValidation {
+			c.Flags |= uint32(bpf.ConfigNoSourceCheck)
+		} else {
+			c.Flags &^= uint32(bpf.ConfigNoSourceCheck)
+		}
 	}); err != nil {
 		return err
 	}

@@ -56,6 +56,8 @@ type Output struct {
 	Nodes    []netip.Prefix                    // FirewallConfig's nodeCIDRs
 	// ConntrackPerEndpoint bounds the conntrack entries of one pod interface (0: no bound).
 	ConntrackPerEndpoint uint32
+	// NoSourceValidation turns the datapath's reverse-path check of cluster and node sources off.
+	NoSourceValidation bool
 	// Problems are namespace labels with values Moat does not know: each took the closed side. Warnings are
 	// policies that select no namespace. Both sorted by kind and name.
 	Problems []Finding
@@ -81,6 +83,7 @@ func Resolve(in Input) Output {
 	out.Metadata = prefixes(addrs)
 	out.Cluster = prefixes(cfg.Spec.ClusterCIDRs)
 	out.Nodes = prefixes(cfg.Spec.NodeCIDRs)
+	out.NoSourceValidation = cfg.Spec.SourceValidation == v1alpha1.SourceValidationOff
 	out.ConntrackPerEndpoint = v1alpha1.DefaultConntrackPerEndpoint
 	if ct := cfg.Spec.Conntrack; ct != nil && ct.MaxPerEndpoint != nil {
 		out.ConntrackPerEndpoint = uint32(*ct.MaxPerEndpoint)

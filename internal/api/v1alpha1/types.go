@@ -83,7 +83,20 @@ type FirewallConfigSpec struct {
 	MetadataAPI *MetadataAPI `json:"metadataAPI,omitempty"`
 	// Conntrack bounds the connection tracking table's use per pod.
 	Conntrack *Conntrack `json:"conntrack,omitempty"`
+	// SourceValidation checks that a new connection to a pod from a cluster or node address came in the way the
+	// node routes back to that address (strict reverse-path filtering, in the datapath): Strict (default) or Off,
+	// for networks with multipath or asymmetric routes, where the network must drop spoofed sources itself.
+	// +kubebuilder:validation:Enum=Strict;Off
+	SourceValidation SourceValidation `json:"sourceValidation,omitempty"`
 }
+
+// SourceValidation is how the datapath checks where a cluster or node source came from.
+type SourceValidation string
+
+const (
+	SourceValidationStrict SourceValidation = "Strict"
+	SourceValidationOff    SourceValidation = "Off"
+)
 
 // Conntrack bounds what one pod may hold of the node's connection tracking table, so that a pod opening flows
 // by the hundred thousand meets a bound of its own and never evicts other pods' established connections.

@@ -228,6 +228,9 @@ func (c *FirewallConfig) Validate() []error {
 			}
 		}
 	}
+	if v := c.Spec.SourceValidation; v != "" && v != SourceValidationStrict && v != SourceValidationOff {
+		add("spec.sourceValidation", "%q: want Strict or Off", v)
+	}
 	if ct := c.Spec.Conntrack; ct != nil && ct.MaxPerEndpoint != nil {
 		if n := *ct.MaxPerEndpoint; n < 0 || n > MaxConntrackPerEndpoint {
 			add("spec.conntrack.maxPerEndpoint", "%d: want 0 (no bound) to %d", n, MaxConntrackPerEndpoint)

@@ -554,7 +554,7 @@ func spoofedSources(t *testing.T, dev map[string]int) {
 			t.Errorf("%s: counter of %s went %d -> %d, want +1", r.name, bpf.ReasonName(r.reason), before, after)
 		}
 	}
-	// FirewallConfig sourceValidation: Off (multipath, asymmetric routes) leaves it to the network
+	// FirewallConfig sourceValidation: Disabled (multipath, asymmetric routes) leaves it to the network
 	if err := h.dp.UpdateConfig(func(c *bpf.Config) { c.Flags |= uint32(bpf.ConfigNoSourceCheck) }); err != nil {
 		t.Fatal(err)
 	}

@@ -845,7 +845,7 @@ static __always_inline __u16 policy_port(const struct packet *p)
  *     reverse-path filtering would have it: a pod of another node over the CNI's tunnel, the node's pods through
  *     its bridge. One of the node's own addresses (a local route) passes: what was masqueraded on the way in
  *     carries one, and the kernel drops IPv4 packets that arrive claiming one (martian source).
- * Only a new flow towards the pod is checked; FirewallConfig sourceValidation: Off turns it off (multipath or
+ * Only a new flow towards the pod is checked; FirewallConfig sourceValidation: Disabled turns it off (multipath or
  * asymmetric routing).
  */
 static __always_inline int source_path_ok(struct __sk_buff *skb, const struct moat_config *cfg, const struct packet *p)

@@ -101,7 +101,7 @@ struct moat_endpoint {
 /* config map, one element (key 0). Written by the enforcer. */
 enum moat_config_flags {
 	MOAT_CFG_ALLOW_EVENTS = 1 << 0, /* also emit an event for every allowed new flow */
-	MOAT_CFG_NO_SOURCE_CHECK = 1 << 1, /* FirewallConfig sourceValidation: Off: no reverse-path check of cluster
+	MOAT_CFG_NO_SOURCE_CHECK = 1 << 1, /* FirewallConfig sourceValidation: Disabled: no reverse-path check of cluster
 					     * and node sources arriving from outside */
 };
 

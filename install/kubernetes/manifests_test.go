@@ -392,7 +392,7 @@ func TestChartValues(t *testing.T) {
 				t.Errorf("resources (-want +got):\n%s", diff)
 			}
 		}},
-		{"config", "config: {defaultEgress: Deny, clusterCIDRs: [10.244.0.0/16, 'fd00:10:244::/56'], metadataAPI: {action: Allow}}",
+		{"config", "config: {defaultEgress: Deny, clusterCIDRs: [10.244.0.0/16, 'fd00:10:244::/56'], metadataAPI: {action: Allow}, conntrack: {maxPerEndpoint: 0}, sourceValidation: Disabled}",
 			func(t *testing.T, objs []*unstructured.Unstructured) {
 				spec := nested[map[string]any](t, find(t, objs, "FirewallConfig", "default").Object, "spec")
 				want := map[string]any{
@@ -400,16 +400,19 @@ func TestChartValues(t *testing.T) {
 					"defaultIngress": "Allow",
 					"defaultEgress":  "Deny",
 					"metadataAPI": map[string]any{
-						"action":          "Allow",
-						"addresses":       []any{"169.254.169.254/32", "fd00:ec2::254/128", "100.100.100.200/32"},
+						"action": "Allow",
+						"addresses": []any{"169.254.169.254/32", "fd00:ec2::254/128", "100.100.100.200/32",
+							"fd20:ce::254/128", "169.254.170.23/32", "fd00:ec2::23/128"},
 						"allowNamespaces": map[string]any{"matchLabels": map[string]any{"moat.dev/metadata": "allow"}},
 					},
+					"conntrack":        map[string]any{"maxPerEndpoint": float64(0)}, // 0 is a value (no bound), not absent
+					"sourceValidation": "Disabled",
 				}
 				if diff := cmp.Diff(want, spec); diff != "" {
 					t.Errorf("FirewallConfig spec (-want +got):\n%s", diff)
 				}
 			}},
-		{"config all absent", "config: {defaultIngress: null, defaultEgress: null, metadataAPI: null, clusterCIDRs: null}",
+		{"config all absent", "config: {defaultIngress: null, defaultEgress: null, metadataAPI: null, clusterCIDRs: null, conntrack: null, sourceValidation: null}",
 			func(t *testing.T, objs []*unstructured.Unstructured) {
 				spec := nested[map[string]any](t, find(t, objs, "FirewallConfig", "default").Object, "spec")
 				if len(spec) != 0 {

@@ -28,7 +28,7 @@ func TestConfigReachesTheDatapath(t *testing.T) {
 	}
 	check("defaults", v1alpha1.DefaultConntrackPerEndpoint, false)
 
-	cfg := &v1alpha1.FirewallConfig{Spec: v1alpha1.FirewallConfigSpec{SourceValidation: v1alpha1.SourceValidationOff,
+	cfg := &v1alpha1.FirewallConfig{Spec: v1alpha1.FirewallConfigSpec{SourceValidation: v1alpha1.SourceValidationDisabled,
 		Conntrack: &v1alpha1.Conntrack{MaxPerEndpoint: new(int32)}}}
 	*cfg.Spec.Conntrack.MaxPerEndpoint = 100
 	cfg.Name = v1alpha1.DefaultConfigName

@@ -83,7 +83,7 @@ func Resolve(in Input) Output {
 	out.Metadata = prefixes(addrs)
 	out.Cluster = prefixes(cfg.Spec.ClusterCIDRs)
 	out.Nodes = prefixes(cfg.Spec.NodeCIDRs)
-	out.NoSourceValidation = cfg.Spec.SourceValidation == v1alpha1.SourceValidationOff
+	out.NoSourceValidation = cfg.Spec.SourceValidation == v1alpha1.SourceValidationDisabled
 	out.ConntrackPerEndpoint = v1alpha1.DefaultConntrackPerEndpoint
 	if ct := cfg.Spec.Conntrack; ct != nil && ct.MaxPerEndpoint != nil {
 		out.ConntrackPerEndpoint = uint32(*ct.MaxPerEndpoint)

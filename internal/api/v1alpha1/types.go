@@ -84,9 +84,9 @@ type FirewallConfigSpec struct {
 	// Conntrack bounds the connection tracking table's use per pod.
 	Conntrack *Conntrack `json:"conntrack,omitempty"`
 	// SourceValidation checks that a new connection to a pod from a cluster or node address came in the way the
-	// node routes back to that address (strict reverse-path filtering, in the datapath): Strict (default) or Off,
+	// node routes back to that address (strict reverse-path filtering, in the datapath): Strict (default) or Disabled,
 	// for networks with multipath or asymmetric routes, where the network must drop spoofed sources itself.
-	// +kubebuilder:validation:Enum=Strict;Off
+	// +kubebuilder:validation:Enum=Strict;Disabled
 	SourceValidation SourceValidation `json:"sourceValidation,omitempty"`
 }
 
@@ -94,8 +94,8 @@ type FirewallConfigSpec struct {
 type SourceValidation string
 
 const (
-	SourceValidationStrict SourceValidation = "Strict"
-	SourceValidationOff    SourceValidation = "Off"
+	SourceValidationStrict   SourceValidation = "Strict"
+	SourceValidationDisabled SourceValidation = "Disabled"
 )
 
 // Conntrack bounds what one pod may hold of the node's connection tracking table, so that a pod opening flows

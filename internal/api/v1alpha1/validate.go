@@ -228,8 +228,8 @@ func (c *FirewallConfig) Validate() []error {
 			}
 		}
 	}
-	if v := c.Spec.SourceValidation; v != "" && v != SourceValidationStrict && v != SourceValidationOff {
-		add("spec.sourceValidation", "%q: want Strict or Off", v)
+	if v := c.Spec.SourceValidation; v != "" && v != SourceValidationStrict && v != SourceValidationDisabled {
+		add("spec.sourceValidation", "%q: want Strict or Disabled", v)
 	}
 	if ct := c.Spec.Conntrack; ct != nil && ct.MaxPerEndpoint != nil {
 		if n := *ct.MaxPerEndpoint; n < 0 || n > MaxConntrackPerEndpoint {

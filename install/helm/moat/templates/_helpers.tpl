@@ -57,4 +57,13 @@ metadataAPI:
   {{- end }}
 {{- end }}
 {{- end }}
+{{- with $c.conntrack }}
+{{- if hasKey . "maxPerEndpoint" }}
+conntrack:
+  maxPerEndpoint: {{ .maxPerEndpoint }}
+{{- end }}
+{{- end }}
+{{- with $c.sourceValidation }}
+sourceValidation: {{ . }}
+{{- end }}
 {{- end -}}

@@ -338,5 +338,6 @@ var cases = []hostileCase{
 	{"blind-rst", blindRST},
 	{"nat64-metadata", nat64},
 	{"ipv6-mobility-header", mobility},
+	{"spoofed-cluster-source", spoofedClusterSource},
 	{"conntrack-flood", conntrackFlood},
 }

@@ -136,8 +136,9 @@ func TestFolderPolicyDrivesTraffic(t *testing.T) {
 	}
 	flowLog := &syncBuffer{}
 	logCtx, stopLog := context.WithCancel(context.Background())
-	defer stopLog()
-	go e.RunFlows(logCtx, store, flowLog)
+	logDone := make(chan struct{})
+	go func() { defer close(logDone); _ = e.RunFlows(logCtx, store, flowLog) }()
+	defer func() { stopLog(); <-logDone }() // before the datapath closes (t.Cleanup)
 	time.Sleep(100 * time.Millisecond) // the reader is open before the first packet
 
 	if !reach("198.51.100.1:443") || reach("198.51.100.1:80") || reach("169.254.169.254:443") {
@@ -155,9 +156,18 @@ func TestFolderPolicyDrivesTraffic(t *testing.T) {
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	reloads := make(chan []string, 16)
-	go folder.Watch(ctx, func() { reloads <- apply() })
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		_ = folder.Watch(ctx, func() {
+			select {
+			case reloads <- apply():
+			case <-ctx.Done():
+			}
+		})
+	}()
+	defer func() { cancel(); <-watchDone }() // the watch applies no more once the datapath closes (t.Cleanup)
 	select { // the watch stands once it has read the folder again
 	case <-reloads:
 	case <-time.After(10 * time.Second):

@@ -95,7 +95,7 @@ func (s *Server) Status() agentapi.Status {
 	}
 	e.mu.Unlock()
 	st.LastErrors = e.errors.lines()
-	if e.generation == 0 {
+	if st.Generation == 0 {
 		st.Problems = append(st.Problems, "no policy applied yet")
 	}
 	if fills, err := e.dp.MapFills(); err != nil {
@@ -123,7 +123,7 @@ func (s *Server) Status() agentapi.Status {
 	for _, check := range s.Checks {
 		st.Problems = append(st.Problems, check()...)
 	}
-	st.Ready = e.generation != 0
+	st.Ready = st.Generation != 0
 	for _, p := range st.Problems {
 		if !strings.HasPrefix(p, v1alpha1.KindFirewallPolicy+" ") && !strings.HasPrefix(p, "Namespace ") && !strings.HasPrefix(p, "pod ") {
 			// an invalid policy or namespace keeps the last good one (a label Moat does not know is read on the

@@ -69,7 +69,9 @@ func TestServerAnswersAboutARealPod(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go e.RunFlows(ctx, store, nil)
+	flowsDone := make(chan struct{})
+	go func() { defer close(flowsDone); _ = e.RunFlows(ctx, store, nil) }()
+	defer func() { cancel(); <-flowsDone }() // before the datapath closes (t.Cleanup)
 
 	socket := filepath.Join(t.TempDir(), "run", "enforcer.sock")
 	ln, err := agentapi.Listen(socket)

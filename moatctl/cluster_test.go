@@ -32,6 +32,15 @@ spec:
     to: [{cidr: 198.51.100.0/24, except: [203.0.113.0/24]}]
 `
 
+func fromYAMLDoc(t *testing.T, doc string) *unstructured.Unstructured {
+	t.Helper()
+	var obj map[string]any
+	if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+		t.Fatal(err)
+	}
+	return &unstructured.Unstructured{Object: obj}
+}
+
 // policies and report with --kubeconfig answer from a real API server: the policies' states as the enforcers
 // wrote them (or as moatctl judges them itself), and the report of what the cluster holds.
 func TestMoatctlAgainstACluster(t *testing.T) {
@@ -122,6 +131,25 @@ func TestMoatctlAgainstACluster(t *testing.T) {
 	out, err := run(t, append(kc, "policies")...)
 	if err != nil || !containsRow(out, "payments", "Accepted", "100", "Enforce", "4", "payments") ||
 		!containsRow(out, "bad-except", "Invalid", "0", "Enforce", "1", "dev") {
+		t.Errorf("policies table (%v):\n%s", err, out)
+	}
+
+	// a policy that selects no namespace: noted in both forms, as a warning beside its state
+	if _, err := pols.Create(ctx, fromYAMLDoc(t, `apiVersion: moat.dev/v1alpha1
+kind: FirewallPolicy
+metadata: {name: nobody}
+spec:
+  namespaceSelector: {matchLabels: {moat.dev/zone: nowhere}}
+  egress: [{action: Deny}]
+`), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if p := policies()["nobody"]; len(p.Namespaces) != 0 || len(p.Warnings) != 1 || !strings.Contains(p.Warnings[0], "selects no namespace") ||
+		len(policies()["payments"].Warnings) != 0 {
+		t.Errorf("nobody: %+v, want a warning that it selects no namespace (and none for payments)", p)
+	}
+	out, err = run(t, append(kc, "policies")...)
+	if err != nil || !containsRow(out, "nobody", "Pending", "1000", "Enforce", "1", "-", "warning: selects no namespace") {
 		t.Errorf("policies table (%v):\n%s", err, out)
 	}
 

@@ -67,7 +67,19 @@ func TestManifestsOnAPIServer(t *testing.T) {
 	t.Run("FirewallConfig kept as written", func(t *testing.T) {
 		want := find(t, config, "FirewallConfig", "default")
 		got := a.get(ctx, t, want)
-		if diff := cmp.Diff(want.Object["spec"], got.Object["spec"]); diff != "" {
+		// numbers decode as float64 from the file and int64 from the server: compare them as JSON has them
+		asJSON := func(v any) any {
+			b, err := json.Marshal(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out any
+			if err := json.Unmarshal(b, &out); err != nil {
+				t.Fatal(err)
+			}
+			return out
+		}
+		if diff := cmp.Diff(asJSON(want.Object["spec"]), asJSON(got.Object["spec"])); diff != "" {
 			t.Errorf("the API server changed the spec (-sent +stored):\n%s", diff)
 		}
 	})

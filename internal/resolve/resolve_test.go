@@ -74,7 +74,7 @@ func TestResolveExample(t *testing.T) {
 			t.Errorf("identity %d does not compile: %v", id, err)
 		}
 	}
-	if len(out.Metadata) != 3 || len(out.Cluster) != 3 {
+	if len(out.Metadata) != len(DefaultMetadataAddresses) || len(out.Cluster) != 3 {
 		t.Errorf("metadata %v cluster %v", out.Metadata, out.Cluster)
 	}
 	if k := rules.keys[p.Rules[2].ID]; k.Policy != "payments-egress" || k.Direction != bpf.Ingress || k.Index != 0 {

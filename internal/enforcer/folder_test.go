@@ -94,11 +94,17 @@ func (n *folderNode) remove(name string) []string {
 // policies is what moatctl policies gets, by name.
 func (n *folderNode) policies() map[string]agentapi.Policy {
 	n.t.Helper()
+	return serverPolicies(n.t, n.srv)
+}
+
+// serverPolicies is what a server answers moatctl policies, by name.
+func serverPolicies(t *testing.T, srv *Server) map[string]agentapi.Policy {
+	t.Helper()
 	rec := httptest.NewRecorder()
-	n.srv.policies(rec, httptest.NewRequest(http.MethodGet, "/v1/policies", nil))
+	srv.policies(rec, httptest.NewRequest(http.MethodGet, "/v1/policies", nil))
 	var ps []agentapi.Policy
 	if err := json.Unmarshal(rec.Body.Bytes(), &ps); err != nil {
-		n.t.Fatalf("policies: %v\n%s", err, rec.Body.String())
+		t.Fatalf("policies: %v\n%s", err, rec.Body.String())
 	}
 	out := map[string]agentapi.Policy{}
 	for _, p := range ps {

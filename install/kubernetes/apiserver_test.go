@@ -67,19 +67,7 @@ func TestManifestsOnAPIServer(t *testing.T) {
 	t.Run("FirewallConfig kept as written", func(t *testing.T) {
 		want := find(t, config, "FirewallConfig", "default")
 		got := a.get(ctx, t, want)
-		// numbers decode as float64 from the file and int64 from the server: compare them as JSON has them
-		asJSON := func(v any) any {
-			b, err := json.Marshal(v)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var out any
-			if err := json.Unmarshal(b, &out); err != nil {
-				t.Fatal(err)
-			}
-			return out
-		}
-		if diff := cmp.Diff(asJSON(want.Object["spec"]), asJSON(got.Object["spec"])); diff != "" {
+		if diff := cmp.Diff(asJSON(t, want.Object["spec"]), asJSON(t, got.Object["spec"])); diff != "" {
 			t.Errorf("the API server changed the spec (-sent +stored):\n%s", diff)
 		}
 	})
@@ -258,7 +246,7 @@ func TestKubectlApply(t *testing.T) {
 	must("apply", "-f", manifests.ConfigFile)
 	a.mapper.Reset() // discovery ran before the CRDs were served
 	cfg := find(t, decodeFile(t, manifests.ConfigFile), "FirewallConfig", "default")
-	if diff := cmp.Diff(cfg.Object["spec"], a.get(ctx, t, cfg).Object["spec"]); diff != "" {
+	if diff := cmp.Diff(asJSON(t, cfg.Object["spec"]), asJSON(t, a.get(ctx, t, cfg).Object["spec"])); diff != "" {
 		t.Errorf("FirewallConfig after kubectl apply (-file +stored):\n%s", diff)
 	}
 
@@ -407,4 +395,19 @@ func (a *applier) admitPod(ctx context.Context, t *testing.T, ds *unstructured.U
 	if prio, _, _ := unstructured.NestedInt64(got.Object, "spec", "priority"); prio != systemNodeCritical {
 		t.Errorf("pod of %s has priority %d, want %d (system-node-critical)", ds.GetName(), prio, systemNodeCritical)
 	}
+}
+
+// asJSON is v as JSON has it: numbers decode as float64 from a file and as int64 from the API server, and compare
+// equal only this way.
+func asJSON(t *testing.T, v any) any {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out any
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

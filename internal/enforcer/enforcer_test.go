@@ -138,7 +138,8 @@ func TestFolderPolicyDrivesTraffic(t *testing.T) {
 	logCtx, stopLog := context.WithCancel(context.Background())
 	logDone := make(chan struct{})
 	go func() { defer close(logDone); _ = e.RunFlows(logCtx, store, flowLog) }()
-	defer func() { stopLog(); <-logDone }() // before the datapath closes (t.Cleanup)
+	// the reader ends before the datapath closes (t.Cleanup)
+	defer func() { stopLog(); <-logDone }()
 	time.Sleep(100 * time.Millisecond) // the reader is open before the first packet
 
 	if !reach("198.51.100.1:443") || reach("198.51.100.1:80") || reach("169.254.169.254:443") {
@@ -167,7 +168,8 @@ func TestFolderPolicyDrivesTraffic(t *testing.T) {
 			}
 		})
 	}()
-	defer func() { cancel(); <-watchDone }() // the watch applies no more once the datapath closes (t.Cleanup)
+	// the watch applies no more once the datapath closes (t.Cleanup)
+	defer func() { cancel(); <-watchDone }()
 	select { // the watch stands once it has read the folder again
 	case <-reloads:
 	case <-time.After(10 * time.Second):

@@ -120,6 +120,10 @@ func TestNeighborMessagesFromPod(t *testing.T) {
 	h := newHarness(t, bpf.Options{})
 	h.withLink(podID, podV4, podV6)
 	h.policy(denyWorldPolicy(policy.Rule{ID: 43, Direction: bpf.Egress, Action: bpf.ActionDeny, AllPeers: true, AllPorts: true}))
+	// as on a node that does not know the pods' IPv6 range (no Node podCIDR for it): its own /64 is its link
+	if err := h.dp.DeleteIPCache(netip.MustParsePrefix("fd00:250::/48")); err != nil {
+		t.Fatal(err)
+	}
 	zeroMAC := net.HardwareAddr{0, 0, 0, 0, 0, 0}
 	arp := func(op uint16, eth, sha net.HardwareAddr, spa netip.Addr, tha net.HardwareAddr, tpa netip.Addr) []byte {
 		f := testutil.ARPMessage(op, sha, spa, tha, tpa)
@@ -154,6 +158,7 @@ func TestNeighborMessagesFromPod(t *testing.T) {
 	}
 	spoofedTCP := tcp(podV4, worldV4, 1000, 443, testutil.TCPSyn)
 	spoofedTCP.SrcMAC = otherMAC
+	a := netip.MustParseAddr
 
 	h.check([]row{
 		{"ARP request for the gateway", false, arp(1, podMAC, podMAC, podV4, zeroMAC, gatewayV4), retNext, bpf.ReasonNeighbor},
@@ -180,6 +185,8 @@ func TestNeighborMessagesFromPod(t *testing.T) {
 		{"DAD with a source link-layer option", false, nd(135, netip.IPv6Unspecified(), testutil.SolicitedNode(podV6), podV6, sll), retDrop, bpf.ReasonNeighborDenied},
 		{"NS for the gateway", false, nd(135, podLL, testutil.SolicitedNode(gatewayV6), gatewayV6, sll), retNext, bpf.ReasonNeighbor},
 		{"NS for the gateway, unicast", false, nd(135, podV6, gatewayV6, gatewayV6, sll), retNext, bpf.ReasonNeighbor},
+		{"NS for a neighbour of its /64 that the ipcache does not know", false, nd(135, podV6, testutil.SolicitedNode(a("fd00:250::1:77")), a("fd00:250::1:77"), sll), retNext, bpf.ReasonNeighbor},
+		{"NS for a world address", false, nd(135, podV6, testutil.SolicitedNode(worldV6), worldV6, sll), retDrop, bpf.ReasonNeighborDenied},
 		{"NS from another link-local address", false, nd(135, netip.MustParseAddr("fe80::99"), testutil.SolicitedNode(gatewayV6), gatewayV6, sll), retDrop, bpf.ReasonSpoofed},
 		{"NS with another link-layer address", false, nd(135, podLL, testutil.SolicitedNode(gatewayV6), gatewayV6, testutil.NDOption(1, otherMAC)), retDrop, bpf.ReasonNeighborDenied},
 		{"NS to a pod that is not its target", false, nd(135, podLL, peerV6, gatewayV6, sll), retDrop, bpf.ReasonNeighborDenied},

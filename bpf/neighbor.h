@@ -10,7 +10,8 @@
  *   - NA: only for the pod's own addresses, with its own MAC as target link-layer address;
  *   - no Router Advertisement, no Redirect, no MLD query (a pod is neither router nor querier);
  *   - NS, RS and MLD reports only to their on-link groups (NS also to its target, for unreachability detection),
- *     with hop limit 255 (ND) or 1 (MLD), and nothing beyond their fixed part and known options.
+ *     with hop limit 255 (ND) or 1 (MLD), and nothing beyond their fixed part and known options; an NS only for an
+ *     on-link target (link-local, in the pod's own /64, or a cluster address).
  * To a pod only packets addressed to it pass: one of its addresses, a multicast group, the broadcast address, its
  * link-local address. So no data rides to a pod inside a frame sent to its MAC.
  * When the endpoint's MAC (or link-local address) is unknown, from the record of an older plugin, the checks that
@@ -70,6 +71,19 @@ static __always_inline int own_link_local(const struct moat_endpoint *ep, const 
 	if (!is_link_local6(a))
 		return 0;
 	return addr_is_zero(ep->link_local6) || addr_eq(a, ep->link_local6);
+}
+
+/* Does a share its first 64 bits with one of the endpoint's IPv6 addresses: on the pod's own link? */
+static __always_inline int on_own_prefix(const struct moat_endpoint *ep, const __u8 *a)
+{
+	const __u64 *x = (const __u64 *)a;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < MOAT_MAX_ENDPOINT_V6; i++)
+		if (i < ep->n_ipv6 && *(const __u64 *)ep->ipv6[i] == x[0])
+			return 1;
+	return 0;
 }
 
 /* One of the endpoint's IPv6 addresses, link-local included: what ND may speak for. */
@@ -284,8 +298,9 @@ static __always_inline int nd_from_pod(struct __sk_buff *skb, const struct packe
 				return MOAT_REASON_NEIGHBOR_DENIED;
 			return nd_options(skb, p, ep, p->l4_off + 24, 0, 1);
 		}
-		/* an on-link target: link-local, or inside the cluster (the gateway, a pod of the same network) */
-		if (!is_link_local6(target)) {
+		/* an on-link target: link-local, in the pod's own /64 (its gateway, its neighbours), or inside the
+		 * cluster */
+		if (!is_link_local6(target) && !on_own_prefix(ep, target)) {
 			__u32 identity;
 			__u8 class;
 			classify(6, target, &class, &identity);

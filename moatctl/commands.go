@@ -70,6 +70,9 @@ func statusTable(w io.Writer, st agentapi.Status, now time.Time) error {
 	}
 	fmt.Fprintf(tw, "Enforcer:\t%s (API %s), up %s, source %s\n", st.Version, st.APIVersion, age(now, st.Started), st.Source)
 	fmt.Fprintf(tw, "Ready:\t%s\n", ready)
+	if st.ServiceRanges != "" {
+		fmt.Fprintf(tw, "Services:\tranges from %s\n", st.ServiceRanges)
+	}
 	var modes []string
 	for m, n := range st.AttachModes {
 		if m == "" {

@@ -54,6 +54,7 @@ func TestTables(t *testing.T) {
 	troubled.AttachModes = map[string]int{"tcx": 11, "": 1}
 	troubled.InvalidPolicies = 1
 	troubled.LostEvents = 17
+	troubled.ServiceRanges = "Services' cluster IPs and FirewallConfig clusterCIDRs (the API server does not serve networking.k8s.io/v1)"
 	troubled.Problems = []string{"FirewallPolicy broken is invalid: egress[0].action: \"Perhaps\" is not Allow or Deny",
 		"pod shop/cart-7d9 (veth3a1b2c) is not attached: link not found"}
 	troubled.Warnings = []string{"FirewallPolicy legacy-egress: selects no namespace: its rules apply nowhere"}

@@ -35,8 +35,9 @@ type Status struct {
 	Version         string                 `json:"version"`
 	APIVersion      string                 `json:"apiVersion"`
 	Started         time.Time              `json:"started"`
-	Source          string                 `json:"source"` // "folder /etc/moat/policies" or "kubernetes"
-	Ready           bool                   `json:"ready"`  // policy is in force and nothing below is wrong
+	Source          string                 `json:"source"`                  // "folder /etc/moat/policies" or "kubernetes"
+	ServiceRanges   string                 `json:"serviceRanges,omitempty"` // where Service ranges come from (Kubernetes)
+	Ready           bool                   `json:"ready"`                   // policy is in force and nothing below is wrong
 	Problems        []string               `json:"problems,omitempty"`
 	Warnings        []string               `json:"warnings,omitempty"` // not problems: Ready stays
 	AttachModes     map[string]int         `json:"attachModes"`        // tcx, clsact, "" (started without the datapath)

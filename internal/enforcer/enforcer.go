@@ -33,6 +33,9 @@ type State struct {
 	// Addresses the cluster classifies: pods on other nodes and Services (by namespace), nodes, cluster ranges.
 	// Pods on this node are the plugin's to write.
 	Addresses []Address
+	// ServiceRanges says where the source learns the Service ranges from, for the status ("" when it has no
+	// such choice).
+	ServiceRanges string
 }
 
 // Address is an ipcache entry a source wants: a prefix, what it is, and for pods and Services their namespace.

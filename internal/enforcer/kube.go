@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -33,6 +34,12 @@ import (
 // Kubernetes is the cluster source: informers on Namespaces, FirewallPolicy, FirewallConfig, Pods, Services,
 // Nodes and ServiceCIDRs make the desired state; each policy's Accepted condition is written back.
 //
+// ServiceCIDRs (networking.k8s.io/v1, GA in Kubernetes 1.33) are watched only where the API server serves them
+// and the enforcer may list them; elsewhere (older clusters, the API switched off) the Service ranges are what
+// every Service's cluster IPs and FirewallConfig's clusterCIDRs say. An informer on a resource the server does
+// not serve never fills, and waiting for it would keep the enforcer from ever publishing its state (with
+// failPolicy closed, from letting any pod start).
+//
 // An invalid policy (one the API server's schema let through but Validate refuses) is reported in its status and
 // its last good version, if this enforcer saw one, stays in force.
 type Kubernetes struct {
@@ -46,9 +53,11 @@ type Kubernetes struct {
 	pods    cache.SharedIndexInformer
 	svcs    cache.SharedIndexInformer
 	nodes   cache.SharedIndexInformer
-	cidrs   cache.SharedIndexInformer
+	cidrs   cache.SharedIndexInformer // nil: ServiceCIDRs not served, or not ours to list
 	pols    cache.SharedIndexInformer
 	cfgs    cache.SharedIndexInformer
+
+	serviceRanges string // where the Service ranges come from (State.ServiceRanges)
 
 	mu       sync.Mutex
 	lastGood map[string]v1alpha1.FirewallPolicy // by name: the last valid version seen
@@ -78,7 +87,19 @@ func (k *Kubernetes) Start(ctx context.Context, changed func()) error {
 	k.pods = f.Core().V1().Pods().Informer()
 	k.svcs = f.Core().V1().Services().Informer()
 	k.nodes = f.Core().V1().Nodes().Informer()
-	k.cidrs = f.Networking().V1().ServiceCIDRs().Informer()
+	all := []cache.SharedIndexInformer{k.ns, k.pods, k.svcs, k.nodes}
+	useCIDRs, why, err := k.serviceCIDRsUsable(ctx)
+	if err != nil {
+		return err
+	}
+	if useCIDRs {
+		k.cidrs = f.Networking().V1().ServiceCIDRs().Informer()
+		all = append(all, k.cidrs)
+		k.serviceRanges = ServiceRangesFromServiceCIDRs
+	} else {
+		k.serviceRanges = ServiceRangesFromClusterIPs + " (" + why + ")"
+	}
+	k.Log.WithField("serviceRanges", k.serviceRanges).Info("where the Service ranges come from")
 	// pods are the bulk of a cluster: keep only what decides an ipcache entry
 	if err := k.pods.SetTransform(slimPod); err != nil {
 		return err
@@ -91,7 +112,7 @@ func (k *Kubernetes) Start(ctx context.Context, changed func()) error {
 		UpdateFunc: func(any, any) { changed() },
 		DeleteFunc: func(any) { changed() },
 	}
-	all := []cache.SharedIndexInformer{k.ns, k.pods, k.svcs, k.nodes, k.cidrs, k.pols, k.cfgs}
+	all = append(all, k.pols, k.cfgs)
 	for _, inf := range all {
 		if _, err := inf.AddEventHandler(handler); err != nil {
 			return err
@@ -106,9 +127,50 @@ func (k *Kubernetes) Start(ctx context.Context, changed func()) error {
 	k.Log.Info("waiting for the Kubernetes caches")
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return errors.New("the Kubernetes caches never filled (can the enforcer's service account list namespaces, " +
-			"pods, services, nodes, servicecidrs, firewallpolicies and firewallconfigs? are the CRDs installed?)")
+			"pods, services, nodes, firewallpolicies and firewallconfigs? are the CRDs installed?)")
 	}
 	return nil
+}
+
+// Where the Kubernetes source learns the Service ranges (State.ServiceRanges).
+const (
+	ServiceRangesFromServiceCIDRs = "ServiceCIDR objects"
+	ServiceRangesFromClusterIPs   = "Services' cluster IPs and FirewallConfig clusterCIDRs"
+)
+
+// serviceCIDRsUsable asks the API server (discovery) whether it serves ServiceCIDRs, and whether this enforcer
+// may list them; when not, it says why. Discovery is asked again until it answers (or ctx ends): an apiserver
+// that is starting, or unreachable for a moment, is no answer.
+func (k *Kubernetes) serviceCIDRsUsable(ctx context.Context) (bool, string, error) {
+	gv := networkingv1.SchemeGroupVersion.String()
+	for attempt := 0; ; attempt++ {
+		resources, err := k.client.Discovery().ServerResourcesForGroupVersion(gv)
+		switch {
+		case apierrors.IsNotFound(err):
+			return false, "the API server does not serve " + gv, nil
+		case err == nil:
+			if !slices.ContainsFunc(resources.APIResources, func(r metav1.APIResource) bool { return r.Name == "servicecidrs" }) {
+				return false, "the API server does not serve " + gv + " servicecidrs", nil
+			}
+			_, err = k.client.NetworkingV1().ServiceCIDRs().List(ctx, metav1.ListOptions{Limit: 1})
+			switch {
+			case err == nil:
+				return true, "", nil
+			case apierrors.IsForbidden(err):
+				return false, "this enforcer may not list servicecidrs: its RBAC role predates them", nil
+			case apierrors.IsNotFound(err):
+				return false, "the API server does not serve " + gv + " servicecidrs", nil
+			}
+		}
+		if attempt == 0 {
+			k.Log.WithError(err).Warn("cannot tell whether the API server serves ServiceCIDRs; asking again")
+		}
+		select {
+		case <-ctx.Done():
+			return false, "", ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
 }
 
 func slimPod(obj any) (any, error) {
@@ -187,6 +249,7 @@ func (k *Kubernetes) Load() State {
 	}
 	sort.Slice(s.Policies, func(i, j int) bool { return s.Policies[i].Name < s.Policies[j].Name })
 	s.Addresses = k.addresses()
+	s.ServiceRanges = k.serviceRanges
 	return s
 }
 
@@ -216,9 +279,11 @@ func (k *Kubernetes) addresses() []Address {
 			addCIDR(c, bpf.ClassCluster)
 		}
 	}
-	for _, obj := range k.cidrs.GetStore().List() {
-		for _, c := range obj.(*networkingv1.ServiceCIDR).Spec.CIDRs {
-			addCIDR(c, bpf.ClassCluster)
+	if k.cidrs != nil { // else the Services' cluster IPs below, and FirewallConfig's clusterCIDRs
+		for _, obj := range k.cidrs.GetStore().List() {
+			for _, c := range obj.(*networkingv1.ServiceCIDR).Spec.CIDRs {
+				addCIDR(c, bpf.ClassCluster)
+			}
 		}
 	}
 	for _, obj := range k.svcs.GetStore().List() {

@@ -80,7 +80,7 @@ func (s *Server) Status() agentapi.Status {
 	e.mu.Lock()
 	st := agentapi.Status{Version: version.Version, APIVersion: agentapi.Version, Started: e.started, Source: s.Source,
 		Generation: e.generation, Applied: e.appliedAt, Namespaces: len(e.identities), Policies: len(e.state.Policies),
-		AttachModes: map[string]int{}}
+		AttachModes: map[string]int{}, ServiceRanges: e.state.ServiceRanges}
 	for _, p := range e.state.Problems {
 		if p.Kind == v1alpha1.KindFirewallPolicy {
 			st.InvalidPolicies++

@@ -114,7 +114,9 @@ func TestKubernetesSource(t *testing.T) {
 	}
 	k := &Kubernetes{Config: cluster.Config, NodeName: "node-a", Log: logrus.NewEntry(logrus.New())}
 	applied := make(chan struct{}, 100)
+	stopped := make(chan struct{})
 	go func() {
+		defer close(stopped)
 		if err := k.Run(ctx, e, func() {
 			select {
 			case applied <- struct{}{}:
@@ -124,6 +126,7 @@ func TestKubernetesSource(t *testing.T) {
 			t.Errorf("kubernetes source: %v", err)
 		}
 	}()
+	defer func() { cancel(); <-stopped }() // the source applies no more once the datapath closes
 
 	mustCreate := func(res dynamic.ResourceInterface, y string) {
 		t.Helper()
@@ -287,12 +290,39 @@ spec:
 		t.Errorf("a deleted remote pod's address stayed in the ipcache")
 	}
 
-	// a deleted namespace releases its identity (the namespace controller finishes the deletion)
-	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "gone"}}, metav1.CreateOptions{}); err != nil {
+	// a namespace deleted under a running pod of this node: the pod keeps its identity and the namespace's policy
+	// (web-out selects zone web: 443 allowed, the rest denied by FirewallConfig) until it ends, then the identity
+	// is released (the namespace controller finishes the deletion)
+	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "gone",
+		Labels: map[string]string{v1alpha1.LabelZone: "web"}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if !poll(20*time.Second, func() bool { _, ok, _ := dp.NamespaceIdentity("gone"); return ok }) {
+	var goneID uint32
+	if !poll(20*time.Second, func() bool { id, ok, _ := dp.NamespaceIdentity("gone"); goneID = id; return ok }) {
 		t.Fatal("namespace gone never got an identity")
+	}
+	pl2 := testutil.NewPodLink(t, []netip.Prefix{netip.MustParsePrefix("10.250.1.2/24")},
+		[]netip.Prefix{netip.MustParsePrefix("10.250.1.1/24"), netip.MustParsePrefix("198.51.100.1/24")})
+	testutil.Listen(t, pl2.Host, "198.51.100.1:443")
+	store := endpoint.Store{Dir: t.TempDir()}
+	rec2 := &endpoint.Record{Network: "net", ContainerID: "c2", IfName: "eth0", Namespace: "gone", Pod: "drainer",
+		HostIfname: pl2.HostIfname, HostIfindex: pl2.HostIfindex, Addresses: []string{"10.250.1.2"}}
+	if err := pl2.Host.Do(func(ns.NetNS) error { _, err := endpoint.Guard(dp, rec2, goneID, root, ""); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pl2.Host.Do(func(ns.NetNS) error { return store.Forget(root, "net", "c2", "eth0") }) })
+	if err := store.Save(rec2); err != nil {
+		t.Fatal(err)
+	}
+	reconcile := func() { // what the enforcer runs after every apply
+		t.Helper()
+		if err := pl2.Host.Do(func(ns.NetNS) error { return e.Reconcile(store, root) }); err != nil {
+			t.Errorf("reconcile: %v", err)
+		}
+	}
+	reach2 := func() bool { return testutil.Exchange(pl2.Pod, "198.51.100.1:443", 500*time.Millisecond) == nil }
+	if !poll(20*time.Second, reach2) {
+		t.Fatal("baseline: the pod of namespace gone cannot reach 198.51.100.1:443, which web-out allows")
 	}
 	if err := client.CoreV1().Namespaces().Delete(ctx, "gone", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
@@ -312,9 +342,34 @@ spec:
 		t.Fatalf("the API server never finished deleting namespace gone (is the namespace controller running?)")
 	}
 	if !poll(20*time.Second, func() bool { _, ok, _ := dp.NamespaceIdentity("gone"); return !ok }) {
-		t.Errorf("a deleted namespace kept its identity")
+		t.Errorf("a deleted namespace's identity is still published")
+	}
+	reconcile()
+	if ep, ok, _ := dp.LookupEndpoint(uint32(pl2.HostIfindex)); !ok || ep.Identity != goneID {
+		t.Errorf("the pod of deleted namespace gone is tagged %d, want its identity %d kept (0 = cluster defaults)", ep.Identity, goneID)
+	}
+	if !reach2() {
+		t.Errorf("the pod of deleted namespace gone lost its namespace's policy (443 denied)")
 	}
 	if _, ok := e.Identities()["web"]; !ok {
 		t.Errorf("namespace web lost its identity")
+	}
+	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "next"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var next uint32
+	if !poll(20*time.Second, func() bool { id, ok, _ := dp.NamespaceIdentity("next"); next = id; return ok }) {
+		t.Fatal("namespace next never got an identity")
+	}
+	if next == goneID {
+		t.Errorf("namespace next got identity %d, held by a running pod of deleted namespace gone", next)
+	}
+	// the pod ends: its identity is released
+	if err := pl2.Host.Do(func(ns.NetNS) error { return store.Forget(root, "net", "c2", "eth0") }); err != nil {
+		t.Fatal(err)
+	}
+	reconcile()
+	if _, err := dp.PolicyMapID(goneID); err == nil {
+		t.Errorf("identity %d of deleted namespace gone kept its policy after its last pod ended", goneID)
 	}
 }

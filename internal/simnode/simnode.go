@@ -23,7 +23,9 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	cniversion "github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
@@ -188,7 +190,9 @@ func New(dir, binDir string, opts Options) (n *Node, err error) {
 	if err := n.serve(opts.Ports); err != nil {
 		return n, err
 	}
-	n.cni = libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(dir, "cni-cache"), nil)
+	// an exec of its own: left nil, libcni sets one at the first call, a data race when pods are added in parallel
+	cniExec := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: cniversion.PluginDecoder{}}
+	n.cni = libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(dir, "cni-cache"), cniExec)
 	if err := os.WriteFile(filepath.Join(n.ConfDir, "10-simnode.conflist"), []byte(n.conflistJSON()), 0o644); err != nil {
 		return n, err
 	}

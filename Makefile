@@ -50,9 +50,10 @@ check-clang:
 bpffs:
 	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 
-# Every package runs under the race detector (it needs cgo: gcc). On 2 cores the whole run took 7m27s with -race
-# against 4m00s without (bpf 37 s -> 83 s, plugin 69 s -> 69 s, install/image 9 s -> 97 s), replacing the plain
-# run rather than adding to it. `make e2e` runs without it (it deploys the release build).
+# Every package runs under the race detector (it needs cgo: gcc). On 2 cores at the same load, the whole run took
+# 5m23s with -race against 4m00s without (bpf 37 s -> 53 s, install/image 9 s -> 51 s, sidebyside 56 s -> 76 s,
+# plugin 69 s -> 70 s), replacing the plain run rather than adding to it. `make e2e` runs without it (it deploys
+# the release build).
 test: bpffs kube-bins
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m $(TEST_FLAGS) ./...
 	$(MAKE) e2e

@@ -188,6 +188,7 @@ func (e *Enforcer) apply(s State) error {
 	if err != nil {
 		return err
 	}
+	e.holdByPods(held, s.Addresses)
 	ids := maps.Clone(e.identities) // namespace -> identity once this apply is done
 	lingering := maps.Clone(e.lingering)
 	present := map[string]bool{}
@@ -362,6 +363,29 @@ func (e *Enforcer) resolveInput(s State, ids map[string]uint32, lingering map[ui
 }
 
 // heldIdentities is the set of identities the endpoints of this node carry.
+// holdByPods marks held the identities of the namespaces whose pods the source still lists, on other nodes too:
+// while a deleted namespace's pods drain there, this node's rules by namespace go on matching them (their
+// addresses keep the identity in the ipcache) instead of taking them for plain cluster traffic. Only a namespace
+// this enforcer knew by name holds it: after a restart, a gone namespace with no pod on this node is not known.
+func (e *Enforcer) holdByPods(held map[uint32]bool, addrs []Address) {
+	byName := map[string]uint32{}
+	for id, l := range e.lingering {
+		if l.namespace != nil {
+			byName[l.namespace.Name] = id
+		}
+	}
+	for _, a := range addrs {
+		if a.Class != bpf.ClassPod || a.Namespace == "" {
+			continue
+		}
+		if id, ok := e.identities[a.Namespace]; ok {
+			held[id] = true
+		} else if id, ok := byName[a.Namespace]; ok {
+			held[id] = true
+		}
+	}
+}
+
 func (e *Enforcer) heldIdentities() (map[uint32]bool, error) {
 	eps, err := e.dp.Endpoints()
 	if err != nil {

@@ -8,6 +8,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/sirupsen/logrus"
 
+	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/api/v1alpha1"
 	"github.com/moatfw/moat/internal/endpoint"
 	"github.com/moatfw/moat/internal/testutil"
 )
@@ -166,4 +168,61 @@ func TestDeletedNamespaceKeepsItsPodsIdentity(t *testing.T) {
 	if got := e2.Identities()["new"]; got != web {
 		t.Errorf("namespace new got identity %d; %d, released, is the lowest free one", got, web)
 	}
+}
+
+// A namespace deleted while its pods still run on other nodes: the source still lists their addresses, so they
+// keep the namespace's identity here (rules by namespace on this node go on matching them), the identity goes to
+// no other namespace, and it is released when the source no longer lists them.
+func TestDeletedNamespaceKeepsRemotePodsIdentity(t *testing.T) {
+	_, dp, e := newTestEnforcer(t)
+	remote := netip.MustParsePrefix("10.9.0.5/32")
+	pods := []Address{{Prefix: remote, Class: bpf.ClassPod, Namespace: "web"}}
+	identityOf := func() uint32 {
+		t.Helper()
+		v, ok := ipcacheEntry(t, dp, remote)
+		if !ok {
+			return 0
+		}
+		return v.Identity
+	}
+	if err := e.Apply(State{Namespaces: []v1alpha1.Namespace{namespace("web"), namespace("other")}, Addresses: pods}); err != nil {
+		t.Fatal(err)
+	}
+	web := e.Identities()["web"]
+	if web == 0 || identityOf() != web {
+		t.Fatalf("the remote pod carries identity %d, want web's %d", identityOf(), web)
+	}
+	// web is deleted; its pod on another node is still listed
+	if err := e.Apply(State{Namespaces: []v1alpha1.Namespace{namespace("other"), namespace("third")}, Addresses: pods}); err != nil {
+		t.Fatal(err)
+	}
+	if got := identityOf(); got != web {
+		t.Errorf("after the namespace went: the remote pod carries identity %d, want web's %d still", got, web)
+	}
+	if id := e.Identities()["third"]; id == web {
+		t.Errorf("namespace third got identity %d, which a pod of web still holds", id)
+	}
+	if _, err := dp.PolicyMapID(web); err != nil {
+		t.Errorf("web's policy slot is gone while its pod runs: %v", err)
+	}
+	// the pod is gone too
+	if err := e.Apply(State{Namespaces: []v1alpha1.Namespace{namespace("other"), namespace("third")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := ipcacheEntry(t, dp, remote); ok {
+		t.Errorf("the remote pod's address is still in the ipcache")
+	}
+	if _, err := dp.PolicyMapID(web); err == nil {
+		t.Errorf("web's policy slot outlived its last pod")
+	}
+}
+
+func ipcacheEntry(t *testing.T, dp *bpf.Datapath, p netip.Prefix) (bpf.IPCacheValue, bool) {
+	t.Helper()
+	all, err := dp.IPCacheEntries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, ok := all[p]
+	return v, ok
 }

@@ -481,8 +481,10 @@ func (dp *Datapath) ConntrackCounts() (map[uint32]CTCount, error) {
 // RecountConntrack sets each endpoint's count of conntrack entries to the entries of the table that have not
 // expired. The datapath counts its own inserts and deletes; LRU evictions and entries that expire unseen it
 // cannot, so without a recount a count only grows, and a pod would meet its bound early. Entries inserted while
-// the walk ran are added on top: a count may come out a little high, never low. It drops the counts of devices
-// that are no endpoint any more, and returns the new counts by ifindex.
+// the walk ran are added on top, so a count comes out a little high rather than low. It drops the counts of devices
+// that are no endpoint any more, and returns the new counts by ifindex. Writing a count replaces the hash element,
+// so an insert the datapath counts on the old element in that instant is lost: a count may come out low by the
+// flows of that instant, until the next recount.
 func (dp *Datapath) RecountConntrack() (map[uint32]uint64, error) {
 	before, err := dp.ConntrackCounts()
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -567,5 +568,68 @@ func spoofedSources(t *testing.T, dev map[string]int) {
 	}
 	if got := arrive(a("10.252.0.5"), podV4, up); got != retNext {
 		t.Errorf("another node's pod from the uplink, check off: %s, want pass", verdictName(got))
+	}
+}
+
+// 4. A pod reaching another through its hostPort on a node address is decided as pod to pod: the sender's egress
+// rules see the receiving pod (identity, container port), and, for a receiver on this node, whose own hook sees only
+// the node's address after the portmap plugin masquerades the flow, the receiver's ingress rules see the sender.
+func TestHostPortIsPodToPod(t *testing.T) {
+	h := newHarness(t, bpf.Options{})
+	sender := &policy.IdentityPolicy{Identity: podID, DefaultEgress: bpf.ActionAllow, DefaultIngress: bpf.ActionAllow,
+		Rules: []policy.Rule{{ID: 51, Direction: bpf.Egress, Action: bpf.ActionDeny,
+			Peers: []policy.Peer{{Identities: []uint32{peerID}}}, Ports: ports(policy.ProtoTCP, 80, 80)}}}
+	receiver := &policy.IdentityPolicy{Identity: peerID, DefaultEgress: bpf.ActionAllow, DefaultIngress: bpf.ActionAllow,
+		Rules: []policy.Rule{{ID: 52, Direction: bpf.Ingress, Action: bpf.ActionDeny,
+			Peers: []policy.Peer{{Identities: []uint32{podID}}}, Ports: ports(policy.ProtoTCP, 8443, 8443)}}}
+	h.policy(sender)
+	h.policy(receiver)
+	h.openEvents()
+	node := netip.MustParseAddr("10.0.0.1")
+	for _, hp := range []bpf.HostPort{
+		{Node: node, Protocol: policy.ProtoTCP, Port: 8080, Pod: peerV4, PodPort: 80, Identity: peerID, Local: true},
+		{Node: node, Protocol: policy.ProtoTCP, Port: 8443, Pod: peerV4, PodPort: 8443, Identity: peerID, Local: true},
+		{Node: netip.MustParseAddr("10.0.0.2"), Protocol: policy.ProtoTCP, Port: 8443, Pod: netip.MustParseAddr("10.2.0.9"),
+			PodPort: 8443, Identity: peerID, Local: false}, // a pod on another node: its own node decides its ingress
+	} {
+		if err := h.dp.SetHostPort(hp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.dp.SetIPCache(netip.MustParsePrefix("10.2.0.9/32"), bpf.ClassPod, peerID); err != nil {
+		t.Fatal(err)
+	}
+	h.check([]row{
+		{"the sender's egress denies the receiver's namespace on its container port", false,
+			tcp(podV4, node, 40100, 8080, testutil.TCPSyn).Bytes(), retDrop, bpf.ReasonDenyRule},
+		{"the receiver's ingress denies the sender's namespace", false,
+			tcp(podV4, node, 40101, 8443, testutil.TCPSyn).Bytes(), retDrop, bpf.ReasonDenyRule},
+		{"a hostPort on another node: the sender's egress allows it (the receiver's node decides its ingress)", false,
+			tcp(podV4, netip.MustParseAddr("10.0.0.2"), 40102, 8443, testutil.TCPSyn).Bytes(), retNext, bpf.ReasonAllowDefault},
+		{"another port of the node: node traffic", false,
+			tcp(podV4, node, 40103, 9090, testutil.TCPSyn).Bytes(), retNext, bpf.ReasonAllowDefault},
+		{"UDP on the TCP hostPort: node traffic", false,
+			udp(podV4, node, 40104, 8080).Bytes(), retNext, bpf.ReasonAllowDefault},
+	})
+	// the flow event names the receiving pod's namespace, and the receiver's rule when it decided
+	for {
+		if _, ok := h.tryEvent(50 * time.Millisecond); !ok {
+			break // the rows' events are read
+		}
+	}
+	h.from(tcp(podV4, node, 40105, 8443, testutil.TCPSyn))
+	if ev := h.nextEvent(); bpf.Class(ev.RemoteClass) != bpf.ClassPod || ev.RemoteIdentity != peerID || ev.RuleId != 52 {
+		t.Errorf("event: remote %s/%d rule %d, want pod/%d rule 52", bpf.Class(ev.RemoteClass), ev.RemoteIdentity, ev.RuleId, peerID)
+	}
+	// an established flow through the hostPort is cut when the receiver's policy comes to deny it
+	receiver.Rules[0].Ports = ports(policy.ProtoTCP, 1, 1)
+	h.policy(receiver)
+	if got := h.from(tcp(podV4, node, 40106, 8443, testutil.TCPSyn)); got != retNext {
+		t.Fatalf("allowed through the hostPort: %s", verdictName(got))
+	}
+	receiver.Rules[0].Ports = ports(policy.ProtoTCP, 8443, 8443)
+	h.policy(receiver)
+	if got := h.from(tcp(podV4, node, 40106, 8443, testutil.TCPAck)); got != retDrop || h.reasonCount(bpf.ReasonRevoked) != 1 {
+		t.Errorf("after the receiver denies the sender: %s (revoked %d), want drop, revoked", verdictName(got), h.reasonCount(bpf.ReasonRevoked))
 	}
 }

@@ -126,6 +126,7 @@ func OpenPinned(root string) (*Datapath, error) {
 		"events": &dp.maps.Events, "fragments": &dp.maps.Fragments, "identities": &dp.maps.Identities,
 		"ipcache": &dp.maps.Ipcache, "policy": &dp.maps.Policy, "reason_counts": &dp.maps.ReasonCounts,
 		"rule_counts": &dp.maps.RuleCounts, "stats": &dp.maps.Stats, "ct_counts": &dp.maps.CtCounts,
+		"hostports": &dp.maps.Hostports,
 	}
 	for name, m := range opened {
 		if *m, err = ebpf.LoadPinnedMap(filepath.Join(root, name), nil); err != nil {
@@ -177,7 +178,7 @@ func (dp *Datapath) Unpin() error {
 func (dp *Datapath) allMaps() []*ebpf.Map {
 	m := &dp.maps
 	return []*ebpf.Map{m.Config, m.Conntrack, m.LocalEndpoints, m.Events, m.Fragments, m.Identities, m.Ipcache,
-		m.Policy, m.ReasonCounts, m.RuleCounts, m.Stats, m.CtCounts}
+		m.Policy, m.ReasonCounts, m.RuleCounts, m.Stats, m.CtCounts, m.Hostports}
 }
 
 // checkPinnedLayout refuses a pin root whose config map was written by a build with another layout.

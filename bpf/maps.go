@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -449,6 +450,63 @@ func sumCounters(perCPU []Counter) Counter {
 
 // ConntrackMap is the conntrack table (for moatctl and tests).
 func (dp *Datapath) ConntrackMap() *ebpf.Map { return dp.maps.Conntrack }
+
+// HostPort is a pod's hostPort on a node address: the datapath decides a flow to Node:Port as one to Pod:PodPort.
+type HostPort struct {
+	Node     netip.Addr
+	Protocol uint8
+	Port     uint16
+	Pod      netip.Addr
+	PodPort  uint16
+	Identity uint32 // the pod's namespace identity
+	Local    bool   // the pod runs on this node: its ingress is decided at the sender
+}
+
+// Key is the map key of the hostPort.
+func (h HostPort) Key() HostPortKey {
+	k := HostPortKey{Family: Family(h.Node), Protocol: h.Protocol, Addr: Addr16(h.Node.Unmap())}
+	binary.BigEndian.PutUint16(k.Port[:], h.Port)
+	return k
+}
+
+// SetHostPort writes a hostPort.
+func (dp *Datapath) SetHostPort(h HostPort) error {
+	if h.Node.Unmap().Is4() != h.Pod.Unmap().Is4() {
+		return fmt.Errorf("hostPort %s %d/%d to %s: node and pod addresses of different families", h.Node, h.Port, h.Protocol, h.Pod)
+	}
+	k := h.Key()
+	v := HostPortValue{Identity: h.Identity, Addr: Addr16(h.Pod.Unmap()), Port: h.PodPort}
+	if h.Local {
+		v.Local = 1
+	}
+	if err := dp.maps.Hostports.Put(&k, &v); err != nil {
+		return fmt.Errorf("write hostPort %s:%d/%d: %w", h.Node, h.Port, h.Protocol, err)
+	}
+	return nil
+}
+
+// DeleteHostPort removes a hostPort; a missing one is not an error.
+func (dp *Datapath) DeleteHostPort(k HostPortKey) error {
+	if err := dp.maps.Hostports.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete hostPort: %w", err)
+	}
+	return nil
+}
+
+// HostPorts lists the hostPorts the datapath knows.
+func (dp *Datapath) HostPorts() (map[HostPortKey]HostPortValue, error) {
+	out := map[HostPortKey]HostPortValue{}
+	var k HostPortKey
+	var v HostPortValue
+	it := dp.maps.Hostports.Iterate()
+	for it.Next(&k, &v) {
+		out[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list hostPorts: %w", err)
+	}
+	return out, nil
+}
 
 // Jiffies is the low 32 bits of the kernel's jiffies counter, the clock of conntrack deadlines. It needs the
 // datapath from Load (the enforcer's), not from OpenPinned.

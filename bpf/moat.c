@@ -168,6 +168,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ct_counts SEC(".maps");
 
+/* struct moat_hostport_key -> struct moat_hostport_value: the pod behind a hostPort on a node address */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct moat_hostport_key);
+	__type(value, struct moat_hostport_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hostports SEC(".maps");
+
 /* struct moat_frag_key -> struct moat_frag_value: first fragment verdicts */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -563,6 +572,9 @@ struct decision {
 	__u32 audit_rule_id; /* an Audit policy's first matching rule to report; 0 = none */
 	__u32 identity_flags; /* the header's enum moat_identity_flags that decide() read */
 	__u8 audit_action;
+	__u8 hostport_local;   /* decide() went through a hostPort to a pod of this node: its ingress is still due */
+	__u16 hostport_port;   /* that pod's container port */
+	__u32 hostport_identity;
 };
 
 static __always_inline void emit_event(struct __sk_buff *skb, const struct packet *p, __u32 identity, __u8 dir,
@@ -709,6 +721,24 @@ static __always_inline __u8 decide(const struct moat_config *cfg, __u32 identity
 	__u8 embedded[16] __attribute__((aligned(8)));
 	void *inner;
 
+	/* Through a pod's hostPort on a node address, the flow goes to that pod: decided as pod to pod, with the
+	 * container port (the node translates it so; its address alone would make it node traffic). */
+	if (dir == MOAT_DIR_EGRESS && (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP || protocol == IPPROTO_SCTP)) {
+		struct moat_hostport_key hk = {.family = family, .protocol = protocol};
+		struct moat_hostport_value *hp;
+
+		hk.port[0] = port >> 8;
+		hk.port[1] = port & 0xff;
+		copy16(hk.addr, remote);
+		hp = bpf_map_lookup_elem(&hostports, &hk);
+		if (hp) {
+			remote = hp->addr;
+			port = hp->port;
+			d->hostport_local = hp->local;
+			d->hostport_port = hp->port;
+			d->hostport_identity = hp->identity;
+		}
+	}
 	/* A NAT64 address is decided by the IPv4 address it stands for: the metadata block and every IPv4 rule hold
 	 * through the translator. */
 	if (family == 6 && nat64_embeds_ipv4(remote)) {
@@ -816,6 +846,29 @@ static __always_inline __u8 decide(const struct moat_config *cfg, __u32 identity
 static __always_inline int audit_mode(const struct moat_endpoint *ep, const struct decision *d)
 {
 	return ep->mode == MOAT_MODE_AUDIT || (d->identity_flags & MOAT_ID_AUDIT);
+}
+
+/*
+ * decide(), and for a flow through the hostPort of a pod of this node, that pod's ingress too, with local (the
+ * sending pod's address) as the remote: the portmap plugin masquerades such a flow to the node's address, so the
+ * receiving pod's own hook can no longer tell who sent it. A receiver in audit mode does not deny.
+ */
+static __always_inline __u8 decide_flow(const struct moat_config *cfg, __u32 identity, __u8 dir, __u8 family,
+					__u8 protocol, __u16 port, const __u8 *remote, const __u8 *local,
+					struct decision *d)
+{
+	struct decision r = {};
+	__u8 action = decide(cfg, identity, dir, family, protocol, port, remote, d);
+
+	if (action != MOAT_ACTION_ALLOW || !d->hostport_local)
+		return action;
+	if (decide(cfg, d->hostport_identity, MOAT_DIR_INGRESS, family, protocol, d->hostport_port, local, &r) ==
+		    MOAT_ACTION_ALLOW ||
+	    (r.identity_flags & MOAT_ID_AUDIT))
+		return action;
+	d->reason = r.reason;
+	d->rule_id = r.rule_id;
+	return MOAT_ACTION_DENY;
 }
 
 /* The port policy judges a flow by: the destination port, which is the remote's for egress and the pod's own for
@@ -941,7 +994,7 @@ static __always_inline int ct_revalidate(const struct moat_config *cfg, const st
 
 	if (ct->generation == cfg->generation)
 		return 1;
-	action = decide(cfg, ep->identity, ct->direction, k->family, k->protocol, ct->port, k->raddr, &r);
+	action = decide_flow(cfg, ep->identity, ct->direction, k->family, k->protocol, ct->port, k->raddr, k->laddr, &r);
 	if (action == MOAT_ACTION_ALLOW || audit_mode(ep, &r)) {
 		ct->generation = cfg->generation;
 		ct->rule_id = r.rule_id;
@@ -1366,8 +1419,8 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 			d.emit = 1;
 			return finish(skb, ep, &p, dir, &d);
 		}
-		action = decide(cfg, ep->identity, dir, p.family, p.protocol, policy_port(&p),
-				     dir == MOAT_DIR_EGRESS ? p.daddr : p.saddr, &d);
+		action = decide_flow(cfg, ep->identity, dir, p.family, p.protocol, policy_port(&p),
+				     dir == MOAT_DIR_EGRESS ? p.daddr : p.saddr, dir == MOAT_DIR_EGRESS ? p.saddr : p.daddr, &d);
 		if (action == MOAT_ACTION_ALLOW) {
 			d.pass = 1;
 			d.verdict = MOAT_VERDICT_ALLOWED;

@@ -11,7 +11,8 @@
 /* Bumped whenever a map's key, value or meaning changes; kept in the config map so a new enforcer can refuse or
  * migrate pinned maps of an older layout. */
 #define MOAT_LAYOUT_VERSION 3 /* 2: policy is an array of maps by identity; deadlines in jiffies. 3: endpoint MAC and
-				* link-local address, TCP sequence tracking in conntrack, per-endpoint conntrack bound */
+				* link-local address, TCP sequence tracking in conntrack, per-endpoint conntrack bound,
+				* hostports */
 
 #define MOAT_MAX_ENDPOINT_V4 4
 #define MOAT_MAX_ENDPOINT_V6 4
@@ -267,6 +268,23 @@ struct moat_event {
 	__u16 sport;
 	__u16 dport;
 	__u32 pad2;
+};
+
+/* hostports map: a pod's hostPort on a node address, so that a pod reaching another through it is decided as pod
+ * to pod. Written by the enforcer (from the Pods' hostPorts), read by the datapath. */
+struct moat_hostport_key {
+	__u8 family;   /* 4 or 6 */
+	__u8 protocol; /* TCP, UDP or SCTP */
+	__u8 port[2];  /* the host port, big-endian */
+	__u8 addr[16]; /* the node address it is open on */
+};
+
+struct moat_hostport_value {
+	__u32 identity; /* the pod's namespace identity */
+	__u8 addr[16];  /* the pod's address */
+	__u16 port;     /* the container port, host order */
+	__u8 local;     /* the pod runs on this node: its ingress is decided at the sender (portmap masquerades) */
+	__u8 pad;
 };
 
 /* identities map key: the namespace name, NUL padded. Written by the enforcer, read by the plugin. */

@@ -164,6 +164,23 @@ type moatMoatFragValue struct {
 	Pad     [2]uint8
 }
 
+type moatMoatHostportKey struct {
+	_        structs.HostLayout
+	Family   uint8
+	Protocol uint8
+	Port     [2]uint8
+	Addr     [16]uint8
+}
+
+type moatMoatHostportValue struct {
+	_        structs.HostLayout
+	Identity uint32
+	Addr     [16]uint8
+	Port     uint16
+	Local    uint8
+	Pad      uint8
+}
+
 type moatMoatIdentityFlags uint32
 
 const (
@@ -281,6 +298,7 @@ const (
 	moatMapCtCounts          = "ct_counts"
 	moatMapEvents            = "events"
 	moatMapFragments         = "fragments"
+	moatMapHostports         = "hostports"
 	moatMapIdentities        = "identities"
 	moatMapIpcache           = "ipcache"
 	moatMapLocalEndpoints    = "local_endpoints"
@@ -353,6 +371,7 @@ type moatMapSpecs struct {
 	CtCounts       *ebpf.MapSpec `ebpf:"ct_counts"`
 	Events         *ebpf.MapSpec `ebpf:"events"`
 	Fragments      *ebpf.MapSpec `ebpf:"fragments"`
+	Hostports      *ebpf.MapSpec `ebpf:"hostports"`
 	Identities     *ebpf.MapSpec `ebpf:"identities"`
 	Ipcache        *ebpf.MapSpec `ebpf:"ipcache"`
 	LocalEndpoints *ebpf.MapSpec `ebpf:"local_endpoints"`
@@ -397,6 +416,7 @@ type moatMaps struct {
 	CtCounts       *ebpf.Map `ebpf:"ct_counts"`
 	Events         *ebpf.Map `ebpf:"events"`
 	Fragments      *ebpf.Map `ebpf:"fragments"`
+	Hostports      *ebpf.Map `ebpf:"hostports"`
 	Identities     *ebpf.Map `ebpf:"identities"`
 	Ipcache        *ebpf.Map `ebpf:"ipcache"`
 	LocalEndpoints *ebpf.Map `ebpf:"local_endpoints"`
@@ -413,6 +433,7 @@ func (m *moatMaps) Close() error {
 		m.CtCounts,
 		m.Events,
 		m.Fragments,
+		m.Hostports,
 		m.Identities,
 		m.Ipcache,
 		m.LocalEndpoints,

@@ -18,6 +18,8 @@ type (
 	CTKey          = moatMoatCtKey
 	CTValue        = moatMoatCtValue
 	CTCount        = moatMoatCtCount
+	HostPortKey    = moatMoatHostportKey
+	HostPortValue  = moatMoatHostportValue
 	FragKey        = moatMoatFragKey
 	FragValue      = moatMoatFragValue
 	Counter        = moatMoatCounter

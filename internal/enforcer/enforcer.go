@@ -36,6 +36,20 @@ type State struct {
 	// ServiceRanges says where the source learns the Service ranges from, for the status ("" when it has no
 	// such choice).
 	ServiceRanges string
+	// HostPorts are the pods' hostPorts on node addresses, so that a pod reaching another through one is decided
+	// as pod to pod (the Kubernetes source; none in folder mode).
+	HostPorts []HostPort
+}
+
+// HostPort is a pod's hostPort on a node address, with the pod's namespace for its identity.
+type HostPort struct {
+	Node      netip.Addr
+	Protocol  uint8
+	Port      uint16
+	Pod       netip.Addr
+	PodPort   uint16
+	Namespace string
+	Local     bool // the pod runs on this node
 }
 
 // Address is an ipcache entry a source wants: a prefix, what it is, and for pods and Services their namespace.
@@ -277,6 +291,10 @@ func (e *Enforcer) apply(s State) error {
 	if err != nil {
 		return err
 	}
+	hostPortsChanged, err := e.syncHostPorts(s.HostPorts, in.Identities)
+	if err != nil {
+		return err
+	}
 	configChanged := false
 	if err := e.dp.UpdateConfig(func(c *bpf.Config) {
 		d := [2]uint8{uint8(out.Defaults.DefaultEgress), uint8(out.Defaults.DefaultIngress)}
@@ -328,7 +346,7 @@ func (e *Enforcer) apply(s State) error {
 		e.log.WithField("identity", id).Info("identity released: no namespace and no pod holds it")
 	}
 	e.state, e.stale = s, stale
-	if len(changed) > 0 || ipcacheChanged || configChanged || len(gone) > 0 || len(released) > 0 || e.generation == 0 {
+	if len(changed) > 0 || ipcacheChanged || hostPortsChanged || configChanged || len(gone) > 0 || len(released) > 0 || e.generation == 0 {
 		gen, err := e.dp.BumpGeneration()
 		if err != nil {
 			return err
@@ -424,6 +442,48 @@ func (e *Enforcer) releaseUnheld() error {
 // namespaces' identities from identities), and removes what it wrote before and no longer wants; entries of pods
 // on this node belong to the plugin. Of two
 // claims on one prefix, the metadata API wins, then pods and Services, then nodes, then the cluster.
+// syncHostPorts makes the datapath's hostports what the source lists, each with its pod's namespace identity (a
+// pod of a namespace without one is left out: its flows stay node traffic). It reports whether anything changed.
+func (e *Enforcer) syncHostPorts(list []HostPort, identities map[string]uint32) (bool, error) {
+	want := map[bpf.HostPortKey]bpf.HostPort{}
+	for _, hp := range list {
+		id := identities[hp.Namespace]
+		if id == 0 || hp.Node.Unmap().Is4() != hp.Pod.Unmap().Is4() {
+			continue
+		}
+		b := bpf.HostPort{Node: hp.Node.Unmap(), Protocol: hp.Protocol, Port: hp.Port, Pod: hp.Pod.Unmap(),
+			PodPort: hp.PodPort, Identity: id, Local: hp.Local}
+		want[b.Key()] = b
+	}
+	have, err := e.dp.HostPorts()
+	if err != nil {
+		return false, err
+	}
+	changed := false
+	for k, b := range want {
+		v := bpf.HostPortValue{Identity: b.Identity, Addr: bpf.Addr16(b.Pod), Port: b.PodPort}
+		if b.Local {
+			v.Local = 1
+		}
+		if old, ok := have[k]; ok && old == v {
+			continue
+		}
+		if err := e.dp.SetHostPort(b); err != nil {
+			return changed, err
+		}
+		changed = true
+	}
+	for k := range have {
+		if _, ok := want[k]; !ok {
+			if err := e.dp.DeleteHostPort(k); err != nil {
+				return changed, err
+			}
+			changed = true
+		}
+	}
+	return changed, nil
+}
+
 func (e *Enforcer) syncIPCache(out resolve.Output, addrs []Address, identities map[string]uint32) (bool, error) {
 	want := map[netip.Prefix]bpf.IPCacheValue{}
 	rank := func(c bpf.Class) int {

@@ -178,12 +178,25 @@ func slimPod(obj any) (any, error) {
 	if !ok {
 		return obj, nil // a tombstone
 	}
-	return &corev1.Pod{
+	slim := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
 			CreationTimestamp: p.CreationTimestamp, DeletionTimestamp: p.DeletionTimestamp},
 		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
 		Status: corev1.PodStatus{Phase: p.Status.Phase, PodIPs: p.Status.PodIPs},
-	}, nil
+	}
+	// only the ports open on the node (hostPorts), in a container of their own
+	var hostPorts []corev1.ContainerPort
+	for _, c := range p.Spec.Containers {
+		for _, port := range c.Ports {
+			if port.HostPort != 0 {
+				hostPorts = append(hostPorts, port)
+			}
+		}
+	}
+	if len(hostPorts) > 0 {
+		slim.Spec.Containers = []corev1.Container{{Ports: hostPorts}}
+	}
+	return slim, nil
 }
 
 // Load is the desired state the caches describe now.
@@ -249,8 +262,62 @@ func (k *Kubernetes) Load() State {
 	}
 	sort.Slice(s.Policies, func(i, j int) bool { return s.Policies[i].Name < s.Policies[j].Name })
 	s.Addresses = k.addresses()
+	s.HostPorts = k.hostPorts()
 	s.ServiceRanges = k.serviceRanges
 	return s
+}
+
+// hostPorts lists every running pod's hostPorts on the addresses of its node (or the hostIP it names), one per
+// address family the pod has.
+func (k *Kubernetes) hostPorts() []HostPort {
+	nodeAddrs := map[string][]netip.Addr{}
+	for _, obj := range k.nodes.GetStore().List() {
+		n := obj.(*corev1.Node)
+		for _, a := range n.Status.Addresses {
+			if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
+				continue
+			}
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				nodeAddrs[n.Name] = append(nodeAddrs[n.Name], ip.Unmap())
+			}
+		}
+	}
+	var out []HostPort
+	for _, obj := range k.pods.GetStore().List() {
+		p := obj.(*corev1.Pod)
+		if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed ||
+			len(p.Spec.Containers) == 0 {
+			continue
+		}
+		var podIPs []netip.Addr
+		for _, ip := range p.Status.PodIPs {
+			if a, err := netip.ParseAddr(ip.IP); err == nil {
+				podIPs = append(podIPs, a.Unmap())
+			}
+		}
+		for _, c := range p.Spec.Containers {
+			for _, port := range c.Ports {
+				proto, ok := map[corev1.Protocol]uint8{"": 6, corev1.ProtocolTCP: 6, corev1.ProtocolUDP: 17,
+					corev1.ProtocolSCTP: 132}[port.Protocol]
+				if port.HostPort <= 0 || port.HostPort > 65535 || !ok {
+					continue
+				}
+				nodes := nodeAddrs[p.Spec.NodeName]
+				if ip, err := netip.ParseAddr(port.HostIP); err == nil && !ip.IsUnspecified() {
+					nodes = []netip.Addr{ip.Unmap()}
+				}
+				for _, node := range nodes {
+					for _, pod := range podIPs {
+						if node.Is4() == pod.Is4() {
+							out = append(out, HostPort{Node: node, Protocol: proto, Port: uint16(port.HostPort), Pod: pod,
+								PodPort: uint16(port.ContainerPort), Namespace: p.Namespace, Local: p.Spec.NodeName == k.NodeName})
+						}
+					}
+				}
+			}
+		}
+	}
+	return out
 }
 
 // addresses classifies what the cluster knows of addresses: pods on other nodes and Services by their

@@ -246,7 +246,8 @@ spec:
 	var pod *corev1.Pod
 	if !poll(30*time.Second, func() bool { // the service account controller must create web's default account first
 		pod, err = client.CoreV1().Pods("web").Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "remote"},
-			Spec: corev1.PodSpec{NodeName: "node-b", Containers: []corev1.Container{{Name: "c", Image: "none"}}}}, metav1.CreateOptions{})
+			Spec: corev1.PodSpec{NodeName: "node-b", Containers: []corev1.Container{{Name: "c", Image: "none",
+				Ports: []corev1.ContainerPort{{ContainerPort: 443, HostPort: 8443}, {ContainerPort: 80}}}}}}, metav1.CreateOptions{})
 		return err == nil
 	}) {
 		t.Fatalf("create a pod: %v", err)
@@ -283,11 +284,31 @@ spec:
 		n, _ := lookup("10.240.0.12")
 		t.Errorf("ipcache: pod %+v, service %s %+v, node %+v", p, svc.Spec.ClusterIP, s, n)
 	}
+	// its hostPort on its node's address leads to it, as a pod of web on another node
+	hostPort := bpf.HostPort{Node: netip.MustParseAddr("10.240.0.12"), Protocol: 6, Port: 8443}.Key()
+	hostPortOf := func() (bpf.HostPortValue, bool) {
+		all, err := dp.HostPorts()
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, ok := all[hostPort]
+		return v, ok && len(all) == 1
+	}
+	if !poll(20*time.Second, func() bool {
+		v, ok := hostPortOf()
+		return ok && v.Identity == web && v.Port == 443 && v.Local == 0 && v.Addr == bpf.Addr16(netip.MustParseAddr("10.244.1.5"))
+	}) {
+		v, _ := hostPortOf()
+		t.Errorf("hostPort 10.240.0.12:8443: %+v, want web's pod 10.244.1.5:443 on another node, and no other", v)
+	}
 	if err := client.CoreV1().Pods("web").Delete(ctx, "remote", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
 		t.Fatal(err)
 	}
 	if !poll(20*time.Second, func() bool { _, ok := lookup("10.244.1.5"); return !ok }) {
 		t.Errorf("a deleted remote pod's address stayed in the ipcache")
+	}
+	if !poll(20*time.Second, func() bool { _, ok := hostPortOf(); return !ok }) {
+		t.Errorf("a deleted remote pod's hostPort stayed in the datapath")
 	}
 
 	// a namespace deleted under a running pod of this node: the pod keeps its identity and the namespace's policy

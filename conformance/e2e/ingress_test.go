@@ -60,3 +60,28 @@ spec:
 		t.Errorf("the pod's log does not name the client %s:\n%s", allowed, out)
 	}
 }
+
+// A pod reaching another through its hostPort on the node's address is pod to pod: the portmap plugin
+// masquerades it, so the receiving pod's hook sees the node, and its ingress rules by namespace are decided at
+// the sender's veth (docs/policy.md).
+func TestHostPortBetweenPods(t *testing.T) {
+	namespace(t, "e2e-hp-web", map[string]string{"moat.dev/zone": "e2e-hp-web"})
+	namespace(t, "e2e-hp-shady", map[string]string{"moat.dev/zone": "e2e-hp-shady"})
+	namespace(t, "e2e-hp-ok", map[string]string{"moat.dev/zone": "e2e-hp-ok"})
+	mustApply(t, `apiVersion: moat.dev/v1alpha1
+kind: FirewallPolicy
+metadata: {name: e2e-hp-web-ingress}
+spec:
+  namespaceSelector: {matchLabels: {moat.dev/zone: e2e-hp-web}}
+  ingress:
+  - action: Deny
+    from: [{namespaceSelector: {matchLabels: {moat.dev/zone: e2e-hp-shady}}}]
+`)
+	agent(t, "e2e-hp-web", "web", func(p *corev1.Pod) {
+		p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 8080, HostPort: 30090, Protocol: corev1.ProtocolTCP}}
+	})
+	shady, ok := agent(t, "e2e-hp-shady", "client"), agent(t, "e2e-hp-ok", "client")
+	addr := node.NodeIP.String() + ":30090"
+	expect(t, ok, "tcp", addr, true, applied)
+	expect(t, shady, "tcp", addr, false, applied)
+}

@@ -94,6 +94,11 @@ spec:
 	if !poll(20*time.Second, reach) {
 		t.Fatalf("moat.dev/egress=ALLOW did not open the world to shop (the baseline)")
 	}
+	// the policy may come through the watch a little after the namespace did
+	poll(20*time.Second, func() bool {
+		_, warnings, _ := status()
+		return strings.Contains(warnings, "FirewallPolicy typo: selects no namespace")
+	})
 	if problems, warnings, _ := status(); problems != "" || !strings.Contains(warnings, "FirewallPolicy typo: selects no namespace") {
 		t.Errorf("with ALLOW: problems %q, warnings %q", problems, warnings)
 	}

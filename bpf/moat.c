@@ -721,9 +721,20 @@ static __always_inline __u8 decide(const struct moat_config *cfg, __u32 identity
 	__u8 embedded[16] __attribute__((aligned(8)));
 	void *inner;
 
+	/* A NAT64 address is decided by the IPv4 address it stands for: the metadata block and every IPv4 rule hold
+	 * through the translator. */
+	if (family == 6 && nat64_embeds_ipv4(remote)) {
+		clear16(embedded);
+		__builtin_memcpy(embedded, remote + 12, 4);
+		remote = embedded;
+		family = 4;
+	}
+	classify(family, remote, &class, &d->remote_identity);
 	/* Through a pod's hostPort on a node address, the flow goes to that pod: decided as pod to pod, with the
-	 * container port (the node translates it so; its address alone would make it node traffic). */
-	if (dir == MOAT_DIR_EGRESS && (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP || protocol == IPPROTO_SCTP)) {
+	 * container port (the node translates it so; its address alone would make it node traffic). Only node
+	 * addresses are looked up, so other flows pay nothing for it. */
+	if (dir == MOAT_DIR_EGRESS && class == MOAT_CLASS_NODE &&
+	    (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP || protocol == IPPROTO_SCTP)) {
 		struct moat_hostport_key hk = {.family = family, .protocol = protocol};
 		struct moat_hostport_value *hp;
 
@@ -737,17 +748,9 @@ static __always_inline __u8 decide(const struct moat_config *cfg, __u32 identity
 			d->hostport_local = hp->local;
 			d->hostport_port = hp->port;
 			d->hostport_identity = hp->identity;
+			classify(family, remote, &class, &d->remote_identity);
 		}
 	}
-	/* A NAT64 address is decided by the IPv4 address it stands for: the metadata block and every IPv4 rule hold
-	 * through the translator. */
-	if (family == 6 && nat64_embeds_ipv4(remote)) {
-		clear16(embedded);
-		__builtin_memcpy(embedded, remote + 12, 4);
-		remote = embedded;
-		family = 4;
-	}
-	classify(family, remote, &class, &d->remote_identity);
 	d->remote_class = class;
 	d->rule_id = 0;
 

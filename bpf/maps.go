@@ -44,15 +44,20 @@ func (dp *Datapath) LookupEndpoint(ifindex uint32) (ep Endpoint, ok bool, err er
 
 // Endpoints lists every endpoint by host ifindex.
 func (dp *Datapath) Endpoints() (map[uint32]Endpoint, error) {
-	out := map[uint32]Endpoint{}
-	var k uint32
-	var v Endpoint
-	it := dp.maps.LocalEndpoints.Iterate()
+	return readAll[uint32, Endpoint](dp.maps.LocalEndpoints, "endpoints")
+}
+
+// readAll reads a hash map whole, key by key; for maps of a few thousand entries.
+func readAll[K comparable, V any](m *ebpf.Map, what string) (map[K]V, error) {
+	out := map[K]V{}
+	var k K
+	var v V
+	it := m.Iterate()
 	for it.Next(&k, &v) {
 		out[k] = v
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("list endpoints: %w", err)
+		return nil, fmt.Errorf("list %s: %w", what, err)
 	}
 	return out, nil
 }
@@ -92,14 +97,6 @@ func (ep *Endpoint) SetLink(mac net.HardwareAddr, linkLocal netip.Addr) {
 		linkLocal = LinkLocalFromMAC(mac)
 	}
 	ep.LinkLocal6 = linkLocal.As16()
-}
-
-// MAC is the pod interface's MAC, nil when unknown.
-func (ep *Endpoint) MAC() net.HardwareAddr {
-	if ep.Mac == [6]uint8{} {
-		return nil
-	}
-	return net.HardwareAddr(ep.Mac[:])
 }
 
 // LinkLocalFromMAC is the IPv6 link-local address the kernel gives an interface with this 6-byte MAC by
@@ -469,16 +466,21 @@ func (h HostPort) Key() HostPortKey {
 	return k
 }
 
+// Value is the map value of the hostPort.
+func (h HostPort) Value() HostPortValue {
+	v := HostPortValue{Identity: h.Identity, Addr: Addr16(h.Pod.Unmap()), Port: h.PodPort}
+	if h.Local {
+		v.Local = 1
+	}
+	return v
+}
+
 // SetHostPort writes a hostPort.
 func (dp *Datapath) SetHostPort(h HostPort) error {
 	if h.Node.Unmap().Is4() != h.Pod.Unmap().Is4() {
 		return fmt.Errorf("hostPort %s %d/%d to %s: node and pod addresses of different families", h.Node, h.Port, h.Protocol, h.Pod)
 	}
-	k := h.Key()
-	v := HostPortValue{Identity: h.Identity, Addr: Addr16(h.Pod.Unmap()), Port: h.PodPort}
-	if h.Local {
-		v.Local = 1
-	}
+	k, v := h.Key(), h.Value()
 	if err := dp.maps.Hostports.Put(&k, &v); err != nil {
 		return fmt.Errorf("write hostPort %s:%d/%d: %w", h.Node, h.Port, h.Protocol, err)
 	}
@@ -495,17 +497,7 @@ func (dp *Datapath) DeleteHostPort(k HostPortKey) error {
 
 // HostPorts lists the hostPorts the datapath knows.
 func (dp *Datapath) HostPorts() (map[HostPortKey]HostPortValue, error) {
-	out := map[HostPortKey]HostPortValue{}
-	var k HostPortKey
-	var v HostPortValue
-	it := dp.maps.Hostports.Iterate()
-	for it.Next(&k, &v) {
-		out[k] = v
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("list hostPorts: %w", err)
-	}
-	return out, nil
+	return readAll[HostPortKey, HostPortValue](dp.maps.Hostports, "hostPorts")
 }
 
 // Jiffies is the low 32 bits of the kernel's jiffies counter, the clock of conntrack deadlines. It needs the
@@ -523,17 +515,7 @@ func (dp *Datapath) Jiffies() (uint32, error) {
 
 // ConntrackCounts reads each endpoint's count of conntrack entries, by host ifindex.
 func (dp *Datapath) ConntrackCounts() (map[uint32]CTCount, error) {
-	out := map[uint32]CTCount{}
-	var k uint32
-	var v CTCount
-	it := dp.maps.CtCounts.Iterate()
-	for it.Next(&k, &v) {
-		out[k] = v
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("list conntrack counts: %w", err)
-	}
-	return out, nil
+	return readAll[uint32, CTCount](dp.maps.CtCounts, "conntrack counts")
 }
 
 // RecountConntrack sets each endpoint's count of conntrack entries to the entries of the table that have not
@@ -553,22 +535,13 @@ func (dp *Datapath) RecountConntrack() (map[uint32]uint64, error) {
 		return nil, err
 	}
 	live := map[uint32]uint64{}
-	keys := make([]CTKey, 4096)
-	values := make([]CTValue, 4096)
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := dp.maps.Conntrack.BatchLookup(&cursor, keys, values, nil)
-		for i := 0; i < n; i++ {
-			if int32(uint32(values[i].Expires)-now) >= 0 { // deadlines lie within 2^31 ticks of now
-				live[keys[i].Ifindex]++
-			}
+	err = walkBatch(dp.maps.Conntrack, func(k *CTKey, v *CTValue) {
+		if int32(uint32(v.Expires)-now) >= 0 { // deadlines lie within 2^31 ticks of now
+			live[k.Ifindex]++
 		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("walk conntrack: %w", err)
-		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("walk conntrack: %w", err)
 	}
 	after, err := dp.ConntrackCounts()
 	if err != nil {
@@ -712,21 +685,30 @@ func countBatch[K, V any](m *ebpf.Map, fallback func(*ebpf.Map) (int, error)) (i
 	if m == nil {
 		return 0, nil
 	}
+	total := 0
+	err := walkBatch(m, func(*K, *V) { total++ })
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		return fallback(m)
+	}
+	return total, err
+}
+
+// walkBatch hands every entry of a map to fn, read in batches of 4096; ebpf.ErrNotSupported where the kernel
+// cannot batch the map's type.
+func walkBatch[K, V any](m *ebpf.Map, fn func(*K, *V)) error {
 	keys := make([]K, 4096)
 	values := make([]V, 4096)
 	var cursor ebpf.MapBatchCursor
-	total := 0
 	for {
 		n, err := m.BatchLookup(&cursor, keys, values, nil)
-		total += n
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return total, nil
+		for i := 0; i < n; i++ {
+			fn(&keys[i], &values[i])
 		}
-		if errors.Is(err, ebpf.ErrNotSupported) {
-			return fallback(m)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
 		}
 		if err != nil {
-			return total, err
+			return err
 		}
 	}
 }

@@ -461,11 +461,7 @@ func (e *Enforcer) syncHostPorts(list []HostPort, identities map[string]uint32) 
 	}
 	changed := false
 	for k, b := range want {
-		v := bpf.HostPortValue{Identity: b.Identity, Addr: bpf.Addr16(b.Pod), Port: b.PodPort}
-		if b.Local {
-			v.Local = 1
-		}
-		if old, ok := have[k]; ok && old == v {
+		if old, ok := have[k]; ok && old == b.Value() {
 			continue
 		}
 		if err := e.dp.SetHostPort(b); err != nil {

@@ -267,20 +267,28 @@ func (k *Kubernetes) Load() State {
 	return s
 }
 
+// nodeAddresses are a Node's internal and external IPs: its node-class addresses, and where its pods' hostPorts
+// open.
+func nodeAddresses(n *corev1.Node) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range n.Status.Addresses {
+		if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
+			continue
+		}
+		if ip, err := netip.ParseAddr(a.Address); err == nil {
+			out = append(out, ip.Unmap())
+		}
+	}
+	return out
+}
+
 // hostPorts lists every running pod's hostPorts on the addresses of its node (or the hostIP it names), one per
 // address family the pod has.
 func (k *Kubernetes) hostPorts() []HostPort {
 	nodeAddrs := map[string][]netip.Addr{}
 	for _, obj := range k.nodes.GetStore().List() {
 		n := obj.(*corev1.Node)
-		for _, a := range n.Status.Addresses {
-			if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
-				continue
-			}
-			if ip, err := netip.ParseAddr(a.Address); err == nil {
-				nodeAddrs[n.Name] = append(nodeAddrs[n.Name], ip.Unmap())
-			}
-		}
+		nodeAddrs[n.Name] = nodeAddresses(n)
 	}
 	var out []HostPort
 	for _, obj := range k.pods.GetStore().List() {
@@ -337,10 +345,8 @@ func (k *Kubernetes) addresses() []Address {
 	}
 	for _, obj := range k.nodes.GetStore().List() {
 		n := obj.(*corev1.Node)
-		for _, a := range n.Status.Addresses {
-			if a.Type == corev1.NodeInternalIP || a.Type == corev1.NodeExternalIP {
-				add(a.Address, bpf.ClassNode, "")
-			}
+		for _, a := range nodeAddresses(n) {
+			out = append(out, Address{Prefix: netip.PrefixFrom(a, a.BitLen()), Class: bpf.ClassNode})
 		}
 		for _, c := range n.Spec.PodCIDRs {
 			addCIDR(c, bpf.ClassCluster)

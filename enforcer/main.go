@@ -267,18 +267,7 @@ func run(log *logrus.Entry, o options) error {
 	}
 	go e.RunConntrackRecount(ctx, store, enforcer.RecountInterval)
 	if o.reconcile > 0 {
-		go func() {
-			t := time.NewTicker(o.reconcile)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-					reconcile()
-				}
-			}
-		}()
+		go enforcer.Every(ctx, o.reconcile, reconcile)
 	}
 	err = src.run(ctx, e, func() {
 		reconcile()

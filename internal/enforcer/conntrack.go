@@ -49,6 +49,15 @@ func (e *Enforcer) RecountConntrack(store endpoint.Store) error {
 
 // RunConntrackRecount recounts every interval until ctx ends.
 func (e *Enforcer) RunConntrackRecount(ctx context.Context, store endpoint.Store, interval time.Duration) {
+	Every(ctx, interval, func() {
+		if err := e.RecountConntrack(store); err != nil {
+			e.log.WithError(err).Error("recounting conntrack entries per endpoint")
+		}
+	})
+}
+
+// Every calls fn every interval until ctx ends (the enforcer's periodic work: reconcile, recount).
+func Every(ctx context.Context, interval time.Duration, fn func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -56,9 +65,7 @@ func (e *Enforcer) RunConntrackRecount(ctx context.Context, store endpoint.Store
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := e.RecountConntrack(store); err != nil {
-				e.log.WithError(err).Error("recounting conntrack entries per endpoint")
-			}
+			fn()
 		}
 	}
 }

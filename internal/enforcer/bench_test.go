@@ -15,7 +15,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/testutil"
@@ -207,14 +206,7 @@ func benchFolder(b *testing.B, n int) {
 
 func benchKube(b *testing.B, n int) {
 	cluster := kubetest.Start(b)
-	dyn, err := dynamic.NewForConfig(cluster.Config)
-	if err != nil {
-		b.Fatal(err)
-	}
-	client, err := kubernetes.NewForConfig(cluster.Config)
-	if err != nil {
-		b.Fatal(err)
-	}
+	dyn, client := clients(b, cluster.Config)
 	installCRDs(b, cluster)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -13,8 +13,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/moatfw/moat/internal/endpoint"
 	"github.com/moatfw/moat/internal/testutil"
@@ -26,14 +24,7 @@ import (
 // FirewallPolicy that selects no namespace is a warning in the status and in policies, until a namespace matches.
 func TestKubernetesLabelProblemsAndUnselectedPolicies(t *testing.T) {
 	cluster := kubetest.Start(t)
-	dyn, err := dynamic.NewForConfig(cluster.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := kubernetes.NewForConfig(cluster.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dyn, client := clients(t, cluster.Config)
 	installCRDs(t, cluster)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

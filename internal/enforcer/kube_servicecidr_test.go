@@ -11,12 +11,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/endpoint"
-	"github.com/moatfw/moat/internal/testutil"
 	"github.com/moatfw/moat/internal/testutil/kubetest"
 )
 
@@ -32,14 +29,7 @@ func TestKubernetesWithoutServiceCIDRs(t *testing.T) {
 		"service-cluster-ip-range": kubetest.ServiceClusterIPRange + "," + v6Range,
 	}))
 	config := cluster.HidingResource(t, "networking.k8s.io", "v1", "servicecidrs")
-	client, err := kubernetes.NewForConfig(config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dyn, err := dynamic.NewForConfig(config)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dyn, client := clients(t, config)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if _, err := client.NetworkingV1().ServiceCIDRs().List(ctx, metav1.ListOptions{}); !apierrors.IsNotFound(err) {
@@ -56,16 +46,7 @@ func TestKubernetesWithoutServiceCIDRs(t *testing.T) {
 	}
 	installCRDs(t, cluster)
 
-	root := testutil.PinRoot(t)
-	dp, err := bpf.Load(root, bpf.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
-	e, err := New(dp, logrus.NewEntry(logrus.New()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, dp, e := newTestEnforcer(t)
 	k := &Kubernetes{Config: config, NodeName: "node-a", Log: logrus.NewEntry(logrus.New())}
 	stopped := make(chan struct{})
 	go func() {

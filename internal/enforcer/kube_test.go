@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
 	"github.com/moatfw/moat/bpf"
@@ -29,6 +30,20 @@ import (
 )
 
 // installCRDs creates Moat's CRDs from install/kubernetes/crds and waits until the API server serves them.
+// clients are the dynamic and typed clients of a test's API server.
+func clients(tb testing.TB, config *rest.Config) (*dynamic.DynamicClient, *kubernetes.Clientset) {
+	tb.Helper()
+	dyn, err := dynamic.NewForConfig(config)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	client, err := kubernetes.NewForConfig(config)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return dyn, client
+}
+
 func installCRDs(t testing.TB, cluster *kubetest.Cluster) {
 	t.Helper()
 	files, err := filepath.Glob("../../install/kubernetes/crds/*.yaml")
@@ -63,14 +78,7 @@ func fromYAML(t testing.TB, s string) *unstructured.Unstructured {
 // nodes of the cluster land in the ipcache; a deleted namespace releases its identity.
 func TestKubernetesSource(t *testing.T) {
 	cluster := kubetest.Start(t)
-	dyn, err := dynamic.NewForConfig(cluster.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := kubernetes.NewForConfig(cluster.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dyn, client := clients(t, cluster.Config)
 	installCRDs(t, cluster)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -102,16 +110,7 @@ func TestKubernetesSource(t *testing.T) {
 		}
 	})
 
-	root := testutil.PinRoot(t)
-	dp, err := bpf.Load(root, bpf.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
-	e, err := New(dp, logrus.NewEntry(logrus.New()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	root, dp, e := newTestEnforcer(t)
 	k := &Kubernetes{Config: cluster.Config, NodeName: "node-a", Log: logrus.NewEntry(logrus.New())}
 	applied := make(chan struct{}, 100)
 	stopped := make(chan struct{})

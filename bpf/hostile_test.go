@@ -10,11 +10,15 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -507,8 +511,13 @@ func TestSpoofedClusterSourcesFromOutside(t *testing.T) {
 func spoofedSources(t *testing.T, dev map[string]int) {
 	h := newHarness(t, bpf.Options{})
 	h.policy(&policy.IdentityPolicy{Identity: podID, DefaultEgress: bpf.ActionAllow, DefaultIngress: bpf.ActionDeny})
-	if err := h.dp.SetIPCache(netip.MustParsePrefix("fd00:252::/48"), bpf.ClassCluster, 0); err != nil {
-		t.Fatal(err)
+	for _, e := range []struct {
+		p     string
+		class bpf.Class
+	}{{"fd00:252::/48", bpf.ClassCluster}, {"fd00:250:99::/64", bpf.ClassNode}} {
+		if err := h.dp.SetIPCache(netip.MustParsePrefix(e.p), e.class, 0); err != nil {
+			t.Fatal(err)
+		}
 	}
 	other := uint32(testutil.Dummy(t)) // another pod's host veth
 	ep, err := bpf.NewEndpoint(peerID, bpf.ModeEnforce, []netip.Addr{peerV4})
@@ -518,20 +527,50 @@ func spoofedSources(t *testing.T, dev map[string]int) {
 	if err := h.dp.SetEndpoint(other, &ep); err != nil {
 		t.Fatal(err)
 	}
-	sport := uint16(20000)
-	arrive := func(src, dst netip.Addr, iif uint32) uint32 {
-		sport++
+	run := func(frame testutil.Packet, iif uint32) uint32 {
 		ctx := skbContext(h.ifindex)
 		binary.LittleEndian.PutUint32(ctx[36:], iif) // __sk_buff.ingress_ifindex
-		ret, err := h.dp.ToPod.Run(&ebpf.RunOptions{Data: tcp(src, dst, sport, 80, testutil.TCPSyn).Bytes(), Context: ctx})
+		ret, err := h.dp.ToPod.Run(&ebpf.RunOptions{Data: frame.Bytes(), Context: ctx})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return ret
 	}
+	sport := uint16(20000)
+	arrive := func(src, dst netip.Addr, iif uint32) uint32 {
+		sport++
+		return run(tcp(src, dst, sport, 80, testutil.TCPSyn), iif)
+	}
 	a := netip.MustParseAddr
 	up, tun, br := uint32(dev["up0"]), uint32(dev["tun0"]), uint32(dev["br0"])
+	// a NodePort masqueraded by netfilter, in both families: the pod sees the bridge's address as source
+	masq4 := masquerade(t, dev, worldV4, a("10.0.0.1"), podV4, gatewayV4)
+	masq6 := masquerade(t, dev, worldV6, a("fd00:250:99::1"), podV6, gatewayV6)
 	rows := []struct {
+		name   string
+		frame  testutil.Packet
+		iif    uint32
+		want   uint32
+		reason bpf.Reason
+	}{
+		{"the node's own address, masqueraded on the way in", tcp(gatewayV4, podV4, masq4, 80, testutil.TCPSyn), up, retNext, bpf.ReasonAllowDefault},
+		{"the node's own address, masqueraded on the way in, IPv6", tcp(gatewayV6, podV6, masq6, 80, testutil.TCPSyn), up, retNext, bpf.ReasonAllowDefault},
+		{"the node's own address claimed from outside", tcp(gatewayV4, podV4, 31000, 80, testutil.TCPSyn), up, retDrop, bpf.ReasonSpoofed},
+		{"the node's bridge address claimed from outside, IPv6", tcp(gatewayV6, podV6, 31000, 80, testutil.TCPSyn), up, retDrop, bpf.ReasonSpoofed},
+		{"the node's uplink address claimed from outside, IPv6", udp(a("fd00:250:99::1"), podV6, 31000, 53), up, retDrop, bpf.ReasonSpoofed},
+		{"the node's address on a masqueraded port, another protocol", udp(gatewayV6, podV6, masq6, 80), up, retDrop, bpf.ReasonSpoofed},
+		{"an echo request claiming the node's address, IPv6", testutil.Packet{Src: gatewayV6, Dst: podV6, Proto: testutil.ProtoICMPv6, ICMPType: 128}, up, retDrop, bpf.ReasonSpoofed},
+	}
+	for _, r := range rows {
+		before := h.reasonCount(r.reason)
+		if got := run(r.frame, r.iif); got != r.want {
+			t.Errorf("%s: %s, want %s", r.name, verdictName(got), verdictName(r.want))
+		}
+		if after := h.reasonCount(r.reason); after != before+1 {
+			t.Errorf("%s: counter of %s went %d -> %d, want +1", r.name, bpf.ReasonName(r.reason), before, after)
+		}
+	}
+	addrRows := []struct {
 		name     string
 		src, dst netip.Addr
 		iif      uint32
@@ -544,7 +583,6 @@ func spoofedSources(t *testing.T, dev map[string]int) {
 		{"this node's pod through its bridge", a("10.1.0.77"), podV4, br, retNext, bpf.ReasonAllowDefault},
 		{"a node from the uplink", a("10.0.0.5"), podV4, up, retNext, bpf.ReasonAllowDefault},
 		{"a node from the tunnel", a("10.0.0.5"), podV4, tun, retDrop, bpf.ReasonSpoofed},
-		{"the node's own address, masqueraded on the way in", a("10.1.0.1"), podV4, up, retNext, bpf.ReasonAllowDefault},
 		{"made on this node", a("10.252.0.5"), podV4, 0, retNext, bpf.ReasonAllowDefault},
 		{"from a pod of this node", peerV4, podV4, other, retNext, bpf.ReasonAllowDefault},
 		{"the world from the uplink: policy decides", worldV4, podV4, up, retDrop, bpf.ReasonDenyDefault},
@@ -553,7 +591,7 @@ func spoofedSources(t *testing.T, dev map[string]int) {
 		{"another node's pod from the uplink, IPv6", a("fd00:252::5"), podV6, up, retDrop, bpf.ReasonSpoofed},
 		{"this node's pod range from the uplink, IPv6", a("fd00:250::77"), podV6, up, retDrop, bpf.ReasonSpoofed},
 	}
-	for _, r := range rows {
+	for _, r := range addrRows {
 		before := h.reasonCount(r.reason)
 		if got := arrive(r.src, r.dst, r.iif); got != r.want {
 			t.Errorf("%s: %s, want %s", r.name, verdictName(got), verdictName(r.want))
@@ -568,6 +606,72 @@ func spoofedSources(t *testing.T, dev map[string]int) {
 	}
 	if got := arrive(a("10.252.0.5"), podV4, up); got != retNext {
 		t.Errorf("another node's pod from the uplink, check off: %s, want pass", verdictName(got))
+	}
+}
+
+// masquerade has netfilter translate a NodePort of the node's uplink address to the pod behind its bridge and
+// masquerade it there, sends a real SYN from the world into the uplink, and returns the source port the pod sees
+// (the node's bridge address is the source) once netfilter's conntrack holds the flow.
+func masquerade(t *testing.T, dev map[string]int, world, node, pod, bridge netip.Addr) uint16 {
+	t.Helper()
+	family, table := netlink.InetFamily(unix.AF_INET), "ip"
+	if pod.Is6() {
+		family, table = unix.AF_INET6, "ip6"
+	}
+	rules := fmt.Sprintf(`table %[1]s moat_test_masq {
+	chain pre { type nat hook prerouting priority dstnat; iifname "up0" tcp dport 30080 dnat to %[2]s; }
+	chain post { type nat hook postrouting priority srcnat; oifname "br0" masquerade; }
+}
+`, table, netip.AddrPortFrom(pod, 80))
+	nft := exec.Command("nft", "-f", "-")
+	nft.Stdin = strings.NewReader(rules)
+	if out, err := nft.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+	up, err := netlink.LinkByIndex(dev["up0"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	eth := &layers.Ethernet{SrcMAC: otherMAC, DstMAC: up.Attrs().HardwareAddr, EthernetType: layers.EthernetTypeIPv4}
+	var ipl gopacket.NetworkLayer
+	if pod.Is6() {
+		eth.EthernetType = layers.EthernetTypeIPv6
+		ipl = &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolTCP, SrcIP: world.AsSlice(), DstIP: node.AsSlice()}
+	} else {
+		ipl = &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: world.AsSlice(), DstIP: node.AsSlice()}
+	}
+	syn := &layers.TCP{SrcPort: 5555, DstPort: 30080, SYN: true, Seq: 1, Window: 1024}
+	if err := syn.SetNetworkLayerForChecksum(ipl); err != nil {
+		t.Fatal(err)
+	}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		eth, ipl.(gopacket.SerializableLayer), syn); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Sendto(fd, buf.Bytes(), 0, &unix.SockaddrLinklayer{Ifindex: dev["up0p"]}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, family)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range flows {
+			if f.Forward.DstPort == 30080 && f.Forward.SrcIP.Equal(world.AsSlice()) && f.Reverse.DstIP.Equal(bridge.AsSlice()) {
+				return f.Reverse.DstPort
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("netfilter never tracked the masqueraded SYN from %s (%d flows)", world, len(flows))
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

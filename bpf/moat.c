@@ -891,6 +891,74 @@ static __always_inline __u16 policy_port(const struct packet *p)
 #define AF_INET6 10
 
 /*
+ * netfilter's conntrack, read through its kfuncs. Weak: a kernel built without them loads the program all the
+ * same, and the check that needs them passes what it cannot judge.
+ */
+struct nf_conn {
+	unsigned long status;
+} __attribute__((preserve_access_index));
+
+struct bpf_ct_opts {
+	__s32 netns_id;
+	__s32 error;
+	__u8 l4proto;
+	__u8 dir;
+	__u8 reserved[2];
+};
+
+extern struct nf_conn *bpf_skb_ct_lookup(struct __sk_buff *skb, struct bpf_sock_tuple *tuple, __u32 tuple_size,
+					 struct bpf_ct_opts *opts, __u32 opts_size) __ksym __weak;
+extern void bpf_ct_release(struct nf_conn *ct) __ksym __weak;
+
+#define ENOENT 2
+#define NF_CT_OPTS_SIZE 12	/* the options every kernel with these kfuncs takes (later ones add a zone) */
+#define NF_CT_DIR_REPLY 1	/* IP_CT_DIR_REPLY */
+#define NF_CT_SRC_NAT (1 << 4) /* IPS_SRC_NAT */
+#define NF_CT_NETNS_OF_SKB (-1) /* BPF_F_CURRENT_NETNS */
+
+/*
+ * A packet forwarded to a pod with one of the node's own addresses as source: did netfilter put that address
+ * there? A masqueraded flow's reply tuple runs from the pod to the node's address; the packet is that tuple
+ * reversed, and its entry carries IPS_SRC_NAT. A packet that arrived claiming the address from outside has no such
+ * entry (netfilter tracks it as a flow of its own, unNATed) and is spoofed. netfilter looks up TCP and UDP only:
+ * SCTP, which kube-proxy masquerades too, passes unjudged; nothing else is masqueraded towards a pod, so any other
+ * protocol is spoofed.
+ */
+static __always_inline int masqueraded(struct __sk_buff *skb, const struct packet *p)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_ct_opts o = {.netns_id = NF_CT_NETNS_OF_SKB};
+	struct nf_conn *ct;
+	__u32 size;
+	int ok;
+
+	if (p->protocol == IPPROTO_SCTP || !bpf_skb_ct_lookup || !bpf_ct_release)
+		return 1;
+	if ((p->protocol != IPPROTO_TCP && p->protocol != IPPROTO_UDP) || !p->has_ports || p->fragment)
+		return 0;
+	o.l4proto = p->protocol;
+	if (p->family == 4) {
+		__builtin_memcpy(&t.ipv4.saddr, p->daddr, 4);
+		__builtin_memcpy(&t.ipv4.daddr, p->saddr, 4);
+		t.ipv4.sport = bpf_htons(p->dport);
+		t.ipv4.dport = bpf_htons(p->sport);
+		size = sizeof(t.ipv4);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, p->daddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, p->saddr, 16);
+		t.ipv6.sport = bpf_htons(p->dport);
+		t.ipv6.dport = bpf_htons(p->sport);
+		size = sizeof(t.ipv6);
+	}
+	ct = bpf_skb_ct_lookup(skb, &t, size, &o, NF_CT_OPTS_SIZE);
+	if (!ct)
+		return o.error != -ENOENT; /* no entry: spoofed; an error of the lookup itself: not judged */
+	ok = o.dir == NF_CT_DIR_REPLY && (ct->status & NF_CT_SRC_NAT);
+	bpf_ct_release(ct);
+	return ok;
+}
+
+/*
  * Did a packet from a cluster or node address reach the node the way the cluster network brings that address? A
  * pod or a node address is not the world's to use: a packet from outside that claims one would otherwise be
  * decided as cluster traffic (allowed by default) and reach namespaces that deny the world.
@@ -899,8 +967,9 @@ static __always_inline __u16 policy_port(const struct packet *p)
  *   - the world and the metadata API: nothing to check, policy decides them as such;
  *   - else the route back to the source must leave through the device the packet came in on, as strict
  *     reverse-path filtering would have it: a pod of another node over the CNI's tunnel, the node's pods through
- *     its bridge. One of the node's own addresses (a local route) passes: what was masqueraded on the way in
- *     carries one, and the kernel drops IPv4 packets that arrive claiming one (martian source).
+ *     its bridge. One of the node's own addresses (a local route) passes only when netfilter masqueraded the
+ *     flow on the way in (a NodePort with externalTrafficPolicy Cluster, a hairpin): see masqueraded(). The
+ *     kernel drops IPv4 packets that arrive claiming one (martian source); IPv6 has no such check.
  * Only a new flow towards the pod is checked; FirewallConfig sourceValidation: Disabled turns it off (multipath or
  * asymmetric routing).
  */
@@ -936,8 +1005,11 @@ static __always_inline int source_path_ok(struct __sk_buff *skb, const struct mo
 	case BPF_FIB_LKUP_RET_UNREACHABLE:
 	case BPF_FIB_LKUP_RET_PROHIBIT:
 		return 0; /* no way back to that source at all */
+	case BPF_FIB_LKUP_RET_NOT_FWDED:
+		/* not a unicast route: one of the node's own addresses (or a broadcast or multicast one, never a source) */
+		return masqueraded(skb, p);
 	}
-	/* a local address (not forwarded), forwarding off on iif, an error: nothing this check can judge */
+	/* forwarding off on iif, an error: nothing this check can judge */
 	return 1;
 }
 

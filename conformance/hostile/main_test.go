@@ -339,5 +339,6 @@ var cases = []hostileCase{
 	{"nat64-metadata", nat64},
 	{"ipv6-mobility-header", mobility},
 	{"spoofed-cluster-source", spoofedClusterSource},
+	{"masqueraded-nodeport", masqueradedNodePort},
 	{"conntrack-flood", conntrackFlood},
 }

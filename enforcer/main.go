@@ -29,8 +29,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/moatfw/moat/bpf"
-	"github.com/moatfw/moat/install/conflist"
 	"github.com/moatfw/moat/internal/agentapi"
+	"github.com/moatfw/moat/internal/conflist"
 	"github.com/moatfw/moat/internal/endpoint"
 	"github.com/moatfw/moat/internal/enforcer"
 	"github.com/moatfw/moat/internal/version"

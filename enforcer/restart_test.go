@@ -17,8 +17,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/moatfw/moat/bpf"
-	"github.com/moatfw/moat/install/conflist"
 	"github.com/moatfw/moat/internal/agentapi"
+	"github.com/moatfw/moat/internal/conflist"
 	"github.com/moatfw/moat/internal/testutil"
 )
 

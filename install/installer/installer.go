@@ -23,8 +23,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/moatfw/moat/bpf"
-	"github.com/moatfw/moat/install/conflist"
 	"github.com/moatfw/moat/internal/agentapi"
+	"github.com/moatfw/moat/internal/conflist"
 	"github.com/moatfw/moat/internal/endpoint"
 )
 

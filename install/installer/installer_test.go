@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/moatfw/moat/install/conflist"
+	"github.com/moatfw/moat/internal/conflist"
 	"github.com/moatfw/moat/internal/testutil"
 )
 

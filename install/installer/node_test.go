@@ -14,7 +14,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/containernetworking/plugins/pkg/ns"
 
-	"github.com/moatfw/moat/install/conflist"
+	"github.com/moatfw/moat/internal/conflist"
 	"github.com/moatfw/moat/internal/endpoint"
 	"github.com/moatfw/moat/internal/simnode"
 	"github.com/moatfw/moat/internal/testutil"

@@ -31,8 +31,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/moatfw/moat/install/conflist"
 	"github.com/moatfw/moat/internal/agentapi"
+	"github.com/moatfw/moat/internal/conflist"
 	"github.com/moatfw/moat/internal/testutil"
 )
 

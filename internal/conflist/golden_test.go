@@ -14,7 +14,7 @@ import (
 var update = flag.Bool("update", false, "rewrite the golden files")
 
 // Real-world primary networks (flannel, kindnet, a lone bridge .conf, aws-vpc-cni, calico, oddities) chained as
-// moat-install chains them, against golden files: go test ./install/conflist -run Golden -update rewrites them.
+// moat-install chains them, against golden files: go test ./internal/conflist -run Golden -update rewrites them.
 func TestGoldenNetworks(t *testing.T) {
 	inputs, err := filepath.Glob("testdata/*.conf*")
 	if err != nil || len(inputs) < 6 {

@@ -1,69 +1,15 @@
-// Package report answers, per namespace, who can reach what: the world (on which ports, to which addresses), the
-// cloud metadata API, the other namespaces, and which ports are open to the world inbound, with the policies
-// responsible. It asks the reference evaluator (the datapath's oracle) about one packet from each class of packets
-// the rules tell apart, so the answer is exact for every address and port the rules name.
-//
-// East-west answers are about pods: a flow between two namespaces needs the sender's egress and the receiver's
-// ingress. Each namespace's pods stand for one address at the top of the first IPv4 clusterCIDR (240.0.0.0/4
-// without one), so CIDR rules that cover the pod range apply to them as they would to real pods.
 package report
 
 import (
-	"fmt"
 	"net/netip"
 	"slices"
 	"sort"
-	"strconv"
-	"strings"
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/api/v1alpha1"
 	"github.com/moatfw/moat/internal/policy"
 	"github.com/moatfw/moat/internal/resolve"
 )
-
-// Report is the answer for a whole cluster (or one node's view of it).
-type Report struct {
-	Namespaces []Namespace `json:"namespaces"`
-}
-
-// Namespace is what one namespace can reach, and what can reach it.
-type Namespace struct {
-	Name     string `json:"name"`
-	Zone     string `json:"zone,omitempty"`
-	Audit    bool   `json:"audit,omitempty"` // moat.dev/mode: Audit: nothing is enforced, denials are reported
-	Egress   Reach  `json:"worldEgress"`     // to the Internet
-	Metadata Reach  `json:"metadataAPI"`
-	Ingress  Reach  `json:"worldIngress"` // from the Internet, to the namespace's pods
-	Peers    []Peer `json:"namespaces"`   // to the other namespaces
-}
-
-// Reach is one question's answer: Open is "all", "some" or "none"; Grants say what is open, with the rule (or
-// default) that opens it.
-type Reach struct {
-	Open     string   `json:"open"`
-	Grants   []Grant  `json:"grants,omitempty"`
-	Policies []string `json:"policies,omitempty"` // every policy whose rule decides some of it
-	Why      string   `json:"why,omitempty"`      // for none or all: what decides
-}
-
-// Grant is one open part: a protocol and ports, towards (or from) addresses, opened by a rule or a default.
-type Grant struct {
-	Protocol string   `json:"protocol"`
-	Ports    string   `json:"ports"`             // "443", "8000-8080", "all"
-	Remote   string   `json:"remote"`            // a CIDR, "any", or a namespace
-	Except   []string `json:"except,omitempty"`  // parts of Remote decided otherwise (listed separately if open)
-	Policy   string   `json:"policy,omitempty"`  // empty: the default decides
-	Rule     string   `json:"rule,omitempty"`    // "egress[0]"
-	Default  string   `json:"default,omitempty"` // which default, when no rule decides
-}
-
-// Peer is what one namespace can reach of another.
-type Peer struct {
-	Namespace string `json:"namespace"`
-	Zone      string `json:"zone,omitempty"`
-	Reach
-}
 
 // Input is the state to report on (what an enforcer applies, or what the API server holds).
 type Input struct {
@@ -99,11 +45,11 @@ func Build(in Input) Report {
 	for i, ns := range in.Namespaces {
 		ids[ns.Name] = uint32(i + 1)
 	}
-	keys := map[uint32]resolve.RuleKey{}
+	keys := map[uint32]RuleKey{}
 	out := resolve.Resolve(resolve.Input{Config: in.Config, Policies: in.Policies, Namespaces: in.Namespaces, Identities: ids,
 		RuleID: func(k resolve.RuleKey) uint32 {
 			id := uint32(len(keys) + 1)
-			keys[id] = k
+			keys[id] = RuleKey{Policy: k.Policy, Direction: direction(k.Direction), Index: k.Index}
 			return id
 		}})
 	names := map[uint32]string{}
@@ -172,7 +118,7 @@ func (b *builder) podAddr(id uint32) netip.Addr {
 
 type builder struct {
 	out     resolve.Output
-	keys    map[uint32]resolve.RuleKey
+	keys    map[uint32]RuleKey // by rule id
 	names   map[uint32]string
 	ipc     *policy.IPCache
 	special []netip.Prefix
@@ -182,197 +128,158 @@ type builder struct {
 // decision is the evaluator's answer for one class of packets.
 type decision struct {
 	allowed bool
-	rule    uint32
-	reason  bpf.Reason
+	by      RuleKey // the rule that decides; with no Policy, none does and the default of its direction decides
+	dflt    Default // for a denial by no rule: which default denies
 }
 
 func (b *builder) decide(p *policy.IdentityPolicy, pkt policy.Packet) decision {
 	res := policy.Evaluate(p, b.out.Defaults, b.ipc, pkt)
-	return decision{allowed: res.Verdict != bpf.VerdictDenied, rule: res.RuleID, reason: res.Reason}
+	d := decision{allowed: res.Verdict != bpf.VerdictDenied, by: RuleKey{Direction: direction(pkt.Direction)}}
+	if k, ok := b.keys[res.RuleID]; ok {
+		d.by = k
+		return d
+	}
+	if !d.allowed {
+		switch {
+		case res.Reason == bpf.ReasonMetadata:
+			d.dflt = DefaultMetadataAPI
+		case res.Reason == bpf.ReasonEncapsulation:
+			d.dflt = DefaultEncapsulation
+		case pkt.Direction == bpf.Ingress:
+			d.dflt = DefaultWorldIngress
+		default:
+			d.dflt = DefaultWorldEgress
+		}
+	}
+	return d
+}
+
+func direction(d bpf.Direction) Direction {
+	if d == bpf.Ingress {
+		return Ingress
+	}
+	return Egress
 }
 
 // world answers egress to, or ingress from, the world.
 func (b *builder) world(p *policy.IdentityPolicy, dir bpf.Direction) Reach {
-	regions := b.worldRegions(p, dir)
-	var grants []Grant
-	denies := denials{}
-	total, open := 0, 0
+	return b.addresses(p, dir, b.worldRegions(p, dir))
+}
+
+// metadata answers whether the namespace reaches the metadata API.
+func (b *builder) metadata(p *policy.IdentityPolicy) Reach {
+	var regions []region
+	for _, m := range b.out.Metadata {
+		regions = append(regions, region{addr: m.Addr(), prefix: m})
+	}
+	return b.addresses(p, bpf.Egress, regions)
+}
+
+// addresses answers what a namespace reaches of regions (or what reaches it from them).
+func (b *builder) addresses(p *policy.IdentityPolicy, dir bpf.Direction, regions []region) Reach {
+	var t tally
 	for _, reg := range regions {
 		for _, proto := range protocolsOf(p) {
 			if reg.addr.Is4() && proto == policy.ProtoICMPv6 || reg.addr.Is6() && proto == policy.ProtoICMP {
 				continue
 			}
-			for _, iv := range intervals(p, dir, proto, reg.addr) {
-				d := b.decide(p, policy.Packet{Direction: dir, Protocol: proto, Port: iv.first, Remote: reg.addr})
-				total++
-				if !d.allowed {
-					b.denied(denies, d)
-					continue
-				}
-				open++
-				g := b.grant(proto, iv, reg.name, d, dir)
-				g.Except = reg.except
-				grants = append(grants, g)
+			for _, ports := range intervals(p, dir, proto, reg.addr) {
+				d := b.decide(p, policy.Packet{Direction: dir, Protocol: proto, Port: ports.First, Remote: reg.addr})
+				t.add(d, Grant{Protocol: proto, Ports: ports, Remote: Remote{Prefix: reg.prefix}, Except: reg.except})
 			}
 		}
 	}
-	return b.summarize(grants, total, open, denies, p, dir)
-}
-
-// metadata answers whether the namespace reaches the metadata API.
-func (b *builder) metadata(p *policy.IdentityPolicy) Reach {
-	var grants []Grant
-	denies := denials{}
-	total, open := 0, 0
-	for _, m := range b.out.Metadata {
-		for _, proto := range protocolsOf(p) {
-			if m.Addr().Is4() && proto == policy.ProtoICMPv6 || m.Addr().Is6() && proto == policy.ProtoICMP {
-				continue
-			}
-			for _, iv := range intervals(p, bpf.Egress, proto, m.Addr()) {
-				d := b.decide(p, policy.Packet{Direction: bpf.Egress, Protocol: proto, Port: iv.first, Remote: m.Addr()})
-				total++
-				if !d.allowed {
-					b.denied(denies, d)
-					continue
-				}
-				open++
-				grants = append(grants, b.grant(proto, iv, m.String(), d, bpf.Egress))
-			}
-		}
-	}
-	r := b.summarize(grants, total, open, denies, p, bpf.Egress)
-	if r.Open == "none" && !named(denies) {
-		r.Why = fmt.Sprintf("blocked by default (label the namespace %s=allow, or list it in FirewallConfig's metadataAPI)", v1alpha1.LabelMetadata)
-	}
-	return r
+	return t.reach()
 }
 
 // eastWest answers what a pod of one namespace reaches of another's pods: its egress and their ingress.
 func (b *builder) eastWest(from *policy.IdentityPolicy, fromID uint32, to *policy.IdentityPolicy, toID uint32) Reach {
-	var grants []Grant
-	denies := denials{}
-	total, open := 0, 0
+	var t tally
 	for _, proto := range protocolsOf(from, to) {
 		if proto == policy.ProtoICMPv6 {
 			continue // the synthetic pod addresses are IPv4
 		}
-		ivs := merge(intervals(from, bpf.Egress, proto, b.podAddr(toID)), intervals(to, bpf.Ingress, proto, b.podAddr(fromID)))
-		for _, iv := range ivs {
-			out := b.decide(from, policy.Packet{Direction: bpf.Egress, Protocol: proto, Port: iv.first, Remote: b.podAddr(toID)})
-			in := b.decide(to, policy.Packet{Direction: bpf.Ingress, Protocol: proto, Port: iv.first, Remote: b.podAddr(fromID)})
-			total++
-			if !out.allowed || !in.allowed {
-				if !out.allowed {
-					b.denied(denies, out)
-				} else {
-					b.denied(denies, in)
-				}
-				continue
+		for _, ports := range merge(intervals(from, bpf.Egress, proto, b.podAddr(toID)), intervals(to, bpf.Ingress, proto, b.podAddr(fromID))) {
+			out := b.decide(from, policy.Packet{Direction: bpf.Egress, Protocol: proto, Port: ports.First, Remote: b.podAddr(toID)})
+			in := b.decide(to, policy.Packet{Direction: bpf.Ingress, Protocol: proto, Port: ports.First, Remote: b.podAddr(fromID)})
+			d := out // what denies it, or else the rule that opens it: the sender's, unless only the receiver's matched
+			if out.allowed && (!in.allowed || out.by.Policy == "" && in.by.Policy != "") {
+				d = in
 			}
-			open++
-			d := out
-			dir := bpf.Egress
-			if out.rule == 0 && in.rule != 0 {
-				d, dir = in, bpf.Ingress
-			}
-			grants = append(grants, b.grant(proto, iv, b.names[toID], d, dir))
+			t.add(d, Grant{Protocol: proto, Ports: ports, Remote: Remote{Namespace: b.names[toID]}})
 		}
 	}
-	return b.summarize(grants, total, open, denies, from, bpf.Egress)
+	return t.reach()
 }
 
-func named(ds denials) bool {
-	for k := range ds {
-		if k != "" {
-			return true
-		}
-	}
-	return false
+// tally gathers the decisions about the classes of packets one question asks about.
+type tally struct {
+	total  int
+	grants []Grant          // the open classes, in order
+	rules  map[RuleKey]bool // the rules that deny some class
+	dflt   Default          // the first default that denies some class
 }
 
-// denials are the rules that deny some class of packets, named "policy rule"; "" stands for a default.
-type denials map[string]bool
-
-func (b *builder) denied(ds denials, d decision) {
-	if k, ok := b.keys[d.rule]; ok && d.rule != 0 {
-		ds[k.Policy+" "+k.Name()] = true
-	} else {
-		ds[""] = true
-	}
-}
-
-func (b *builder) grant(proto uint8, iv interval, remote string, d decision, dir bpf.Direction) Grant {
-	g := Grant{Protocol: v1alpha1.ProtocolName(proto), Ports: iv.String(proto), Remote: remote}
-	if k, ok := b.keys[d.rule]; ok && d.rule != 0 {
-		g.Policy, g.Rule = k.Policy, k.Name()
-	} else {
-		g.Default = "no rule matches; the " + strings.ToLower(dir.String()) + " default allows it"
-	}
-	return g
-}
-
-// summarize merges neighbouring grants of one protocol, remote and decider, and says all, some or none.
-func (b *builder) summarize(grants []Grant, total, open int, denies denials, p *policy.IdentityPolicy, dir bpf.Direction) Reach {
-	r := Reach{Open: "some"}
+// add counts one class of packets: g, decided by d.
+func (t *tally) add(d decision, g Grant) {
+	t.total++
 	switch {
-	case open == 0:
-		r.Open = "none"
-	case open == total:
-		r.Open = "all"
+	case d.allowed:
+		g.Rule = d.by
+		t.grants = append(t.grants, g)
+	case d.by.Policy != "":
+		if t.rules == nil {
+			t.rules = map[RuleKey]bool{}
+		}
+		t.rules[d.by] = true
+	case t.dflt == "":
+		t.dflt = d.dflt
 	}
-	seen := map[string]bool{}
-	var merged []Grant
-	for _, g := range grants {
-		if n := len(merged); n > 0 {
-			last := &merged[n-1]
-			if last.Protocol == g.Protocol && last.Remote == g.Remote && slices.Equal(last.Except, g.Except) &&
-				last.Policy == g.Policy && last.Rule == g.Rule && last.Default == g.Default && adjacent(last.Ports, g.Ports) {
-				last.Ports = joinPorts(last.Ports, g.Ports)
-				continue
-			}
+}
+
+// reach says all, some or none, with the open classes (neighbouring ports of one protocol, remote and decider
+// merged) or what denies them.
+func (t *tally) reach() Reach {
+	r := Reach{Open: OpenSome}
+	switch len(t.grants) {
+	case 0:
+		r.Open = OpenNone
+		for k := range t.rules {
+			r.Denial.Rules = append(r.Denial.Rules, k)
+			r.Policies = append(r.Policies, k.Policy)
 		}
-		merged = append(merged, g)
-		if g.Policy != "" && !seen[g.Policy] {
-			seen[g.Policy] = true
-			r.Policies = append(r.Policies, g.Policy)
-		}
+		slices.SortFunc(r.Denial.Rules, compareRules)
+		r.Denial.Default = t.dflt
+	case t.total:
+		r.Open = OpenAll
 	}
-	r.Grants = merged
-	if r.Open == "none" {
-		r.Grants = nil
-		r.Why = "denied"
-		if p != nil && (dir == bpf.Egress && p.DefaultEgress == bpf.ActionDeny || dir == bpf.Ingress && p.DefaultIngress == bpf.ActionDeny) {
-			r.Why = "denied by the world default, and no rule allows it"
+	for _, g := range t.grants {
+		if n := len(r.Grants); n > 0 && r.Grants[n-1].continuedBy(g) {
+			r.Grants[n-1].Ports.Last = g.Ports.Last
+			continue
 		}
-		rules := make([]string, 0, len(denies))
-		for k := range denies {
-			if k != "" {
-				rules = append(rules, k)
-			}
-		}
-		if len(rules) > 0 {
-			sort.Strings(rules)
-			r.Why = "denied by " + strings.Join(rules, ", ")
-			if denies[""] {
-				r.Why += "; the rest by the " + strings.ToLower(dir.String()) + " default"
-			}
-			for _, k := range rules {
-				if pol, _, _ := strings.Cut(k, " "); !slices.Contains(r.Policies, pol) {
-					r.Policies = append(r.Policies, pol)
-				}
-			}
+		r.Grants = append(r.Grants, g)
+		if g.Rule.Policy != "" {
+			r.Policies = append(r.Policies, g.Rule.Policy)
 		}
 	}
-	sort.Strings(r.Policies)
+	slices.Sort(r.Policies)
+	r.Policies = slices.Compact(r.Policies)
 	return r
+}
+
+// continuedBy reports whether h takes up where g leaves off: the next ports, of the same protocol and remote,
+// opened by the same rule or default.
+func (g Grant) continuedBy(h Grant) bool {
+	return g.Protocol == h.Protocol && g.Remote == h.Remote && slices.Equal(g.Except, h.Except) && g.Rule == h.Rule &&
+		int(g.Ports.Last)+1 == int(h.Ports.First)
 }
 
 // region is a part of the world that every rule either covers whole or not at all.
 type region struct {
-	addr   netip.Addr // stands for the region
-	name   string     // the smallest named prefix that holds it, or "any"
-	except []string   // the largest named prefixes inside that one: not part of the region
+	addr   netip.Addr     // stands for the region
+	prefix netip.Prefix   // the smallest named prefix that holds it, or a whole family
+	except []netip.Prefix // the largest named prefixes inside that one: not part of the region
 }
 
 // worldRegions cuts the world into parts the rules tell apart: for every prefix a rule names (cidr or except),
@@ -421,22 +328,15 @@ func (b *builder) worldRegions(p *policy.IdentityPolicy, dir bpf.Direction) []re
 			}
 		}
 		if a, ok := uncovered(pfx, inner); ok && !b.inSpecial(a) {
-			name := pfx.String()
-			if pfx.Bits() == 0 {
-				name = "any"
-				if pfx.Addr().Is6() {
-					name = "any (IPv6)"
-				}
-			}
-			out = append(out, region{addr: a, name: name, except: outermost(inner)})
+			out = append(out, region{addr: a, prefix: pfx, except: outermost(inner)})
 		}
 	}
 	return out
 }
 
-// outermost is the prefixes of a set that no other of the set holds, as strings, sorted.
-func outermost(set []netip.Prefix) []string {
-	var out []string
+// outermost is the prefixes of a set that no other of the set holds, sorted.
+func outermost(set []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
 	seen := map[netip.Prefix]bool{}
 	for _, p := range set {
 		inside := false
@@ -448,10 +348,10 @@ func outermost(set []netip.Prefix) []string {
 		}
 		if !inside && !seen[p] {
 			seen[p] = true
-			out = append(out, p.String())
+			out = append(out, p)
 		}
 	}
-	sort.Strings(out)
+	slices.SortFunc(out, comparePrefixes)
 	return out
 }
 
@@ -498,34 +398,11 @@ func uncovered(p netip.Prefix, inner []netip.Prefix) (netip.Addr, bool) {
 	return uncovered(netip.PrefixFrom(hi, p.Bits()+1), hit)
 }
 
-// interval is ports (or ICMP types) first..last that every rule treats alike.
-type interval struct{ first, last uint16 }
-
-func (iv interval) String(proto uint8) string {
-	max := uint16(65535)
-	if proto == policy.ProtoICMP || proto == policy.ProtoICMPv6 {
-		max = 255
-	}
-	lo := uint16(1)
-	if max == 255 {
-		lo = 0
-	}
-	switch {
-	case iv.first <= lo && iv.last >= max:
-		return "all"
-	case iv.first == iv.last:
-		return strconv.Itoa(int(iv.first))
-	}
-	return fmt.Sprintf("%d-%d", iv.first, iv.last)
-}
-
 // intervals cuts a protocol's ports into the intervals the rules of a direction tell apart (rules whose peers
 // can hold remote, or all rules when remote is invalid).
-func intervals(p *policy.IdentityPolicy, dir bpf.Direction, proto uint8, remote netip.Addr) []interval {
-	lo, hi := uint32(1), uint32(65535)
-	if proto == policy.ProtoICMP || proto == policy.ProtoICMPv6 {
-		lo, hi = 0, 255
-	}
+func intervals(p *policy.IdentityPolicy, dir bpf.Direction, proto uint8, remote netip.Addr) []Ports {
+	first, last := portRange(proto)
+	lo, hi := uint32(first), uint32(last)
 	cuts := map[uint32]bool{lo: true}
 	if p != nil {
 		for _, r := range p.Rules {
@@ -548,13 +425,13 @@ func intervals(p *policy.IdentityPolicy, dir bpf.Direction, proto uint8, remote 
 		starts = append(starts, c)
 	}
 	sort.Slice(starts, func(i, j int) bool { return starts[i] < starts[j] })
-	out := make([]interval, 0, len(starts))
+	out := make([]Ports, 0, len(starts))
 	for i, s := range starts {
 		end := hi
 		if i+1 < len(starts) {
 			end = starts[i+1] - 1
 		}
-		out = append(out, interval{uint16(s), uint16(end)})
+		out = append(out, Ports{uint16(s), uint16(end)})
 	}
 	return out
 }
@@ -574,13 +451,13 @@ func mayHold(r policy.Rule, remote netip.Addr) bool {
 }
 
 // merge cuts two interval lists of one protocol at the union of their boundaries.
-func merge(a, b []interval) []interval {
+func merge(a, b []Ports) []Ports {
 	cuts := map[uint16]bool{}
 	last := uint16(0)
-	for _, l := range [][]interval{a, b} {
+	for _, l := range [][]Ports{a, b} {
 		for _, iv := range l {
-			cuts[iv.first] = true
-			last = max(last, iv.last)
+			cuts[iv.First] = true
+			last = max(last, iv.Last)
 		}
 	}
 	var starts []uint16
@@ -588,96 +465,13 @@ func merge(a, b []interval) []interval {
 		starts = append(starts, c)
 	}
 	sort.Slice(starts, func(i, j int) bool { return starts[i] < starts[j] })
-	out := make([]interval, 0, len(starts))
+	out := make([]Ports, 0, len(starts))
 	for i, s := range starts {
 		end := last
 		if i+1 < len(starts) {
 			end = starts[i+1] - 1
 		}
-		out = append(out, interval{s, end})
+		out = append(out, Ports{s, end})
 	}
 	return out
-}
-
-func bounds(s string) (int, int, bool) {
-	if s == "all" {
-		return 0, 0, false
-	}
-	a, b, found := strings.Cut(s, "-")
-	lo, err := strconv.Atoi(a)
-	if err != nil {
-		return 0, 0, false
-	}
-	hi := lo
-	if found {
-		if hi, err = strconv.Atoi(b); err != nil {
-			return 0, 0, false
-		}
-	}
-	return lo, hi, true
-}
-
-func adjacent(a, b string) bool {
-	_, ahi, ok1 := bounds(a)
-	blo, _, ok2 := bounds(b)
-	return ok1 && ok2 && ahi+1 == blo
-}
-
-func joinPorts(a, b string) string {
-	lo, _, _ := bounds(a)
-	_, hi, _ := bounds(b)
-	if (lo <= 1 && hi == 65535) || (lo == 0 && hi == 255) {
-		return "all"
-	}
-	return fmt.Sprintf("%d-%d", lo, hi)
-}
-
-// Allows reports whether the reach opens a packet of a protocol ("tcp") to port, towards (or from) addr: the
-// question a connection attempt answers.
-func (r Reach) Allows(protocol string, port uint16, addr netip.Addr) bool {
-	switch r.Open {
-	case "all":
-		return true
-	case "none":
-		return false
-	}
-	for _, g := range r.Grants {
-		if g.Protocol != protocol || !portIn(g.Ports, port) || !g.holds(addr) {
-			continue
-		}
-		return true
-	}
-	return false
-}
-
-func portIn(ports string, port uint16) bool {
-	if ports == "all" {
-		return true
-	}
-	lo, hi, ok := bounds(ports)
-	return ok && int(port) >= lo && int(port) <= hi
-}
-
-func (g Grant) holds(a netip.Addr) bool {
-	var p netip.Prefix
-	switch g.Remote {
-	case "any":
-		p = netip.MustParsePrefix("0.0.0.0/0")
-	case "any (IPv6)":
-		p = netip.MustParsePrefix("::/0")
-	default:
-		var err error
-		if p, err = netip.ParsePrefix(g.Remote); err != nil {
-			return true // a namespace: the reach is about its pods, whatever their address
-		}
-	}
-	if !p.Contains(a) {
-		return false
-	}
-	for _, e := range g.Except {
-		if q, err := netip.ParsePrefix(e); err == nil && q.Contains(a) {
-			return false
-		}
-	}
-	return true
 }

@@ -4,18 +4,18 @@ import (
 	"fmt"
 	"html/template"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/moatfw/moat/internal/api/v1alpha1"
 )
 
-// Summary is a Reach in a few words: "none", "all", or the open grants ("tcp/443 to 198.51.100.0/24").
+// Summary is a Reach in a few words: "none", "all", or the open grants ("tcp/443 198.51.100.0/24").
 func (r Reach) Summary() string {
-	switch r.Open {
-	case "none":
-		return "none"
-	case "all":
-		return "all"
+	if r.Open != OpenSome {
+		return string(r.Open)
 	}
 	var parts []string
 	for _, g := range r.Grants {
@@ -24,14 +24,11 @@ func (r Reach) Summary() string {
 	return strings.Join(parts, ", ")
 }
 
-// Short is a grant in a few words.
+// Short is a grant in a few words: its protocol and ports, and its remote unless that is any IPv4 address.
 func (g Grant) Short() string {
-	s := g.Protocol
-	if g.Ports != "all" {
-		s += "/" + g.Ports
-	}
-	if g.Remote != "any" && g.Remote != "" {
-		s += " " + g.Remote
+	s := g.protocolPorts()
+	if !g.Remote.whole() || g.Remote.Prefix.Addr().Is6() {
+		s += " " + g.Remote.String()
 	}
 	return s
 }
@@ -41,11 +38,93 @@ func (g Grant) Long() string {
 	if len(g.Except) == 0 {
 		return g.Short()
 	}
-	s := g.Short()
-	if g.Remote == "any" || g.Remote == "any (IPv6)" {
-		s = strings.TrimSuffix(s, " "+g.Remote) + " " + g.Remote
+	except := make([]string, len(g.Except))
+	for i, e := range g.Except {
+		except[i] = e.String()
 	}
-	return s + " except " + strings.Join(g.Except, ", ")
+	return g.protocolPorts() + " " + g.Remote.String() + " except " + strings.Join(except, ", ")
+}
+
+// protocolPorts is "tcp/443", "udp/8000-8100", "icmp/8", or the protocol alone for all its ports.
+func (g Grant) protocolPorts() string {
+	s := v1alpha1.ProtocolName(g.Protocol)
+	if !g.Ports.all(g.Protocol) {
+		s += "/" + g.Ports.text(g.Protocol)
+	}
+	return s
+}
+
+// Decider is what opens the grant: "FirewallPolicy payments-egress, rule egress[0]", or the default.
+func (g Grant) Decider() string {
+	if g.Rule.Policy != "" {
+		return fmt.Sprintf("FirewallPolicy %s, rule %s", g.Rule.Policy, g.Rule.Name())
+	}
+	return defaultAllows(g.Rule.Direction)
+}
+
+func defaultAllows(dir Direction) string {
+	return "no rule matches; the " + string(dir) + " default allows it"
+}
+
+// text is "443", "8000-8100", or "all" for the whole range of proto.
+func (p Ports) text(proto uint8) string {
+	switch {
+	case p.all(proto):
+		return "all"
+	case p.First == p.Last:
+		return strconv.Itoa(int(p.First))
+	}
+	return fmt.Sprintf("%d-%d", p.First, p.Last)
+}
+
+// String is the namespace, "any" or "any (IPv6)" for a whole family, or the prefix.
+func (r Remote) String() string {
+	switch {
+	case r.Namespace != "":
+		return r.Namespace
+	case r.whole() && r.Prefix.Addr().Is6():
+		return "any (IPv6)"
+	case r.whole():
+		return "any"
+	}
+	return r.Prefix.String()
+}
+
+// Name is the rule's place in its policy, as flow events write it: "egress[0]".
+func (k RuleKey) Name() string { return fmt.Sprintf("%s[%d]", k.Direction, k.Index) }
+
+// Why says, for an answer of none, what denies it: "denied by payments-egress egress[1]".
+func (r Reach) Why() string {
+	if r.Open != OpenNone {
+		return ""
+	}
+	d := r.Denial
+	if len(d.Rules) > 0 {
+		rules := make([]string, len(d.Rules))
+		for i, k := range d.Rules {
+			rules[i] = k.Policy + " " + k.Name()
+		}
+		s := "denied by " + strings.Join(rules, ", ")
+		if d.Default != "" {
+			s += "; the rest by the " + string(d.Default.direction()) + " default"
+		}
+		return s
+	}
+	switch d.Default {
+	case DefaultWorldEgress, DefaultWorldIngress:
+		return "denied by the world default, and no rule allows it"
+	case DefaultMetadataAPI:
+		return fmt.Sprintf("blocked by default (label the namespace %s=allow, or list it in FirewallConfig's metadataAPI)", v1alpha1.LabelMetadata)
+	}
+	return "denied"
+}
+
+// direction is the direction of the packets a default denies.
+func (d Default) direction() Direction {
+	if d == DefaultWorldIngress {
+		return Ingress
+	}
+	return Egress
 }
 
 // peersSummary lists the namespaces a namespace reaches, and how.
@@ -53,9 +132,9 @@ func (n Namespace) peersSummary() string {
 	var all, some, none []string
 	for _, p := range n.Peers {
 		switch p.Open {
-		case "all":
+		case OpenAll:
 			all = append(all, p.Namespace)
-		case "none":
+		case OpenNone:
 			none = append(none, p.Namespace)
 		default:
 			some = append(some, fmt.Sprintf("%s (%s)", p.Namespace, portsOnly(p.Reach)))
@@ -80,11 +159,7 @@ func (n Namespace) peersSummary() string {
 func portsOnly(r Reach) string {
 	var parts []string
 	for _, g := range r.Grants {
-		s := g.Protocol
-		if g.Ports != "all" {
-			s += "/" + g.Ports
-		}
-		parts = append(parts, s)
+		parts = append(parts, g.protocolPorts())
 	}
 	return strings.Join(parts, " ")
 }
@@ -151,17 +226,17 @@ func (r Report) Markdown(w io.Writer) error {
 			reach Reach
 		}{{"World egress", n.Egress}, {"Metadata API", n.Metadata}, {"World ingress", n.Ingress}} {
 			fmt.Fprintf(&b, "- **%s: %s**%s\n", part.title, part.reach.Open, why(part.reach))
-			if part.reach.Open == "some" {
+			if part.reach.Open == OpenSome {
 				for _, g := range part.reach.Grants {
-					fmt.Fprintf(&b, "  - %s: %s\n", mdEscape(g.Long()), mdEscape(g.decider()))
+					fmt.Fprintf(&b, "  - %s: %s\n", mdEscape(g.Long()), mdEscape(g.Decider()))
 				}
 			}
 		}
 		for _, p := range n.Peers {
 			fmt.Fprintf(&b, "- **to %s: %s**%s\n", mdEscape(p.Namespace), p.Open, why(p.Reach))
-			if p.Open == "some" {
+			if p.Open == OpenSome {
 				for _, g := range p.Grants {
-					fmt.Fprintf(&b, "  - %s: %s\n", mdEscape(g.Long()), mdEscape(g.decider()))
+					fmt.Fprintf(&b, "  - %s: %s\n", mdEscape(g.Long()), mdEscape(g.Decider()))
 				}
 			}
 		}
@@ -171,17 +246,10 @@ func (r Report) Markdown(w io.Writer) error {
 }
 
 func why(r Reach) string {
-	if r.Why == "" {
+	if r.Why() == "" {
 		return ""
 	}
-	return " (" + r.Why + ")"
-}
-
-func (g Grant) decider() string {
-	if g.Policy != "" {
-		return fmt.Sprintf("FirewallPolicy %s, rule %s", g.Policy, g.Rule)
-	}
-	return g.Default
+	return " (" + r.Why() + ")"
 }
 
 func mdEscape(s string) string {
@@ -189,8 +257,8 @@ func mdEscape(s string) string {
 }
 
 var page = template.Must(template.New("report").Funcs(template.FuncMap{
-	"badge": func(open string) string {
-		return map[string]string{"all": "open", "some": "partly open", "none": "closed"}[open]
+	"badge": func(open Openness) string {
+		return map[Openness]string{OpenAll: "open", OpenSome: "partly open", OpenNone: "closed"}[open]
 	},
 	"pair": func(t string, r Reach) titled { return titled{t, r} },
 }).Parse(`<!DOCTYPE html>
@@ -226,7 +294,7 @@ what the Internet can reach of it, and which other namespaces it reaches. Red is
 {{end}}
 </body></html>
 {{define "reach"}}<p><strong>{{.Title}}:</strong> <span class="b {{.Reach.Open}}">{{badge .Reach.Open}}</span>{{if .Reach.Why}} <span class="g">{{.Reach.Why}}</span>{{end}}</p>
-{{if eq .Reach.Open "some"}}<ul>{{range .Reach.Grants}}<li><code>{{.Long}}</code>: {{if .Policy}}FirewallPolicy <code>{{.Policy}}</code> rule <code>{{.Rule}}</code>{{else}}{{.Default}}{{end}}</li>{{end}}</ul>{{end}}{{end}}
+{{if eq .Reach.Open "some"}}<ul>{{range .Reach.Grants}}<li><code>{{.Long}}</code>: {{if .Rule.Policy}}FirewallPolicy <code>{{.Rule.Policy}}</code> rule <code>{{.Rule.Name}}</code>{{else}}{{.Decider}}{{end}}</li>{{end}}</ul>{{end}}{{end}}
 `))
 
 type titled struct {

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
@@ -97,7 +98,7 @@ func TestReportAnswers(t *testing.T) {
 		t.Errorf("dev: %+v %+v %+v", dev.Egress, dev.Metadata, dev.Ingress)
 	}
 	ops := find(t, r, "ops")
-	if ops.Metadata.Open != "all" || ops.Ingress.Open != "none" || ops.Ingress.Why != "denied by the world default, and no rule allows it" {
+	if ops.Metadata.Open != "all" || ops.Ingress.Open != "none" || ops.Ingress.Why() != "denied by the world default, and no rule allows it" {
 		t.Errorf("ops: metadata %+v ingress %+v", ops.Metadata, ops.Ingress)
 	}
 	for _, p := range pay.Peers {
@@ -107,9 +108,75 @@ func TestReportAnswers(t *testing.T) {
 				t.Errorf("payments to shared-services: %+v", p.Reach)
 			}
 		default: // payments' deny to 0.0.0.0/0 covers the pod range, and the answer names it
-			if p.Open != "none" || p.Why != "denied by payments-egress egress[1]" || len(p.Policies) != 1 {
+			if p.Open != "none" || p.Why() != "denied by payments-egress egress[1]" || len(p.Policies) != 1 {
 				t.Errorf("payments to %s: %+v", p.Namespace, p.Reach)
 			}
+		}
+	}
+}
+
+// A namespace that may reach the metadata API, but whose world egress default is Deny, is told the default that
+// denies it, not the metadata API's block.
+func TestReportMetadataDeniedByWorldDefault(t *testing.T) {
+	objs, problems := policyfile.Parse("closed.yaml", bytes.NewReader([]byte(`apiVersion: v1
+kind: Namespace
+metadata: {name: closed, labels: {moat.dev/metadata: allow, moat.dev/egress: Deny}}
+`)))
+	if len(problems) > 0 {
+		t.Fatal(problems)
+	}
+	in := Input{}
+	for _, n := range objs.Namespaces {
+		in.Namespaces = append(in.Namespaces, n.Object)
+	}
+	n := find(t, Build(in), "closed")
+	const want = "denied by the world default, and no rule allows it"
+	if n.Metadata.Open != OpenNone || n.Metadata.Why() != want || n.Egress.Why() != want {
+		t.Errorf("metadata %+v (%s), egress %+v (%s)", n.Metadata, n.Metadata.Why(), n.Egress, n.Egress.Why())
+	}
+}
+
+// What moatctl reads from the enforcer's JSON is the report the enforcer built, and renders the same.
+func TestReportJSONRoundTrip(t *testing.T) {
+	r := Build(example(t))
+	js, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(js, &back); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(back, r) {
+		t.Errorf("read back:\n%+v\nbuilt:\n%+v", back, r)
+	}
+	var md, mdBack bytes.Buffer
+	if err := r.Markdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	if err := back.Markdown(&mdBack); err != nil {
+		t.Fatal(err)
+	}
+	if md.String() != mdBack.String() {
+		t.Errorf("the report read back renders otherwise:\n%s", mdBack.String())
+	}
+
+	// a peer's grants are to its pods, even for a namespace whose name reads as an address range
+	var p Peer
+	if err := json.Unmarshal([]byte(`{"namespace": "any", "open": "some", "grants": [{"protocol": "tcp", "ports": "443",
+		"remote": "any", "policy": "p", "rule": "egress[2]"}]}`), &p); err != nil {
+		t.Fatal(err)
+	}
+	want := Grant{Protocol: 6, Ports: Ports{443, 443}, Remote: Remote{Namespace: "any"}, Rule: RuleKey{Policy: "p", Direction: Egress, Index: 2}}
+	if len(p.Grants) != 1 || !reflect.DeepEqual(p.Grants[0], want) || !p.Allows("tcp", 443, netip.Addr{}) {
+		t.Errorf("peer read as %+v", p)
+	}
+	for _, bad := range []string{`{"protocol": "tcp", "ports": "8-1", "remote": "any", "default": "no rule matches; the egress default allows it"}`,
+		`{"protocol": "tcp", "ports": "all", "remote": "any", "policy": "p", "rule": "sideways[0]"}`,
+		`{"protocol": "tcp", "ports": "all", "remote": "any"}`} {
+		var g Grant
+		if err := json.Unmarshal([]byte(bad), &g); err == nil {
+			t.Errorf("%s read as %+v", bad, g)
 		}
 	}
 }

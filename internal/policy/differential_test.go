@@ -10,18 +10,17 @@ import (
 	"github.com/moatfw/moat/internal/policy/policytest"
 )
 
-var seedFlag = flag.Uint64("policy.seed", 0, "seed of the extra random run of TestCompileAgreesWithEvaluate (0: from the clock)")
+var seedFlag = flag.Uint64("policy.seed", 0, "one more seed for TestCompileAgreesWithEvaluate (to replay a failure of FuzzCompileAgreesWithEvaluate)")
 
 // TestCompileAgreesWithEvaluate compiles random policies and checks that the datapath's lookup over the
 // entries (simulated) decides random packets, aimed at the edges of cidrs, excepts, ipcache entries and
-// port ranges, exactly as the reference evaluator does.
+// port ranges, exactly as the reference evaluator does. Its seeds are fixed, so every run draws the same;
+// FuzzCompileAgreesWithEvaluate (make fuzz) tries others.
 func TestCompileAgreesWithEvaluate(t *testing.T) {
 	seeds := []uint64{1, 2, 3, 0x5eed}
-	extra := *seedFlag
-	if extra == 0 {
-		extra = uint64(time.Now().UnixNano())
+	if *seedFlag != 0 {
+		seeds = append(seeds, *seedFlag)
 	}
-	seeds = append(seeds, extra)
 
 	start := time.Now()
 	total := 0
@@ -36,6 +35,16 @@ func TestCompileAgreesWithEvaluate(t *testing.T) {
 	if total < 100_000 {
 		t.Errorf("only %d packets compared", total)
 	}
+}
+
+// FuzzCompileAgreesWithEvaluate is TestCompileAgreesWithEvaluate over the seeds the fuzzer draws. It has no
+// seed corpus of its own, so `go test` does not run it: `make fuzz` does.
+func FuzzCompileAgreesWithEvaluate(f *testing.F) {
+	f.Fuzz(func(t *testing.T, seed uint64) {
+		if _, ok := differential(t, seed); !ok {
+			t.Fatalf("seed %d disagrees (rerun with go test -run TestCompileAgreesWithEvaluate -policy.seed=%d)", seed, seed)
+		}
+	})
 }
 
 // differential runs one seed: policies of 1 to 1,000 rules, each with its own ipcache and packets. It

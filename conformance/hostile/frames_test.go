@@ -2,14 +2,13 @@ package hostile
 
 import (
 	"bytes"
-	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,19 +30,18 @@ func build(t testing.TB, ls ...gopacket.SerializableLayer) []byte {
 	return append([]byte(nil), buf.Bytes()...)
 }
 
+// made counts the tags and addresses the tests make up, so that each is one of a kind and every run makes the same.
+var made atomic.Uint32
+
 // tag is a payload no other packet carries, to recognise a crafted packet at its destination.
 func tag(what string) []byte {
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	return []byte("moat-hostile:" + what + ":" + hex.EncodeToString(b))
+	return fmt.Appendf(nil, "moat-hostile:%s:%012x", what, made.Add(1))
 }
 
-// fakeMAC is a locally administered unicast address no interface has.
+// fakeMAC is a locally administered unicast address no interface has (02:6d:6f:..., "mo").
 func fakeMAC() net.HardwareAddr {
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	b[0] = b[0]&0xfc | 0x02
-	return b
+	n := made.Add(1)
+	return net.HardwareAddr{0x02, 0x6d, 0x6f, byte(n >> 16), byte(n >> 8), byte(n)}
 }
 
 func ip(a netip.Addr) net.IP { return a.AsSlice() }

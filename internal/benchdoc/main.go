@@ -196,7 +196,9 @@ func render(samples []sample) string {
 	fmt.Fprintf(&b, "Regenerated whole by `make bench` (`make bench QUICK=1`: N = 10 and 10,000 only, fewer repetitions), on\n")
 	fmt.Fprintf(&b, "one machine in one run: the datapath's cost per packet, Moat side by side with no filter, iptables and\n")
 	fmt.Fprintf(&b, "nftables, the plugin's ADD and DEL, pod churn through the whole chain, policy change to enforced (and a\n")
-	fmt.Fprintf(&b, "rule change in iptables and nftables), and memory. Each section says which of the targets are met.\n\n")
+	fmt.Fprintf(&b, "rule change in iptables and nftables), and memory. Each section says which of the targets are met.\n")
+	fmt.Fprintf(&b, "What profiles and one-off runs found about these numbers, dated, is written by hand in\n")
+	fmt.Fprintf(&b, "[benchmarks-findings.md](%s).\n\n", findings)
 	fmt.Fprintf(&b, "## Datapath: cost per packet (BPF_PROG_TEST_RUN)\n\n")
 	fmt.Fprintf(&b, "- Date: %s; machine: %s, %d CPUs; kernel %s; %s.\n", time.Now().UTC().Format("2006-01-02"),
 		cpuModel(), runtime.NumCPU(), kernel(), runtime.Version())
@@ -243,40 +245,12 @@ func render(samples []sample) string {
 		ratio := summarize(z).median / summarize(a).median
 		fmt.Fprintf(&b, "- %s: rules=%d / rules=%d = %.2fx (target <= 1.15x): **%s**.\n", p, hi, lo, ratio, met(ratio <= 1.15))
 	}
-	b.WriteString(whereTheTimeGoes)
+	fmt.Fprintf(&b, "\nWhere the time goes, from profiles: [benchmarks-findings.md](%s#datapath-where-the-time-goes).\n", findings)
 	return b.String()
 }
 
-// whereTheTimeGoes is what profiling the datapath found (2026-11-24: bpftool prog profile, perf, and programs cut
-// down one lookup at a time, medians of interleaved BPF_PROG_TEST_RUN rounds).
-const whereTheTimeGoes = `
-### Where the time goes
-
-Measured by profiling (bpftool prog profile, perf, and builds of moat.c with one step removed at a time):
-
-- A hash or LPM lookup that the kernel does not inline costs 25-30 ns here (the call, the hash or the trie walk,
-  and the return mitigations of this CPU). A packet of an established flow makes two: its endpoint (by ifindex)
-  and its conntrack entry. The first packet of a flow adds the ipcache (one LPM), the identity's PORT trie and its
-  CIDR trie, and a SYN writes its conntrack entry (an LRU insert, about 130 ns). Array lookups (config, counters,
-  and now the policy map) are inlined and cost 1-2 ns.
-- Fixed, 2026-11-24: the policy map was a hash of maps (an outer lookup of 20-33 ns on every first packet); it is
-  an array of maps indexed by identity now. Conntrack and fragment deadlines were read from
-  bpf_ktime_get_coarse_ns (15.6 ns on every packet); they are in jiffies now (bpf_jiffies64, inlined, 1.1 ns).
-- Why allow and deny grow with N: the identity's CIDR and PORT entries are LPM tries, and a trie lookup walks a
-  node per distinguishing bit, about 4.5 ns a node. In this benchmark every rule has its own port and CIDR, so
-  the depth grows with log2 N (6 nodes at N=10, 16 at N=10,000). It is bounded by the key's width (an IPv4 CIDR
-  key cannot be deeper than its 32 bits), never linear: there is no rule walk. With all N rules on one port the
-  allow path was flat (174-178 ns at every N, measured before the two fixes above).
-- An established flow never reaches the tries: ct-hit is flat in N, and that is the cost of nearly every packet
-  in the side-by-side runs below.
-- A deny also writes a flow event to the ring buffer: 13 ns here, where nobody drains the ring, 56-64 ns with the
-  enforcer reading it.
-- In real traffic the programs cost more than here: profiled with perf during the connection-rate run (N=10,
-  2026-11-24), Moat's programs and maps took about 1.3% of the machine, about 4.5 µs per connection (the two
-  programs about 0.6%, the conntrack insert in htab_lru_map_update_elem and bpf_lru_pop_free about 0.4%, hash
-  and trie lookups the rest): each new flow touches cold memory. That run is bound by latency on one CPU, so
-  those microseconds are the 5% of connection rate below; the conntrack insert is the next thing to make cheaper.
-`
+// findings is the hand-written page of what profiles and one-off runs found, beside the generated one.
+const findings = "benchmarks-findings.md"
 
 // parseMetrics collects every custom metric of the named benchmark's result lines, run by run.
 func parseMetrics(r io.Reader, name string) map[string][]float64 {
@@ -317,16 +291,12 @@ func renderPlugin(raw io.Reader) string {
 				strings.ToUpper(cmd), a.median, a.min, a.max, z.median, z.min, z.max, met(z.median <= 20), met(a.median <= 5))
 		}
 	}
-	fmt.Fprintf(&b, "\nWith tcx (the default) almost all of it is the kernel: a tcx attach or detach waits for an RCU grace\n")
-	fmt.Fprintf(&b, "period per hook under the RTNL lock (`tcx_entry_sync`, even for a device's first program), so two hooks cost\n")
-	fmt.Fprintf(&b, "two grace periods, and every other pod's network setup on the node queues behind them. `BenchmarkAttach`\n")
-	fmt.Fprintf(&b, "(./bpf/) isolates the attach: %s.\n", renderAttach(text))
-	fmt.Fprintf(&b, "Measured by hand with `/sys/kernel/rcu_expedited` set to 1 (2026-11-24): a tcx attach takes 0.2 ms, ADD\n")
-	fmt.Fprintf(&b, "p50 4.4 ms and p99 8.2 ms. `make bench` leaves that kernel setting as it finds it.\n\n")
+	fmt.Fprintf(&b, "\n`BenchmarkAttach` (./bpf/) isolates the attach: %s.\n", renderAttach(text))
+	fmt.Fprintf(&b, "Why tcx costs more: [benchmarks-findings.md](%s#plugin-and-pod-churn-the-kernels-grace-periods).\n\n", findings)
 	fmt.Fprintf(&b, "tcx stays the default: it runs before every clsact filter and ahead of other tcx programs, so a primary CNI's\n")
 	fmt.Fprintf(&b, "program (Cilium's, Calico's) cannot redirect a packet past Moat. `attachMode: clsact` (`moat-install\n")
-	fmt.Fprintf(&b, "--attach-mode clsact`) meets the ADD target on nodes whose primary CNI hangs no programs on host veths\n")
-	fmt.Fprintf(&b, "(bridge, flannel, kindnet, aws-vpc-cni); the plugin refuses it on a veth that has tcx programs.\n")
+	fmt.Fprintf(&b, "--attach-mode clsact`) is for nodes whose primary CNI hangs no programs on host veths (bridge, flannel,\n")
+	fmt.Fprintf(&b, "kindnet, aws-vpc-cni); the plugin refuses it on a veth that has tcx programs.\n")
 	return b.String()
 }
 
@@ -393,7 +363,7 @@ func renderChange(p50, p99 map[changeKey][]float64) string {
 	fmt.Fprintf(&b, "kube-apiserver. A probe runs the pod's program on a SYN every millisecond (BPF_PROG_TEST_RUN on the live\n")
 	fmt.Fprintf(&b, "maps) until it sees the new verdict. Milliseconds, median (min-max) over the runs.\n\n")
 	fmt.Fprintf(&b, "| source | rules | p50 | p99 | target (p99) |\n|---|---|---|---|---|\n")
-	targets := map[string]float64{"folder": 100, "kubernetes": 100} // issue 8: change -> enforced p99 <= 100 ms, whatever the source
+	targets := map[string]float64{"folder": 100, "kubernetes": 100} // change -> enforced p99 <= 100 ms, whatever the source
 	for _, src := range []string{"folder", "kubernetes"} {
 		var rules []int
 		for k := range p50 {
@@ -412,10 +382,7 @@ func renderChange(p50, p99 map[changeKey][]float64) string {
 				a.median, a.min, a.max, z.median, z.min, z.max, targets[src], met(z.median <= targets[src]))
 		}
 	}
-	fmt.Fprintf(&b, "\nNot flat in the rules loaded: a change recompiles the whole policy of each namespace it touches (about\n")
-	fmt.Fprintf(&b, "2 ms per 1,000 rules here) and fills a new trie beside the old one (one batch, about 1 ms per 1,000\n")
-	fmt.Fprintf(&b, "entries); the folder source waits 20 ms for a burst of file events to end, and reads only files that\n")
-	fmt.Fprintf(&b, "changed.\n")
+	fmt.Fprintf(&b, "\nWhere a change's time goes: [benchmarks-findings.md](%s#enforcer-policy-change---enforced).\n", findings)
 	return b.String()
 }
 
@@ -433,8 +400,7 @@ func renderRSS(m, sizes map[string][]float64) string {
 	r, h := summarize(m["rss-MiB"]), summarize(m["peak-rss-MiB"])
 	fmt.Fprintf(&b, "| RSS | peak RSS | target (RSS) |\n|---|---|---|\n")
 	fmt.Fprintf(&b, "| %.1f (%.1f-%.1f) | %.1f (%.1f-%.1f) | <= 64: **%s** |\n", r.median, r.min, r.max, h.median, h.min, h.max, met(r.median <= 64))
-	fmt.Fprintf(&b, "\nAbout 23 MiB of it is the binary's own code and data, 8 MiB the flow event ring; the peak is the first\n")
-	fmt.Fprintf(&b, "policy's parse and compile, whose pages the enforcer hands back to the kernel after each apply.\n")
+	fmt.Fprintf(&b, "\nWhat the RSS is made of: [benchmarks-findings.md](%s#enforcer-memory).\n", findings)
 	if len(sizes["bytes/endpoint"]) > 0 {
 		v := func(k string) float64 { return summarize(sizes[k]).median }
 		fmt.Fprintf(&b, "\nIn the maps (`go test -bench BenchmarkEndpointBytes ./bpf/`, key and value bytes, the kernel's per-element\n")

@@ -200,7 +200,6 @@ func renderChurn(raw io.Reader) string {
 		clean = clean && v("sustained-failures")+v("burst-failures")+v("leaks") == 0
 	}
 	fmt.Fprintf(&b, "\nZero failures and zero leaks: **%s**.\n", met(clean))
-	fmt.Fprintf(&b, "Pods wait on one another here: every attach and veth change takes the kernel's RTNL lock, and a tcx\n")
-	fmt.Fprintf(&b, "attach or detach waits for an RCU grace period per hook under it (see the plugin section).\n")
+	fmt.Fprintf(&b, "Why pods wait on one another: [benchmarks-findings.md](%s#plugin-and-pod-churn-the-kernels-grace-periods).\n", findings)
 	return b.String()
 }

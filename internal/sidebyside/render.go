@@ -70,7 +70,7 @@ func commas(v int64) string {
 
 // Render writes the results as a Markdown section: the placement, a table per measure (a row per
 // configuration, a column per N, each cell the median, min-max over repetitions and the ratio to no filter)
-// and which of issue 8's targets are met.
+// and which of the targets are met.
 func Render(results []Result) string {
 	t, ns, cfgs := index(results)
 	var b strings.Builder
@@ -124,7 +124,7 @@ func Render(results []Result) string {
 		}
 		b.WriteString("\n")
 	}
-	b.WriteString("### Targets (issue 8)\n\n")
+	b.WriteString("### Targets\n\n")
 	for _, c := range targets(t, ns) {
 		mark := "not met"
 		if c.met {
@@ -159,9 +159,7 @@ func noiseFloor(t table, ns []int) string {
 	return "\nNoise floor: with no filter at all, the runs of this report spread over " + strings.Join(parts, ", ") +
 		". A target whose margin is smaller than that spread (0.97x of throughput, 0.95x of connection rate) is " +
 		"decided here by drift as much as by the filter: read those rows with the CPU per Gbit/s table and the " +
-		"per-packet costs above. On a VM of two vCPUs, iperf3's streams land at two or more levels of throughput " +
-		"whatever the filter (the min-max of every row shows it), while request-response through sockperf holds " +
-		"within a few percent.\n"
+		"per-packet costs above.\n"
 }
 
 type check struct {

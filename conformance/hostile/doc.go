@@ -1,4 +1,4 @@
-// Package hostile is the hostile suite of issue 14: frames crafted with gopacket and sent from inside pod network
+// Package hostile is the hostile suite: frames crafted with gopacket and sent from inside pod network
 // namespaces of a simulated node (internal/simnode) through AF_PACKET sockets, checked at their destination. Each
 // case runs on a node without Moat in the chain, where the attack must get through (else it is no attack), and on
 // a node with Moat, where it must be stopped. docs/hostile.md lists the cases.

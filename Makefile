@@ -86,6 +86,8 @@ fuzz: bpffs
 			echo "fuzz $$pkg $$f for $(FUZZTIME)"; \
 			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 		done; done
+	@seed=$$(date +%s%N); echo "datapath differential, seed $$seed"; \
+		$(GO) test -count=1 -run '^TestDatapathDifferential$$' ./bpf -args -bpf.seed=$$seed
 
 # Moat on a simulated node with real pods in network namespaces (no cluster), as root.
 demo:

@@ -1,7 +1,6 @@
 package bpf_test
 
 import (
-	"encoding/binary"
 	"errors"
 	"net/netip"
 	"os"
@@ -76,11 +75,7 @@ func TestConntrackReplies(t *testing.T) {
 }
 
 func ctKey(h *harness, proto uint8, local, remote netip.Addr, lport, rport uint16) bpf.CTKey {
-	k := bpf.CTKey{Ifindex: h.ifindex, Family: bpf.Family(local), Protocol: proto,
-		Laddr: bpf.Addr16(local), Raddr: bpf.Addr16(remote)}
-	binary.BigEndian.PutUint16(k.Lport[:], lport)
-	binary.BigEndian.PutUint16(k.Rport[:], rport)
-	return k
+	return bpf.NewCTKey(h.ifindex, proto, local, lport, remote, rport)
 }
 
 func (h *harness) ctEntry(k bpf.CTKey) (bpf.CTValue, bool) {

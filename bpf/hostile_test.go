@@ -357,8 +357,7 @@ func TestConntrackBoundPerEndpoint(t *testing.T) {
 				passed++
 			}
 		}
-		_, victimAlive := h.ctEntry(bpf.CTKey{Ifindex: victim, Family: 4, Protocol: testutil.ProtoUDP,
-			Lport: [2]uint8{5000 >> 8, 5000 & 0xff}, Rport: [2]uint8{0, 53}, Laddr: bpf.Addr16(peerV4), Raddr: bpf.Addr16(worldV4)})
+		_, victimAlive := h.ctEntry(bpf.NewCTKey(victim, testutil.ProtoUDP, peerV4, 5000, worldV4, 53))
 		reply := runOn(h.dp.ToPod, victim, udp(worldV4, peerV4, 53, 5000))
 		if !bounded {
 			// the attack: without a bound of its own, the flood evicts the victim's entry and its reply is dropped
@@ -396,8 +395,7 @@ func TestConntrackBoundPerEndpoint(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		stale := bpf.CTKey{Ifindex: victim, Family: 4, Protocol: testutil.ProtoUDP, Lport: [2]uint8{0, 1},
-			Rport: [2]uint8{0, 53}, Laddr: bpf.Addr16(peerV4), Raddr: bpf.Addr16(worldV4)}
+		stale := bpf.NewCTKey(victim, testutil.ProtoUDP, peerV4, 1, worldV4, 53)
 		if err := h.dp.ConntrackMap().Put(&stale, &bpf.CTValue{Expires: uint64(now) - 100}); err != nil {
 			t.Fatal(err)
 		}

@@ -1,7 +1,6 @@
 package bpf
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -293,14 +292,6 @@ func (dp *Datapath) newPolicyTrie(identity uint32, entries []PolicyEntry) (*ebpf
 	return inner, nil
 }
 
-// PolicyTrieCapacity is how many entries one identity's policy trie holds.
-func (dp *Datapath) PolicyTrieCapacity() int {
-	if dp.inner == nil {
-		return 0
-	}
-	return int(dp.inner.MaxEntries)
-}
-
 // DeletePolicy removes an identity's policy; its endpoints fall back to the cluster defaults.
 func (dp *Datapath) DeletePolicy(identity uint32) error {
 	if err := dp.maps.Policy.Delete(identity); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -316,58 +307,6 @@ func (dp *Datapath) PolicyMapID(identity uint32) (ebpf.MapID, error) {
 		return 0, fmt.Errorf("look up policy of identity %d: %w", identity, err)
 	}
 	return ebpf.MapID(id), nil
-}
-
-func (dp *Datapath) openPolicy(identity uint32) (*ebpf.Map, error) {
-	id, err := dp.PolicyMapID(identity)
-	if err != nil {
-		return nil, err
-	}
-	inner, err := ebpf.NewMapFromID(id)
-	if err != nil {
-		return nil, fmt.Errorf("open policy map of identity %d: %w", identity, err)
-	}
-	return inner, nil
-}
-
-// PolicyEntries reads back an identity's policy trie (for moatctl and tests).
-func (dp *Datapath) PolicyEntries(identity uint32) ([]PolicyKey, []PolicyValue, error) {
-	inner, err := dp.openPolicy(identity)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer inner.Close()
-	var keys []PolicyKey
-	var values []PolicyValue
-	var k PolicyKey
-	var v PolicyValue
-	it := inner.Iterate()
-	for it.Next(&k, &v) {
-		keys = append(keys, k)
-		values = append(values, v)
-	}
-	if err := it.Err(); err != nil {
-		return nil, nil, fmt.Errorf("read policy of identity %d: %w", identity, err)
-	}
-	return keys, values, nil
-}
-
-// PolicyBytes is the kernel's accounting of an identity's policy trie (its memlock), for memory reports.
-func (dp *Datapath) PolicyBytes(identity uint32) (uint64, error) {
-	inner, err := dp.openPolicy(identity)
-	if err != nil {
-		return 0, err
-	}
-	defer inner.Close()
-	info, err := inner.Info()
-	if err != nil {
-		return 0, fmt.Errorf("policy map info of identity %d: %w", identity, err)
-	}
-	bytes, ok := info.Memlock()
-	if !ok {
-		return 0, fmt.Errorf("policy map of identity %d: the kernel does not report its memory", identity)
-	}
-	return bytes, nil
 }
 
 // Config reads the datapath's configuration.
@@ -445,9 +384,6 @@ func sumCounters(perCPU []Counter) Counter {
 	return c
 }
 
-// ConntrackMap is the conntrack table (for moatctl and tests).
-func (dp *Datapath) ConntrackMap() *ebpf.Map { return dp.maps.Conntrack }
-
 // HostPort is a pod's hostPort on a node address: the datapath decides a flow to Node:Port as one to Pod:PodPort.
 type HostPort struct {
 	Node     netip.Addr
@@ -462,7 +398,7 @@ type HostPort struct {
 // Key is the map key of the hostPort.
 func (h HostPort) Key() HostPortKey {
 	k := HostPortKey{Family: Family(h.Node), Protocol: h.Protocol, Addr: Addr16(h.Node.Unmap())}
-	binary.BigEndian.PutUint16(k.Port[:], h.Port)
+	k.Port = htons(h.Port)
 	return k
 }
 
@@ -568,9 +504,6 @@ func (dp *Datapath) RecountConntrack() (map[uint32]uint64, error) {
 	}
 	return out, nil
 }
-
-// FragmentsMap is the table of first fragment verdicts (for tests).
-func (dp *Datapath) FragmentsMap() *ebpf.Map { return dp.maps.Fragments }
 
 // IPCacheMap is the ipcache (for moatctl and tests).
 func (dp *Datapath) IPCacheMap() *ebpf.Map { return dp.maps.Ipcache }
@@ -711,16 +644,4 @@ func walkBatch[K, V any](m *ebpf.Map, fn func(*K, *V)) error {
 			return err
 		}
 	}
-}
-
-// EntryBytes is each map's key plus value size in bytes: the payload one entry holds (the kernel adds its own
-// per-element bookkeeping on top).
-func (dp *Datapath) EntryBytes() map[string]int {
-	out := map[string]int{}
-	for name, m := range dp.allMapsByName() {
-		if m != nil {
-			out[name] = int(m.KeySize() + m.ValueSize())
-		}
-	}
-	return out
 }

@@ -8,17 +8,29 @@
 #ifndef __MOAT_H
 #define __MOAT_H
 
-/* Bumped whenever a map's key, value or meaning changes; kept in the config map so a new enforcer can refuse or
- * migrate pinned maps of an older layout. */
-#define MOAT_LAYOUT_VERSION 3 /* 2: policy is an array of maps by identity; deadlines in jiffies. 3: endpoint MAC and
-				* link-local address, TCP sequence tracking in conntrack, per-endpoint conntrack bound,
-				* hostports */
-
-#define MOAT_MAX_ENDPOINT_V4 4
-#define MOAT_MAX_ENDPOINT_V6 4
-#define MOAT_MAX_RULES 65536 /* rule ids index moat_rules */
-#define MOAT_NAMESPACE_LEN 64
-#define MOAT_MAX_IDENTITIES 65536 /* identities index the policy map: 1 .. MOAT_MAX_IDENTITIES-1 */
+/*
+ * Limits and sizes the Go side shares: one enum, so bpf2go generates them for Go and neither side copies a number.
+ * MOAT_LAYOUT_VERSION is bumped whenever a map's key, value or meaning changes; kept in the config map so a new
+ * enforcer can refuse pinned maps of another layout. 2: policy is an array of maps by identity; deadlines in
+ * jiffies. 3: endpoint MAC and link-local address, TCP sequence tracking in conntrack, per-endpoint conntrack
+ * bound, hostports. 4: map keys with typed, big-endian port, class and identity fields (policy, conntrack,
+ * hostports); no policy header entry.
+ */
+enum moat_limits {
+	MOAT_LAYOUT_VERSION = 4,
+	MOAT_MAX_ENDPOINT_V4 = 4,  /* addresses of one endpoint, per family */
+	MOAT_MAX_ENDPOINT_V6 = 4,
+	MOAT_NAMESPACE_LEN = 64,   /* bytes of a namespace name in the identities map, NUL included */
+	MOAT_MAX_IDENTITIES = 65536, /* identities index the policy map: 1 .. MOAT_MAX_IDENTITIES-1 */
+	MOAT_MAX_RULES = 65536,    /* rule ids index rule_counts */
+	MOAT_MAX_POLICY_ENTRIES = 1 << 20, /* entries of one identity's policy trie */
+	MOAT_MAX_ENDPOINTS = 16384,  /* endpoints of one node, and their conntrack counts */
+	MOAT_IPCACHE_ENTRIES = 262144,
+	MOAT_CONNTRACK_ENTRIES = 262144, /* the default; the enforcer may size the table otherwise */
+	MOAT_HOSTPORT_ENTRIES = 16384,
+	MOAT_FRAGMENT_ENTRIES = 16384,
+	MOAT_EVENTS_BYTES = 4 << 20, /* the ring buffer */
+};
 
 enum moat_direction {
 	MOAT_DIR_EGRESS = 0,  /* from the pod: host veth ingress hook */
@@ -77,6 +89,7 @@ enum moat_reason {
 	MOAT_REASON_NOT_FOR_ENDPOINT = 28, /* to a pod, but not to its address, a broadcast or a multicast group */
 	MOAT_REASON_ENCAPSULATION = 29,    /* tunnel traffic (IPIP, 6in4, GRE, VXLAN, Geneve) to the node: needs a rule */
 	MOAT_REASON_CT_LIMIT = 30,         /* a new flow past the endpoint's bound of conntrack entries */
+	MOAT_REASON_NO_CONFIG = 31,        /* the config map has no entry: the maps were never set up (fail closed) */
 	MOAT_REASON_MAX = 32,
 };
 
@@ -132,28 +145,67 @@ struct moat_ipcache_value {
 /*
  * Per-identity policy: the policy map, an array indexed by identity (the kernel inlines its lookup), holds each
  * identity's own LPM trie of struct moat_policy_key. The enforcer builds a new trie beside the old one and swaps
- * the reference, so a packet sees one generation whole.
- * Key layouts inside data[], by data[0] (the kind):
- *   HEADER: [1]                                              prefixlen 8 (for readers; the datapath reads the
- *           same flags and defaults from the PORT entry it looks up anyway)
- *   PORT:   [2][direction][protocol][port hi][port lo]       prefixlen 16 (any protocol), 24 (any port), 24+n
- *           port = destination port for egress, the pod's port for ingress, ICMP type, 0 for other protocols
- *   CIDR:   [3][class hi][class lo][family][address x16]     prefixlen 32 + prefix length
- *   PEER:   [4][class hi][class lo][0][identity, 4 bytes BE] prefixlen 64
+ * the reference, so a packet sees one generation whole. The trie compares keys bit by bit from the kind on
+ * (prefixlen counts those bits), so each kind's fields run from the most to the least significant:
+ *   PORT: kind, direction, protocol, pad, port. prefixlen 16 = every protocol of the direction, 24 = every
+ *         port of the protocol, 32 + n = the first n bits of the port. port = destination port for egress, the
+ *         pod's port for ingress, ICMP type, 0 for other protocols. These entries also carry the identity's
+ *         flags and world defaults (the compiler writes a root entry per direction).
+ *   CIDR: kind, family, class, address. prefixlen 32 + prefix length.
+ *   PEER: kind, pad, class, identity. prefixlen 64.
+ * class is the port class (moat_policy_value.port_class) the PORT lookup found.
  */
 enum moat_policy_kind {
-	MOAT_KIND_HEADER = 1,
 	MOAT_KIND_PORT = 2,
 	MOAT_KIND_CIDR = 3,
 	MOAT_KIND_PEER = 4,
 };
 
-struct moat_policy_key {
-	__u32 prefixlen;
-	__u8 data[20];
+struct moat_policy_port {
+	__u8 kind; /* MOAT_KIND_PORT */
+	__u8 direction;
+	__u8 protocol;
+	__u8 pad;
+	__be16 port;
+	__u8 pad2[14];
 };
 
-#define MOAT_ORDER_NONE 0xffffffff
+struct moat_policy_cidr {
+	__u8 kind; /* MOAT_KIND_CIDR */
+	__u8 family;
+	__be16 class;
+	__u8 addr[16];
+};
+
+struct moat_policy_peer {
+	__u8 kind; /* MOAT_KIND_PEER */
+	__u8 pad;
+	__be16 class;
+	__be32 identity;
+	__u8 pad2[12];
+};
+
+enum moat_policy_bits {
+	MOAT_POLICY_BITS_KIND_DIR = 16,   /* PORT: kind and direction */
+	MOAT_POLICY_BITS_PROTOCOL = 24,   /* PORT: and the protocol */
+	MOAT_POLICY_BITS_PORT_BASE = 32,  /* PORT: the port's bits start after the pad */
+	MOAT_POLICY_BITS_CIDR_BASE = 32,  /* CIDR: kind, family and class; the address's bits follow */
+	MOAT_POLICY_BITS_PEER = 64,       /* PEER: every field */
+};
+
+struct moat_policy_key {
+	__u32 prefixlen;
+	union {
+		__u8 data[20]; /* first, so Go sees the key as bytes: bpf.PortKey, CIDRKey and PeerKey fill them */
+		struct moat_policy_port port;
+		struct moat_policy_cidr cidr;
+		struct moat_policy_peer peer;
+	};
+};
+
+enum moat_rule_order {
+	MOAT_ORDER_NONE = 0xffffffff, /* a moat_rule_ref that holds no rule */
+};
 
 /* The first rule that matches: its position in the identity's rule list (smaller wins), id and action. */
 struct moat_rule_ref {
@@ -172,8 +224,8 @@ struct moat_policy_value {
 	struct moat_rule_ref enforce; /* CIDR, PEER: first matching rule of the Enforce policies */
 	struct moat_rule_ref audit;   /* CIDR, PEER: first matching rule of the Audit policies */
 	__u32 port_class;             /* PORT: the class of rules that apply to this protocol and port; 0 = none */
-	__u32 flags;                  /* HEADER, PORT: enum moat_identity_flags */
-	__u8 default_verdict[2];      /* HEADER, PORT: per direction, world traffic that no rule matched */
+	__u32 flags;                  /* PORT: enum moat_identity_flags */
+	__u8 default_verdict[2];      /* PORT: per direction, world traffic that no rule matched */
 	__u8 pad[2];
 };
 
@@ -182,8 +234,8 @@ struct moat_ct_key {
 	__u32 ifindex; /* the endpoint's host veth */
 	__u8 family;
 	__u8 protocol;
-	__u8 lport[2]; /* the pod's port (ICMP echo: identifier), big-endian */
-	__u8 rport[2]; /* the remote port, big-endian */
+	__be16 lport; /* the pod's port (ICMP echo: identifier) */
+	__be16 rport; /* the remote port */
 	__u8 pad[2];
 	__u8 laddr[16]; /* the pod's address */
 	__u8 raddr[16]; /* the remote address */
@@ -275,7 +327,7 @@ struct moat_event {
 struct moat_hostport_key {
 	__u8 family;   /* 4 or 6 */
 	__u8 protocol; /* TCP, UDP or SCTP */
-	__u8 port[2];  /* the host port, big-endian */
+	__be16 port;   /* the host port */
 	__u8 addr[16]; /* the node address it is open on */
 };
 

@@ -77,8 +77,8 @@ type moatMoatCtKey struct {
 	Ifindex  uint32
 	Family   uint8
 	Protocol uint8
-	Lport    [2]uint8
-	Rport    [2]uint8
+	Lport    uint16
+	Rport    uint16
 	Pad      [2]uint8
 	Laddr    [16]uint8
 	Raddr    [16]uint8
@@ -168,7 +168,7 @@ type moatMoatHostportKey struct {
 	_        structs.HostLayout
 	Family   uint8
 	Protocol uint8
-	Port     [2]uint8
+	Port     uint16
 	Addr     [16]uint8
 }
 
@@ -203,9 +203,45 @@ type moatMoatIpcacheValue struct {
 	Pad      [3]uint8
 }
 
+type moatMoatLimits uint32
+
+const (
+	moatMoatLimitsMOAT_LAYOUT_VERSION     moatMoatLimits = 4
+	moatMoatLimitsMOAT_MAX_ENDPOINT_V4    moatMoatLimits = 4
+	moatMoatLimitsMOAT_MAX_ENDPOINT_V6    moatMoatLimits = 4
+	moatMoatLimitsMOAT_NAMESPACE_LEN      moatMoatLimits = 64
+	moatMoatLimitsMOAT_MAX_IDENTITIES     moatMoatLimits = 65536
+	moatMoatLimitsMOAT_MAX_RULES          moatMoatLimits = 65536
+	moatMoatLimitsMOAT_MAX_POLICY_ENTRIES moatMoatLimits = 1048576
+	moatMoatLimitsMOAT_MAX_ENDPOINTS      moatMoatLimits = 16384
+	moatMoatLimitsMOAT_IPCACHE_ENTRIES    moatMoatLimits = 262144
+	moatMoatLimitsMOAT_CONNTRACK_ENTRIES  moatMoatLimits = 262144
+	moatMoatLimitsMOAT_HOSTPORT_ENTRIES   moatMoatLimits = 16384
+	moatMoatLimitsMOAT_FRAGMENT_ENTRIES   moatMoatLimits = 16384
+	moatMoatLimitsMOAT_EVENTS_BYTES       moatMoatLimits = 4194304
+)
+
 type moatMoatNamespaceKey struct {
 	_    structs.HostLayout
 	Name [64]int8
+}
+
+type moatMoatPolicyBits uint32
+
+const (
+	moatMoatPolicyBitsMOAT_POLICY_BITS_KIND_DIR  moatMoatPolicyBits = 16
+	moatMoatPolicyBitsMOAT_POLICY_BITS_PROTOCOL  moatMoatPolicyBits = 24
+	moatMoatPolicyBitsMOAT_POLICY_BITS_PORT_BASE moatMoatPolicyBits = 32
+	moatMoatPolicyBitsMOAT_POLICY_BITS_CIDR_BASE moatMoatPolicyBits = 32
+	moatMoatPolicyBitsMOAT_POLICY_BITS_PEER      moatMoatPolicyBits = 64
+)
+
+type moatMoatPolicyCidr struct {
+	_      structs.HostLayout
+	Kind   uint8
+	Family uint8
+	Class  uint16
+	Addr   [16]uint8
 }
 
 type moatMoatPolicyKey struct {
@@ -217,11 +253,29 @@ type moatMoatPolicyKey struct {
 type moatMoatPolicyKind uint32
 
 const (
-	moatMoatPolicyKindMOAT_KIND_HEADER moatMoatPolicyKind = 1
-	moatMoatPolicyKindMOAT_KIND_PORT   moatMoatPolicyKind = 2
-	moatMoatPolicyKindMOAT_KIND_CIDR   moatMoatPolicyKind = 3
-	moatMoatPolicyKindMOAT_KIND_PEER   moatMoatPolicyKind = 4
+	moatMoatPolicyKindMOAT_KIND_PORT moatMoatPolicyKind = 2
+	moatMoatPolicyKindMOAT_KIND_CIDR moatMoatPolicyKind = 3
+	moatMoatPolicyKindMOAT_KIND_PEER moatMoatPolicyKind = 4
 )
+
+type moatMoatPolicyPeer struct {
+	_        structs.HostLayout
+	Kind     uint8
+	Pad      uint8
+	Class    uint16
+	Identity uint32
+	Pad2     [12]uint8
+}
+
+type moatMoatPolicyPort struct {
+	_         structs.HostLayout
+	Kind      uint8
+	Direction uint8
+	Protocol  uint8
+	Pad       uint8
+	Port      uint16
+	Pad2      [14]uint8
+}
 
 type moatMoatPolicyValue struct {
 	_              structs.HostLayout
@@ -261,7 +315,14 @@ const (
 	moatMoatReasonMOAT_REASON_NOT_FOR_ENDPOINT moatMoatReason = 28
 	moatMoatReasonMOAT_REASON_ENCAPSULATION    moatMoatReason = 29
 	moatMoatReasonMOAT_REASON_CT_LIMIT         moatMoatReason = 30
+	moatMoatReasonMOAT_REASON_NO_CONFIG        moatMoatReason = 31
 	moatMoatReasonMOAT_REASON_MAX              moatMoatReason = 32
+)
+
+type moatMoatRuleOrder uint32
+
+const (
+	moatMoatRuleOrderMOAT_ORDER_NONE moatMoatRuleOrder = 4294967295
 )
 
 type moatMoatRuleRef struct {

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * The neighbour stage of the pipeline: ARP, IPv6 neighbour discovery and MLD, and what may reach a pod at all.
- * Included by moat.c after its parse and address helpers.
+ * Included by moat.c after parse.h and policy.h (an NS target is classified like a remote).
  *
  * ARP and ND keep a pod's link working, so they pass without policy (a deny-everything policy must not cut a pod
  * off its gateway). In exchange a pod may speak them only for itself:
@@ -31,12 +31,6 @@
 #define ND_MAX_OPTIONS 3   /* options of 8 bytes a pod's NS, NA or RS may carry */
 #define MLD2_MAX_RECORDS 8 /* multicast address records of one MLDv2 report from a pod */
 #define MLD2_MAX_SOURCES 8 /* sources of one record */
-
-struct ethhdr_moat {
-	__u8 dest[6];
-	__u8 source[6];
-	__be16 proto;
-};
 
 struct arphdr_moat {
 	__be16 htype;

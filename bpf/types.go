@@ -38,20 +38,22 @@ type (
 	Stat           = moatMoatStat
 )
 
-// LayoutVersion is the map layout this build creates and understands (MOAT_LAYOUT_VERSION in moat.h).
-const LayoutVersion = 3
-
-// MaxIdentities bounds namespace identities (1 to MaxIdentities-1): they index the policy map.
-const MaxIdentities = 65536
+// Limits shared with the datapath: the generated enum moat_limits of moat.h.
+const (
+	// LayoutVersion is the map layout this build creates and understands.
+	LayoutVersion = uint32(moatMoatLimitsMOAT_LAYOUT_VERSION)
+	// MaxIdentities bounds namespace identities (1 to MaxIdentities-1): they index the policy map.
+	MaxIdentities = uint32(moatMoatLimitsMOAT_MAX_IDENTITIES)
+	// MaxRules bounds rule ids: they index the rule_counts map.
+	MaxRules = uint32(moatMoatLimitsMOAT_MAX_RULES)
+	// MaxPolicyEntries is the size of one identity's policy trie (max_entries of the policy map's inner map).
+	MaxPolicyEntries = int(moatMoatLimitsMOAT_MAX_POLICY_ENTRIES)
+	// DefaultConntrackEntries is the size of the conntrack table unless the enforcer is told otherwise.
+	DefaultConntrackEntries = int(moatMoatLimitsMOAT_CONNTRACK_ENTRIES)
+)
 
 // OrderNone marks a RuleRef that holds no rule.
-const OrderNone = 0xffffffff
-
-// MaxRules bounds rule ids: they index the rule_counts map.
-const MaxRules = 65536
-
-// MaxPolicyEntries is the size of one identity's policy trie (max_entries of the policy map's inner map).
-const MaxPolicyEntries = 1 << 20
+const OrderNone = uint32(moatMoatRuleOrderMOAT_ORDER_NONE)
 
 const (
 	Egress  Direction = moatMoatDirectionMOAT_DIR_EGRESS
@@ -105,6 +107,7 @@ const (
 	ReasonNotForEndpoint Reason = moatMoatReasonMOAT_REASON_NOT_FOR_ENDPOINT
 	ReasonEncapsulation  Reason = moatMoatReasonMOAT_REASON_ENCAPSULATION
 	ReasonCTLimit        Reason = moatMoatReasonMOAT_REASON_CT_LIMIT
+	ReasonNoConfig       Reason = moatMoatReasonMOAT_REASON_NO_CONFIG
 	ReasonMax            Reason = moatMoatReasonMOAT_REASON_MAX
 	firstDropReason      Reason = ReasonNoEndpoint
 	IdentityAllowMeta           = moatMoatIdentityFlagsMOAT_ID_METADATA_ALLOW
@@ -117,7 +120,6 @@ const (
 	StatCTCreated               = moatMoatStatMOAT_STAT_CT_CREATED
 	StatCTLimited               = moatMoatStatMOAT_STAT_CT_LIMITED
 	statMax                     = moatMoatStatMOAT_STAT_MAX
-	KindHeader                  = moatMoatPolicyKindMOAT_KIND_HEADER
 	KindPort                    = moatMoatPolicyKindMOAT_KIND_PORT
 	KindCIDR                    = moatMoatPolicyKindMOAT_KIND_CIDR
 	KindPeer                    = moatMoatPolicyKindMOAT_KIND_PEER
@@ -149,6 +151,7 @@ var reasonNames = map[Reason]string{
 	ReasonNotForEndpoint: "not-for-endpoint",
 	ReasonEncapsulation:  "encapsulation",
 	ReasonCTLimit:        "conntrack-limit",
+	ReasonNoConfig:       "no-config",
 }
 
 // ReasonName is the name flow logs and metrics use for a reason code.
@@ -237,48 +240,87 @@ func NewIPCacheKey(p netip.Prefix) IPCacheKey {
 	return IPCacheKey{Prefixlen: uint32(8 + p.Bits()), Family: Family(p.Addr()), Addr: Addr16(p.Addr())}
 }
 
-// HeaderKey is the key of an identity's policy header.
-func HeaderKey() PolicyKey {
-	k := PolicyKey{Prefixlen: 8}
-	k.Data[0] = uint8(KindHeader)
-	return k
-}
+// Prefix lengths of policy keys (enum moat_policy_bits): the bits from the kind on that a trie entry fixes.
+const (
+	policyBitsKindDir  = int(moatMoatPolicyBitsMOAT_POLICY_BITS_KIND_DIR)
+	policyBitsPortBase = int(moatMoatPolicyBitsMOAT_POLICY_BITS_PORT_BASE)
+	policyBitsCIDRBase = int(moatMoatPolicyBitsMOAT_POLICY_BITS_CIDR_BASE)
+	policyBitsPeer     = int(moatMoatPolicyBitsMOAT_POLICY_BITS_PEER)
+)
 
 // PortKey is the key of a port class entry: bits of (direction, protocol, port) significant, counted from the
-// direction: 8 = every protocol, 16 = every port of the protocol, 16+n = the first n bits of the port.
+// direction: 8 = every protocol, 8+n = the first n bits of the protocol (16 = every port of one protocol),
+// 16+n = the first n bits of the port. The pad byte between protocol and port is zero in every entry, so a
+// prefix into the port covers it.
 func PortKey(dir Direction, protocol uint8, port uint16, bits int) PolicyKey {
-	k := PolicyKey{Prefixlen: uint32(8 + bits)}
-	k.Data[0] = uint8(KindPort)
-	k.Data[1] = uint8(dir)
+	f := moatMoatPolicyPort{Kind: uint8(KindPort), Direction: uint8(dir)}
+	prefix := policyBitsKindDir + bits - 8
 	if bits > 8 {
-		k.Data[2] = protocol
+		f.Protocol = protocol &^ uint8(0xff>>min(bits-8, 8))
 	}
 	if bits > 16 {
-		p := port &^ (0xffff >> (bits - 16))
-		binary.BigEndian.PutUint16(k.Data[3:5], p)
+		f.Port = htons(port &^ (0xffff >> (bits - 16)))
+		prefix = policyBitsPortBase + bits - 16
 	}
-	return k
+	return policyKey(prefix, f)
 }
 
 // CIDRKey is the key of a CIDR entry of a port class.
 func CIDRKey(class uint16, p netip.Prefix) PolicyKey {
 	p = p.Masked()
-	k := PolicyKey{Prefixlen: uint32(32 + p.Bits())}
-	k.Data[0] = uint8(KindCIDR)
-	binary.BigEndian.PutUint16(k.Data[1:3], class)
-	k.Data[3] = Family(p.Addr())
-	a := Addr16(p.Addr())
-	copy(k.Data[4:], a[:])
-	return k
+	f := moatMoatPolicyCidr{Kind: uint8(KindCIDR), Family: Family(p.Addr()), Class: htons(class), Addr: Addr16(p.Addr())}
+	return policyKey(policyBitsCIDRBase+p.Bits(), f)
 }
 
 // PeerKey is the key of a namespace peer entry of a port class.
 func PeerKey(class uint16, identity uint32) PolicyKey {
-	k := PolicyKey{Prefixlen: 64}
-	k.Data[0] = uint8(KindPeer)
-	binary.BigEndian.PutUint16(k.Data[1:3], class)
-	binary.BigEndian.PutUint32(k.Data[4:8], identity)
+	f := moatMoatPolicyPeer{Kind: uint8(KindPeer), Class: htons(class), Identity: htonl(identity)}
+	return policyKey(policyBitsPeer, f)
+}
+
+// policyClassOffset is where CIDR and PEER keys hold their port class, big-endian (the same place in both).
+const policyClassOffset = 2
+
+// WithClass is a CIDR or PEER key with another port class.
+func (k PolicyKey) WithClass(class uint16) PolicyKey {
+	binary.BigEndian.PutUint16(k.Data[policyClassOffset:], class)
 	return k
+}
+
+// policyKey lays one kind's fields into the key's bytes, as the union of moat_policy_key holds them.
+func policyKey[T moatMoatPolicyPort | moatMoatPolicyCidr | moatMoatPolicyPeer](prefixlen int, fields T) PolicyKey {
+	k := PolicyKey{Prefixlen: uint32(prefixlen)}
+	if _, err := binary.Encode(k.Data[:], binary.NativeEndian, fields); err != nil {
+		panic(fmt.Sprintf("policy key of %d bytes: %v", len(k.Data), err)) // the generated types are 20 bytes
+	}
+	return k
+}
+
+// htons and htonl give the value whose bytes in memory are v in network order: the datapath's __be16 and
+// __be32 fields.
+func htons(v uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], v)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+func htonl(v uint32) uint32 {
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], v)
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+// ntohs reverses htons.
+func ntohs(v uint16) uint16 { return htons(v) }
+
+// LocalPort and RemotePort are a conntrack key's ports in host order.
+func (k CTKey) LocalPort() uint16  { return ntohs(k.Lport) }
+func (k CTKey) RemotePort() uint16 { return ntohs(k.Rport) }
+
+// NewCTKey is the conntrack key of a flow from the endpoint's side (ports in host order).
+func NewCTKey(ifindex uint32, protocol uint8, local netip.Addr, lport uint16, remote netip.Addr, rport uint16) CTKey {
+	return CTKey{Ifindex: ifindex, Family: Family(local), Protocol: protocol, Lport: htons(lport), Rport: htons(rport),
+		Laddr: Addr16(local), Raddr: Addr16(remote)}
 }
 
 // NoRule is a RuleRef that holds no rule.

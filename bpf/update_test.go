@@ -97,7 +97,7 @@ func TestPolicyUpdateIsLocal(t *testing.T) {
 	if mineAfter == mine {
 		t.Errorf("identity %d's trie was not replaced", podID)
 	}
-	keys, _, err := h.dp.PolicyEntries(peerID)
+	keys, err := h.dp.PolicyEntries(peerID)
 	if err != nil || len(keys) == 0 {
 		t.Errorf("identity %d's entries after another identity's change: %d, %v", peerID, len(keys), err)
 	}
@@ -129,7 +129,7 @@ func TestReplacePolicies(t *testing.T) {
 			t.Errorf("identity %d shares trie %d with another identity", id, mapID)
 		}
 		seen[uint64(mapID)] = true
-		keys, _, err := h.dp.PolicyEntries(id)
+		keys, err := h.dp.PolicyEntries(id)
 		if err != nil || len(keys) != len(want) {
 			t.Errorf("identity %d: %d entries (%v), want %d", id, len(keys), err, len(want))
 		}

@@ -50,10 +50,10 @@ func Compile(p *IdentityPolicy) ([]Entry, error) {
 		return nil, fmt.Errorf("policy of identity %d: %w", p.Identity, err)
 	}
 
-	header := headerEntry(p)
-	entries := []Entry{header}
+	identity := identityValue(p)
+	var entries []Entry
 	for _, dir := range []bpf.Direction{bpf.Egress, bpf.Ingress} {
-		entries = append(entries, portEntries(dir, segs[dir], classes, header.Value)...)
+		entries = append(entries, portEntries(dir, segs[dir], classes, identity)...)
 	}
 	entries = append(entries, classEntries...)
 	if len(entries) > bpf.MaxPolicyEntries {
@@ -65,8 +65,9 @@ func Compile(p *IdentityPolicy) ([]Entry, error) {
 	return entries, nil
 }
 
-// headerEntry is the identity's header: what applies before and after the rules.
-func headerEntry(p *IdentityPolicy) Entry {
+// identityValue holds what applies to the identity before and after the rules (its flags and world defaults),
+// which every PORT entry carries.
+func identityValue(p *IdentityPolicy) bpf.PolicyValue {
 	v := emptyValue()
 	if p.MetadataAllowed {
 		v.Flags |= uint32(bpf.IdentityAllowMeta)
@@ -76,7 +77,7 @@ func headerEntry(p *IdentityPolicy) Entry {
 	}
 	v.DefaultVerdict[bpf.Egress] = uint8(p.DefaultEgress)
 	v.DefaultVerdict[bpf.Ingress] = uint8(p.DefaultIngress)
-	return Entry{Key: bpf.HeaderKey(), Value: v}
+	return v
 }
 
 // emptyValue is a value whose rule references hold no rule.
@@ -174,7 +175,7 @@ func (c *compiler) resolveClasses() ([]uint16, []Entry, error) {
 		bySignature[string(sig)] = class
 		classes[id] = class
 		for i := range es {
-			binary.BigEndian.PutUint16(es[i].Key.Data[1:3], class)
+			es[i].Key = es[i].Key.WithClass(class)
 		}
 		out = append(out, es...)
 	}
@@ -184,8 +185,9 @@ func (c *compiler) resolveClasses() ([]uint16, []Entry, error) {
 // signature identifies what a class's entries decide, whatever the class id in their keys.
 func signature(b []byte, es []Entry) []byte {
 	for _, e := range es {
-		b = append(b, byte(e.Key.Prefixlen), e.Key.Data[0])
-		b = append(b, e.Key.Data[3:]...)
+		unclassed := e.Key.WithClass(0)
+		b = append(b, byte(e.Key.Prefixlen))
+		b = append(b, unclassed.Data[:]...)
 		for _, ref := range []bpf.RuleRef{e.Value.Enforce, e.Value.Audit} {
 			b = binary.LittleEndian.AppendUint32(b, ref.Order)
 			b = binary.LittleEndian.AppendUint32(b, ref.RuleId)

@@ -3,6 +3,7 @@ package policy_test
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -98,11 +99,12 @@ func TestCompileEntries(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			header := policy.HeaderEntry(p)
-			want := append([]policy.Entry{header}, tt.want...)
+			identity := policy.IdentityValue(p)
+			want := slices.Clone(tt.want)
+			slices.SortFunc(want, policy.CompareEntries)
 			for i := range want {
-				if want[i].Key.Data[0] == uint8(bpf.KindPort) { // port entries carry the header's flags and defaults
-					want[i].Value.Flags, want[i].Value.DefaultVerdict = header.Value.Flags, header.Value.DefaultVerdict
+				if want[i].Key.Data[0] == uint8(bpf.KindPort) { // port entries carry the identity's flags and defaults
+					want[i].Value.Flags, want[i].Value.DefaultVerdict = identity.Flags, identity.DefaultVerdict
 				}
 			}
 			if fmt.Sprint(got) != fmt.Sprint(want) {
@@ -112,30 +114,29 @@ func TestCompileEntries(t *testing.T) {
 	}
 }
 
-func TestCompileHeader(t *testing.T) {
+// A policy without rules compiles to one root port entry per direction, which carries the identity's flags and
+// world defaults: the datapath reads them from the PORT entry it looks up anyway.
+func TestCompileIdentityFlags(t *testing.T) {
 	p := &policy.IdentityPolicy{Identity: 3, MetadataAllowed: true, Audit: true, DefaultEgress: deny, DefaultIngress: allow}
 	got, err := policy.Compile(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 3 {
-		t.Fatalf("%d entries, want the header and one root port entry per direction", len(got))
+	if len(got) != 2 {
+		t.Fatalf("%d entries, want one root port entry per direction", len(got))
 	}
-	h := got[0]
 	for _, dir := range []bpf.Direction{bpf.Egress, bpf.Ingress} {
-		root := got[1+int(dir)]
-		if root.Key != bpf.PortKey(dir, 0, 0, 8) || root.Value.PortClass != 0 || root.Value.Flags != h.Value.Flags ||
-			root.Value.DefaultVerdict != h.Value.DefaultVerdict {
-			t.Errorf("%s root port entry %+v: want class 0 with the header's flags and defaults", dir, root)
+		root := got[int(dir)]
+		if root.Key != bpf.PortKey(dir, 0, 0, 8) || root.Value.PortClass != 0 ||
+			root.Value.Flags != uint32(bpf.IdentityAllowMeta|bpf.IdentityAudit) ||
+			root.Value.DefaultVerdict != [2]uint8{uint8(deny), uint8(allow)} ||
+			root.Value.Enforce != bpf.NoRule() || root.Value.Audit != bpf.NoRule() {
+			t.Errorf("%s root port entry %+v: want class 0 with the identity's flags and defaults", dir, root)
 		}
 	}
-	if h.Key != bpf.HeaderKey() || h.Value.Flags != uint32(bpf.IdentityAllowMeta|bpf.IdentityAudit) ||
-		h.Value.DefaultVerdict != [2]uint8{uint8(deny), uint8(allow)} || h.Value.Enforce != bpf.NoRule() || h.Value.Audit != bpf.NoRule() {
-		t.Errorf("header %+v", h)
-	}
 	p.MetadataAllowed, p.Audit = false, false
-	if got, _ := policy.Compile(p); got[0].Value.Flags != 0 {
-		t.Errorf("flags %d, want 0", got[0].Value.Flags)
+	if got, _ := policy.Compile(p); got[0].Value.Flags != 0 || got[1].Value.Flags != 0 {
+		t.Errorf("flags %d and %d, want 0", got[0].Value.Flags, got[1].Value.Flags)
 	}
 }
 
@@ -163,7 +164,7 @@ func TestCompileManyPortClasses(t *testing.T) {
 func distinctRules(n int) *policy.IdentityPolicy {
 	p := withRules()
 	for i := range n {
-		r := policy.Rule{ID: uint32(i%(bpf.MaxRules-1)) + 1, Direction: bpf.Direction(i & 1), Action: allow}
+		r := policy.Rule{ID: uint32(i%int(bpf.MaxRules-1)) + 1, Direction: bpf.Direction(i & 1), Action: allow}
 		if i%3 == 0 {
 			r.Action = deny
 		}
@@ -192,7 +193,7 @@ func TestStats(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := policy.Stats(entries)
-	if s.Entries != len(entries) || s.Entries != 1+s.Ports+s.CIDRs+s.Peers || s.Classes != 1000 || s.CIDRs != 1000 || s.Peers != 0 {
+	if s.Entries != len(entries) || s.Entries != s.Ports+s.CIDRs+s.Peers || s.Classes != 1000 || s.CIDRs != 1000 || s.Peers != 0 {
 		t.Errorf("stats %+v", s)
 	}
 	if s.Bytes() != s.Entries*60 {

@@ -2,6 +2,7 @@ package policy_test
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 
 	"github.com/moatfw/moat/bpf"
@@ -137,12 +138,7 @@ func (m *datapathModel) decide(pkt policy.Packet) policy.Result {
 		var k lpmKey
 		var pclass uint32
 		if m.policy != nil {
-			k.prefixlen = 40
-			k.data[0] = uint8(bpf.KindPort)
-			k.data[1] = dir
-			k.data[2] = pkt.Protocol
-			k.data[3] = uint8(pkt.Port >> 8)
-			k.data[4] = uint8(pkt.Port)
+			k = lpmKeyOf(bpf.PortKey(bpf.Direction(dir), pkt.Protocol, pkt.Port, 32))
 			v, ok := m.policy.lookup(k.prefixlen, k.data)
 			if !ok {
 				d.Reason = bpf.ReasonNoPolicy
@@ -164,31 +160,14 @@ func (m *datapathModel) decide(pkt policy.Packet) policy.Result {
 		}
 
 		if pclass != 0 {
-			k.data = [20]byte{}
-			k.prefixlen = 32 + 128
-			if family == 4 {
-				k.prefixlen = 32 + 32
-			}
-			k.data[0] = uint8(bpf.KindCIDR)
-			k.data[1] = uint8(pclass >> 8)
-			k.data[2] = uint8(pclass)
-			k.data[3] = family
-			copy(k.data[4:], remote[:])
+			a := bpf.AddrFrom16(family, remote)
+			k = lpmKeyOf(bpf.CIDRKey(uint16(pclass), netip.PrefixFrom(a, a.BitLen())))
 			if v, ok := m.policy.lookup(k.prefixlen, k.data); ok {
 				better(&enforce, v.Enforce)
 				better(&audit, v.Audit)
 			}
 			if d.RemoteIdentity != 0 {
-				rid := d.RemoteIdentity
-				k.data = [20]byte{}
-				k.prefixlen = 64
-				k.data[0] = uint8(bpf.KindPeer)
-				k.data[1] = uint8(pclass >> 8)
-				k.data[2] = uint8(pclass)
-				k.data[4] = uint8(rid >> 24)
-				k.data[5] = uint8(rid >> 16)
-				k.data[6] = uint8(rid >> 8)
-				k.data[7] = uint8(rid)
+				k = lpmKeyOf(bpf.PeerKey(uint16(pclass), d.RemoteIdentity))
 				if v, ok := m.policy.lookup(k.prefixlen, k.data); ok {
 					better(&enforce, v.Enforce)
 					better(&audit, v.Audit)
@@ -227,7 +206,7 @@ func (m *datapathModel) decide(pkt policy.Packet) policy.Result {
 	switch {
 	case action == bpf.ActionAllow:
 		d.Verdict = bpf.VerdictAllowed
-	case m.auditMode():
+	case flags&uint32(bpf.IdentityAudit) != 0: // audit_mode(): the flags decide() read
 		d.Verdict = bpf.VerdictAudit
 	default:
 		d.Verdict = bpf.VerdictDenied
@@ -252,16 +231,8 @@ func (m *datapathModel) classify(family uint8, addr [16]byte, identity *uint32) 
 	return bpf.ClassWorld
 }
 
-// auditMode is audit_mode() of moat.c for an endpoint in enforce mode.
-func (m *datapathModel) auditMode() bool {
-	if m.policy == nil {
-		return false
-	}
-	var data [20]byte
-	data[0] = uint8(bpf.KindHeader)
-	v, ok := m.policy.lookup(8, data)
-	return ok && v.Flags&uint32(bpf.IdentityAudit) != 0
-}
+// lpmKeyOf is a policy map key as the trie model holds it.
+func lpmKeyOf(k bpf.PolicyKey) lpmKey { return lpmKey{k.Prefixlen, k.Data} }
 
 func better(best *bpf.RuleRef, r bpf.RuleRef) {
 	if r.Order < best.Order {

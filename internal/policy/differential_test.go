@@ -131,13 +131,19 @@ func shrink(p *policy.IdentityPolicy, d policy.Defaults, ipc *policy.IPCache, pk
 	})
 }
 
-// checkEntries checks what the datapath assumes of a policy map: one header first, keys sorted and unique,
+// checkEntries checks what the datapath assumes of a policy map: a root port entry per direction, keys sorted and unique,
 // no bits set beyond a key's prefixlen, class ids that fit their two bytes, and rule references that name
 // a rule or none.
 func checkEntries(t *testing.T, entries []policy.Entry) {
 	t.Helper()
-	if len(entries) == 0 || entries[0].Key != bpf.HeaderKey() {
-		t.Fatalf("no header first")
+	roots := 0
+	for _, e := range entries {
+		if e.Key == bpf.PortKey(bpf.Egress, 0, 0, 8) || e.Key == bpf.PortKey(bpf.Ingress, 0, 0, 8) {
+			roots++
+		}
+	}
+	if roots != 2 {
+		t.Fatalf("%d root port entries, want one per direction", roots)
 	}
 	for i, e := range entries {
 		if i > 0 && policy.CompareEntries(entries[i-1], e) >= 0 {
@@ -147,12 +153,8 @@ func checkEntries(t *testing.T, entries []policy.Entry) {
 			t.Fatalf("entry %d: bits beyond prefixlen %d: %x", i, e.Key.Prefixlen, e.Key.Data)
 		}
 		switch bpf.PolicyKind(e.Key.Data[0]) {
-		case bpf.KindHeader:
-			if i != 0 {
-				t.Fatalf("entry %d: a second header", i)
-			}
 		case bpf.KindPort:
-			if e.Value.PortClass > policy.MaxClasses || e.Key.Prefixlen < 16 || e.Key.Prefixlen > 40 {
+			if e.Value.PortClass > policy.MaxClasses || e.Key.Prefixlen < 16 || e.Key.Prefixlen > 48 {
 				t.Fatalf("entry %d: port entry %+v", i, e)
 			}
 		case bpf.KindCIDR, bpf.KindPeer:

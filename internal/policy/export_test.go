@@ -3,7 +3,7 @@ package policy
 // The compiler's internals that the tests (package policy_test, which can import policytest) check.
 var (
 	EmptyValue     = emptyValue
-	HeaderEntry    = headerEntry
+	IdentityValue  = identityValue
 	CompareEntries = compareEntries
 )
 

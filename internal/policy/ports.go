@@ -107,10 +107,10 @@ func mergeSorted(dst, a, b []int) []int {
 // bottom up (the children's common candidates if any, else all of them), then top down an entry wherever
 // the class inherited from above is not a candidate.
 //
-// Every entry also carries the identity's flags and world defaults from header, and the root of each direction
+// Every entry also carries the identity's flags and world defaults (identity), and the root of each direction
 // always gets an entry: the datapath reads those from the PORT entry it looks up, and a missing root means a
 // policy map that was never filled whole.
-func portEntries(dir bpf.Direction, segs []segment, classes []uint16, header bpf.PolicyValue) []Entry {
+func portEntries(dir bpf.Direction, segs []segment, classes []uint16, identity bpf.PolicyValue) []Entry {
 	var resolved []segment
 	for _, s := range segs {
 		class := int(classes[s.set])
@@ -124,8 +124,8 @@ func portEntries(dir bpf.Direction, segs []segment, classes []uint16, header bpf
 	t.emit(root, noClass, func(n *portNode, class uint32) {
 		v := emptyValue()
 		v.PortClass = class
-		v.Flags = header.Flags
-		v.DefaultVerdict = header.DefaultVerdict
+		v.Flags = identity.Flags
+		v.DefaultVerdict = identity.DefaultVerdict
 		key := bpf.PortKey(dir, uint8(n.lo>>16), uint16(n.lo), 8+int(n.depth))
 		out = append(out, Entry{Key: key, Value: v})
 	})

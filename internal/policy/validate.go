@@ -22,7 +22,7 @@ func (p *IdentityPolicy) Validate() error {
 	if err := validDefault(p.DefaultIngress); err != nil {
 		return fmt.Errorf("default ingress: %w", err)
 	}
-	if uint64(len(p.Rules)) >= bpf.OrderNone {
+	if uint64(len(p.Rules)) >= uint64(bpf.OrderNone) {
 		return fmt.Errorf("%d rules: more than the datapath can order", len(p.Rules))
 	}
 	for i := range p.Rules {

@@ -44,6 +44,14 @@ struct bpf_dynptr;
 struct iphdr;
 struct ipv6hdr;
 
+#ifndef __bpf_fastcall
+#if __has_attribute(bpf_fastcall)
+#define __bpf_fastcall __attribute__((bpf_fastcall))
+#else
+#define __bpf_fastcall
+#endif
+#endif
+
 /*
  * bpf_map_lookup_elem
  *
@@ -53,7 +61,7 @@ struct ipv6hdr;
  * 	Map value associated to *key*, or **NULL** if no entry was
  * 	found.
  */
-static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *) 1;
+static void *(* const bpf_map_lookup_elem)(void *map, const void *key) = (void *) 1;
 
 /*
  * bpf_map_update_elem
@@ -75,7 +83,7 @@ static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *) 1;
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) = (void *) 2;
+static long (* const bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) = (void *) 2;
 
 /*
  * bpf_map_delete_elem
@@ -85,7 +93,7 @@ static long (*bpf_map_update_elem)(void *map, const void *key, const void *value
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *) 3;
+static long (* const bpf_map_delete_elem)(void *map, const void *key) = (void *) 3;
 
 /*
  * bpf_probe_read
@@ -99,7 +107,7 @@ static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *) 3;
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_probe_read)(void *dst, __u32 size, const void *unsafe_ptr) = (void *) 4;
+static long (* const bpf_probe_read)(void *dst, __u32 size, const void *unsafe_ptr) = (void *) 4;
 
 /*
  * bpf_ktime_get_ns
@@ -111,24 +119,24 @@ static long (*bpf_probe_read)(void *dst, __u32 size, const void *unsafe_ptr) = (
  * Returns
  * 	Current *ktime*.
  */
-static __u64 (*bpf_ktime_get_ns)(void) = (void *) 5;
+static __u64 (* const bpf_ktime_get_ns)(void) = (void *) 5;
 
 /*
  * bpf_trace_printk
  *
  * 	This helper is a "printk()-like" facility for debugging. It
  * 	prints a message defined by format *fmt* (of size *fmt_size*)
- * 	to file *\/sys/kernel/debug/tracing/trace* from DebugFS, if
+ * 	to file *\/sys/kernel/tracing/trace* from TraceFS, if
  * 	available. It can take up to three additional **u64**
  * 	arguments (as an eBPF helpers, the total number of arguments is
  * 	limited to five).
  *
  * 	Each time the helper is called, it appends a line to the trace.
- * 	Lines are discarded while *\/sys/kernel/debug/tracing/trace* is
- * 	open, use *\/sys/kernel/debug/tracing/trace_pipe* to avoid this.
+ * 	Lines are discarded while *\/sys/kernel/tracing/trace* is
+ * 	open, use *\/sys/kernel/tracing/trace_pipe* to avoid this.
  * 	The format of the trace is customizable, and the exact output
  * 	one will get depends on the options set in
- * 	*\/sys/kernel/debug/tracing/trace_options* (see also the
+ * 	*\/sys/kernel/tracing/trace_options* (see also the
  * 	*README* file under the same directory). However, it usually
  * 	defaults to something like:
  *
@@ -174,7 +182,7 @@ static __u64 (*bpf_ktime_get_ns)(void) = (void *) 5;
  * 	The number of bytes written to the buffer, or a negative error
  * 	in case of failure.
  */
-static long (*bpf_trace_printk)(const char *fmt, __u32 fmt_size, ...) = (void *) 6;
+static long (* const bpf_trace_printk)(const char *fmt, __u32 fmt_size, ...) = (void *) 6;
 
 /*
  * bpf_get_prandom_u32
@@ -190,7 +198,7 @@ static long (*bpf_trace_printk)(const char *fmt, __u32 fmt_size, ...) = (void *)
  * Returns
  * 	A random 32-bit unsigned value.
  */
-static __u32 (*bpf_get_prandom_u32)(void) = (void *) 7;
+static __u32 (* const bpf_get_prandom_u32)(void) = (void *) 7;
 
 /*
  * bpf_get_smp_processor_id
@@ -203,7 +211,7 @@ static __u32 (*bpf_get_prandom_u32)(void) = (void *) 7;
  * Returns
  * 	The SMP id of the processor running the program.
  */
-static __u32 (*bpf_get_smp_processor_id)(void) = (void *) 8;
+static __bpf_fastcall __u32 (* const bpf_get_smp_processor_id)(void) = (void *) 8;
 
 /*
  * bpf_skb_store_bytes
@@ -224,7 +232,7 @@ static __u32 (*bpf_get_smp_processor_id)(void) = (void *) 8;
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_skb_store_bytes)(struct __sk_buff *skb, __u32 offset, const void *from, __u32 len, __u64 flags) = (void *) 9;
+static long (* const bpf_skb_store_bytes)(struct __sk_buff *skb, __u32 offset, const void *from, __u32 len, __u64 flags) = (void *) 9;
 
 /*
  * bpf_l3_csum_replace
@@ -253,7 +261,7 @@ static long (*bpf_skb_store_bytes)(struct __sk_buff *skb, __u32 offset, const vo
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_l3_csum_replace)(struct __sk_buff *skb, __u32 offset, __u64 from, __u64 to, __u64 size) = (void *) 10;
+static long (* const bpf_l3_csum_replace)(struct __sk_buff *skb, __u32 offset, __u64 from, __u64 to, __u64 size) = (void *) 10;
 
 /*
  * bpf_l4_csum_replace
@@ -289,7 +297,7 @@ static long (*bpf_l3_csum_replace)(struct __sk_buff *skb, __u32 offset, __u64 fr
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_l4_csum_replace)(struct __sk_buff *skb, __u32 offset, __u64 from, __u64 to, __u64 flags) = (void *) 11;
+static long (* const bpf_l4_csum_replace)(struct __sk_buff *skb, __u32 offset, __u64 from, __u64 to, __u64 flags) = (void *) 11;
 
 /*
  * bpf_tail_call
@@ -324,7 +332,7 @@ static long (*bpf_l4_csum_replace)(struct __sk_buff *skb, __u32 offset, __u64 fr
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_tail_call)(void *ctx, void *prog_array_map, __u32 index) = (void *) 12;
+static long (* const bpf_tail_call)(void *ctx, void *prog_array_map, __u32 index) = (void *) 12;
 
 /*
  * bpf_clone_redirect
@@ -350,9 +358,11 @@ static long (*bpf_tail_call)(void *ctx, void *prog_array_map, __u32 index) = (vo
  * 	direct packet access.
  *
  * Returns
- * 	0 on success, or a negative error in case of failure.
+ * 	0 on success, or a negative error in case of failure. Positive
+ * 	error indicates a potential drop or congestion in the target
+ * 	device. The particular positive error codes are not defined.
  */
-static long (*bpf_clone_redirect)(struct __sk_buff *skb, __u32 ifindex, __u64 flags) = (void *) 13;
+static long (* const bpf_clone_redirect)(struct __sk_buff *skb, __u32 ifindex, __u64 flags) = (void *) 13;
 
 /*
  * bpf_get_current_pid_tgid
@@ -365,7 +375,7 @@ static long (*bpf_clone_redirect)(struct __sk_buff *skb, __u32 ifindex, __u64 fl
  * 	*current_task*\ **->tgid << 32 \|**
  * 	*current_task*\ **->pid**.
  */
-static __u64 (*bpf_get_current_pid_tgid)(void) = (void *) 14;
+static __u64 (* const bpf_get_current_pid_tgid)(void) = (void *) 14;
 
 /*
  * bpf_get_current_uid_gid
@@ -376,7 +386,7 @@ static __u64 (*bpf_get_current_pid_tgid)(void) = (void *) 14;
  * 	A 64-bit integer containing the current GID and UID, and
  * 	created as such: *current_gid* **<< 32 \|** *current_uid*.
  */
-static __u64 (*bpf_get_current_uid_gid)(void) = (void *) 15;
+static __u64 (* const bpf_get_current_uid_gid)(void) = (void *) 15;
 
 /*
  * bpf_get_current_comm
@@ -391,7 +401,7 @@ static __u64 (*bpf_get_current_uid_gid)(void) = (void *) 15;
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_get_current_comm)(void *buf, __u32 size_of_buf) = (void *) 16;
+static long (* const bpf_get_current_comm)(void *buf, __u32 size_of_buf) = (void *) 16;
 
 /*
  * bpf_get_cgroup_classid
@@ -421,7 +431,7 @@ static long (*bpf_get_current_comm)(void *buf, __u32 size_of_buf) = (void *) 16;
  * Returns
  * 	The classid, or 0 for the default unconfigured classid.
  */
-static __u32 (*bpf_get_cgroup_classid)(struct __sk_buff *skb) = (void *) 17;
+static __u32 (* const bpf_get_cgroup_classid)(struct __sk_buff *skb) = (void *) 17;
 
 /*
  * bpf_skb_vlan_push
@@ -441,7 +451,7 @@ static __u32 (*bpf_get_cgroup_classid)(struct __sk_buff *skb) = (void *) 17;
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_skb_vlan_push)(struct __sk_buff *skb, __be16 vlan_proto, __u16 vlan_tci) = (void *) 18;
+static long (* const bpf_skb_vlan_push)(struct __sk_buff *skb, __be16 vlan_proto, __u16 vlan_tci) = (void *) 18;
 
 /*
  * bpf_skb_vlan_pop
@@ -457,7 +467,7 @@ static long (*bpf_skb_vlan_push)(struct __sk_buff *skb, __be16 vlan_proto, __u16
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_skb_vlan_pop)(struct __sk_buff *skb) = (void *) 19;
+static long (* const bpf_skb_vlan_pop)(struct __sk_buff *skb) = (void *) 19;
 
 /*
  * bpf_skb_get_tunnel_key
@@ -512,7 +522,7 @@ static long (*bpf_skb_vlan_pop)(struct __sk_buff *skb) = (void *) 19;
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_skb_get_tunnel_key)(struct __sk_buff *skb, struct bpf_tunnel_key *key, __u32 size, __u64 flags) = (void *) 20;
+static long (* const bpf_skb_get_tunnel_key)(struct __sk_buff *skb, struct bpf_tunnel_key *key, __u32 size, __u64 flags) = (void *) 20;
 
 /*
  * bpf_skb_set_tunnel_key
@@ -556,7 +566,7 @@ static long (*bpf_skb_get_tunnel_key)(struct __sk_buff *skb, struct bpf_tunnel_k
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_skb_set_tunnel_key)(struct __sk_buff *skb, struct bpf_tunnel_key *key, __u32 size, __u64 flags) = (void *) 21;
+static long (* const bpf_skb_set_tunnel_key)(struct __sk_buff *skb, struct bpf_tunnel_key *key, __u32 size, __u64 flags) = (void *) 21;
 
 /*
  * bpf_perf_event_read
@@ -589,7 +599,7 @@ static long (*bpf_skb_set_tunnel_key)(struct __sk_buff *skb, struct bpf_tunnel_k
  * 	The value of the perf event counter read from the map, or a
  * 	negative error code in case of failure.
  */
-static __u64 (*bpf_perf_event_read)(void *map, __u64 flags) = (void *) 22;
+static __u64 (* const bpf_perf_event_read)(void *map, __u64 flags) = (void *) 22;
 
 /*
  * bpf_redirect
@@ -616,7 +626,7 @@ static __u64 (*bpf_perf_event_read)(void *map, __u64 flags) = (void *) 22;
  * 	are **TC_ACT_REDIRECT** on success or **TC_ACT_SHOT** on
  * 	error.
  */
-static long (*bpf_redirect)(__u32 ifindex, __u64 flags) = (void *) 23;
+static long (* const bpf_redirect)(__u32 ifindex, __u64 flags) = (void *) 23;
 
 /*
  * bpf_get_route_realm
@@ -644,7 +654,7 @@ static long (*bpf_redirect)(__u32 ifindex, __u64 flags) = (void *) 23;
  * 	The realm of the route for the packet associated to *skb*, or 0
  * 	if none was found.
  */
-static __u32 (*bpf_get_route_realm)(struct __sk_buff *skb) = (void *) 24;
+static __u32 (* const bpf_get_route_realm)(struct __sk_buff *skb) = (void *) 24;
 
 /*
  * bpf_perf_event_output
@@ -693,7 +703,7 @@ static __u32 (*bpf_get_route_realm)(struct __sk_buff *skb) = (void *) 24;
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_perf_event_output)(void *ctx, void *map, __u64 flags, void *data, __u64 size) = (void *) 25;
+static long (* const bpf_perf_event_output)(void *ctx, void *map, __u64 flags, void *data, __u64 size) = (void *) 25;
 
 /*
  * bpf_skb_load_bytes
@@ -714,7 +724,7 @@ static long (*bpf_perf_event_output)(void *ctx, void *map, __u64 flags, void *da
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_skb_load_bytes)(const void *skb, __u32 offset, void *to, __u32 len) = (void *) 26;
+static long (* const bpf_skb_load_bytes)(const void *skb, __u32 offset, void *to, __u32 len) = (void *) 26;
 
 /*
  * bpf_get_stackid
@@ -760,7 +770,7 @@ static long (*bpf_skb_load_bytes)(const void *skb, __u32 offset, void *to, __u32
  * 	The positive or null stack id on success, or a negative error
  * 	in case of failure.
  */
-static long (*bpf_get_stackid)(void *ctx, void *map, __u64 flags) = (void *) 27;
+static long (* const bpf_get_stackid)(void *ctx, void *map, __u64 flags) = (void *) 27;
 
 /*
  * bpf_csum_diff
@@ -791,7 +801,7 @@ static long (*bpf_get_stackid)(void *ctx, void *map, __u64 flags) = (void *) 27;
  * 	The checksum result, or a negative error code in case of
  * 	failure.
  */
-static __s64 (*bpf_csum_diff)(__be32 *from, __u32 from_size, __be32 *to, __u32 to_size, __wsum seed) = (void *) 28;
+static __s64 (* const bpf_csum_diff)(__be32 *from, __u32 from_size, __be32 *to, __u32 to_size, __wsum seed) = (void *) 28;
 
 /*
  * bpf_skb_get_tunnel_opt
@@ -813,7 +823,7 @@ static __s64 (*bpf_csum_diff)(__be32 *from, __u32 from_size, __be32 *to, __u32 t
  * Returns
  * 	The size of the option data retrieved.
  */
-static long (*bpf_skb_get_tunnel_opt)(struct __sk_buff *skb, void *opt, __u32 size) = (void *) 29;
+static long (* const bpf_skb_get_tunnel_opt)(struct __sk_buff *skb, void *opt, __u32 size) = (void *) 29;
 
 /*
  * bpf_skb_set_tunnel_opt
@@ -827,7 +837,7 @@ static long (*bpf_skb_get_tunnel_opt)(struct __sk_buff *skb, void *opt, __u32 si
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_skb_set_tunnel_opt)(struct __sk_buff *skb, void *opt, __u32 size) = (void *) 30;
+static long (* const bpf_skb_set_tunnel_opt)(struct __sk_buff *skb, void *opt, __u32 size) = (void *) 30;
 
 /*
  * bpf_skb_change_proto
@@ -858,7 +868,7 @@ static long (*bpf_skb_set_tunnel_opt)(struct __sk_buff *skb, void *opt, __u32 si
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_skb_change_proto)(struct __sk_buff *skb, __be16 proto, __u64 flags) = (void *) 31;
+static long (* const bpf_skb_change_proto)(struct __sk_buff *skb, __be16 proto, __u64 flags) = (void *) 31;
 
 /*
  * bpf_skb_change_type
@@ -889,7 +899,7 @@ static long (*bpf_skb_change_proto)(struct __sk_buff *skb, __be16 proto, __u64 f
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_skb_change_type)(struct __sk_buff *skb, __u32 type) = (void *) 32;
+static long (* const bpf_skb_change_type)(struct __sk_buff *skb, __u32 type) = (void *) 32;
 
 /*
  * bpf_skb_under_cgroup
@@ -904,7 +914,7 @@ static long (*bpf_skb_change_type)(struct __sk_buff *skb, __u32 type) = (void *)
  * 	* 1, if the *skb* succeeded the cgroup2 descendant test.
  * 	* A negative error code, if an error occurred.
  */
-static long (*bpf_skb_under_cgroup)(struct __sk_buff *skb, void *map, __u32 index) = (void *) 33;
+static long (* const bpf_skb_under_cgroup)(struct __sk_buff *skb, void *map, __u32 index) = (void *) 33;
 
 /*
  * bpf_get_hash_recalc
@@ -924,7 +934,7 @@ static long (*bpf_skb_under_cgroup)(struct __sk_buff *skb, void *map, __u32 inde
  * Returns
  * 	The 32-bit hash.
  */
-static __u32 (*bpf_get_hash_recalc)(struct __sk_buff *skb) = (void *) 34;
+static __u32 (* const bpf_get_hash_recalc)(struct __sk_buff *skb) = (void *) 34;
 
 /*
  * bpf_get_current_task
@@ -934,7 +944,7 @@ static __u32 (*bpf_get_hash_recalc)(struct __sk_buff *skb) = (void *) 34;
  * Returns
  * 	A pointer to the current task struct.
  */
-static __u64 (*bpf_get_current_task)(void) = (void *) 35;
+static __u64 (* const bpf_get_current_task)(void) = (void *) 35;
 
 /*
  * bpf_probe_write_user
@@ -957,7 +967,7 @@ static __u64 (*bpf_get_current_task)(void) = (void *) 35;
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_probe_write_user)(void *dst, const void *src, __u32 len) = (void *) 36;
+static long (* const bpf_probe_write_user)(void *dst, const void *src, __u32 len) = (void *) 36;
 
 /*
  * bpf_current_task_under_cgroup
@@ -973,7 +983,7 @@ static long (*bpf_probe_write_user)(void *dst, const void *src, __u32 len) = (vo
  * 	* 0, if current task does not belong to the cgroup2.
  * 	* A negative error code, if an error occurred.
  */
-static long (*bpf_current_task_under_cgroup)(void *map, __u32 index) = (void *) 37;
+static long (* const bpf_current_task_under_cgroup)(void *map, __u32 index) = (void *) 37;
 
 /*
  * bpf_skb_change_tail
@@ -1001,7 +1011,7 @@ static long (*bpf_current_task_under_cgroup)(void *map, __u32 index) = (void *) 
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_skb_change_tail)(struct __sk_buff *skb, __u32 len, __u64 flags) = (void *) 38;
+static long (* const bpf_skb_change_tail)(struct __sk_buff *skb, __u32 len, __u64 flags) = (void *) 38;
 
 /*
  * bpf_skb_pull_data
@@ -1042,7 +1052,7 @@ static long (*bpf_skb_change_tail)(struct __sk_buff *skb, __u32 len, __u64 flags
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_skb_pull_data)(struct __sk_buff *skb, __u32 len) = (void *) 39;
+static long (* const bpf_skb_pull_data)(struct __sk_buff *skb, __u32 len) = (void *) 39;
 
 /*
  * bpf_csum_update
@@ -1058,7 +1068,7 @@ static long (*bpf_skb_pull_data)(struct __sk_buff *skb, __u32 len) = (void *) 39
  * 	The checksum on success, or a negative error code in case of
  * 	failure.
  */
-static __s64 (*bpf_csum_update)(struct __sk_buff *skb, __wsum csum) = (void *) 40;
+static __s64 (* const bpf_csum_update)(struct __sk_buff *skb, __wsum csum) = (void *) 40;
 
 /*
  * bpf_set_hash_invalid
@@ -1072,7 +1082,7 @@ static __s64 (*bpf_csum_update)(struct __sk_buff *skb, __wsum csum) = (void *) 4
  * Returns
  * 	void.
  */
-static void (*bpf_set_hash_invalid)(struct __sk_buff *skb) = (void *) 41;
+static void (* const bpf_set_hash_invalid)(struct __sk_buff *skb) = (void *) 41;
 
 /*
  * bpf_get_numa_node_id
@@ -1087,7 +1097,7 @@ static void (*bpf_set_hash_invalid)(struct __sk_buff *skb) = (void *) 41;
  * Returns
  * 	The id of current NUMA node.
  */
-static long (*bpf_get_numa_node_id)(void) = (void *) 42;
+static long (* const bpf_get_numa_node_id)(void) = (void *) 42;
 
 /*
  * bpf_skb_change_head
@@ -1112,7 +1122,7 @@ static long (*bpf_get_numa_node_id)(void) = (void *) 42;
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_skb_change_head)(struct __sk_buff *skb, __u32 len, __u64 flags) = (void *) 43;
+static long (* const bpf_skb_change_head)(struct __sk_buff *skb, __u32 len, __u64 flags) = (void *) 43;
 
 /*
  * bpf_xdp_adjust_head
@@ -1131,7 +1141,7 @@ static long (*bpf_skb_change_head)(struct __sk_buff *skb, __u32 len, __u64 flags
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_xdp_adjust_head)(struct xdp_md *xdp_md, int delta) = (void *) 44;
+static long (* const bpf_xdp_adjust_head)(struct xdp_md *xdp_md, int delta) = (void *) 44;
 
 /*
  * bpf_probe_read_str
@@ -1148,7 +1158,7 @@ static long (*bpf_xdp_adjust_head)(struct xdp_md *xdp_md, int delta) = (void *) 
  * 	including the trailing NUL character. On error, a negative
  * 	value.
  */
-static long (*bpf_probe_read_str)(void *dst, __u32 size, const void *unsafe_ptr) = (void *) 45;
+static long (* const bpf_probe_read_str)(void *dst, __u32 size, const void *unsafe_ptr) = (void *) 45;
 
 /*
  * bpf_get_socket_cookie
@@ -1165,7 +1175,7 @@ static long (*bpf_probe_read_str)(void *dst, __u32 size, const void *unsafe_ptr)
  * 	A 8-byte long unique number on success, or 0 if the socket
  * 	field is missing inside *skb*.
  */
-static __u64 (*bpf_get_socket_cookie)(void *ctx) = (void *) 46;
+static __u64 (* const bpf_get_socket_cookie)(void *ctx) = (void *) 46;
 
 /*
  * bpf_get_socket_uid
@@ -1179,7 +1189,7 @@ static __u64 (*bpf_get_socket_cookie)(void *ctx) = (void *) 46;
  * 	is returned (note that **overflowuid** might also be the actual
  * 	UID value for the socket).
  */
-static __u32 (*bpf_get_socket_uid)(struct __sk_buff *skb) = (void *) 47;
+static __u32 (* const bpf_get_socket_uid)(struct __sk_buff *skb) = (void *) 47;
 
 /*
  * bpf_set_hash
@@ -1190,7 +1200,7 @@ static __u32 (*bpf_get_socket_uid)(struct __sk_buff *skb) = (void *) 47;
  * Returns
  * 	0
  */
-static long (*bpf_set_hash)(struct __sk_buff *skb, __u32 hash) = (void *) 48;
+static long (* const bpf_set_hash)(struct __sk_buff *skb, __u32 hash) = (void *) 48;
 
 /*
  * bpf_setsockopt
@@ -1204,8 +1214,8 @@ static long (*bpf_set_hash)(struct __sk_buff *skb, __u32 hash) = (void *) 48;
  * 	*bpf_socket* should be one of the following:
  *
  * 	* **struct bpf_sock_ops** for **BPF_PROG_TYPE_SOCK_OPS**.
- * 	* **struct bpf_sock_addr** for **BPF_CGROUP_INET4_CONNECT**
- * 	  and **BPF_CGROUP_INET6_CONNECT**.
+ * 	* **struct bpf_sock_addr** for **BPF_CGROUP_INET4_CONNECT**,
+ * 	  **BPF_CGROUP_INET6_CONNECT** and **BPF_CGROUP_UNIX_CONNECT**.
  *
  * 	This helper actually implements a subset of **setsockopt()**.
  * 	It supports the following *level*\ s:
@@ -1222,7 +1232,7 @@ static long (*bpf_set_hash)(struct __sk_buff *skb, __u32 hash) = (void *) 48;
  * 	  **TCP_SYNCNT**, **TCP_USER_TIMEOUT**, **TCP_NOTSENT_LOWAT**,
  * 	  **TCP_NODELAY**, **TCP_MAXSEG**, **TCP_WINDOW_CLAMP**,
  * 	  **TCP_THIN_LINEAR_TIMEOUTS**, **TCP_BPF_DELACK_MAX**,
- * 	  **TCP_BPF_RTO_MIN**.
+ * 	  **TCP_BPF_RTO_MIN**, **TCP_BPF_SOCK_OPS_CB_FLAGS**.
  * 	* **IPPROTO_IP**, which supports *optname* **IP_TOS**.
  * 	* **IPPROTO_IPV6**, which supports the following *optname*\ s:
  * 	  **IPV6_TCLASS**, **IPV6_AUTOFLOWLABEL**.
@@ -1230,7 +1240,7 @@ static long (*bpf_set_hash)(struct __sk_buff *skb, __u32 hash) = (void *) 48;
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_setsockopt)(void *bpf_socket, int level, int optname, void *optval, int optlen) = (void *) 49;
+static long (* const bpf_setsockopt)(void *bpf_socket, int level, int optname, void *optval, int optlen) = (void *) 49;
 
 /*
  * bpf_skb_adjust_room
@@ -1277,6 +1287,11 @@ static long (*bpf_setsockopt)(void *bpf_socket, int level, int optname, void *op
  * 	  Use with BPF_F_ADJ_ROOM_ENCAP_L2 flag to further specify the
  * 	  L2 type as Ethernet.
  *
+ * 	* **BPF_F_ADJ_ROOM_DECAP_L3_IPV4**,
+ * 	  **BPF_F_ADJ_ROOM_DECAP_L3_IPV6**:
+ * 	  Indicate the new IP header version after decapsulating the outer
+ * 	  IP header. Used when the inner and outer IP versions are different.
+ *
  * 	A call to this helper is susceptible to change the underlying
  * 	packet buffer. Therefore, at load time, all checks on pointers
  * 	previously done by the verifier are invalidated and must be
@@ -1286,7 +1301,7 @@ static long (*bpf_setsockopt)(void *bpf_socket, int level, int optname, void *op
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_skb_adjust_room)(struct __sk_buff *skb, __s32 len_diff, __u32 mode, __u64 flags) = (void *) 50;
+static long (* const bpf_skb_adjust_room)(struct __sk_buff *skb, __s32 len_diff, __u32 mode, __u64 flags) = (void *) 50;
 
 /*
  * bpf_redirect_map
@@ -1315,7 +1330,7 @@ static long (*bpf_skb_adjust_room)(struct __sk_buff *skb, __s32 len_diff, __u32 
  * 	**XDP_REDIRECT** on success, or the value of the two lower bits
  * 	of the *flags* argument on error.
  */
-static long (*bpf_redirect_map)(void *map, __u64 key, __u64 flags) = (void *) 51;
+static long (* const bpf_redirect_map)(void *map, __u64 key, __u64 flags) = (void *) 51;
 
 /*
  * bpf_sk_redirect_map
@@ -1330,7 +1345,7 @@ static long (*bpf_redirect_map)(void *map, __u64 key, __u64 flags) = (void *) 51
  * Returns
  * 	**SK_PASS** on success, or **SK_DROP** on error.
  */
-static long (*bpf_sk_redirect_map)(struct __sk_buff *skb, void *map, __u32 key, __u64 flags) = (void *) 52;
+static long (* const bpf_sk_redirect_map)(struct __sk_buff *skb, void *map, __u32 key, __u64 flags) = (void *) 52;
 
 /*
  * bpf_sock_map_update
@@ -1353,7 +1368,7 @@ static long (*bpf_sk_redirect_map)(struct __sk_buff *skb, void *map, __u32 key, 
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_sock_map_update)(struct bpf_sock_ops *skops, void *map, void *key, __u64 flags) = (void *) 53;
+static long (* const bpf_sock_map_update)(struct bpf_sock_ops *skops, void *map, void *key, __u64 flags) = (void *) 53;
 
 /*
  * bpf_xdp_adjust_meta
@@ -1386,7 +1401,7 @@ static long (*bpf_sock_map_update)(struct bpf_sock_ops *skops, void *map, void *
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_xdp_adjust_meta)(struct xdp_md *xdp_md, int delta) = (void *) 54;
+static long (* const bpf_xdp_adjust_meta)(struct xdp_md *xdp_md, int delta) = (void *) 54;
 
 /*
  * bpf_perf_event_read_value
@@ -1440,12 +1455,12 @@ static long (*bpf_xdp_adjust_meta)(struct xdp_md *xdp_md, int delta) = (void *) 
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_perf_event_read_value)(void *map, __u64 flags, struct bpf_perf_event_value *buf, __u32 buf_size) = (void *) 55;
+static long (* const bpf_perf_event_read_value)(void *map, __u64 flags, struct bpf_perf_event_value *buf, __u32 buf_size) = (void *) 55;
 
 /*
  * bpf_perf_prog_read_value
  *
- * 	For en eBPF program attached to a perf event, retrieve the
+ * 	For an eBPF program attached to a perf event, retrieve the
  * 	value of the event counter associated to *ctx* and store it in
  * 	the structure pointed by *buf* and of size *buf_size*. Enabled
  * 	and running times are also stored in the structure (see
@@ -1455,7 +1470,7 @@ static long (*bpf_perf_event_read_value)(void *map, __u64 flags, struct bpf_perf
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_perf_prog_read_value)(struct bpf_perf_event_data *ctx, struct bpf_perf_event_value *buf, __u32 buf_size) = (void *) 56;
+static long (* const bpf_perf_prog_read_value)(struct bpf_perf_event_data *ctx, struct bpf_perf_event_value *buf, __u32 buf_size) = (void *) 56;
 
 /*
  * bpf_getsockopt
@@ -1470,8 +1485,8 @@ static long (*bpf_perf_prog_read_value)(struct bpf_perf_event_data *ctx, struct 
  * 	*bpf_socket* should be one of the following:
  *
  * 	* **struct bpf_sock_ops** for **BPF_PROG_TYPE_SOCK_OPS**.
- * 	* **struct bpf_sock_addr** for **BPF_CGROUP_INET4_CONNECT**
- * 	  and **BPF_CGROUP_INET6_CONNECT**.
+ * 	* **struct bpf_sock_addr** for **BPF_CGROUP_INET4_CONNECT**,
+ * 	  **BPF_CGROUP_INET6_CONNECT** and **BPF_CGROUP_UNIX_CONNECT**.
  *
  * 	This helper actually implements a subset of **getsockopt()**.
  * 	It supports the same set of *optname*\ s that is supported by
@@ -1482,7 +1497,7 @@ static long (*bpf_perf_prog_read_value)(struct bpf_perf_event_data *ctx, struct 
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_getsockopt)(void *bpf_socket, int level, int optname, void *optval, int optlen) = (void *) 57;
+static long (* const bpf_getsockopt)(void *bpf_socket, int level, int optname, void *optval, int optlen) = (void *) 57;
 
 /*
  * bpf_override_return
@@ -1504,14 +1519,10 @@ static long (*bpf_getsockopt)(void *bpf_socket, int level, int optname, void *op
  * 	option, and in this case it only works on functions tagged with
  * 	**ALLOW_ERROR_INJECTION** in the kernel code.
  *
- * 	Also, the helper is only available for the architectures having
- * 	the CONFIG_FUNCTION_ERROR_INJECTION option. As of this writing,
- * 	x86 architecture is the only one to support this feature.
- *
  * Returns
  * 	0
  */
-static long (*bpf_override_return)(struct pt_regs *regs, __u64 rc) = (void *) 58;
+static long (* const bpf_override_return)(struct pt_regs *regs, __u64 rc) = (void *) 58;
 
 /*
  * bpf_sock_ops_cb_flags_set
@@ -1559,7 +1570,7 @@ static long (*bpf_override_return)(struct pt_regs *regs, __u64 rc) = (void *) 58
  * 	be set is returned (which comes down to 0 if all bits were set
  * 	as required).
  */
-static long (*bpf_sock_ops_cb_flags_set)(struct bpf_sock_ops *bpf_sock, int argval) = (void *) 59;
+static long (* const bpf_sock_ops_cb_flags_set)(struct bpf_sock_ops *bpf_sock, int argval) = (void *) 59;
 
 /*
  * bpf_msg_redirect_map
@@ -1577,7 +1588,7 @@ static long (*bpf_sock_ops_cb_flags_set)(struct bpf_sock_ops *bpf_sock, int argv
  * Returns
  * 	**SK_PASS** on success, or **SK_DROP** on error.
  */
-static long (*bpf_msg_redirect_map)(struct sk_msg_md *msg, void *map, __u32 key, __u64 flags) = (void *) 60;
+static long (* const bpf_msg_redirect_map)(struct sk_msg_md *msg, void *map, __u32 key, __u64 flags) = (void *) 60;
 
 /*
  * bpf_msg_apply_bytes
@@ -1615,7 +1626,7 @@ static long (*bpf_msg_redirect_map)(struct sk_msg_md *msg, void *map, __u32 key,
  * Returns
  * 	0
  */
-static long (*bpf_msg_apply_bytes)(struct sk_msg_md *msg, __u32 bytes) = (void *) 61;
+static long (* const bpf_msg_apply_bytes)(struct sk_msg_md *msg, __u32 bytes) = (void *) 61;
 
 /*
  * bpf_msg_cork_bytes
@@ -1637,7 +1648,7 @@ static long (*bpf_msg_apply_bytes)(struct sk_msg_md *msg, __u32 bytes) = (void *
  * Returns
  * 	0
  */
-static long (*bpf_msg_cork_bytes)(struct sk_msg_md *msg, __u32 bytes) = (void *) 62;
+static long (* const bpf_msg_cork_bytes)(struct sk_msg_md *msg, __u32 bytes) = (void *) 62;
 
 /*
  * bpf_msg_pull_data
@@ -1672,7 +1683,7 @@ static long (*bpf_msg_cork_bytes)(struct sk_msg_md *msg, __u32 bytes) = (void *)
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_msg_pull_data)(struct sk_msg_md *msg, __u32 start, __u32 end, __u64 flags) = (void *) 63;
+static long (* const bpf_msg_pull_data)(struct sk_msg_md *msg, __u32 start, __u32 end, __u64 flags) = (void *) 63;
 
 /*
  * bpf_bind
@@ -1694,7 +1705,7 @@ static long (*bpf_msg_pull_data)(struct sk_msg_md *msg, __u32 start, __u32 end, 
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_bind)(struct bpf_sock_addr *ctx, struct sockaddr *addr, int addr_len) = (void *) 64;
+static long (* const bpf_bind)(struct bpf_sock_addr *ctx, struct sockaddr *addr, int addr_len) = (void *) 64;
 
 /*
  * bpf_xdp_adjust_tail
@@ -1712,7 +1723,7 @@ static long (*bpf_bind)(struct bpf_sock_addr *ctx, struct sockaddr *addr, int ad
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_xdp_adjust_tail)(struct xdp_md *xdp_md, int delta) = (void *) 65;
+static long (* const bpf_xdp_adjust_tail)(struct xdp_md *xdp_md, int delta) = (void *) 65;
 
 /*
  * bpf_skb_get_xfrm_state
@@ -1732,7 +1743,7 @@ static long (*bpf_xdp_adjust_tail)(struct xdp_md *xdp_md, int delta) = (void *) 
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_skb_get_xfrm_state)(struct __sk_buff *skb, __u32 index, struct bpf_xfrm_state *xfrm_state, __u32 size, __u64 flags) = (void *) 66;
+static long (* const bpf_skb_get_xfrm_state)(struct __sk_buff *skb, __u32 index, struct bpf_xfrm_state *xfrm_state, __u32 size, __u64 flags) = (void *) 66;
 
 /*
  * bpf_get_stack
@@ -1779,7 +1790,7 @@ static long (*bpf_skb_get_xfrm_state)(struct __sk_buff *skb, __u32 index, struct
  * 	The non-negative copied *buf* length equal to or less than
  * 	*size* on success, or a negative error in case of failure.
  */
-static long (*bpf_get_stack)(void *ctx, void *buf, __u32 size, __u64 flags) = (void *) 67;
+static long (* const bpf_get_stack)(void *ctx, void *buf, __u32 size, __u64 flags) = (void *) 67;
 
 /*
  * bpf_skb_load_bytes_relative
@@ -1805,7 +1816,7 @@ static long (*bpf_get_stack)(void *ctx, void *buf, __u32 size, __u64 flags) = (v
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_skb_load_bytes_relative)(const void *skb, __u32 offset, void *to, __u32 len, __u32 start_header) = (void *) 68;
+static long (* const bpf_skb_load_bytes_relative)(const void *skb, __u32 offset, void *to, __u32 len, __u32 start_header) = (void *) 68;
 
 /*
  * bpf_fib_lookup
@@ -1827,9 +1838,27 @@ static long (*bpf_skb_load_bytes_relative)(const void *skb, __u32 offset, void *
  * 	**BPF_FIB_LOOKUP_DIRECT**
  * 		Do a direct table lookup vs full lookup using FIB
  * 		rules.
+ * 	**BPF_FIB_LOOKUP_TBID**
+ * 		Used with BPF_FIB_LOOKUP_DIRECT.
+ * 		Use the routing table ID present in *params*->tbid
+ * 		for the fib lookup.
  * 	**BPF_FIB_LOOKUP_OUTPUT**
  * 		Perform lookup from an egress perspective (default is
  * 		ingress).
+ * 	**BPF_FIB_LOOKUP_SKIP_NEIGH**
+ * 		Skip the neighbour table lookup. *params*->dmac
+ * 		and *params*->smac will not be set as output. A common
+ * 		use case is to call **bpf_redirect_neigh**\ () after
+ * 		doing **bpf_fib_lookup**\ ().
+ * 	**BPF_FIB_LOOKUP_SRC**
+ * 		Derive and set source IP addr in *params*->ipv{4,6}_src
+ * 		for the nexthop. If the src addr cannot be derived,
+ * 		**BPF_FIB_LKUP_RET_NO_SRC_ADDR** is returned. In this
+ * 		case, *params*->dmac and *params*->smac are not set either.
+ * 	**BPF_FIB_LOOKUP_MARK**
+ * 		Use the mark present in *params*->mark for the fib lookup.
+ * 		This option should not be used with BPF_FIB_LOOKUP_DIRECT,
+ * 		as it only has meaning for full lookups.
  *
  * 	*ctx* is either **struct xdp_md** for XDP programs or
  * 	**struct sk_buff** tc cls_act programs.
@@ -1843,7 +1872,7 @@ static long (*bpf_skb_load_bytes_relative)(const void *skb, __u32 offset, void *
  * 	If lookup fails with BPF_FIB_LKUP_RET_FRAG_NEEDED, then the MTU
  * 	was exceeded and output params->mtu_result contains the MTU.
  */
-static long (*bpf_fib_lookup)(void *ctx, struct bpf_fib_lookup *params, int plen, __u32 flags) = (void *) 69;
+static long (* const bpf_fib_lookup)(void *ctx, struct bpf_fib_lookup *params, int plen, __u32 flags) = (void *) 69;
 
 /*
  * bpf_sock_hash_update
@@ -1866,7 +1895,7 @@ static long (*bpf_fib_lookup)(void *ctx, struct bpf_fib_lookup *params, int plen
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_sock_hash_update)(struct bpf_sock_ops *skops, void *map, void *key, __u64 flags) = (void *) 70;
+static long (* const bpf_sock_hash_update)(struct bpf_sock_ops *skops, void *map, void *key, __u64 flags) = (void *) 70;
 
 /*
  * bpf_msg_redirect_hash
@@ -1884,7 +1913,7 @@ static long (*bpf_sock_hash_update)(struct bpf_sock_ops *skops, void *map, void 
  * Returns
  * 	**SK_PASS** on success, or **SK_DROP** on error.
  */
-static long (*bpf_msg_redirect_hash)(struct sk_msg_md *msg, void *map, void *key, __u64 flags) = (void *) 71;
+static long (* const bpf_msg_redirect_hash)(struct sk_msg_md *msg, void *map, void *key, __u64 flags) = (void *) 71;
 
 /*
  * bpf_sk_redirect_hash
@@ -1902,7 +1931,7 @@ static long (*bpf_msg_redirect_hash)(struct sk_msg_md *msg, void *map, void *key
  * Returns
  * 	**SK_PASS** on success, or **SK_DROP** on error.
  */
-static long (*bpf_sk_redirect_hash)(struct __sk_buff *skb, void *map, void *key, __u64 flags) = (void *) 72;
+static long (* const bpf_sk_redirect_hash)(struct __sk_buff *skb, void *map, void *key, __u64 flags) = (void *) 72;
 
 /*
  * bpf_lwt_push_encap
@@ -1943,7 +1972,7 @@ static long (*bpf_sk_redirect_hash)(struct __sk_buff *skb, void *map, void *key,
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_lwt_push_encap)(struct __sk_buff *skb, __u32 type, void *hdr, __u32 len) = (void *) 73;
+static long (* const bpf_lwt_push_encap)(struct __sk_buff *skb, __u32 type, void *hdr, __u32 len) = (void *) 73;
 
 /*
  * bpf_lwt_seg6_store_bytes
@@ -1962,7 +1991,7 @@ static long (*bpf_lwt_push_encap)(struct __sk_buff *skb, __u32 type, void *hdr, 
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_lwt_seg6_store_bytes)(struct __sk_buff *skb, __u32 offset, const void *from, __u32 len) = (void *) 74;
+static long (* const bpf_lwt_seg6_store_bytes)(struct __sk_buff *skb, __u32 offset, const void *from, __u32 len) = (void *) 74;
 
 /*
  * bpf_lwt_seg6_adjust_srh
@@ -1982,7 +2011,7 @@ static long (*bpf_lwt_seg6_store_bytes)(struct __sk_buff *skb, __u32 offset, con
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_lwt_seg6_adjust_srh)(struct __sk_buff *skb, __u32 offset, __s32 delta) = (void *) 75;
+static long (* const bpf_lwt_seg6_adjust_srh)(struct __sk_buff *skb, __u32 offset, __s32 delta) = (void *) 75;
 
 /*
  * bpf_lwt_seg6_action
@@ -2015,7 +2044,7 @@ static long (*bpf_lwt_seg6_adjust_srh)(struct __sk_buff *skb, __u32 offset, __s3
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_lwt_seg6_action)(struct __sk_buff *skb, __u32 action, void *param, __u32 param_len) = (void *) 76;
+static long (* const bpf_lwt_seg6_action)(struct __sk_buff *skb, __u32 action, void *param, __u32 param_len) = (void *) 76;
 
 /*
  * bpf_rc_repeat
@@ -2038,7 +2067,7 @@ static long (*bpf_lwt_seg6_action)(struct __sk_buff *skb, __u32 action, void *pa
  * Returns
  * 	0
  */
-static long (*bpf_rc_repeat)(void *ctx) = (void *) 77;
+static long (* const bpf_rc_repeat)(void *ctx) = (void *) 77;
 
 /*
  * bpf_rc_keydown
@@ -2068,7 +2097,7 @@ static long (*bpf_rc_repeat)(void *ctx) = (void *) 77;
  * Returns
  * 	0
  */
-static long (*bpf_rc_keydown)(void *ctx, __u32 protocol, __u64 scancode, __u32 toggle) = (void *) 78;
+static long (* const bpf_rc_keydown)(void *ctx, __u32 protocol, __u64 scancode, __u32 toggle) = (void *) 78;
 
 /*
  * bpf_skb_cgroup_id
@@ -2088,7 +2117,7 @@ static long (*bpf_rc_keydown)(void *ctx, __u32 protocol, __u64 scancode, __u32 t
  * Returns
  * 	The id is returned or 0 in case the id could not be retrieved.
  */
-static __u64 (*bpf_skb_cgroup_id)(struct __sk_buff *skb) = (void *) 79;
+static __u64 (* const bpf_skb_cgroup_id)(struct __sk_buff *skb) = (void *) 79;
 
 /*
  * bpf_get_current_cgroup_id
@@ -2100,7 +2129,7 @@ static __u64 (*bpf_skb_cgroup_id)(struct __sk_buff *skb) = (void *) 79;
  * 	A 64-bit integer containing the current cgroup id based
  * 	on the cgroup within which the current task is running.
  */
-static __u64 (*bpf_get_current_cgroup_id)(void) = (void *) 80;
+static __u64 (* const bpf_get_current_cgroup_id)(void) = (void *) 80;
 
 /*
  * bpf_get_local_storage
@@ -2122,7 +2151,7 @@ static __u64 (*bpf_get_current_cgroup_id)(void) = (void *) 80;
  * Returns
  * 	A pointer to the local storage area.
  */
-static void *(*bpf_get_local_storage)(void *map, __u64 flags) = (void *) 81;
+static void *(* const bpf_get_local_storage)(void *map, __u64 flags) = (void *) 81;
 
 /*
  * bpf_sk_select_reuseport
@@ -2135,7 +2164,7 @@ static void *(*bpf_get_local_storage)(void *map, __u64 flags) = (void *) 81;
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_sk_select_reuseport)(struct sk_reuseport_md *reuse, void *map, void *key, __u64 flags) = (void *) 82;
+static long (* const bpf_sk_select_reuseport)(struct sk_reuseport_md *reuse, void *map, void *key, __u64 flags) = (void *) 82;
 
 /*
  * bpf_skb_ancestor_cgroup_id
@@ -2157,7 +2186,7 @@ static long (*bpf_sk_select_reuseport)(struct sk_reuseport_md *reuse, void *map,
  * Returns
  * 	The id is returned or 0 in case the id could not be retrieved.
  */
-static __u64 (*bpf_skb_ancestor_cgroup_id)(struct __sk_buff *skb, int ancestor_level) = (void *) 83;
+static __u64 (* const bpf_skb_ancestor_cgroup_id)(struct __sk_buff *skb, int ancestor_level) = (void *) 83;
 
 /*
  * bpf_sk_lookup_tcp
@@ -2198,7 +2227,7 @@ static __u64 (*bpf_skb_ancestor_cgroup_id)(struct __sk_buff *skb, int ancestor_l
  * 	result is from *reuse*\ **->socks**\ [] using the hash of the
  * 	tuple.
  */
-static struct bpf_sock *(*bpf_sk_lookup_tcp)(void *ctx, struct bpf_sock_tuple *tuple, __u32 tuple_size, __u64 netns, __u64 flags) = (void *) 84;
+static struct bpf_sock *(* const bpf_sk_lookup_tcp)(void *ctx, struct bpf_sock_tuple *tuple, __u32 tuple_size, __u64 netns, __u64 flags) = (void *) 84;
 
 /*
  * bpf_sk_lookup_udp
@@ -2239,7 +2268,7 @@ static struct bpf_sock *(*bpf_sk_lookup_tcp)(void *ctx, struct bpf_sock_tuple *t
  * 	result is from *reuse*\ **->socks**\ [] using the hash of the
  * 	tuple.
  */
-static struct bpf_sock *(*bpf_sk_lookup_udp)(void *ctx, struct bpf_sock_tuple *tuple, __u32 tuple_size, __u64 netns, __u64 flags) = (void *) 85;
+static struct bpf_sock *(* const bpf_sk_lookup_udp)(void *ctx, struct bpf_sock_tuple *tuple, __u32 tuple_size, __u64 netns, __u64 flags) = (void *) 85;
 
 /*
  * bpf_sk_release
@@ -2251,7 +2280,7 @@ static struct bpf_sock *(*bpf_sk_lookup_udp)(void *ctx, struct bpf_sock_tuple *t
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_sk_release)(void *sock) = (void *) 86;
+static long (* const bpf_sk_release)(void *sock) = (void *) 86;
 
 /*
  * bpf_map_push_elem
@@ -2265,7 +2294,7 @@ static long (*bpf_sk_release)(void *sock) = (void *) 86;
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_map_push_elem)(void *map, const void *value, __u64 flags) = (void *) 87;
+static long (* const bpf_map_push_elem)(void *map, const void *value, __u64 flags) = (void *) 87;
 
 /*
  * bpf_map_pop_elem
@@ -2275,7 +2304,7 @@ static long (*bpf_map_push_elem)(void *map, const void *value, __u64 flags) = (v
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_map_pop_elem)(void *map, void *value) = (void *) 88;
+static long (* const bpf_map_pop_elem)(void *map, void *value) = (void *) 88;
 
 /*
  * bpf_map_peek_elem
@@ -2285,7 +2314,7 @@ static long (*bpf_map_pop_elem)(void *map, void *value) = (void *) 88;
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_map_peek_elem)(void *map, void *value) = (void *) 89;
+static long (* const bpf_map_peek_elem)(void *map, void *value) = (void *) 89;
 
 /*
  * bpf_msg_push_data
@@ -2305,7 +2334,7 @@ static long (*bpf_map_peek_elem)(void *map, void *value) = (void *) 89;
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_msg_push_data)(struct sk_msg_md *msg, __u32 start, __u32 len, __u64 flags) = (void *) 90;
+static long (* const bpf_msg_push_data)(struct sk_msg_md *msg, __u32 start, __u32 len, __u64 flags) = (void *) 90;
 
 /*
  * bpf_msg_pop_data
@@ -2321,7 +2350,7 @@ static long (*bpf_msg_push_data)(struct sk_msg_md *msg, __u32 start, __u32 len, 
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_msg_pop_data)(struct sk_msg_md *msg, __u32 start, __u32 len, __u64 flags) = (void *) 91;
+static long (* const bpf_msg_pop_data)(struct sk_msg_md *msg, __u32 start, __u32 len, __u64 flags) = (void *) 91;
 
 /*
  * bpf_rc_pointer_rel
@@ -2339,7 +2368,7 @@ static long (*bpf_msg_pop_data)(struct sk_msg_md *msg, __u32 start, __u32 len, _
  * Returns
  * 	0
  */
-static long (*bpf_rc_pointer_rel)(void *ctx, __s32 rel_x, __s32 rel_y) = (void *) 92;
+static long (* const bpf_rc_pointer_rel)(void *ctx, __s32 rel_x, __s32 rel_y) = (void *) 92;
 
 /*
  * bpf_spin_lock
@@ -2391,7 +2420,7 @@ static long (*bpf_rc_pointer_rel)(void *ctx, __s32 rel_x, __s32 rel_y) = (void *
  * Returns
  * 	0
  */
-static long (*bpf_spin_lock)(struct bpf_spin_lock *lock) = (void *) 93;
+static long (* const bpf_spin_lock)(struct bpf_spin_lock *lock) = (void *) 93;
 
 /*
  * bpf_spin_unlock
@@ -2402,7 +2431,7 @@ static long (*bpf_spin_lock)(struct bpf_spin_lock *lock) = (void *) 93;
  * Returns
  * 	0
  */
-static long (*bpf_spin_unlock)(struct bpf_spin_lock *lock) = (void *) 94;
+static long (* const bpf_spin_unlock)(struct bpf_spin_lock *lock) = (void *) 94;
 
 /*
  * bpf_sk_fullsock
@@ -2414,7 +2443,7 @@ static long (*bpf_spin_unlock)(struct bpf_spin_lock *lock) = (void *) 94;
  * 	A **struct bpf_sock** pointer on success, or **NULL** in
  * 	case of failure.
  */
-static struct bpf_sock *(*bpf_sk_fullsock)(struct bpf_sock *sk) = (void *) 95;
+static struct bpf_sock *(* const bpf_sk_fullsock)(struct bpf_sock *sk) = (void *) 95;
 
 /*
  * bpf_tcp_sock
@@ -2426,7 +2455,7 @@ static struct bpf_sock *(*bpf_sk_fullsock)(struct bpf_sock *sk) = (void *) 95;
  * 	A **struct bpf_tcp_sock** pointer on success, or **NULL** in
  * 	case of failure.
  */
-static struct bpf_tcp_sock *(*bpf_tcp_sock)(struct bpf_sock *sk) = (void *) 96;
+static struct bpf_tcp_sock *(* const bpf_tcp_sock)(struct bpf_sock *sk) = (void *) 96;
 
 /*
  * bpf_skb_ecn_set_ce
@@ -2440,7 +2469,7 @@ static struct bpf_tcp_sock *(*bpf_tcp_sock)(struct bpf_sock *sk) = (void *) 96;
  * 	1 if the **CE** flag is set (either by the current helper call
  * 	or because it was already present), 0 if it is not set.
  */
-static long (*bpf_skb_ecn_set_ce)(struct __sk_buff *skb) = (void *) 97;
+static long (* const bpf_skb_ecn_set_ce)(struct __sk_buff *skb) = (void *) 97;
 
 /*
  * bpf_get_listener_sock
@@ -2452,7 +2481,7 @@ static long (*bpf_skb_ecn_set_ce)(struct __sk_buff *skb) = (void *) 97;
  * 	A **struct bpf_sock** pointer on success, or **NULL** in
  * 	case of failure.
  */
-static struct bpf_sock *(*bpf_get_listener_sock)(struct bpf_sock *sk) = (void *) 98;
+static struct bpf_sock *(* const bpf_get_listener_sock)(struct bpf_sock *sk) = (void *) 98;
 
 /*
  * bpf_skc_lookup_tcp
@@ -2475,7 +2504,7 @@ static struct bpf_sock *(*bpf_get_listener_sock)(struct bpf_sock *sk) = (void *)
  * 	result is from *reuse*\ **->socks**\ [] using the hash of the
  * 	tuple.
  */
-static struct bpf_sock *(*bpf_skc_lookup_tcp)(void *ctx, struct bpf_sock_tuple *tuple, __u32 tuple_size, __u64 netns, __u64 flags) = (void *) 99;
+static struct bpf_sock *(* const bpf_skc_lookup_tcp)(void *ctx, struct bpf_sock_tuple *tuple, __u32 tuple_size, __u64 netns, __u64 flags) = (void *) 99;
 
 /*
  * bpf_tcp_check_syncookie
@@ -2495,7 +2524,7 @@ static struct bpf_sock *(*bpf_skc_lookup_tcp)(void *ctx, struct bpf_sock_tuple *
  * 	0 if *iph* and *th* are a valid SYN cookie ACK, or a negative
  * 	error otherwise.
  */
-static long (*bpf_tcp_check_syncookie)(void *sk, void *iph, __u32 iph_len, struct tcphdr *th, __u32 th_len) = (void *) 100;
+static long (* const bpf_tcp_check_syncookie)(void *sk, void *iph, __u32 iph_len, struct tcphdr *th, __u32 th_len) = (void *) 100;
 
 /*
  * bpf_sysctl_get_name
@@ -2515,7 +2544,7 @@ static long (*bpf_tcp_check_syncookie)(void *sk, void *iph, __u32 iph_len, struc
  * 	**-E2BIG** if the buffer wasn't big enough (*buf* will contain
  * 	truncated name in this case).
  */
-static long (*bpf_sysctl_get_name)(struct bpf_sysctl *ctx, char *buf, unsigned long buf_len, __u64 flags) = (void *) 101;
+static long (* const bpf_sysctl_get_name)(struct bpf_sysctl *ctx, char *buf, unsigned long buf_len, __u64 flags) = (void *) 101;
 
 /*
  * bpf_sysctl_get_current_value
@@ -2538,7 +2567,7 @@ static long (*bpf_sysctl_get_name)(struct bpf_sysctl *ctx, char *buf, unsigned l
  * 	**-EINVAL** if current value was unavailable, e.g. because
  * 	sysctl is uninitialized and read returns -EIO for it.
  */
-static long (*bpf_sysctl_get_current_value)(struct bpf_sysctl *ctx, char *buf, unsigned long buf_len) = (void *) 102;
+static long (* const bpf_sysctl_get_current_value)(struct bpf_sysctl *ctx, char *buf, unsigned long buf_len) = (void *) 102;
 
 /*
  * bpf_sysctl_get_new_value
@@ -2559,7 +2588,7 @@ static long (*bpf_sysctl_get_current_value)(struct bpf_sysctl *ctx, char *buf, u
  *
  * 	**-EINVAL** if sysctl is being read.
  */
-static long (*bpf_sysctl_get_new_value)(struct bpf_sysctl *ctx, char *buf, unsigned long buf_len) = (void *) 103;
+static long (* const bpf_sysctl_get_new_value)(struct bpf_sysctl *ctx, char *buf, unsigned long buf_len) = (void *) 103;
 
 /*
  * bpf_sysctl_set_new_value
@@ -2580,7 +2609,7 @@ static long (*bpf_sysctl_get_new_value)(struct bpf_sysctl *ctx, char *buf, unsig
  *
  * 	**-EINVAL** if sysctl is being read.
  */
-static long (*bpf_sysctl_set_new_value)(struct bpf_sysctl *ctx, const char *buf, unsigned long buf_len) = (void *) 104;
+static long (* const bpf_sysctl_set_new_value)(struct bpf_sysctl *ctx, const char *buf, unsigned long buf_len) = (void *) 104;
 
 /*
  * bpf_strtol
@@ -2608,7 +2637,7 @@ static long (*bpf_sysctl_set_new_value)(struct bpf_sysctl *ctx, const char *buf,
  *
  * 	**-ERANGE** if resulting value was out of range.
  */
-static long (*bpf_strtol)(const char *buf, unsigned long buf_len, __u64 flags, long *res) = (void *) 105;
+static long (* const bpf_strtol)(const char *buf, unsigned long buf_len, __u64 flags, long *res) = (void *) 105;
 
 /*
  * bpf_strtoul
@@ -2635,7 +2664,7 @@ static long (*bpf_strtol)(const char *buf, unsigned long buf_len, __u64 flags, l
  *
  * 	**-ERANGE** if resulting value was out of range.
  */
-static long (*bpf_strtoul)(const char *buf, unsigned long buf_len, __u64 flags, unsigned long *res) = (void *) 106;
+static long (* const bpf_strtoul)(const char *buf, unsigned long buf_len, __u64 flags, unsigned long *res) = (void *) 106;
 
 /*
  * bpf_sk_storage_get
@@ -2670,7 +2699,7 @@ static long (*bpf_strtoul)(const char *buf, unsigned long buf_len, __u64 flags, 
  * 	**NULL** if not found or there was an error in adding
  * 	a new bpf-local-storage.
  */
-static void *(*bpf_sk_storage_get)(void *map, void *sk, void *value, __u64 flags) = (void *) 107;
+static void *(* const bpf_sk_storage_get)(void *map, void *sk, void *value, __u64 flags) = (void *) 107;
 
 /*
  * bpf_sk_storage_delete
@@ -2683,7 +2712,7 @@ static void *(*bpf_sk_storage_get)(void *map, void *sk, void *value, __u64 flags
  * 	**-ENOENT** if the bpf-local-storage cannot be found.
  * 	**-EINVAL** if sk is not a fullsock (e.g. a request_sock).
  */
-static long (*bpf_sk_storage_delete)(void *map, void *sk) = (void *) 108;
+static long (* const bpf_sk_storage_delete)(void *map, void *sk) = (void *) 108;
 
 /*
  * bpf_send_signal
@@ -2702,7 +2731,7 @@ static long (*bpf_sk_storage_delete)(void *map, void *sk) = (void *) 108;
  *
  * 	**-EAGAIN** if bpf program can try again.
  */
-static long (*bpf_send_signal)(__u32 sig) = (void *) 109;
+static long (* const bpf_send_signal)(__u32 sig) = (void *) 109;
 
 /*
  * bpf_tcp_gen_syncookie
@@ -2733,7 +2762,7 @@ static long (*bpf_send_signal)(__u32 sig) = (void *) 109;
  *
  * 	**-EPROTONOSUPPORT** IP packet version is not 4 or 6
  */
-static __s64 (*bpf_tcp_gen_syncookie)(void *sk, void *iph, __u32 iph_len, struct tcphdr *th, __u32 th_len) = (void *) 110;
+static __s64 (* const bpf_tcp_gen_syncookie)(void *sk, void *iph, __u32 iph_len, struct tcphdr *th, __u32 th_len) = (void *) 110;
 
 /*
  * bpf_skb_output
@@ -2761,7 +2790,7 @@ static __s64 (*bpf_tcp_gen_syncookie)(void *sk, void *iph, __u32 iph_len, struct
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_skb_output)(void *ctx, void *map, __u64 flags, void *data, __u64 size) = (void *) 111;
+static long (* const bpf_skb_output)(void *ctx, void *map, __u64 flags, void *data, __u64 size) = (void *) 111;
 
 /*
  * bpf_probe_read_user
@@ -2772,7 +2801,7 @@ static long (*bpf_skb_output)(void *ctx, void *map, __u64 flags, void *data, __u
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_probe_read_user)(void *dst, __u32 size, const void *unsafe_ptr) = (void *) 112;
+static long (* const bpf_probe_read_user)(void *dst, __u32 size, const void *unsafe_ptr) = (void *) 112;
 
 /*
  * bpf_probe_read_kernel
@@ -2783,7 +2812,7 @@ static long (*bpf_probe_read_user)(void *dst, __u32 size, const void *unsafe_ptr
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *unsafe_ptr) = (void *) 113;
+static long (* const bpf_probe_read_kernel)(void *dst, __u32 size, const void *unsafe_ptr) = (void *) 113;
 
 /*
  * bpf_probe_read_user_str
@@ -2831,7 +2860,7 @@ static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *unsafe_p
  * 	including the trailing NUL character. On error, a negative
  * 	value.
  */
-static long (*bpf_probe_read_user_str)(void *dst, __u32 size, const void *unsafe_ptr) = (void *) 114;
+static long (* const bpf_probe_read_user_str)(void *dst, __u32 size, const void *unsafe_ptr) = (void *) 114;
 
 /*
  * bpf_probe_read_kernel_str
@@ -2843,7 +2872,7 @@ static long (*bpf_probe_read_user_str)(void *dst, __u32 size, const void *unsafe
  * 	On success, the strictly positive length of the string, including
  * 	the trailing NUL character. On error, a negative value.
  */
-static long (*bpf_probe_read_kernel_str)(void *dst, __u32 size, const void *unsafe_ptr) = (void *) 115;
+static long (* const bpf_probe_read_kernel_str)(void *dst, __u32 size, const void *unsafe_ptr) = (void *) 115;
 
 /*
  * bpf_tcp_send_ack
@@ -2854,7 +2883,7 @@ static long (*bpf_probe_read_kernel_str)(void *dst, __u32 size, const void *unsa
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_tcp_send_ack)(void *tp, __u32 rcv_nxt) = (void *) 116;
+static long (* const bpf_tcp_send_ack)(void *tp, __u32 rcv_nxt) = (void *) 116;
 
 /*
  * bpf_send_signal_thread
@@ -2872,7 +2901,7 @@ static long (*bpf_tcp_send_ack)(void *tp, __u32 rcv_nxt) = (void *) 116;
  *
  * 	**-EAGAIN** if bpf program can try again.
  */
-static long (*bpf_send_signal_thread)(__u32 sig) = (void *) 117;
+static long (* const bpf_send_signal_thread)(__u32 sig) = (void *) 117;
 
 /*
  * bpf_jiffies64
@@ -2882,7 +2911,7 @@ static long (*bpf_send_signal_thread)(__u32 sig) = (void *) 117;
  * Returns
  * 	The 64 bit jiffies
  */
-static __u64 (*bpf_jiffies64)(void) = (void *) 118;
+static __u64 (* const bpf_jiffies64)(void) = (void *) 118;
 
 /*
  * bpf_read_branch_records
@@ -2905,7 +2934,7 @@ static __u64 (*bpf_jiffies64)(void) = (void *) 118;
  *
  * 	**-ENOENT** if architecture does not support branch records.
  */
-static long (*bpf_read_branch_records)(struct bpf_perf_event_data *ctx, void *buf, __u32 size, __u64 flags) = (void *) 119;
+static long (* const bpf_read_branch_records)(struct bpf_perf_event_data *ctx, void *buf, __u32 size, __u64 flags) = (void *) 119;
 
 /*
  * bpf_get_ns_current_pid_tgid
@@ -2921,7 +2950,7 @@ static long (*bpf_read_branch_records)(struct bpf_perf_event_data *ctx, void *bu
  *
  * 	**-ENOENT** if pidns does not exists for the current task.
  */
-static long (*bpf_get_ns_current_pid_tgid)(__u64 dev, __u64 ino, struct bpf_pidns_info *nsdata, __u32 size) = (void *) 120;
+static long (* const bpf_get_ns_current_pid_tgid)(__u64 dev, __u64 ino, struct bpf_pidns_info *nsdata, __u32 size) = (void *) 120;
 
 /*
  * bpf_xdp_output
@@ -2949,7 +2978,7 @@ static long (*bpf_get_ns_current_pid_tgid)(__u64 dev, __u64 ino, struct bpf_pidn
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_xdp_output)(void *ctx, void *map, __u64 flags, void *data, __u64 size) = (void *) 121;
+static long (* const bpf_xdp_output)(void *ctx, void *map, __u64 flags, void *data, __u64 size) = (void *) 121;
 
 /*
  * bpf_get_netns_cookie
@@ -2966,7 +2995,7 @@ static long (*bpf_xdp_output)(void *ctx, void *map, __u64 flags, void *data, __u
  * Returns
  * 	A 8-byte long opaque number.
  */
-static __u64 (*bpf_get_netns_cookie)(void *ctx) = (void *) 122;
+static __u64 (* const bpf_get_netns_cookie)(void *ctx) = (void *) 122;
 
 /*
  * bpf_get_current_ancestor_cgroup_id
@@ -2988,7 +3017,7 @@ static __u64 (*bpf_get_netns_cookie)(void *ctx) = (void *) 122;
  * Returns
  * 	The id is returned or 0 in case the id could not be retrieved.
  */
-static __u64 (*bpf_get_current_ancestor_cgroup_id)(int ancestor_level) = (void *) 123;
+static __u64 (* const bpf_get_current_ancestor_cgroup_id)(int ancestor_level) = (void *) 123;
 
 /*
  * bpf_sk_assign
@@ -3019,11 +3048,8 @@ static __u64 (*bpf_get_current_ancestor_cgroup_id)(int ancestor_level) = (void *
  *
  * 	**-EOPNOTSUPP** if the operation is not supported, for example
  * 	a call from outside of TC ingress.
- *
- * 	**-ESOCKTNOSUPPORT** if the socket type is not supported
- * 	(reuseport).
  */
-static long (*bpf_sk_assign)(void *ctx, void *sk, __u64 flags) = (void *) 124;
+static long (* const bpf_sk_assign)(void *ctx, void *sk, __u64 flags) = (void *) 124;
 
 /*
  * bpf_ktime_get_boot_ns
@@ -3035,7 +3061,7 @@ static long (*bpf_sk_assign)(void *ctx, void *sk, __u64 flags) = (void *) 124;
  * Returns
  * 	Current *ktime*.
  */
-static __u64 (*bpf_ktime_get_boot_ns)(void) = (void *) 125;
+static __u64 (* const bpf_ktime_get_boot_ns)(void) = (void *) 125;
 
 /*
  * bpf_seq_printf
@@ -3068,7 +3094,7 @@ static __u64 (*bpf_ktime_get_boot_ns)(void) = (void *) 125;
  *
  * 	**-EOVERFLOW** if an overflow happened: The same object will be tried again.
  */
-static long (*bpf_seq_printf)(struct seq_file *m, const char *fmt, __u32 fmt_size, const void *data, __u32 data_len) = (void *) 126;
+static long (* const bpf_seq_printf)(struct seq_file *m, const char *fmt, __u32 fmt_size, const void *data, __u32 data_len) = (void *) 126;
 
 /*
  * bpf_seq_write
@@ -3082,7 +3108,7 @@ static long (*bpf_seq_printf)(struct seq_file *m, const char *fmt, __u32 fmt_siz
  *
  * 	**-EOVERFLOW** if an overflow happened: The same object will be tried again.
  */
-static long (*bpf_seq_write)(struct seq_file *m, const void *data, __u32 len) = (void *) 127;
+static long (* const bpf_seq_write)(struct seq_file *m, const void *data, __u32 len) = (void *) 127;
 
 /*
  * bpf_sk_cgroup_id
@@ -3100,7 +3126,7 @@ static long (*bpf_seq_write)(struct seq_file *m, const void *data, __u32 len) = 
  * Returns
  * 	The id is returned or 0 in case the id could not be retrieved.
  */
-static __u64 (*bpf_sk_cgroup_id)(void *sk) = (void *) 128;
+static __u64 (* const bpf_sk_cgroup_id)(void *sk) = (void *) 128;
 
 /*
  * bpf_sk_ancestor_cgroup_id
@@ -3122,7 +3148,7 @@ static __u64 (*bpf_sk_cgroup_id)(void *sk) = (void *) 128;
  * Returns
  * 	The id is returned or 0 in case the id could not be retrieved.
  */
-static __u64 (*bpf_sk_ancestor_cgroup_id)(void *sk, int ancestor_level) = (void *) 129;
+static __u64 (* const bpf_sk_ancestor_cgroup_id)(void *sk, int ancestor_level) = (void *) 129;
 
 /*
  * bpf_ringbuf_output
@@ -3143,7 +3169,7 @@ static __u64 (*bpf_sk_ancestor_cgroup_id)(void *sk, int ancestor_level) = (void 
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_ringbuf_output)(void *ringbuf, void *data, __u64 size, __u64 flags) = (void *) 130;
+static long (* const bpf_ringbuf_output)(void *ringbuf, void *data, __u64 size, __u64 flags) = (void *) 130;
 
 /*
  * bpf_ringbuf_reserve
@@ -3155,7 +3181,7 @@ static long (*bpf_ringbuf_output)(void *ringbuf, void *data, __u64 size, __u64 f
  * 	Valid pointer with *size* bytes of memory available; NULL,
  * 	otherwise.
  */
-static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *) 131;
+static void *(* const bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *) 131;
 
 /*
  * bpf_ringbuf_submit
@@ -3173,7 +3199,7 @@ static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (v
  * Returns
  * 	Nothing. Always succeeds.
  */
-static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *) 132;
+static void (* const bpf_ringbuf_submit)(void *data, __u64 flags) = (void *) 132;
 
 /*
  * bpf_ringbuf_discard
@@ -3191,7 +3217,7 @@ static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *) 132;
  * Returns
  * 	Nothing. Always succeeds.
  */
-static void (*bpf_ringbuf_discard)(void *data, __u64 flags) = (void *) 133;
+static void (* const bpf_ringbuf_discard)(void *data, __u64 flags) = (void *) 133;
 
 /*
  * bpf_ringbuf_query
@@ -3212,7 +3238,7 @@ static void (*bpf_ringbuf_discard)(void *data, __u64 flags) = (void *) 133;
  * Returns
  * 	Requested value, or 0, if *flags* are not recognized.
  */
-static __u64 (*bpf_ringbuf_query)(void *ringbuf, __u64 flags) = (void *) 134;
+static __u64 (* const bpf_ringbuf_query)(void *ringbuf, __u64 flags) = (void *) 134;
 
 /*
  * bpf_csum_level
@@ -3248,7 +3274,7 @@ static __u64 (*bpf_ringbuf_query)(void *ringbuf, __u64 flags) = (void *) 134;
  * 	is returned or the error code -EACCES in case the skb is not
  * 	subject to CHECKSUM_UNNECESSARY.
  */
-static long (*bpf_csum_level)(struct __sk_buff *skb, __u64 level) = (void *) 135;
+static long (* const bpf_csum_level)(struct __sk_buff *skb, __u64 level) = (void *) 135;
 
 /*
  * bpf_skc_to_tcp6_sock
@@ -3258,7 +3284,7 @@ static long (*bpf_csum_level)(struct __sk_buff *skb, __u64 level) = (void *) 135
  * Returns
  * 	*sk* if casting is valid, or **NULL** otherwise.
  */
-static struct tcp6_sock *(*bpf_skc_to_tcp6_sock)(void *sk) = (void *) 136;
+static struct tcp6_sock *(* const bpf_skc_to_tcp6_sock)(void *sk) = (void *) 136;
 
 /*
  * bpf_skc_to_tcp_sock
@@ -3268,7 +3294,7 @@ static struct tcp6_sock *(*bpf_skc_to_tcp6_sock)(void *sk) = (void *) 136;
  * Returns
  * 	*sk* if casting is valid, or **NULL** otherwise.
  */
-static struct tcp_sock *(*bpf_skc_to_tcp_sock)(void *sk) = (void *) 137;
+static struct tcp_sock *(* const bpf_skc_to_tcp_sock)(void *sk) = (void *) 137;
 
 /*
  * bpf_skc_to_tcp_timewait_sock
@@ -3278,7 +3304,7 @@ static struct tcp_sock *(*bpf_skc_to_tcp_sock)(void *sk) = (void *) 137;
  * Returns
  * 	*sk* if casting is valid, or **NULL** otherwise.
  */
-static struct tcp_timewait_sock *(*bpf_skc_to_tcp_timewait_sock)(void *sk) = (void *) 138;
+static struct tcp_timewait_sock *(* const bpf_skc_to_tcp_timewait_sock)(void *sk) = (void *) 138;
 
 /*
  * bpf_skc_to_tcp_request_sock
@@ -3288,7 +3314,7 @@ static struct tcp_timewait_sock *(*bpf_skc_to_tcp_timewait_sock)(void *sk) = (vo
  * Returns
  * 	*sk* if casting is valid, or **NULL** otherwise.
  */
-static struct tcp_request_sock *(*bpf_skc_to_tcp_request_sock)(void *sk) = (void *) 139;
+static struct tcp_request_sock *(* const bpf_skc_to_tcp_request_sock)(void *sk) = (void *) 139;
 
 /*
  * bpf_skc_to_udp6_sock
@@ -3298,12 +3324,14 @@ static struct tcp_request_sock *(*bpf_skc_to_tcp_request_sock)(void *sk) = (void
  * Returns
  * 	*sk* if casting is valid, or **NULL** otherwise.
  */
-static struct udp6_sock *(*bpf_skc_to_udp6_sock)(void *sk) = (void *) 140;
+static struct udp6_sock *(* const bpf_skc_to_udp6_sock)(void *sk) = (void *) 140;
 
 /*
  * bpf_get_task_stack
  *
  * 	Return a user or a kernel stack in bpf program provided buffer.
+ * 	Note: the user stack will only be populated if the *task* is
+ * 	the current task; all other tasks will return -EOPNOTSUPP.
  * 	To achieve this, the helper needs *task*, which is a valid
  * 	pointer to **struct task_struct**. To store the stacktrace, the
  * 	bpf program provides *buf* with a nonnegative *size*.
@@ -3315,6 +3343,7 @@ static struct udp6_sock *(*bpf_skc_to_udp6_sock)(void *sk) = (void *) 140;
  *
  * 	**BPF_F_USER_STACK**
  * 		Collect a user space stack instead of a kernel stack.
+ * 		The *task* must be the current task.
  * 	**BPF_F_USER_BUILD_ID**
  * 		Collect buildid+offset instead of ips for user stack,
  * 		only valid if **BPF_F_USER_STACK** is also specified.
@@ -3334,7 +3363,7 @@ static struct udp6_sock *(*bpf_skc_to_udp6_sock)(void *sk) = (void *) 140;
  * 	The non-negative copied *buf* length equal to or less than
  * 	*size* on success, or a negative error in case of failure.
  */
-static long (*bpf_get_task_stack)(struct task_struct *task, void *buf, __u32 size, __u64 flags) = (void *) 141;
+static long (* const bpf_get_task_stack)(struct task_struct *task, void *buf, __u32 size, __u64 flags) = (void *) 141;
 
 /*
  * bpf_load_hdr_opt
@@ -3401,7 +3430,7 @@ static long (*bpf_get_task_stack)(struct task_struct *task, void *buf, __u32 siz
  * 	**-EPERM** if the helper cannot be used under the current
  * 	*skops*\ **->op**.
  */
-static long (*bpf_load_hdr_opt)(struct bpf_sock_ops *skops, void *searchby_res, __u32 len, __u64 flags) = (void *) 142;
+static long (* const bpf_load_hdr_opt)(struct bpf_sock_ops *skops, void *searchby_res, __u32 len, __u64 flags) = (void *) 142;
 
 /*
  * bpf_store_hdr_opt
@@ -3438,7 +3467,7 @@ static long (*bpf_load_hdr_opt)(struct bpf_sock_ops *skops, void *searchby_res, 
  * 	**-EPERM** if the helper cannot be used under the current
  * 	*skops*\ **->op**.
  */
-static long (*bpf_store_hdr_opt)(struct bpf_sock_ops *skops, const void *from, __u32 len, __u64 flags) = (void *) 143;
+static long (* const bpf_store_hdr_opt)(struct bpf_sock_ops *skops, const void *from, __u32 len, __u64 flags) = (void *) 143;
 
 /*
  * bpf_reserve_hdr_opt
@@ -3464,7 +3493,7 @@ static long (*bpf_store_hdr_opt)(struct bpf_sock_ops *skops, const void *from, _
  * 	**-EPERM** if the helper cannot be used under the current
  * 	*skops*\ **->op**.
  */
-static long (*bpf_reserve_hdr_opt)(struct bpf_sock_ops *skops, __u32 len, __u64 flags) = (void *) 144;
+static long (* const bpf_reserve_hdr_opt)(struct bpf_sock_ops *skops, __u32 len, __u64 flags) = (void *) 144;
 
 /*
  * bpf_inode_storage_get
@@ -3496,7 +3525,7 @@ static long (*bpf_reserve_hdr_opt)(struct bpf_sock_ops *skops, __u32 len, __u64 
  * 	**NULL** if not found or there was an error in adding
  * 	a new bpf_local_storage.
  */
-static void *(*bpf_inode_storage_get)(void *map, void *inode, void *value, __u64 flags) = (void *) 145;
+static void *(* const bpf_inode_storage_get)(void *map, void *inode, void *value, __u64 flags) = (void *) 145;
 
 /*
  * bpf_inode_storage_delete
@@ -3508,7 +3537,7 @@ static void *(*bpf_inode_storage_get)(void *map, void *inode, void *value, __u64
  *
  * 	**-ENOENT** if the bpf_local_storage cannot be found.
  */
-static int (*bpf_inode_storage_delete)(void *map, void *inode) = (void *) 146;
+static int (* const bpf_inode_storage_delete)(void *map, void *inode) = (void *) 146;
 
 /*
  * bpf_d_path
@@ -3524,7 +3553,7 @@ static int (*bpf_inode_storage_delete)(void *map, void *inode) = (void *) 146;
  * 	including the trailing NUL character. On error, a negative
  * 	value.
  */
-static long (*bpf_d_path)(struct path *path, char *buf, __u32 sz) = (void *) 147;
+static long (* const bpf_d_path)(struct path *path, char *buf, __u32 sz) = (void *) 147;
 
 /*
  * bpf_copy_from_user
@@ -3535,7 +3564,7 @@ static long (*bpf_d_path)(struct path *path, char *buf, __u32 sz) = (void *) 147
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_copy_from_user)(void *dst, __u32 size, const void *user_ptr) = (void *) 148;
+static long (* const bpf_copy_from_user)(void *dst, __u32 size, const void *user_ptr) = (void *) 148;
 
 /*
  * bpf_snprintf_btf
@@ -3575,7 +3604,7 @@ static long (*bpf_copy_from_user)(void *dst, __u32 size, const void *user_ptr) =
  * 	written if output had to be truncated due to string size),
  * 	or a negative error in cases of failure.
  */
-static long (*bpf_snprintf_btf)(char *str, __u32 str_size, struct btf_ptr *ptr, __u32 btf_ptr_size, __u64 flags) = (void *) 149;
+static long (* const bpf_snprintf_btf)(char *str, __u32 str_size, struct btf_ptr *ptr, __u32 btf_ptr_size, __u64 flags) = (void *) 149;
 
 /*
  * bpf_seq_printf_btf
@@ -3587,7 +3616,7 @@ static long (*bpf_snprintf_btf)(char *str, __u32 str_size, struct btf_ptr *ptr, 
  * Returns
  * 	0 on success or a negative error in case of failure.
  */
-static long (*bpf_seq_printf_btf)(struct seq_file *m, struct btf_ptr *ptr, __u32 ptr_size, __u64 flags) = (void *) 150;
+static long (* const bpf_seq_printf_btf)(struct seq_file *m, struct btf_ptr *ptr, __u32 ptr_size, __u64 flags) = (void *) 150;
 
 /*
  * bpf_skb_cgroup_classid
@@ -3600,7 +3629,7 @@ static long (*bpf_seq_printf_btf)(struct seq_file *m, struct btf_ptr *ptr, __u32
  * Returns
  * 	The id is returned or 0 in case the id could not be retrieved.
  */
-static __u64 (*bpf_skb_cgroup_classid)(struct __sk_buff *skb) = (void *) 151;
+static __u64 (* const bpf_skb_cgroup_classid)(struct __sk_buff *skb) = (void *) 151;
 
 /*
  * bpf_redirect_neigh
@@ -3625,7 +3654,7 @@ static __u64 (*bpf_skb_cgroup_classid)(struct __sk_buff *skb) = (void *) 151;
  * 	The helper returns **TC_ACT_REDIRECT** on success or
  * 	**TC_ACT_SHOT** on error.
  */
-static long (*bpf_redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *params, int plen, __u64 flags) = (void *) 152;
+static long (* const bpf_redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *params, int plen, __u64 flags) = (void *) 152;
 
 /*
  * bpf_per_cpu_ptr
@@ -3646,7 +3675,7 @@ static long (*bpf_redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *params,
  * 	A pointer pointing to the kernel percpu variable on *cpu*, or
  * 	NULL, if *cpu* is invalid.
  */
-static void *(*bpf_per_cpu_ptr)(const void *percpu_ptr, __u32 cpu) = (void *) 153;
+static void *(* const bpf_per_cpu_ptr)(const void *percpu_ptr, __u32 cpu) = (void *) 153;
 
 /*
  * bpf_this_cpu_ptr
@@ -3662,7 +3691,7 @@ static void *(*bpf_per_cpu_ptr)(const void *percpu_ptr, __u32 cpu) = (void *) 15
  * Returns
  * 	A pointer pointing to the kernel percpu variable on this cpu.
  */
-static void *(*bpf_this_cpu_ptr)(const void *percpu_ptr) = (void *) 154;
+static void *(* const bpf_this_cpu_ptr)(const void *percpu_ptr) = (void *) 154;
 
 /*
  * bpf_redirect_peer
@@ -3674,15 +3703,15 @@ static void *(*bpf_this_cpu_ptr)(const void *percpu_ptr) = (void *) 154;
  * 	going through the CPU's backlog queue.
  *
  * 	The *flags* argument is reserved and must be 0. The helper is
- * 	currently only supported for tc BPF program types at the ingress
- * 	hook and for veth device types. The peer device must reside in a
- * 	different network namespace.
+ * 	currently only supported for tc BPF program types at the
+ * 	ingress hook and for veth and netkit target device types. The
+ * 	peer device must reside in a different network namespace.
  *
  * Returns
  * 	The helper returns **TC_ACT_REDIRECT** on success or
  * 	**TC_ACT_SHOT** on error.
  */
-static long (*bpf_redirect_peer)(__u32 ifindex, __u64 flags) = (void *) 155;
+static long (* const bpf_redirect_peer)(__u32 ifindex, __u64 flags) = (void *) 155;
 
 /*
  * bpf_task_storage_get
@@ -3714,7 +3743,7 @@ static long (*bpf_redirect_peer)(__u32 ifindex, __u64 flags) = (void *) 155;
  * 	**NULL** if not found or there was an error in adding
  * 	a new bpf_local_storage.
  */
-static void *(*bpf_task_storage_get)(void *map, struct task_struct *task, void *value, __u64 flags) = (void *) 156;
+static void *(* const bpf_task_storage_get)(void *map, struct task_struct *task, void *value, __u64 flags) = (void *) 156;
 
 /*
  * bpf_task_storage_delete
@@ -3726,7 +3755,7 @@ static void *(*bpf_task_storage_get)(void *map, struct task_struct *task, void *
  *
  * 	**-ENOENT** if the bpf_local_storage cannot be found.
  */
-static long (*bpf_task_storage_delete)(void *map, struct task_struct *task) = (void *) 157;
+static long (* const bpf_task_storage_delete)(void *map, struct task_struct *task) = (void *) 157;
 
 /*
  * bpf_get_current_task_btf
@@ -3738,7 +3767,7 @@ static long (*bpf_task_storage_delete)(void *map, struct task_struct *task) = (v
  * Returns
  * 	Pointer to the current task.
  */
-static struct task_struct *(*bpf_get_current_task_btf)(void) = (void *) 158;
+static struct task_struct *(* const bpf_get_current_task_btf)(void) = (void *) 158;
 
 /*
  * bpf_bprm_opts_set
@@ -3752,7 +3781,7 @@ static struct task_struct *(*bpf_get_current_task_btf)(void) = (void *) 158;
  * Returns
  * 	**-EINVAL** if invalid *flags* are passed, zero otherwise.
  */
-static long (*bpf_bprm_opts_set)(struct linux_binprm *bprm, __u64 flags) = (void *) 159;
+static long (* const bpf_bprm_opts_set)(struct linux_binprm *bprm, __u64 flags) = (void *) 159;
 
 /*
  * bpf_ktime_get_coarse_ns
@@ -3766,7 +3795,7 @@ static long (*bpf_bprm_opts_set)(struct linux_binprm *bprm, __u64 flags) = (void
  * Returns
  * 	Current *ktime*.
  */
-static __u64 (*bpf_ktime_get_coarse_ns)(void) = (void *) 160;
+static __u64 (* const bpf_ktime_get_coarse_ns)(void) = (void *) 160;
 
 /*
  * bpf_ima_inode_hash
@@ -3777,10 +3806,10 @@ static __u64 (*bpf_ktime_get_coarse_ns)(void) = (void *) 160;
  *
  * Returns
  * 	The **hash_algo** is returned on success,
- * 	**-EOPNOTSUP** if IMA is disabled or **-EINVAL** if
+ * 	**-EOPNOTSUPP** if IMA is disabled or **-EINVAL** if
  * 	invalid arguments are passed.
  */
-static long (*bpf_ima_inode_hash)(struct inode *inode, void *dst, __u32 size) = (void *) 161;
+static long (* const bpf_ima_inode_hash)(struct inode *inode, void *dst, __u32 size) = (void *) 161;
 
 /*
  * bpf_sock_from_file
@@ -3792,7 +3821,7 @@ static long (*bpf_ima_inode_hash)(struct inode *inode, void *dst, __u32 size) = 
  * 	A pointer to a struct socket on success or NULL if the file is
  * 	not a socket.
  */
-static struct socket *(*bpf_sock_from_file)(struct file *file) = (void *) 162;
+static struct socket *(* const bpf_sock_from_file)(struct file *file) = (void *) 162;
 
 /*
  * bpf_check_mtu
@@ -3863,7 +3892,7 @@ static struct socket *(*bpf_sock_from_file)(struct file *file) = (void *) 162;
  * 	* **BPF_MTU_CHK_RET_FRAG_NEEDED**
  * 	* **BPF_MTU_CHK_RET_SEGS_TOOBIG**
  */
-static long (*bpf_check_mtu)(void *ctx, __u32 ifindex, __u32 *mtu_len, __s32 len_diff, __u64 flags) = (void *) 163;
+static long (* const bpf_check_mtu)(void *ctx, __u32 ifindex, __u32 *mtu_len, __s32 len_diff, __u64 flags) = (void *) 163;
 
 /*
  * bpf_for_each_map_elem
@@ -3896,7 +3925,7 @@ static long (*bpf_check_mtu)(void *ctx, __u32 ifindex, __u32 *mtu_len, __s32 len
  * 	The number of traversed map elements for success, **-EINVAL** for
  * 	invalid **flags**.
  */
-static long (*bpf_for_each_map_elem)(void *map, void *callback_fn, void *callback_ctx, __u64 flags) = (void *) 164;
+static long (* const bpf_for_each_map_elem)(void *map, void *callback_fn, void *callback_ctx, __u64 flags) = (void *) 164;
 
 /*
  * bpf_snprintf
@@ -3928,7 +3957,7 @@ static long (*bpf_for_each_map_elem)(void *map, void *callback_fn, void *callbac
  *
  * 	Or **-EBUSY** if the per-CPU memory copy buffer is busy.
  */
-static long (*bpf_snprintf)(char *str, __u32 str_size, const char *fmt, __u64 *data, __u32 data_len) = (void *) 165;
+static long (* const bpf_snprintf)(char *str, __u32 str_size, const char *fmt, __u64 *data, __u32 data_len) = (void *) 165;
 
 /*
  * bpf_sys_bpf
@@ -3938,7 +3967,7 @@ static long (*bpf_snprintf)(char *str, __u32 str_size, const char *fmt, __u64 *d
  * Returns
  * 	A syscall result.
  */
-static long (*bpf_sys_bpf)(__u32 cmd, void *attr, __u32 attr_size) = (void *) 166;
+static long (* const bpf_sys_bpf)(__u32 cmd, void *attr, __u32 attr_size) = (void *) 166;
 
 /*
  * bpf_btf_find_by_name_kind
@@ -3948,7 +3977,7 @@ static long (*bpf_sys_bpf)(__u32 cmd, void *attr, __u32 attr_size) = (void *) 16
  * Returns
  * 	Returns btf_id and btf_obj_fd in lower and upper 32 bits.
  */
-static long (*bpf_btf_find_by_name_kind)(char *name, int name_sz, __u32 kind, int flags) = (void *) 167;
+static long (* const bpf_btf_find_by_name_kind)(char *name, int name_sz, __u32 kind, int flags) = (void *) 167;
 
 /*
  * bpf_sys_close
@@ -3958,7 +3987,7 @@ static long (*bpf_btf_find_by_name_kind)(char *name, int name_sz, __u32 kind, in
  * Returns
  * 	A syscall result.
  */
-static long (*bpf_sys_close)(__u32 fd) = (void *) 168;
+static long (* const bpf_sys_close)(__u32 fd) = (void *) 168;
 
 /*
  * bpf_timer_init
@@ -3979,7 +4008,7 @@ static long (*bpf_sys_close)(__u32 fd) = (void *) 168;
  * 	or pin such map in bpffs. When map is unpinned or file descriptor is
  * 	closed all timers in the map will be cancelled and freed.
  */
-static long (*bpf_timer_init)(struct bpf_timer *timer, void *map, __u64 flags) = (void *) 169;
+static long (* const bpf_timer_init)(struct bpf_timer *timer, void *map, __u64 flags) = (void *) 169;
 
 /*
  * bpf_timer_set_callback
@@ -3994,7 +4023,7 @@ static long (*bpf_timer_init)(struct bpf_timer *timer, void *map, __u64 flags) =
  * 	or pin such map in bpffs. When map is unpinned or file descriptor is
  * 	closed all timers in the map will be cancelled and freed.
  */
-static long (*bpf_timer_set_callback)(struct bpf_timer *timer, void *callback_fn) = (void *) 170;
+static long (* const bpf_timer_set_callback)(struct bpf_timer *timer, void *callback_fn) = (void *) 170;
 
 /*
  * bpf_timer_start
@@ -4018,13 +4047,21 @@ static long (*bpf_timer_set_callback)(struct bpf_timer *timer, void *callback_fn
  * 	different maps if key/value layout matches across maps.
  * 	Every bpf_timer_set_callback() can have different callback_fn.
  *
+ * 	*flags* can be one of:
+ *
+ * 	**BPF_F_TIMER_ABS**
+ * 		Start the timer in absolute expire value instead of the
+ * 		default relative one.
+ * 	**BPF_F_TIMER_CPU_PIN**
+ * 		Timer will be pinned to the CPU of the caller.
+ *
  *
  * Returns
  * 	0 on success.
  * 	**-EINVAL** if *timer* was not initialized with bpf_timer_init() earlier
  * 	or invalid *flags* are passed.
  */
-static long (*bpf_timer_start)(struct bpf_timer *timer, __u64 nsecs, __u64 flags) = (void *) 171;
+static long (* const bpf_timer_start)(struct bpf_timer *timer, __u64 nsecs, __u64 flags) = (void *) 171;
 
 /*
  * bpf_timer_cancel
@@ -4038,18 +4075,23 @@ static long (*bpf_timer_start)(struct bpf_timer *timer, __u64 nsecs, __u64 flags
  * 	**-EDEADLK** if callback_fn tried to call bpf_timer_cancel() on its
  * 	own timer which would have led to a deadlock otherwise.
  */
-static long (*bpf_timer_cancel)(struct bpf_timer *timer) = (void *) 172;
+static long (* const bpf_timer_cancel)(struct bpf_timer *timer) = (void *) 172;
 
 /*
  * bpf_get_func_ip
  *
  * 	Get address of the traced function (for tracing and kprobe programs).
  *
+ * 	When called for kprobe program attached as uprobe it returns
+ * 	probe address for both entry and return uprobe.
+ *
+ *
  * Returns
- * 	Address of the traced function.
+ * 	Address of the traced function for kprobe.
  * 	0 for kprobes placed within the function (not at the entry).
+ * 	Address of the probe for uprobe and return uprobe.
  */
-static __u64 (*bpf_get_func_ip)(void *ctx) = (void *) 173;
+static __u64 (* const bpf_get_func_ip)(void *ctx) = (void *) 173;
 
 /*
  * bpf_get_attach_cookie
@@ -4068,7 +4110,7 @@ static __u64 (*bpf_get_func_ip)(void *ctx) = (void *) 173;
  * 	Value specified by user at BPF link creation/attachment time
  * 	or 0, if it was not specified.
  */
-static __u64 (*bpf_get_attach_cookie)(void *ctx) = (void *) 174;
+static __u64 (* const bpf_get_attach_cookie)(void *ctx) = (void *) 174;
 
 /*
  * bpf_task_pt_regs
@@ -4078,7 +4120,7 @@ static __u64 (*bpf_get_attach_cookie)(void *ctx) = (void *) 174;
  * Returns
  * 	A pointer to struct pt_regs.
  */
-static long (*bpf_task_pt_regs)(struct task_struct *task) = (void *) 175;
+static long (* const bpf_task_pt_regs)(struct task_struct *task) = (void *) 175;
 
 /*
  * bpf_get_branch_snapshot
@@ -4103,7 +4145,7 @@ static long (*bpf_task_pt_regs)(struct task_struct *task) = (void *) 175;
  *
  * 	**-ENOENT** if architecture does not support branch records.
  */
-static long (*bpf_get_branch_snapshot)(void *entries, __u32 size, __u64 flags) = (void *) 176;
+static long (* const bpf_get_branch_snapshot)(void *entries, __u32 size, __u64 flags) = (void *) 176;
 
 /*
  * bpf_trace_vprintk
@@ -4117,7 +4159,7 @@ static long (*bpf_get_branch_snapshot)(void *entries, __u32 size, __u64 flags) =
  * 	The number of bytes written to the buffer, or a negative error
  * 	in case of failure.
  */
-static long (*bpf_trace_vprintk)(const char *fmt, __u32 fmt_size, const void *data, __u32 data_len) = (void *) 177;
+static long (* const bpf_trace_vprintk)(const char *fmt, __u32 fmt_size, const void *data, __u32 data_len) = (void *) 177;
 
 /*
  * bpf_skc_to_unix_sock
@@ -4127,7 +4169,7 @@ static long (*bpf_trace_vprintk)(const char *fmt, __u32 fmt_size, const void *da
  * Returns
  * 	*sk* if casting is valid, or **NULL** otherwise.
  */
-static struct unix_sock *(*bpf_skc_to_unix_sock)(void *sk) = (void *) 178;
+static struct unix_sock *(* const bpf_skc_to_unix_sock)(void *sk) = (void *) 178;
 
 /*
  * bpf_kallsyms_lookup_name
@@ -4146,7 +4188,7 @@ static struct unix_sock *(*bpf_skc_to_unix_sock)(void *sk) = (void *) 178;
  *
  * 	**-EPERM** if caller does not have permission to obtain kernel address.
  */
-static long (*bpf_kallsyms_lookup_name)(const char *name, int name_sz, int flags, __u64 *res) = (void *) 179;
+static long (* const bpf_kallsyms_lookup_name)(const char *name, int name_sz, int flags, __u64 *res) = (void *) 179;
 
 /*
  * bpf_find_vma
@@ -4169,7 +4211,7 @@ static long (*bpf_kallsyms_lookup_name)(const char *name, int name_sz, int flags
  * 	**-EBUSY** if failed to try lock mmap_lock.
  * 	**-EINVAL** for invalid **flags**.
  */
-static long (*bpf_find_vma)(struct task_struct *task, __u64 addr, void *callback_fn, void *callback_ctx, __u64 flags) = (void *) 180;
+static long (* const bpf_find_vma)(struct task_struct *task, __u64 addr, void *callback_fn, void *callback_ctx, __u64 flags) = (void *) 180;
 
 /*
  * bpf_loop
@@ -4182,7 +4224,7 @@ static long (*bpf_find_vma)(struct task_struct *task, __u64 addr, void *callback
  * 	Currently, the **flags** must be 0. Currently, nr_loops is
  * 	limited to 1 << 23 (~8 million) loops.
  *
- * 	long (\*callback_fn)(u32 index, void \*ctx);
+ * 	long (\*callback_fn)(u64 index, void \*ctx);
  *
  * 	where **index** is the current index in the loop. The index
  * 	is zero-indexed.
@@ -4197,7 +4239,7 @@ static long (*bpf_find_vma)(struct task_struct *task, __u64 addr, void *callback
  * 	The number of loops performed, **-EINVAL** for invalid **flags**,
  * 	**-E2BIG** if **nr_loops** exceeds the maximum number of loops.
  */
-static long (*bpf_loop)(__u32 nr_loops, void *callback_fn, void *callback_ctx, __u64 flags) = (void *) 181;
+static long (* const bpf_loop)(__u32 nr_loops, void *callback_fn, void *callback_ctx, __u64 flags) = (void *) 181;
 
 /*
  * bpf_strncmp
@@ -4211,7 +4253,7 @@ static long (*bpf_loop)(__u32 nr_loops, void *callback_fn, void *callback_ctx, _
  * 	if the first **s1_sz** bytes of **s1** is found to be
  * 	less than, to match, or be greater than **s2**.
  */
-static long (*bpf_strncmp)(const char *s1, __u32 s1_sz, const char *s2) = (void *) 182;
+static long (* const bpf_strncmp)(const char *s1, __u32 s1_sz, const char *s2) = (void *) 182;
 
 /*
  * bpf_get_func_arg
@@ -4224,7 +4266,7 @@ static long (*bpf_strncmp)(const char *s1, __u32 s1_sz, const char *s2) = (void 
  * 	0 on success.
  * 	**-EINVAL** if n >= argument register count of traced function.
  */
-static long (*bpf_get_func_arg)(void *ctx, __u32 n, __u64 *value) = (void *) 183;
+static long (* const bpf_get_func_arg)(void *ctx, __u32 n, __u64 *value) = (void *) 183;
 
 /*
  * bpf_get_func_ret
@@ -4237,7 +4279,7 @@ static long (*bpf_get_func_arg)(void *ctx, __u32 n, __u64 *value) = (void *) 183
  * 	0 on success.
  * 	**-EOPNOTSUPP** for tracing programs other than BPF_TRACE_FEXIT or BPF_MODIFY_RETURN.
  */
-static long (*bpf_get_func_ret)(void *ctx, __u64 *value) = (void *) 184;
+static long (* const bpf_get_func_ret)(void *ctx, __u64 *value) = (void *) 184;
 
 /*
  * bpf_get_func_arg_cnt
@@ -4249,7 +4291,7 @@ static long (*bpf_get_func_ret)(void *ctx, __u64 *value) = (void *) 184;
  * Returns
  * 	The number of argument registers of the traced function.
  */
-static long (*bpf_get_func_arg_cnt)(void *ctx) = (void *) 185;
+static long (* const bpf_get_func_arg_cnt)(void *ctx) = (void *) 185;
 
 /*
  * bpf_get_retval
@@ -4262,7 +4304,7 @@ static long (*bpf_get_func_arg_cnt)(void *ctx) = (void *) 185;
  * Returns
  * 	The BPF program's return value.
  */
-static int (*bpf_get_retval)(void) = (void *) 186;
+static int (* const bpf_get_retval)(void) = (void *) 186;
 
 /*
  * bpf_set_retval
@@ -4285,7 +4327,7 @@ static int (*bpf_get_retval)(void) = (void *) 186;
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static int (*bpf_set_retval)(int retval) = (void *) 187;
+static int (* const bpf_set_retval)(int retval) = (void *) 187;
 
 /*
  * bpf_xdp_get_buff_len
@@ -4295,7 +4337,7 @@ static int (*bpf_set_retval)(int retval) = (void *) 187;
  * Returns
  * 	The total size of a given xdp buffer.
  */
-static __u64 (*bpf_xdp_get_buff_len)(struct xdp_md *xdp_md) = (void *) 188;
+static __u64 (* const bpf_xdp_get_buff_len)(struct xdp_md *xdp_md) = (void *) 188;
 
 /*
  * bpf_xdp_load_bytes
@@ -4308,7 +4350,7 @@ static __u64 (*bpf_xdp_get_buff_len)(struct xdp_md *xdp_md) = (void *) 188;
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_xdp_load_bytes)(struct xdp_md *xdp_md, __u32 offset, void *buf, __u32 len) = (void *) 189;
+static long (* const bpf_xdp_load_bytes)(struct xdp_md *xdp_md, __u32 offset, void *buf, __u32 len) = (void *) 189;
 
 /*
  * bpf_xdp_store_bytes
@@ -4319,7 +4361,7 @@ static long (*bpf_xdp_load_bytes)(struct xdp_md *xdp_md, __u32 offset, void *buf
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_xdp_store_bytes)(struct xdp_md *xdp_md, __u32 offset, void *buf, __u32 len) = (void *) 190;
+static long (* const bpf_xdp_store_bytes)(struct xdp_md *xdp_md, __u32 offset, void *buf, __u32 len) = (void *) 190;
 
 /*
  * bpf_copy_from_user_task
@@ -4333,7 +4375,7 @@ static long (*bpf_xdp_store_bytes)(struct xdp_md *xdp_md, __u32 offset, void *bu
  * 	0 on success, or a negative error in case of failure. On error
  * 	*dst* buffer is zeroed out.
  */
-static long (*bpf_copy_from_user_task)(void *dst, __u32 size, const void *user_ptr, struct task_struct *tsk, __u64 flags) = (void *) 191;
+static long (* const bpf_copy_from_user_task)(void *dst, __u32 size, const void *user_ptr, struct task_struct *tsk, __u64 flags) = (void *) 191;
 
 /*
  * bpf_skb_set_tstamp
@@ -4367,7 +4409,7 @@ static long (*bpf_copy_from_user_task)(void *dst, __u32 size, const void *user_p
  * 	**-EINVAL** for invalid input
  * 	**-EOPNOTSUPP** for unsupported protocol
  */
-static long (*bpf_skb_set_tstamp)(struct __sk_buff *skb, __u64 tstamp, __u32 tstamp_type) = (void *) 192;
+static long (* const bpf_skb_set_tstamp)(struct __sk_buff *skb, __u64 tstamp, __u32 tstamp_type) = (void *) 192;
 
 /*
  * bpf_ima_file_hash
@@ -4378,17 +4420,18 @@ static long (*bpf_skb_set_tstamp)(struct __sk_buff *skb, __u64 tstamp, __u32 tst
  *
  * Returns
  * 	The **hash_algo** is returned on success,
- * 	**-EOPNOTSUP** if the hash calculation failed or **-EINVAL** if
+ * 	**-EOPNOTSUPP** if the hash calculation failed or **-EINVAL** if
  * 	invalid arguments are passed.
  */
-static long (*bpf_ima_file_hash)(struct file *file, void *dst, __u32 size) = (void *) 193;
+static long (* const bpf_ima_file_hash)(struct file *file, void *dst, __u32 size) = (void *) 193;
 
 /*
  * bpf_kptr_xchg
  *
- * 	Exchange kptr at pointer *map_value* with *ptr*, and return the
- * 	old value. *ptr* can be NULL, otherwise it must be a referenced
- * 	pointer which will be released when this helper is called.
+ * 	Exchange kptr at pointer *dst* with *ptr*, and return the old value.
+ * 	*dst* can be map value or local kptr. *ptr* can be NULL, otherwise
+ * 	it must be a referenced pointer which will be released when this helper
+ * 	is called.
  *
  * Returns
  * 	The old value of kptr (which can be NULL). The returned pointer
@@ -4396,7 +4439,7 @@ static long (*bpf_ima_file_hash)(struct file *file, void *dst, __u32 size) = (vo
  * 	corresponding release function, or moved into a BPF map before
  * 	program exit.
  */
-static void *(*bpf_kptr_xchg)(void *map_value, void *ptr) = (void *) 194;
+static void *(* const bpf_kptr_xchg)(void *dst, void *ptr) = (void *) 194;
 
 /*
  * bpf_map_lookup_percpu_elem
@@ -4408,7 +4451,7 @@ static void *(*bpf_kptr_xchg)(void *map_value, void *ptr) = (void *) 194;
  * 	Map value associated to *key* on *cpu*, or **NULL** if no entry
  * 	was found or *cpu* is invalid.
  */
-static void *(*bpf_map_lookup_percpu_elem)(void *map, const void *key, __u32 cpu) = (void *) 195;
+static void *(* const bpf_map_lookup_percpu_elem)(void *map, const void *key, __u32 cpu) = (void *) 195;
 
 /*
  * bpf_skc_to_mptcp_sock
@@ -4418,7 +4461,7 @@ static void *(*bpf_map_lookup_percpu_elem)(void *map, const void *key, __u32 cpu
  * Returns
  * 	*sk* if casting is valid, or **NULL** otherwise.
  */
-static struct mptcp_sock *(*bpf_skc_to_mptcp_sock)(void *sk) = (void *) 196;
+static struct mptcp_sock *(* const bpf_skc_to_mptcp_sock)(void *sk) = (void *) 196;
 
 /*
  * bpf_dynptr_from_mem
@@ -4433,7 +4476,7 @@ static struct mptcp_sock *(*bpf_skc_to_mptcp_sock)(void *sk) = (void *) 196;
  * 	0 on success, -E2BIG if the size exceeds DYNPTR_MAX_SIZE,
  * 	-EINVAL if flags is not 0.
  */
-static long (*bpf_dynptr_from_mem)(void *data, __u32 size, __u64 flags, struct bpf_dynptr *ptr) = (void *) 197;
+static long (* const bpf_dynptr_from_mem)(void *data, __u32 size, __u64 flags, struct bpf_dynptr *ptr) = (void *) 197;
 
 /*
  * bpf_ringbuf_reserve_dynptr
@@ -4448,7 +4491,7 @@ static long (*bpf_dynptr_from_mem)(void *data, __u32 size, __u64 flags, struct b
  * Returns
  * 	0 on success, or a negative error in case of failure.
  */
-static long (*bpf_ringbuf_reserve_dynptr)(void *ringbuf, __u32 size, __u64 flags, struct bpf_dynptr *ptr) = (void *) 198;
+static long (* const bpf_ringbuf_reserve_dynptr)(void *ringbuf, __u32 size, __u64 flags, struct bpf_dynptr *ptr) = (void *) 198;
 
 /*
  * bpf_ringbuf_submit_dynptr
@@ -4463,7 +4506,7 @@ static long (*bpf_ringbuf_reserve_dynptr)(void *ringbuf, __u32 size, __u64 flags
  * Returns
  * 	Nothing. Always succeeds.
  */
-static void (*bpf_ringbuf_submit_dynptr)(struct bpf_dynptr *ptr, __u64 flags) = (void *) 199;
+static void (* const bpf_ringbuf_submit_dynptr)(struct bpf_dynptr *ptr, __u64 flags) = (void *) 199;
 
 /*
  * bpf_ringbuf_discard_dynptr
@@ -4477,7 +4520,7 @@ static void (*bpf_ringbuf_submit_dynptr)(struct bpf_dynptr *ptr, __u64 flags) = 
  * Returns
  * 	Nothing. Always succeeds.
  */
-static void (*bpf_ringbuf_discard_dynptr)(struct bpf_dynptr *ptr, __u64 flags) = (void *) 200;
+static void (* const bpf_ringbuf_discard_dynptr)(struct bpf_dynptr *ptr, __u64 flags) = (void *) 200;
 
 /*
  * bpf_dynptr_read
@@ -4491,21 +4534,32 @@ static void (*bpf_ringbuf_discard_dynptr)(struct bpf_dynptr *ptr, __u64 flags) =
  * 	of *src*'s data, -EINVAL if *src* is an invalid dynptr or if
  * 	*flags* is not 0.
  */
-static long (*bpf_dynptr_read)(void *dst, __u32 len, const struct bpf_dynptr *src, __u32 offset, __u64 flags) = (void *) 201;
+static long (* const bpf_dynptr_read)(void *dst, __u32 len, const struct bpf_dynptr *src, __u32 offset, __u64 flags) = (void *) 201;
 
 /*
  * bpf_dynptr_write
  *
  * 	Write *len* bytes from *src* into *dst*, starting from *offset*
  * 	into *dst*.
- * 	*flags* is currently unused.
+ *
+ * 	*flags* must be 0 except for skb-type dynptrs.
+ *
+ * 	For skb-type dynptrs:
+ * 	    *  All data slices of the dynptr are automatically
+ * 	       invalidated after **bpf_dynptr_write**\ (). This is
+ * 	       because writing may pull the skb and change the
+ * 	       underlying packet buffer.
+ *
+ * 	    *  For *flags*, please see the flags accepted by
+ * 	       **bpf_skb_store_bytes**\ ().
  *
  * Returns
  * 	0 on success, -E2BIG if *offset* + *len* exceeds the length
  * 	of *dst*'s data, -EINVAL if *dst* is an invalid dynptr or if *dst*
- * 	is a read-only dynptr or if *flags* is not 0.
+ * 	is a read-only dynptr or if *flags* is not correct. For skb-type dynptrs,
+ * 	other errors correspond to errors returned by **bpf_skb_store_bytes**\ ().
  */
-static long (*bpf_dynptr_write)(const struct bpf_dynptr *dst, __u32 offset, void *src, __u32 len, __u64 flags) = (void *) 202;
+static long (* const bpf_dynptr_write)(const struct bpf_dynptr *dst, __u32 offset, void *src, __u32 len, __u64 flags) = (void *) 202;
 
 /*
  * bpf_dynptr_data
@@ -4515,12 +4569,15 @@ static long (*bpf_dynptr_write)(const struct bpf_dynptr *dst, __u32 offset, void
  * 	*len* must be a statically known value. The returned data slice
  * 	is invalidated whenever the dynptr is invalidated.
  *
+ * 	skb and xdp type dynptrs may not use bpf_dynptr_data. They should
+ * 	instead use bpf_dynptr_slice and bpf_dynptr_slice_rdwr.
+ *
  * Returns
  * 	Pointer to the underlying dynptr data, NULL if the dynptr is
  * 	read-only, if the dynptr is invalid, or if the offset and length
  * 	is out of bounds.
  */
-static void *(*bpf_dynptr_data)(const struct bpf_dynptr *ptr, __u32 offset, __u32 len) = (void *) 203;
+static void *(* const bpf_dynptr_data)(const struct bpf_dynptr *ptr, __u32 offset, __u32 len) = (void *) 203;
 
 /*
  * bpf_tcp_raw_gen_syncookie_ipv4
@@ -4544,7 +4601,7 @@ static void *(*bpf_dynptr_data)(const struct bpf_dynptr *ptr, __u32 offset, __u3
  *
  * 	**-EINVAL** if *th_len* is invalid.
  */
-static __s64 (*bpf_tcp_raw_gen_syncookie_ipv4)(struct iphdr *iph, struct tcphdr *th, __u32 th_len) = (void *) 204;
+static __s64 (* const bpf_tcp_raw_gen_syncookie_ipv4)(struct iphdr *iph, struct tcphdr *th, __u32 th_len) = (void *) 204;
 
 /*
  * bpf_tcp_raw_gen_syncookie_ipv6
@@ -4570,7 +4627,7 @@ static __s64 (*bpf_tcp_raw_gen_syncookie_ipv4)(struct iphdr *iph, struct tcphdr 
  *
  * 	**-EPROTONOSUPPORT** if CONFIG_IPV6 is not builtin.
  */
-static __s64 (*bpf_tcp_raw_gen_syncookie_ipv6)(struct ipv6hdr *iph, struct tcphdr *th, __u32 th_len) = (void *) 205;
+static __s64 (* const bpf_tcp_raw_gen_syncookie_ipv6)(struct ipv6hdr *iph, struct tcphdr *th, __u32 th_len) = (void *) 205;
 
 /*
  * bpf_tcp_raw_check_syncookie_ipv4
@@ -4589,7 +4646,7 @@ static __s64 (*bpf_tcp_raw_gen_syncookie_ipv6)(struct ipv6hdr *iph, struct tcphd
  *
  * 	**-EACCES** if the SYN cookie is not valid.
  */
-static long (*bpf_tcp_raw_check_syncookie_ipv4)(struct iphdr *iph, struct tcphdr *th) = (void *) 206;
+static long (* const bpf_tcp_raw_check_syncookie_ipv4)(struct iphdr *iph, struct tcphdr *th) = (void *) 206;
 
 /*
  * bpf_tcp_raw_check_syncookie_ipv6
@@ -4610,7 +4667,7 @@ static long (*bpf_tcp_raw_check_syncookie_ipv4)(struct iphdr *iph, struct tcphdr
  *
  * 	**-EPROTONOSUPPORT** if CONFIG_IPV6 is not builtin.
  */
-static long (*bpf_tcp_raw_check_syncookie_ipv6)(struct ipv6hdr *iph, struct tcphdr *th) = (void *) 207;
+static long (* const bpf_tcp_raw_check_syncookie_ipv6)(struct ipv6hdr *iph, struct tcphdr *th) = (void *) 207;
 
 /*
  * bpf_ktime_get_tai_ns
@@ -4625,7 +4682,7 @@ static long (*bpf_tcp_raw_check_syncookie_ipv6)(struct ipv6hdr *iph, struct tcph
  * Returns
  * 	Current *ktime*.
  */
-static __u64 (*bpf_ktime_get_tai_ns)(void) = (void *) 208;
+static __u64 (* const bpf_ktime_get_tai_ns)(void) = (void *) 208;
 
 /*
  * bpf_user_ringbuf_drain
@@ -4667,7 +4724,7 @@ static __u64 (*bpf_ktime_get_tai_ns)(void) = (void *) 208;
  * 	larger than the size of the ring buffer, or which cannot fit
  * 	within a struct bpf_dynptr.
  */
-static long (*bpf_user_ringbuf_drain)(void *map, void *callback_fn, void *ctx, __u64 flags) = (void *) 209;
+static long (* const bpf_user_ringbuf_drain)(void *map, void *callback_fn, void *ctx, __u64 flags) = (void *) 209;
 
 /*
  * bpf_cgrp_storage_get
@@ -4701,7 +4758,7 @@ static long (*bpf_user_ringbuf_drain)(void *map, void *callback_fn, void *ctx, _
  * 	**NULL** if not found or there was an error in adding
  * 	a new bpf_local_storage.
  */
-static void *(*bpf_cgrp_storage_get)(void *map, struct cgroup *cgroup, void *value, __u64 flags) = (void *) 210;
+static void *(* const bpf_cgrp_storage_get)(void *map, struct cgroup *cgroup, void *value, __u64 flags) = (void *) 210;
 
 /*
  * bpf_cgrp_storage_delete
@@ -4713,6 +4770,6 @@ static void *(*bpf_cgrp_storage_get)(void *map, struct cgroup *cgroup, void *val
  *
  * 	**-ENOENT** if the bpf_local_storage cannot be found.
  */
-static long (*bpf_cgrp_storage_delete)(void *map, struct cgroup *cgroup) = (void *) 211;
+static long (* const bpf_cgrp_storage_delete)(void *map, struct cgroup *cgroup) = (void *) 211;
 
 

@@ -227,7 +227,7 @@ func (g *Generator) portRange() policy.PortRange {
 }
 
 func (g *Generator) rule() policy.Rule {
-	r := policy.Rule{ID: uint32(1 + g.rng.IntN(bpf.MaxRules-1)), Direction: bpf.Direction(g.rng.IntN(2)), Action: bpf.ActionAllow}
+	r := policy.Rule{ID: uint32(1 + g.rng.IntN(int(bpf.MaxRules)-1)), Direction: bpf.Direction(g.rng.IntN(2)), Action: bpf.ActionAllow}
 	if g.chance(50) {
 		r.Action = bpf.ActionDeny
 	}

@@ -1,6 +1,7 @@
 package report
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -420,20 +421,7 @@ func intervals(p *policy.IdentityPolicy, dir bpf.Direction, proto uint8, remote 
 			}
 		}
 	}
-	var starts []uint32
-	for c := range cuts {
-		starts = append(starts, c)
-	}
-	sort.Slice(starts, func(i, j int) bool { return starts[i] < starts[j] })
-	out := make([]Ports, 0, len(starts))
-	for i, s := range starts {
-		end := hi
-		if i+1 < len(starts) {
-			end = starts[i+1] - 1
-		}
-		out = append(out, Ports{uint16(s), uint16(end)})
-	}
-	return out
+	return cut(cuts, hi)
 }
 
 // mayHold reports whether a rule's peers can match remote (namespace peers always may: pods are judged by
@@ -452,26 +440,27 @@ func mayHold(r policy.Rule, remote netip.Addr) bool {
 
 // merge cuts two interval lists of one protocol at the union of their boundaries.
 func merge(a, b []Ports) []Ports {
-	cuts := map[uint16]bool{}
-	last := uint16(0)
+	cuts := map[uint32]bool{}
+	last := uint32(0)
 	for _, l := range [][]Ports{a, b} {
 		for _, iv := range l {
-			cuts[iv.First] = true
-			last = max(last, iv.Last)
+			cuts[uint32(iv.First)] = true
+			last = max(last, uint32(iv.Last))
 		}
 	}
-	var starts []uint16
-	for c := range cuts {
-		starts = append(starts, c)
-	}
-	sort.Slice(starts, func(i, j int) bool { return starts[i] < starts[j] })
-	out := make([]Ports, 0, len(starts))
-	for i, s := range starts {
+	return cut(cuts, last)
+}
+
+// cut is the intervals that begin at each of starts and end before the next, the last at last.
+func cut(starts map[uint32]bool, last uint32) []Ports {
+	sorted := slices.Sorted(maps.Keys(starts))
+	out := make([]Ports, 0, len(sorted))
+	for i, s := range sorted {
 		end := last
-		if i+1 < len(starts) {
-			end = starts[i+1] - 1
+		if i+1 < len(sorted) {
+			end = sorted[i+1] - 1
 		}
-		out = append(out, Ports{s, end})
+		out = append(out, Ports{uint16(s), uint16(end)})
 	}
 	return out
 }

@@ -63,10 +63,11 @@ type Peer struct {
 // Grant is one open part: a protocol and ports, towards (or from) a remote, opened by a rule or a default.
 type Grant struct {
 	Protocol uint8          // the IP protocol number
-	Ports    Ports          // the protocol's whole range is all of it
+	Ports    Ports          // the protocol's whole range reads "all"
 	Remote   Remote         // towards (or from) which addresses or namespace
 	Except   []netip.Prefix // parts of Remote decided otherwise (listed separately if open), by address
-	Rule     RuleKey        // the rule that opens it; with no Policy, no rule matches and the default of Rule.Direction allows it
+	// Rule is the rule that opens it; with no Policy, no rule matches and the default of Rule.Direction allows it.
+	Rule RuleKey
 }
 
 // Ports are the ports (ICMP types) First to Last.
@@ -87,7 +88,8 @@ const (
 	Ingress Direction = "ingress"
 )
 
-// RuleKey names one rule of one policy: its direction, and its place among the policy's rules of that direction.
+// RuleKey names one rule of one policy: its direction, and its place among the policy's rules of that direction
+// (resolve.RuleKey in the report's own terms, so that the model needs no datapath types).
 type RuleKey struct {
 	Policy    string
 	Direction Direction

@@ -1,6 +1,7 @@
 package bpf_test
 
 import (
+	"errors"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -74,12 +75,12 @@ func TestTCXAtHeadAndGoodNeighbour(t *testing.T) {
 			return err
 		}
 		a.Close()
-		again, err := bpf.LoadPinnedAttachment(dir)
+		again, err := bpf.OpenAttachment(a.Record(), 0, dir)
 		if err != nil {
 			return err
 		}
-		if again.Ifindex != ifindex {
-			t.Errorf("reopened attachment on ifindex %d, want %d", again.Ifindex, ifindex)
+		if again.Ifindex() != ifindex {
+			t.Errorf("reopened attachment on ifindex %d, want %d", again.Ifindex(), ifindex)
 		}
 		if err := again.Detach(); err != nil {
 			return err
@@ -93,8 +94,8 @@ func TestTCXAtHeadAndGoodNeighbour(t *testing.T) {
 				t.Errorf("%v after detach: programs %+v, want only the other tool's", at, q.Programs)
 			}
 		}
-		if _, err := bpf.LoadPinnedAttachment(dir); err == nil {
-			t.Errorf("link pins still there after detach")
+		if _, err := bpf.OpenAttachment(a.Record(), ifindex, dir); !errors.Is(err, bpf.ErrNotAttached) {
+			t.Errorf("reopening the links after detach: %v, want them gone", err)
 		}
 		return nil
 	})
@@ -156,7 +157,7 @@ func TestClsactGoodNeighbour(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if a.CreatedQdisc {
+			if a.Record().CreatedQdisc {
 				t.Errorf("Moat claims a qdisc it did not create")
 			}
 			_, filters := clsactState(t, ifindex)
@@ -185,7 +186,7 @@ func TestClsactGoodNeighbour(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if !a.CreatedQdisc {
+			if !a.Record().CreatedQdisc {
 				t.Errorf("Moat created the clsact qdisc but did not record it")
 			}
 			if err := a.Detach(); err != nil {
@@ -310,6 +311,111 @@ func TestClsactRefusesDeviceWithTCX(t *testing.T) {
 		return nil
 	})
 	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Check is the one answer to "is this pod guarded?", the same for both modes: both hooks in place running the
+// datapath's code; another build's code (ErrOtherPrograms) until Upgrade swaps it; a hook removed behind Moat's
+// back, or a device that is gone, is not attached (ErrNotAttached). An attachment taken up again from its record
+// answers the same.
+func TestAttachmentCheck(t *testing.T) {
+	dp := loadDatapath(t, bpf.Options{})
+	old := testutil.PassProgram(t, "old_build")
+	for _, mode := range []bpf.AttachMode{bpf.ModeTCX, bpf.ModeClsact} {
+		t.Run(string(mode), func(t *testing.T) {
+			n, ifindex := inDummyNS(t)
+			err := n.Do(func(ns.NetNS) error {
+				att, err := bpf.NewAttacher(mode)
+				if err != nil {
+					return err
+				}
+				a, err := att.Attach(ifindex, old, old)
+				if err != nil {
+					return err
+				}
+				dir := filepath.Join(dp.Root, "endpoints", "net", "c-"+string(mode))
+				if err := a.Pin(dir); err != nil {
+					return err
+				}
+				t.Cleanup(func() { _ = n.Do(func(ns.NetNS) error { return a.Detach() }) })
+				if err := a.Check(dp.FromPod, dp.ToPod); !errors.Is(err, bpf.ErrOtherPrograms) {
+					t.Errorf("another build's programs: %v, want ErrOtherPrograms", err)
+				}
+				if changed, err := a.Upgrade(dp.FromPod, dp.ToPod); err != nil || changed != 2 {
+					t.Errorf("upgrade: %d hooks, %v; want 2", changed, err)
+				}
+				again, err := bpf.OpenAttachment(a.Record(), ifindex, dir)
+				if err != nil {
+					return err
+				}
+				defer again.Close()
+				for name, x := range map[string]bpf.Attachment{"made": a, "taken up": again} {
+					if err := x.Check(dp.FromPod, dp.ToPod); err != nil {
+						t.Errorf("%s after the upgrade: %v", name, err)
+					}
+				}
+				if changed, err := again.Upgrade(dp.FromPod, dp.ToPod); err != nil || changed != 0 {
+					t.Errorf("a second upgrade: %d hooks, %v; want none", changed, err)
+				}
+				// another hand takes Moat's egress program off
+				removeEgress(t, mode, ifindex)
+				if err := again.Check(dp.FromPod, dp.ToPod); !errors.Is(err, bpf.ErrNotAttached) || !strings.Contains(err.Error(), "egress") {
+					t.Errorf("without the egress hook: %v, want ErrNotAttached naming egress", err)
+				}
+				if _, err := again.Upgrade(dp.FromPod, dp.ToPod); !errors.Is(err, bpf.ErrNotAttached) {
+					t.Errorf("upgrade without the egress hook: %v, want ErrNotAttached", err)
+				}
+				l, err := netlink.LinkByIndex(ifindex)
+				if err != nil {
+					return err
+				}
+				if err := netlink.LinkDel(l); err != nil {
+					return err
+				}
+				if err := again.Check(dp.FromPod, dp.ToPod); !errors.Is(err, bpf.ErrNotAttached) {
+					t.Errorf("with the device gone: %v, want ErrNotAttached", err)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	if _, err := bpf.OpenAttachment(bpf.AttachmentRecord{}, 1, ""); !errors.Is(err, bpf.ErrNotAttached) {
+		t.Errorf("a record of no attachment: %v, want ErrNotAttached", err)
+	}
+}
+
+// removeEgress takes the program off a device's egress hook as another tool would: the tcx link detached by its
+// ID, or the clsact filter deleted.
+func removeEgress(t *testing.T, mode bpf.AttachMode, ifindex int) {
+	t.Helper()
+	if mode == bpf.ModeTCX {
+		q, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXEgress})
+		if err != nil || len(q.Programs) != 1 {
+			t.Fatalf("egress programs %+v, %v; want one", q, err)
+		}
+		id, ok := q.Programs[0].LinkID()
+		if !ok {
+			t.Fatal("the egress program has no link")
+		}
+		l, err := link.NewFromID(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		if err := l.Detach(); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	fs, err := netlink.FilterList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}, netlink.HANDLE_MIN_EGRESS)
+	if err != nil || len(fs) != 1 {
+		t.Fatalf("egress filters %v, %v; want one", fs, err)
+	}
+	if err := netlink.FilterDel(fs[0]); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -29,6 +29,19 @@
 #define ND_OPT_TARGET_LLADDR 2
 #define ND_OPT_NONCE 14
 #define ND_MAX_OPTIONS 3   /* options of 8 bytes a pod's NS, NA or RS may carry */
+#define ND_OPT_UNIT 8      /* option lengths count 8-byte units */
+#define ND_HOP_LIMIT 255   /* RFC 4861: what a neighbour sends, and a router's forwarding would lower */
+#define MLD_HOP_LIMIT 1    /* RFC 2710, RFC 3810 */
+#define ND_TARGET_END (ICMP_HLEN + 16) /* NS, NA and MLDv1: the fixed part ends after a 16-byte address */
+#define MLD2_RECORD_TYPE_MAX 6        /* RFC 3810 5.2.12: mode is include/exclude, changes and allow/block */
+#define MULTICAST6_PREFIX 0xff
+#define MULTICAST6_LINK_LOCAL 0xff020000 /* the first word of ff02::/16, the link-local scope */
+#define MULTICAST6_ALL_ROUTERS 2         /* ff02::2 */
+#define MULTICAST6_MLD2_ROUTERS 0x16     /* ff02::16 */
+#define SOLICITED_NODE_WORD2 1           /* ff02::1:ffXX:XXXX: the third word, then 0xff and 24 bits */
+#define MULTICAST4_MASK 0xf0             /* 224.0.0.0/4 */
+#define MULTICAST4_PREFIX 0xe0
+#define IPV4_ALEN 4
 #define MLD2_MAX_RECORDS 8 /* multicast address records of one MLDv2 report from a pod */
 #define MLD2_MAX_SOURCES 8 /* sources of one record */
 
@@ -56,7 +69,7 @@ static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
 
 static __always_inline int is_multicast6(const __u8 *a)
 {
-	return a[0] == 0xff;
+	return a[0] == MULTICAST6_PREFIX;
 }
 
 /* Is a the endpoint's link-local address (any link-local one, when the endpoint's is unknown)? */
@@ -91,7 +104,7 @@ static __always_inline int for_endpoint(const struct moat_endpoint *ep, const st
 {
 	if (p->family == 4) {
 		__u32 all = 0xffffffff;
-		if ((p->daddr[0] & 0xf0) == 0xe0 || *(const __u32 *)p->daddr == all)
+		if ((p->daddr[0] & MULTICAST4_MASK) == MULTICAST4_PREFIX || *(const __u32 *)p->daddr == all)
 			return 1;
 		return endpoint_owns(ep, 4, p->daddr);
 	}
@@ -110,7 +123,7 @@ static __always_inline int arp_check(struct __sk_buff *skb, const struct packet 
 	if (skb->len < ETH_HLEN + ARP_LEN || load(skb, p, ETH_HLEN, &a, sizeof(a)) < 0)
 		return MOAT_REASON_MALFORMED;
 	op = bpf_ntohs(a.op);
-	if (a.htype != bpf_htons(ARP_HTYPE_ETHER) || a.ptype != bpf_htons(ETH_P_IP) || a.hlen != 6 || a.plen != 4 ||
+	if (a.htype != bpf_htons(ARP_HTYPE_ETHER) || a.ptype != bpf_htons(ETH_P_IP) || a.hlen != ETH_ALEN || a.plen != IPV4_ALEN ||
 	    (op != ARP_OP_REQUEST && op != ARP_OP_REPLY))
 		return MOAT_REASON_NEIGHBOR_DENIED;
 
@@ -153,6 +166,30 @@ static __always_inline int arp_check(struct __sk_buff *skb, const struct packet 
 
 /* ---- IPv6 neighbour discovery and MLD ---- */
 
+/* An ND option of one unit: type, length (in units), and a link-layer address or a nonce's first bytes. */
+struct nd_option {
+	__u8 type;
+	__u8 len;
+	__u8 lladdr[ETH_ALEN];
+};
+
+/* MLDv2 report (RFC 3810 5.2): the ICMPv6 header, then the number of records. */
+struct mld2_report_hdr {
+	__u8 type;
+	__u8 code;
+	__be16 check;
+	__be16 reserved;
+	__be16 records;
+};
+
+/* A multicast address record, without its sources (16 bytes each) and auxiliary data. */
+struct mld2_record {
+	__u8 type;
+	__u8 aux_len;
+	__be16 sources;
+	__u8 group[16];
+};
+
 /* An ICMPv6 type of neighbour discovery (RFC 4861) or MLD (RFC 2710, RFC 3810). */
 static __always_inline int is_neighbor_message(const struct packet *p)
 {
@@ -167,8 +204,8 @@ static __always_inline int is_neighbor_message(const struct packet *p)
 static __always_inline int nd_on_link(const struct packet *p)
 {
 	if (p->icmp_type >= ICMPV6_ROUTER_SOLICIT && p->icmp_type <= ICMPV6_REDIRECT)
-		return p->hop_limit == 255;
-	return p->hop_limit == 1 && is_multicast6(p->daddr);
+		return p->hop_limit == ND_HOP_LIMIT;
+	return p->hop_limit == MLD_HOP_LIMIT && is_multicast6(p->daddr);
 }
 
 /* Is a the solicited-node multicast group of target (ff02::1:ffXX:XXXX)? */
@@ -176,20 +213,22 @@ static __always_inline int is_solicited_node_of(const __u8 *a, const __u8 *targe
 {
 	const __u32 *w = (const __u32 *)a;
 
-	return w[0] == bpf_htonl(0xff020000) && w[1] == 0 && w[2] == bpf_htonl(1) && a[12] == 0xff &&
+	return w[0] == bpf_htonl(MULTICAST6_LINK_LOCAL) && w[1] == 0 && w[2] == bpf_htonl(SOLICITED_NODE_WORD2) &&
+	       a[12] == MULTICAST6_PREFIX &&
 	       a[13] == target[13] && a[14] == target[14] && a[15] == target[15];
 }
 
 static __always_inline int is_all_routers(const __u8 *a)
 {
 	const __u32 *w = (const __u32 *)a;
-	return w[0] == bpf_htonl(0xff020000) && w[1] == 0 && w[2] == 0 && w[3] == bpf_htonl(2);
+	return w[0] == bpf_htonl(MULTICAST6_LINK_LOCAL) && w[1] == 0 && w[2] == 0 && w[3] == bpf_htonl(MULTICAST6_ALL_ROUTERS);
 }
 
 static __always_inline int is_mld2_routers(const __u8 *a)
 {
 	const __u32 *w = (const __u32 *)a;
-	return w[0] == bpf_htonl(0xff020000) && w[1] == 0 && w[2] == 0 && w[3] == bpf_htonl(0x16);
+	return w[0] == bpf_htonl(MULTICAST6_LINK_LOCAL) && w[1] == 0 && w[2] == 0 &&
+	       w[3] == bpf_htonl(MULTICAST6_MLD2_ROUTERS);
 }
 
 /*
@@ -203,22 +242,22 @@ static __always_inline int nd_options(struct __sk_buff *skb, const struct packet
 	__u32 left = p->l3_end - off;
 	int i;
 
-	if (off > p->l3_end || left % 8 != 0 || left > ND_MAX_OPTIONS * 8)
+	if (off > p->l3_end || left % ND_OPT_UNIT != 0 || left > ND_MAX_OPTIONS * ND_OPT_UNIT)
 		return MOAT_REASON_NEIGHBOR_DENIED;
 #pragma unroll
 	for (i = 0; i < ND_MAX_OPTIONS; i++) {
-		__u8 opt[8];
-		if (i * 8 >= left)
+		struct nd_option opt;
+		if (i * ND_OPT_UNIT >= left)
 			break;
-		if (bpf_skb_load_bytes(skb, off + i * 8, opt, sizeof(opt)) < 0)
+		if (bpf_skb_load_bytes(skb, off + i * ND_OPT_UNIT, &opt, sizeof(opt)) < 0)
 			return MOAT_REASON_MALFORMED;
-		if (opt[1] != 1)
+		if (opt.len != 1)
 			return MOAT_REASON_NEIGHBOR_DENIED;
-		if (opt[0] == ND_OPT_NONCE && nonce_ok)
+		if (opt.type == ND_OPT_NONCE && nonce_ok)
 			continue;
-		if (!lladdr || opt[0] != lladdr)
+		if (!lladdr || opt.type != lladdr)
 			return MOAT_REASON_NEIGHBOR_DENIED;
-		if (mac_known(ep) && !mac_eq(&opt[2], ep->mac))
+		if (mac_known(ep) && !mac_eq(opt.lladdr, ep->mac))
 			return MOAT_REASON_NEIGHBOR_DENIED;
 	}
 	return 0;
@@ -227,29 +266,30 @@ static __always_inline int nd_options(struct __sk_buff *skb, const struct packet
 /* An MLDv2 report: records of known shape that add up to the message exactly, groups that are multicast. */
 static __always_inline int mld2_report(struct __sk_buff *skb, const struct packet *p)
 {
-	__u32 off = p->l4_off + 8;
-	__u8 hdr[8];
+	struct mld2_report_hdr hdr;
+	__u32 off = p->l4_off + sizeof(hdr);
 	__u16 n;
 	int i;
 
-	if (bpf_skb_load_bytes(skb, p->l4_off, hdr, sizeof(hdr)) < 0)
+	if (bpf_skb_load_bytes(skb, p->l4_off, &hdr, sizeof(hdr)) < 0)
 		return MOAT_REASON_MALFORMED;
-	n = ((__u16)hdr[6] << 8) | hdr[7];
+	n = bpf_ntohs(hdr.records);
 	if (n > MLD2_MAX_RECORDS)
 		return MOAT_REASON_NEIGHBOR_DENIED;
 #pragma unroll
 	for (i = 0; i < MLD2_MAX_RECORDS; i++) {
-		__u8 rec[20];
+		struct mld2_record rec;
 		__u16 sources;
 		if (i >= n)
 			break;
-		if (off + sizeof(rec) > p->l3_end || bpf_skb_load_bytes(skb, off, rec, sizeof(rec)) < 0)
+		if (off + sizeof(rec) > p->l3_end || bpf_skb_load_bytes(skb, off, &rec, sizeof(rec)) < 0)
 			return MOAT_REASON_NEIGHBOR_DENIED;
-		sources = ((__u16)rec[2] << 8) | rec[3];
-		/* record types 1-6, no auxiliary data, a multicast group */
-		if (rec[0] < 1 || rec[0] > 6 || rec[1] != 0 || sources > MLD2_MAX_SOURCES || rec[4] != 0xff)
+		sources = bpf_ntohs(rec.sources);
+		/* a record type of RFC 3810, no auxiliary data, a multicast group */
+		if (rec.type < 1 || rec.type > MLD2_RECORD_TYPE_MAX || rec.aux_len != 0 || sources > MLD2_MAX_SOURCES ||
+		    rec.group[0] != MULTICAST6_PREFIX)
 			return MOAT_REASON_NEIGHBOR_DENIED;
-		off += sizeof(rec) + (__u32)sources * 16;
+		off += sizeof(rec) + (__u32)sources * sizeof(rec.group);
 	}
 	return off == p->l3_end ? 0 : MOAT_REASON_NEIGHBOR_DENIED;
 }
@@ -268,12 +308,12 @@ static __always_inline int nd_from_pod(struct __sk_buff *skb, const struct packe
 
 	switch (p->icmp_type) {
 	case ICMPV6_ROUTER_SOLICIT:
-		if (len < 8 || !is_all_routers(p->daddr))
+		if (len < ICMP_HLEN || !is_all_routers(p->daddr))
 			return MOAT_REASON_NEIGHBOR_DENIED;
-		return nd_options(skb, p, ep, p->l4_off + 8, unspecified ? 0 : ND_OPT_SOURCE_LLADDR, 0);
+		return nd_options(skb, p, ep, p->l4_off + ICMP_HLEN, unspecified ? 0 : ND_OPT_SOURCE_LLADDR, 0);
 	case ICMPV6_NEIGHBOR_SOLICIT:
 	case ICMPV6_NEIGHBOR_ADVERT:
-		if (len < 24 || bpf_skb_load_bytes(skb, p->l4_off + 8, target, sizeof(target)) < 0)
+		if (len < ND_TARGET_END || bpf_skb_load_bytes(skb, p->l4_off + ICMP_HLEN, target, sizeof(target)) < 0)
 			return MOAT_REASON_MALFORMED;
 		if (is_multicast6(target))
 			return MOAT_REASON_NEIGHBOR_DENIED;
@@ -281,7 +321,7 @@ static __always_inline int nd_from_pod(struct __sk_buff *skb, const struct packe
 			/* an advertisement speaks for its target: only the pod's own */
 			if (unspecified || !owns6(ep, target))
 				return MOAT_REASON_NEIGHBOR_DENIED;
-			return nd_options(skb, p, ep, p->l4_off + 24, ND_OPT_TARGET_LLADDR, 0);
+			return nd_options(skb, p, ep, p->l4_off + ND_TARGET_END, ND_OPT_TARGET_LLADDR, 0);
 		}
 		/* a solicitation goes to its target's group, or to the target itself (unreachability detection) */
 		if (!is_solicited_node_of(p->daddr, target) && !addr_eq(p->daddr, target))
@@ -290,7 +330,7 @@ static __always_inline int nd_from_pod(struct __sk_buff *skb, const struct packe
 			/* duplicate address detection: of the pod's own address, to its group, with no source address */
 			if (!owns6(ep, target) || !is_solicited_node_of(p->daddr, target))
 				return MOAT_REASON_NEIGHBOR_DENIED;
-			return nd_options(skb, p, ep, p->l4_off + 24, 0, 1);
+			return nd_options(skb, p, ep, p->l4_off + ND_TARGET_END, 0, 1);
 		}
 		/* an on-link target: link-local, in the pod's own /64 (its gateway, its neighbours), or inside the
 		 * cluster */
@@ -301,11 +341,11 @@ static __always_inline int nd_from_pod(struct __sk_buff *skb, const struct packe
 			if (class == MOAT_CLASS_WORLD || class == MOAT_CLASS_METADATA)
 				return MOAT_REASON_NEIGHBOR_DENIED;
 		}
-		return nd_options(skb, p, ep, p->l4_off + 24, ND_OPT_SOURCE_LLADDR, 0);
+		return nd_options(skb, p, ep, p->l4_off + ND_TARGET_END, ND_OPT_SOURCE_LLADDR, 0);
 	case ICMPV6_MLD_REPORT:
 	case ICMPV6_MLD_REDUCTION:
 		/* MLDv1: the group and nothing more; a report to the group, a done to all routers */
-		if (len != 24 || bpf_skb_load_bytes(skb, p->l4_off + 8, target, sizeof(target)) < 0)
+		if (len != ND_TARGET_END || bpf_skb_load_bytes(skb, p->l4_off + ICMP_HLEN, target, sizeof(target)) < 0)
 			return MOAT_REASON_NEIGHBOR_DENIED;
 		if (!is_multicast6(target))
 			return MOAT_REASON_NEIGHBOR_DENIED;

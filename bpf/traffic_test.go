@@ -69,7 +69,7 @@ func realTraffic(t *testing.T, mode bpf.AttachMode) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var att *bpf.Attachment
+	var att bpf.Attachment
 	err = pl.Host.Do(func(ns.NetNS) error {
 		att, err = attacher.Attach(pl.HostIfindex, h.dp.FromPod, h.dp.ToPod)
 		return err

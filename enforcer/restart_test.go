@@ -110,7 +110,7 @@ func TestKillNineChangesNoVerdict(t *testing.T) {
 		t.Fatal(err)
 	}
 	att, _ := bpf.NewAttacher(bpf.ModeTCX)
-	var a *bpf.Attachment
+	var a bpf.Attachment
 	if err := pl.Host.Do(func(ns.NetNS) error { a, err = att.Attach(pl.HostIfindex, dp.FromPod, dp.ToPod); return err }); err != nil {
 		t.Fatal(err)
 	}

@@ -141,7 +141,8 @@ func enforcerRSS(b *testing.B, bin string, pods, rules int) (rss, hwm float64) {
 	// the adopted pods' links go with their pins and veths; the namespace goes with the test
 	for i := 0; i < pods; i++ {
 		_ = host.Do(func(ns.NetNS) error {
-			return store.Forget(root, "net", fmt.Sprintf("c%d", i), "eth0")
+			life := endpoint.Lifecycle{Store: store, PinRoot: root}
+			return life.Forget(endpoint.Key{Network: "net", ContainerID: fmt.Sprintf("c%d", i), IfName: "eth0"})
 		})
 	}
 	return rss, hwm

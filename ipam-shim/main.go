@@ -41,8 +41,7 @@ type shim struct {
 	network, cniVersion string
 	delegateType        string
 	delegateStdin       []byte
-	pinRoot             string
-	store               endpoint.Store
+	life                endpoint.Lifecycle
 }
 
 func parse(stdin []byte) (*shim, error) {
@@ -74,12 +73,13 @@ func parse(stdin []byte) (*shim, error) {
 		return nil, err
 	}
 	s := &shim{network: netConf.Name, cniVersion: netConf.CNIVersion, delegateType: delegate.Type,
-		delegateStdin: delegateStdin, pinRoot: netConf.IPAM.PinRoot, store: endpoint.Store{Dir: netConf.IPAM.EndpointDir}}
-	if s.pinRoot == "" {
-		s.pinRoot = bpf.DefaultPinRoot
+		delegateStdin: delegateStdin, life: endpoint.Lifecycle{Store: endpoint.Store{Dir: netConf.IPAM.EndpointDir},
+			PinRoot: netConf.IPAM.PinRoot}}
+	if s.life.PinRoot == "" {
+		s.life.PinRoot = bpf.DefaultPinRoot
 	}
-	if s.store.Dir == "" {
-		s.store.Dir = endpoint.DefaultDir
+	if s.life.Store.Dir == "" {
+		s.life.Store.Dir = endpoint.DefaultDir
 	}
 	return s, nil
 }
@@ -112,7 +112,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 // evictStaleHolders removes the traces of every other pod interface of this network whose record still holds
 // addr: the allocator has handed addr out again, so their container is gone.
 func (s *shim) evictStaleHolders(addr netip.Addr, args *skel.CmdArgs) error {
-	records, err := s.store.List(s.network)
+	records, err := s.life.Store.List(s.network)
 	if err != nil {
 		return err
 	}
@@ -123,7 +123,7 @@ func (s *shim) evictStaleHolders(addr netip.Addr, args *skel.CmdArgs) error {
 		}
 		for _, held := range r.Addresses {
 			if held == addr.String() {
-				errs = append(errs, s.store.Forget(s.pinRoot, r.Network, r.ContainerID, r.IfName))
+				errs = append(errs, s.life.Forget(r.Key()))
 				break
 			}
 		}
@@ -137,7 +137,7 @@ func cmdDel(args *skel.CmdArgs) error {
 		return err
 	}
 	// Moat's entries go first, so the address carries no identity once the allocator may hand it out again.
-	if err := s.store.Forget(s.pinRoot, s.network, args.ContainerID, args.IfName); err != nil {
+	if err := s.life.Forget(endpoint.Key{Network: s.network, ContainerID: args.ContainerID, IfName: args.IfName}); err != nil {
 		return types.NewError(types.ErrInternal, "moat-ipam: cannot remove the pod's entries before releasing its address", err.Error())
 	}
 	return invoke.DelegateDel(context.Background(), s.delegateType, s.delegateStdin, nil)

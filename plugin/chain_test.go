@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -207,6 +210,11 @@ func (n *node) store() endpoint.Store {
 	return endpoint.Store{Dir: filepath.Join(n.state, "endpoints")}
 }
 
+// podKey names a test pod's interface, eth0, in a network.
+func podKey(network, containerID string) endpoint.Key {
+	return endpoint.Key{Network: network, ContainerID: containerID, IfName: "eth0"}
+}
+
 func TestChainAddCheckDel(t *testing.T) {
 	for _, c := range []struct {
 		primary, version string
@@ -233,7 +241,7 @@ func TestChainAddCheckDel(t *testing.T) {
 			if err := n.inHost(func() error { _, err := n.cni.AddNetworkList(ctx, list, p.rt); return err }); err != nil {
 				t.Fatalf("ADD: %v", err)
 			}
-			rec, ok, err := n.store().Load("moattest", p.rt.ContainerID, "eth0")
+			rec, ok, err := n.store().Load(podKey("moattest", p.rt.ContainerID))
 			if err != nil || !ok {
 				t.Fatalf("endpoint record after ADD: %v %v", ok, err)
 			}
@@ -244,7 +252,7 @@ func TestChainAddCheckDel(t *testing.T) {
 			if err != nil || !ok || ep.Identity != testIdentity || len(ep.Addrs()) != 1 {
 				t.Fatalf("endpoint entry of ifindex %d: %+v %v %v", rec.HostIfindex, ep, ok, err)
 			}
-			if _, err := os.Stat(filepath.Join(endpoint.LinkDir(n.pinRoot, "moattest", p.rt.ContainerID), bpf.FromPodLinkPin)); (err == nil) != (wantMode == bpf.ModeTCX) {
+			if _, err := os.Stat(filepath.Join(podKey("moattest", p.rt.ContainerID).LinkDir(n.pinRoot), bpf.FromPodLinkPin)); (err == nil) != (wantMode == bpf.ModeTCX) {
 				t.Errorf("link pin in mode %s: %v", wantMode, err)
 			}
 			if (len(rec.Filters) == 2) != (wantMode == bpf.ModeClsact) {
@@ -304,6 +312,108 @@ func TestChainAddCheckDel(t *testing.T) {
 			}
 		})
 	}
+}
+
+// CHECK asks the attachment itself, in both modes: it passes while both hooks run the enforcer's programs, says
+// which hook is missing when another hand took Moat's program off (a tcx link detached, a clsact filter deleted),
+// and says the programs are other code when a hook runs another build's. DEL still leaves nothing behind.
+func TestCheckFindsHooksNotInPlace(t *testing.T) {
+	for _, mode := range []bpf.AttachMode{bpf.ModeTCX, bpf.ModeClsact} {
+		t.Run(string(mode), func(t *testing.T) {
+			n := newNode(t, true)
+			n.attachMode = string(mode)
+			list := n.conflist("1.1.0", FailClosed)
+			p := n.pod("web")
+			t.Cleanup(func() { _ = n.inHost(deleteBridge) })
+			ctx := context.Background()
+			if err := n.inHost(func() error { _, err := n.cni.AddNetworkList(ctx, list, p.rt); return err }); err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			rec, ok, err := n.store().Load(podKey("moattest", p.rt.ContainerID))
+			if err != nil || !ok || rec.AttachMode != mode {
+				t.Fatalf("record %+v %v %v, want attach mode %s", rec, ok, err, mode)
+			}
+			check := func() error { return n.inHost(func() error { return n.cni.CheckNetworkList(ctx, list, p.rt) }) }
+			if err := check(); err != nil {
+				t.Fatalf("CHECK: %v", err)
+			}
+			// another build's programs on both hooks: swapped in place, as a newer enforcer would find them
+			old := testutil.PassProgram(t, "old_build")
+			if err := n.inHost(func() error {
+				att, err := rec.Attachment(n.pinRoot)
+				if err != nil {
+					return err
+				}
+				defer att.Close()
+				_, err = att.Upgrade(old, old)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if err := check(); err == nil || !strings.Contains(err.Error(), "other") {
+				t.Errorf("CHECK of hooks that run another build's programs: %v", err)
+			}
+			if err := n.inHost(func() error {
+				att, err := rec.Attachment(n.pinRoot)
+				if err != nil {
+					return err
+				}
+				defer att.Close()
+				_, err = att.Upgrade(n.dp.FromPod, n.dp.ToPod)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if err := check(); err != nil {
+				t.Errorf("CHECK after the enforcer's programs are back: %v", err)
+			}
+			if err := n.inHost(func() error { return takeEgressOff(mode, rec.HostIfindex) }); err != nil {
+				t.Fatal(err)
+			}
+			if err := check(); err == nil || !strings.Contains(err.Error(), "egress") || !strings.Contains(err.Error(), "not attached") {
+				t.Errorf("CHECK without the egress hook: %v, want it to say the egress hook is not attached", err)
+			}
+			if err := n.inHost(func() error { return n.cni.DelNetworkList(ctx, list, p.rt) }); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			n.requireClean(t)
+		})
+	}
+}
+
+// takeEgressOff removes Moat's program from a host veth's egress hook as another tool would: the tcx link
+// detached by its ID, or the clsact filter deleted.
+func takeEgressOff(mode bpf.AttachMode, ifindex int) error {
+	if mode == bpf.ModeTCX {
+		q, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXEgress})
+		if err != nil {
+			return err
+		}
+		for _, p := range q.Programs {
+			id, ok := p.LinkID()
+			if !ok {
+				continue
+			}
+			l, err := link.NewFromID(id)
+			if err != nil {
+				return err
+			}
+			err = l.Detach()
+			l.Close()
+			return err
+		}
+		return errors.New("no tcx link on egress")
+	}
+	fs, err := netlink.FilterList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}, netlink.HANDLE_MIN_EGRESS)
+	if err != nil {
+		return err
+	}
+	for _, f := range fs {
+		if f.Attrs().Handle == bpf.ClsactHandle {
+			return netlink.FilterDel(f)
+		}
+	}
+	return errors.New("no Moat filter on egress")
 }
 
 // requireClean fails unless nothing of any pod is left: records, link pins, endpoint and ipcache entries.
@@ -380,22 +490,22 @@ func TestChainStatusAndGC(t *testing.T) {
 	if err := n.inHost(func() error { return n.cni.GCNetworkList(ctx, closed, gc) }); err != nil {
 		t.Fatalf("GC: %v", err)
 	}
-	if _, ok, _ := n.store().Load("moattest", stale.rt.ContainerID, "eth0"); ok {
+	if _, ok, _ := n.store().Load(podKey("moattest", stale.rt.ContainerID)); ok {
 		t.Errorf("GC left the stale pod's record")
 	}
-	if _, err := os.Stat(endpoint.LinkDir(n.pinRoot, "moattest", stale.rt.ContainerID)); err == nil {
+	if _, err := os.Stat(podKey("moattest", stale.rt.ContainerID).LinkDir(n.pinRoot)); err == nil {
 		t.Errorf("GC left the stale pod's link pins")
 	}
-	if _, ok, _ := n.store().Load("moattest", keep.rt.ContainerID, "eth0"); !ok {
+	if _, ok, _ := n.store().Load(podKey("moattest", keep.rt.ContainerID)); !ok {
 		t.Errorf("GC removed a valid attachment")
 	}
-	if _, ok, _ := n.store().Load("othernet", "c-other", "eth0"); !ok {
+	if _, ok, _ := n.store().Load(podKey("othernet", "c-other")); !ok {
 		t.Errorf("GC of moattest removed another network's record")
 	}
 	if eps, _ := n.dp.Endpoints(); len(eps) != 1 {
 		t.Errorf("%d endpoint entries after GC, want the kept pod's 1", len(eps))
 	}
-	_ = n.store().Delete("othernet", "c-other", "eth0")
+	_ = n.store().Delete(podKey("othernet", "c-other"))
 	if err := n.inHost(func() error { return n.cni.DelNetworkList(ctx, closed, keep.rt) }); err != nil {
 		t.Fatal(err)
 	}
@@ -424,7 +534,7 @@ func TestChainFailOpen(t *testing.T) {
 	if err := n.inHost(func() error { _, err := n.cni.AddNetworkList(ctx, list, early.rt); return err }); err != nil {
 		t.Fatalf("ADD without the enforcer under failPolicy open: %v", err)
 	}
-	rec, ok, _ := n.store().Load("moattest", early.rt.ContainerID, "eth0")
+	rec, ok, _ := n.store().Load(podKey("moattest", early.rt.ContainerID))
 	if !ok || rec.AttachMode != "" || rec.Namespace != testNamespace {
 		t.Fatalf("record of an unprotected pod: %+v (%v)", rec, ok)
 	}
@@ -437,7 +547,7 @@ func TestChainFailOpen(t *testing.T) {
 	if err := n.inHost(func() error { _, err := n.cni.AddNetworkList(ctx, list, stranger.rt); return err }); err != nil {
 		t.Fatalf("ADD of a namespace without identity under failPolicy open: %v", err)
 	}
-	rec, ok, _ = n.store().Load("moattest", stranger.rt.ContainerID, "eth0")
+	rec, ok, _ = n.store().Load(podKey("moattest", stranger.rt.ContainerID))
 	if !ok || rec.Identity != 0 || rec.AttachMode != bpf.ModeTCX {
 		t.Fatalf("record of a pod under cluster defaults: %+v (%v)", rec, ok)
 	}

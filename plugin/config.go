@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
@@ -104,6 +105,16 @@ func parseConfig(stdin []byte, needPrev bool) (*NetConf, error) {
 	}
 	conf.prevResult = prev
 	return conf, nil
+}
+
+// lifecycle is the endpoint lifecycle at the configured paths.
+func (c *NetConf) lifecycle() endpoint.Lifecycle {
+	return endpoint.Lifecycle{Store: endpoint.Store{Dir: c.EndpointDir}, PinRoot: c.PinRoot}
+}
+
+// key names the pod interface of an invocation.
+func (c *NetConf) key(args *skel.CmdArgs) endpoint.Key {
+	return endpoint.Key{Network: c.Name, ContainerID: args.ContainerID, IfName: args.IfName}
 }
 
 // logger writes to the configured log file (never stdout: it carries the CNI result), or stderr.

@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -20,13 +19,13 @@ import (
 
 // adder is one ADD: what it did so far, so a failure undoes exactly that.
 type adder struct {
-	conf  *NetConf
-	args  *skel.CmdArgs
-	log   *logrus.Entry
-	store endpoint.Store
+	conf *NetConf
+	args *skel.CmdArgs
+	log  *logrus.Entry
+	life endpoint.Lifecycle
 
 	dp        *bpf.Datapath
-	undoGuard func() // undoes endpoint.Guard when a later step fails
+	undoGuard func() // undoes Guard when a later step fails
 	record    bool
 }
 
@@ -45,7 +44,7 @@ func (a *adder) add() error {
 		return err
 	}
 	// A repeated ADD of the same attachment replaces what the first one left.
-	if err := a.store.Forget(a.conf.PinRoot, a.conf.Name, a.args.ContainerID, a.args.IfName); err != nil {
+	if err := a.life.Forget(a.conf.key(a.args)); err != nil {
 		return err
 	}
 	rec := &endpoint.Record{Network: a.conf.Name, ContainerID: a.args.ContainerID, IfName: a.args.IfName,
@@ -61,7 +60,7 @@ func (a *adder) add() error {
 	case errors.Is(err, bpf.ErrNotPinned) && a.conf.FailPolicy == FailOpen:
 		log.Warn("the enforcer's state is missing: the pod starts unprotected, and the enforcer adopts it when it starts")
 		a.record = true
-		return a.store.Save(rec)
+		return a.life.Store.Save(rec)
 	case errors.Is(err, bpf.ErrNotPinned):
 		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("moat: cannot guard pod %s/%s: the enforcer's "+
 			"state is missing under %s (is moat-enforcer running?)", namespace, pod, a.conf.PinRoot), err.Error())
@@ -82,7 +81,7 @@ func (a *adder) add() error {
 		log.Warn("namespace has no identity yet: the pod starts under the cluster defaults and is re-tagged later")
 	}
 
-	undo, err := endpoint.Guard(dp, rec, identity, a.conf.PinRoot, bpf.AttachMode(a.conf.AttachMode))
+	undo, err := a.life.Guard(dp, rec, identity, bpf.AttachMode(a.conf.AttachMode))
 	if errors.Is(err, bpf.ErrTooManyAddresses) {
 		return types.NewError(types.ErrInvalidNetworkConfig, "moat: "+err.Error(), "")
 	}
@@ -90,7 +89,7 @@ func (a *adder) add() error {
 		return err
 	}
 	a.undoGuard = undo
-	if err := a.store.Save(rec); err != nil {
+	if err := a.life.Store.Save(rec); err != nil {
 		return err
 	}
 	a.record = true
@@ -102,7 +101,7 @@ func (a *adder) add() error {
 // rollback undoes what a failed add did, newest first.
 func (a *adder) rollback() {
 	if a.record {
-		_ = a.store.Delete(a.conf.Name, a.args.ContainerID, a.args.IfName)
+		_ = a.life.Store.Delete(a.conf.key(a.args))
 	}
 	if a.undoGuard != nil {
 		a.undoGuard()
@@ -176,8 +175,7 @@ func hostPeer(netnsPath, ifname string) (int, string, error) {
 
 // check verifies that the pod's interface is guarded as ADD left it.
 func check(conf *NetConf, args *skel.CmdArgs) error {
-	store := endpoint.Store{Dir: conf.EndpointDir}
-	rec, ok, err := store.Load(conf.Name, args.ContainerID, args.IfName)
+	rec, ok, err := conf.lifecycle().Store.Load(conf.key(args))
 	if err != nil {
 		return err
 	}
@@ -203,28 +201,8 @@ func check(conf *NetConf, args *skel.CmdArgs) error {
 		return err
 	}
 	defer dp.Close()
-	if rec.AttachMode == bpf.ModeTCX {
-		att, err := bpf.LoadPinnedAttachment(endpoint.LinkDir(conf.PinRoot, conf.Name, args.ContainerID))
-		if err != nil {
-			return fmt.Errorf("the pod's links are missing: %w", err)
-		}
-		defer att.Close()
-		if att.Ifindex != hostIndex {
-			return fmt.Errorf("the pod's links are on ifindex %d, not on its host veth %d", att.Ifindex, hostIndex)
-		}
-		ids, err := att.ProgramIDs()
-		if err != nil {
-			return err
-		}
-		for i, prog := range []*ebpf.Program{dp.FromPod, dp.ToPod} {
-			info, err := prog.Info()
-			if err != nil {
-				return err
-			}
-			if id, _ := info.ID(); i >= len(ids) || ids[i] != id {
-				return fmt.Errorf("the pod's %s link does not run the enforcer's pinned program", []string{"from-pod", "to-pod"}[i])
-			}
-		}
+	if err := rec.CheckAttachment(dp); err != nil {
+		return fmt.Errorf("the pod's programs: %w", err)
 	}
 	ep, ok, err := dp.LookupEndpoint(uint32(hostIndex))
 	if err != nil {

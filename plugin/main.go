@@ -12,7 +12,6 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/moatfw/moat/bpf"
-	"github.com/moatfw/moat/internal/endpoint"
 	moatversion "github.com/moatfw/moat/internal/version"
 )
 
@@ -28,7 +27,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}
 	log, closeLog := conf.logger()
 	defer closeLog()
-	a := &adder{conf: conf, args: args, log: log, store: endpoint.Store{Dir: conf.EndpointDir}}
+	a := &adder{conf: conf, args: args, log: log, life: conf.lifecycle()}
 	if err := a.add(); err != nil {
 		a.rollback()
 		log.WithError(err).WithField("container", args.ContainerID).Error("ADD failed; rolled back")
@@ -44,8 +43,7 @@ func cmdDel(args *skel.CmdArgs) error {
 	}
 	log, closeLog := conf.logger()
 	defer closeLog()
-	store := endpoint.Store{Dir: conf.EndpointDir}
-	if err := store.Forget(conf.PinRoot, conf.Name, args.ContainerID, args.IfName); err != nil {
+	if err := conf.lifecycle().Forget(conf.key(args)); err != nil {
 		log.WithError(err).WithField("container", args.ContainerID).Error("DEL failed")
 		return asCNIError(err)
 	}
@@ -99,8 +97,8 @@ func cmdGC(args *skel.CmdArgs) error {
 	for _, a := range conf.ValidAttachments {
 		valid[a] = true
 	}
-	store := endpoint.Store{Dir: conf.EndpointDir}
-	records, err := store.List(conf.Name)
+	life := conf.lifecycle()
+	records, err := life.Store.List(conf.Name)
 	if err != nil {
 		return asCNIError(err)
 	}
@@ -110,7 +108,7 @@ func cmdGC(args *skel.CmdArgs) error {
 			continue
 		}
 		log.WithFields(map[string]any{"container": r.ContainerID, "pod": r.Namespace + "/" + r.Pod}).Info("GC: removing a stale endpoint")
-		if err := store.Forget(conf.PinRoot, conf.Name, r.ContainerID, r.IfName); err != nil {
+		if err := life.Forget(r.Key()); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -177,39 +177,42 @@ func Uninstall(o Options) (Result, error) {
 }
 
 // detachAll detaches Moat from every pod interface a record names, then from any pinned links left without a
-// record.
+// record. It counts the pods whose programs the attachment's check found in place.
 func detachAll(o Options, log *logrus.Entry) (int, error) {
-	store := endpoint.Store{Dir: o.endpointDir()}
-	recs, err := store.List("")
+	life := endpoint.Lifecycle{Store: endpoint.Store{Dir: o.endpointDir()}, PinRoot: o.pinRoot()}
+	recs, err := life.Store.List("")
 	var errs []error
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err) // a broken record: the pinned links below still go
 	}
+	dp, err := bpf.OpenPinned(o.pinRoot())
+	if err == nil {
+		defer dp.Close()
+	}
 	n := 0
 	for _, r := range recs {
 		f := log.WithFields(logrus.Fields{"pod": r.Namespace + "/" + r.Pod, "veth": r.HostIfname, "mode": r.AttachMode})
-		if err := store.Forget(o.pinRoot(), r.Network, r.ContainerID, r.IfName); err != nil {
+		attached := r.AttachMode != "" // without the pinned datapath, as the record says
+		if dp != nil {
+			attached = !errors.Is(r.CheckAttachment(dp), bpf.ErrNotAttached)
+		}
+		if err := life.Forget(r.Key()); err != nil {
 			f.WithError(err).Error("cannot detach moat from the pod")
 			errs = append(errs, fmt.Errorf("pod %s/%s (%s): %w", r.Namespace, r.Pod, r.HostIfname, err))
+			continue
+		}
+		if !attached {
+			f.Info("the pod's record removed: moat's programs were not on it")
 			continue
 		}
 		n++
 		f.Info("moat detached from the pod")
 	}
-	dirs, _ := filepath.Glob(filepath.Join(o.pinRoot(), "endpoints", "*", "*"))
-	for _, dir := range dirs {
-		att, err := bpf.LoadPinnedAttachment(dir)
-		if err != nil {
-			continue // not a link folder, or links already gone: removePinned removes what is left
-		}
-		if err := att.Detach(); err != nil {
-			errs = append(errs, fmt.Errorf("detach the links pinned in %s: %w", dir, err))
-			continue
-		}
-		n++
-		log.WithField("links", dir).Info("moat detached from an interface it had no record of")
+	unrecorded, err := life.DetachAllLinks()
+	if unrecorded > 0 {
+		log.WithField("interfaces", unrecorded).Info("moat detached from interfaces it had no record of")
 	}
-	return n, errors.Join(errs...)
+	return n + unrecorded, errors.Join(append(errs, err)...)
 }
 
 // removePinned unpins everything under the pin root. The root itself stays when it is a mount point.

@@ -2,6 +2,7 @@ package endpoint
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"slices"
@@ -13,37 +14,69 @@ import (
 
 // Forget removes every trace of one pod interface: links and their pins, endpoint and ipcache entries, the
 // record. It succeeds when there is nothing (left) to remove, and never touches what now belongs to another pod.
-func (s Store) Forget(pinRoot, network, containerID, ifname string) error {
-	linkDir := LinkDir(pinRoot, network, containerID)
+func (l Lifecycle) Forget(k Key) error {
 	var errs []error
-	if _, err := os.Stat(linkDir); err == nil {
-		if att, err := bpf.LoadPinnedAttachment(linkDir); err == nil {
-			errs = append(errs, att.Detach())
-		}
-		errs = append(errs, os.RemoveAll(linkDir))
+	if _, err := detachLinks(k.LinkDir(l.PinRoot)); err != nil { // pinned before a record was saved, too
+		errs = append(errs, err)
 	}
-	rec, ok, err := s.Load(network, containerID, ifname)
+	rec, ok, err := l.Store.Load(k)
 	if err != nil || !ok {
 		return errors.Join(append(errs, err)...)
 	}
 	// the host veth may be gone and its ifindex taken by another pod's: act on it only while it is ours
 	sameDevice := false
-	if l, err := netlink.LinkByIndex(rec.HostIfindex); err == nil {
-		sameDevice = l.Attrs().Name == rec.HostIfname
+	if link, err := netlink.LinkByIndex(rec.HostIfindex); err == nil {
+		sameDevice = link.Attrs().Name == rec.HostIfname
 	}
 	if rec.AttachMode == bpf.ModeClsact && sameDevice {
-		att := &bpf.Attachment{Mode: bpf.ModeClsact, Ifindex: rec.HostIfindex, Filters: rec.Filters,
-			CreatedQdisc: rec.CreatedQdisc}
-		errs = append(errs, att.Detach())
+		att, err := rec.Attachment(l.PinRoot)
+		if err == nil {
+			err = att.Detach()
+		}
+		errs = append(errs, err)
 	}
-	if dp, err := bpf.OpenPinned(pinRoot); err == nil {
-		errs = append(errs, s.forgetEntries(dp, rec, sameDevice))
+	if dp, err := bpf.OpenPinned(l.PinRoot); err == nil {
+		errs = append(errs, l.Store.forgetEntries(dp, rec, sameDevice))
 		dp.Close()
 	} else if !errors.Is(err, bpf.ErrNotPinned) {
 		errs = append(errs, err)
 	}
-	errs = append(errs, s.Delete(network, containerID, ifname))
+	errs = append(errs, l.Store.Delete(k))
 	return errors.Join(errs...)
+}
+
+// DetachAllLinks detaches every attachment whose links are pinned under the pin root, whether a record names it
+// or not (uninstall, after forgetting the recorded pods), and reports how many it found.
+func (l Lifecycle) DetachAllLinks() (int, error) {
+	dirs, err := linkDirs(l.PinRoot)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	var errs []error
+	for _, dir := range dirs {
+		found, err := detachLinks(dir)
+		if found {
+			n++
+		}
+		errs = append(errs, err)
+	}
+	return n, errors.Join(errs...)
+}
+
+// detachLinks detaches the links pinned in dir and removes the folder; found says whether there were links.
+func detachLinks(dir string) (found bool, err error) {
+	if _, err := os.Stat(dir); err != nil {
+		return false, nil
+	}
+	var errs []error
+	if att, err := bpf.OpenAttachment(bpf.AttachmentRecord{AttachMode: bpf.ModeTCX}, 0, dir); err == nil {
+		found = true
+		if err := att.Detach(); err != nil {
+			errs = append(errs, fmt.Errorf("detach the links pinned in %s: %w", dir, err))
+		}
+	}
+	return found, errors.Join(append(errs, os.RemoveAll(dir))...)
 }
 
 // forgetEntries removes the pod's endpoint entry and the ipcache entries of addresses no other record holds.

@@ -20,7 +20,7 @@ import (
 //
 // When it was to attach and fails, it undoes what it did. On success it returns undo, for a caller whose next
 // step fails; a re-tag of an attached pod (nothing to attach) has nothing to undo and returns nil.
-func Guard(dp *bpf.Datapath, r *Record, identity uint32, pinRoot string, mode bpf.AttachMode) (undo func(), err error) {
+func (l Lifecycle) Guard(dp *bpf.Datapath, r *Record, identity uint32, mode bpf.AttachMode) (undo func(), err error) {
 	var addrs []netip.Addr
 	for _, s := range r.Addresses {
 		a, err := netip.ParseAddr(s)
@@ -42,15 +42,12 @@ func Guard(dp *bpf.Datapath, r *Record, identity uint32, pinRoot string, mode bp
 	ep.SetLink(mac, ll)
 	attach := r.AttachMode == ""
 	var written []netip.Prefix
-	var att *bpf.Attachment
-	linkDir := LinkDir(pinRoot, r.Network, r.ContainerID)
+	var att bpf.Attachment
+	linkDir := r.Key().LinkDir(l.PinRoot)
 	undo = func() {
 		if att != nil {
-			if pinned, err := bpf.LoadPinnedAttachment(linkDir); err == nil {
-				_ = pinned.Detach() // tcx links, through their pins
-			}
-			_ = att.Detach() // this call's own handles, or its clsact filters
-			_ = os.RemoveAll(linkDir)
+			_ = att.Detach()
+			_ = os.RemoveAll(linkDir) // with a pin made before a failed one
 		}
 		for _, p := range written {
 			_ = dp.DeleteIPCache(p)
@@ -88,11 +85,11 @@ func Guard(dp *bpf.Datapath, r *Record, identity uint32, pinRoot string, mode bp
 	if err := att.Pin(linkDir); err != nil {
 		return fail(err)
 	}
-	r.AttachMode, r.Filters, r.CreatedQdisc = att.Mode, att.Filters, att.CreatedQdisc
+	r.AttachmentRecord = att.Record()
 	if err := att.Close(); err != nil { // the pins hold the links now
 		return fail(err)
 	}
-	return func() { undo(); r.AttachMode = "" }, nil
+	return func() { undo(); r.AttachmentRecord = bpf.AttachmentRecord{} }, nil
 }
 
 // LinkOf reads the MAC and IPv6 link-local address of a pod's interface from inside its network namespace; both

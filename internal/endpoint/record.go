@@ -1,6 +1,7 @@
-// Package endpoint keeps the record the plugin leaves for every pod interface it guards, under
-// /run/moat/endpoints/<network>/<container id>_<ifname>.json, so that DEL, GC and an enforcer that starts later
-// find the pod without asking the runtime.
+// Package endpoint owns a pod interface's life on the node. Lifecycle guards it (tags it, attaches the programs,
+// pins the links) and forgets it (removes all of that); the record the plugin leaves for every pod interface it
+// guards, under /run/moat/endpoints/<network>/<container id>_<ifname>.json, lets DEL, GC and an enforcer that
+// starts later find the pod without asking the runtime, and take up its attachment (Record.Attachment).
 package endpoint
 
 import (
@@ -20,35 +21,39 @@ const DefaultDir = "/run/moat/endpoints"
 
 // Record is what Moat knows of one pod interface.
 type Record struct {
-	Network      string             `json:"network"`
-	ContainerID  string             `json:"containerID"`
-	IfName       string             `json:"ifname"`
-	Netns        string             `json:"netns"`
-	Namespace    string             `json:"namespace"`
-	Pod          string             `json:"pod,omitempty"`
-	PodUID       string             `json:"podUID,omitempty"`
-	HostIfname   string             `json:"hostIfname"`
-	HostIfindex  int                `json:"hostIfindex"`
-	Identity     uint32             `json:"identity"`
-	Addresses    []string           `json:"addresses"`
-	MAC          string             `json:"mac,omitempty"`        // the pod interface's MAC: ARP and ND from the pod must carry it
-	LinkLocal    string             `json:"linkLocal,omitempty"`  // its IPv6 link-local address, when it has one
-	AttachMode   bpf.AttachMode     `json:"attachMode,omitempty"` // empty: not attached (failPolicy open, no datapath)
-	Filters      []bpf.ClsactFilter `json:"clsactFilters,omitempty"`
-	CreatedQdisc bool               `json:"createdQdisc,omitempty"`
-	Created      time.Time          `json:"created"`
+	Network     string   `json:"network"`
+	ContainerID string   `json:"containerID"`
+	IfName      string   `json:"ifname"`
+	Netns       string   `json:"netns"`
+	Namespace   string   `json:"namespace"`
+	Pod         string   `json:"pod,omitempty"`
+	PodUID      string   `json:"podUID,omitempty"`
+	HostIfname  string   `json:"hostIfname"`
+	HostIfindex int      `json:"hostIfindex"`
+	Identity    uint32   `json:"identity"`
+	Addresses   []string `json:"addresses"`
+	MAC         string   `json:"mac,omitempty"`       // the pod interface's MAC: ARP and ND from the pod must carry it
+	LinkLocal   string   `json:"linkLocal,omitempty"` // its IPv6 link-local address, when it has one
+	// the attachment of the programs to the host veth: its mode, and what clsact added
+	bpf.AttachmentRecord
+	Created time.Time `json:"created"`
+}
+
+// Key names what a record is about: one interface of one container in one network.
+func (r *Record) Key() Key {
+	return Key{Network: r.Network, ContainerID: r.ContainerID, IfName: r.IfName}
 }
 
 // Store is a folder of records.
 type Store struct{ Dir string }
 
-func (s Store) path(network, containerID, ifname string) string {
-	return filepath.Join(s.Dir, network, containerID+"_"+ifname+".json")
+func (s Store) path(k Key) string {
+	return filepath.Join(s.Dir, k.Network, k.ContainerID+"_"+k.IfName+".json")
 }
 
 // Save writes a record atomically (temporary file and rename).
 func (s Store) Save(r *Record) error {
-	p := s.path(r.Network, r.ContainerID, r.IfName)
+	p := s.path(r.Key())
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return fmt.Errorf("create endpoint record folder: %w", err)
 	}
@@ -68,8 +73,8 @@ func (s Store) Save(r *Record) error {
 }
 
 // Load reads the record of a pod interface; ok is false when there is none.
-func (s Store) Load(network, containerID, ifname string) (r *Record, ok bool, err error) {
-	data, err := os.ReadFile(s.path(network, containerID, ifname))
+func (s Store) Load(k Key) (r *Record, ok bool, err error) {
+	data, err := os.ReadFile(s.path(k))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, false, nil
 	}
@@ -78,14 +83,14 @@ func (s Store) Load(network, containerID, ifname string) (r *Record, ok bool, er
 	}
 	r = &Record{}
 	if err := json.Unmarshal(data, r); err != nil {
-		return nil, false, fmt.Errorf("endpoint record %s: %w", s.path(network, containerID, ifname), err)
+		return nil, false, fmt.Errorf("endpoint record %s: %w", s.path(k), err)
 	}
 	return r, true, nil
 }
 
 // Delete removes a record; a missing one is not an error.
-func (s Store) Delete(network, containerID, ifname string) error {
-	err := os.Remove(s.path(network, containerID, ifname))
+func (s Store) Delete(k Key) error {
+	err := os.Remove(s.path(k))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("delete endpoint record: %w", err)
 	}
@@ -118,13 +123,6 @@ func (s Store) List(network string) ([]*Record, error) {
 		out = append(out, r)
 	}
 	return out, nil
-}
-
-// LinkDir is where the plugin pins a pod interface's tcx links under the pin root. bpffs refuses dots in names,
-// so a dot in a network name or container id is written %2e.
-func LinkDir(pinRoot, network, containerID string) string {
-	esc := func(s string) string { return strings.ReplaceAll(s, ".", "%2e") }
-	return filepath.Join(pinRoot, "endpoints", esc(network), esc(containerID))
 }
 
 // ValidName reports whether s can name a folder or file of records and pins.

@@ -25,6 +25,7 @@ import (
 func (e *Enforcer) Reconcile(store endpoint.Store, pinRoot string) error {
 	e.reconciling.Lock() // after an apply and on a timer: one at a time
 	defer e.reconciling.Unlock()
+	life := endpoint.Lifecycle{Store: store, PinRoot: pinRoot}
 	records, err := store.List("")
 	if err != nil {
 		return err
@@ -48,7 +49,7 @@ func (e *Enforcer) Reconcile(store endpoint.Store, pinRoot string) error {
 		l, err := netlink.LinkByIndex(r.HostIfindex)
 		if err != nil || l.Attrs().Name != r.HostIfname {
 			log.Info("host veth gone: removing the endpoint")
-			errs = append(errs, store.Forget(pinRoot, r.Network, r.ContainerID, r.IfName))
+			errs = append(errs, life.Forget(r.Key()))
 			continue
 		}
 		want, known := identities[r.Namespace]
@@ -64,7 +65,7 @@ func (e *Enforcer) Reconcile(store endpoint.Store, pinRoot string) error {
 			}
 			continue
 		}
-		if _, err := endpoint.Guard(e.dp, r, want, pinRoot, ""); err != nil {
+		if _, err := life.Guard(e.dp, r, want, ""); err != nil {
 			errs = append(errs, fmt.Errorf("pod %s/%s: %w", r.Namespace, r.Pod, err))
 			continue
 		}
@@ -86,20 +87,16 @@ func (e *Enforcer) Reconcile(store endpoint.Store, pinRoot string) error {
 	return errors.Join(errs...)
 }
 
-// upgrade puts this build's programs on a pod's hooks where they run other code.
+// upgrade puts this build's programs on a pod's hooks where the attachment's check finds other code; a pod whose
+// hooks are not in place is an error.
 func (e *Enforcer) upgrade(r *endpoint.Record, pinRoot string) (int, error) {
-	var a *bpf.Attachment
-	switch r.AttachMode {
-	case bpf.ModeTCX:
-		var err error
-		if a, err = bpf.LoadPinnedAttachment(endpoint.LinkDir(pinRoot, r.Network, r.ContainerID)); err != nil {
-			return 0, err
-		}
-		defer a.Close()
-	case bpf.ModeClsact:
-		a = &bpf.Attachment{Mode: bpf.ModeClsact, Ifindex: r.HostIfindex, Filters: r.Filters}
-	default:
-		return 0, nil
+	a, err := r.Attachment(pinRoot)
+	if err != nil {
+		return 0, err
+	}
+	defer a.Close()
+	if err := a.Check(e.dp.FromPod, e.dp.ToPod); !errors.Is(err, bpf.ErrOtherPrograms) {
+		return 0, err
 	}
 	return a.Upgrade(e.dp.FromPod, e.dp.ToPod)
 }

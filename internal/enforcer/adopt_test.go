@@ -36,7 +36,8 @@ func TestReconcileAdoptsRetagsAndForgets(t *testing.T) {
 	early := &endpoint.Record{Network: "net", ContainerID: "early", IfName: "eth0", Namespace: "web", Pod: "early",
 		HostIfname: pl.HostIfname, HostIfindex: pl.HostIfindex, Addresses: []string{"10.250.0.2"}}
 	gone := &endpoint.Record{Network: "net", ContainerID: "gone", IfName: "eth0", Namespace: "web", Pod: "gone",
-		HostIfname: "vethgone", HostIfindex: 99999, Addresses: []string{"10.250.0.3"}, AttachMode: bpf.ModeTCX}
+		HostIfname: "vethgone", HostIfindex: 99999, Addresses: []string{"10.250.0.3"}}
+	gone.AttachMode = bpf.ModeTCX
 	for _, r := range []*endpoint.Record{early, gone} {
 		if err := store.Save(r); err != nil {
 			t.Fatal(err)
@@ -49,10 +50,10 @@ func TestReconcileAdoptsRetagsAndForgets(t *testing.T) {
 		}
 	}
 	reconcile()
-	if _, ok, _ := store.Load("net", "gone", "eth0"); ok {
+	if _, ok, _ := store.Load(podKey("gone")); ok {
 		t.Errorf("the record of a pod whose veth is gone survived")
 	}
-	rec, ok, _ := store.Load("net", "early", "eth0")
+	rec, ok, _ := store.Load(podKey("early"))
 	web := e.Identities()["web"]
 	if !ok || rec.AttachMode != bpf.ModeTCX || rec.Identity != web {
 		t.Fatalf("adopted record %+v (%v), want attached with identity %d", rec, ok, web)
@@ -85,7 +86,24 @@ func TestReconcileAdoptsRetagsAndForgets(t *testing.T) {
 	if after, _ := dp.Config(); after.Generation <= before.Generation {
 		t.Errorf("generation %d -> %d: flows of a re-tagged pod must be decided again", before.Generation, after.Generation)
 	}
-	if err := pl.Host.Do(func(ns.NetNS) error { return store.Forget(root, "net", "early", "eth0") }); err != nil {
+	if err := pl.Host.Do(func(ns.NetNS) error { return forget(store, root, "early") }); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// podKey names a test pod's interface: eth0 of a container in network net.
+func podKey(containerID string) endpoint.Key {
+	return endpoint.Key{Network: "net", ContainerID: containerID, IfName: "eth0"}
+}
+
+// guard is what the plugin's ADD does for a recorded test pod: tag it and attach its programs (tcx where the
+// kernel has it), the links pinned under root.
+func guard(dp *bpf.Datapath, rec *endpoint.Record, identity uint32, root string) error {
+	_, err := endpoint.Lifecycle{PinRoot: root}.Guard(dp, rec, identity, "")
+	return err
+}
+
+// forget is the plugin's DEL of a test pod.
+func forget(store endpoint.Store, root, containerID string) error {
+	return endpoint.Lifecycle{Store: store, PinRoot: root}.Forget(podKey(containerID))
 }

@@ -114,7 +114,7 @@ func TestFolderPolicyDrivesTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	att, _ := bpf.NewAttacher(bpf.ModeTCX)
-	var a *bpf.Attachment
+	var a bpf.Attachment
 	if err := pl.Host.Do(func(ns.NetNS) error {
 		var err error
 		a, err = att.Attach(pl.HostIfindex, dp.FromPod, dp.ToPod)

@@ -34,7 +34,7 @@ func TestKubernetesLabelProblemsAndUnselectedPolicies(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := k.Run(ctx, e, nil); err != nil {
+		if err := e.Run(ctx, k, nil); err != nil {
 			t.Errorf("kubernetes source: %v", err)
 		}
 	}()
@@ -74,7 +74,7 @@ spec:
 	testutil.Listen(t, pl.Host, "198.51.100.1:443")
 	rec := &endpoint.Record{Network: "net", ContainerID: "c1", IfName: "eth0", Namespace: "shop", Pod: "client",
 		HostIfname: pl.HostIfname, HostIfindex: pl.HostIfindex, Addresses: []string{"10.250.0.2"}}
-	if err := pl.Host.Do(func(ns.NetNS) error { _, err := endpoint.Guard(dp, rec, shop, root, ""); return err }); err != nil {
+	if err := pl.Host.Do(func(ns.NetNS) error { return guard(dp, rec, shop, root) }); err != nil {
 		t.Fatal(err)
 	}
 	reach := func() bool { return testutil.Exchange(pl.Pod, "198.51.100.1:443", 500*time.Millisecond) == nil }

@@ -164,7 +164,7 @@ spec:
 	}
 	rec := &endpoint.Record{Network: "net", ContainerID: "c1", IfName: "eth0", Namespace: "web", Pod: "client",
 		HostIfname: pl.HostIfname, HostIfindex: pl.HostIfindex, Addresses: []string{"10.250.0.2"}}
-	if err := pl.Host.Do(func(ns.NetNS) error { _, err := endpoint.Guard(dp, rec, web, root, ""); return err }); err != nil {
+	if err := pl.Host.Do(func(ns.NetNS) error { return guard(dp, rec, web, root) }); err != nil {
 		t.Fatal(err)
 	}
 	reach := func(addr string) bool { return testutil.Exchange(pl.Pod, addr, 500*time.Millisecond) == nil }
@@ -327,10 +327,10 @@ spec:
 	store := endpoint.Store{Dir: t.TempDir()}
 	rec2 := &endpoint.Record{Network: "net", ContainerID: "c2", IfName: "eth0", Namespace: "gone", Pod: "drainer",
 		HostIfname: pl2.HostIfname, HostIfindex: pl2.HostIfindex, Addresses: []string{"10.250.1.2"}}
-	if err := pl2.Host.Do(func(ns.NetNS) error { _, err := endpoint.Guard(dp, rec2, goneID, root, ""); return err }); err != nil {
+	if err := pl2.Host.Do(func(ns.NetNS) error { return guard(dp, rec2, goneID, root) }); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = pl2.Host.Do(func(ns.NetNS) error { return store.Forget(root, "net", "c2", "eth0") }) })
+	t.Cleanup(func() { _ = pl2.Host.Do(func(ns.NetNS) error { return forget(store, root, "c2") }) })
 	if err := store.Save(rec2); err != nil {
 		t.Fatal(err)
 	}
@@ -385,7 +385,7 @@ spec:
 		t.Errorf("namespace next got identity %d, held by a running pod of deleted namespace gone", next)
 	}
 	// the pod ends: its identity is released
-	if err := pl2.Host.Do(func(ns.NetNS) error { return store.Forget(root, "net", "c2", "eth0") }); err != nil {
+	if err := pl2.Host.Do(func(ns.NetNS) error { return forget(store, root, "c2") }); err != nil {
 		t.Fatal(err)
 	}
 	reconcile()

@@ -70,10 +70,10 @@ func TestDeletedNamespaceKeepsItsPodsIdentity(t *testing.T) {
 	web := e.Identities()["web"]
 	rec := &endpoint.Record{Network: "net", ContainerID: "c1", IfName: "eth0", Namespace: "web", Pod: "client",
 		HostIfname: pl.HostIfname, HostIfindex: pl.HostIfindex, Addresses: []string{"10.250.0.2"}}
-	if err := pl.Host.Do(func(ns.NetNS) error { _, err := endpoint.Guard(dp, rec, web, root, ""); return err }); err != nil {
+	if err := pl.Host.Do(func(ns.NetNS) error { return guard(dp, rec, web, root) }); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = pl.Host.Do(func(ns.NetNS) error { return store.Forget(root, "net", "c1", "eth0") }) })
+	t.Cleanup(func() { _ = pl.Host.Do(func(ns.NetNS) error { return forget(store, root, "c1") }) })
 	if err := store.Save(rec); err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +103,7 @@ func TestDeletedNamespaceKeepsItsPodsIdentity(t *testing.T) {
 		t.Errorf("after its namespace went: 443 %v, 80 %v; want its policy in force (only 443), not the open defaults",
 			reach("198.51.100.1:443"), reach("198.51.100.1:80"))
 	}
-	if saved, ok, _ := store.Load("net", "c1", "eth0"); !ok || saved.Identity != web {
+	if saved, ok, _ := store.Load(podKey("c1")); !ok || saved.Identity != web {
 		t.Errorf("record after reconcile: %+v, want identity %d", saved, web)
 	}
 
@@ -154,7 +154,7 @@ func TestDeletedNamespaceKeepsItsPodsIdentity(t *testing.T) {
 	}
 
 	// the pod ends: the identity is released and its policy slot emptied
-	if err := pl.Host.Do(func(ns.NetNS) error { return store.Forget(root, "net", "c1", "eth0") }); err != nil {
+	if err := pl.Host.Do(func(ns.NetNS) error { return forget(store, root, "c1") }); err != nil {
 		t.Fatal(err)
 	}
 	if err := pl.Host.Do(func(ns.NetNS) error { return e2.Reconcile(store, root) }); err != nil {

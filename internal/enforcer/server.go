@@ -177,10 +177,11 @@ func (s *Server) endpointList() []agentapi.Endpoint {
 			ep.Problem = "started without the datapath (failPolicy open): not enforced until adopted"
 		case !inMap:
 			ep.Problem = "attached but not in the endpoint map: every packet is dropped"
-		default:
-			ep.Attached = attached(s.links(), s.pinRoot(), r)
-			if !ep.Attached {
-				ep.Problem = "programs not attached"
+		default: // the attachment's own check, the one CHECK and reconcile make
+			err := r.CheckAttachment(s.E.dp)
+			ep.Attached = err == nil || errors.Is(err, bpf.ErrOtherPrograms)
+			if err != nil {
+				ep.Problem = "programs not as this enforcer's: " + err.Error()
 			}
 		}
 		out = append(out, ep)
@@ -194,31 +195,11 @@ func (s *Server) endpointList() []agentapi.Endpoint {
 	return out
 }
 
-func (s *Server) pinRoot() string { return s.E.dp.Root }
-
 func (s *Server) links() *netlink.Handle {
 	if s.Links == nil {
 		return &netlink.Handle{}
 	}
 	return s.Links
-}
-
-// attached tells whether a pod's programs are in place: its pinned tcx links, or its clsact filters.
-func attached(links *netlink.Handle, pinRoot string, r *endpoint.Record) bool {
-	switch r.AttachMode {
-	case bpf.ModeTCX:
-		a, err := bpf.LoadPinnedAttachment(endpoint.LinkDir(pinRoot, r.Network, r.ContainerID))
-		if err != nil {
-			return false
-		}
-		defer a.Close()
-		ids, err := a.ProgramIDs()
-		return err == nil && len(ids) == 2
-	case bpf.ModeClsact:
-		filters, err := links.FilterList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: r.HostIfindex}}, netlink.HANDLE_MIN_INGRESS)
-		return err == nil && len(filters) > 0
-	}
-	return false
 }
 
 func (s *Server) policies(w http.ResponseWriter, _ *http.Request) {

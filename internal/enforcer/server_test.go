@@ -55,8 +55,7 @@ func TestServerAnswersAboutARealPod(t *testing.T) {
 	rec := &endpoint.Record{Network: "net", ContainerID: "c1", IfName: "eth0", Namespace: "web", Pod: "client",
 		HostIfname: pl.HostIfname, HostIfindex: pl.HostIfindex, Addresses: []string{"10.250.0.2"}}
 	if err := pl.Host.Do(func(ns.NetNS) error {
-		_, err := endpoint.Guard(dp, rec, web, root, "")
-		return err
+		return guard(dp, rec, web, root)
 	}); err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -46,8 +47,8 @@ func TestReconcileUpgradesProgramsInPlace(t *testing.T) {
 				if err != nil {
 					return err
 				}
-				rec.AttachMode, rec.Filters, rec.CreatedQdisc = a.Mode, a.Filters, a.CreatedQdisc
-				if err := a.Pin(endpoint.LinkDir(root, rec.Network, rec.ContainerID)); err != nil {
+				rec.AttachmentRecord = a.Record()
+				if err := a.Pin(rec.Key().LinkDir(root)); err != nil {
 					return err
 				}
 				return a.Close()
@@ -62,7 +63,7 @@ func TestReconcileUpgradesProgramsInPlace(t *testing.T) {
 			if err := store.Save(rec); err != nil {
 				t.Fatal(err)
 			}
-			defer pl.Host.Do(func(ns.NetNS) error { return store.Forget(root, "net", "c1", "eth0") })
+			defer pl.Host.Do(func(ns.NetNS) error { return forget(store, root, "c1") })
 			reach80 := func() bool { return testutil.Exchange(pl.Pod, "198.51.100.1:80", time.Second) == nil }
 			// a precondition, not the point: on a loaded machine the first exchange (ARP, the listener) may be slow
 			if !poll(10*time.Second, reach80) {
@@ -85,13 +86,13 @@ func TestReconcileUpgradesProgramsInPlace(t *testing.T) {
 			if reach80() {
 				t.Errorf("after the upgrade the pod still reaches port 80, which the policy denies")
 			}
-			ids := hookPrograms(t, pl, root, rec)
+			ids := hookPrograms(t, pl, rec)
 			want := []ebpf.ProgramID{testutil.ProgramID(t, dp.FromPod), testutil.ProgramID(t, dp.ToPod)}
 			if len(ids) != 2 || ids[0] != want[0] || ids[1] != want[1] {
 				t.Errorf("hooks run programs %v, want this build's %v", ids, want)
 			}
 			reconcile()
-			if again := hookPrograms(t, pl, root, rec); len(again) != 2 || again[0] != ids[0] || again[1] != ids[1] {
+			if again := hookPrograms(t, pl, rec); len(again) != 2 || again[0] != ids[0] || again[1] != ids[1] {
 				t.Errorf("a second reconcile changed the programs: %v -> %v", ids, again)
 			}
 		})
@@ -100,45 +101,39 @@ func TestReconcileUpgradesProgramsInPlace(t *testing.T) {
 
 func ptr(v int32) *int32 { return &v }
 
-// hookPrograms is what runs on a pod's two hooks, ingress (from pod) first.
-func hookPrograms(t *testing.T, pl *testutil.PodLink, root string, r *endpoint.Record) []ebpf.ProgramID {
+// hookPrograms is what runs on a pod's two hooks, ingress (from pod) first, as the kernel reports it: the
+// device's tcx programs, or its clsact filters at Moat's handle.
+func hookPrograms(t *testing.T, pl *testutil.PodLink, r *endpoint.Record) []ebpf.ProgramID {
 	t.Helper()
-	if r.AttachMode == bpf.ModeTCX {
-		a, err := bpf.LoadPinnedAttachment(endpoint.LinkDir(root, r.Network, r.ContainerID))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer a.Close()
-		ids, err := a.ProgramIDs()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ids
-	}
 	var ids []ebpf.ProgramID
-	_ = pl.Host.Do(func(ns.NetNS) error {
-		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
-			filters, err := netlinkFilters(r.HostIfindex, parent)
-			if err != nil {
-				t.Error(err)
+	err := pl.Host.Do(func(ns.NetNS) error {
+		if r.AttachMode == bpf.ModeTCX {
+			for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+				q, err := link.QueryPrograms(link.QueryOptions{Target: r.HostIfindex, Attach: at})
+				if err != nil {
+					return err
+				}
+				for _, p := range q.Programs {
+					ids = append(ids, p.ID)
+				}
 			}
-			ids = append(ids, filters...)
+			return nil
+		}
+		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+			fs, err := netlink.FilterList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: r.HostIfindex}}, parent)
+			if err != nil {
+				return err
+			}
+			for _, f := range fs {
+				if bf, ok := f.(*netlink.BpfFilter); ok && f.Attrs().Handle == bpf.ClsactHandle {
+					ids = append(ids, ebpf.ProgramID(bf.Id))
+				}
+			}
 		}
 		return nil
 	})
-	return ids
-}
-
-func netlinkFilters(ifindex int, parent uint32) ([]ebpf.ProgramID, error) {
-	fs, err := netlink.FilterList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}, parent)
 	if err != nil {
-		return nil, err
+		t.Fatal(err)
 	}
-	var ids []ebpf.ProgramID
-	for _, f := range fs {
-		if bf, ok := f.(*netlink.BpfFilter); ok && f.Attrs().Handle == bpf.ClsactHandle {
-			ids = append(ids, ebpf.ProgramID(bf.Id))
-		}
-	}
-	return ids, nil
+	return ids
 }

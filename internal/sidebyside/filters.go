@@ -201,7 +201,7 @@ func installMoat(t *topology, n int, withoutMatch bool) (cleanup func(), err err
 	if err != nil {
 		return cleanup, err
 	}
-	var att *bpf.Attachment
+	var att bpf.Attachment
 	if err := router.Do(func(ns.NetNS) error {
 		att, err = attacher.Attach(ifindex, dp.FromPod, dp.ToPod)
 		return err

@@ -26,6 +26,7 @@
 #define IPPROTO_SCTP 132
 
 #define IPV4_HLEN_MIN 20 /* an IPv4 header without options */
+#define WORD 4            /* IPv4's header length and TCP's data offset count 32-bit words */
 #define IPV6_HLEN 40
 #define IPV4_MF 0x2000     /* frag_off: more fragments */
 #define IPV4_OFFSET 0x1fff /* frag_off: the fragment's offset, in 8-byte units */
@@ -173,12 +174,14 @@ struct flow {
  * Used for the headers every packet has; the extension header walk and ICMP quotes use bpf_skb_load_bytes
  * alone, since a second branch per read there multiplies the verifier's states past its limit.
  */
+#define LINEAR_OFF_MAX 0xffff /* an offset the verifier can bound when added to a packet pointer */
+
 static __always_inline int load(struct __sk_buff *skb, const struct packet *p, __u32 off, void *to,
 				const __u32 len)
 {
 	void *data = p->data;
 
-	if (off <= 0xffff && data + off + len <= p->data_end) {
+	if (off <= LINEAR_OFF_MAX && data + off + len <= p->data_end) {
 		__builtin_memcpy(to, data + off, len);
 		return 0;
 	}
@@ -240,6 +243,20 @@ static __always_inline int endpoint_owns(const struct moat_endpoint *ep, __u8 fa
 	return 0;
 }
 
+/* ---- IP ---- */
+
+/* The version in the first nibble of an IP header. */
+static __always_inline __u8 ip_version(__u8 first)
+{
+	return first >> 4;
+}
+
+/* IPv4's header length, from the low nibble of its first byte. */
+static __always_inline __u32 ipv4_hlen(__u8 ver_ihl)
+{
+	return (ver_ihl & 0xf) * WORD;
+}
+
 /* ---- ICMP ---- */
 
 static __always_inline int is_icmp(const struct packet *p)
@@ -290,7 +307,7 @@ static __always_inline int parse_icmp_quote(struct __sk_buff *skb, const struct 
 		clear16(in->daddr);
 		__builtin_memcpy(in->saddr, ip4.saddr, 4);
 		__builtin_memcpy(in->daddr, ip4.daddr, 4);
-		off += (ip4.ver_ihl & 0xf) * 4;
+		off += ipv4_hlen(ip4.ver_ihl);
 	} else {
 		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
 			return -1;
@@ -369,7 +386,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p)
 	p->dport = bpf_ntohs(l4.ports.dport);
 	p->has_ports = 1;
 	if (p->protocol == IPPROTO_TCP) {
-		__u32 doff = (l4.tcp.doff >> 4) * 4;
+		__u32 doff = (l4.tcp.doff >> 4) * WORD;
 
 		/* a header shorter than 20 bytes, or options past the datagram (a tiny first fragment) */
 		if (doff < TCP_HLEN_MIN || p->l4_off + doff > p->l3_end)
@@ -390,9 +407,9 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct packet *p)
 
 	if (load(skb, p, ETH_HLEN, &ip, sizeof(ip)) < 0)
 		return MOAT_REASON_MALFORMED;
-	if ((ip.ver_ihl >> 4) != 4)
+	if (ip_version(ip.ver_ihl) != 4)
 		return MOAT_REASON_MALFORMED;
-	ihl = (ip.ver_ihl & 0xf) * 4;
+	ihl = ipv4_hlen(ip.ver_ihl);
 	tot_len = bpf_ntohs(ip.tot_len);
 	if (ihl < IPV4_HLEN_MIN || tot_len < ihl || ETH_HLEN + tot_len > skb->len)
 		return MOAT_REASON_MALFORMED;
@@ -430,7 +447,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct packet *p)
 
 	if (load(skb, p, ETH_HLEN, &ip, sizeof(ip)) < 0)
 		return MOAT_REASON_MALFORMED;
-	if ((bpf_ntohl(ip.ver_tc_flow) >> 28) != 6)
+	if (ip_version(bpf_ntohl(ip.ver_tc_flow) >> 24) != 6)
 		return MOAT_REASON_MALFORMED;
 	payload = bpf_ntohs(ip.payload_len);
 	if (payload == 0 || ETH_HLEN + IPV6_HLEN + payload > skb->len)

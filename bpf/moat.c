@@ -65,15 +65,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 	}
 	proto = bpf_ntohs(eth.proto);
 	if (proto == ETH_P_ARP) {
-		err = arp_check(skb, &p, ep, dir);
-		if (err) {
-			d.reason = err;
-			return finish(skb, ep, &p, dir, &d);
-		}
-		d.pass = 1;
-		d.reason = MOAT_REASON_NEIGHBOR;
-		d.emit = 0;
-		return finish(skb, ep, &p, dir, &d);
+		return finish_neighbor(skb, ep, &p, dir, &d, arp_check(skb, &p, ep, dir));
 	}
 	if (proto == ETH_P_IP)
 		err = parse_ipv4(skb, &p);
@@ -96,14 +88,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 	 * neighbour message to any receiver: plain ICMPv6 for policy. */
 	if (is_neighbor_message(&p) && nd_on_link(&p)) {
 		err = dir == MOAT_DIR_EGRESS ? nd_from_pod(skb, &p, ep) : 0;
-		if (err) {
-			d.reason = err;
-			return finish(skb, ep, &p, dir, &d);
-		}
-		d.pass = 1;
-		d.reason = MOAT_REASON_NEIGHBOR;
-		d.emit = 0;
-		return finish(skb, ep, &p, dir, &d);
+		return finish_neighbor(skb, ep, &p, dir, &d, err);
 	}
 	if (dir == MOAT_DIR_EGRESS && !endpoint_owns(ep, p.family, p.saddr)) {
 		d.reason = MOAT_REASON_SPOOFED;

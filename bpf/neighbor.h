@@ -361,4 +361,19 @@ static __always_inline int nd_from_pod(struct __sk_buff *skb, const struct packe
 	return MOAT_REASON_NEIGHBOR_DENIED;
 }
 
+/* The exit of a neighbour message: dropped with the reason its check gave, or passed without policy and without
+ * an event (err 0). */
+static __always_inline int finish_neighbor(struct __sk_buff *skb, const struct moat_endpoint *ep,
+					   const struct packet *p, __u8 dir, struct decision *d, int err)
+{
+	if (err) {
+		d->reason = err;
+		return finish(skb, ep, p, dir, d);
+	}
+	d->pass = 1;
+	d->reason = MOAT_REASON_NEIGHBOR;
+	d->emit = 0;
+	return finish(skb, ep, p, dir, d);
+}
+
 #endif

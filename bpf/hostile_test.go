@@ -1,6 +1,6 @@
 package bpf_test
 
-// Hostile frames against the datapath in the kernel (BPF_PROG_TEST_RUN), one table row per attack of issue 14.
+// Hostile frames against the datapath in the kernel (BPF_PROG_TEST_RUN), one table row per attack that docs/security.md lists.
 // The same attacks on real veths, each with a baseline run without Moat, are in conformance/hostile.
 
 import (

@@ -30,6 +30,7 @@ import (
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/agentapi"
+	"github.com/moatfw/moat/internal/cniconfig"
 	"github.com/moatfw/moat/internal/conflist"
 	"github.com/moatfw/moat/internal/endpoint"
 	"github.com/moatfw/moat/internal/enforcer"
@@ -165,8 +166,8 @@ func run(log *logrus.Entry, o options) error {
 	if err != nil {
 		return err
 	}
-	if o.failPolicy != "" && o.failPolicy != "closed" && o.failPolicy != "open" {
-		return fmt.Errorf("--cni-fail-policy %q: want closed or open", o.failPolicy)
+	if err := cniconfig.CheckFailPolicy(o.failPolicy); err != nil {
+		return fmt.Errorf("--cni-fail-policy: %w", err)
 	}
 	if err := bpf.CheckAttachMode(bpf.AttachMode(o.attachMode)); err != nil {
 		return fmt.Errorf("--cni-attach-mode: %w", err)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/install/installer"
+	"github.com/moatfw/moat/internal/cniconfig"
 	"github.com/moatfw/moat/internal/endpoint"
 	"github.com/moatfw/moat/internal/version"
 )
@@ -45,8 +46,8 @@ func main() {
 	if flag.NArg() > 0 {
 		fail(entry, fmt.Errorf("unexpected arguments %q", flag.Args()))
 	}
-	if o.FailPolicy != "" && o.FailPolicy != "closed" && o.FailPolicy != "open" {
-		fail(entry, fmt.Errorf("--fail-policy %q: want closed or open", o.FailPolicy))
+	if err := cniconfig.CheckFailPolicy(o.FailPolicy); err != nil {
+		fail(entry, fmt.Errorf("--fail-policy: %w", err))
 	}
 	if err := bpf.CheckAttachMode(bpf.AttachMode(o.AttachMode)); err != nil {
 		fail(entry, fmt.Errorf("--attach-mode: %w", err))

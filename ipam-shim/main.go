@@ -18,7 +18,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/cniconfig"
 	"github.com/moatfw/moat/internal/endpoint"
 	moatversion "github.com/moatfw/moat/internal/version"
 )
@@ -26,14 +26,6 @@ import (
 func main() {
 	skel.PluginMainFuncs(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus},
 		version.PluginSupports("0.4.0", "1.0.0", "1.1.0"), "moat-ipam "+moatversion.Version)
-}
-
-// IPAMConf is moat-ipam's `ipam` section.
-type IPAMConf struct {
-	Type        string          `json:"type"`
-	Delegate    json.RawMessage `json:"delegate"`
-	PinRoot     string          `json:"pinRoot,omitempty"`
-	EndpointDir string          `json:"endpointDir,omitempty"`
 }
 
 // shim is one invocation: the network's name and version, the delegate's type and the stdin it gets.
@@ -47,7 +39,7 @@ type shim struct {
 func parse(stdin []byte) (*shim, error) {
 	var netConf struct {
 		types.NetConf
-		IPAM IPAMConf `json:"ipam"`
+		IPAM cniconfig.IPAMConf `json:"ipam"`
 	}
 	if err := json.Unmarshal(stdin, &netConf); err != nil {
 		return nil, types.NewError(types.ErrDecodingFailure, "moat-ipam: cannot decode the network configuration: "+err.Error(), "")
@@ -59,7 +51,7 @@ func parse(stdin []byte) (*shim, error) {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig,
 			`moat-ipam: the ipam section needs "delegate": {"type": ...} naming the real IPAM plugin`, "")
 	}
-	if delegate.Type == "moat-ipam" {
+	if delegate.Type == cniconfig.IPAMShimType {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "moat-ipam: the delegate cannot be moat-ipam itself", "")
 	}
 	// the delegate sees the same network configuration, with its own ipam section
@@ -72,16 +64,8 @@ func parse(stdin []byte) (*shim, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &shim{network: netConf.Name, cniVersion: netConf.CNIVersion, delegateType: delegate.Type,
-		delegateStdin: delegateStdin, life: endpoint.Lifecycle{Store: endpoint.Store{Dir: netConf.IPAM.EndpointDir},
-			PinRoot: netConf.IPAM.PinRoot}}
-	if s.life.PinRoot == "" {
-		s.life.PinRoot = bpf.DefaultPinRoot
-	}
-	if s.life.Store.Dir == "" {
-		s.life.Store.Dir = endpoint.DefaultDir
-	}
-	return s, nil
+	return &shim{network: netConf.Name, cniVersion: netConf.CNIVersion, delegateType: delegate.Type,
+		delegateStdin: delegateStdin, life: netConf.IPAM.Lifecycle()}, nil
 }
 
 func cmdAdd(args *skel.CmdArgs) error {

@@ -21,6 +21,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/cniconfig"
 	"github.com/moatfw/moat/internal/endpoint"
 	"github.com/moatfw/moat/internal/policy"
 	"github.com/moatfw/moat/internal/testutil"
@@ -234,7 +235,7 @@ func TestChainAddCheckDel(t *testing.T) {
 			if c.mode != "" {
 				wantMode = c.mode
 			}
-			list := n.conflistWith(c.version, FailClosed, c.primary)
+			list := n.conflistWith(c.version, cniconfig.FailClosed, c.primary)
 			p := n.pod("web")
 			t.Cleanup(func() { _ = n.inHost(func() error { return deleteBridge() }) })
 			ctx := context.Background()
@@ -322,7 +323,7 @@ func TestCheckFindsHooksNotInPlace(t *testing.T) {
 		t.Run(string(mode), func(t *testing.T) {
 			n := newNode(t, true)
 			n.attachMode = string(mode)
-			list := n.conflist("1.1.0", FailClosed)
+			list := n.conflist("1.1.0", cniconfig.FailClosed)
 			p := n.pod("web")
 			t.Cleanup(func() { _ = n.inHost(deleteBridge) })
 			ctx := context.Background()
@@ -461,7 +462,7 @@ func TestChainStatusAndGC(t *testing.T) {
 	ctx := context.Background()
 	n := newNode(t, false)
 	t.Cleanup(func() { _ = n.inHost(deleteBridge) })
-	closed, open := n.conflist("1.1.0", FailClosed), n.conflist("1.1.0", FailOpen)
+	closed, open := n.conflist("1.1.0", cniconfig.FailClosed), n.conflist("1.1.0", cniconfig.FailOpen)
 
 	err := n.cni.GetStatusNetworkList(ctx, closed)
 	if code := cniCode(err); code != types.ErrPluginNotAvailable {
@@ -529,7 +530,7 @@ func TestChainFailOpen(t *testing.T) {
 	ctx := context.Background()
 	n := newNode(t, false)
 	t.Cleanup(func() { _ = n.inHost(deleteBridge) })
-	list := n.conflist("1.1.0", FailOpen)
+	list := n.conflist("1.1.0", cniconfig.FailOpen)
 	early := n.pod("early")
 	if err := n.inHost(func() error { _, err := n.cni.AddNetworkList(ctx, list, early.rt); return err }); err != nil {
 		t.Fatalf("ADD without the enforcer under failPolicy open: %v", err)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -14,29 +13,13 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/cniconfig"
 	"github.com/moatfw/moat/internal/endpoint"
 )
 
-// Failure policies: what ADD does when the enforcer's state or the namespace's identity is missing.
-const (
-	FailClosed = "closed"
-	FailOpen   = "open"
-)
-
-// NetConf is moat's entry in the conflist.
-type NetConf struct {
-	types.NetConf
-	FailPolicy       string `json:"failPolicy,omitempty"`
-	LogLevel         string `json:"logLevel,omitempty"`
-	LogFile          string `json:"logFile,omitempty"`
-	PinRoot          string `json:"pinRoot,omitempty"`
-	SocketPath       string `json:"socketPath,omitempty"`
-	DefaultNamespace string `json:"defaultNamespace,omitempty"`
-	// AttachMode is how programs hang on host veths: tcx (the default where the kernel has it) or clsact.
-	AttachMode string `json:"attachMode,omitempty"`
-	// EndpointDir is where endpoint records go (default /run/moat/endpoints); tests point it elsewhere.
-	EndpointDir string `json:"endpointDir,omitempty"`
-
+// config is one invocation's configuration: moat's entry, and the prevResult of the commands that have one.
+type config struct {
+	*cniconfig.NetConf
 	prevResult *current.Result
 }
 
@@ -55,40 +38,12 @@ func configError(code uint, format string, a ...any) *types.Error {
 }
 
 // parseConfig decodes and checks stdin; with needPrev it also requires and converts the prevResult.
-func parseConfig(stdin []byte, needPrev bool) (*NetConf, error) {
-	conf := &NetConf{}
-	if err := json.Unmarshal(stdin, conf); err != nil {
-		return nil, configError(types.ErrDecodingFailure, "moat: cannot decode the network configuration: %v", err)
+func parseConfig(stdin []byte, needPrev bool) (*config, error) {
+	netConf, err := cniconfig.Parse(stdin)
+	if err != nil {
+		return nil, err
 	}
-	if conf.FailPolicy == "" {
-		conf.FailPolicy = FailClosed
-	}
-	if conf.FailPolicy != FailClosed && conf.FailPolicy != FailOpen {
-		return nil, configError(types.ErrInvalidNetworkConfig, "moat: failPolicy %q: want %q or %q",
-			conf.FailPolicy, FailClosed, FailOpen)
-	}
-	if conf.LogLevel != "" {
-		if _, err := logrus.ParseLevel(conf.LogLevel); err != nil {
-			return nil, configError(types.ErrInvalidNetworkConfig, "moat: logLevel %q: %v", conf.LogLevel, err)
-		}
-	}
-	if err := bpf.CheckAttachMode(bpf.AttachMode(conf.AttachMode)); err != nil {
-		return nil, configError(types.ErrInvalidNetworkConfig, "moat: attachMode: %v", err)
-	}
-	if conf.PinRoot == "" {
-		conf.PinRoot = bpf.DefaultPinRoot
-	}
-	if conf.EndpointDir == "" {
-		conf.EndpointDir = endpoint.DefaultDir
-	}
-	if conf.Name != "" && !endpoint.ValidName(conf.Name) {
-		return nil, configError(types.ErrInvalidNetworkConfig, "moat: network name %q cannot name a folder", conf.Name)
-	}
-	if conf.DefaultNamespace != "" {
-		if _, err := bpf.NewNamespaceKey(conf.DefaultNamespace); err != nil {
-			return nil, configError(types.ErrInvalidNetworkConfig, "moat: defaultNamespace: %v", err)
-		}
-	}
+	conf := &config{NetConf: netConf}
 	if !needPrev {
 		return conf, nil
 	}
@@ -96,7 +51,7 @@ func parseConfig(stdin []byte, needPrev bool) (*NetConf, error) {
 		return nil, configError(types.ErrInvalidNetworkConfig,
 			"moat: no prevResult: moat must be called as a chained plugin, after the primary network plugin")
 	}
-	if err := version.ParsePrevResult(&conf.NetConf); err != nil {
+	if err := version.ParsePrevResult(&conf.NetConf.NetConf); err != nil {
 		return nil, configError(types.ErrDecodingFailure, "moat: cannot decode prevResult: %v", err)
 	}
 	prev, err := current.NewResultFromResult(conf.PrevResult)
@@ -107,18 +62,13 @@ func parseConfig(stdin []byte, needPrev bool) (*NetConf, error) {
 	return conf, nil
 }
 
-// lifecycle is the endpoint lifecycle at the configured paths.
-func (c *NetConf) lifecycle() endpoint.Lifecycle {
-	return endpoint.Lifecycle{Store: endpoint.Store{Dir: c.EndpointDir}, PinRoot: c.PinRoot}
-}
-
 // key names the pod interface of an invocation.
-func (c *NetConf) key(args *skel.CmdArgs) endpoint.Key {
+func (c *config) key(args *skel.CmdArgs) endpoint.Key {
 	return endpoint.Key{Network: c.Name, ContainerID: args.ContainerID, IfName: args.IfName}
 }
 
 // logger writes to the configured log file (never stdout: it carries the CNI result), or stderr.
-func (c *NetConf) logger() (*logrus.Entry, func()) {
+func (c *config) logger() (*logrus.Entry, func()) {
 	l := logrus.New()
 	l.SetOutput(os.Stderr)
 	l.SetLevel(logrus.WarnLevel)
@@ -138,7 +88,7 @@ func (c *NetConf) logger() (*logrus.Entry, func()) {
 }
 
 // podArgs reads the pod's namespace, name and uid from CNI_ARGS.
-func podArgs(conf *NetConf, raw string) (namespace, pod, uid string, err error) {
+func podArgs(conf *config, raw string) (namespace, pod, uid string, err error) {
 	args := K8sArgs{}
 	if err := types.LoadArgs(raw, &args); err != nil {
 		return "", "", "", configError(types.ErrInvalidEnvironmentVariables, "moat: CNI_ARGS: %v", err)

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/moatfw/moat/internal/cniconfig"
 )
 
 // FuzzParseConfig: any stdin gives a configuration or a CNI error with one of the codes the contract names,
@@ -25,7 +27,7 @@ func FuzzParseConfig(f *testing.F) {
 		for _, needPrev := range []bool{false, true} {
 			conf, err := parseConfig(stdin, needPrev)
 			if err == nil {
-				if conf.FailPolicy != FailClosed && conf.FailPolicy != FailOpen {
+				if conf.FailPolicy != cniconfig.FailClosed && conf.FailPolicy != cniconfig.FailOpen {
 					t.Fatalf("accepted failPolicy %q", conf.FailPolicy)
 				}
 				if needPrev && conf.prevResult == nil {
@@ -51,7 +53,7 @@ func TestParseConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if conf.FailPolicy != FailClosed || conf.PinRoot != "/sys/fs/bpf/moat" || conf.EndpointDir != "/run/moat/endpoints" {
+	if conf.FailPolicy != cniconfig.FailClosed || conf.PinRoot != "/sys/fs/bpf/moat" || conf.EndpointDir != "/run/moat/endpoints" {
 		t.Errorf("defaults: %+v", conf)
 	}
 	if conf.AttachMode != "" {

@@ -14,12 +14,13 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/cniconfig"
 	"github.com/moatfw/moat/internal/endpoint"
 )
 
 // adder is one ADD: what it did so far, so a failure undoes exactly that.
 type adder struct {
-	conf *NetConf
+	conf *config
 	args *skel.CmdArgs
 	log  *logrus.Entry
 	life endpoint.Lifecycle
@@ -57,7 +58,7 @@ func (a *adder) add() error {
 
 	dp, err := bpf.OpenPinned(a.conf.PinRoot)
 	switch {
-	case errors.Is(err, bpf.ErrNotPinned) && a.conf.FailPolicy == FailOpen:
+	case errors.Is(err, bpf.ErrNotPinned) && a.conf.FailPolicy == cniconfig.FailOpen:
 		log.Warn("the enforcer's state is missing: the pod starts unprotected, and the enforcer adopts it when it starts")
 		a.record = true
 		return a.life.Store.Save(rec)
@@ -73,7 +74,7 @@ func (a *adder) add() error {
 	if err != nil {
 		return err
 	}
-	if !ok && a.conf.FailPolicy == FailClosed {
+	if !ok && a.conf.FailPolicy == cniconfig.FailClosed {
 		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("moat: namespace %s has no identity yet: the "+
 			"enforcer has not published it", namespace), "failPolicy closed: try again later")
 	}
@@ -174,8 +175,8 @@ func hostPeer(netnsPath, ifname string) (int, string, error) {
 }
 
 // check verifies that the pod's interface is guarded as ADD left it.
-func check(conf *NetConf, args *skel.CmdArgs) error {
-	rec, ok, err := conf.lifecycle().Store.Load(conf.key(args))
+func check(conf *config, args *skel.CmdArgs) error {
+	rec, ok, err := conf.Lifecycle().Store.Load(conf.key(args))
 	if err != nil {
 		return err
 	}

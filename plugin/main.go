@@ -12,6 +12,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/cniconfig"
 	moatversion "github.com/moatfw/moat/internal/version"
 )
 
@@ -27,7 +28,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}
 	log, closeLog := conf.logger()
 	defer closeLog()
-	a := &adder{conf: conf, args: args, log: log, life: conf.lifecycle()}
+	a := &adder{conf: conf, args: args, log: log, life: conf.Lifecycle()}
 	if err := a.add(); err != nil {
 		a.rollback()
 		log.WithError(err).WithField("container", args.ContainerID).Error("ADD failed; rolled back")
@@ -43,7 +44,7 @@ func cmdDel(args *skel.CmdArgs) error {
 	}
 	log, closeLog := conf.logger()
 	defer closeLog()
-	if err := conf.lifecycle().Forget(conf.key(args)); err != nil {
+	if err := conf.Lifecycle().Forget(conf.key(args)); err != nil {
 		log.WithError(err).WithField("container", args.ContainerID).Error("DEL failed")
 		return asCNIError(err)
 	}
@@ -65,7 +66,7 @@ func cmdStatus(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	if conf.FailPolicy == FailOpen {
+	if conf.FailPolicy == cniconfig.FailOpen {
 		return nil
 	}
 	dp, err := bpf.OpenPinned(conf.PinRoot)
@@ -97,7 +98,7 @@ func cmdGC(args *skel.CmdArgs) error {
 	for _, a := range conf.ValidAttachments {
 		valid[a] = true
 	}
-	life := conf.lifecycle()
+	life := conf.Lifecycle()
 	records, err := life.Store.List(conf.Name)
 	if err != nil {
 		return asCNIError(err)

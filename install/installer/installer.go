@@ -24,6 +24,7 @@ import (
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/agentapi"
+	"github.com/moatfw/moat/internal/cniconfig"
 	"github.com/moatfw/moat/internal/conflist"
 	"github.com/moatfw/moat/internal/endpoint"
 )
@@ -104,7 +105,7 @@ func Install(o Options) (Result, error) {
 	}
 	res.Conflist = ens.Path
 	f := log.WithField("conflist", ens.Path)
-	if written, err := os.ReadFile(ens.Path); err == nil && o.IPAMShim && !bytes.Contains(written, []byte(conflist.IPAMShimType)) {
+	if written, err := os.ReadFile(ens.Path); err == nil && o.IPAMShim && !bytes.Contains(written, []byte(cniconfig.IPAMShimType)) {
 		f.Warn("the primary plugin has no ipam of its own to wrap (flannel, for one, hands it to a delegate): moat-ipam is not in the chain")
 	}
 	if ens.Changed {

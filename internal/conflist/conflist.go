@@ -18,13 +18,8 @@ import (
 	"strings"
 
 	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/cniconfig"
 	"github.com/moatfw/moat/internal/endpoint"
-)
-
-// PluginType is Moat's entry in a chain; IPAMShimType wraps the primary plugin's ipam.
-const (
-	PluginType   = "moat"
-	IPAMShimType = "moat-ipam"
 )
 
 // Options say how Moat is chained.
@@ -82,7 +77,7 @@ func Chain(data []byte, opts Options) ([]byte, error) {
 	// keys someone added to Moat's entries (a logLevel while debugging) stay unless opts set them
 	entry := map[string]any{}
 	for _, p := range list["plugins"].([]any) {
-		if m := p.(map[string]any); m["type"] == PluginType {
+		if m := p.(map[string]any); m["type"] == cniconfig.PluginType {
 			for k, v := range m {
 				entry[k] = v
 			}
@@ -94,20 +89,20 @@ func Chain(data []byte, opts Options) ([]byte, error) {
 	}
 	if opts.IPAMShim {
 		shim := map[string]any{}
-		if ipam, ok := plugins[0]["ipam"].(map[string]any); ok && ipam["type"] == IPAMShimType {
+		if ipam, ok := plugins[0]["ipam"].(map[string]any); ok && ipam["type"] == cniconfig.IPAMShimType {
 			for k, v := range ipam {
 				shim[k] = v
 			}
 		}
 		unwrapIPAM(plugins[0])
 		if ipam, ok := plugins[0]["ipam"].(map[string]any); ok {
-			if ipam["type"] == IPAMShimType {
+			if ipam["type"] == cniconfig.IPAMShimType {
 				return nil, errors.New("the moat-ipam entry has no delegate (the original ipam) to wrap")
 			}
 			for k, v := range opts.IPAMEntry {
 				shim[k] = v
 			}
-			shim["type"], shim["delegate"] = IPAMShimType, ipam
+			shim["type"], shim["delegate"] = cniconfig.IPAMShimType, ipam
 			plugins[0]["ipam"] = shim
 		}
 	} else {
@@ -116,7 +111,7 @@ func Chain(data []byte, opts Options) ([]byte, error) {
 	for k, v := range opts.Entry {
 		entry[k] = v
 	}
-	entry["type"] = PluginType
+	entry["type"] = cniconfig.PluginType
 	list["plugins"] = append(toAny(plugins), entry)
 	return encode(list)
 }
@@ -143,10 +138,10 @@ func Mentions(data []byte) bool {
 	}
 	for _, p := range list["plugins"].([]any) {
 		m := p.(map[string]any)
-		if m["type"] == PluginType {
+		if m["type"] == cniconfig.PluginType {
 			return true
 		}
-		if ipam, ok := m["ipam"].(map[string]any); ok && ipam["type"] == IPAMShimType {
+		if ipam, ok := m["ipam"].(map[string]any); ok && ipam["type"] == cniconfig.IPAMShimType {
 			return true
 		}
 	}
@@ -164,7 +159,7 @@ func Chained(data []byte) bool {
 		return false
 	}
 	last, _ := plugins[len(plugins)-1].(map[string]any)
-	return last["type"] == PluginType
+	return last["type"] == cniconfig.PluginType
 }
 
 // parse reads a conflist, or a lone plugin configuration turned into one.
@@ -213,7 +208,7 @@ func withoutMoat(list map[string]any) []map[string]any {
 	var out []map[string]any
 	for _, p := range list["plugins"].([]any) {
 		m := p.(map[string]any)
-		if m["type"] != PluginType {
+		if m["type"] != cniconfig.PluginType {
 			out = append(out, m)
 		}
 	}
@@ -221,7 +216,7 @@ func withoutMoat(list map[string]any) []map[string]any {
 }
 
 func unwrapIPAM(plugin map[string]any) {
-	if ipam, ok := plugin["ipam"].(map[string]any); ok && ipam["type"] == IPAMShimType {
+	if ipam, ok := plugin["ipam"].(map[string]any); ok && ipam["type"] == cniconfig.IPAMShimType {
 		if d, ok := ipam["delegate"].(map[string]any); ok {
 			plugin["ipam"] = d
 		}
@@ -308,7 +303,7 @@ func Remove(dir string) ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", path, err)
 		}
-		if !bytes.Contains(data, []byte(PluginType)) {
+		if !bytes.Contains(data, []byte(cniconfig.PluginType)) {
 			continue
 		}
 		if _, err := parse(data); err != nil {
@@ -408,21 +403,13 @@ type Settings struct {
 
 // Options is the chaining these settings ask for.
 func (s Settings) Options() Options {
-	entry, shim := map[string]any{}, map[string]any{}
-	if s.FailPolicy != "" {
-		entry["failPolicy"] = s.FailPolicy
+	var paths cniconfig.Paths
+	if s.PinRoot != bpf.DefaultPinRoot {
+		paths.PinRoot = s.PinRoot
 	}
-	if s.PinRoot != "" && s.PinRoot != bpf.DefaultPinRoot {
-		entry["pinRoot"], shim["pinRoot"] = s.PinRoot, s.PinRoot
+	if s.EndpointDir != endpoint.DefaultDir {
+		paths.EndpointDir = s.EndpointDir
 	}
-	if s.EndpointDir != "" && s.EndpointDir != endpoint.DefaultDir {
-		entry["endpointDir"], shim["endpointDir"] = s.EndpointDir, s.EndpointDir
-	}
-	if s.LogFile != "" {
-		entry["logFile"] = s.LogFile
-	}
-	if s.AttachMode != "" {
-		entry["attachMode"] = s.AttachMode
-	}
-	return Options{Dir: s.Dir, IPAMShim: s.IPAMShim, Entry: entry, IPAMEntry: shim}
+	entry := cniconfig.Entry{FailPolicy: s.FailPolicy, LogFile: s.LogFile, AttachMode: s.AttachMode, Paths: paths}
+	return Options{Dir: s.Dir, IPAMShim: s.IPAMShim, Entry: entry.Map(), IPAMEntry: paths.Map()}
 }

@@ -9,6 +9,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/moatfw/moat/internal/cniconfig"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -122,7 +124,7 @@ func FuzzChain(f *testing.F) {
 		}
 		n := 0
 		for _, p := range list["plugins"].([]any) {
-			if p.(map[string]any)["type"] == PluginType {
+			if p.(map[string]any)["type"] == cniconfig.PluginType {
 				n++
 			}
 		}
@@ -141,7 +143,7 @@ func FuzzChain(f *testing.F) {
 			t.Fatalf("Unchain wrote what it cannot read: %v", err)
 		} else {
 			for _, p := range bl["plugins"].([]any) {
-				if p.(map[string]any)["type"] == PluginType {
+				if p.(map[string]any)["type"] == cniconfig.PluginType {
 					t.Fatalf("moat left after Unchain:\n%s", back)
 				}
 			}

@@ -92,19 +92,12 @@ func (n *entries) Set(s string) error {
 	return nil
 }
 
-// source is where the desired state comes from.
-type source interface {
-	// run applies the source's state whenever it changes (calling afterApply after each) until ctx ends.
-	run(ctx context.Context, e *enforcer.Enforcer, afterApply func()) error
-	name() string
-}
-
-func pickSource(log *logrus.Entry, o options) (source, error) {
+func pickSource(log *logrus.Entry, o options) (enforcer.Source, error) {
 	switch {
 	case o.policyDir != "" && o.kubeconfig != "":
 		return nil, fmt.Errorf("--policy-dir and --kubeconfig: pick one source")
 	case o.policyDir != "":
-		return &folderSource{folder: &enforcer.Folder{Dir: o.policyDir, Log: log.WithField("source", o.policyDir)}}, nil
+		return &enforcer.Folder{Dir: o.policyDir, Log: log.WithField("source", o.policyDir)}, nil
 	}
 	var cfg *rest.Config
 	var err error
@@ -126,39 +119,8 @@ func pickSource(log *logrus.Entry, o options) (source, error) {
 			return nil, err
 		}
 	}
-	return &kubeSource{k: &enforcer.Kubernetes{Config: cfg, NodeName: node,
-		Log: log.WithFields(logrus.Fields{"source": "kubernetes", "node": node})}}, nil
-}
-
-type folderSource struct{ folder *enforcer.Folder }
-
-func (f *folderSource) name() string { return "folder " + f.folder.Dir }
-
-func (f *folderSource) run(ctx context.Context, e *enforcer.Enforcer, afterApply func()) error {
-	apply := func() {
-		s, problems, err := f.folder.Load()
-		if err != nil {
-			f.folder.Log.WithError(err).Error("cannot read the policy folder; the policy in force stays")
-			return
-		}
-		if err := e.Apply(s); err != nil {
-			f.folder.Log.WithError(err).Error("cannot apply the policy")
-			return
-		}
-		f.folder.Log.WithFields(logrus.Fields{"policies": len(s.Policies), "namespaces": len(s.Namespaces),
-			"problems": len(problems)}).Info("policy folder applied")
-		afterApply()
-	}
-	apply()
-	return f.folder.Watch(ctx, apply)
-}
-
-type kubeSource struct{ k *enforcer.Kubernetes }
-
-func (k *kubeSource) name() string { return "kubernetes" }
-
-func (k *kubeSource) run(ctx context.Context, e *enforcer.Enforcer, afterApply func()) error {
-	return k.k.Run(ctx, e, afterApply)
+	return &enforcer.Kubernetes{Config: cfg, NodeName: node,
+		Log: log.WithFields(logrus.Fields{"source": "kubernetes", "node": node})}, nil
 }
 
 func run(log *logrus.Entry, o options) error {
@@ -188,14 +150,9 @@ func run(log *logrus.Entry, o options) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	srv := &enforcer.Server{E: e, Store: store, Source: src.name()}
+	srv := &enforcer.Server{E: e, Store: store, Source: src.Name()}
 	if o.cniConfDir != "" {
-		srv.Checks = append(srv.Checks, func() []string {
-			if err := conflist.Check(o.cniConfDir); err != nil {
-				return []string{err.Error()}
-			}
-			return nil
-		})
+		srv.Checks = append(srv.Checks, func() error { return conflist.Check(o.cniConfDir) })
 	}
 
 	if o.metricsAddr != "" {
@@ -270,7 +227,7 @@ func run(log *logrus.Entry, o options) error {
 	if o.reconcile > 0 {
 		go enforcer.Every(ctx, o.reconcile, reconcile)
 	}
-	err = src.run(ctx, e, func() {
+	err = e.Run(ctx, src, func() {
 		reconcile()
 		debug.FreeOSMemory() // parsing and compiling a large policy leaves pages the heap no longer needs
 	})

@@ -76,23 +76,26 @@ func TestKillNineChangesNoVerdict(t *testing.T) {
 		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 		return cmd
 	}
-	countLog := func(text string) int {
-		data, _ := os.ReadFile(logs)
-		return strings.Count(string(data), text)
-	}
-	waitLog := func(text string, count int) {
+	// until waits for cond, up to a liveness bound far above any real wait
+	until := func(what string, cond func() bool) {
 		t.Helper()
-		for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-			data, _ := os.ReadFile(logs)
-			if strings.Count(string(data), text) >= count {
+		for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			if cond() {
 				return
 			}
 		}
 		data, _ := os.ReadFile(logs)
-		t.Fatalf("the enforcer never logged %q %d times:\n%s", text, count, data)
+		t.Fatalf("%s never happened; the enforcer logged:\n%s", what, data)
+	}
+	// applied tells whether an enforcer started at since or later has its policy in force
+	applied := func(since time.Time) func() bool {
+		return func() bool {
+			st, err := agentapi.NewClient(socket).Status(context.Background())
+			return err == nil && st.Generation != 0 && !st.Started.Before(since)
+		}
 	}
 	first := start()
-	waitLog("policy folder applied", 1)
+	until("the policy in force", applied(time.Time{}))
 
 	dp, err := bpf.OpenPinned(root)
 	if err != nil {
@@ -136,17 +139,22 @@ func TestKillNineChangesNoVerdict(t *testing.T) {
 		}
 	}()
 
-	time.Sleep(500 * time.Millisecond)
+	// traffic waits for a few more denied probes and allowed exchanges than there were
+	traffic := func(what string) {
+		t.Helper()
+		p, x := probes.Load(), stream.Exchanged()
+		until(what, func() bool { return probes.Load() >= p+5 && stream.Exchanged() >= x+20 })
+	}
+	traffic("traffic with the first enforcer")
 	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	_ = first.Wait()
-	time.Sleep(time.Second) // no enforcer at all
-	applied := countLog("policy folder applied")
+	traffic("traffic with no enforcer at all")
+	restarted := time.Now()
 	start()
-	waitLog("createdMaps=false", 1)
-	waitLog("policy folder applied", applied+1)
-	time.Sleep(500 * time.Millisecond)
+	until("the policy in force again", applied(restarted))
+	traffic("traffic with the restarted enforcer")
 	close(stop)
 	<-probed
 	exchanged, failed := stream.Stop()

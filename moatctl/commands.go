@@ -444,7 +444,7 @@ func reportCmd(g *globals) *cobra.Command {
 			if g.kubeconfig != "" {
 				r, err = clusterReport(cmd.Context(), g.kubeconfig)
 			} else {
-				r, err = g.client().Report(cmd.Context())
+				err = g.client().Report(cmd.Context(), &r)
 			}
 			if err != nil {
 				return err

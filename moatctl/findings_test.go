@@ -49,7 +49,7 @@ func TestStatusProblemsAndWarnings(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, "objects.yaml"), []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		s, _, err := (&enforcer.Folder{Dir: dir, Log: logrus.NewEntry(log)}).Load()
+		s, err := (&enforcer.Folder{Dir: dir, Log: logrus.NewEntry(log)}).Load()
 		if err != nil {
 			t.Fatal(err)
 		}

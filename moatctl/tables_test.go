@@ -9,7 +9,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/agentapi"
 )
 
@@ -46,7 +45,7 @@ var (
 func TestTables(t *testing.T) {
 	healthy := agentapi.Status{Version: "v0.3.0", APIVersion: "v1", Started: started, Source: "kubernetes", Ready: true,
 		AttachModes: map[string]int{"tcx": 12}, Generation: 41, Applied: now.Add(-95 * time.Second), Endpoints: 12,
-		Namespaces: 7, Policies: 5, Maps: map[string]bpf.MapFill{
+		Namespaces: 7, Policies: 5, Maps: map[string]agentapi.MapFill{
 			"conntrack": {Entries: 1822, Capacity: 262144}, "ipcache": {Entries: 640, Capacity: 65536},
 			"policy": {Entries: 318, Capacity: 65536}}}
 	troubled := healthy

@@ -6,18 +6,14 @@
 //	GET  /v1/endpoints   []Endpoint
 //	GET  /v1/policies    []Policy
 //	POST /v1/trace       TraceRequest -> TraceResult
-//	GET  /v1/report      report.Report: who can reach what, from the policy in force
+//	GET  /v1/report      who can reach what, from the policy in force, as package report encodes its Report
 //	GET  /v1/flows       Flow as JSON lines: the recent ones (?since=5m, ?limit=N), then new ones with ?follow=1;
 //	                     filters ?namespace=N and ?verdict=denied
 //
 // Errors are an Error body with an HTTP status: 400 for a bad request, 404 for an unknown namespace or pod.
 package agentapi
 
-import (
-	"time"
-
-	"github.com/moatfw/moat/bpf"
-)
+import "time"
 
 // Version is the API version this build serves and speaks.
 const Version = "v1"
@@ -32,24 +28,30 @@ type Error struct {
 
 // Status is the state of the enforcer and the datapath on this node.
 type Status struct {
-	Version         string                 `json:"version"`
-	APIVersion      string                 `json:"apiVersion"`
-	Started         time.Time              `json:"started"`
-	Source          string                 `json:"source"`                  // "folder /etc/moat/policies" or "kubernetes"
-	ServiceRanges   string                 `json:"serviceRanges,omitempty"` // where Service ranges come from (Kubernetes)
-	Ready           bool                   `json:"ready"`                   // policy is in force and nothing below is wrong
-	Problems        []string               `json:"problems,omitempty"`
-	Warnings        []string               `json:"warnings,omitempty"` // not problems: Ready stays
-	AttachModes     map[string]int         `json:"attachModes"`        // tcx, clsact, "" (started without the datapath)
-	Generation      uint64                 `json:"generation"`
-	Applied         time.Time              `json:"applied"` // when the generation in force was applied
-	Endpoints       int                    `json:"endpoints"`
-	Namespaces      int                    `json:"namespaces"`
-	Policies        int                    `json:"policies"`
-	InvalidPolicies int                    `json:"invalidPolicies"`
-	Maps            map[string]bpf.MapFill `json:"maps"`
-	LostEvents      uint64                 `json:"lostEvents"`
-	LastErrors      []LogLine              `json:"lastErrors,omitempty"`
+	Version         string             `json:"version"`
+	APIVersion      string             `json:"apiVersion"`
+	Started         time.Time          `json:"started"`
+	Source          string             `json:"source"`                  // "folder /etc/moat/policies" or "kubernetes"
+	ServiceRanges   string             `json:"serviceRanges,omitempty"` // where Service ranges come from (Kubernetes)
+	Ready           bool               `json:"ready"`                   // policy is in force and no problem degrades it
+	Problems        []string           `json:"problems,omitempty"`
+	Warnings        []string           `json:"warnings,omitempty"` // not problems: Ready stays
+	AttachModes     map[string]int     `json:"attachModes"`        // tcx, clsact, "" (started without the datapath)
+	Generation      uint64             `json:"generation"`
+	Applied         time.Time          `json:"applied"` // when the generation in force was applied
+	Endpoints       int                `json:"endpoints"`
+	Namespaces      int                `json:"namespaces"`
+	Policies        int                `json:"policies"`
+	InvalidPolicies int                `json:"invalidPolicies"`
+	Maps            map[string]MapFill `json:"maps"`
+	LostEvents      uint64             `json:"lostEvents"`
+	LastErrors      []LogLine          `json:"lastErrors,omitempty"`
+}
+
+// MapFill is how full one of the datapath's maps is.
+type MapFill struct {
+	Entries  int    `json:"entries"`
+	Capacity uint32 `json:"capacity"`
 }
 
 // LogLine is one error the enforcer logged.

@@ -17,8 +17,6 @@ import (
 	"strconv"
 	"syscall"
 	"time"
-
-	"github.com/moatfw/moat/internal/report"
 )
 
 // Client talks to the enforcer on its socket.
@@ -126,10 +124,10 @@ func (c *Client) Trace(ctx context.Context, req TraceRequest) (TraceResult, erro
 	return r, c.do(ctx, http.MethodPost, "/trace", nil, req, &r)
 }
 
-// Report asks who can reach what, from the policy in force on the node.
-func (c *Client) Report(ctx context.Context) (report.Report, error) {
-	var r report.Report
-	return r, c.do(ctx, http.MethodGet, "/report", nil, nil, &r)
+// Report asks who can reach what, from the policy in force on the node, and decodes the answer into r (a
+// *report.Report: the schema is that package's, so this one stays free of policy code).
+func (c *Client) Report(ctx context.Context, r any) error {
+	return c.do(ctx, http.MethodGet, "/report", nil, nil, r)
 }
 
 // Flows calls fn for each flow the filter selects: the recent ones, then, with Follow, new ones until ctx ends

@@ -162,28 +162,19 @@ func benchFolder(b *testing.B, n int) {
 	writeB("base.yaml", benchBase)
 	writeB("bulk.yaml", strings.Join(bulkPolicies(n-1), "---\n"))
 	writeB("toggle.yaml", toggleYAML("Deny"))
-	folder := &Folder{Dir: dir, Log: e.log}
-	apply := func() {
-		s, _, err := folder.Load()
-		if err == nil {
-			err = e.Apply(s)
-		}
-		if err != nil {
-			b.Error(err)
-		}
-	}
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	started := make(chan struct{}, 1)
+	stopped := make(chan struct{})
 	go func() {
-		_ = folder.Watch(ctx, func() {
-			apply()
+		defer close(stopped)
+		_ = e.Run(ctx, &Folder{Dir: dir, Log: e.log}, func() {
 			select {
 			case started <- struct{}{}:
 			default:
 			}
 		})
 	}()
+	defer func() { cancel(); <-stopped }() // before the datapath closes
 	<-started
 	p := newProber(b, dp, e.Identities()["web"])
 	if p.allowed(b) {
@@ -230,7 +221,7 @@ func benchKube(b *testing.B, n int) {
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)
-		_ = k.Run(ctx, e, nil)
+		_ = e.Run(ctx, k, nil)
 	}()
 	defer func() { cancel(); <-stopped }() // before the datapath closes
 	var web uint32

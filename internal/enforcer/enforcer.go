@@ -28,7 +28,7 @@ type State struct {
 	Namespaces []v1alpha1.Namespace
 	// What the source could not use (the last good version of an object stays in Policies), and where each
 	// policy came from; both only for reporting.
-	Problems []Problem
+	Problems []ObjectProblem
 	Origins  map[string]string // policy name -> "file (document n)" or "kubernetes"
 	// Addresses the cluster classifies: pods on other nodes and Services (by namespace), nodes, cluster ranges.
 	// Pods on this node are the plugin's to write.
@@ -59,8 +59,9 @@ type Address struct {
 	Namespace string
 }
 
-// Problem is an object the source could not use.
-type Problem struct {
+// ObjectProblem is an object the source could not use (Kind is empty for a file that could not be read, or a
+// document that is not an object).
+type ObjectProblem struct {
 	Kind, Name, Origin, Message string
 }
 
@@ -75,6 +76,7 @@ type Enforcer struct {
 	lingering   map[uint32]lingerer        // identities of gone namespaces that pods of this node still hold
 	rules       map[resolve.RuleKey]uint32 // rule -> id, stable while the enforcer lives
 	ruleKeys    map[uint32]resolve.RuleKey
+	rulesShared bool                         // a snapshot holds rules and ruleKeys: copy them before adding to them
 	applied     map[uint32][sha256.Size]byte // identity -> digest of the entries swapped in last
 	ipcache     map[netip.Prefix]bpf.IPCacheValue
 	generation  uint64
@@ -160,14 +162,6 @@ func (e *Enforcer) RuleCount() int {
 		n += len(p.Spec.Egress) + len(p.Spec.Ingress)
 	}
 	return n
-}
-
-// RuleKey names the rule behind an id, for flow events and counters.
-func (e *Enforcer) RuleKey(id uint32) (resolve.RuleKey, bool) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	k, ok := e.ruleKeys[id]
-	return k, ok
 }
 
 // lingerer is an identity whose namespace is gone while pods of this node still hold it.
@@ -261,7 +255,7 @@ func (e *Enforcer) apply(s State) error {
 		}
 	}
 
-	in := e.resolveInput(s, ids, lingering)
+	in := resolveInput(s, ids, lingering)
 	in.RuleID = e.ruleID
 	out := resolve.Resolve(in)
 	e.noteFindings(out)
@@ -364,7 +358,7 @@ func (e *Enforcer) apply(s State) error {
 // resolveInput is what the resolver takes for state s: its namespaces with identities ids, and the lingering
 // identities whose namespace is known, so that their pods and the rules naming them as peers are decided as
 // before the namespace went. RuleID is the caller's to set.
-func (e *Enforcer) resolveInput(s State, ids map[string]uint32, lingering map[uint32]lingerer) resolve.Input {
+func resolveInput(s State, ids map[string]uint32, lingering map[uint32]lingerer) resolve.Input {
 	in := resolve.Input{Config: s.Config, Policies: s.Policies, Namespaces: s.Namespaces, Identities: ids}
 	if len(lingering) == 0 {
 		return in
@@ -539,16 +533,12 @@ func digest(entries []bpf.PolicyEntry) [sha256.Size]byte {
 	return sha256.Sum256(b)
 }
 
-// resolved is what the state in force resolves to, with the rule ids in force; for trace. The caller holds mu.
-func (e *Enforcer) resolved() resolve.Output {
-	in := e.resolveInput(e.state, e.identities, e.lingering)
-	in.RuleID = func(k resolve.RuleKey) uint32 { return e.rules[k] }
-	return resolve.Resolve(in)
-}
-
 func (e *Enforcer) ruleID(k resolve.RuleKey) uint32 {
 	if id, ok := e.rules[k]; ok {
 		return id
+	}
+	if e.rulesShared {
+		e.rules, e.ruleKeys, e.rulesShared = maps.Clone(e.rules), maps.Clone(e.ruleKeys), false
 	}
 	id := uint32(len(e.rules) + 1)
 	for e.ruleKeys[id] != (resolve.RuleKey{}) || id == 0 || id >= bpf.MaxRules {

@@ -59,14 +59,7 @@ func writeFileAtomic(dir, name, content string) error {
 }
 
 // waitFor polls cond for up to 10 s (the machine may be busy with other tests).
-func waitFor(cond func() bool) bool {
-	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-		if cond() {
-			return true
-		}
-	}
-	return false
-}
+func waitFor(cond func() bool) bool { return poll(10*time.Second, cond) }
 
 // A folder of policy, watched: real traffic of a pod follows edits, and a broken file keeps its last good policy.
 func TestFolderPolicyDrivesTraffic(t *testing.T) {
@@ -75,25 +68,12 @@ func TestFolderPolicyDrivesTraffic(t *testing.T) {
 	dir := t.TempDir()
 	write(t, dir, "base.yaml", baseYAML)
 	write(t, dir, "policy.yaml", policyYAML("443"))
-	folder := &Folder{Dir: dir, Log: log}
-	apply := func() []string { // also runs on the watch's goroutine: no t.Fatal here
-		s, problems, err := folder.Load()
-		if err != nil {
-			t.Errorf("load: %v", err)
-			return nil
-		}
-		if err := e.Apply(s); err != nil {
-			t.Errorf("apply: %v", err)
-			return nil
-		}
-		var out []string
-		for _, p := range problems {
-			out = append(out, p.Error())
-		}
-		return out
+	s, err := (&Folder{Dir: dir, Log: log}).Load()
+	if err != nil || len(s.Problems) != 0 {
+		t.Fatalf("load: %v %v", err, s.Problems)
 	}
-	if problems := apply(); len(problems) != 0 {
-		t.Fatalf("problems: %v", problems)
+	if err := e.Apply(s); err != nil {
+		t.Fatal(err)
 	}
 	web, ok := e.Identities()["web"]
 	if !ok || web == 0 {
@@ -138,9 +118,8 @@ func TestFolderPolicyDrivesTraffic(t *testing.T) {
 	logCtx, stopLog := context.WithCancel(context.Background())
 	logDone := make(chan struct{})
 	go func() { defer close(logDone); _ = e.RunFlows(logCtx, store, flowLog) }()
-	// the reader ends before the datapath closes (t.Cleanup)
+	// the reader ends before the datapath closes (t.Cleanup); events before it opens wait in the ring buffer
 	defer func() { stopLog(); <-logDone }()
-	time.Sleep(100 * time.Millisecond) // the reader is open before the first packet
 
 	if !reach("198.51.100.1:443") || reach("198.51.100.1:80") || reach("169.254.169.254:443") {
 		t.Fatalf("initial policy: 443 %v, 80 %v, metadata %v; want only 443", reach("198.51.100.1:443"),
@@ -156,25 +135,8 @@ func TestFolderPolicyDrivesTraffic(t *testing.T) {
 		t.Errorf("flow log lacks the allowed 443 and denied 80 flows:\n%s", flowLog.String())
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	reloads := make(chan []string, 16)
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		_ = folder.Watch(ctx, func() {
-			select {
-			case reloads <- apply():
-			case <-ctx.Done():
-			}
-		})
-	}()
-	// the watch applies no more once the datapath closes (t.Cleanup)
-	defer func() { cancel(); <-watchDone }()
-	select { // the watch stands once it has read the folder again
-	case <-reloads:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the watch never started")
-	}
+	run := runFolder(t, e, dir, nil)
+	run.settle()
 
 	write(t, dir, "policy.yaml", policyYAML("443", "80"))
 	if !waitFor(func() bool { return reach("198.51.100.1:80") }) {
@@ -182,13 +144,7 @@ func TestFolderPolicyDrivesTraffic(t *testing.T) {
 	}
 
 	write(t, dir, "policy.yaml", policyYAML("443", "80")+"  - action: Perhaps\n")
-	var problems []string
-	select {
-	case problems = <-drain(reloads):
-	case <-time.After(10 * time.Second):
-		t.Fatal("no reload after breaking the file")
-	}
-	if len(problems) == 0 || !strings.Contains(strings.Join(problems, "\n"), "policy.yaml") ||
+	if problems := run.settle(); len(problems) == 0 || !strings.Contains(strings.Join(problems, "\n"), "policy.yaml") ||
 		!strings.Contains(strings.Join(problems, "\n"), `FirewallPolicy "web-out"`) {
 		t.Errorf("problems %v: want one naming the file and the policy", problems)
 	}
@@ -198,20 +154,17 @@ func TestFolderPolicyDrivesTraffic(t *testing.T) {
 
 	// a change that denies an established connection cuts it at its next packet
 	write(t, dir, "policy.yaml", policyYAML("443", "80", "8443"))
-	select {
-	case <-drain(reloads):
-	case <-time.After(10 * time.Second):
-		t.Fatal("no reload after allowing 8443")
-	}
+	run.settle()
 	stream := testutil.StreamEcho(t, pl, "198.51.100.1:8443")
-	time.Sleep(200 * time.Millisecond)
-	write(t, dir, "policy.yaml", policyYAML("443", "80"))
-	select {
-	case <-drain(reloads):
-	case <-time.After(10 * time.Second):
-		t.Fatal("no reload after dropping 8443")
+	if !waitFor(func() bool { return stream.Exchanged() > 0 }) {
+		t.Fatal("the allowed stream never exchanged a line")
 	}
-	time.Sleep(200 * time.Millisecond)
+	write(t, dir, "policy.yaml", policyYAML("443", "80"))
+	run.settle()
+	select {
+	case <-stream.Ended():
+	case <-time.After(30 * time.Second): // a liveness bound: the next line is cut at once
+	}
 	if exchanged, err := stream.Stop(); err == nil || exchanged == 0 {
 		t.Errorf("an established connection the new policy denies went on (%d exchanges, %v)", exchanged, err)
 	}
@@ -222,24 +175,6 @@ func TestFolderPolicyDrivesTraffic(t *testing.T) {
 	if !waitFor(func() bool { return !reach("198.51.100.1:80") }) {
 		t.Errorf("removing the policy file left port 80 open (world default is Deny)")
 	}
-}
-
-// drain returns a channel with the latest of the reloads that arrive within a short settle time.
-func drain(in chan []string) chan []string {
-	out := make(chan []string, 1)
-	go func() {
-		last := <-in
-		for {
-			select {
-			case v := <-in:
-				last = v
-			case <-time.After(300 * time.Millisecond):
-				out <- last
-				return
-			}
-		}
-	}()
-	return out
 }
 
 // Identities survive an enforcer restart, and a withdrawn identity is not reused while an endpoint holds it.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/agentapi"
@@ -49,21 +50,9 @@ func (e *Enforcer) Describe(f bpf.Flow, pod *endpoint.Record) FlowRecord {
 		Reason: bpf.ReasonName(f.Reason), Proto: v1alpha1.ProtocolName(f.Protocol), Src: f.Src.String(), Sport: f.SrcPort,
 		Dst: f.Dst.String(), Dport: f.DstPort, Remote: f.RemoteClass.String()}
 	e.mu.Lock()
-	for name, id := range e.identities {
-		if id == f.Identity && f.Identity != 0 {
-			rec.Namespace = name
-		}
-		if id == f.RemoteIdentity && f.RemoteIdentity != 0 {
-			rec.Remote = name
-		}
-	}
-	for id, l := range e.lingering { // a gone namespace whose pods still run
-		if l.namespace != nil && id == f.Identity {
-			rec.Namespace = l.namespace.Name
-		}
-		if l.namespace != nil && id == f.RemoteIdentity {
-			rec.Remote = l.namespace.Name
-		}
+	rec.Namespace = namespaceOf(e.identities, e.lingering, f.Identity)
+	if name := namespaceOf(e.identities, e.lingering, f.RemoteIdentity); name != "" {
+		rec.Remote = name
 	}
 	if k, ok := e.ruleKeys[f.RuleID]; ok && f.RuleID != 0 {
 		rec.Policy, rec.Rule = k.Policy, k.Name()
@@ -117,19 +106,44 @@ func (e *Enforcer) RunFlows(ctx context.Context, store endpoint.Store, w io.Writ
 	}
 }
 
-// flowHub keeps the latest flows in a ring and hands new ones to followers; a follower that cannot keep up
-// loses flows (counted), never the reader.
+// Flows is the recent flows that f selects (by namespace and verdict, no older than f.Since, at most the last
+// f.Limit), oldest first; with f.Follow, also a channel of the selected flows that come after them, until stop is
+// called. A follower that cannot keep up loses flows, never the reader.
+func (e *Enforcer) Flows(f agentapi.FlowFilter) (past []FlowRecord, next <-chan FlowRecord, stop func()) {
+	all, ch := e.flows.recent(f)
+	cutoff := time.Now().Add(-f.Since)
+	for _, r := range all {
+		if selects(f, r) && (f.Since == 0 || r.Time.After(cutoff)) {
+			past = append(past, r)
+		}
+	}
+	if f.Limit > 0 && len(past) > f.Limit {
+		past = past[len(past)-f.Limit:]
+	}
+	if ch == nil {
+		return past, nil, func() {}
+	}
+	return past, ch, func() { e.flows.unfollow(ch) }
+}
+
+// selects tells whether a flow is of f's namespace and verdict (empty: any).
+func selects(f agentapi.FlowFilter, r FlowRecord) bool {
+	return (f.Namespace == "" || r.Namespace == f.Namespace) && (f.Verdict == "" || r.Verdict == f.Verdict)
+}
+
+// flowHub keeps the latest flows in a ring and hands new ones to followers, each the ones its filter selects; a
+// follower that cannot keep up loses flows (counted), never the reader.
 type flowHub struct {
 	mu        sync.Mutex
 	ring      []FlowRecord
 	next      int
 	full      bool
-	followers map[chan FlowRecord]struct{}
+	followers map[chan FlowRecord]agentapi.FlowFilter
 	dropped   uint64
 }
 
 func newFlowHub(size int) *flowHub {
-	return &flowHub{ring: make([]FlowRecord, size), followers: map[chan FlowRecord]struct{}{}}
+	return &flowHub{ring: make([]FlowRecord, size), followers: map[chan FlowRecord]agentapi.FlowFilter{}}
 }
 
 func (h *flowHub) publish(f FlowRecord) {
@@ -140,7 +154,10 @@ func (h *flowHub) publish(f FlowRecord) {
 	if h.next == 0 {
 		h.full = true
 	}
-	for ch := range h.followers {
+	for ch, filter := range h.followers {
+		if !selects(filter, f) {
+			continue
+		}
 		select {
 		case ch <- f:
 		default:
@@ -149,9 +166,9 @@ func (h *flowHub) publish(f FlowRecord) {
 	}
 }
 
-// recent is the flows kept, oldest first; with follow, a channel of the flows after them (close it with
-// unfollow).
-func (h *flowHub) recent(follow bool) ([]FlowRecord, chan FlowRecord) {
+// recent is the flows kept, oldest first; with f.Follow, a channel of the flows after them that f selects (close
+// it with unfollow).
+func (h *flowHub) recent(f agentapi.FlowFilter) ([]FlowRecord, chan FlowRecord) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var out []FlowRecord
@@ -159,11 +176,11 @@ func (h *flowHub) recent(follow bool) ([]FlowRecord, chan FlowRecord) {
 		out = append(out, h.ring[h.next:]...)
 	}
 	out = append(out, h.ring[:h.next]...)
-	if !follow {
+	if !f.Follow {
 		return out, nil
 	}
 	ch := make(chan FlowRecord, 1024)
-	h.followers[ch] = struct{}{}
+	h.followers[ch] = f
 	return out, ch
 }
 

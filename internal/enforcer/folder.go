@@ -12,14 +12,15 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/moatfw/moat/internal/api/v1alpha1"
+	"github.com/moatfw/moat/internal/debounce"
 	"github.com/moatfw/moat/internal/policyfile"
 )
 
 // Folder is the standalone source: multi-document YAML files of FirewallConfig, FirewallPolicy and Namespace
 // objects in one folder. A file with a problem keeps its last good objects (an invalid edit never replaces a
 // valid policy). An object defined twice (same kind and name, in one file or two) is refused in both places, and
-// the version in force before, if its file still defines it, stays in force. Every problem is logged naming its
-// file, document and object.
+// the version in force before, if its file still defines it, stays in force. Every problem names its file,
+// document and object.
 type Folder struct {
 	Dir string
 	Log *logrus.Entry
@@ -51,15 +52,18 @@ func (f *Folder) parse(path string) (policyfile.Objects, []policyfile.Problem) {
 	return objs, problems
 }
 
-// Load reads the folder into a desired state, and lists its problems.
-func (f *Folder) Load() (State, []policyfile.Problem, error) {
+// Name is "folder DIR".
+func (f *Folder) Name() string { return "folder " + f.Dir }
+
+// Load reads the folder into a desired state; its problems name file, document and object.
+func (f *Folder) Load() (State, error) {
 	if f.lastGood == nil {
 		f.lastGood = map[string]policyfile.Objects{}
 		f.parsed = map[string]parsedFile{}
 	}
 	paths, err := policyfile.Files(f.Dir)
 	if err != nil {
-		return State{}, nil, err
+		return State{}, err
 	}
 	var parts []policyfile.Objects
 	var problems []policyfile.Problem
@@ -91,13 +95,9 @@ func (f *Folder) Load() (State, []policyfile.Problem, error) {
 	merged, dups := policyfile.MergeKeeping(f.inForce, parts...)
 	f.inForce = merged
 	problems = append(problems, dups...)
-	for _, p := range problems {
-		f.Log.WithFields(logrus.Fields{"file": p.Origin.File, "document": p.Origin.Document, "kind": p.Kind,
-			"object": p.Name}).Error(p.Err)
-	}
 	s := State{Origins: map[string]string{}}
 	for _, p := range problems {
-		s.Problems = append(s.Problems, Problem{Kind: p.Kind, Name: p.Name, Origin: p.Origin.String(), Message: p.Err.Error()})
+		s.Problems = append(s.Problems, ObjectProblem{Kind: p.Kind, Name: p.Name, Origin: p.Origin.String(), Message: p.Err.Error()})
 	}
 	for _, c := range merged.Configs {
 		if c.Object.Name == v1alpha1.DefaultConfigName {
@@ -112,12 +112,17 @@ func (f *Folder) Load() (State, []policyfile.Problem, error) {
 	for _, n := range merged.Namespaces {
 		s.Namespaces = append(s.Namespaces, n.Object)
 	}
-	return s, problems, nil
+	return s, nil
 }
 
-// Watch calls changed whenever a file of the folder is written, created, renamed or removed, a little after the
-// last of a burst of events (editors write in several steps), and once as soon as the watch stands, so that a
-// change made between the first Load and the watch is not missed. It returns when ctx ends.
+// Burst: an editor writes a file in several steps within milliseconds (a rename is one event); a folder written
+// without a pause is read at least every second.
+func (f *Folder) Burst() debounce.Timing {
+	return debounce.Timing{Quiet: 20 * time.Millisecond, Max: time.Second}
+}
+
+// Watch calls changed once the watch on the folder stands, so that a change made before it is not missed, and
+// whenever a file of the folder is written, created, renamed or removed, until ctx ends.
 func (f *Folder) Watch(ctx context.Context, changed func()) error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -128,9 +133,6 @@ func (f *Folder) Watch(ctx context.Context, changed func()) error {
 		return fmt.Errorf("watch policy folder %s: %w", f.Dir, err)
 	}
 	changed()
-	const settle = 20 * time.Millisecond // a rename is one event; an in-place write, a burst within milliseconds
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -140,16 +142,14 @@ func (f *Folder) Watch(ctx context.Context, changed func()) error {
 				return nil
 			}
 			if ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Remove|fsnotify.Rename) != 0 {
-				timer.Reset(settle)
+				changed()
 			}
 		case err, ok := <-w.Errors:
 			if !ok {
 				return nil
 			}
 			f.Log.WithError(err).Warn("policy folder watch")
-			timer.Reset(settle) // events may have been lost: read everything again
-		case <-timer.C:
-			changed()
+			changed() // events may have been lost: read everything again
 		}
 	}
 }

@@ -1,7 +1,6 @@
 package enforcer
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -9,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
@@ -18,14 +16,14 @@ import (
 	"github.com/moatfw/moat/internal/endpoint"
 )
 
-// folderNode is an enforcer fed by a real policy folder through Folder.Watch, with the server moatctl asks.
+// folderNode is an enforcer running on a real policy folder, with the server moatctl asks.
 type folderNode struct {
-	t      *testing.T
-	dir    string
-	e      *Enforcer
-	srv    *Server
-	logs   *logtest.Hook
-	loaded chan []string // the problems of each load, as the watch applies them
+	t    *testing.T
+	dir  string
+	e    *Enforcer
+	srv  *Server
+	logs *logtest.Hook
+	run  *folderRun
 }
 
 func newFolderNode(t *testing.T, files map[string]string) *folderNode {
@@ -33,48 +31,20 @@ func newFolderNode(t *testing.T, files map[string]string) *folderNode {
 	_, _, e := newTestEnforcer(t)
 	logger, hook := logtest.NewNullLogger()
 	e.log = logrus.NewEntry(logger)
-	n := &folderNode{t: t, dir: t.TempDir(), e: e, logs: hook, loaded: make(chan []string, 64)}
+	n := &folderNode{t: t, dir: t.TempDir(), e: e, logs: hook}
 	for name, content := range files {
 		write(t, n.dir, name, content)
 	}
 	n.srv = &Server{E: e, Store: endpoint.Store{Dir: t.TempDir()}, Source: "folder " + n.dir}
-	folder := &Folder{Dir: n.dir, Log: e.log}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	t.Cleanup(func() { cancel(); <-done })
-	go func() {
-		defer close(done)
-		_ = folder.Watch(ctx, func() {
-			s, problems, err := folder.Load()
-			if err != nil {
-				t.Errorf("load: %v", err)
-				return
-			}
-			if err := e.Apply(s); err != nil {
-				t.Errorf("apply: %v", err)
-				return
-			}
-			var out []string
-			for _, p := range problems {
-				out = append(out, p.Error())
-			}
-			n.loaded <- out
-		})
-	}()
+	n.run = runFolder(t, e, n.dir, nil)
 	n.settle()
 	return n
 }
 
-// settle waits for the loads a change brings and returns the problems of the last one.
+// settle waits until the folder as it is now is in force, and returns the problems of its load.
 func (n *folderNode) settle() []string {
 	n.t.Helper()
-	select {
-	case ps := <-drain(n.loaded):
-		return ps
-	case <-time.After(10 * time.Second):
-		n.t.Fatal("the folder was never loaded")
-	}
-	return nil
+	return n.run.settle()
 }
 
 func (n *folderNode) write(name, content string) []string {
@@ -115,7 +85,7 @@ func serverPolicies(t *testing.T, srv *Server) map[string]agentapi.Policy {
 
 func (n *folderNode) trace(namespace string, port uint16) agentapi.TraceResult {
 	n.t.Helper()
-	res, _, err := n.srv.Trace(agentapi.TraceRequest{Namespace: namespace, Protocol: "tcp", Port: port, Remote: "198.51.100.1"})
+	res, err := n.e.Trace(n.srv.Store, agentapi.TraceRequest{Namespace: namespace, Protocol: "tcp", Port: port, Remote: "198.51.100.1"})
 	if err != nil {
 		n.t.Fatalf("trace %s:%d: %v", namespace, port, err)
 	}
@@ -294,7 +264,7 @@ spec:
 			t.Errorf("%s: %+v, want %s", ns, r, want)
 		}
 	}
-	if r, _, _ := n.srv.Trace(agentapi.TraceRequest{Namespace: "ops", Protocol: "tcp", Port: 80, Remote: "169.254.169.254"}); r.Verdict != "denied" {
+	if r, _ := n.e.Trace(n.srv.Store, agentapi.TraceRequest{Namespace: "ops", Protocol: "tcp", Port: 80, Remote: "169.254.169.254"}); r.Verdict != "denied" {
 		t.Errorf("moat.dev/metadata=Allow opened the metadata API: %+v", r)
 	}
 	st := n.srv.Status()
@@ -315,10 +285,7 @@ spec:
 
 	// applied again and again (as the Kubernetes source does at every pod event): each is logged once
 	for i := 0; i < 3; i++ {
-		n.e.mu.Lock()
-		s := n.e.state
-		n.e.mu.Unlock()
-		if err := n.e.Apply(s); err != nil {
+		if err := n.e.Apply(n.e.Snapshot().State); err != nil {
 			t.Fatal(err)
 		}
 	}

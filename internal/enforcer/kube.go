@@ -7,8 +7,8 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -28,6 +28,7 @@ import (
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/api/v1alpha1"
+	"github.com/moatfw/moat/internal/debounce"
 	"github.com/moatfw/moat/internal/resolve"
 )
 
@@ -62,7 +63,6 @@ type Kubernetes struct {
 	mu       sync.Mutex
 	lastGood map[string]v1alpha1.FirewallPolicy // by name: the last valid version seen
 	goodCfg  *v1alpha1.FirewallConfig
-	reported string // the problems logged last
 }
 
 // GVRs of the policy API.
@@ -71,9 +71,35 @@ var (
 	ConfigsResource  = v1alpha1.SchemeGroupVersion.WithResource(v1alpha1.ResourceFirewallConfigs)
 )
 
-// Start starts the informers and waits until their caches hold the whole cluster, so the first state is never a
+// Name is "kubernetes".
+func (k *Kubernetes) Name() string { return "kubernetes" }
+
+// Burst: informers deliver related events together; the state is loaded 10 ms after the first of them.
+func (k *Kubernetes) Burst() debounce.Timing {
+	return debounce.Timing{Quiet: 10 * time.Millisecond, Max: 10 * time.Millisecond}
+}
+
+// Watch starts the informers and calls changed once their caches hold the whole cluster, and after every event
+// from then on, until ctx ends. The events of the initial listing are not passed on: a state loaded from caches
+// still filling would be partial, and would withdraw identities.
+func (k *Kubernetes) Watch(ctx context.Context, changed func()) error {
+	var synced atomic.Bool
+	if err := k.start(ctx, func() {
+		if synced.Load() {
+			changed()
+		}
+	}); err != nil {
+		return err
+	}
+	synced.Store(true)
+	changed()
+	<-ctx.Done()
+	return nil
+}
+
+// start starts the informers and waits until their caches hold the whole cluster, so the first state is never a
 // partial one (which would withdraw identities). changed is called after every change.
-func (k *Kubernetes) Start(ctx context.Context, changed func()) error {
+func (k *Kubernetes) start(ctx context.Context, changed func()) error {
 	var err error
 	if k.client, err = kubernetes.NewForConfig(k.Config); err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
@@ -199,8 +225,8 @@ func slimPod(obj any) (any, error) {
 	return slim, nil
 }
 
-// Load is the desired state the caches describe now.
-func (k *Kubernetes) Load() State {
+// Load is the desired state the caches describe now; it never fails.
+func (k *Kubernetes) Load() (State, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	s := State{Origins: map[string]string{}}
@@ -212,7 +238,7 @@ func (k *Kubernetes) Load() State {
 	for _, obj := range k.cfgs.GetStore().List() {
 		var c v1alpha1.FirewallConfig
 		if err := fromUnstructured(obj, &c); err != nil {
-			s.Problems = append(s.Problems, Problem{Kind: v1alpha1.KindFirewallConfig, Name: nameOf(obj), Origin: "kubernetes", Message: err.Error()})
+			s.Problems = append(s.Problems, ObjectProblem{Kind: v1alpha1.KindFirewallConfig, Name: nameOf(obj), Origin: "kubernetes", Message: err.Error()})
 			continue
 		}
 		if c.Name != v1alpha1.DefaultConfigName {
@@ -223,7 +249,7 @@ func (k *Kubernetes) Load() State {
 			if k.goodCfg != nil {
 				msg += " (the last good version stays in force)"
 			}
-			s.Problems = append(s.Problems, Problem{Kind: v1alpha1.KindFirewallConfig, Name: c.Name, Origin: "kubernetes", Message: msg})
+			s.Problems = append(s.Problems, ObjectProblem{Kind: v1alpha1.KindFirewallConfig, Name: c.Name, Origin: "kubernetes", Message: msg})
 			continue
 		}
 		k.goodCfg = &c
@@ -248,7 +274,7 @@ func (k *Kubernetes) Load() State {
 				s.Policies = append(s.Policies, good)
 				s.Origins[name] = "kubernetes"
 			}
-			s.Problems = append(s.Problems, Problem{Kind: v1alpha1.KindFirewallPolicy, Name: name, Origin: "kubernetes", Message: msg})
+			s.Problems = append(s.Problems, ObjectProblem{Kind: v1alpha1.KindFirewallPolicy, Name: name, Origin: "kubernetes", Message: msg})
 			continue
 		}
 		k.lastGood[name] = p
@@ -264,7 +290,7 @@ func (k *Kubernetes) Load() State {
 	s.Addresses = k.addresses()
 	s.HostPorts = k.hostPorts()
 	s.ServiceRanges = k.serviceRanges
-	return s
+	return s, nil
 }
 
 // nodeAddresses are a Node's internal and external IPs: its node-class addresses, and where its pods' hostPorts
@@ -485,59 +511,4 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n-3] + "..."
-}
-
-// Run applies the cluster's state to the enforcer whenever it changes (a burst of events is applied once),
-// writes the policies' status, and re-tags recorded endpoints, until ctx ends.
-func (k *Kubernetes) Run(ctx context.Context, e *Enforcer, afterApply func()) error {
-	trigger := make(chan struct{}, 1)
-	changed := func() {
-		select {
-		case trigger <- struct{}{}:
-		default:
-		}
-	}
-	if err := k.Start(ctx, changed); err != nil {
-		return err
-	}
-	changed()
-	const settle = 10 * time.Millisecond // informers deliver a burst of related events together
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-trigger:
-		}
-		time.Sleep(settle)
-		select {
-		case <-trigger:
-		default:
-		}
-		s := k.Load()
-		if d := describeProblems(s.Problems); d != k.reported { // each problem is logged once, not at every event
-			for _, p := range s.Problems {
-				k.Log.WithFields(logrus.Fields{"kind": p.Kind, "object": p.Name}).Error(p.Message)
-			}
-			k.reported = d
-		}
-		if err := e.Apply(s); err != nil {
-			k.Log.WithError(err).Error("cannot apply the cluster's policy")
-			continue
-		}
-		if err := k.WriteStatus(ctx, s); err != nil && ctx.Err() == nil {
-			k.Log.WithError(err).Warn("writing policy status")
-		}
-		if afterApply != nil {
-			afterApply()
-		}
-	}
-}
-
-// describeProblems is the problems of a state, one per line, for logs and tests.
-func describeProblems(ps []Problem) string {
-	var b strings.Builder
-	for _, p := range ps {
-		fmt.Fprintf(&b, "%s %s: %s\n", p.Kind, p.Name, p.Message)
-	}
-	return b.String()
 }

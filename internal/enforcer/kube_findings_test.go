@@ -34,7 +34,7 @@ func TestKubernetesLabelProblemsAndUnselectedPolicies(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := k.Run(ctx, e, nil); err != nil {
+		if err := e.Run(ctx, k, nil); err != nil {
 			t.Errorf("kubernetes source: %v", err)
 		}
 	}()

@@ -51,7 +51,7 @@ func TestKubernetesWithoutServiceCIDRs(t *testing.T) {
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)
-		if err := k.Run(ctx, e, nil); err != nil {
+		if err := e.Run(ctx, k, nil); err != nil {
 			t.Errorf("kubernetes source: %v", err)
 		}
 	}()

@@ -116,7 +116,7 @@ func TestKubernetesSource(t *testing.T) {
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)
-		if err := k.Run(ctx, e, func() {
+		if err := e.Run(ctx, k, func() {
 			select {
 			case applied <- struct{}{}:
 			default:

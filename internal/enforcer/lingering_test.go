@@ -55,9 +55,9 @@ func TestDeletedNamespaceKeepsItsPodsIdentity(t *testing.T) {
 	// what the enforcer does after every change of its source: apply, then reconcile the recorded endpoints
 	sync := func(e *Enforcer) {
 		t.Helper()
-		s, problems, err := folder.Load()
-		if err != nil || len(problems) > 0 {
-			t.Fatalf("load the folder: %v %v", err, problems)
+		s, err := folder.Load()
+		if err != nil || len(s.Problems) > 0 {
+			t.Fatalf("load the folder: %v %v", err, s.Problems)
 		}
 		if err := e.Apply(s); err != nil {
 			t.Fatalf("apply: %v", err)

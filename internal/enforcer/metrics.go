@@ -2,7 +2,6 @@ package enforcer
 
 import (
 	"fmt"
-	"maps"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -74,17 +73,15 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(v.Bytes), bpf.ReasonName(r), verdict)
 		}
 	}
-	c.e.mu.Lock()
-	keys := maps.Clone(c.e.ruleKeys)
-	problems, warnings := c.e.problemCounts()
-	c.e.mu.Unlock()
+	snap := c.e.Snapshot()
+	problems, warnings := problemCounts(snap)
 	for kind, n := range problems {
 		ch <- prometheus.MustNewConstMetric(descProblems, prometheus.GaugeValue, float64(n), kind)
 	}
 	for kind, n := range warnings {
 		ch <- prometheus.MustNewConstMetric(descWarnings, prometheus.GaugeValue, float64(n), kind)
 	}
-	for id, k := range keys {
+	for id, k := range snap.Rules {
 		if v, err := dp.RuleCounter(id); err == nil {
 			ch <- prometheus.MustNewConstMetric(descRule, prometheus.CounterValue, float64(v.Packets), k.Policy, k.Name())
 		}

@@ -25,7 +25,7 @@ func TestMetrics(t *testing.T) {
 		NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "nobody"}}}}
 	nobody.Name = "nobody"
 	if err := e.Apply(State{Namespaces: []v1alpha1.Namespace{namespace("a"), b}, Policies: []v1alpha1.FirewallPolicy{nobody},
-		Problems: []Problem{{Kind: v1alpha1.KindFirewallPolicy, Name: "broken", Origin: "kubernetes", Message: "bad"}}}); err != nil {
+		Problems: []ObjectProblem{{Kind: v1alpha1.KindFirewallPolicy, Name: "broken", Origin: "kubernetes", Message: "bad"}}}); err != nil {
 		t.Fatal(err)
 	}
 	ep, _ := bpf.NewEndpoint(1, bpf.ModeEnforce, []netip.Addr{netip.MustParseAddr("10.1.0.2")})

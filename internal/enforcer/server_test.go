@@ -37,7 +37,7 @@ func TestServerAnswersAboutARealPod(t *testing.T) {
 	write(t, dir, "policy.yaml", policyYAML("443"))
 	write(t, dir, "zz-broken.yaml", brokenPolicyYAML)
 	folder := &Folder{Dir: dir, Log: e.log}
-	s, _, err := folder.Load()
+	s, err := folder.Load()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +192,13 @@ func TestServerAnswersAboutARealPod(t *testing.T) {
 			return nil
 		})
 	}()
-	time.Sleep(300 * time.Millisecond)
+	if !waitFor(func() bool { // the follower is there before the flow
+		e.flows.mu.Lock()
+		defer e.flows.mu.Unlock()
+		return len(e.flows.followers) > 0
+	}) {
+		t.Fatal("the followed flow stream never started")
+	}
 	_ = testutil.Exchange(pl.Pod, "198.51.100.1:80", 500*time.Millisecond)
 	select {
 	case <-seen:

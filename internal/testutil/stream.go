@@ -12,10 +12,12 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 )
 
-// EchoStream is one TCP connection from the pod on which a line goes back and forth every 10 ms, until Stop.
+// EchoStream is one TCP connection from the pod on which a line goes back and forth every 10 ms, until Stop or
+// until an exchange fails.
 type EchoStream struct {
 	done      chan struct{}
-	result    chan error
+	ended     chan struct{} // closed when the stream ends, err set
+	err       error
 	exchanged atomic.Int64
 }
 
@@ -47,26 +49,26 @@ func StreamEcho(t testing.TB, pl *PodLink, addr string) *EchoStream {
 	}); err != nil {
 		t.Fatalf("open the allowed stream: %v", err)
 	}
-	s := &EchoStream{done: make(chan struct{}), result: make(chan error, 1)}
+	s := &EchoStream{done: make(chan struct{}), ended: make(chan struct{})}
 	go func() {
+		defer close(s.ended)
 		defer conn.Close()
 		rd := bufio.NewReader(conn)
 		for i := 0; ; i++ {
 			select {
 			case <-s.done:
-				s.result <- nil
 				return
 			case <-time.After(10 * time.Millisecond):
 			}
 			conn.SetDeadline(time.Now().Add(2 * time.Second))
 			line := fmt.Sprintf("ping %d\n", i)
 			if _, err := conn.Write([]byte(line)); err != nil {
-				s.result <- fmt.Errorf("write %d: %w", i, err)
+				s.err = fmt.Errorf("write %d: %w", i, err)
 				return
 			}
 			got, err := rd.ReadString('\n')
 			if err != nil || got != line {
-				s.result <- fmt.Errorf("echo %d: %q, %v", i, got, err)
+				s.err = fmt.Errorf("echo %d: %q, %v", i, got, err)
 				return
 			}
 			s.exchanged.Add(1)
@@ -75,9 +77,19 @@ func StreamEcho(t testing.TB, pl *PodLink, addr string) *EchoStream {
 	return s
 }
 
+// Exchanged is how many exchanges have succeeded so far.
+func (s *EchoStream) Exchanged() int64 { return s.exchanged.Load() }
+
+// Ended is closed once the stream has ended: stopped, or an exchange failed.
+func (s *EchoStream) Ended() <-chan struct{} { return s.ended }
+
 // Stop ends the stream and returns how many exchanges succeeded and the first failure.
 func (s *EchoStream) Stop() (int64, error) {
-	close(s.done)
-	err := <-s.result
-	return s.exchanged.Load(), err
+	select {
+	case <-s.done:
+	default:
+		close(s.done)
+	}
+	<-s.ended
+	return s.exchanged.Load(), s.err
 }

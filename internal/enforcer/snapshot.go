@@ -1,0 +1,81 @@
+package enforcer
+
+import (
+	"maps"
+	"time"
+
+	"github.com/moatfw/moat/internal/resolve"
+)
+
+// Snapshot is the enforcer at one moment, taken under its lock: what the status, the policies, the report and
+// trace answer from, without holding the lock while they work. Nothing in it may be modified: its State, its
+// findings and its rule maps are shared with the enforcer (which replaces them, never changes them in place).
+type Snapshot struct {
+	Started    time.Time
+	Applied    time.Time // when the generation in force was applied
+	Generation uint64    // 0: nothing applied yet
+	State      State     // the desired state in force
+	Identities map[string]uint32
+	// Stale holds the identities whose newest policy the datapath could not take, and why.
+	Stale map[uint32]string
+	// Problems and Warnings are what the last apply found about the objects (namespace labels, selectors).
+	Problems, Warnings []resolve.Finding
+	// Rules names every rule that has an id, and RuleIDs is the other way round.
+	Rules   map[uint32]resolve.RuleKey
+	RuleIDs map[resolve.RuleKey]uint32
+
+	lingering map[uint32]lingerer
+}
+
+// Snapshot takes a snapshot of the enforcer.
+func (e *Enforcer) Snapshot() Snapshot {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.rulesShared = true // the next new rule copies the maps first
+	return Snapshot{Started: e.started, Applied: e.appliedAt, Generation: e.generation, State: e.state,
+		Identities: maps.Clone(e.identities), Stale: e.stale, Problems: e.findings.problems,
+		Warnings: e.findings.warnings, Rules: e.ruleKeys, RuleIDs: e.rules, lingering: maps.Clone(e.lingering)}
+}
+
+// Resolve is what the state in force resolves to, with the rule ids in force: the reference evaluator's input
+// for the policy the datapath enforces.
+func (s Snapshot) Resolve() resolve.Output {
+	in := resolveInput(s.State, s.Identities, s.lingering)
+	in.RuleID = func(k resolve.RuleKey) uint32 { return s.RuleIDs[k] }
+	return resolve.Resolve(in)
+}
+
+// Identity is a namespace's identity: the one published, else the one a gone namespace's pods still hold.
+func (s Snapshot) Identity(namespace string) (uint32, bool) {
+	if id, ok := s.Identities[namespace]; ok {
+		return id, true
+	}
+	for id, l := range s.lingering {
+		if l.namespace != nil && l.namespace.Name == namespace {
+			return id, true
+		}
+	}
+	return 0, false
+}
+
+// Namespace is the name of the namespace an identity stands for ("" for none, or when not known).
+func (s Snapshot) Namespace(id uint32) string {
+	return namespaceOf(s.Identities, s.lingering, id)
+}
+
+// namespaceOf is the namespace an identity stands for: a namespace of identities, or a gone one whose pods
+// still hold it.
+func namespaceOf(identities map[string]uint32, lingering map[uint32]lingerer, id uint32) string {
+	if id == 0 {
+		return ""
+	}
+	if l, ok := lingering[id]; ok && l.namespace != nil {
+		return l.namespace.Name
+	}
+	for name, nid := range identities {
+		if nid == id {
+			return name
+		}
+	}
+	return ""
+}

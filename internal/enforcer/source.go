@@ -1,0 +1,72 @@
+package enforcer
+
+import (
+	"context"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/moatfw/moat/internal/debounce"
+)
+
+// Source is where the desired state comes from: a folder of YAML (Folder) or the Kubernetes API (Kubernetes).
+type Source interface {
+	// Name is what the status calls the source: "folder DIR" or "kubernetes".
+	Name() string
+	// Watch calls changed, from any goroutine, once the watch stands and the source can give its whole state
+	// (never before: a partial state would withdraw identities), and whenever the state may have changed since,
+	// until ctx ends. Its error means the source cannot be watched at all.
+	Watch(ctx context.Context, changed func()) error
+	// Load is the desired state now. An object the source cannot use is one of the state's Problems (its last good
+	// version, if any, stays in the state); an error means there is no state to apply.
+	Load() (State, error)
+	// Burst is how the source's changes come together: the state is loaded once per burst.
+	Burst() debounce.Timing
+}
+
+// statusWriter is a source that tells its objects' authors what became of them (the Kubernetes source writes each
+// policy's Accepted condition).
+type statusWriter interface {
+	WriteStatus(ctx context.Context, s State) error
+}
+
+// Run keeps the datapath enforcing src until ctx ends: once the watch stands and after every burst of changes it
+// loads the state and applies it, then calls afterApply (nil: nothing). Each of the source's problems is logged
+// once while it lasts, whichever the source. A state that cannot be loaded or applied is logged and the one in
+// force stays. Run returns when ctx ends, or with the error that ends the watch.
+func (e *Enforcer) Run(ctx context.Context, src Source, afterApply func()) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	log := e.log.WithField("source", src.Name())
+	changes := debounce.New(src.Burst())
+	watched := make(chan error, 1)
+	go func() {
+		defer cancel()
+		watched <- src.Watch(ctx, changes.Notify)
+	}()
+	var logged once[ObjectProblem]
+	changes.Run(ctx, func() {
+		s, err := src.Load()
+		if err != nil {
+			log.WithError(err).Error("cannot load the policy source; the policy in force stays")
+			return
+		}
+		for _, p := range logged.fresh(s.Problems) {
+			log.WithFields(logrus.Fields{"kind": p.Kind, "object": p.Name, "origin": p.Origin}).Error(p.Message)
+		}
+		if err := e.Apply(s); err != nil {
+			log.WithError(err).Error("cannot apply the policy source's state; the policy in force stays")
+			return
+		}
+		log.WithFields(logrus.Fields{"policies": len(s.Policies), "namespaces": len(s.Namespaces),
+			"problems": len(s.Problems)}).Debug("policy source applied")
+		if w, ok := src.(statusWriter); ok {
+			if err := w.WriteStatus(ctx, s); err != nil && ctx.Err() == nil {
+				log.WithError(err).Warn("writing policy status")
+			}
+		}
+		if afterApply != nil {
+			afterApply()
+		}
+	})
+	return <-watched
+}

@@ -71,7 +71,20 @@ func TestReconcileUpgradesProgramsInPlace(t *testing.T) {
 			}
 
 			stream := testutil.StreamEcho(t, pl, "198.51.100.1:443")
-			time.Sleep(200 * time.Millisecond)
+			// streamed waits for n more exchanges than there were, or for the stream to end
+			streamed := func(n int64) {
+				want := stream.Exchanged() + n
+				waitFor(func() bool {
+					select {
+					case <-stream.Ended():
+						return true
+					default:
+						return stream.Exchanged() >= want
+					}
+				})
+			}
+			streamed(5)
+			before := stream.Exchanged()
 			reconcile := func() {
 				t.Helper()
 				if err := pl.Host.Do(func(ns.NetNS) error { return e.Reconcile(store, root) }); err != nil {
@@ -79,9 +92,9 @@ func TestReconcileUpgradesProgramsInPlace(t *testing.T) {
 				}
 			}
 			reconcile()
-			time.Sleep(200 * time.Millisecond)
-			if exchanged, err := stream.Stop(); err != nil || exchanged < 5 {
-				t.Errorf("the allowed stream through the upgrade: %d exchanges, then %v", exchanged, err)
+			streamed(5)
+			if exchanged, err := stream.Stop(); err != nil || exchanged < before+5 {
+				t.Errorf("the allowed stream through the upgrade: %d exchanges (%d before it), then %v", exchanged, before, err)
 			}
 			if reach80() {
 				t.Errorf("after the upgrade the pod still reaches port 80, which the policy denies")

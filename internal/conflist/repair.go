@@ -7,11 +7,14 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 	"github.com/sirupsen/logrus"
+
+	"github.com/moatfw/moat/internal/debounce"
 )
 
 // Repair keeps Moat chained into the primary network until ctx ends: at once, whenever a file of the folder
-// changes (a burst of events is handled once, 100 ms after the last), and every interval in case an event was
-// lost. Problems are logged and retried; they never stop the loop.
+// changes (a burst of events is handled once, 100 ms after the last, or a second after the first should the
+// writes never pause), and every interval in case an event was lost. Problems are logged and retried; they never
+// stop the loop.
 func Repair(ctx context.Context, opts Options, interval time.Duration, log *logrus.Entry) error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -42,30 +45,33 @@ func Repair(ctx context.Context, opts Options, interval time.Duration, log *logr
 		}
 	}
 	ensure()
-	const settle = 100 * time.Millisecond
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case _, ok := <-w.Events:
-			if !ok {
-				return nil
+	changes := debounce.New(debounce.Timing{Quiet: 100 * time.Millisecond, Max: time.Second})
+	fed := make(chan struct{})
+	go func() { // the folder's events and the timer, until ctx ends
+		defer close(fed)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case _, ok := <-w.Events:
+				if !ok {
+					return
+				}
+				changes.Notify()
+			case err, ok := <-w.Errors:
+				if !ok {
+					return
+				}
+				log.WithError(err).Warn("CNI folder watch")
+				changes.Notify()
+			case <-tick.C:
+				changes.Notify()
 			}
-			timer.Reset(settle)
-		case err, ok := <-w.Errors:
-			if !ok {
-				return nil
-			}
-			log.WithError(err).Warn("CNI folder watch")
-			timer.Reset(settle)
-		case <-timer.C:
-			ensure()
-		case <-tick.C:
-			ensure()
 		}
-	}
+	}()
+	changes.Run(ctx, ensure)
+	<-fed
+	return nil
 }

@@ -9,7 +9,8 @@ import (
 
 // Snapshot is the enforcer at one moment, taken under its lock: what the status, the policies, the report and
 // trace answer from, without holding the lock while they work. Nothing in it may be modified: its State, its
-// findings and its rule maps are shared with the enforcer (which replaces them, never changes them in place).
+// findings, Stale and its rule maps are shared with the enforcer, which replaces them (the rule maps: copies them)
+// rather than change them in place.
 type Snapshot struct {
 	Started    time.Time
 	Applied    time.Time // when the generation in force was applied

@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"iter"
 	"log"
 	"os"
 	"os/exec"
@@ -126,13 +127,8 @@ func parse(r io.Reader) []sample {
 		}
 		s := sample{path: m[2]}
 		s.rules, _ = strconv.Atoi(m[1])
-		f := strings.Fields(m[3])
-		for i := 0; i+1 < len(f); i += 2 {
-			v, err := strconv.ParseFloat(f[i], 64)
-			if err != nil {
-				continue
-			}
-			switch f[i+1] {
+		for v, unit := range metrics(strings.Fields(m[3])) {
+			switch unit {
 			case "ns/op":
 				s.ns = v
 			case "empty-ns":
@@ -252,6 +248,22 @@ func render(samples []sample) string {
 // findings is the hand-written page of what profiles and one-off runs found, beside the generated one.
 const findings = "benchmarks-findings.md"
 
+// metrics yields the "value unit" pairs of a benchmark result line, fields being the line's fields after the
+// benchmark's name and iterations; a pair whose value is no number is passed over.
+func metrics(fields []string) iter.Seq2[float64, string] {
+	return func(yield func(float64, string) bool) {
+		for i := 0; i+1 < len(fields); i += 2 {
+			v, err := strconv.ParseFloat(fields[i], 64)
+			if err != nil {
+				continue
+			}
+			if !yield(v, fields[i+1]) {
+				return
+			}
+		}
+	}
+}
+
 // parseMetrics collects every custom metric of the named benchmark's result lines, run by run.
 func parseMetrics(r io.Reader, name string) map[string][]float64 {
 	out := map[string][]float64{}
@@ -261,10 +273,8 @@ func parseMetrics(r io.Reader, name string) map[string][]float64 {
 		if len(f) < 4 || !strings.HasPrefix(f[0], name) {
 			continue
 		}
-		for i := 2; i+1 < len(f); i += 2 {
-			if v, err := strconv.ParseFloat(f[i], 64); err == nil {
-				out[f[i+1]] = append(out[f[i+1]], v)
-			}
+		for v, unit := range metrics(f[2:]) {
+			out[unit] = append(out[unit], v)
 		}
 	}
 	return out
@@ -336,13 +346,8 @@ func parseChange(raw io.Reader) (p50, p99 map[changeKey][]float64) {
 		}
 		rules, _ := strconv.Atoi(m[2])
 		k := changeKey{m[1], rules}
-		f := strings.Fields(m[3])
-		for i := 0; i+1 < len(f); i += 2 {
-			v, err := strconv.ParseFloat(f[i], 64)
-			if err != nil {
-				continue
-			}
-			switch f[i+1] {
+		for v, unit := range metrics(strings.Fields(m[3])) {
+			switch unit {
 			case "p50-ms":
 				p50[k] = append(p50[k], v)
 			case "p99-ms":

@@ -21,6 +21,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -66,4 +68,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "agent: unknown command %q\n%s", args[0], usage)
 		return 2
 	}
+}
+
+// badUsage reports a command's bad arguments on stderr (for -h, flag has printed the command's help already) and
+// returns the exit status of bad usage.
+func badUsage(stderr io.Writer, command string, err error) int {
+	if !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintf(stderr, "agent: %s: %v\n", command, err)
+	}
+	return 2
 }

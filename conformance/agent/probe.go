@@ -78,10 +78,7 @@ func parseProbe(args []string, stderr io.Writer) (probeConfig, error) {
 func runProbe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	c, err := parseProbe(args, stderr)
 	if err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(stderr, "agent: probe: %v\n", err)
-		}
-		return 2
+		return badUsage(stderr, "probe", err)
 	}
 	r := probe(ctx, c)
 	b, _ := json.Marshal(r)

@@ -82,10 +82,7 @@ func parseServe(args []string, stderr io.Writer) (serveConfig, error) {
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	c, err := parseServe(args, stderr)
 	if err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(stderr, "agent: serve: %v\n", err)
-		}
-		return 2
+		return badUsage(stderr, "serve", err)
 	}
 	s, err := listen(c, stdout)
 	if err != nil {

@@ -50,40 +50,39 @@ func FormatPolicy(p *policy.IdentityPolicy) string {
 		if r.Audit {
 			b.WriteString(" (audit)")
 		}
-		if r.AllPeers {
-			b.WriteString(" all peers")
-		} else {
-			b.WriteString(" peers [")
-			for j, peer := range r.Peers {
-				if j > 0 {
-					b.WriteString(", ")
-				}
-				if peer.IsCIDR() {
-					fmt.Fprintf(&b, "%s", peer.CIDR)
-					if len(peer.Except) > 0 {
-						fmt.Fprintf(&b, " except %v", peer.Except)
-					}
-				} else {
-					fmt.Fprintf(&b, "identities %v", peer.Identities)
-				}
+		writeList(&b, "peers", r.AllPeers, r.Peers, func(peer policy.Peer) {
+			if !peer.IsCIDR() {
+				fmt.Fprintf(&b, "identities %v", peer.Identities)
+				return
 			}
-			b.WriteString("]")
-		}
-		if r.AllPorts {
-			b.WriteString(" all ports")
-		} else {
-			b.WriteString(" ports [")
-			for j, pr := range r.Ports {
-				if j > 0 {
-					b.WriteString(", ")
-				}
-				fmt.Fprintf(&b, "%d:%d-%d", pr.Protocol, pr.First, pr.Last)
+			fmt.Fprintf(&b, "%s", peer.CIDR)
+			if len(peer.Except) > 0 {
+				fmt.Fprintf(&b, " except %v", peer.Except)
 			}
-			b.WriteString("]")
-		}
+		})
+		writeList(&b, "ports", r.AllPorts, r.Ports, func(pr policy.PortRange) {
+			fmt.Fprintf(&b, "%d:%d-%d", pr.Protocol, pr.First, pr.Last)
+		})
 		b.WriteString("\n")
 	}
 	return b.String()
+}
+
+// writeList writes " all <what>" when all is set, else " <what> [" and the items, written by item and
+// comma-separated, then "]".
+func writeList[T any](b *strings.Builder, what string, all bool, items []T, item func(T)) {
+	if all {
+		b.WriteString(" all " + what)
+		return
+	}
+	b.WriteString(" " + what + " [")
+	for i, it := range items {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		item(it)
+	}
+	b.WriteString("]")
 }
 
 // FormatIPCache lists the ipcache entries that contain remote, a line each, the most specific (the one that

@@ -216,62 +216,46 @@ func (dp *Datapath) ReplacePolicy(identity uint32, entries []PolicyEntry) error 
 	return dp.ReplacePolicies(map[uint32][]PolicyEntry{identity: entries})
 }
 
-// ReplacePolicies swaps in the policies of several identities with one grace period for all of them (a batch
-// update of the policy map where the kernel has it). Each identity still changes atomically on its own.
+// ReplacePolicies swaps in the policies of several identities, each in a trie of its own (SetPolicies).
 func (dp *Datapath) ReplacePolicies(policies map[uint32][]PolicyEntry) error {
-	if dp.inner == nil {
-		return fmt.Errorf("only the enforcer that loaded the datapath writes policy")
-	}
-	for identity := range policies {
-		if identity == 0 || identity >= MaxIdentities {
-			return fmt.Errorf("policy of identity %d: identities run from 1 to %d", identity, MaxIdentities-1)
-		}
-	}
-	ids := make([]uint32, 0, len(policies))
-	inners := make([]*ebpf.Map, 0, len(policies))
+	tries := make(map[uint32]*PolicyTrie, len(policies))
 	defer func() {
-		for _, m := range inners {
-			m.Close() // the policy map holds its own reference once swapped in
+		for _, t := range tries {
+			t.Close() // the policy map holds its own reference once swapped in
 		}
 	}()
 	for identity, entries := range policies {
-		inner, err := dp.newPolicyTrie(identity, entries)
+		t, err := dp.NewPolicyTrie(entries)
 		if err != nil {
-			return err
+			return fmt.Errorf("policy of identity %d: %w", identity, err)
 		}
-		ids = append(ids, identity)
-		inners = append(inners, inner)
+		tries[identity] = t
 	}
-	if len(ids) > 1 {
-		fds := make([]uint32, len(inners))
-		for i, m := range inners {
-			fds[i] = uint32(m.FD())
-		}
-		_, err := dp.maps.Policy.BatchUpdate(ids, fds, nil)
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, ebpf.ErrNotSupported) {
-			return fmt.Errorf("swap in the policies of %d identities: %w", len(ids), err)
-		}
-	}
-	for i, identity := range ids {
-		if err := dp.maps.Policy.Put(identity, inners[i]); err != nil {
-			return fmt.Errorf("swap in policy of identity %d: %w", identity, err)
-		}
-	}
-	return nil
+	return dp.SetPolicies(tries)
 }
 
-func (dp *Datapath) newPolicyTrie(identity uint32, entries []PolicyEntry) (*ebpf.Map, error) {
+// PolicyTrie is one compiled policy in the kernel. Any number of identities may use it: identities whose rules
+// compile alike share one, so the kernel's policy memory grows with distinct rule sets, not with namespaces.
+// The policy map holds its own reference to a trie an identity uses; Close drops the caller's.
+type PolicyTrie struct {
+	m       *ebpf.Map
+	entries int
+}
+
+// NewPolicyTrie creates a trie holding entries.
+func (dp *Datapath) NewPolicyTrie(entries []PolicyEntry) (*PolicyTrie, error) {
+	if dp.inner == nil {
+		return nil, fmt.Errorf("only the enforcer that loaded the datapath writes policy")
+	}
 	spec := dp.inner.Copy()
-	spec.Name = fmt.Sprintf("moat_pol_%d", identity)
+	spec.Name = "moat_policy"
 	inner, err := ebpf.NewMap(spec)
 	if err != nil {
-		return nil, fmt.Errorf("create policy map of identity %d: %w", identity, err)
+		return nil, fmt.Errorf("create a policy trie: %w", err)
 	}
+	t := &PolicyTrie{m: inner, entries: len(entries)}
 	if len(entries) == 0 {
-		return inner, nil
+		return t, nil
 	}
 	// one system call for all entries where the kernel batches updates of tries, one per entry where not
 	keys := make([]PolicyKey, len(entries))
@@ -281,15 +265,69 @@ func (dp *Datapath) newPolicyTrie(identity uint32, entries []PolicyEntry) (*ebpf
 	}
 	n, err := inner.BatchUpdate(keys, values, nil)
 	if err == nil && n == len(entries) {
-		return inner, nil
+		return t, nil
 	}
 	for i := range entries {
 		if err := inner.Put(&entries[i].Key, &entries[i].Value); err != nil {
 			inner.Close()
-			return nil, fmt.Errorf("fill policy map of identity %d (entry %d of %d): %w", identity, i+1, len(entries), err)
+			return nil, fmt.Errorf("fill a policy trie (entry %d of %d): %w", i+1, len(entries), err)
 		}
 	}
-	return inner, nil
+	return t, nil
+}
+
+// Entries is how many entries the trie holds.
+func (t *PolicyTrie) Entries() int { return t.entries }
+
+// Bytes is the kernel's accounting of the trie (its memlock), for memory reports.
+func (t *PolicyTrie) Bytes() (uint64, error) {
+	info, err := t.m.Info()
+	if err != nil {
+		return 0, fmt.Errorf("policy trie info: %w", err)
+	}
+	bytes, ok := info.Memlock()
+	if !ok {
+		return 0, fmt.Errorf("policy trie: the kernel does not report its memory")
+	}
+	return bytes, nil
+}
+
+// Close drops the caller's reference; identities that use the trie keep it.
+func (t *PolicyTrie) Close() error { return t.m.Close() }
+
+// SetPolicies points each identity at its trie, with one grace period for all of them (a batch update of the
+// policy map where the kernel has it). Each identity changes atomically on its own: a packet sees its old policy
+// or its new one, never a mix.
+func (dp *Datapath) SetPolicies(tries map[uint32]*PolicyTrie) error {
+	if dp.inner == nil {
+		return fmt.Errorf("only the enforcer that loaded the datapath writes policy")
+	}
+	ids := make([]uint32, 0, len(tries))
+	for identity := range tries {
+		if identity == 0 || identity >= MaxIdentities {
+			return fmt.Errorf("policy of identity %d: identities run from 1 to %d", identity, MaxIdentities-1)
+		}
+		ids = append(ids, identity)
+	}
+	if len(ids) > 1 {
+		fds := make([]uint32, len(ids))
+		for i, identity := range ids {
+			fds[i] = uint32(tries[identity].m.FD())
+		}
+		_, err := dp.maps.Policy.BatchUpdate(ids, fds, nil)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("swap in the policies of %d identities: %w", len(ids), err)
+		}
+	}
+	for _, identity := range ids {
+		if err := dp.maps.Policy.Put(identity, tries[identity].m); err != nil {
+			return fmt.Errorf("swap in policy of identity %d: %w", identity, err)
+		}
+	}
+	return nil
 }
 
 // DeletePolicy removes an identity's policy; its endpoints fall back to the cluster defaults.

@@ -11,7 +11,6 @@ import (
 	"slices"
 	"sync"
 	"time"
-	"unsafe"
 
 	"github.com/sirupsen/logrus"
 
@@ -76,8 +75,9 @@ type Enforcer struct {
 	lingering   map[uint32]lingerer        // identities of gone namespaces that pods of this node still hold
 	rules       map[resolve.RuleKey]uint32 // rule -> id, stable while the enforcer lives
 	ruleKeys    map[uint32]resolve.RuleKey
-	rulesShared bool                         // a snapshot holds rules and ruleKeys: copy them before adding to them
-	applied     map[uint32][sha256.Size]byte // identity -> digest of the entries swapped in last
+	rulesShared bool                              // a snapshot holds rules and ruleKeys: copy them before adding to them
+	inForce     map[uint32][sha256.Size]byte      // identity -> fingerprint of the policy it uses now
+	tries       map[[sha256.Size]byte]*sharedTrie // fingerprint -> its compiled trie, shared by identities
 	ipcache     map[netip.Prefix]bpf.IPCacheValue
 	generation  uint64
 	metrics     *Metrics // nil until NewMetrics
@@ -97,7 +97,8 @@ func New(dp *bpf.Datapath, log *logrus.Entry) (*Enforcer, error) {
 	errs := newErrorLog(20)
 	log.Logger.AddHook(errs)
 	e := &Enforcer{dp: dp, log: log, identities: map[string]uint32{}, rules: map[resolve.RuleKey]uint32{},
-		ruleKeys: map[uint32]resolve.RuleKey{}, applied: map[uint32][sha256.Size]byte{},
+		ruleKeys: map[uint32]resolve.RuleKey{}, inForce: map[uint32][sha256.Size]byte{},
+		tries:   map[[sha256.Size]byte]*sharedTrie{},
 		ipcache: map[netip.Prefix]bpf.IPCacheValue{}, started: time.Now(), errors: errs, flows: newFlowHub(10000)}
 	published, err := dp.NamespaceIdentities()
 	if err != nil {
@@ -260,26 +261,9 @@ func (e *Enforcer) apply(s State) error {
 	out := resolve.Resolve(in)
 	e.noteFindings(out)
 
-	changed := map[uint32][]bpf.PolicyEntry{}
-	digests := map[uint32][sha256.Size]byte{}
-	stale := map[uint32]string{}
-	for id, p := range out.Policies {
-		entries, err := policy.Compile(p)
-		if err != nil {
-			// a policy the datapath cannot hold: keep the identity's last good one
-			e.log.WithError(err).WithField("identity", id).Error("policy not applied; the last good one stays")
-			stale[id] = err.Error()
-			continue
-		}
-		if d := digest(entries); d != e.applied[id] {
-			changed[id], digests[id] = entries, d
-		}
-	}
-	if len(changed) > 0 {
-		if err := e.dp.ReplacePolicies(changed); err != nil {
-			return err
-		}
-		maps.Copy(e.applied, digests)
+	changed, stale, err := e.swapPolicies(out.Policies)
+	if err != nil {
+		return err
 	}
 	ipcacheChanged, err := e.syncIPCache(out, s.Addresses, in.Identities)
 	if err != nil {
@@ -335,7 +319,7 @@ func (e *Enforcer) apply(s State) error {
 		if err := e.dp.DeletePolicy(id); err != nil {
 			return err
 		}
-		delete(e.applied, id)
+		e.release(id)
 		delete(e.lingering, id)
 		e.log.WithField("identity", id).Info("identity released: no namespace and no pod holds it")
 	}
@@ -523,14 +507,83 @@ func (e *Enforcer) syncIPCache(out resolve.Output, addrs []Address, identities m
 	return changed, nil
 }
 
-// digest identifies a compiled policy: the entries are fixed-size and pointer-free, so their bytes say it all
-// (keeping a digest instead of the entries saves some 140 bytes a rule).
-func digest(entries []bpf.PolicyEntry) [sha256.Size]byte {
-	if len(entries) == 0 {
-		return sha256.Sum256(nil)
+// sharedTrie is a compiled policy in the kernel and how many identities use it.
+type sharedTrie struct {
+	trie  *bpf.PolicyTrie
+	users int
+}
+
+// swapPolicies puts the identities' resolved policies in force, compiling only those whose rules changed: an
+// identity whose policy has the fingerprint it has now is left alone, and one whose new policy another identity
+// already uses takes that trie (identities whose rules are the same share one). Returns the identities that
+// changed, and those whose policy the datapath cannot hold (their last good one stays) with why.
+func (e *Enforcer) swapPolicies(policies map[uint32]*policy.IdentityPolicy) (map[uint32][sha256.Size]byte, map[uint32]string, error) {
+	changed := map[uint32][sha256.Size]byte{}
+	stale := map[uint32]string{}
+	tries := map[uint32]*bpf.PolicyTrie{}
+	made := map[[sha256.Size]byte]*sharedTrie{} // compiled in this call, not yet in e.tries
+	for id, p := range policies {
+		fp := policy.Fingerprint(p)
+		if old, ok := e.inForce[id]; ok && old == fp {
+			continue
+		}
+		st := e.tries[fp]
+		if st == nil {
+			st = made[fp]
+		}
+		if st == nil {
+			entries, err := policy.Compile(p)
+			if err != nil {
+				// a policy the datapath cannot hold: keep the identity's last good one
+				e.log.WithError(err).WithField("identity", id).Error("policy not applied; the last good one stays")
+				stale[id] = err.Error()
+				continue
+			}
+			t, err := e.dp.NewPolicyTrie(entries)
+			if err != nil {
+				closeTries(made)
+				return nil, nil, fmt.Errorf("policy of identity %d: %w", id, err)
+			}
+			st = &sharedTrie{trie: t}
+			made[fp] = st
+		}
+		tries[id], changed[id] = st.trie, fp
 	}
-	b := unsafe.Slice((*byte)(unsafe.Pointer(&entries[0])), len(entries)*int(unsafe.Sizeof(entries[0])))
-	return sha256.Sum256(b)
+	if len(tries) > 0 {
+		if err := e.dp.SetPolicies(tries); err != nil {
+			closeTries(made)
+			return nil, nil, err
+		}
+	}
+	maps.Copy(e.tries, made)
+	for id, fp := range changed {
+		e.release(id)
+		e.tries[fp].users++
+		e.inForce[id] = fp
+	}
+	return changed, stale, nil
+}
+
+// release drops an identity's use of its trie, closing the trie when no identity uses it any more (the policy
+// map no longer refers to it either: the identity was pointed elsewhere, or deleted).
+func (e *Enforcer) release(id uint32) {
+	fp, ok := e.inForce[id]
+	if !ok {
+		return
+	}
+	delete(e.inForce, id)
+	if st := e.tries[fp]; st != nil {
+		if st.users--; st.users <= 0 {
+			st.trie.Close()
+			delete(e.tries, fp)
+		}
+	}
+}
+
+func closeTries(tries map[[sha256.Size]byte]*sharedTrie) {
+	for _, st := range tries {
+		st.trie.Close()
+	}
 }
 
 func (e *Enforcer) ruleID(k resolve.RuleKey) uint32 {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/sirupsen/logrus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -276,4 +277,73 @@ func newTestEnforcer(t *testing.T) (root string, dp *bpf.Datapath, e *Enforcer) 
 		t.Fatal(err)
 	}
 	return root, dp, e
+}
+
+// Namespaces whose resolved rules are the same share one compiled trie; a namespace whose rules come to differ
+// gets its own, and an apply that changes nothing swaps nothing in.
+func TestIdenticalPoliciesShareATrie(t *testing.T) {
+	_, dp, e := newTestEnforcer(t)
+	zone := func(name, z string) v1alpha1.Namespace {
+		ns := namespace(name)
+		ns.Labels = map[string]string{"moat.dev/zone": z}
+		return ns
+	}
+	deny80 := v1alpha1.FirewallPolicy{ObjectMeta: metav1.ObjectMeta{Name: "no-80"},
+		Spec: v1alpha1.FirewallPolicySpec{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"moat.dev/zone": "web"}},
+			Egress: []v1alpha1.Rule{{Action: v1alpha1.ActionDeny, Ports: []v1alpha1.Port{{Protocol: "TCP", Port: ptr(80)}}}}}}
+	state := func(nss ...v1alpha1.Namespace) State {
+		return State{Policies: []v1alpha1.FirewallPolicy{deny80}, Namespaces: nss}
+	}
+	trie := func(name string) ebpf.MapID {
+		t.Helper()
+		id, err := dp.PolicyMapID(e.Identities()[name])
+		if err != nil {
+			t.Fatalf("policy of %s: %v", name, err)
+		}
+		return id
+	}
+	if err := e.Apply(state(zone("a", "web"), zone("b", "web"), zone("c", "db"))); err != nil {
+		t.Fatal(err)
+	}
+	a, b, c := trie("a"), trie("b"), trie("c")
+	if a != b {
+		t.Errorf("namespaces a and b, selected alike, use tries %d and %d: want one", a, b)
+	}
+	if c == a {
+		t.Errorf("namespace c, selected by no policy, shares a's trie %d", a)
+	}
+	if err := e.Apply(state(zone("a", "web"), zone("b", "web"), zone("c", "db"))); err != nil {
+		t.Fatal(err)
+	}
+	if trie("a") != a || trie("b") != b || trie("c") != c {
+		t.Errorf("an apply that changes nothing swapped tries in: %d %d %d, were %d %d %d", trie("a"), trie("b"), trie("c"), a, b, c)
+	}
+	// b moves to c's zone: b takes c's trie as it is, a keeps its own
+	if err := e.Apply(state(zone("a", "web"), zone("b", "db"), zone("c", "db"))); err != nil {
+		t.Fatal(err)
+	}
+	if trie("b") != c || trie("a") != a {
+		t.Errorf("after b moved zones: a %d (was %d), b %d, want c's %d", trie("a"), a, trie("b"), c)
+	}
+	if len(e.tries) != 2 {
+		t.Errorf("%d tries held for two distinct rule sets", len(e.tries))
+	}
+	// a moves too: the web trie has no user left and is let go
+	if err := e.Apply(state(zone("a", "db"), zone("b", "db"), zone("c", "db"))); err != nil {
+		t.Fatal(err)
+	}
+	if len(e.tries) != 1 || trie("a") != c {
+		t.Errorf("%d tries held, a uses %d: want one trie, c's %d", len(e.tries), trie("a"), c)
+	}
+	// the kernel frees a map once its last reference is gone, the outer map's after a grace period
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		m, err := ebpf.NewMapFromID(a)
+		if err != nil {
+			break
+		}
+		m.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("the trie no identity uses (%d) is still in the kernel", a)
+		}
+	}
 }

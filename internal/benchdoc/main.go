@@ -280,6 +280,18 @@ func parseMetrics(r io.Reader, name string) map[string][]float64 {
 	return out
 }
 
+// byMode yields, for each attach mode in the order the tables list them, the metrics of bench's sub-benchmark of
+// that mode (bench/mode=tcx, bench/mode=clsact) in raw.
+func byMode(raw []byte, bench string) iter.Seq2[string, map[string][]float64] {
+	return func(yield func(string, map[string][]float64) bool) {
+		for _, mode := range []string{"tcx", "clsact"} {
+			if !yield(mode, parseMetrics(bytes.NewReader(raw), bench+"/mode="+mode)) {
+				return
+			}
+		}
+	}
+}
+
 func renderPlugin(raw io.Reader) string {
 	text, _ := io.ReadAll(raw)
 	var b strings.Builder
@@ -289,8 +301,7 @@ func renderPlugin(raw io.Reader) string {
 		summarize(parseMetrics(bytes.NewReader(text), "BenchmarkPluginAddDel/")["pods"]).median)
 	fmt.Fprintf(&b, "`attachMode`. Milliseconds, median (min-max) over the runs.\n\n")
 	fmt.Fprintf(&b, "| attachMode | command | p50 | p99 | p99 <= 20 | p50 <= 5 |\n|---|---|---|---|---|---|\n")
-	for _, mode := range []string{"tcx", "clsact"} {
-		m := parseMetrics(bytes.NewReader(text), "BenchmarkPluginAddDel/mode="+mode)
+	for mode, m := range byMode(text, "BenchmarkPluginAddDel") {
 		for _, cmd := range []string{"add", "del"} {
 			p50, p99 := m[cmd+"-p50-ms"], m[cmd+"-p99-ms"]
 			if len(p50) == 0 || len(p99) == 0 {
@@ -313,8 +324,7 @@ func renderPlugin(raw io.Reader) string {
 // renderAttach summarises BenchmarkAttach's lines in raw: p50 and p99 of an attach by mode.
 func renderAttach(raw []byte) string {
 	var parts []string
-	for _, mode := range []string{"tcx", "clsact"} {
-		m := parseMetrics(bytes.NewReader(raw), "BenchmarkAttach/mode="+mode)
+	for mode, m := range byMode(raw, "BenchmarkAttach") {
 		if len(m["p50-ms"]) == 0 || len(m["p99-ms"]) == 0 {
 			continue
 		}

@@ -186,8 +186,7 @@ func renderChurn(raw io.Reader) string {
 	fmt.Fprintf(&b, "| attachMode | phase | ADD p50 | ADD p99 | rate reached | failures | DEL p50 | DEL p99 | left behind |\n")
 	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|\n")
 	clean := true
-	for _, mode := range []string{"tcx", "clsact"} {
-		m := parseMetrics(bytes.NewReader(text), "BenchmarkPodChurn/mode="+mode)
+	for mode, m := range byMode(text, "BenchmarkPodChurn") {
 		if len(m["add-p50-ms"]) == 0 {
 			continue
 		}

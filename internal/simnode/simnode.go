@@ -340,7 +340,7 @@ func (n *Node) serve(ports []uint16) error {
 					return err
 				}
 				n.closers = append(n.closers, ln.Close)
-				go echo(ln)
+				go testutil.Serve(ln, echo)
 				pc, err := net.ListenPacket("udp", addr)
 				if err != nil {
 					return err
@@ -531,33 +531,17 @@ func (p *Pod) Connect(addr string, timeout time.Duration) error {
 
 // Serve runs a TCP echo server in the pod on port, until the node closes.
 func (p *Pod) Serve(port uint16) error {
-	var ln net.Listener
-	err := p.Net.Do(func(ns.NetNS) error {
-		var err error
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(p.Addr, port).String())
-		return err
-	})
+	ln, err := testutil.ListenTCP(p.Net, netip.AddrPortFrom(p.Addr, port).String())
 	if err != nil {
 		return err
 	}
 	p.node.closers = append(p.node.closers, ln.Close)
-	go echo(ln)
+	go testutil.Serve(ln, echo)
 	return nil
 }
 
-// echo answers every connection of ln with what it reads, until ln closes.
-func echo(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			_, _ = io.Copy(c, c)
-		}()
-	}
-}
+// echo answers a connection with what it reads, until the client closes it.
+func echo(c net.Conn) { _, _ = io.Copy(c, c) }
 
 // ConnectFromInternet opens a TCP connection from a World address to addr (a pod's), as a client on the
 // Internet would, and exchanges a line.

@@ -24,12 +24,8 @@ type EchoStream struct {
 // StreamEcho serves addr in the link's host namespace and starts the stream from the pod.
 func StreamEcho(t testing.TB, pl *PodLink, addr string) *EchoStream {
 	t.Helper()
-	var ln net.Listener
-	if err := pl.Host.Do(func(ns.NetNS) error {
-		var err error
-		ln, err = net.Listen("tcp", addr)
-		return err
-	}); err != nil {
+	ln, err := ListenTCP(pl.Host, addr)
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })

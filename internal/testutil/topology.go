@@ -120,33 +120,45 @@ func configure(l netlink.Link, addrs, gateways []netip.Prefix) error {
 // ends.
 func Listen(t testing.TB, n ns.NetNS, addr string) {
 	t.Helper()
+	l, err := ListenTCP(n, addr)
+	if err != nil {
+		t.Fatalf("listen on %s: %v", addr, err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go Serve(l, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 512)
+		n, err := c.Read(buf)
+		if err == nil {
+			c.Write(buf[:n])
+		}
+	})
+}
+
+// ListenTCP opens a TCP listener on addr inside a namespace.
+func ListenTCP(n ns.NetNS, addr string) (net.Listener, error) {
 	var l net.Listener
 	err := n.Do(func(ns.NetNS) error {
 		var err error
 		l, err = net.Listen("tcp", addr)
 		return err
 	})
-	if err != nil {
-		t.Fatalf("listen on %s: %v", addr, err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(5 * time.Second))
-				buf := make([]byte, 512)
-				n, err := c.Read(buf)
-				if err == nil {
-					c.Write(buf[:n])
-				}
-			}()
+	return l, err
+}
+
+// Serve runs serve on every connection l accepts, each in a goroutine of its own, and closes the connection when
+// serve returns. It returns once l is closed.
+func Serve(l net.Listener, serve func(net.Conn)) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
 		}
-	}()
+		go func() {
+			defer c.Close()
+			serve(c)
+		}()
+	}
 }
 
 // Exchange connects from inside a namespace, sends a line and waits for its echo. An error means the connection

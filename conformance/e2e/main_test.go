@@ -30,6 +30,7 @@ import (
 	"github.com/moatfw/moat/conformance/node"
 	"github.com/moatfw/moat/internal/ociimage/moatimage"
 	"github.com/moatfw/moat/internal/simnode"
+	"github.com/moatfw/moat/internal/testutil"
 )
 
 // suite is what every test shares.
@@ -228,7 +229,7 @@ func serveInternet(inet ns.NetNS) (stop func(), err error) {
 					return err
 				}
 				closers = append(closers, ln.Close)
-				go echoTCP(ln)
+				go testutil.Serve(ln, echoTCP)
 			}
 			pc, err := net.ListenPacket("udp", netip.AddrPortFrom(a, 53).String())
 			if err != nil {
@@ -246,26 +247,18 @@ func serveInternet(inet ns.NetNS) (stop func(), err error) {
 	return stop, nil
 }
 
-func echoTCP(ln net.Listener) {
+// echoTCP answers every line of a connection with "<server address> <client address> <the line>".
+func echoTCP(c net.Conn) {
+	rd := bufio.NewReader(c)
 	for {
-		c, err := ln.Accept()
+		_ = c.SetDeadline(time.Now().Add(60 * time.Second))
+		line, err := rd.ReadString('\n')
 		if err != nil {
 			return
 		}
-		go func() {
-			defer c.Close()
-			rd := bufio.NewReader(c)
-			for {
-				_ = c.SetDeadline(time.Now().Add(60 * time.Second))
-				line, err := rd.ReadString('\n')
-				if err != nil {
-					return
-				}
-				if _, err := fmt.Fprintf(c, "%s %s %s", c.LocalAddr(), c.RemoteAddr(), line); err != nil {
-					return
-				}
-			}
-		}()
+		if _, err := fmt.Fprintf(c, "%s %s %s", c.LocalAddr(), c.RemoteAddr(), line); err != nil {
+			return
+		}
 	}
 }
 

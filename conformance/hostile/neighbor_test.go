@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/moatfw/moat/internal/simnode"
+	"github.com/moatfw/moat/internal/testutil"
 )
 
 var broadcast = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
@@ -163,7 +164,7 @@ func arp(t *testing.T, e *env) {
 		forget(t, a.Net, v.Addr)
 		forget(t, a.Net, v.Addr6)
 		for _, to := range []netip.Addr{v.Addr, v.Addr6} {
-			serveEcho(t, v.Net, netip.AddrPortFrom(to, 8080))
+			testutil.Listen(t, v.Net, netip.AddrPortFrom(to, 8080).String())
 			if err := a.Connect(netip.AddrPortFrom(to, 8080).String(), 3*time.Second); err != nil {
 				t.Errorf("connect %s -> %s: %v", a.Addr, to, err)
 			}

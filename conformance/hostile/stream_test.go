@@ -3,7 +3,6 @@ package hostile
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/moatfw/moat/internal/simnode"
+	"github.com/moatfw/moat/internal/testutil"
 )
 
 // stream is one TCP connection from a pod to a server of the stand-in Internet, both ends in the test's hands,
@@ -28,12 +28,8 @@ type stream struct {
 func openStream(t *testing.T, e *env, p *simnode.Pod, port uint16) *stream {
 	t.Helper()
 	s := &stream{serverAddr: netip.AddrPortFrom(simnode.WorldAddr(0), port)}
-	var ln net.Listener
-	if err := e.node.Internet.Do(func(ns.NetNS) error {
-		var err error
-		ln, err = net.Listen("tcp", s.serverAddr.String())
-		return err
-	}); err != nil {
+	ln, err := testutil.ListenTCP(e.node.Internet, s.serverAddr.String())
+	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
@@ -83,30 +79,4 @@ func (s *stream) exchange(line string, within time.Duration) error {
 		return fmt.Errorf("the server reads %q: %w", got, err)
 	}
 	return nil
-}
-
-// serveEcho answers TCP connections to addr in a namespace with what they send, until the test ends.
-func serveEcho(t *testing.T, n ns.NetNS, addr netip.AddrPort) {
-	t.Helper()
-	var ln net.Listener
-	if err := n.Do(func(ns.NetNS) error {
-		var err error
-		ln, err = net.Listen("tcp", addr.String())
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
 }

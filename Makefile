@@ -17,7 +17,7 @@ pkg_moat-enforcer := ./enforcer
 pkg_moatctl := ./moatctl
 pkg_moat-install := ./install
 
-.PHONY: all build generate test lint fmt fuzz bench clean check-clang bpffs kube-bins e2e $(addprefix bin/,$(BINARIES)) demo image
+.PHONY: all build generate test lint fmt fuzz bench scale clean check-clang bpffs kube-bins e2e $(addprefix bin/,$(BINARIES)) demo image
 
 all: build
 
@@ -100,6 +100,15 @@ bench: bpffs kube-bins
 	@need=(); for pkg in iperf3 sockperf iptables nftables util-linux; do dpkg -s $$pkg >/dev/null 2>&1 || need+=($$pkg); done; \
 	if [ $${#need[@]} -gt 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $${need[@]} >/dev/null; fi
 	$(GO) run ./internal/benchdoc -out docs/benchmarks.md $(if $(QUICK),-quick)
+
+# The API-server scale benchmark of the enforcer (internal/scale): a real API server with 2,000 namespaces, 1,000
+# Nodes, 2,000 Services, 500 FirewallPolicies and SCALE pods (default 5000,20000,50000,150000; a size the free
+# memory cannot hold is listed as not run), the moat-enforcer binary against it. Writes docs/benchmarks-scale.md;
+# an hour or more. Not part of `make test` or `make bench`.
+SCALE ?=
+scale: bpffs kube-bins
+	MOAT_SCALE=1 SCALE='$(SCALE)' $(GO) test -count=1 -timeout 6h -v -run '^TestScale$$' ./internal/scale/ \
+		-args -scale.out=$(CURDIR)/docs/benchmarks-scale.md
 
 clean:
 	rm -rf bin

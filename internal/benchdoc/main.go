@@ -89,6 +89,7 @@ func main() {
 	doc += renderRuleChanges(rcs, folderP50(p50))
 	doc += renderRSS(parseMetrics(benchmark("^BenchmarkEnforcerRSS$", "1x", 1, "./enforcer/"), "BenchmarkEnforcerRSS"),
 		parseMetrics(benchmark("^BenchmarkEndpointBytes$", "1x", 1, "./bpf/"), "BenchmarkEndpointBytes"))
+	doc += renderScale()
 	doc += fmt.Sprintf("\n---\n`make bench%s` took %s.\n", map[bool]string{true: " QUICK=1", false: ""}[*quick],
 		time.Since(started).Round(time.Second))
 	if err := os.WriteFile(*out, []byte(doc), 0o644); err != nil {

@@ -5,6 +5,7 @@ package enforcer
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -78,9 +79,11 @@ type Enforcer struct {
 	rulesShared bool                              // a snapshot holds rules and ruleKeys: copy them before adding to them
 	inForce     map[uint32][sha256.Size]byte      // identity -> fingerprint of the policy it uses now
 	tries       map[[sha256.Size]byte]*sharedTrie // fingerprint -> its compiled trie, shared by identities
-	ipcache     map[netip.Prefix]bpf.IPCacheValue
-	generation  uint64
-	metrics     *Metrics // nil until NewMetrics
+	ipcache     map[netip.Prefix]bpf.IPCacheValue // what the datapath's ipcache holds
+	// the ipcache entries the configuration makes (cluster ranges, nodes, the metadata API), as last applied
+	configIPCache map[netip.Prefix]bpf.IPCacheValue
+	generation    uint64
+	metrics       *Metrics // nil until NewMetrics
 
 	// what the API socket reports
 	started   time.Time
@@ -325,18 +328,28 @@ func (e *Enforcer) apply(s State) error {
 	}
 	e.state, e.stale = s, stale
 	if len(changed) > 0 || ipcacheChanged || hostPortsChanged || configChanged || len(gone) > 0 || len(released) > 0 || e.generation == 0 {
-		gen, err := e.dp.BumpGeneration()
+		gen, err := e.bump(start)
 		if err != nil {
 			return err
-		}
-		e.generation, e.appliedAt = gen, time.Now()
-		if e.metrics != nil {
-			e.metrics.ApplySeconds.Observe(time.Since(start).Seconds())
 		}
 		e.log.WithFields(logrus.Fields{"generation": gen, "identitiesChanged": len(changed),
 			"took": time.Since(start).Round(time.Microsecond)}).Info("policy applied")
 	}
 	return nil
+}
+
+// bump moves the generation after an apply that started at start changed something, so established flows are
+// decided again, and records when and how long.
+func (e *Enforcer) bump(start time.Time) (uint64, error) {
+	gen, err := e.dp.BumpGeneration()
+	if err != nil {
+		return 0, err
+	}
+	e.generation, e.appliedAt = gen, time.Now()
+	if e.metrics != nil {
+		e.metrics.ApplySeconds.Observe(time.Since(start).Seconds())
+	}
+	return gen, nil
 }
 
 // resolveInput is what the resolver takes for state s: its namespaces with identities ids, and the lingering
@@ -458,53 +471,154 @@ func (e *Enforcer) syncHostPorts(list []HostPort, identities map[string]uint32) 
 	return changed, nil
 }
 
+// syncIPCache makes the ipcache what the configuration (cluster ranges, nodes, the metadata API) and the
+// source's addresses say, writing only the entries that differ.
 func (e *Enforcer) syncIPCache(out resolve.Output, addrs []Address, identities map[string]uint32) (bool, error) {
-	want := map[netip.Prefix]bpf.IPCacheValue{}
-	rank := func(c bpf.Class) int {
-		return map[bpf.Class]int{bpf.ClassCluster: 1, bpf.ClassNode: 2, bpf.ClassPod: 3, bpf.ClassService: 3, bpf.ClassMetadata: 4}[c]
-	}
-	claim := func(p netip.Prefix, v bpf.IPCacheValue) {
-		if old, ok := want[p]; ok && rank(bpf.Class(old.Class)) > rank(bpf.Class(v.Class)) {
-			return
-		}
-		want[p] = v
-	}
+	e.configIPCache = map[netip.Prefix]bpf.IPCacheValue{}
 	for _, p := range out.Cluster {
-		claim(p, bpf.IPCacheValue{Class: uint8(bpf.ClassCluster)})
+		e.configIPCache[p] = bpf.IPCacheValue{Class: uint8(bpf.ClassCluster)}
 	}
 	for _, p := range out.Nodes {
-		claim(p, bpf.IPCacheValue{Class: uint8(bpf.ClassNode)})
-	}
-	for _, a := range addrs {
-		v := bpf.IPCacheValue{Class: uint8(a.Class)}
-		if a.Namespace != "" {
-			v.Identity = identities[a.Namespace]
-		}
-		claim(a.Prefix.Masked(), v)
+		e.configIPCache[p] = bpf.IPCacheValue{Class: uint8(bpf.ClassNode)}
 	}
 	for _, p := range out.Metadata {
-		want[p] = bpf.IPCacheValue{Class: uint8(bpf.ClassMetadata)}
+		e.configIPCache[p] = bpf.IPCacheValue{Class: uint8(bpf.ClassMetadata)}
+	}
+	byPrefix := make(map[netip.Prefix]*Address, len(addrs))
+	for i := range addrs {
+		byPrefix[addrs[i].Prefix.Masked()] = &addrs[i]
+	}
+	want := map[netip.Prefix]bpf.IPCacheValue{}
+	for p := range e.configIPCache {
+		if v, ok := e.ipcacheEntry(p, byPrefix[p], identities); ok {
+			want[p] = v
+		}
+	}
+	for p, a := range byPrefix {
+		if v, ok := e.ipcacheEntry(p, a, identities); ok {
+			want[p] = v
+		}
 	}
 	changed := false
 	for p, v := range want {
-		if old, ok := e.ipcache[p]; ok && old == v {
-			continue
-		}
-		if err := e.dp.SetIPCache(p, bpf.Class(v.Class), v.Identity); err != nil {
+		c, err := e.setIPCache(p, v, true)
+		if err != nil {
 			return changed, err
 		}
-		changed = true
+		changed = changed || c
 	}
-	for p := range e.ipcache {
+	for p, v := range e.ipcache {
 		if _, ok := want[p]; !ok {
-			if err := e.dp.DeleteIPCache(p); err != nil {
+			c, err := e.setIPCache(p, v, false)
+			if err != nil {
 				return changed, err
 			}
-			changed = true
+			changed = changed || c
 		}
 	}
-	e.ipcache = want
 	return changed, nil
+}
+
+// ipcacheEntry is the ipcache entry of a prefix, from the configuration's claim on it and the source's address
+// (nil: none): the metadata API over everything, then the stronger class (a pod or Service over a node over the
+// cluster's ranges), the source's address on a tie.
+func (e *Enforcer) ipcacheEntry(p netip.Prefix, a *Address, identities map[string]uint32) (bpf.IPCacheValue, bool) {
+	cfg, hasCfg := e.configIPCache[p]
+	if a == nil || (hasCfg && bpf.Class(cfg.Class) == bpf.ClassMetadata) {
+		return cfg, hasCfg
+	}
+	v := bpf.IPCacheValue{Class: uint8(a.Class)}
+	if a.Namespace != "" {
+		v.Identity = identities[a.Namespace]
+	}
+	if hasCfg && strength(bpf.Class(cfg.Class)) > strength(a.Class) {
+		return cfg, true
+	}
+	return v, true
+}
+
+// setIPCache writes one ipcache entry (or deletes it when !present) unless the datapath holds it so already.
+func (e *Enforcer) setIPCache(p netip.Prefix, v bpf.IPCacheValue, present bool) (bool, error) {
+	old, had := e.ipcache[p]
+	switch {
+	case present && had && old == v, !present && !had:
+		return false, nil
+	case present:
+		if err := e.dp.SetIPCache(p, bpf.Class(v.Class), v.Identity); err != nil {
+			return false, err
+		}
+		e.ipcache[p] = v
+	default:
+		if err := e.dp.DeleteIPCache(p); err != nil {
+			return false, err
+		}
+		delete(e.ipcache, p)
+	}
+	return true, nil
+}
+
+// AddressUpdate is what changed of the cluster's addresses since the state was last loaded.
+type AddressUpdate struct {
+	Changed   map[netip.Prefix]*Address // what the source says of each prefix now; nil: nothing any more
+	HostPorts *[]HostPort               // the whole list, when it changed
+}
+
+// errNeedsState: an address update the enforcer cannot apply on its own (the first apply has not been made, or a
+// namespace it names has no published identity: new, or gone with pods lingering); the whole state decides.
+var errNeedsState = errors.New("the whole state is needed")
+
+// ApplyAddresses applies a burst of address changes on their own: the ipcache entries of the prefixes that
+// changed and the hostPorts, at the cost of what changed, with no policy compiled. The generation moves when
+// an entry did, so established flows to and from those addresses are decided again.
+func (e *Enforcer) ApplyAddresses(u AddressUpdate) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	start := time.Now()
+	if e.generation == 0 {
+		return errNeedsState
+	}
+	known := func(ns string) bool {
+		_, ok := e.identities[ns]
+		return ns == "" || ok
+	}
+	for _, a := range u.Changed {
+		if a != nil && !known(a.Namespace) {
+			return errNeedsState
+		}
+	}
+	if u.HostPorts != nil {
+		for _, hp := range *u.HostPorts {
+			if !known(hp.Namespace) {
+				return errNeedsState
+			}
+		}
+	}
+	changed := false
+	for p, a := range u.Changed {
+		v, present := e.ipcacheEntry(p, a, e.identities)
+		c, err := e.setIPCache(p, v, present)
+		if err != nil {
+			return err
+		}
+		changed = changed || c
+	}
+	if u.HostPorts != nil {
+		c, err := e.syncHostPorts(*u.HostPorts, e.identities)
+		if err != nil {
+			return err
+		}
+		changed = changed || c
+	}
+	if !changed {
+		return nil
+	}
+	gen, err := e.bump(start)
+	if err != nil {
+		return err
+	}
+	e.log.WithFields(logrus.Fields{"generation": gen, "prefixes": len(u.Changed),
+		"took": time.Since(start).Round(time.Microsecond)}).Debug("addresses applied")
+	return nil
 }
 
 // sharedTrie is a compiled policy in the kernel and how many identities use it.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -14,6 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -59,6 +61,13 @@ type Kubernetes struct {
 	cfgs    cache.SharedIndexInformer
 
 	serviceRanges string // where the Service ranges come from (State.ServiceRanges)
+
+	// What changed since the state was last loaded: addresses object by object (book), whether the pods with
+	// hostPorts or their nodes did, whether anything else did (namespaces, policies, the config).
+	book           *addressBook
+	hostPortPods   sync.Map // pod key -> true, for the pods that have hostPorts
+	hostPortsDirty atomic.Bool
+	policyDirty    atomic.Bool
 
 	mu       sync.Mutex
 	lastGood map[string]v1alpha1.FirewallPolicy // by name: the last valid version seen
@@ -133,14 +142,21 @@ func (k *Kubernetes) start(ctx context.Context, changed func()) error {
 	df := dynamicinformer.NewDynamicSharedInformerFactory(k.dynamic, 0)
 	k.pols = df.ForResource(PoliciesResource).Informer()
 	k.cfgs = df.ForResource(ConfigsResource).Informer()
-	handler := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { changed() },
-		UpdateFunc: func(any, any) { changed() },
-		DeleteFunc: func(any) { changed() },
-	}
 	all = append(all, k.pols, k.cfgs)
-	for _, inf := range all {
-		if _, err := inf.AddEventHandler(handler); err != nil {
+	k.book = newAddressBook()
+	handlers := map[cache.SharedIndexInformer]cache.ResourceEventHandler{
+		k.ns:    k.policyHandler(namespaceChanged, changed),
+		k.pols:  k.policyHandler(specChanged, changed),
+		k.cfgs:  k.policyHandler(specChanged, changed),
+		k.pods:  k.addressHandler("pod", k.podClaims, changed),
+		k.svcs:  k.addressHandler("service", serviceClaims, changed),
+		k.nodes: k.addressHandler("node", nodeClaims, changed),
+	}
+	if k.cidrs != nil {
+		handlers[k.cidrs] = k.addressHandler("servicecidr", serviceCIDRClaims, changed)
+	}
+	for inf, h := range handlers {
+		if _, err := inf.AddEventHandler(h); err != nil {
 			return err
 		}
 	}
@@ -229,6 +245,7 @@ func slimPod(obj any) (any, error) {
 func (k *Kubernetes) Load() (State, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	k.policyDirty.Store(false) // what changes from here on is loaded next time
 	s := State{Origins: map[string]string{}}
 	for _, obj := range k.ns.GetStore().List() {
 		s.Namespaces = append(s.Namespaces, *obj.(*corev1.Namespace))
@@ -287,7 +304,8 @@ func (k *Kubernetes) Load() (State, error) {
 		}
 	}
 	sort.Slice(s.Policies, func(i, j int) bool { return s.Policies[i].Name < s.Policies[j].Name })
-	s.Addresses = k.addresses()
+	s.Addresses = k.book.all()
+	k.hostPortsDirty.Store(false)
 	s.HostPorts = k.hostPorts()
 	s.ServiceRanges = k.serviceRanges
 	return s, nil
@@ -311,14 +329,22 @@ func nodeAddresses(n *corev1.Node) []netip.Addr {
 // hostPorts lists every running pod's hostPorts on the addresses of its node (or the hostIP it names), one per
 // address family the pod has.
 func (k *Kubernetes) hostPorts() []HostPort {
-	nodeAddrs := map[string][]netip.Addr{}
-	for _, obj := range k.nodes.GetStore().List() {
-		n := obj.(*corev1.Node)
-		nodeAddrs[n.Name] = nodeAddresses(n)
+	nodeAddrs := func(name string) []netip.Addr {
+		if obj, ok, _ := k.nodes.GetStore().GetByKey(name); ok {
+			return nodeAddresses(obj.(*corev1.Node))
+		}
+		return nil
 	}
 	var out []HostPort
-	for _, obj := range k.pods.GetStore().List() {
-		p := obj.(*corev1.Pod)
+	var pods []*corev1.Pod
+	k.hostPortPods.Range(func(key, _ any) bool {
+		if obj, ok, _ := k.pods.GetStore().GetByKey(key.(string)); ok {
+			pods = append(pods, obj.(*corev1.Pod))
+		}
+		return true
+	})
+	sort.Slice(pods, func(i, j int) bool { return pods[i].Namespace+"/"+pods[i].Name < pods[j].Namespace+"/"+pods[j].Name })
+	for _, p := range pods {
 		if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed ||
 			len(p.Spec.Containers) == 0 {
 			continue
@@ -336,7 +362,7 @@ func (k *Kubernetes) hostPorts() []HostPort {
 				if port.HostPort <= 0 || port.HostPort > 65535 || !ok {
 					continue
 				}
-				nodes := nodeAddrs[p.Spec.NodeName]
+				nodes := nodeAddrs(p.Spec.NodeName)
 				if ip, err := netip.ParseAddr(port.HostIP); err == nil && !ip.IsUnspecified() {
 					nodes = []netip.Addr{ip.Unmap()}
 				}
@@ -354,63 +380,171 @@ func (k *Kubernetes) hostPorts() []HostPort {
 	return out
 }
 
-// addresses classifies what the cluster knows of addresses: pods on other nodes and Services by their
-// namespace, node addresses, and the pod and Service ranges as the cluster.
-func (k *Kubernetes) addresses() []Address {
-	var out []Address
-	add := func(ip string, class bpf.Class, namespace string) {
-		if a, err := netip.ParseAddr(ip); err == nil {
-			a = a.Unmap()
-			out = append(out, Address{Prefix: netip.PrefixFrom(a, a.BitLen()), Class: class, Namespace: namespace})
-		}
+// The claims of each kind of object on addresses: pods on other nodes and Services by their namespace, node
+// addresses, and the pod and Service ranges as the cluster.
+
+func (k *Kubernetes) podClaims(obj any) map[netip.Prefix]claim {
+	p := obj.(*corev1.Pod)
+	if p.Spec.HostNetwork || p.Spec.NodeName == k.NodeName || p.Status.Phase == corev1.PodSucceeded ||
+		p.Status.Phase == corev1.PodFailed {
+		return nil
 	}
-	addCIDR := func(s string, class bpf.Class) {
-		if p, err := v1alpha1.ParseCIDR(s); err == nil {
-			out = append(out, Address{Prefix: p, Class: class})
-		}
-	}
-	for _, obj := range k.nodes.GetStore().List() {
-		n := obj.(*corev1.Node)
-		for _, a := range nodeAddresses(n) {
-			out = append(out, Address{Prefix: netip.PrefixFrom(a, a.BitLen()), Class: bpf.ClassNode})
-		}
-		for _, c := range n.Spec.PodCIDRs {
-			addCIDR(c, bpf.ClassCluster)
-		}
-	}
-	if k.cidrs != nil { // else the Services' cluster IPs below, and FirewallConfig's clusterCIDRs
-		for _, obj := range k.cidrs.GetStore().List() {
-			for _, c := range obj.(*networkingv1.ServiceCIDR).Spec.CIDRs {
-				addCIDR(c, bpf.ClassCluster)
-			}
-		}
-	}
-	for _, obj := range k.svcs.GetStore().List() {
-		svc := obj.(*corev1.Service)
-		for _, ip := range svc.Spec.ClusterIPs {
-			if ip != corev1.ClusterIPNone {
-				add(ip, bpf.ClassService, svc.Namespace)
-			}
-		}
-	}
-	// of two pods with one address (one ending, one starting), the newest running one owns it
-	owner := map[string]*corev1.Pod{}
-	for _, obj := range k.pods.GetStore().List() {
-		p := obj.(*corev1.Pod)
-		if p.Spec.HostNetwork || p.Spec.NodeName == k.NodeName || p.Status.Phase == corev1.PodSucceeded ||
-			p.Status.Phase == corev1.PodFailed {
-			continue
-		}
-		for _, ip := range p.Status.PodIPs {
-			if cur, ok := owner[ip.IP]; !ok || p.CreationTimestamp.After(cur.CreationTimestamp.Time) {
-				owner[ip.IP] = p
-			}
-		}
-	}
-	for ip, p := range owner {
-		add(ip, bpf.ClassPod, p.Namespace)
+	out := map[netip.Prefix]claim{}
+	for _, ip := range p.Status.PodIPs {
+		addClaim(out, ip.IP, claim{class: bpf.ClassPod, namespace: p.Namespace, created: p.CreationTimestamp.Time})
 	}
 	return out
+}
+
+func serviceClaims(obj any) map[netip.Prefix]claim {
+	svc := obj.(*corev1.Service)
+	out := map[netip.Prefix]claim{}
+	for _, ip := range svc.Spec.ClusterIPs {
+		if ip != corev1.ClusterIPNone {
+			addClaim(out, ip, claim{class: bpf.ClassService, namespace: svc.Namespace, created: svc.CreationTimestamp.Time})
+		}
+	}
+	return out
+}
+
+func nodeClaims(obj any) map[netip.Prefix]claim {
+	n := obj.(*corev1.Node)
+	out := map[netip.Prefix]claim{}
+	for _, a := range nodeAddresses(n) {
+		out[netip.PrefixFrom(a, a.BitLen())] = claim{class: bpf.ClassNode}
+	}
+	for _, c := range n.Spec.PodCIDRs {
+		addCIDRClaim(out, c)
+	}
+	return out
+}
+
+func serviceCIDRClaims(obj any) map[netip.Prefix]claim {
+	out := map[netip.Prefix]claim{}
+	for _, c := range obj.(*networkingv1.ServiceCIDR).Spec.CIDRs {
+		addCIDRClaim(out, c)
+	}
+	return out
+}
+
+func addClaim(claims map[netip.Prefix]claim, ip string, c claim) {
+	if a, err := netip.ParseAddr(ip); err == nil {
+		a = a.Unmap()
+		claims[netip.PrefixFrom(a, a.BitLen())] = c
+	}
+}
+
+func addCIDRClaim(claims map[netip.Prefix]claim, cidr string) {
+	if p, err := v1alpha1.ParseCIDR(cidr); err == nil {
+		claims[p.Masked()] = claim{class: bpf.ClassCluster}
+	}
+}
+
+// addressHandler keeps the book up to date with one kind of object, and calls changed when an event changed
+// what the object claims (a Node's heartbeat, a pod's container status: nothing, and no call). A pod with
+// hostPorts, or a Node while such pods exist, marks the hostPorts changed too.
+func (k *Kubernetes) addressHandler(kind string, claims func(any) map[netip.Prefix]claim, changed func()) cache.ResourceEventHandler {
+	on := func(old, obj any, gone bool) {
+		key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+		if err != nil {
+			return
+		}
+		var c map[netip.Prefix]claim
+		if !gone {
+			c = claims(obj)
+		}
+		moved := k.book.set(kind+"/"+key, c)
+		switch kind {
+		case "pod":
+			had, _ := k.hostPortPods.Load(key)
+			has := !gone && len(obj.(*corev1.Pod).Spec.Containers) > 0
+			if has {
+				k.hostPortPods.Store(key, true)
+			} else {
+				k.hostPortPods.Delete(key)
+			}
+			if (had != nil || has) && (moved || had == nil || !has || podChanged(old, obj)) {
+				k.hostPortsDirty.Store(true)
+				moved = true
+			}
+		case "node":
+			if moved && k.anyHostPortPods() {
+				k.hostPortsDirty.Store(true)
+			}
+		}
+		if moved {
+			changed()
+		}
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { on(nil, obj, false) },
+		UpdateFunc: func(old, obj any) { on(old, obj, false) },
+		DeleteFunc: func(obj any) { on(nil, obj, true) },
+	}
+}
+
+// podChanged: did a pod's hostPorts or phase change (its slim form holds little else)?
+func podChanged(old, obj any) bool {
+	a, ok1 := old.(*corev1.Pod)
+	b, ok2 := obj.(*corev1.Pod)
+	if !ok1 || !ok2 {
+		return true
+	}
+	return a.Status.Phase != b.Status.Phase || !equality.Semantic.DeepEqual(a.Spec.Containers, b.Spec.Containers)
+}
+
+func (k *Kubernetes) anyHostPortPods() bool {
+	found := false
+	k.hostPortPods.Range(func(_, _ any) bool { found = true; return false })
+	return found
+}
+
+// policyHandler marks the state changed for namespaces, policies and the config: on every add and delete, and on
+// an update when relevant says it changes what Moat reads (a policy's own status write does not).
+func (k *Kubernetes) policyHandler(relevant func(old, obj any) bool, changed func()) cache.ResourceEventHandler {
+	mark := func() {
+		k.policyDirty.Store(true)
+		changed()
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { mark() },
+		UpdateFunc: func(old, obj any) {
+			if relevant(old, obj) {
+				mark()
+			}
+		},
+		DeleteFunc: func(any) { mark() },
+	}
+}
+
+// namespaceChanged: Moat reads a namespace's name and labels.
+func namespaceChanged(old, obj any) bool {
+	a, ok1 := old.(*corev1.Namespace)
+	b, ok2 := obj.(*corev1.Namespace)
+	return !ok1 || !ok2 || !maps.Equal(a.Labels, b.Labels)
+}
+
+// specChanged: a policy's or config's generation moves with its spec, not with its status.
+func specChanged(old, obj any) bool {
+	a, ok1 := old.(metav1.Object)
+	b, ok2 := obj.(metav1.Object)
+	return !ok1 || !ok2 || a.GetGeneration() == 0 || a.GetGeneration() != b.GetGeneration() ||
+		!maps.Equal(a.GetLabels(), b.GetLabels())
+}
+
+// AddressChanges takes what changed of the cluster's addresses since the state was last loaded (or this was
+// last called), when nothing else changed; ok is false when something else did, and the whole state is to be
+// loaded.
+func (k *Kubernetes) AddressChanges() (u AddressUpdate, ok bool) {
+	if k.policyDirty.Load() {
+		return u, false
+	}
+	u.Changed = k.book.changes()
+	if k.hostPortsDirty.Swap(false) {
+		hp := k.hostPorts()
+		u.HostPorts = &hp
+	}
+	return u, true
 }
 
 func fromUnstructured(obj any, into any) error {

@@ -2,6 +2,7 @@ package enforcer
 
 import (
 	"context"
+	"errors"
 
 	"github.com/sirupsen/logrus"
 
@@ -21,6 +22,14 @@ type Source interface {
 	Load() (State, error)
 	// Burst is how the source's changes come together: the state is loaded once per burst.
 	Burst() debounce.Timing
+}
+
+// addressFeed is a source that tells which addresses changed, so that a burst in which only addresses changed
+// (pods, Services and nodes elsewhere in the cluster) costs what it changed, not a whole apply.
+type addressFeed interface {
+	// AddressChanges takes the address changes since the state was last loaded; ok is false when anything else
+	// changed too.
+	AddressChanges() (u AddressUpdate, ok bool)
 }
 
 // statusWriter is a source that tells its objects' authors what became of them (the Kubernetes source writes each
@@ -45,6 +54,17 @@ func (e *Enforcer) Run(ctx context.Context, src Source, afterApply func()) error
 	}()
 	var logged once[ObjectProblem]
 	changes.Run(ctx, func() {
+		if f, ok := src.(addressFeed); ok {
+			if u, ok := f.AddressChanges(); ok {
+				err := e.ApplyAddresses(u)
+				if err == nil {
+					return
+				}
+				if !errors.Is(err, errNeedsState) {
+					log.WithError(err).Error("cannot apply the address changes; the whole state is applied instead")
+				}
+			}
+		}
 		s, err := src.Load()
 		if err != nil {
 			log.WithError(err).Error("cannot load the policy source; the policy in force stays")

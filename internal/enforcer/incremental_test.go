@@ -38,14 +38,7 @@ func TestAddressEventsApplyOnTheirOwn(t *testing.T) {
 	defer cancel()
 	_, dp, e := newTestEnforcer(t)
 	src := &countingSource{Kubernetes: &Kubernetes{Config: cluster.Config, NodeName: "node-a", Log: logrus.NewEntry(logrus.New())}}
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		if err := e.Run(ctx, src, nil); err != nil {
-			t.Errorf("kubernetes source: %v", err)
-		}
-	}()
-	defer func() { cancel(); <-stopped }()
+	runSource(t, e, src)
 
 	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "web",
 		Labels: map[string]string{v1alpha1.LabelZone: "web"}}}, metav1.CreateOptions{}); err != nil {

@@ -31,14 +31,7 @@ func TestKubernetesLabelProblemsAndUnselectedPolicies(t *testing.T) {
 
 	root, dp, e := newTestEnforcer(t)
 	k := &Kubernetes{Config: cluster.Config, NodeName: "node-a", Log: logrus.NewEntry(logrus.New())}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := e.Run(ctx, k, nil); err != nil {
-			t.Errorf("kubernetes source: %v", err)
-		}
-	}()
-	defer func() { cancel(); <-done }()
+	runSource(t, e, k)
 	srv := &Server{E: e, Store: endpoint.Store{Dir: t.TempDir()}, Source: "kubernetes"}
 
 	// the world default is Deny; the namespace's label opens it, in upper case (the baseline: a real pod reaches

@@ -48,14 +48,7 @@ func TestKubernetesWithoutServiceCIDRs(t *testing.T) {
 
 	_, dp, e := newTestEnforcer(t)
 	k := &Kubernetes{Config: config, NodeName: "node-a", Log: logrus.NewEntry(logrus.New())}
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		if err := e.Run(ctx, k, nil); err != nil {
-			t.Errorf("kubernetes source: %v", err)
-		}
-	}()
-	defer func() { cancel(); <-stopped }()
+	runSource(t, e, k)
 
 	srv := &Server{E: e, Store: endpoint.Store{Dir: t.TempDir()}, Source: "kubernetes"}
 	if !poll(60*time.Second, func() bool { return srv.Status().Ready }) {

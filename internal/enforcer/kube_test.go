@@ -55,6 +55,20 @@ func installCRDs(t testing.TB, cluster *kubetest.Cluster) {
 	}
 }
 
+// runSource runs e on src until the test ends, and waits for it to stop before the datapath closes.
+func runSource(t *testing.T, e *Enforcer, src Source) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		if err := e.Run(ctx, src, nil); err != nil {
+			t.Errorf("%s source: %v", src.Name(), err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-stopped })
+}
+
 func poll(d time.Duration, cond func() bool) bool {
 	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 		if cond() {

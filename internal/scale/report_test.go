@@ -45,6 +45,7 @@ type result struct {
 
 type report struct {
 	Date, Machine, Code string
+	Planned             []int // the sizes the run was asked for, in order
 	Results             []*result
 }
 
@@ -248,6 +249,9 @@ func (rep *report) render() string {
 			}
 			b.WriteString("\n")
 		}
+	}
+	for _, n := range rep.Planned[min(len(rep.Results), len(rep.Planned)):] {
+		fmt.Fprintf(&b, "- %d pods: not measured; the run had not reached it when this page was written.\n", n)
 	}
 	b.WriteString("\nCilium's published figures, for comparison, are in [benchmarks.md](benchmarks.md#api-server-scale).\n")
 	return b.String()

@@ -91,7 +91,8 @@ func TestScale(t *testing.T) {
 	testutil.RequireRoot(t)
 	bin := enforcerBinary(t)
 	rep := newReport(t)
-	for _, n := range sizes(t) {
+	rep.Planned = sizes(t)
+	for _, n := range rep.Planned {
 		r := &result{Pods: n, DualStack: n >= dualStackFrom}
 		rep.Results = append(rep.Results, r)
 		if need, avail := memoryNeeded(n), memAvailable(); avail < need {

@@ -735,3 +735,38 @@ func TestHostPortIsPodToPod(t *testing.T) {
 		t.Errorf("after the receiver denies the sender: %s (revoked %d), want drop, revoked", verdictName(got), h.reasonCount(bpf.ReasonRevoked))
 	}
 }
+
+// 11. A pod of another node the enforcer has not heard of yet: its address lies in that node's pod range, which
+// the ipcache classifies as a pod of unknown namespace. A rule denying namespaces by selector denies it too (it
+// may be of them), with its own reason; a rule allowing namespaces does not allow it.
+func TestUnknownPodIsDeniedByNamespaceRules(t *testing.T) {
+	h := newHarness(t, bpf.Options{})
+	if err := h.dp.SetIPCache(netip.MustParsePrefix("10.244.1.0/24"), bpf.ClassPod, bpf.IdentityUnknownPod); err != nil {
+		t.Fatal(err)
+	}
+	h.policy(&policy.IdentityPolicy{Identity: podID, DefaultEgress: bpf.ActionAllow, DefaultIngress: bpf.ActionAllow,
+		Rules: []policy.Rule{
+			{ID: 61, Direction: bpf.Ingress, Action: bpf.ActionAllow, Peers: []policy.Peer{{Identities: []uint32{peerID}}},
+				Ports: ports(policy.ProtoTCP, 80, 80)},
+			{ID: 62, Direction: bpf.Ingress, Action: bpf.ActionDeny,
+				Peers: []policy.Peer{{Identities: []uint32{77, bpf.IdentityUnknownPod}}}, AllPorts: true},
+		}})
+	unknown := netip.MustParseAddr("10.244.1.9")
+	before := h.reasonCount(bpf.ReasonUnknownPod)
+	if got := h.to(tcp(unknown, podV4, 40000, 80, testutil.TCPSyn)); got != retDrop {
+		t.Errorf("an unknown pod to a namespace that denies some namespaces: %s, want drop", verdictName(got))
+	}
+	if after := h.reasonCount(bpf.ReasonUnknownPod); after != before+1 {
+		t.Errorf("unknown-pod counter %d -> %d, want +1", before, after)
+	}
+	if got := h.to(tcp(peerV4, podV4, 40001, 80, testutil.TCPSyn)); got != retNext {
+		t.Errorf("a known pod of an allowed namespace: %s, want pass", verdictName(got))
+	}
+	// once the pod is known, its namespace decides
+	if err := h.dp.SetIPCache(netip.MustParsePrefix("10.244.1.9/32"), bpf.ClassPod, peerID); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.to(tcp(unknown, podV4, 40002, 80, testutil.TCPSyn)); got != retNext {
+		t.Errorf("the same pod, known to be of an allowed namespace: %s, want pass", verdictName(got))
+	}
+}

@@ -149,6 +149,7 @@ const struct {
 	enum moat_stat stat;
 	enum moat_limits limits;
 	enum moat_rule_order order;
+	enum moat_remote_identity remote_identity;
 	struct moat_policy_port port;
 	struct moat_policy_cidr cidr;
 	struct moat_policy_peer peer;

@@ -90,7 +90,9 @@ enum moat_reason {
 	MOAT_REASON_ENCAPSULATION = 29,    /* tunnel traffic (IPIP, 6in4, GRE, VXLAN, Geneve) to the node: needs a rule */
 	MOAT_REASON_CT_LIMIT = 30,         /* a new flow past the endpoint's bound of conntrack entries */
 	MOAT_REASON_NO_CONFIG = 31,        /* the config map has no entry: the maps were never set up (fail closed) */
-	MOAT_REASON_MAX = 32,
+	MOAT_REASON_UNKNOWN_POD = 32,      /* an address of a pod range that no known pod holds yet, which a rule by
+					    * namespace denies (the pod may be of that namespace) */
+	MOAT_REASON_MAX = 40,
 };
 
 /* endpoints map value, keyed by the host veth's ifindex. Written by the plugin (and the enforcer on re-tag). */
@@ -201,6 +203,12 @@ struct moat_policy_key {
 		struct moat_policy_cidr cidr;
 		struct moat_policy_peer peer;
 	};
+};
+
+/* The remote identity of an address in a pod range that no known pod holds (a pod of another node the enforcer
+ * has not heard of yet): every Deny rule by namespace names it as a peer, no Allow rule does. */
+enum moat_remote_identity {
+	MOAT_IDENTITY_UNKNOWN_POD = 0xffffffff,
 };
 
 enum moat_rule_order {

@@ -316,7 +316,14 @@ const (
 	moatMoatReasonMOAT_REASON_ENCAPSULATION    moatMoatReason = 29
 	moatMoatReasonMOAT_REASON_CT_LIMIT         moatMoatReason = 30
 	moatMoatReasonMOAT_REASON_NO_CONFIG        moatMoatReason = 31
-	moatMoatReasonMOAT_REASON_MAX              moatMoatReason = 32
+	moatMoatReasonMOAT_REASON_UNKNOWN_POD      moatMoatReason = 32
+	moatMoatReasonMOAT_REASON_MAX              moatMoatReason = 40
+)
+
+type moatMoatRemoteIdentity uint32
+
+const (
+	moatMoatRemoteIdentityMOAT_IDENTITY_UNKNOWN_POD moatMoatRemoteIdentity = 4294967295
 )
 
 type moatMoatRuleOrder uint32

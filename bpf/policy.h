@@ -178,7 +178,7 @@ static __always_inline __u8 decide(const struct moat_config *cfg, __u32 identity
 			d->reason = MOAT_REASON_ALLOW_RULE;
 			return MOAT_ACTION_ALLOW;
 		}
-		d->reason = MOAT_REASON_DENY_RULE;
+		d->reason = d->remote_identity == MOAT_IDENTITY_UNKNOWN_POD ? MOAT_REASON_UNKNOWN_POD : MOAT_REASON_DENY_RULE;
 		return MOAT_ACTION_DENY;
 	}
 	if (dir == MOAT_DIR_EGRESS && (class == MOAT_CLASS_NODE || class == MOAT_CLASS_CLUSTER) &&

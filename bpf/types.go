@@ -52,6 +52,10 @@ const (
 	DefaultConntrackEntries = int(moatMoatLimitsMOAT_CONNTRACK_ENTRIES)
 )
 
+// IdentityUnknownPod is the remote identity of an address in a pod range that no known pod holds: every Deny rule
+// by namespace names it as a peer, no Allow rule does.
+const IdentityUnknownPod = uint32(moatMoatRemoteIdentityMOAT_IDENTITY_UNKNOWN_POD)
+
 // OrderNone marks a RuleRef that holds no rule.
 const OrderNone = uint32(moatMoatRuleOrderMOAT_ORDER_NONE)
 
@@ -108,6 +112,7 @@ const (
 	ReasonEncapsulation  Reason = moatMoatReasonMOAT_REASON_ENCAPSULATION
 	ReasonCTLimit        Reason = moatMoatReasonMOAT_REASON_CT_LIMIT
 	ReasonNoConfig       Reason = moatMoatReasonMOAT_REASON_NO_CONFIG
+	ReasonUnknownPod     Reason = moatMoatReasonMOAT_REASON_UNKNOWN_POD
 	ReasonMax            Reason = moatMoatReasonMOAT_REASON_MAX
 	firstDropReason      Reason = ReasonNoEndpoint
 	IdentityAllowMeta           = moatMoatIdentityFlagsMOAT_ID_METADATA_ALLOW
@@ -152,6 +157,7 @@ var reasonNames = map[Reason]string{
 	ReasonEncapsulation:  "encapsulation",
 	ReasonCTLimit:        "conntrack-limit",
 	ReasonNoConfig:       "no-config",
+	ReasonUnknownPod:     "unknown-pod",
 }
 
 // ReasonName is the name flow logs and metrics use for a reason code.

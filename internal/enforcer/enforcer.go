@@ -528,8 +528,11 @@ func (e *Enforcer) ipcacheEntry(p netip.Prefix, a *Address, identities map[strin
 		return cfg, hasCfg
 	}
 	v := bpf.IPCacheValue{Class: uint8(a.Class)}
-	if a.Namespace != "" {
+	switch {
+	case a.Namespace != "":
 		v.Identity = identities[a.Namespace]
+	case a.Class == bpf.ClassPod:
+		v.Identity = bpf.IdentityUnknownPod // a pod range: its addresses that no known pod holds
 	}
 	if hasCfg && strength(bpf.Class(cfg.Class)) > strength(a.Class) {
 		return cfg, true

@@ -414,7 +414,9 @@ func nodeClaims(obj any) map[netip.Prefix]claim {
 		out[netip.PrefixFrom(a, a.BitLen())] = claim{class: bpf.ClassNode}
 	}
 	for _, c := range n.Spec.PodCIDRs {
-		addCIDRClaim(out, c)
+		if p, err := v1alpha1.ParseCIDR(c); err == nil {
+			out[p.Masked()] = claim{class: bpf.ClassPod} // no namespace: its pods not known yet
+		}
 	}
 	return out
 }

@@ -320,6 +320,14 @@ spec:
 	if !poll(20*time.Second, func() bool { _, ok := lookup("10.244.1.5"); return !ok }) {
 		t.Errorf("a deleted remote pod's address stayed in the ipcache")
 	}
+	// the rest of node-b's pod range: pods not known (yet), which rules by namespace deny
+	entries, err := dp.IPCacheEntries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := entries[netip.MustParsePrefix("10.244.1.0/24")]; bpf.Class(v.Class) != bpf.ClassPod || v.Identity != bpf.IdentityUnknownPod {
+		t.Errorf("node-b's pod range in the ipcache: %+v, want class pod with the unknown pod's identity", v)
+	}
 	if !poll(20*time.Second, func() bool { _, ok := hostPortOf(); return !ok }) {
 		t.Errorf("a deleted remote pod's hostPort stayed in the datapath")
 	}

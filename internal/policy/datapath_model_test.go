@@ -187,6 +187,9 @@ func (m *datapathModel) decide(pkt policy.Packet) policy.Result {
 				return bpf.ActionAllow
 			}
 			d.Reason = bpf.ReasonDenyRule
+			if d.RemoteIdentity == bpf.IdentityUnknownPod {
+				d.Reason = bpf.ReasonUnknownPod
+			}
 			return bpf.ActionDeny
 		}
 		if dir == uint8(bpf.Egress) && (class == bpf.ClassNode || class == bpf.ClassCluster) &&

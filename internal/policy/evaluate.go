@@ -105,6 +105,9 @@ func decide(p *IdentityPolicy, d Defaults, class bpf.Class, identity uint32, pkt
 		if decider.Action == bpf.ActionAllow {
 			return bpf.ActionAllow, bpf.ReasonAllowRule
 		}
+		if identity == bpf.IdentityUnknownPod {
+			return bpf.ActionDeny, bpf.ReasonUnknownPod
+		}
 		return bpf.ActionDeny, bpf.ReasonDenyRule
 	}
 	if pkt.Direction == bpf.Egress && (class == bpf.ClassNode || class == bpf.ClassCluster) &&

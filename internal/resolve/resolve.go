@@ -178,6 +178,10 @@ func rules(pol *v1alpha1.FirewallPolicy, dir bpf.Direction, list []v1alpha1.Rule
 					}
 				}
 				sort.Slice(ids, func(a, b int) bool { return ids[a] < ids[b] })
+				if rule.Action == bpf.ActionDeny {
+					// a pod of a range whose namespace is not known yet may be of the namespaces denied
+					ids = append(ids, bpf.IdentityUnknownPod)
+				}
 				rule.Peers = append(rule.Peers, policy.Peer{Identities: ids})
 				continue
 			}

@@ -259,3 +259,39 @@ func TestResolveOrderAndModes(t *testing.T) {
 		t.Errorf("policy %+v, defaults %+v", p, out.Defaults)
 	}
 }
+
+// A Deny rule by namespace also names the unknown pod (an address of a pod range whose pod is not known yet, which
+// may be of the namespaces denied); an Allow rule by namespace does not, so the window before a remote pod is known
+// never opens what its namespace would be denied.
+func TestDenyByNamespaceNamesTheUnknownPod(t *testing.T) {
+	zone := func(z string) *metav1.LabelSelector {
+		return &metav1.LabelSelector{MatchLabels: map[string]string{"zone": z}}
+	}
+	in := Input{
+		Policies: []v1alpha1.FirewallPolicy{{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.FirewallPolicySpec{
+			NamespaceSelector: &metav1.LabelSelector{},
+			Ingress: []v1alpha1.Rule{{Action: v1alpha1.ActionAllow, From: []v1alpha1.Peer{{NamespaceSelector: zone("web")}}},
+				{Action: v1alpha1.ActionDeny, From: []v1alpha1.Peer{{NamespaceSelector: zone("untrusted")}}}}}}},
+		Namespaces: []v1alpha1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "w", Labels: map[string]string{"zone": "web"}}},
+			{ObjectMeta: metav1.ObjectMeta{Name: "u", Labels: map[string]string{"zone": "untrusted"}}}},
+		Identities: map[string]uint32{"w": 3, "u": 4},
+		RuleID:     (&ids{keys: map[uint32]RuleKey{}}).id,
+	}
+	rules := Resolve(in).Policies[3].Rules
+	if len(rules) != 2 {
+		t.Fatalf("rules %+v", rules)
+	}
+	if got := rules[0].Peers[0].Identities; len(got) != 1 || got[0] != 3 {
+		t.Errorf("allow from zone web: peers %v, want only w's identity", got)
+	}
+	if got := rules[1].Peers[0].Identities; len(got) != 2 || got[0] != 4 || got[1] != bpf.IdentityUnknownPod {
+		t.Errorf("deny from zone untrusted: peers %v, want u's identity and the unknown pod", got)
+	}
+	ipc := policy.NewIPCache([]policy.IPCacheEntry{{Prefix: netip.MustParsePrefix("10.244.1.0/24"), Class: bpf.ClassPod,
+		Identity: bpf.IdentityUnknownPod}})
+	r := policy.Evaluate(Resolve(in).Policies[3], policy.Defaults{}, ipc, policy.Packet{Direction: bpf.Ingress,
+		Protocol: policy.ProtoTCP, Port: 80, Remote: netip.MustParseAddr("10.244.1.9")})
+	if r.Action != bpf.ActionDeny || r.Reason != bpf.ReasonUnknownPod {
+		t.Errorf("an unknown pod: action %d reason %s, want denied as unknown-pod", r.Action, bpf.ReasonName(r.Reason))
+	}
+}

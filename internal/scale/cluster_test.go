@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	clientretry "k8s.io/client-go/util/retry"
 
 	"github.com/moatfw/moat/internal/api/v1alpha1"
 	"github.com/moatfw/moat/internal/enforcer"
@@ -375,20 +376,25 @@ func (f *filler) fill(ctx context.Context, pods int) error {
 }
 
 // setPolicy replaces policy p's spec with changedPolicy(p, port) (an update of the whole object, as kubectl
-// apply does); it returns the time the write was sent.
+// apply does), again on a conflict with the enforcer's status writes; it returns the time the write that
+// succeeded was sent.
 func (f *filler) setPolicy(ctx context.Context, p, port int) (time.Time, error) {
-	cur, err := f.policies.Get(ctx, policyName(p), metav1.GetOptions{})
-	if err != nil {
-		return time.Time{}, err
-	}
 	u, err := toUnstructured(changedPolicy(p, port))
 	if err != nil {
 		return time.Time{}, err
 	}
-	if err := unstructured.SetNestedField(cur.Object, u.Object["spec"], "spec"); err != nil {
-		return time.Time{}, err
-	}
-	sent := time.Now()
-	_, err = f.policies.Update(ctx, cur, metav1.UpdateOptions{})
+	var sent time.Time
+	err = clientretry.RetryOnConflict(clientretry.DefaultRetry, func() error {
+		cur, err := f.policies.Get(ctx, policyName(p), metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if err := unstructured.SetNestedField(cur.Object, u.Object["spec"], "spec"); err != nil {
+			return err
+		}
+		sent = time.Now()
+		_, err = f.policies.Update(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
 	return sent, err
 }

@@ -21,7 +21,6 @@ import (
 	clientretry "k8s.io/client-go/util/retry"
 
 	"github.com/moatfw/moat/internal/api/v1alpha1"
-	"github.com/moatfw/moat/internal/enforcer"
 )
 
 // The cluster around the pods: the same at every size.
@@ -243,7 +242,7 @@ func newFiller(cfg *rest.Config, l layout) (*filler, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &filler{client: client, policies: dyn.Resource(enforcer.PoliciesResource), layout: l}, nil
+	return &filler{client: client, policies: dyn.Resource(v1alpha1.SchemeGroupVersion.WithResource(v1alpha1.ResourceFirewallPolicies)), layout: l}, nil
 }
 
 // retry calls fn until it succeeds, for a while: the API server refuses pods until the namespace's service

@@ -30,6 +30,7 @@ var ErrNotPinned = errors.New("no pinned datapath")
 
 // Options sizes the datapath's tables when the enforcer creates them. Zero keeps moat.c's size.
 type Options struct {
+	IPCacheEntries   uint32
 	ConntrackEntries uint32
 	FragmentEntries  uint32
 	EventBytes       uint32
@@ -61,7 +62,7 @@ func Load(root string, opts Options) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse datapath objects: %w", err)
 	}
-	sizes := map[string]uint32{"conntrack": opts.ConntrackEntries, "fragments": opts.FragmentEntries,
+	sizes := map[string]uint32{"ipcache": opts.IPCacheEntries, "conntrack": opts.ConntrackEntries, "fragments": opts.FragmentEntries,
 		"events": opts.EventBytes}
 	for name, n := range sizes {
 		if n != 0 {

@@ -25,7 +25,7 @@ enum moat_limits {
 	MOAT_MAX_RULES = 65536,    /* rule ids index rule_counts */
 	MOAT_MAX_POLICY_ENTRIES = 1 << 20, /* entries of one identity's policy trie */
 	MOAT_MAX_ENDPOINTS = 16384,  /* endpoints of one node, and their conntrack counts */
-	MOAT_IPCACHE_ENTRIES = 262144,
+	MOAT_IPCACHE_ENTRIES = 524288, /* the default: 150,000 dual-stack pods, their Services and nodes fit */
 	MOAT_CONNTRACK_ENTRIES = 262144, /* the default; the enforcer may size the table otherwise */
 	MOAT_HOSTPORT_ENTRIES = 16384,
 	MOAT_FRAGMENT_ENTRIES = 16384,

@@ -214,7 +214,7 @@ const (
 	moatMoatLimitsMOAT_MAX_RULES          moatMoatLimits = 65536
 	moatMoatLimitsMOAT_MAX_POLICY_ENTRIES moatMoatLimits = 1048576
 	moatMoatLimitsMOAT_MAX_ENDPOINTS      moatMoatLimits = 16384
-	moatMoatLimitsMOAT_IPCACHE_ENTRIES    moatMoatLimits = 262144
+	moatMoatLimitsMOAT_IPCACHE_ENTRIES    moatMoatLimits = 524288
 	moatMoatLimitsMOAT_CONNTRACK_ENTRIES  moatMoatLimits = 262144
 	moatMoatLimitsMOAT_HOSTPORT_ENTRIES   moatMoatLimits = 16384
 	moatMoatLimitsMOAT_FRAGMENT_ENTRIES   moatMoatLimits = 16384

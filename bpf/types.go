@@ -50,6 +50,8 @@ const (
 	MaxPolicyEntries = int(moatMoatLimitsMOAT_MAX_POLICY_ENTRIES)
 	// DefaultConntrackEntries is the size of the conntrack table unless the enforcer is told otherwise.
 	DefaultConntrackEntries = int(moatMoatLimitsMOAT_CONNTRACK_ENTRIES)
+	// DefaultIPCacheEntries is the size of the ipcache unless the enforcer is told otherwise.
+	DefaultIPCacheEntries = int(moatMoatLimitsMOAT_IPCACHE_ENTRIES)
 )
 
 // IdentityUnknownPod is the remote identity of an address in a pod range that no known pod holds: every Deny rule

@@ -52,7 +52,8 @@ func main() {
 	flag.StringVar(&o.attachMode, "cni-attach-mode", "", "with --cni-conf-dir: the attachMode of moat's entry (tcx or clsact; empty: the plugin's default, tcx)")
 	flag.StringVar(&o.failPolicy, "cni-fail-policy", "", "with --cni-conf-dir: the failPolicy of moat's entry (closed or open; empty: the plugin's default)")
 	flag.DurationVar(&o.reconcile, "reconcile-interval", 30*time.Second, "how often recorded endpoints are checked against the host")
-	flag.Var(&o.conntrackEntries, "conntrack-entries", "size of the conntrack table when the enforcer creates the maps (default 262144; a change needs moat-install --uninstall)")
+	flag.Var(&o.conntrackEntries, "conntrack-entries", fmt.Sprintf("size of the conntrack table when the enforcer creates the maps (default %d; a change needs moat-install --uninstall)", bpf.DefaultConntrackEntries))
+	flag.Var(&o.ipcacheEntries, "ipcache-entries", fmt.Sprintf("size of the ipcache (addresses of pods, Services and nodes of the cluster) when the enforcer creates the maps (default %d; a change needs moat-install --uninstall)", bpf.DefaultIPCacheEntries))
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 
@@ -75,7 +76,7 @@ type options struct {
 	cniConfDir, failPolicy, attachMode                                                  string
 	ipamShim                                                                            bool
 	reconcile                                                                           time.Duration
-	conntrackEntries                                                                    entries
+	conntrackEntries, ipcacheEntries                                                    entries
 }
 
 // entries is a map size flag: a positive count.
@@ -134,7 +135,7 @@ func run(log *logrus.Entry, o options) error {
 	if err := bpf.CheckAttachMode(bpf.AttachMode(o.attachMode)); err != nil {
 		return fmt.Errorf("--cni-attach-mode: %w", err)
 	}
-	dp, err := bpf.Load(o.pinRoot, bpf.Options{ConntrackEntries: uint32(o.conntrackEntries)})
+	dp, err := bpf.Load(o.pinRoot, bpf.Options{ConntrackEntries: uint32(o.conntrackEntries), IPCacheEntries: uint32(o.ipcacheEntries)})
 	if err != nil {
 		return fmt.Errorf("load the datapath: %w", err)
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/api/v1alpha1"
@@ -82,8 +83,10 @@ type Enforcer struct {
 	ipcache     map[netip.Prefix]bpf.IPCacheValue // what the datapath's ipcache holds
 	// the ipcache entries the configuration makes (cluster ranges, nodes, the metadata API), as last applied
 	configIPCache map[netip.Prefix]bpf.IPCacheValue
-	generation    uint64
-	metrics       *Metrics // nil until NewMetrics
+	// prefixes the ipcache had no room for (each retried when it changes again, or at the next whole apply)
+	ipcacheRefused map[netip.Prefix]struct{}
+	generation     uint64
+	metrics        *Metrics // nil until NewMetrics
 
 	// what the API socket reports
 	started   time.Time
@@ -101,8 +104,8 @@ func New(dp *bpf.Datapath, log *logrus.Entry) (*Enforcer, error) {
 	log.Logger.AddHook(errs)
 	e := &Enforcer{dp: dp, log: log, identities: map[string]uint32{}, rules: map[resolve.RuleKey]uint32{},
 		ruleKeys: map[uint32]resolve.RuleKey{}, inForce: map[uint32][sha256.Size]byte{},
-		tries:   map[[sha256.Size]byte]*sharedTrie{},
-		ipcache: map[netip.Prefix]bpf.IPCacheValue{}, started: time.Now(), errors: errs, flows: newFlowHub(10000)}
+		tries: map[[sha256.Size]byte]*sharedTrie{}, ipcache: map[netip.Prefix]bpf.IPCacheValue{},
+		ipcacheRefused: map[netip.Prefix]struct{}{}, started: time.Now(), errors: errs, flows: newFlowHub(10000)}
 	published, err := dp.NamespaceIdentities()
 	if err != nil {
 		return nil, err
@@ -474,6 +477,7 @@ func (e *Enforcer) syncHostPorts(list []HostPort, identities map[string]uint32) 
 // syncIPCache makes the ipcache what the configuration (cluster ranges, nodes, the metadata API) and the
 // source's addresses say, writing only the entries that differ.
 func (e *Enforcer) syncIPCache(out resolve.Output, addrs []Address, identities map[string]uint32) (bool, error) {
+	clear(e.ipcacheRefused) // each is tried again below
 	e.configIPCache = map[netip.Prefix]bpf.IPCacheValue{}
 	for _, p := range out.Cluster {
 		e.configIPCache[p] = bpf.IPCacheValue{Class: uint8(bpf.ClassCluster)}
@@ -500,14 +504,7 @@ func (e *Enforcer) syncIPCache(out resolve.Output, addrs []Address, identities m
 		}
 	}
 	changed := false
-	for p, v := range want {
-		c, err := e.setIPCache(p, v, true)
-		if err != nil {
-			return changed, err
-		}
-		changed = changed || c
-	}
-	for p, v := range e.ipcache {
+	for p, v := range e.ipcache { // first what goes, so that what comes finds room
 		if _, ok := want[p]; !ok {
 			c, err := e.setIPCache(p, v, false)
 			if err != nil {
@@ -515,6 +512,13 @@ func (e *Enforcer) syncIPCache(out resolve.Output, addrs []Address, identities m
 			}
 			changed = changed || c
 		}
+	}
+	for p, v := range want {
+		c, err := e.setIPCache(p, v, true)
+		if err != nil {
+			return changed, err
+		}
+		changed = changed || c
 	}
 	return changed, nil
 }
@@ -544,14 +548,25 @@ func (e *Enforcer) ipcacheEntry(p netip.Prefix, a *Address, identities map[strin
 func (e *Enforcer) setIPCache(p netip.Prefix, v bpf.IPCacheValue, present bool) (bool, error) {
 	old, had := e.ipcache[p]
 	switch {
-	case present && had && old == v, !present && !had:
+	case present && had && old == v:
 		return false, nil
 	case present:
 		if err := e.dp.SetIPCache(p, bpf.Class(v.Class), v.Identity); err != nil {
-			return false, err
+			if !errors.Is(err, unix.ENOSPC) && !errors.Is(err, unix.E2BIG) {
+				return false, err
+			}
+			// full: the address stays decided by what holds it (its node's pod range, a cluster range), and
+			// the status says so; nothing else waits on it
+			e.ipcacheRefused[p] = struct{}{}
+			return false, nil
 		}
+		delete(e.ipcacheRefused, p)
 		e.ipcache[p] = v
 	default:
+		delete(e.ipcacheRefused, p)
+		if !had {
+			return false, nil
+		}
 		if err := e.dp.DeleteIPCache(p); err != nil {
 			return false, err
 		}
@@ -597,13 +612,18 @@ func (e *Enforcer) ApplyAddresses(u AddressUpdate) error {
 		}
 	}
 	changed := false
-	for p, a := range u.Changed {
-		v, present := e.ipcacheEntry(p, a, e.identities)
-		c, err := e.setIPCache(p, v, present)
-		if err != nil {
-			return err
+	for _, gone := range []bool{true, false} { // first what goes, so that what comes finds room
+		for p, a := range u.Changed {
+			v, present := e.ipcacheEntry(p, a, e.identities)
+			if present == gone {
+				continue
+			}
+			c, err := e.setIPCache(p, v, present)
+			if err != nil {
+				return err
+			}
+			changed = changed || c
 		}
-		changed = changed || c
 	}
 	if u.HostPorts != nil {
 		c, err := e.syncHostPorts(*u.HostPorts, e.identities)

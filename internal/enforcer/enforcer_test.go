@@ -347,3 +347,59 @@ func TestIdenticalPoliciesShareATrie(t *testing.T) {
 		}
 	}
 }
+
+// An ipcache too small for the cluster's addresses refuses some of them: the apply goes on (policy changes still
+// take effect), the status and metrics say how many, and they get their entries once there is room.
+func TestFullIPCacheBlocksNothing(t *testing.T) {
+	root := testutil.PinRoot(t)
+	dp, err := bpf.Load(root, bpf.Options{IPCacheEntries: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	e, err := New(dp, logrus.NewEntry(logrus.New()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := func(n int) []Address {
+		var out []Address
+		for i := range n {
+			out = append(out, Address{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 2, 0, byte(i + 1)}), 32),
+				Class: bpf.ClassPod, Namespace: "web"})
+		}
+		return out
+	}
+	srv := &Server{E: e, Store: endpoint.Store{Dir: t.TempDir()}, Source: "test"}
+	if err := e.Apply(State{Namespaces: []v1alpha1.Namespace{namespace("web")}, Addresses: pods(40)}); err != nil {
+		t.Fatalf("an apply with more addresses than the ipcache holds: %v", err)
+	}
+	if n := e.Snapshot().IPCacheRefused; n == 0 {
+		t.Fatal("no address refused by a 16-entry ipcache")
+	}
+	st := srv.Status()
+	if st.Ready || !strings.Contains(strings.Join(st.Problems, "\n"), "the ipcache is full") {
+		t.Errorf("status with a full ipcache: ready %v, problems %q", st.Ready, st.Problems)
+	}
+	// a new namespace still gets its identity
+	if err := e.Apply(State{Namespaces: []v1alpha1.Namespace{namespace("web"), namespace("db")}, Addresses: pods(40)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := dp.NamespaceIdentity("db"); !ok {
+		t.Error("a namespace was not published while the ipcache was full")
+	}
+	if err := e.Apply(State{Namespaces: []v1alpha1.Namespace{namespace("web"), namespace("db")}, Addresses: pods(4)}); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.Snapshot().IPCacheRefused; n != 0 {
+		t.Errorf("%d addresses still refused with room for them", n)
+	}
+	entries, err := dp.IPCacheEntries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range pods(4) {
+		if v, ok := entries[a.Prefix]; !ok || v.Identity != e.Identities()["web"] {
+			t.Errorf("%s: %+v, want web's pod", a.Prefix, v)
+		}
+	}
+}

@@ -25,6 +25,7 @@ var (
 	descCTLimited  = prometheus.NewDesc("moat_conntrack_limited_total", "New flows dropped because their pod held its bound of conntrack entries (FirewallConfig conntrack.maxPerEndpoint).", nil, nil)
 	descCTBound    = prometheus.NewDesc("moat_conntrack_per_endpoint_max", "The bound of conntrack entries one pod interface may hold (0: none).", nil, nil)
 	descMapEntries = prometheus.NewDesc("moat_map_entries", "Entries in a datapath map.", []string{"map"}, nil)
+	descRefused    = prometheus.NewDesc("moat_ipcache_refused", "Addresses of the cluster the ipcache had no room for (decided by the ranges that hold them).", nil, nil)
 	descMapSize    = prometheus.NewDesc("moat_map_max_entries", "Capacity of a datapath map.", []string{"map"}, nil)
 	descProblems   = prometheus.NewDesc("moat_problems", "Problems with policy objects (moatctl status lists them): "+
 		"objects the source could not use, and namespace labels with values Moat does not know, by kind.", []string{"kind"}, nil)
@@ -56,7 +57,7 @@ type collector struct{ e *Enforcer }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPackets, descBytes, descRule, descEndpoints, descGeneration, descLost,
-		descMapEntries, descMapSize, descProblems, descWarnings, descCTLimited, descCTBound} {
+		descMapEntries, descMapSize, descProblems, descWarnings, descCTLimited, descCTBound, descRefused} {
 		ch <- d
 	}
 }
@@ -74,6 +75,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	snap := c.e.Snapshot()
+	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.GaugeValue, float64(snap.IPCacheRefused))
 	problems, warnings := problemCounts(snap)
 	for kind, n := range problems {
 		ch <- prometheus.MustNewConstMetric(descProblems, prometheus.GaugeValue, float64(n), kind)

@@ -24,6 +24,8 @@ type Snapshot struct {
 	// Rules names every rule that has an id, and RuleIDs is the other way round.
 	Rules   map[uint32]resolve.RuleKey
 	RuleIDs map[resolve.RuleKey]uint32
+	// IPCacheRefused counts the addresses the ipcache had no room for.
+	IPCacheRefused int
 
 	lingering map[uint32]lingerer
 }
@@ -35,7 +37,8 @@ func (e *Enforcer) Snapshot() Snapshot {
 	e.rulesShared = true // the next new rule copies the maps first
 	return Snapshot{Started: e.started, Applied: e.appliedAt, Generation: e.generation, State: e.state,
 		Identities: maps.Clone(e.identities), Stale: e.stale, Problems: e.findings.problems,
-		Warnings: e.findings.warnings, Rules: e.ruleKeys, RuleIDs: e.rules, lingering: maps.Clone(e.lingering)}
+		Warnings: e.findings.warnings, Rules: e.ruleKeys, RuleIDs: e.rules, IPCacheRefused: len(e.ipcacheRefused),
+		lingering: maps.Clone(e.lingering)}
 }
 
 // Resolve is what the state in force resolves to, with the rule ids in force: the reference evaluator's input

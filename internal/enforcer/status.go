@@ -35,6 +35,11 @@ func (s *Server) Status() agentapi.Status {
 	if snap.Generation == 0 {
 		problems = append(problems, Problem{Kind: ProblemPending, Severity: Degraded, Message: "no policy applied yet"})
 	}
+	if snap.IPCacheRefused > 0 {
+		problems = append(problems, Problem{Kind: ProblemMap, Severity: Degraded, Message: fmt.Sprintf(
+			"the ipcache is full: %d addresses of the cluster have no entry of their own and are decided by the "+
+				"ranges that hold them (a pod range: as pods of unknown namespace); raise --ipcache-entries", snap.IPCacheRefused)})
+	}
 	if fills, err := e.dp.MapFills(); err != nil {
 		problems = append(problems, Problem{Kind: ProblemMap, Severity: Degraded, Message: err.Error()})
 	} else {

@@ -43,6 +43,7 @@ func main() {
 	flag.StringVar(&o.policyDir, "policy-dir", "", "folder of FirewallConfig, FirewallPolicy and Namespace YAML (standalone mode)")
 	flag.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (default: in-cluster, when neither this nor --policy-dir is given)")
 	flag.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name in the cluster (default $NODE_NAME, else the host name)")
+	flag.StringVar(&o.leaseNamespace, "status-lease-namespace", os.Getenv("POD_NAMESPACE"), "the namespace of the Lease whose holder writes the policies' status for the cluster (default $POD_NAMESPACE; empty: this enforcer writes them)")
 	flag.StringVar(&o.endpointDir, "endpoint-dir", endpoint.DefaultDir, "where the plugin records the pods it guards")
 	flag.StringVar(&o.flowLog, "flow-log", "", "write flow events as JSON lines to this file (- for stdout)")
 	flag.StringVar(&o.socket, "socket", agentapi.DefaultSocket, "serve moatctl's API on this unix socket (mode 0600; empty: off)")
@@ -73,6 +74,7 @@ func main() {
 
 type options struct {
 	pinRoot, policyDir, kubeconfig, nodeName, endpointDir, flowLog, metricsAddr, socket string
+	leaseNamespace                                                                      string
 	cniConfDir, failPolicy, attachMode                                                  string
 	ipamShim                                                                            bool
 	reconcile                                                                           time.Duration
@@ -120,7 +122,7 @@ func pickSource(log *logrus.Entry, o options) (enforcer.Source, error) {
 			return nil, err
 		}
 	}
-	return &enforcer.Kubernetes{Config: cfg, NodeName: node,
+	return &enforcer.Kubernetes{Config: cfg, NodeName: node, LeaseNamespace: o.leaseNamespace,
 		Log: log.WithFields(logrus.Fields{"source": "kubernetes", "node": node})}, nil
 }
 

@@ -49,6 +49,9 @@ type Kubernetes struct {
 	Config   *rest.Config
 	NodeName string // pods on this node are the plugin's to put in the ipcache
 	Log      *logrus.Entry
+	// LeaseNamespace holds the Lease whose holder writes the policies' status for the cluster; empty: this
+	// enforcer writes them without asking (one enforcer, or tests).
+	LeaseNamespace string
 
 	client  kubernetes.Interface
 	dynamic dynamic.Interface
@@ -64,6 +67,7 @@ type Kubernetes struct {
 
 	// What changed since the state was last loaded: addresses object by object (book), whether the pods with
 	// hostPorts or their nodes did, whether anything else did (namespaces, policies, the config).
+	statuses       *latestState // the state whose policy status is to be written
 	book           *addressBook
 	hostPortPods   sync.Map // pod key -> true, for the pods that have hostPorts
 	hostPortsDirty atomic.Bool
@@ -101,6 +105,7 @@ func (k *Kubernetes) Watch(ctx context.Context, changed func()) error {
 		return err
 	}
 	synced.Store(true)
+	go k.writeStatuses(ctx)
 	changed()
 	<-ctx.Done()
 	return nil
@@ -144,6 +149,7 @@ func (k *Kubernetes) start(ctx context.Context, changed func()) error {
 	k.cfgs = df.ForResource(ConfigsResource).Informer()
 	all = append(all, k.pols, k.cfgs)
 	k.book = newAddressBook()
+	k.statuses = newLatestState()
 	handlers := map[cache.SharedIndexInformer]cache.ResourceEventHandler{
 		k.ns:    k.policyHandler(namespaceChanged, changed),
 		k.pols:  k.policyHandler(specChanged, changed),

@@ -32,12 +32,6 @@ type addressFeed interface {
 	AddressChanges() (u AddressUpdate, ok bool)
 }
 
-// statusWriter is a source that tells its objects' authors what became of them (the Kubernetes source writes each
-// policy's Accepted condition).
-type statusWriter interface {
-	WriteStatus(ctx context.Context, s State) error
-}
-
 // Run keeps the datapath enforcing src until ctx ends: once the watch stands and after every burst of changes it
 // loads the state and applies it, then calls afterApply (nil: nothing). Each of the source's problems is logged
 // once while it lasts, whichever the source. A state that cannot be loaded or applied is logged and the one in
@@ -79,10 +73,8 @@ func (e *Enforcer) Run(ctx context.Context, src Source, afterApply func()) error
 		}
 		log.WithFields(logrus.Fields{"policies": len(s.Policies), "namespaces": len(s.Namespaces),
 			"problems": len(s.Problems)}).Debug("policy source applied")
-		if w, ok := src.(statusWriter); ok {
-			if err := w.WriteStatus(ctx, s); err != nil && ctx.Err() == nil {
-				log.WithError(err).Warn("writing policy status")
-			}
+		if w, ok := src.(statusPublisher); ok {
+			w.PublishStatus(s)
 		}
 		if afterApply != nil {
 			afterApply()

@@ -87,6 +87,7 @@ type Enforcer struct {
 	ipcacheRefused map[netip.Prefix]struct{}
 	generation     uint64
 	metrics        *Metrics // nil until NewMetrics
+	source         Source   // what Run enforces (nil before)
 
 	// what the API socket reports
 	started   time.Time

@@ -3,6 +3,7 @@ package enforcer
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/api/v1alpha1"
+	"github.com/moatfw/moat/internal/endpoint"
 	"github.com/moatfw/moat/internal/testutil/kubetest"
 )
 
@@ -133,5 +135,65 @@ func TestAddressEventsApplyOnTheirOwn(t *testing.T) {
 	}
 	if !poll(20*time.Second, func() bool { return src.loads.Load() > loads }) {
 		t.Error("a namespace's new labels were never loaded")
+	}
+}
+
+// Cut off from the API server, the enforcer goes on enforcing what it knew and its status says so; once the
+// server answers again it catches up with what changed meanwhile (a remote pod created during the outage).
+func TestCutOffFromTheAPIServer(t *testing.T) {
+	cluster := kubetest.Start(t)
+	_, client := clients(t, cluster.Config)
+	installCRDs(t, cluster)
+	ctx := context.Background()
+	config, cut, mend := cluster.Severable(t)
+	_, dp, e := newTestEnforcer(t)
+	runSource(t, e, &Kubernetes{Config: config, NodeName: "node-a", Log: logrus.NewEntry(logrus.New())})
+	srv := &Server{E: e, Store: endpoint.Store{Dir: t.TempDir()}, Source: "kubernetes"}
+	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "web"}},
+		metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var web uint32
+	if !poll(30*time.Second, func() bool {
+		id, ok, _ := dp.NamespaceIdentity("web")
+		web = id
+		return ok && srv.Status().Ready
+	}) {
+		t.Fatalf("never ready: %+v", srv.Status())
+	}
+	cutOff := func() bool {
+		return strings.Contains(strings.Join(srv.Status().Problems, "\n"), "cut off from the policy source")
+	}
+	cut()
+	if !poll(60*time.Second, cutOff) {
+		t.Fatalf("the status never said the API server was lost: %q", srv.Status().Problems)
+	}
+	if st := srv.Status(); !st.Ready {
+		t.Errorf("cut off, the node went unready (it still enforces what it knew): %q", st.Problems)
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: "web"},
+		Spec: corev1.PodSpec{NodeName: "node-b", Containers: []corev1.Container{{Name: "c", Image: "x"}}}}
+	var err error
+	if !poll(30*time.Second, func() bool { // the service account controller must create web's default account first
+		pod, err = client.CoreV1().Pods("web").Create(ctx, pod, metav1.CreateOptions{})
+		return err == nil
+	}) {
+		t.Fatal(err)
+	}
+	pod.Status.Phase, pod.Status.PodIPs = corev1.PodRunning, []corev1.PodIP{{IP: "10.2.0.9"}}
+	if _, err := client.CoreV1().Pods("web").UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	mend()
+	known := func() bool {
+		entries, err := dp.IPCacheEntries()
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, ok := entries[netip.MustParsePrefix("10.2.0.9/32")]
+		return ok && v.Identity == web
+	}
+	if !poll(90*time.Second, func() bool { return !cutOff() && known() }) {
+		t.Errorf("after the API server came back: still cut off %v, the pod made meanwhile known %v", cutOff(), known())
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/http"
 	"net/netip"
 	"slices"
 	"sort"
@@ -65,9 +66,15 @@ type Kubernetes struct {
 
 	serviceRanges string // where the Service ranges come from (State.ServiceRanges)
 
+	statuses *latestState // the state whose policy status is to be written
+
+	// contact with the API server: since when it is lost (zero: in touch) and why
+	contactMu sync.Mutex
+	lostAt    time.Time
+	lostWhy   string
+
 	// What changed since the state was last loaded: addresses object by object (book), whether the pods with
 	// hostPorts or their nodes did, whether anything else did (namespaces, policies, the config).
-	statuses       *latestState // the state whose policy status is to be written
 	book           *addressBook
 	hostPortPods   sync.Map // pod key -> true, for the pods that have hostPorts
 	hostPortsDirty atomic.Bool
@@ -115,10 +122,12 @@ func (k *Kubernetes) Watch(ctx context.Context, changed func()) error {
 // partial one (which would withdraw identities). changed is called after every change.
 func (k *Kubernetes) start(ctx context.Context, changed func()) error {
 	var err error
-	if k.client, err = kubernetes.NewForConfig(k.Config); err != nil {
+	cfg := rest.CopyConfig(k.Config)
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return contactTracker{next: rt, k: k} })
+	if k.client, err = kubernetes.NewForConfig(cfg); err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
-	if k.dynamic, err = dynamic.NewForConfig(k.Config); err != nil {
+	if k.dynamic, err = dynamic.NewForConfig(cfg); err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
 	k.lastGood = map[string]v1alpha1.FirewallPolicy{}
@@ -653,4 +662,58 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n-3] + "..."
+}
+
+// contactTracker watches every request the source makes: one that cannot reach the API server means contact is
+// lost (the informers keep their caches and retry on their own, with backoff and jitter), any answer that it is
+// back.
+type contactTracker struct {
+	next http.RoundTripper
+	k    *Kubernetes
+}
+
+func (t contactTracker) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.next.RoundTrip(req)
+	switch {
+	case err == nil:
+		t.k.regain()
+	case req.Context().Err() == nil:
+		t.k.lose(err)
+	}
+	return resp, err
+}
+
+// lose records that the API server cannot be reached, and logs it once per outage. Meanwhile the last known state
+// stays enforced.
+func (k *Kubernetes) lose(err error) {
+	k.contactMu.Lock()
+	first := k.lostAt.IsZero()
+	if first {
+		k.lostAt = time.Now()
+	}
+	k.lostWhy = err.Error()
+	k.contactMu.Unlock()
+	if first {
+		k.Log.WithError(err).Warn("cut off from the API server: the last known state stays enforced until it answers")
+	}
+}
+
+// regain records that the API server answered.
+func (k *Kubernetes) regain() {
+	k.contactMu.Lock()
+	if k.lostAt.IsZero() {
+		k.contactMu.Unlock()
+		return
+	}
+	lost := time.Since(k.lostAt)
+	k.lostAt, k.lostWhy = time.Time{}, ""
+	k.contactMu.Unlock()
+	k.Log.WithField("after", lost.Round(time.Second)).Info("in touch with the API server again")
+}
+
+// Contact says since when the API server cannot be reached, and why (zero time: it can).
+func (k *Kubernetes) Contact() (lostAt time.Time, why string) {
+	k.contactMu.Lock()
+	defer k.contactMu.Unlock()
+	return k.lostAt, k.lostWhy
 }

@@ -19,6 +19,7 @@ const (
 	ProblemMap     ProblemKind = "map"     // a datapath map nearly full, or unreadable
 	ProblemPod     ProblemKind = "pod"     // one pod's endpoint is not as it should be
 	ProblemCheck   ProblemKind = "check"   // a part the enforcer does not own (the CNI chain)
+	ProblemSource  ProblemKind = "source"  // the policy source cannot be reached: what changed since is not known
 )
 
 // Severity says what a problem does to the node's readiness.

@@ -26,6 +26,9 @@ type Snapshot struct {
 	RuleIDs map[resolve.RuleKey]uint32
 	// IPCacheRefused counts the addresses the ipcache had no room for.
 	IPCacheRefused int
+	// ContactLost is since when the source cannot be reached (zero: it can), and ContactWhy why.
+	ContactLost time.Time
+	ContactWhy  string
 
 	lingering map[uint32]lingerer
 }
@@ -35,7 +38,12 @@ func (e *Enforcer) Snapshot() Snapshot {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.rulesShared = true // the next new rule copies the maps first
-	return Snapshot{Started: e.started, Applied: e.appliedAt, Generation: e.generation, State: e.state,
+	var lost time.Time
+	var why string
+	if c, ok := e.source.(contactSource); ok {
+		lost, why = c.Contact()
+	}
+	return Snapshot{ContactLost: lost, ContactWhy: why, Started: e.started, Applied: e.appliedAt, Generation: e.generation, State: e.state,
 		Identities: maps.Clone(e.identities), Stale: e.stale, Problems: e.findings.problems,
 		Warnings: e.findings.warnings, Rules: e.ruleKeys, RuleIDs: e.rules, IPCacheRefused: len(e.ipcacheRefused),
 		lingering: maps.Clone(e.lingering)}

@@ -3,6 +3,7 @@ package enforcer
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -24,6 +25,12 @@ type Source interface {
 	Burst() debounce.Timing
 }
 
+// contactSource is a source that can lose contact with where its state comes from (the Kubernetes API server).
+type contactSource interface {
+	// Contact says since when the source cannot be reached, and why (zero time: it can).
+	Contact() (lostAt time.Time, why string)
+}
+
 // addressFeed is a source that tells which addresses changed, so that a burst in which only addresses changed
 // (pods, Services and nodes elsewhere in the cluster) costs what it changed, not a whole apply.
 type addressFeed interface {
@@ -39,6 +46,9 @@ type addressFeed interface {
 func (e *Enforcer) Run(ctx context.Context, src Source, afterApply func()) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	e.mu.Lock()
+	e.source = src
+	e.mu.Unlock()
 	log := e.log.WithField("source", src.Name())
 	changes := debounce.New(src.Burst())
 	watched := make(chan error, 1)

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -34,6 +35,13 @@ func (s *Server) Status() agentapi.Status {
 	problems := append(objectProblems(snap.State.Problems), labelProblems(snap.Problems)...)
 	if snap.Generation == 0 {
 		problems = append(problems, Problem{Kind: ProblemPending, Severity: Degraded, Message: "no policy applied yet"})
+	}
+	if !snap.ContactLost.IsZero() {
+		// contained: the node goes on enforcing what it knew; only what changed since is not known
+		problems = append(problems, Problem{Kind: ProblemSource, Severity: Contained, Message: fmt.Sprintf(
+			"cut off from the policy source since %s (%s): the last known state stays enforced; a pod address "+
+				"reused meanwhile keeps its former namespace until contact returns",
+			snap.ContactLost.UTC().Format(time.RFC3339), snap.ContactWhy)})
 	}
 	if snap.IPCacheRefused > 0 {
 		problems = append(problems, Problem{Kind: ProblemMap, Severity: Degraded, Message: fmt.Sprintf(

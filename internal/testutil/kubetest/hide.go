@@ -118,3 +118,41 @@ func dropResource(resp *http.Response, resource string) error {
 	resp.Header.Set("Content-Type", "application/json")
 	return nil
 }
+
+// Severable returns a client config that reaches the cluster through a proxy the test can cut (every connection,
+// watches included, is closed and none is accepted) and mend (on the same address), standing for a node cut off
+// from its API server for a while. It stops when the test ends.
+func (c *Cluster) Severable(tb testing.TB) (cfg *rest.Config, cut, mend func()) {
+	tb.Helper()
+	upstream, err := url.Parse(c.Config.Host)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	transport, err := rest.TransportFor(c.Config)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	proxy := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(upstream) },
+		Transport: transport, FlushInterval: -1}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	var srv *http.Server
+	serve := func(ln net.Listener) {
+		srv = &http.Server{Handler: proxy}
+		go func(s *http.Server) { _ = s.Serve(ln) }(srv)
+	}
+	serve(ln)
+	cut = func() { _ = srv.Close() }
+	mend = func() {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			tb.Fatalf("listen again on %s: %v", addr, err)
+		}
+		serve(ln)
+	}
+	tb.Cleanup(func() { _ = srv.Close() })
+	return &rest.Config{Host: "http://" + addr, QPS: c.Config.QPS, Burst: c.Config.Burst, UserAgent: c.Config.UserAgent}, cut, mend
+}

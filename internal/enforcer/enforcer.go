@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -86,8 +87,11 @@ type Enforcer struct {
 	// prefixes the ipcache had no room for (each retried when it changes again, or at the next whole apply)
 	ipcacheRefused map[netip.Prefix]struct{}
 	generation     uint64
-	metrics        *Metrics // nil until NewMetrics
-	source         Source   // what Run enforces (nil before)
+	metrics        atomic.Pointer[Metrics] // nil until NewMetrics
+	// what Run enforces, when it can say whether it is in touch (a contactSource; nil before)
+	contact atomic.Value
+	// the snapshot of the last apply, for readers that must not wait on the next one
+	published atomic.Pointer[Snapshot]
 
 	// what the API socket reports
 	started   time.Time
@@ -151,6 +155,7 @@ func New(dp *bpf.Datapath, log *logrus.Entry) (*Enforcer, error) {
 		}
 		e.ipcache[p] = v
 	}
+	e.publish()
 	return e, nil
 }
 
@@ -194,6 +199,7 @@ type lingerer struct {
 func (e *Enforcer) Apply(s State) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	defer e.publish()
 	return e.apply(s)
 }
 
@@ -350,8 +356,8 @@ func (e *Enforcer) bump(start time.Time) (uint64, error) {
 		return 0, err
 	}
 	e.generation, e.appliedAt = gen, time.Now()
-	if e.metrics != nil {
-		e.metrics.ApplySeconds.Observe(time.Since(start).Seconds())
+	if m := e.metrics.Load(); m != nil {
+		m.ApplySeconds.Observe(time.Since(start).Seconds())
 	}
 	return gen, nil
 }
@@ -418,6 +424,7 @@ func (e *Enforcer) heldIdentities() (map[uint32]bool, error) {
 func (e *Enforcer) releaseUnheld() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	defer e.publish()
 	if len(e.lingering) == 0 {
 		return nil
 	}
@@ -592,6 +599,7 @@ var errNeedsState = errors.New("the whole state is needed")
 func (e *Enforcer) ApplyAddresses(u AddressUpdate) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	defer e.publish()
 	start := time.Now()
 	if e.generation == 0 {
 		return errNeedsState

@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/agentapi"
 	"github.com/moatfw/moat/internal/api/v1alpha1"
 	"github.com/moatfw/moat/internal/endpoint"
 	"github.com/moatfw/moat/internal/testutil"
@@ -401,5 +402,41 @@ func TestFullIPCacheBlocksNothing(t *testing.T) {
 		if v, ok := entries[a.Prefix]; !ok || v.Identity != e.Identities()["web"] {
 			t.Errorf("%s: %+v, want web's pod", a.Prefix, v)
 		}
+	}
+}
+
+// Readiness, status and the flow log answer from the last apply's snapshot while the next apply holds the
+// enforcer: a long apply never makes a probe wait (and fail), nor a flow event queue.
+func TestReadinessDoesNotWaitOnAnApply(t *testing.T) {
+	_, _, e := newTestEnforcer(t)
+	if err := e.Apply(State{Namespaces: []v1alpha1.Namespace{namespace("web")}}); err != nil {
+		t.Fatal(err)
+	}
+	srv := &Server{E: e, Store: endpoint.Store{Dir: t.TempDir()}, Source: "test"}
+	e.mu.Lock() // an apply in progress
+	answered := make(chan agentapi.Status, 1)
+	described := make(chan FlowRecord, 1)
+	go func() { answered <- srv.Status() }()
+	go func() { described <- e.Describe(bpf.Flow{Identity: 1}, nil) }()
+	var st agentapi.Status
+	select {
+	case st = <-answered:
+	case <-time.After(time.Minute):
+		e.mu.Unlock()
+		t.Fatal("the status waited on the apply in progress")
+	}
+	select {
+	case rec := <-described:
+		if rec.Namespace != "web" {
+			t.Errorf("flow of identity 1 described as namespace %q, want web", rec.Namespace)
+		}
+	case <-time.After(time.Minute):
+		e.mu.Unlock()
+		t.Fatal("a flow event waited on the apply in progress")
+	}
+	e.mu.Unlock()
+	if !st.Ready || st.Generation != 1 || st.Namespaces != 1 {
+		t.Errorf("status during an apply: ready %v, generation %d, namespaces %d; want the last apply's (ready, 1, 1)",
+			st.Ready, st.Generation, st.Namespaces)
 	}
 }

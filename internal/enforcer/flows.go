@@ -49,16 +49,15 @@ func (e *Enforcer) Describe(f bpf.Flow, pod *endpoint.Record) FlowRecord {
 	rec := FlowRecord{Time: f.Time.UTC(), Direction: f.Direction.String(), Verdict: f.Verdict.String(),
 		Reason: bpf.ReasonName(f.Reason), Proto: v1alpha1.ProtocolName(f.Protocol), Src: f.Src.String(), Sport: f.SrcPort,
 		Dst: f.Dst.String(), Dport: f.DstPort, Remote: f.RemoteClass.String()}
-	e.mu.Lock()
-	rec.Namespace = namespaceOf(e.identities, e.lingering, f.Identity)
-	if name := namespaceOf(e.identities, e.lingering, f.RemoteIdentity); name != "" {
+	snap := e.published.Load() // an apply in progress does not hold the flow log up
+	rec.Namespace = snap.Namespace(f.Identity)
+	if name := snap.Namespace(f.RemoteIdentity); name != "" {
 		rec.Remote = name
 	}
-	if k, ok := e.ruleKeys[f.RuleID]; ok && f.RuleID != 0 {
+	if k, ok := snap.Rules[f.RuleID]; ok && f.RuleID != 0 {
 		rec.Policy, rec.Rule = k.Policy, k.Name()
 	}
-	m := e.metrics
-	e.mu.Unlock()
+	m := e.metrics.Load()
 	if m != nil {
 		m.FlowVerdicts.WithLabelValues(rec.Namespace, rec.Policy, rec.Verdict, rec.Reason).Inc()
 	}

@@ -47,9 +47,7 @@ func (e *Enforcer) NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
 	}
-	e.mu.Lock()
-	e.metrics = m
-	e.mu.Unlock()
+	e.metrics.Store(m)
 	return m, nil
 }
 

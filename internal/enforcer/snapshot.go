@@ -7,10 +7,10 @@ import (
 	"github.com/moatfw/moat/internal/resolve"
 )
 
-// Snapshot is the enforcer at one moment, taken under its lock: what the status, the policies, the report and
-// trace answer from, without holding the lock while they work. Nothing in it may be modified: its State, its
-// findings, Stale and its rule maps are shared with the enforcer, which replaces them (the rule maps: copies them)
-// rather than change them in place.
+// Snapshot is the enforcer at one moment: what the status, readiness, the policies, the report, trace and the
+// flow log answer from. The enforcer publishes one at the end of every apply, so reading it never waits on an
+// apply in progress. Nothing in it may be modified: its State, its findings, Stale and its rule maps are shared
+// with the enforcer, which replaces them (the rule maps: copies them) rather than change them in place.
 type Snapshot struct {
 	Started    time.Time
 	Applied    time.Time // when the generation in force was applied
@@ -26,27 +26,31 @@ type Snapshot struct {
 	RuleIDs map[resolve.RuleKey]uint32
 	// IPCacheRefused counts the addresses the ipcache had no room for.
 	IPCacheRefused int
-	// ContactLost is since when the source cannot be reached (zero: it can), and ContactWhy why.
+	// ContactLost is since when the source cannot be reached (zero: it can), and ContactWhy why. Read when the
+	// snapshot is taken, not when it was published.
 	ContactLost time.Time
 	ContactWhy  string
 
 	lingering map[uint32]lingerer
 }
 
-// Snapshot takes a snapshot of the enforcer.
+// Snapshot is the enforcer as of its last apply (or its start), with the source's contact as of now. It takes no
+// lock an apply holds.
 func (e *Enforcer) Snapshot() Snapshot {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.rulesShared = true // the next new rule copies the maps first
-	var lost time.Time
-	var why string
-	if c, ok := e.source.(contactSource); ok {
-		lost, why = c.Contact()
+	s := *e.published.Load()
+	if c, ok := e.contact.Load().(contactSource); ok {
+		s.ContactLost, s.ContactWhy = c.Contact()
 	}
-	return Snapshot{ContactLost: lost, ContactWhy: why, Started: e.started, Applied: e.appliedAt, Generation: e.generation, State: e.state,
+	return s
+}
+
+// publish makes what the enforcer holds now the snapshot readers get. Called with mu held, after every change.
+func (e *Enforcer) publish() {
+	e.rulesShared = true // the next new rule copies the maps first
+	e.published.Store(&Snapshot{Started: e.started, Applied: e.appliedAt, Generation: e.generation, State: e.state,
 		Identities: maps.Clone(e.identities), Stale: e.stale, Problems: e.findings.problems,
 		Warnings: e.findings.warnings, Rules: e.ruleKeys, RuleIDs: e.rules, IPCacheRefused: len(e.ipcacheRefused),
-		lingering: maps.Clone(e.lingering)}
+		lingering: maps.Clone(e.lingering)})
 }
 
 // Resolve is what the state in force resolves to, with the rule ids in force: the reference evaluator's input

@@ -46,9 +46,9 @@ type addressFeed interface {
 func (e *Enforcer) Run(ctx context.Context, src Source, afterApply func()) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	e.mu.Lock()
-	e.source = src
-	e.mu.Unlock()
+	if c, ok := src.(contactSource); ok {
+		e.contact.Store(c)
+	}
 	log := e.log.WithField("source", src.Name())
 	changes := debounce.New(src.Burst())
 	watched := make(chan error, 1)

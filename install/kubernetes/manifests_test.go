@@ -227,7 +227,7 @@ func TestManifestDaemonSet(t *testing.T) {
 	if diff := cmp.Diff([]any{map[string]any{"operator": "Exists"}}, spec["tolerations"]); diff != "" {
 		t.Errorf("tolerations (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(map[string]any{"type": "RollingUpdate", "rollingUpdate": map[string]any{"maxUnavailable": float64(1)}},
+	if diff := cmp.Diff(map[string]any{"type": "RollingUpdate", "rollingUpdate": map[string]any{"maxUnavailable": "10%"}},
 		nested[map[string]any](t, ds.Object, "spec", "updateStrategy")); diff != "" {
 		t.Errorf("updateStrategy (-want +got):\n%s", diff)
 	}
@@ -268,7 +268,7 @@ func TestManifestDaemonSet(t *testing.T) {
 	if got := nested[float64](t, enforcer, "livenessProbe", "failureThreshold"); got < 6 {
 		t.Errorf("liveness failureThreshold %v, want at least 6", got)
 	}
-	if diff := cmp.Diff(map[string]any{"requests": map[string]any{"cpu": "50m", "memory": "64Mi"}, "limits": map[string]any{"memory": "256Mi"}},
+	if diff := cmp.Diff(map[string]any{"requests": map[string]any{"cpu": "100m", "memory": "128Mi"}, "limits": map[string]any{"memory": "1Gi"}},
 		enforcer["resources"]); diff != "" {
 		t.Errorf("resources (-want +got):\n%s", diff)
 	}
@@ -376,8 +376,11 @@ func TestChartValues(t *testing.T) {
 				wantArg(t, container(t, ds, "containers", "enforcer"), "--log-level=debug", true)
 			}},
 		{"scheduling", "tolerations: [{key: dedicated, operator: Equal, value: infra, effect: NoSchedule}]\npriorityClassName: ''\n" +
-			"resources: {requests: {cpu: 10m}}", func(t *testing.T, objs []*unstructured.Unstructured) {
+			"resources: {requests: {cpu: 10m}}\nupdateStrategy: {maxUnavailable: 50}", func(t *testing.T, objs []*unstructured.Unstructured) {
 			ds := find(t, objs, "DaemonSet", "moat")
+			if got := nested[any](t, ds.Object, "spec", "updateStrategy", "rollingUpdate", "maxUnavailable"); got != float64(50) {
+				t.Errorf("maxUnavailable %v, want 50", got)
+			}
 			spec := nested[map[string]any](t, ds.Object, "spec", "template", "spec")
 			if _, ok := spec["priorityClassName"]; ok {
 				t.Error("an empty priorityClassName is rendered")
@@ -387,7 +390,7 @@ func TestChartValues(t *testing.T) {
 				t.Errorf("tolerations (-want +got):\n%s", diff)
 			}
 			// Helm merges maps: the default memory request and limit stay
-			if diff := cmp.Diff(map[string]any{"requests": map[string]any{"cpu": "10m", "memory": "64Mi"}, "limits": map[string]any{"memory": "256Mi"}},
+			if diff := cmp.Diff(map[string]any{"requests": map[string]any{"cpu": "10m", "memory": "128Mi"}, "limits": map[string]any{"memory": "1Gi"}},
 				container(t, ds, "containers", "enforcer")["resources"]); diff != "" {
 				t.Errorf("resources (-want +got):\n%s", diff)
 			}

@@ -268,28 +268,42 @@ static __always_inline int ct_lookup(struct __sk_buff *skb, const struct moat_co
 }
 
 /*
+ * Writes a new flow's record over an entry that holds the same key (a SYN on a reused port, a flow that an expiry
+ * or a policy change left behind), in place: no table lock, no LRU node, nothing to count. The deadline and the
+ * rule go first and the generation last, so a packet of the flow on another CPU sees either the old record or one
+ * that the current policy allowed.
+ */
+static __always_inline void ct_overwrite(struct moat_ct_value *ct, const struct moat_ct_value *v)
+{
+	ct->expires = v->expires;
+	ct->rule_id = v->rule_id;
+	ct->direction = v->direction;
+	ct->port = v->port;
+	ct->seq_next[0] = v->seq_next[0];
+	ct->seq_next[1] = v->seq_next[1];
+	ct->flags = v->flags;
+	__asm__ __volatile__("" ::: "memory"); /* the compiler keeps the generation last */
+	ct->generation = v->generation;
+}
+
+/*
  * Records an allowed new flow. Returns 0, or MOAT_REASON_CT_LIMIT when the endpoint already holds its bound of
- * entries: a flood of new flows fills its own share, never the table of everyone else.
+ * entries: a flood of new flows fills its own share, never the table of everyone else. looked_up says that
+ * ct_lookup just found no entry for the packet's key (every new flow but a SYN, which skips the lookup), so only a
+ * SYN looks for an entry to write over before it inserts.
  */
 static __always_inline int ct_create(__u32 ifindex, const struct packet *p, __u8 dir,
-				     const struct moat_config *cfg, const struct decision *d)
+				     const struct moat_config *cfg, const struct decision *d, int looked_up)
 {
 	struct moat_ct_key k;
 	struct moat_ct_value v = {};
+	struct moat_ct_value *old;
 	struct moat_ct_count *c = 0;
 
 	if (p->protocol == IPPROTO_TCP && (p->tcp_flags & TCP_FLAG_RST))
 		return 0;
 	if (!ct_key_of(&k, ifindex, p, dir))
 		return 0;
-	if (cfg->ct_max_per_endpoint) {
-		c = ct_count_of(ifindex);
-		/* at the bound, only an entry that exists already (a SYN on a reused port) may be written again */
-		if (c && c->live >= cfg->ct_max_per_endpoint && !bpf_map_lookup_elem(&conntrack, &k)) {
-			stat_inc(MOAT_STAT_CT_LIMITED);
-			return MOAT_REASON_CT_LIMIT;
-		}
-	}
 	v.generation = cfg->generation;
 	v.direction = dir;
 	v.port = policy_port(p);
@@ -302,6 +316,21 @@ static __always_inline int ct_create(__u32 ifindex, const struct packet *p, __u8
 		v.seq_next[dir & 1] = tcp_seq_end(p);
 		v.flags |= ct_seq_flag(dir);
 	}
+	/* at the bound too, an entry that exists already may be written again */
+	if (!looked_up) {
+		old = bpf_map_lookup_elem(&conntrack, &k);
+		if (old) {
+			ct_overwrite(old, &v);
+			return 0;
+		}
+	}
+	if (cfg->ct_max_per_endpoint) {
+		c = ct_count_of(ifindex);
+		if (c && c->live >= cfg->ct_max_per_endpoint) {
+			stat_inc(MOAT_STAT_CT_LIMITED);
+			return MOAT_REASON_CT_LIMIT;
+		}
+	}
 	if (bpf_map_update_elem(&conntrack, &k, &v, BPF_NOEXIST) == 0) {
 		stat_inc(MOAT_STAT_CT_CREATED);
 		if (c) {
@@ -309,7 +338,8 @@ static __always_inline int ct_create(__u32 ifindex, const struct packet *p, __u8
 			__sync_fetch_and_add(&c->created, 1);
 		}
 	} else {
-		bpf_map_update_elem(&conntrack, &k, &v, BPF_ANY); /* replaces a stale entry: no new one to count */
+		/* another CPU inserted the same flow since the lookup: replace it, no new entry to count */
+		bpf_map_update_elem(&conntrack, &k, &v, BPF_ANY);
 	}
 	return 0;
 }

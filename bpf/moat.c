@@ -35,7 +35,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 	__u32 ifindex = skb->ifindex, zero = 0;
 	struct ethhdr_moat eth;
 	__u16 proto;
-	int err;
+	int err, opens;
 
 	d.verdict = MOAT_VERDICT_DENIED;
 	d.emit = 1;
@@ -120,7 +120,8 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 	d.emit = 0;
 	/* A pure SYN opens a connection: policy decides it whatever conntrack holds (a stale entry of a reused
 	 * port is replaced), which spares new connections the conntrack lookup. */
-	if (is_tcp_open(&p) || !ct_lookup(skb, cfg, ep, &p, dir, &d)) {
+	opens = is_tcp_open(&p);
+	if (opens || !ct_lookup(skb, cfg, ep, &p, dir, &d)) {
 		__u8 action;
 
 		if (dir == MOAT_DIR_INGRESS && !source_path_ok(skb, cfg, &p)) {
@@ -148,7 +149,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 			d.verdict = MOAT_VERDICT_DENIED;
 			d.emit = 1;
 		}
-		if (d.create_ct && ct_create(ifindex, &p, dir, cfg, &d)) {
+		if (d.create_ct && ct_create(ifindex, &p, dir, cfg, &d, !opens)) {
 			/* past the endpoint's conntrack bound: not policy, so audit mode does not pass it either */
 			d.pass = 0;
 			d.verdict = MOAT_VERDICT_DENIED;

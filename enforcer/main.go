@@ -55,6 +55,8 @@ func main() {
 	flag.DurationVar(&o.reconcile, "reconcile-interval", 30*time.Second, "how often recorded endpoints are checked against the host")
 	flag.Var(&o.conntrackEntries, "conntrack-entries", fmt.Sprintf("size of the conntrack table when the enforcer creates the maps (default %d; a change needs moat-install --uninstall)", bpf.DefaultConntrackEntries))
 	flag.Var(&o.ipcacheEntries, "ipcache-entries", fmt.Sprintf("size of the ipcache (addresses of pods, Services and nodes of the cluster) when the enforcer creates the maps (default %d; a change needs moat-install --uninstall)", bpf.DefaultIPCacheEntries))
+	flag.BoolVar(&o.addressFeed, "address-feed", false, "learn the cluster's pods and nodes from the address feed (AddressSlices) instead of watching every Pod and Node")
+	flag.BoolVar(&o.publishFeed, "publish-address-feed", false, "run as the cluster's address feed publisher (no datapath): write AddressSlices from a watch of Pods and Nodes, while holding the Lease moat-address-feed in --status-lease-namespace")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 
@@ -66,6 +68,14 @@ func main() {
 	}
 	logger.SetLevel(lvl)
 	log := logrus.NewEntry(logger).WithField("component", "enforcer")
+	if o.publishFeed {
+		log = log.WithField("component", "feed")
+		if err := runFeed(log, o); err != nil {
+			log.WithError(err).Error("moat-enforcer --publish-address-feed stops")
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(log, o); err != nil {
 		log.WithError(err).Error("moat-enforcer stops")
 		os.Exit(1)
@@ -76,7 +86,7 @@ type options struct {
 	pinRoot, policyDir, kubeconfig, nodeName, endpointDir, flowLog, metricsAddr, socket string
 	leaseNamespace                                                                      string
 	cniConfDir, failPolicy, attachMode                                                  string
-	ipamShim                                                                            bool
+	ipamShim, addressFeed, publishFeed                                                  bool
 	reconcile                                                                           time.Duration
 	conntrackEntries, ipcacheEntries                                                    entries
 }
@@ -102,6 +112,22 @@ func pickSource(log *logrus.Entry, o options) (enforcer.Source, error) {
 	case o.policyDir != "":
 		return &enforcer.Folder{Dir: o.policyDir, Log: log.WithField("source", o.policyDir)}, nil
 	}
+	cfg, err := kubeConfig(o)
+	if err != nil {
+		return nil, err
+	}
+	node := o.nodeName
+	if node == "" {
+		if node, err = os.Hostname(); err != nil {
+			return nil, err
+		}
+	}
+	return &enforcer.Kubernetes{Config: cfg, NodeName: node, LeaseNamespace: o.leaseNamespace, AddressFeed: o.addressFeed,
+		Log: log.WithFields(logrus.Fields{"source": "kubernetes", "node": node})}, nil
+}
+
+// kubeConfig is the cluster's client config: --kubeconfig, else in-cluster.
+func kubeConfig(o options) (*rest.Config, error) {
 	var cfg *rest.Config
 	var err error
 	if o.kubeconfig != "" {
@@ -116,14 +142,7 @@ func pickSource(log *logrus.Entry, o options) (enforcer.Source, error) {
 		return nil, fmt.Errorf("kubernetes config: %w", err)
 	}
 	cfg.UserAgent = "moat-enforcer/" + version.Version
-	node := o.nodeName
-	if node == "" {
-		if node, err = os.Hostname(); err != nil {
-			return nil, err
-		}
-	}
-	return &enforcer.Kubernetes{Config: cfg, NodeName: node, LeaseNamespace: o.leaseNamespace,
-		Log: log.WithFields(logrus.Fields{"source": "kubernetes", "node": node})}, nil
+	return cfg, nil
 }
 
 func run(log *logrus.Entry, o options) error {
@@ -227,6 +246,8 @@ func run(log *logrus.Entry, o options) error {
 		}
 	}
 	go e.RunConntrackRecount(ctx, store, enforcer.RecountInterval)
+	// the default attach mode's second half: staged pods move to tcx, released links go, off the pods' ADD and DEL
+	go endpoint.Mover{Life: endpoint.Lifecycle{Store: store, PinRoot: o.pinRoot}, Log: log.WithField("component", "tcx-mover")}.Run(ctx)
 	if o.reconcile > 0 {
 		go enforcer.Every(ctx, o.reconcile, reconcile)
 	}

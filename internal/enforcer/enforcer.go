@@ -640,6 +640,9 @@ func (e *Enforcer) ApplyAddresses(u AddressUpdate) error {
 			return err
 		}
 		changed = changed || c
+		s := e.state // a snapshot may hold the state: replaced, not changed in place
+		s.HostPorts = *u.HostPorts
+		e.state = s
 	}
 	if !changed {
 		return nil

@@ -32,6 +32,7 @@ import (
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/api/v1alpha1"
 	"github.com/moatfw/moat/internal/debounce"
+	"github.com/moatfw/moat/internal/feed"
 	"github.com/moatfw/moat/internal/resolve"
 )
 
@@ -53,16 +54,22 @@ type Kubernetes struct {
 	// LeaseNamespace holds the Lease whose holder writes the policies' status for the cluster; empty: this
 	// enforcer writes them without asking (one enforcer, or tests).
 	LeaseNamespace string
+	// AddressFeed: learn pods and nodes from the address feed (AddressSlices, internal/feed) instead of watching
+	// every Pod and Node.
+	AddressFeed bool
 
 	client  kubernetes.Interface
 	dynamic dynamic.Interface
 	ns      cache.SharedIndexInformer
-	pods    cache.SharedIndexInformer
+	pods    cache.SharedIndexInformer // nil with the address feed
 	svcs    cache.SharedIndexInformer
-	nodes   cache.SharedIndexInformer
-	cidrs   cache.SharedIndexInformer // nil: ServiceCIDRs not served, or not ours to list
-	pols    cache.SharedIndexInformer
-	cfgs    cache.SharedIndexInformer
+	nodes   cache.SharedIndexInformer // nil with the address feed
+	feed    cache.SharedIndexInformer // the AddressSlices; nil without the address feed
+	// the pods and nodes as the source knows them (slim): the informers' stores, or the feed's
+	podStore, nodeStore cache.Store
+	cidrs               cache.SharedIndexInformer // nil: ServiceCIDRs not served, or not ours to list
+	pols                cache.SharedIndexInformer
+	cfgs                cache.SharedIndexInformer
 
 	serviceRanges string // where the Service ranges come from (State.ServiceRanges)
 
@@ -133,10 +140,25 @@ func (k *Kubernetes) start(ctx context.Context, changed func()) error {
 	k.lastGood = map[string]v1alpha1.FirewallPolicy{}
 	f := informers.NewSharedInformerFactory(k.client, 0)
 	k.ns = f.Core().V1().Namespaces().Informer()
-	k.pods = f.Core().V1().Pods().Informer()
 	k.svcs = f.Core().V1().Services().Informer()
-	k.nodes = f.Core().V1().Nodes().Informer()
-	all := []cache.SharedIndexInformer{k.ns, k.pods, k.svcs, k.nodes}
+	all := []cache.SharedIndexInformer{k.ns, k.svcs}
+	df := dynamicinformer.NewDynamicSharedInformerFactory(k.dynamic, 0)
+	if k.AddressFeed {
+		k.feed = df.ForResource(feed.SlicesResource).Informer()
+		all = append(all, k.feed)
+	} else {
+		k.pods = f.Core().V1().Pods().Informer()
+		k.nodes = f.Core().V1().Nodes().Informer()
+		all = append(all, k.pods, k.nodes)
+		// pods are the bulk of a cluster, nodes the biggest objects: keep only what decides an ipcache entry
+		if err := k.pods.SetTransform(feed.SlimPod); err != nil {
+			return err
+		}
+		if err := k.nodes.SetTransform(feed.SlimNode); err != nil {
+			return err
+		}
+		k.podStore, k.nodeStore = k.pods.GetStore(), k.nodes.GetStore()
+	}
 	useCIDRs, why, err := k.serviceCIDRsUsable(ctx)
 	if err != nil {
 		return err
@@ -149,42 +171,47 @@ func (k *Kubernetes) start(ctx context.Context, changed func()) error {
 		k.serviceRanges = ServiceRangesFromClusterIPs + " (" + why + ")"
 	}
 	k.Log.WithField("serviceRanges", k.serviceRanges).Info("where the Service ranges come from")
-	// pods are the bulk of a cluster: keep only what decides an ipcache entry
-	if err := k.pods.SetTransform(slimPod); err != nil {
-		return err
-	}
-	df := dynamicinformer.NewDynamicSharedInformerFactory(k.dynamic, 0)
 	k.pols = df.ForResource(PoliciesResource).Informer()
 	k.cfgs = df.ForResource(ConfigsResource).Informer()
 	all = append(all, k.pols, k.cfgs)
 	k.book = newAddressBook()
 	k.statuses = newLatestState()
 	handlers := map[cache.SharedIndexInformer]cache.ResourceEventHandler{
-		k.ns:    k.policyHandler(namespaceChanged, changed),
-		k.pols:  k.policyHandler(specChanged, changed),
-		k.cfgs:  k.policyHandler(specChanged, changed),
-		k.pods:  k.addressHandler("pod", k.podClaims, changed),
-		k.svcs:  k.addressHandler("service", serviceClaims, changed),
-		k.nodes: k.addressHandler("node", nodeClaims, changed),
+		k.ns:   k.policyHandler(namespaceChanged, changed),
+		k.pols: k.policyHandler(specChanged, changed),
+		k.cfgs: k.policyHandler(specChanged, changed),
+		k.svcs: handlerOf(k.addressOn("service", serviceClaims, changed)),
+	}
+	if k.AddressFeed {
+		view := newFeedView(k.addressOn("pod", k.podClaims, changed), k.addressOn("node", nodeClaims, changed))
+		k.podStore, k.nodeStore = view.pods, view.nodes
+		handlers[k.feed] = view.handler()
+	} else {
+		handlers[k.pods] = handlerOf(k.addressOn("pod", k.podClaims, changed))
+		handlers[k.nodes] = handlerOf(k.addressOn("node", nodeClaims, changed))
 	}
 	if k.cidrs != nil {
-		handlers[k.cidrs] = k.addressHandler("servicecidr", serviceCIDRClaims, changed)
+		handlers[k.cidrs] = handlerOf(k.addressOn("servicecidr", serviceCIDRClaims, changed))
 	}
+	// synced once every handler has seen its informer's initial listing (not only once the stores hold it)
+	synced := make([]cache.InformerSynced, 0, len(all))
 	for inf, h := range handlers {
-		if _, err := inf.AddEventHandler(h); err != nil {
+		reg, err := inf.AddEventHandler(h)
+		if err != nil {
 			return err
 		}
+		synced = append(synced, reg.HasSynced)
 	}
 	f.Start(ctx.Done())
 	df.Start(ctx.Done())
-	synced := make([]cache.InformerSynced, 0, len(all))
-	for _, inf := range all {
-		synced = append(synced, inf.HasSynced)
-	}
 	k.Log.Info("waiting for the Kubernetes caches")
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
-		return errors.New("the Kubernetes caches never filled (can the enforcer's service account list namespaces, " +
-			"pods, services, nodes, firewallpolicies and firewallconfigs? are the CRDs installed?)")
+		what := "pods, services, nodes"
+		if k.AddressFeed {
+			what = "services, addressslices"
+		}
+		return fmt.Errorf("the Kubernetes caches never filled (can the enforcer's service account list namespaces, "+
+			"%s, firewallpolicies and firewallconfigs? are the CRDs installed?)", what)
 	}
 	return nil
 }
@@ -228,32 +255,6 @@ func (k *Kubernetes) serviceCIDRsUsable(ctx context.Context) (bool, string, erro
 		case <-time.After(2 * time.Second):
 		}
 	}
-}
-
-func slimPod(obj any) (any, error) {
-	p, ok := obj.(*corev1.Pod)
-	if !ok {
-		return obj, nil // a tombstone
-	}
-	slim := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
-			CreationTimestamp: p.CreationTimestamp, DeletionTimestamp: p.DeletionTimestamp},
-		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
-		Status: corev1.PodStatus{Phase: p.Status.Phase, PodIPs: p.Status.PodIPs},
-	}
-	// only the ports open on the node (hostPorts), in a container of their own
-	var hostPorts []corev1.ContainerPort
-	for _, c := range p.Spec.Containers {
-		for _, port := range c.Ports {
-			if port.HostPort != 0 {
-				hostPorts = append(hostPorts, port)
-			}
-		}
-	}
-	if len(hostPorts) > 0 {
-		slim.Spec.Containers = []corev1.Container{{Ports: hostPorts}}
-	}
-	return slim, nil
 }
 
 // Load is the desired state the caches describe now; it never fails.
@@ -345,7 +346,7 @@ func nodeAddresses(n *corev1.Node) []netip.Addr {
 // address family the pod has.
 func (k *Kubernetes) hostPorts() []HostPort {
 	nodeAddrs := func(name string) []netip.Addr {
-		if obj, ok, _ := k.nodes.GetStore().GetByKey(name); ok {
+		if obj, ok, _ := k.nodeStore.GetByKey(name); ok {
 			return nodeAddresses(obj.(*corev1.Node))
 		}
 		return nil
@@ -353,7 +354,7 @@ func (k *Kubernetes) hostPorts() []HostPort {
 	var out []HostPort
 	var pods []*corev1.Pod
 	k.hostPortPods.Range(func(key, _ any) bool {
-		if obj, ok, _ := k.pods.GetStore().GetByKey(key.(string)); ok {
+		if obj, ok, _ := k.podStore.GetByKey(key.(string)); ok {
 			pods = append(pods, obj.(*corev1.Pod))
 		}
 		return true
@@ -457,11 +458,11 @@ func addCIDRClaim(claims map[netip.Prefix]claim, cidr string) {
 	}
 }
 
-// addressHandler keeps the book up to date with one kind of object, and calls changed when an event changed
-// what the object claims (a Node's heartbeat, a pod's container status: nothing, and no call). A pod with
+// addressOn keeps the book up to date with one kind of object (old is nil on an add; gone on a delete), and
+// calls changed when an event changed what the object claims (a Node's heartbeat, a pod's container status: nothing, and no call). A pod with
 // hostPorts, or a Node while such pods exist, marks the hostPorts changed too.
-func (k *Kubernetes) addressHandler(kind string, claims func(any) map[netip.Prefix]claim, changed func()) cache.ResourceEventHandler {
-	on := func(old, obj any, gone bool) {
+func (k *Kubernetes) addressOn(kind string, claims func(any) map[netip.Prefix]claim, changed func()) func(old, obj any, gone bool) {
+	return func(old, obj any, gone bool) {
 		key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
 		if err != nil {
 			return
@@ -493,6 +494,10 @@ func (k *Kubernetes) addressHandler(kind string, claims func(any) map[netip.Pref
 			changed()
 		}
 	}
+}
+
+// handlerOf makes an informer's handler of an addressOn.
+func handlerOf(on func(old, obj any, gone bool)) cache.ResourceEventHandler {
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { on(nil, obj, false) },
 		UpdateFunc: func(old, obj any) { on(old, obj, false) },

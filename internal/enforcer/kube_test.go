@@ -47,7 +47,7 @@ func clients(tb testing.TB, config *rest.Config) (*dynamic.DynamicClient, *kuber
 func installCRDs(t testing.TB, cluster *kubetest.Cluster) {
 	t.Helper()
 	files, err := filepath.Glob("../../install/kubernetes/crds/*.yaml")
-	if err != nil || len(files) != 2 {
+	if err != nil || len(files) != 3 {
 		t.Fatalf("CRD files: %v %v", files, err)
 	}
 	if err := cluster.InstallCRDs(context.Background(), files...); err != nil {

@@ -15,6 +15,7 @@ var SchemeGroupVersion = schema.GroupVersion{Group: Group, Version: Version}
 const (
 	ResourceFirewallPolicies = "firewallpolicies"
 	ResourceFirewallConfigs  = "firewallconfigs"
+	ResourceAddressSlices    = "addressslices"
 )
 
 var (
@@ -25,7 +26,8 @@ var (
 )
 
 func addKnownTypes(scheme *runtime.Scheme) error {
-	scheme.AddKnownTypes(SchemeGroupVersion, &FirewallPolicy{}, &FirewallPolicyList{}, &FirewallConfig{}, &FirewallConfigList{})
+	scheme.AddKnownTypes(SchemeGroupVersion, &FirewallPolicy{}, &FirewallPolicyList{}, &FirewallConfig{}, &FirewallConfigList{},
+		&AddressSlice{}, &AddressSliceList{})
 	metav1.AddToGroupVersion(scheme, SchemeGroupVersion)
 	return nil
 }

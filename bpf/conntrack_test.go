@@ -444,3 +444,60 @@ func TestConntrackDeadlinesInJiffies(t *testing.T) {
 		t.Errorf("SYN entry expires at jiffy %d, want 60 s of ticks from now: %d..%d", e.Expires, lo, hi)
 	}
 }
+
+// A SYN on the port of a flow that still has an entry (closed, or allowed under an older policy) is decided by
+// policy and writes its own record over the entry: the rule, direction, flags and sequence numbers of the new
+// connection, under the current generation. It is no new entry: the endpoint's count stays, and at its bound the
+// SYN still passes.
+func TestSYNOnReusedPortRewritesEntry(t *testing.T) {
+	h := newHarness(t, bpf.Options{})
+	h.policy(egressOnly443())
+	if err := h.dp.UpdateConfig(func(c *bpf.Config) { c.CtMaxPerEndpoint = 1 }); err != nil {
+		t.Fatal(err)
+	}
+	syn := tcp(podV4, worldV4, 42000, 443, testutil.TCPSyn)
+	syn.Seq = 1000
+	if got := h.from(syn); got != retNext {
+		t.Fatalf("first SYN: %s, want pass", verdictName(got))
+	}
+	key := ctKey(h, testutil.ProtoTCP, podV4, worldV4, 42000, 443)
+	var first bpf.CTValue
+	if err := h.dp.ConntrackMap().Lookup(&key, &first); err != nil {
+		t.Fatal(err)
+	}
+	old := bpf.CTValue{Expires: first.Expires + 100000, Generation: 0, RuleId: 99, Direction: uint8(bpf.Ingress),
+		Flags: 1 | 2 | 4 | 8 | 32, Port: 80, SeqNext: [2]uint32{7, 8}} // seen reply, both FINs, audit, remote seq
+	if err := h.dp.ConntrackMap().Put(&key, &old); err != nil {
+		t.Fatal(err)
+	}
+	syn.Seq = 5000
+	if got := h.from(syn); got != retNext {
+		t.Fatalf("SYN on the reused port at the bound: %s, want pass", verdictName(got))
+	}
+	var v bpf.CTValue
+	if err := h.dp.ConntrackMap().Lookup(&key, &v); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := h.dp.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := bpf.CTValue{Expires: v.Expires, Generation: cfg.Generation, RuleId: 31, Direction: uint8(bpf.Egress),
+		Flags: 16, Port: 443, SeqNext: [2]uint32{5001, 0}} // the pod's next sequence number only
+	if v != want {
+		t.Errorf("entry after the SYN: %+v, want %+v", v, want)
+	}
+	if v.Expires < first.Expires || v.Expires >= old.Expires {
+		t.Errorf("deadline %d: want the SYN's, from %d and before the old one %d", v.Expires, first.Expires, old.Expires)
+	}
+	counts, err := h.dp.ConntrackCounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counts[h.ifindex].Live != 1 {
+		t.Errorf("count after the SYN on a reused port: %d, want 1", counts[h.ifindex].Live)
+	}
+	if got := h.from(tcp(podV4, worldV4, 42001, 443, testutil.TCPSyn)); got != retDrop {
+		t.Errorf("a SYN of another flow past the bound: %s, want drop", verdictName(got))
+	}
+}

@@ -57,6 +57,17 @@ type AttachmentRecord struct {
 	AttachMode   AttachMode     `json:"attachMode,omitempty"`    // empty: not attached (failPolicy open, no datapath)
 	Filters      []ClsactFilter `json:"clsactFilters,omitempty"` // clsact: the filters Moat added
 	CreatedQdisc bool           `json:"createdQdisc,omitempty"`  // clsact: Moat added the qdisc too
+	// MoveToTCX marks a clsact attachment the default mode made at ADD to spare the pod tcx's grace periods: the
+	// enforcer moves it to tcx links at the head of both hooks (MoveToTCX), off the pod's critical path.
+	MoveToTCX bool `json:"moveToTCX,omitempty"`
+}
+
+// State names the attachment for people (moatctl): its mode, and for a staged one that it is moving to tcx.
+func (r AttachmentRecord) State() string {
+	if r.AttachMode == ModeClsact && r.MoveToTCX {
+		return "clsact, moving to tcx"
+	}
+	return string(r.AttachMode)
 }
 
 // OpenAttachment takes up the attachment a record describes on device ifindex: tcx links from their pins under
@@ -67,7 +78,8 @@ func OpenAttachment(rec AttachmentRecord, ifindex int, linkDir string) (Attachme
 	case ModeTCX:
 		return openTCX(ifindex, linkDir)
 	case ModeClsact:
-		return &clsactAttachment{ifindex: ifindex, filters: rec.Filters, createdQdisc: rec.CreatedQdisc}, nil
+		return &clsactAttachment{ifindex: ifindex, filters: rec.Filters, createdQdisc: rec.CreatedQdisc,
+			moveToTCX: rec.MoveToTCX}, nil
 	case "":
 		return nil, fmt.Errorf("ifindex %d: %w (no attachment recorded)", ifindex, ErrNotAttached)
 	}
@@ -80,9 +92,9 @@ type Attacher interface {
 	Attach(ifindex int, fromPod, toPod *ebpf.Program) (Attachment, error)
 }
 
-// NewAttacher returns the attacher of a mode; the empty mode tries tcx on every attach and falls back to clsact
-// where the kernel lacks tcx (cilium/ebpf answers ErrNotSupported from its feature probe). Attachment.Mode says
-// which one was used.
+// NewAttacher returns the attacher of a mode. The empty mode is the default, staged: tcx links at the head of
+// both hooks in the end, reached through clsact at ADD where that keeps tcx's ordering (attach_staged.go), and
+// clsact where the kernel lacks tcx. Attachment.Mode and Record say which one was used.
 func NewAttacher(mode AttachMode) (Attacher, error) {
 	if err := CheckAttachMode(mode); err != nil {
 		return nil, err
@@ -93,30 +105,17 @@ func NewAttacher(mode AttachMode) (Attacher, error) {
 	case ModeClsact:
 		return clsactAttacher{}, nil
 	}
-	return autoAttacher{}, nil
+	return stagedAttacher{}, nil
 }
 
-// CheckAttachMode accepts the attach modes a configuration may name: tcx, clsact, or empty (tcx where the kernel
-// has it, clsact where not).
+// CheckAttachMode accepts the attach modes a configuration may name: tcx, clsact, or empty (the default: tcx
+// where the kernel has it, reached through clsact at ADD; clsact where not).
 func CheckAttachMode(mode AttachMode) error {
 	switch mode {
 	case "", ModeTCX, ModeClsact:
 		return nil
 	}
 	return fmt.Errorf("%q is not an attach mode: want %s or %s", mode, ModeTCX, ModeClsact)
-}
-
-type autoAttacher struct{}
-
-// Mode is empty: each Attachment records the mode it got.
-func (autoAttacher) Mode() AttachMode { return "" }
-
-func (autoAttacher) Attach(ifindex int, fromPod, toPod *ebpf.Program) (Attachment, error) {
-	a, err := tcxAttacher{}.Attach(ifindex, fromPod, toPod)
-	if errors.Is(err, ebpf.ErrNotSupported) {
-		return clsactAttacher{}.Attach(ifindex, fromPod, toPod)
-	}
-	return a, err
 }
 
 // hook is one of an attachment's two places: ingress sees what the pod sends, egress what it receives.

@@ -29,6 +29,7 @@ type clsactAttachment struct {
 	ifindex      int
 	filters      []ClsactFilter
 	createdQdisc bool
+	moveToTCX    bool // staged by the default mode: the enforcer moves it to tcx
 }
 
 func (h hook) clsactParent() uint32 {
@@ -58,7 +59,7 @@ func (clsactAttacher) Attach(ifindex int, fromPod, toPod *ebpf.Program) (Attachm
 		res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: h.tcx()})
 		if err == nil && len(res.Programs) > 0 {
 			return nil, fmt.Errorf("ifindex %d has %d tcx program(s) on %s, which would run before Moat's clsact "+
-				"filters: attach with tcx instead (conflist attachMode tcx)", ifindex, len(res.Programs), h)
+				"filters: attach with tcx instead (conflist attachMode tcx): %w", ifindex, len(res.Programs), h, errHasTCX)
 		}
 	}
 	dev, err := netlink.LinkByIndex(ifindex)
@@ -66,17 +67,7 @@ func (clsactAttacher) Attach(ifindex int, fromPod, toPod *ebpf.Program) (Attachm
 		return nil, fmt.Errorf("find ifindex %d: %w", ifindex, err)
 	}
 	name := dev.Attrs().Name
-	qdiscs, err := netlink.QdiscList(dev)
-	if err != nil {
-		return nil, fmt.Errorf("list qdiscs of %s: %w", name, err)
-	}
-	hasClsact := false
-	for _, q := range qdiscs {
-		if q.Type() == "clsact" {
-			hasClsact = true
-		}
-	}
-	if !hasClsact {
+	if !hasClsact(dev) {
 		if err := netlink.QdiscAdd(clsactQdisc(ifindex)); err != nil {
 			return nil, fmt.Errorf("add clsact qdisc to %s: %w", name, err)
 		}
@@ -124,7 +115,8 @@ func (a *clsactAttachment) Mode() AttachMode { return ModeClsact }
 func (a *clsactAttachment) Ifindex() int { return a.ifindex }
 
 func (a *clsactAttachment) Record() AttachmentRecord {
-	return AttachmentRecord{AttachMode: ModeClsact, Filters: a.filters, CreatedQdisc: a.createdQdisc}
+	return AttachmentRecord{AttachMode: ModeClsact, Filters: a.filters, CreatedQdisc: a.createdQdisc,
+		MoveToTCX: a.moveToTCX}
 }
 
 // Pin: the filters live on the device, and their record is the endpoint record.
@@ -241,11 +233,25 @@ func (a *clsactAttachment) Detach() error {
 				remaining += len(fs)
 			}
 		}
-		if remaining == 0 {
+		if remaining == 0 && hasClsact(dev) { // a device moved between namespaces loses its clsact qdisc
 			if err := netlink.QdiscDel(clsactQdisc(a.ifindex)); err != nil && !errors.Is(err, unix.ENOENT) {
 				errs = append(errs, fmt.Errorf("delete clsact qdisc: %w", err))
 			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// hasClsact reports whether the device has a clsact qdisc.
+func hasClsact(dev netlink.Link) bool {
+	qdiscs, err := netlink.QdiscList(dev)
+	if err != nil {
+		return true // let the delete say what is wrong
+	}
+	for _, q := range qdiscs {
+		if q.Type() == "clsact" {
+			return true
+		}
+	}
+	return false
 }

@@ -107,7 +107,7 @@ func (s *shim) evictStaleHolders(addr netip.Addr, args *skel.CmdArgs) error {
 		}
 		for _, held := range r.Addresses {
 			if held == addr.String() {
-				errs = append(errs, s.life.Forget(r.Key()))
+				errs = append(errs, s.life.Release(r.Key()))
 				break
 			}
 		}
@@ -120,8 +120,9 @@ func cmdDel(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	// Moat's entries go first, so the address carries no identity once the allocator may hand it out again.
-	if err := s.life.Forget(endpoint.Key{Network: s.network, ContainerID: args.ContainerID, IfName: args.IfName}); err != nil {
+	// Moat's entries go first, so the address carries no identity once the allocator may hand it out again;
+	// tcx links are left for the kernel to drop with the veth the primary plugin deletes next (Release).
+	if err := s.life.Release(endpoint.Key{Network: s.network, ContainerID: args.ContainerID, IfName: args.IfName}); err != nil {
 		return types.NewError(types.ErrInternal, "moat-ipam: cannot remove the pod's entries before releasing its address", err.Error())
 	}
 	return invoke.DelegateDel(context.Background(), s.delegateType, s.delegateStdin, nil)

@@ -80,6 +80,7 @@ func TestBadInput(t *testing.T) {
 		return e
 	}
 	good := invocation{env: env(nil), stdin: conf("", prev("eth0"))}
+	goodTCX := invocation{env: env(nil), stdin: conf(`, "attachMode": "tcx"`, prev("eth0"))} // links pinned at ADD
 
 	cases := []struct {
 		name  string
@@ -105,7 +106,7 @@ func TestBadInput(t *testing.T) {
 		}), conf("", prev("eth0"))}, types.ErrTryAgainLater, nil},
 		{"enforcer state missing", invocation{env(nil), strings.Replace(conf("", prev("eth0")), n.pinRoot, n.pinRoot+"-none", 1)},
 			types.ErrTryAgainLater, nil},
-		{"pin folder unusable, after the endpoint was written and the links attached", good, types.ErrInternal, func() func() {
+		{"pin folder unusable, after the endpoint was written and the links attached", goodTCX, types.ErrInternal, func() func() {
 			blocker := filepath.Join(n.pinRoot, "endpoints", "moattest")
 			if err := os.MkdirAll(filepath.Dir(blocker), 0o700); err != nil {
 				t.Fatal(err)

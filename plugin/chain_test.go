@@ -18,6 +18,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 
 	"github.com/moatfw/moat/bpf"
@@ -222,7 +223,7 @@ func TestChainAddCheckDel(t *testing.T) {
 		mode             bpf.AttachMode
 	}{
 		{"bridge", "0.4.0", ""}, {"bridge", "1.0.0", ""}, {"bridge", "1.1.0", ""}, {"ptp", "0.4.0", ""}, {"ptp", "1.1.0", ""},
-		{"bridge", "1.1.0", bpf.ModeClsact},
+		{"bridge", "1.1.0", bpf.ModeClsact}, {"bridge", "1.1.0", bpf.ModeTCX},
 	} {
 		name := c.primary + "/" + c.version
 		if c.mode != "" {
@@ -231,7 +232,8 @@ func TestChainAddCheckDel(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			n := newNode(t, true)
 			n.attachMode = string(c.mode)
-			wantMode := bpf.ModeTCX
+			// the default mode stages the pod in clsact at ADD, and the enforcer's mover takes it to tcx
+			wantMode := bpf.ModeClsact
 			if c.mode != "" {
 				wantMode = c.mode
 			}
@@ -246,8 +248,12 @@ func TestChainAddCheckDel(t *testing.T) {
 			if err != nil || !ok {
 				t.Fatalf("endpoint record after ADD: %v %v", ok, err)
 			}
-			if rec.Identity != testIdentity || rec.Namespace != testNamespace || rec.Pod != "web" || rec.AttachMode != wantMode {
-				t.Errorf("record %+v, want attach mode %s", rec, wantMode)
+			if rec.Identity != testIdentity || rec.Namespace != testNamespace || rec.Pod != "web" || rec.AttachMode != wantMode ||
+				rec.MoveToTCX != (c.mode == "") {
+				t.Errorf("record %+v, want attach mode %s (staged for tcx: %v)", rec, wantMode, c.mode == "")
+			}
+			if c.mode == "" { // staged: nothing runs before Moat's filters, which are the first on both hooks
+				n.requireFirst(t, rec.HostIfindex, bpf.ModeClsact)
 			}
 			ep, ok, err := n.dp.LookupEndpoint(uint32(rec.HostIfindex))
 			if err != nil || !ok || ep.Identity != testIdentity || len(ep.Addrs()) != 1 {
@@ -284,19 +290,29 @@ func TestChainAddCheckDel(t *testing.T) {
 			}
 
 			// traffic follows the maps: 443 out is allowed, 80 and the metadata API are not
-			for port, allowed := range map[int]bool{443: true, 80: false} {
+			for _, port := range []int{443, 80} {
 				testutil.Listen(t, n.host, fmt.Sprintf("%s:%d", worldAddr, port))
-				err := testutil.Exchange(p.net, fmt.Sprintf("%s:%d", worldAddr, port), time.Second)
-				if allowed && err != nil {
-					t.Errorf("port %d: %v, want an echo", port, err)
-				}
-				if !allowed && err == nil {
-					t.Errorf("port %d went through, want it blocked", port)
-				}
 			}
 			testutil.Listen(t, n.host, metaAddr.String()+":80")
-			if err := testutil.Exchange(p.net, metaAddr.String()+":80", time.Second); err == nil {
-				t.Errorf("the metadata API went through, want it blocked")
+			p.requireVerdicts(t)
+
+			if c.mode == "" {
+				// the enforcer's mover: tcx links at the head of both hooks, the filters and qdisc gone
+				if err := n.inHost(func() error { _, err := n.mover().Pass(ctx); return err }); err != nil {
+					t.Fatalf("move to tcx: %v", err)
+				}
+				rec, _, err = n.store().Load(podKey("moattest", p.rt.ContainerID))
+				if err != nil || rec.AttachMode != bpf.ModeTCX || rec.MoveToTCX || len(rec.Filters) != 0 {
+					t.Fatalf("record after the move: %+v %v, want tcx", rec, err)
+				}
+				if _, err := os.Stat(filepath.Join(podKey("moattest", p.rt.ContainerID).LinkDir(n.pinRoot), bpf.FromPodLinkPin)); err != nil {
+					t.Errorf("link pin after the move: %v", err)
+				}
+				n.requireFirst(t, rec.HostIfindex, bpf.ModeTCX)
+				if err := n.inHost(func() error { return n.cni.CheckNetworkList(ctx, list, p.rt) }); err != nil {
+					t.Errorf("CHECK after the move: %v", err)
+				}
+				p.requireVerdicts(t)
 			}
 
 			if err := n.inHost(func() error { return n.cni.DelNetworkList(ctx, list, p.rt) }); err != nil {
@@ -417,7 +433,9 @@ func takeEgressOff(mode bpf.AttachMode, ifindex int) error {
 	return errors.New("no Moat filter on egress")
 }
 
-// requireClean fails unless nothing of any pod is left: records, link pins, endpoint and ipcache entries.
+// requireClean fails unless nothing of any pod is left: records, link pins, endpoint and ipcache entries. Links
+// a DEL released go with a sweep once their veth is gone; those of a veth that is still there stay (and are
+// counted by requireNoLinks where a test keeps its veth).
 func (n *node) requireClean(t *testing.T) {
 	t.Helper()
 	if recs, _ := n.store().List(""); len(recs) != 0 {
@@ -425,6 +443,21 @@ func (n *node) requireClean(t *testing.T) {
 	}
 	if pins, _ := filepath.Glob(filepath.Join(n.pinRoot, "endpoints", "*", "*")); len(pins) != 0 {
 		t.Errorf("link pins left: %v", pins)
+	}
+	if _, err := n.life().SweepReleased(); err != nil {
+		t.Errorf("sweep the released links: %v", err)
+	}
+	released, _ := filepath.Glob(filepath.Join(n.pinRoot, "released", "*", "*"))
+	for _, dir := range released {
+		att, err := bpf.OpenAttachment(bpf.AttachmentRecord{AttachMode: bpf.ModeTCX}, 0, dir)
+		if err != nil {
+			t.Errorf("released links %s: %v", dir, err)
+			continue
+		}
+		if !n.hostHasIfindex(att.Ifindex()) {
+			t.Errorf("released links %s on ifindex %d, which is gone: the sweep left them", dir, att.Ifindex())
+		}
+		att.Close()
 	}
 	if n.dp != nil {
 		if eps, _ := n.dp.Endpoints(); len(eps) != 0 {
@@ -549,7 +582,7 @@ func TestChainFailOpen(t *testing.T) {
 		t.Fatalf("ADD of a namespace without identity under failPolicy open: %v", err)
 	}
 	rec, ok, _ = n.store().Load(podKey("moattest", stranger.rt.ContainerID))
-	if !ok || rec.Identity != 0 || rec.AttachMode != bpf.ModeTCX {
+	if !ok || rec.Identity != 0 || rec.AttachMode != bpf.ModeClsact || !rec.MoveToTCX { // the default mode, staged
 		t.Fatalf("record of a pod under cluster defaults: %+v (%v)", rec, ok)
 	}
 	if ep, ok, _ := n.dp.LookupEndpoint(uint32(rec.HostIfindex)); !ok || ep.Identity != 0 {
@@ -565,4 +598,119 @@ func TestChainFailOpen(t *testing.T) {
 		}
 	}
 	n.requireClean(t)
+}
+
+// life is the node's endpoint lifecycle, as the plugin and the enforcer see it.
+func (n *node) life() endpoint.Lifecycle {
+	return endpoint.Lifecycle{Store: n.store(), PinRoot: n.pinRoot}
+}
+
+// mover is the enforcer's mover of staged attachments on this node.
+func (n *node) mover() endpoint.Mover {
+	return endpoint.Mover{Life: n.life(), Log: logrus.NewEntry(logrus.New())}
+}
+
+// hostHasIfindex reports whether a device of that ifindex is in the node's host namespace.
+func (n *node) hostHasIfindex(ifindex int) bool {
+	if ifindex == 0 {
+		return false
+	}
+	return n.inHost(func() error { _, err := netlink.LinkByIndex(ifindex); return err }) == nil
+}
+
+// requireFirst fails unless Moat's programs run first on both hooks of a host veth: in tcx, Moat's are the first
+// tcx programs; in clsact, the device has no tcx program at all and Moat's filter is the first of each hook.
+func (n *node) requireFirst(t *testing.T, ifindex int, mode bpf.AttachMode) {
+	t.Helper()
+	err := n.inHost(func() error {
+		for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+			q, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: at})
+			if err != nil {
+				return err
+			}
+			switch {
+			case mode == bpf.ModeClsact && len(q.Programs) != 0:
+				t.Errorf("%v: %d tcx programs run before Moat's clsact filter", at, len(q.Programs))
+			case mode == bpf.ModeTCX && (len(q.Programs) == 0 || !n.isMoats(t, q.Programs[0].ID)):
+				t.Errorf("%v: Moat's program is not the first tcx program (%v)", at, q.Programs)
+			}
+		}
+		hasQdisc, filters := false, 0
+		l, err := netlink.LinkByIndex(ifindex)
+		if err != nil {
+			return err
+		}
+		qs, err := netlink.QdiscList(l)
+		if err != nil {
+			return err
+		}
+		for _, q := range qs {
+			hasQdisc = hasQdisc || q.Type() == "clsact"
+		}
+		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+			if !hasQdisc {
+				break
+			}
+			fs, err := netlink.FilterList(l, parent)
+			if err != nil {
+				return err
+			}
+			for i, f := range fs {
+				if f.Attrs().Handle == bpf.ClsactHandle && f.Attrs().Priority == bpf.ClsactPriority {
+					filters++
+					if i != 0 {
+						t.Errorf("Moat's clsact filter is filter %d of its hook, want the first", i)
+					}
+				}
+			}
+		}
+		if mode == bpf.ModeClsact && filters != 2 {
+			t.Errorf("%d of Moat's clsact filters, want one on each hook", filters)
+		}
+		if mode == bpf.ModeTCX && (hasQdisc || filters != 0) {
+			t.Errorf("after the move to tcx: clsact qdisc %v, %d of Moat's filters; want none (Moat added the qdisc)", hasQdisc, filters)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// isMoats reports whether program id runs the code of the datapath's programs.
+func (n *node) isMoats(t *testing.T, id ebpf.ProgramID) bool {
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		t.Errorf("open program %d: %v", id, err)
+		return false
+	}
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil {
+		return false
+	}
+	for _, ours := range []*ebpf.Program{n.dp.FromPod, n.dp.ToPod} {
+		if oi, err := ours.Info(); err == nil && oi.Tag == info.Tag {
+			return true
+		}
+	}
+	return false
+}
+
+// requireVerdicts: from the pod, TCP 443 to the world is allowed, 80 and the metadata API are not (the node's
+// policy; the test listens on all three).
+func (p *pod) requireVerdicts(t *testing.T) {
+	t.Helper()
+	for _, c := range []struct {
+		addr    string
+		allowed bool
+	}{{fmt.Sprintf("%s:443", worldAddr), true}, {fmt.Sprintf("%s:80", worldAddr), false}, {metaAddr.String() + ":80", false}} {
+		err := testutil.Exchange(p.net, c.addr, time.Second)
+		if c.allowed && err != nil {
+			t.Errorf("%s: %v, want an echo", c.addr, err)
+		}
+		if !c.allowed && err == nil {
+			t.Errorf("%s went through, want it blocked", c.addr)
+		}
+	}
 }

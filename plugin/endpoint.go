@@ -44,8 +44,9 @@ func (a *adder) add() error {
 	if err != nil {
 		return err
 	}
-	// A repeated ADD of the same attachment replaces what the first one left.
-	if err := a.life.Forget(a.conf.key(a.args)); err != nil {
+	// A repeated ADD of the same attachment replaces what the first one left (links still on this veth are
+	// taken up again by Guard).
+	if err := a.life.Release(a.conf.key(a.args)); err != nil {
 		return err
 	}
 	rec := &endpoint.Record{Network: a.conf.Name, ContainerID: a.args.ContainerID, IfName: a.args.IfName,

@@ -44,7 +44,9 @@ func cmdDel(args *skel.CmdArgs) error {
 	}
 	log, closeLog := conf.logger()
 	defer closeLog()
-	if err := conf.Lifecycle().Forget(conf.key(args)); err != nil {
+	// the primary plugin's DEL, after this one, deletes the veth: tcx links are left for the kernel to drop
+	// with it rather than detached here, where each hook would wait for a grace period (Release)
+	if err := conf.Lifecycle().Release(conf.key(args)); err != nil {
 		log.WithError(err).WithField("container", args.ContainerID).Error("DEL failed")
 		return asCNIError(err)
 	}
@@ -109,7 +111,7 @@ func cmdGC(args *skel.CmdArgs) error {
 			continue
 		}
 		log.WithFields(map[string]any{"container": r.ContainerID, "pod": r.Namespace + "/" + r.Pod}).Info("GC: removing a stale endpoint")
-		if err := life.Forget(r.Key()); err != nil {
+		if err := life.Release(r.Key()); err != nil {
 			errs = append(errs, err)
 		}
 	}

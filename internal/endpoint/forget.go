@@ -14,9 +14,33 @@ import (
 
 // Forget removes every trace of one pod interface: links and their pins, endpoint and ipcache entries, the
 // record. It succeeds when there is nothing (left) to remove, and never touches what now belongs to another pod.
+// Detaching a tcx link from a device that is still there waits for the kernel's grace periods: Release is the
+// cheap way for a pod that is going away.
 func (l Lifecycle) Forget(k Key) error {
+	return l.forget(k, false)
+}
+
+// Release is DEL's Forget: the same, except that tcx links stay attached, their pins moved to the released
+// folder (key.go), because the primary plugin's DEL, which runs after Moat's, deletes the veth anyway; a device
+// that goes drops its tcx entry without waiting a grace period per hook, and then the pins go cheaply
+// (SweepReleased). Until then the programs stay on the veth with no endpoint entry, so any packet on it is
+// dropped; if the veth survives its pod, the enforcer detaches them later (Mover), and an ADD that finds them on
+// its veth takes them up again (Guard).
+func (l Lifecycle) Release(k Key) error {
+	return l.forget(k, true)
+}
+
+func (l Lifecycle) forget(k Key, release bool) error {
+	unlock, err := l.Store.lock(k.Network, false)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	var errs []error
-	if _, err := detachLinks(k.LinkDir(l.PinRoot)); err != nil { // pinned before a record was saved, too
+	if release {
+		errs = append(errs, l.releaseLinks(k))
+		l.SweepReleased() // the links of pods released before, whose veths are gone by now
+	} else if _, err := detachLinks(k.LinkDir(l.PinRoot)); err != nil { // pinned before a record was saved, too
 		errs = append(errs, err)
 	}
 	rec, ok, err := l.Store.Load(k)
@@ -46,12 +70,17 @@ func (l Lifecycle) Forget(k Key) error {
 }
 
 // DetachAllLinks detaches every attachment whose links are pinned under the pin root, whether a record names it
-// or not (uninstall, after forgetting the recorded pods), and reports how many it found.
+// or not, released ones too (uninstall, after forgetting the recorded pods), and reports how many it found.
 func (l Lifecycle) DetachAllLinks() (int, error) {
 	dirs, err := linkDirs(l.PinRoot)
 	if err != nil {
 		return 0, err
 	}
+	released, err := releasedDirs(l.PinRoot)
+	if err != nil {
+		return 0, err
+	}
+	dirs = append(dirs, released...)
 	n := 0
 	var errs []error
 	for _, dir := range dirs {

@@ -16,7 +16,9 @@ import (
 // addresses carry identity, and, when the record says it runs without the datapath, the programs are attached to
 // its host veth and the links pinned. It updates the record (the caller saves it).
 //
-// mode is how to attach: tcx, clsact, or empty for tcx where the kernel has it, clsact where not.
+// mode is how to attach: tcx, clsact, or empty for the default (bpf.NewAttacher): tcx in the end, reached through
+// clsact at ADD where the veth has no tcx program (the record says MoveToTCX and Mover moves it), clsact where
+// the kernel lacks tcx. Links a DEL released on the same veth are taken up instead, whatever the mode.
 //
 // When it was to attach and fails, it undoes what it did. On success it returns undo, for a caller whose next
 // step fails; a re-tag of an attached pod (nothing to attach) has nothing to undo and returns nil.
@@ -75,15 +77,21 @@ func (l Lifecycle) Guard(dp *bpf.Datapath, r *Record, identity uint32, mode bpf.
 	if !attach {
 		return nil, nil
 	}
-	attacher, err := bpf.NewAttacher(mode)
-	if err != nil {
+	// links a DEL released on this veth, which outlived its pod, are taken up: no grace period to wait
+	if att, err = l.reclaim(dp, r.HostIfindex, linkDir); err != nil {
 		return fail(err)
 	}
-	if att, err = attacher.Attach(r.HostIfindex, dp.FromPod, dp.ToPod); err != nil {
-		return fail(fmt.Errorf("attach the datapath to %s: %w", r.HostIfname, err))
-	}
-	if err := att.Pin(linkDir); err != nil {
-		return fail(err)
+	if att == nil {
+		attacher, err := bpf.NewAttacher(mode)
+		if err != nil {
+			return fail(err)
+		}
+		if att, err = attacher.Attach(r.HostIfindex, dp.FromPod, dp.ToPod); err != nil {
+			return fail(fmt.Errorf("attach the datapath to %s: %w", r.HostIfname, err))
+		}
+		if err := att.Pin(linkDir); err != nil {
+			return fail(err)
+		}
 	}
 	r.AttachmentRecord = att.Record()
 	if err := att.Close(); err != nil { // the pins hold the links now

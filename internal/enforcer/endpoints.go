@@ -20,7 +20,7 @@ func (s *Server) endpointList() []agentapi.Endpoint {
 	out := make([]agentapi.Endpoint, 0, len(records))
 	for _, r := range records {
 		ep := agentapi.Endpoint{Pod: r.Pod, Namespace: r.Namespace, Identity: r.Identity, Addresses: r.Addresses,
-			HostVeth: r.HostIfname, Ifindex: r.HostIfindex, ContainerID: r.ContainerID, Mode: string(r.AttachMode)}
+			HostVeth: r.HostIfname, Ifindex: r.HostIfindex, ContainerID: r.ContainerID, Mode: r.State()}
 		dpEp, inMap := tagged[uint32(r.HostIfindex)]
 		if inMap {
 			ep.Identity = dpEp.Identity

@@ -58,7 +58,7 @@ spec: {defaultEgress: Deny}
 
 func moatRestarts(t *testing.T) string {
 	t.Helper()
-	out, err := suite.node.Kubectl(context.Background(), "-n", "moat-system", "get", "pods", "-l", "app.kubernetes.io/name=moat",
+	out, err := suite.node.Kubectl(context.Background(), "-n", "moat-system", "get", "pods", "-l", "app.kubernetes.io/name=moat,app.kubernetes.io/component=enforcer",
 		"-o", "jsonpath={.items[0].status.containerStatuses[0].restartCount}")
 	if err != nil {
 		t.Fatalf("the Moat pod's restarts: %v %s", err, out)

@@ -138,7 +138,7 @@ func (tr *traffic) finish(t *testing.T, what string) {
 // moatPod is the name of the DaemonSet's pod.
 func moatPod(t *testing.T) string {
 	t.Helper()
-	out, err := suite.node.Kubectl(context.Background(), "-n", "moat-system", "get", "pods", "-l", "app.kubernetes.io/name=moat",
+	out, err := suite.node.Kubectl(context.Background(), "-n", "moat-system", "get", "pods", "-l", "app.kubernetes.io/name=moat,app.kubernetes.io/component=enforcer",
 		"-o", "jsonpath={.items[*].metadata.name}")
 	if err != nil || strings.TrimSpace(string(out)) == "" {
 		out2, _ := suite.node.Kubectl(context.Background(), "-n", "moat-system", "get", "pods", "--show-labels")
@@ -207,7 +207,8 @@ func TestRollToANewImage(t *testing.T) {
 	if out, err := suite.node.Kubectl(ctx, "-n", "moat-system", "rollout", "status", "daemonset/moat", "--timeout", "120s"); err != nil {
 		t.Fatalf("the roll did not finish: %v\n%s", err, out)
 	}
-	out, _ := suite.node.Kubectl(ctx, "-n", "moat-system", "get", "pods", "-o", "jsonpath={.items[*].spec.containers[0].image}")
+	out, _ := suite.node.Kubectl(ctx, "-n", "moat-system", "get", "pods", "-l", "app.kubernetes.io/component=enforcer",
+		"-o", "jsonpath={.items[*].spec.containers[0].image}")
 	if !record(t, "the Moat pod runs the new image", next, strings.TrimSpace(string(out)), 0) {
 		t.Errorf("after the roll the pod runs %s", out)
 	}

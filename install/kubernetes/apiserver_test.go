@@ -106,15 +106,21 @@ func TestManifestsOnAPIServer(t *testing.T) {
 			{"patch", "moat.dev", "firewallpolicies", "status", ""},
 		}
 		for _, r := range []struct{ group, resource string }{
-			{"", "namespaces"}, {"", "pods"}, {"", "services"}, {"", "nodes"}, {"networking.k8s.io", "servicecidrs"},
-			{"moat.dev", "firewallpolicies"}, {"moat.dev", "firewallconfigs"},
+			{"", "namespaces"}, {"", "services"}, {"", "nodes"}, {"networking.k8s.io", "servicecidrs"},
+			{"moat.dev", "firewallpolicies"}, {"moat.dev", "firewallconfigs"}, {"moat.dev", "addressslices"},
 		} {
 			for _, verb := range []string{"get", "list", "watch"} {
 				allowed = append(allowed, access{verb, r.group, r.resource, "", ""})
 			}
 		}
-		allowed = append(allowed, access{"list", "", "pods", "", "kube-system"}) // namespaced resources in every namespace
+		allowed = append(allowed, access{"list", "", "services", "", "kube-system"}) // namespaced resources in every namespace
 		denied := []access{
+			// pods come from the address feed (nodes too, but for the enforcer's own); the feed is the publisher's
+			{"list", "", "pods", "", ""},
+			{"watch", "", "pods", "", ""},
+			{"create", "moat.dev", "addressslices", "", ""},
+			{"update", "moat.dev", "addressslices", "", ""},
+			{"delete", "moat.dev", "addressslices", "", ""},
 			{"update", "moat.dev", "firewallpolicies", "", ""},
 			{"patch", "moat.dev", "firewallpolicies", "", ""},
 			{"create", "moat.dev", "firewallpolicies", "", ""},
@@ -173,6 +179,18 @@ func TestManifestsOnAPIServer(t *testing.T) {
 		// the grants are the binding's: the namespace's other service account has none of them
 		for _, r := range allowed {
 			check("system:serviceaccount:"+namespace+":default", groups, r, false)
+		}
+		// the feed publisher reads pods and nodes, writes address slices and its Lease, and nothing else
+		feedSA := "system:serviceaccount:" + namespace + ":moat-feed"
+		for _, r := range []access{{"list", "", "pods", "", ""}, {"watch", "", "pods", "", ""}, {"list", "", "nodes", "", ""},
+			{"watch", "", "nodes", "", ""}, {"create", "moat.dev", "addressslices", "", ""}, {"patch", "moat.dev", "addressslices", "", ""},
+			{"delete", "moat.dev", "addressslices", "", ""}, {"update", "coordination.k8s.io", "leases", "", namespace}} {
+			check(feedSA, groups, r, true)
+		}
+		for _, r := range []access{{"get", "", "secrets", "", namespace}, {"update", "", "pods", "", namespace},
+			{"patch", "", "nodes", "", ""}, {"update", "moat.dev", "firewallpolicies", "status", ""},
+			{"update", "coordination.k8s.io", "leases", "", "kube-system"}} {
+			check(feedSA, groups, r, false)
 		}
 	})
 

@@ -239,7 +239,7 @@ func TestManifestDaemonSet(t *testing.T) {
 	}
 	enforcer := container(t, ds, "containers", "enforcer")
 	if diff := cmp.Diff([]string{"--node-name=$(NODE_NAME)", "--cni-conf-dir=/host/etc/cni/net.d", "--cni-fail-policy=closed",
-		"--metrics-addr=127.0.0.1:9464", "--log-level=info"}, args(t, enforcer)); diff != "" {
+		"--metrics-addr=127.0.0.1:9464", "--address-feed", "--log-level=info"}, args(t, enforcer)); diff != "" {
 		t.Errorf("enforcer args (-want +got):\n%s", diff)
 	}
 	for _, c := range []map[string]any{install, enforcer} {

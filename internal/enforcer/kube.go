@@ -65,6 +65,7 @@ type Kubernetes struct {
 	svcs    cache.SharedIndexInformer
 	nodes   cache.SharedIndexInformer // nil with the address feed
 	feed    cache.SharedIndexInformer // the AddressSlices; nil without the address feed
+	self    cache.SharedIndexInformer // this node's Node, with the address feed
 	// the pods and nodes as the source knows them (slim): the informers' stores, or the feed's
 	podStore, nodeStore cache.Store
 	cidrs               cache.SharedIndexInformer // nil: ServiceCIDRs not served, or not ours to list
@@ -143,9 +144,19 @@ func (k *Kubernetes) start(ctx context.Context, changed func()) error {
 	k.svcs = f.Core().V1().Services().Informer()
 	all := []cache.SharedIndexInformer{k.ns, k.svcs}
 	df := dynamicinformer.NewDynamicSharedInformerFactory(k.dynamic, 0)
+	startSelf := func() {}
 	if k.AddressFeed {
 		k.feed = df.ForResource(feed.SlicesResource).Informer()
-		all = append(all, k.feed)
+		// this node's own Node, watched directly: its addresses do not wait on the feed (the kubelet's probes come
+		// from them), and one object costs little
+		sf := informers.NewSharedInformerFactoryWithOptions(k.client, 0, informers.WithTweakListOptions(
+			func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + k.NodeName }))
+		k.self = sf.Core().V1().Nodes().Informer()
+		if err := k.self.SetTransform(feed.SlimNode); err != nil {
+			return err
+		}
+		all = append(all, k.feed, k.self)
+		startSelf = func() { sf.Start(ctx.Done()) }
 	} else {
 		k.pods = f.Core().V1().Pods().Informer()
 		k.nodes = f.Core().V1().Nodes().Informer()
@@ -186,6 +197,7 @@ func (k *Kubernetes) start(ctx context.Context, changed func()) error {
 		view := newFeedView(k.addressOn("pod", k.podClaims, changed), k.addressOn("node", nodeClaims, changed))
 		k.podStore, k.nodeStore = view.pods, view.nodes
 		handlers[k.feed] = view.handler()
+		handlers[k.self] = handlerOf(k.addressOn("self", nodeClaims, changed))
 	} else {
 		handlers[k.pods] = handlerOf(k.addressOn("pod", k.podClaims, changed))
 		handlers[k.nodes] = handlerOf(k.addressOn("node", nodeClaims, changed))
@@ -204,6 +216,7 @@ func (k *Kubernetes) start(ctx context.Context, changed func()) error {
 	}
 	f.Start(ctx.Done())
 	df.Start(ctx.Done())
+	startSelf()
 	k.Log.Info("waiting for the Kubernetes caches")
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		what := "pods, services, nodes"

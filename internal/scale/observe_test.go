@@ -43,10 +43,13 @@ func enforcerBinary(t *testing.T) string {
 
 // startEnforcer runs moat-enforcer against the cluster of kubeconfig as node enforcerNode, its datapath pinned under
 // pinRoot, its log in dir; it is stopped when the test ends.
-func startEnforcer(t *testing.T, bin, kubeconfig, pinRoot, dir string) *procs.Proc {
+func startEnforcer(t *testing.T, bin, kubeconfig, pinRoot, dir string, feed bool) *procs.Proc {
 	args := []string{"--kubeconfig=" + kubeconfig, "--node-name=" + enforcerNode, "--pin-root=" + pinRoot,
 		"--endpoint-dir=" + filepath.Join(dir, "endpoints"), "--socket=" + filepath.Join(dir, "enforcer.sock"),
 		"--metrics-addr=", "--reconcile-interval=0s", "--log-level=info"}
+	if feed {
+		args = append(args, "--address-feed")
+	}
 	p, err := procs.Start("moat-enforcer", bin, args, filepath.Join(dir, "moat-enforcer.log"), dir, nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -58,6 +61,25 @@ func startEnforcer(t *testing.T, bin, kubeconfig, pinRoot, dir string) *procs.Pr
 		p.Terminate(20 * time.Second)
 	})
 	return p
+}
+
+// startFeed runs the address feed's publisher (moat-enforcer --publish-address-feed) against the cluster of
+// kubeconfig, its log in dir; it is stopped when the test ends.
+func startFeed(t *testing.T, bin, kubeconfig, dir string) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p, err := procs.Start("moat-feed", bin, []string{"--publish-address-feed", "--kubeconfig=" + kubeconfig,
+		"--status-lease-namespace=", "--log-level=info"}, filepath.Join(dir, "moat-feed.log"), dir, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("tail of %s:\n%s", p.LogPath, procs.Tail(p.LogPath, 4096))
+		}
+		p.Terminate(20 * time.Second)
+	})
 }
 
 // openDatapath waits until the enforcer has pinned its datapath and opens it, as the plugin does.

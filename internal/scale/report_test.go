@@ -205,6 +205,13 @@ func (rep *report) render() string {
 		"package (the ipcache, the namespace identities, the policy tries' map ids).\n\n")
 	fmt.Fprintf(&b, "- Date: %s; machine: %s; code: %s.\n", rep.Date, rep.Machine, rep.Code)
 	b.WriteString("- The API server, etcd, the enforcer and the harness share the machine: times include their contention.\n")
+	if os.Getenv("MOAT_SCALE_DIRECT") == "" {
+		b.WriteString("- As shipped: the enforcer runs with --address-feed and the address feed's publisher (moat-enforcer\n" +
+			"  --publish-address-feed) runs beside it, outside the byte count; pods and nodes reach the enforcer as\n" +
+			"  AddressSlices. MOAT_SCALE_DIRECT=1 measures an enforcer that watches every Pod and Node instead.\n")
+	} else {
+		b.WriteString("- MOAT_SCALE_DIRECT=1: the enforcer watches every Pod and Node (no address feed).\n")
+	}
 	fmt.Fprintf(&b, "- Events are timed from the API write (for a pod, the write of its status with the addresses) until the\n"+
 		"  datapath holds the change: the pod's addresses in the ipcache as pods of its namespace's identity; the\n"+
 		"  namespace's identity published; for a policy change, the trie of an identity it selects swapped (policy map\n"+

@@ -146,8 +146,13 @@ func measure(t *testing.T, bin string, r *result) {
 	dir := t.TempDir()
 	proxy := startProxy(t, api.Host)
 	root := testutil.PinRoot(t)
+	feedMode := os.Getenv("MOAT_SCALE_DIRECT") == ""
+	if feedMode {
+		// as shipped: the address feed's publisher beside the enforcer (its own traffic is not the node's)
+		startFeed(t, bin, cluster.Kubeconfig, filepath.Join(dir, "feed"))
+	}
 	started := time.Now()
-	p := startEnforcer(t, bin, proxiedKubeconfig(t, cluster.Kubeconfig, dir, proxy), root, dir)
+	p := startEnforcer(t, bin, proxiedKubeconfig(t, cluster.Kubeconfig, dir, proxy), root, dir, feedMode)
 	pid := p.Cmd.Process.Pid
 	dp := openDatapath(t, p, root)
 	defer func() { // what can be read whether or not the run got this far

@@ -236,8 +236,12 @@ func TestClsactGoodNeighbour(t *testing.T) {
 // ADD that holds RTNL. It reports the median and p99 of b.N attaches; tcx waits for an RCU grace period per hook.
 func BenchmarkAttach(b *testing.B) {
 	dp := loadDatapath(b, bpf.Options{})
-	for _, mode := range []bpf.AttachMode{bpf.ModeTCX, bpf.ModeClsact} {
-		b.Run("mode="+string(mode), func(b *testing.B) {
+	for _, mode := range []bpf.AttachMode{"", bpf.ModeTCX, bpf.ModeClsact} {
+		name := string(mode)
+		if mode == "" {
+			name = "default" // staged: clsact on a fresh veth
+		}
+		b.Run("mode="+name, func(b *testing.B) {
 			att, err := bpf.NewAttacher(mode)
 			if err != nil {
 				b.Fatal(err)

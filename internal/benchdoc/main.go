@@ -44,17 +44,38 @@ func main() {
 	benchtime := flag.String("benchtime", "200000x", "go test -benchtime")
 	quick := flag.Bool("quick", false, "a smaller run (N=10 and 10,000 only, fewer repetitions): make bench QUICK=1")
 	datapathOnly := flag.Bool("datapath", false, "run only the datapath benchmark and rewrite only its section of -out")
+	podsOnly := flag.Bool("pods", false, "run only the plugin, attach and pod churn benchmarks and rewrite only their sections of -out")
 	flag.Parse()
 	quickRun = *quick
 	started := time.Now()
 	verdict, change, sizes, changes := "^BenchmarkVerdict$", "^BenchmarkChangeEnforced$", []int{10, 1000, 10000}, 20
-	attaches, churn := "100x", "^BenchmarkPodChurn$"
+	attaches, churn, churnRounds := "100x", "^BenchmarkPodChurn$", 2
 	if *quick {
-		attaches, churn = "20x", "^BenchmarkPodChurn$/^mode=tcx$"
+		attaches, churn, churnRounds = "20x", "^BenchmarkPodChurn$/^mode=(none|default)$", 1
 		*count = 1
 		verdict = "^BenchmarkVerdict$/^rules=(10|10000)$"
 		change = "^BenchmarkChangeEnforced$/^source=folder$/^rules=(10|10000)$"
 		sizes, changes = []int{10, 10000}, 10
+	}
+
+	if *podsOnly {
+		old, err := os.ReadFile(*out)
+		if err != nil {
+			log.Fatal(err)
+		}
+		plugin, churned := podSections(*count, attaches, churn, churnRounds)
+		page, err := replaceSection(string(old), pluginHeading, plugin)
+		if err == nil {
+			page, err = replaceSection(page, churnHeading, churned)
+		}
+		if err != nil {
+			log.Fatalf("benchdoc: %s: %v", *out, err)
+		}
+		if err := os.WriteFile(*out, []byte(page), 0o644); err != nil {
+			log.Fatal(err)
+		}
+		fmt.Fprintf(os.Stderr, "benchdoc: rewrote the plugin and pod churn sections of %s\n", *out)
+		return
 	}
 
 	raw := benchmark(verdict, *benchtime, *count, "./bpf/")
@@ -91,11 +112,8 @@ func main() {
 		log.Fatalf("benchdoc: plots: %v", err)
 	}
 	doc += "\n![request-response p50 against N](benchmarks-rr.svg)\n![throughput against N](benchmarks-throughput.svg)\n"
-	var pluginRaw bytes.Buffer
-	pluginRaw.ReadFrom(benchmark("^BenchmarkPluginAddDel$", "1x", min(*count, 2), "./plugin/"))
-	pluginRaw.ReadFrom(benchmark("^BenchmarkAttach$", attaches, 1, "./bpf/"))
-	doc += renderPlugin(&pluginRaw)
-	doc += renderChurn(benchmark(churn, "1x", 1, "./internal/simnode/"))
+	plugin, churned := podSections(*count, attaches, churn, churnRounds)
+	doc += plugin + churned
 	p50, p99 := parseChange(benchmark(change, "20x", 1, "./internal/enforcer/"))
 	doc += renderChange(p50, p99)
 	rcs, err := measureRuleChanges(sizes, changes)
@@ -340,10 +358,11 @@ func parseMetrics(r io.Reader, name string) map[string][]float64 {
 }
 
 // byMode yields, for each attach mode in the order the tables list them, the metrics of bench's sub-benchmark of
-// that mode (bench/mode=tcx, bench/mode=clsact) in raw.
+// that mode (bench/mode=none for the chain without Moat, then default, tcx, clsact) in raw; a mode the run did not
+// have yields no metrics.
 func byMode(raw []byte, bench string) iter.Seq2[string, map[string][]float64] {
 	return func(yield func(string, map[string][]float64) bool) {
-		for _, mode := range []string{"tcx", "clsact"} {
+		for _, mode := range []string{"none", "default", "tcx", "clsact"} {
 			if !yield(mode, parseMetrics(bytes.NewReader(raw), bench+"/mode="+mode)) {
 				return
 			}
@@ -354,7 +373,7 @@ func byMode(raw []byte, bench string) iter.Seq2[string, map[string][]float64] {
 func renderPlugin(raw io.Reader) string {
 	text, _ := io.ReadAll(raw)
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n## Plugin: Moat's own ADD and DEL\n\n")
+	fmt.Fprintf(&b, "\n%s\n", pluginHeading)
 	fmt.Fprintf(&b, "`go test -bench BenchmarkPluginAddDel ./plugin/`: the `moat` binary run as a runtime runs it (process start\n")
 	fmt.Fprintf(&b, "included, the primary plugin not), ADD then DEL of %.0f pods per run on a veth the test made, with each\n",
 		summarize(parseMetrics(bytes.NewReader(text), "BenchmarkPluginAddDel/")["pods"]).median)
@@ -373,10 +392,12 @@ func renderPlugin(raw io.Reader) string {
 	}
 	fmt.Fprintf(&b, "\n`BenchmarkAttach` (./bpf/) isolates the attach: %s.\n", renderAttach(text))
 	fmt.Fprintf(&b, "Why tcx costs more: [benchmarks-findings.md](%s#plugin-and-pod-churn-the-kernels-grace-periods).\n\n", findings)
-	fmt.Fprintf(&b, "tcx stays the default: it runs before every clsact filter and ahead of other tcx programs, so a primary CNI's\n")
-	fmt.Fprintf(&b, "program (Cilium's, Calico's) cannot redirect a packet past Moat. `attachMode: clsact` (`moat-install\n")
-	fmt.Fprintf(&b, "--attach-mode clsact`) is for nodes whose primary CNI hangs no programs on host veths (bridge, flannel,\n")
-	fmt.Fprintf(&b, "kindnet, aws-vpc-cni); the plugin refuses it on a veth that has tcx programs.\n")
+	fmt.Fprintf(&b, "The default mode keeps tcx's place at the head of both hooks without paying for it on the pod's ADD: Moat's\n")
+	fmt.Fprintf(&b, "clsact filters go first on a host veth that has no tcx program, and the enforcer moves them to tcx links\n")
+	fmt.Fprintf(&b, "at the head afterwards, paced; DEL leaves tcx links for the kernel to drop with the veth. `attachMode: tcx`\n")
+	fmt.Fprintf(&b, "attaches tcx at ADD; `attachMode: clsact` (`moat-install --attach-mode clsact`) stays in clsact, for nodes\n")
+	fmt.Fprintf(&b, "whose primary CNI hangs no programs on host veths; the plugin refuses it on a veth that has tcx programs.\n")
+	fmt.Fprintf(&b, "What holds while a pod is staged: [cni.md](cni.md#attach-modes).\n")
 	return b.String()
 }
 

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"os/exec"
 	"slices"
 	"strings"
@@ -173,32 +172,3 @@ func folderP50(p50 map[changeKey][]float64) map[int]float64 {
 	return out
 }
 
-// renderChurn is the pod churn section: the whole chain at a sustained rate and in a burst, by attach mode.
-func renderChurn(raw io.Reader) string {
-	text, _ := io.ReadAll(raw)
-	var b strings.Builder
-	fmt.Fprintf(&b, "\n## Pod churn: the whole chain\n\n")
-	fmt.Fprintf(&b, "`go test -bench BenchmarkPodChurn ./internal/simnode/`: bridge, host-local through moat-ipam, portmap and\n")
-	fmt.Fprintf(&b, "moat through libcni on a simulated node with its enforcer, as a runtime runs them: %.0f pods asked at 20 a\n",
-		summarize(parseMetrics(bytes.NewReader(text), "BenchmarkPodChurn/")["sustained-pods"]).median)
-	fmt.Fprintf(&b, "second (each deleted a second later), then 100 pods asked at once, with each `attachMode`. Milliseconds\n")
-	fmt.Fprintf(&b, "for the whole chain; DEL over both phases; left behind afterwards: records, pinned links, host veths.\n\n")
-	fmt.Fprintf(&b, "| attachMode | phase | ADD p50 | ADD p99 | rate reached | failures | DEL p50 | DEL p99 | left behind |\n")
-	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|\n")
-	clean := true
-	for mode, m := range byMode(text, "BenchmarkPodChurn") {
-		if len(m["add-p50-ms"]) == 0 {
-			continue
-		}
-		v := func(k string) float64 { return summarize(m[k]).median }
-		fmt.Fprintf(&b, "| %s | sustained, 20 pods/s asked | %.1f | %.1f | %.1f pods/s | %.0f | %.1f | %.1f | %.0f |\n", mode,
-			v("add-p50-ms"), v("add-p99-ms"), v("sustained-pods/s"), v("sustained-failures"), v("del-p50-ms"),
-			v("del-p99-ms"), v("leaks"))
-		fmt.Fprintf(&b, "| %s | burst, 100 pods at once | %.1f | %.1f | %.1f pods/s | %.0f | | | |\n", mode,
-			v("burst-add-p50-ms"), v("burst-add-p99-ms"), v("burst-pods/s"), v("burst-failures"))
-		clean = clean && v("sustained-failures")+v("burst-failures")+v("leaks") == 0
-	}
-	fmt.Fprintf(&b, "\nZero failures and zero leaks: **%s**.\n", met(clean))
-	fmt.Fprintf(&b, "Why pods wait on one another: [benchmarks-findings.md](%s#plugin-and-pod-churn-the-kernels-grace-periods).\n", findings)
-	return b.String()
-}

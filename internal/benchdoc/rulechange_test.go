@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -50,17 +51,45 @@ func TestRenderReadsBenchmarkLines(t *testing.T) {
 			t.Errorf("plugin section lacks %q:\n%s", want, out)
 		}
 	}
-	churn := "BenchmarkPodChurn/mode=clsact-2 1 14707804121 ns/op 33.81 add-p50-ms 58.91 add-p99-ms 1685 burst-add-p50-ms " +
-		"2008 burst-add-p99-ms 0 burst-failures 49.24 burst-pods/s 41.26 del-p50-ms 70.27 del-p99-ms 0 leaks 100 sustained-pods " +
-		"0 sustained-failures 19.93 sustained-pods/s\n"
+	line := func(mode string, p50, p99 float64, extra string) string {
+		return fmt.Sprintf("BenchmarkPodChurn/mode=%s-2 1 14707804121 ns/op %g add-p50-ms %g add-p99-ms 1685 burst-add-p50-ms "+
+			"2008 burst-add-p99-ms 0 burst-failures 49.24 burst-pods/s 41.26 del-p50-ms 70.27 del-p99-ms 0 leaks 100 sustained-pods "+
+			"0 sustained-failures 19.93 sustained-pods/s%s\n", mode, p50, p99, extra)
+	}
+	// two rounds, the modes taking turns: Moat's cost is read round by round against the chain without it
+	churn := line("none", 30, 50, "") + line("default", 31, 55, " 12 moved 200 staged-p50-ms 400 staged-p99-ms") +
+		line("clsact", 33.81, 58.91, "") + line("none", 32, 60, "") + line("default", 33, 63, " 14 moved 220 staged-p50-ms 500 staged-p99-ms") +
+		line("clsact", 34, 80, "")
 	out = renderChurn(strings.NewReader(churn))
-	for _, want := range []string{"100 pods asked at 20 a", "| clsact | sustained, 20 pods/s asked | 33.8 | 58.9 | 19.9 pods/s | 0 |",
+	for _, want := range []string{"100 pods\nasked at 20 a", "| moat, clsact | sustained, 20 pods/s asked | 33.9 (33.8-34.0) | 69.5 (58.9-80.0) | 19.9 pods/s | 0 |",
+		"| without Moat | sustained, 20 pods/s asked | 31.0 (30.0-32.0) | 55.0 (50.0-60.0) |",
+		"| default | 1.0 (1.0-1.0) | 4.0 (3.0-5.0) | <= 10: **met** |", "| clsact | 2.9 (2.0-3.8) | 14.5 (8.9-20.0) | - |",
+		"took 13.0 (12.0-14.0) pods per round to tcx", "p99 450.0 (400.0-500.0) ms",
 		"Zero failures and zero leaks: **met**"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("churn section lacks %q:\n%s", want, out)
 		}
 	}
-	if strings.Contains(out, "| tcx |") {
+	if strings.Contains(out, "| moat, tcx |") {
 		t.Errorf("a tcx row without tcx results:\n%s", out)
+	}
+	if out := renderChurn(strings.NewReader(line("default", 31, 55, ""))); !strings.Contains(out, "not measured") {
+		t.Errorf("a churn section without the chain without Moat claims what Moat adds:\n%s", out)
+	}
+}
+
+// -pods rewrites the plugin and churn sections in place and leaves the rest of the page as it was.
+func TestReplaceSection(t *testing.T) {
+	page := "# Benchmarks\n\n## Plugin: Moat's own ADD and DEL\n\nold plugin\n\n## Pod churn: the whole chain\n\nold churn\n\n## Enforcer\n\nkept\n"
+	page, err := replaceSection(page, pluginHeading, "\n"+pluginHeading+"\nnew plugin\n")
+	if err == nil {
+		page, err = replaceSection(page, churnHeading, "\n"+churnHeading+"\nnew churn\n")
+	}
+	want := "# Benchmarks\n\n## Plugin: Moat's own ADD and DEL\n\nnew plugin\n\n## Pod churn: the whole chain\n\nnew churn\n\n## Enforcer\n\nkept\n"
+	if err != nil || page != want {
+		t.Errorf("replaced page (%v):\n%q\nwant\n%q", err, page, want)
+	}
+	if _, err := replaceSection("# nothing\n", churnHeading, ""); err == nil {
+		t.Error("a page without the heading was rewritten")
 	}
 }

@@ -171,4 +171,3 @@ func folderP50(p50 map[changeKey][]float64) map[int]float64 {
 	}
 	return out
 }
-

@@ -134,7 +134,7 @@ func (m Mover) Pass(ctx context.Context) (int, error) {
 			} else if r.AttachMode == bpf.ModeTCX {
 				moved++
 				m.Log.WithFields(logrus.Fields{"pod": r.Namespace + "/" + r.Pod, "hostVeth": r.HostIfname,
-					"took": time.Since(start).Round(time.Microsecond), // the kernel's grace periods, mostly
+					"took":   time.Since(start).Round(time.Microsecond),     // the kernel's grace periods, mostly
 					"staged": time.Since(r.Created).Round(time.Microsecond), // how long the pod ran in clsact
 				}).Info("attachment moved to tcx")
 			}

@@ -55,7 +55,7 @@ func TestReconcileAdoptsRetagsAndForgets(t *testing.T) {
 	}
 	rec, ok, _ := store.Load(podKey("early"))
 	web := e.Identities()["web"]
-	if !ok || rec.AttachMode != bpf.ModeTCX || rec.Identity != web {
+	if !ok || rec.AttachMode == "" || rec.Identity != web { // the default mode: staged in clsact, the mover's next
 		t.Fatalf("adopted record %+v (%v), want attached with identity %d", rec, ok, web)
 	}
 	if ep, ok, _ := dp.LookupEndpoint(uint32(pl.HostIfindex)); !ok || ep.Identity != web {
@@ -96,10 +96,10 @@ func podKey(containerID string) endpoint.Key {
 	return endpoint.Key{Network: "net", ContainerID: containerID, IfName: "eth0"}
 }
 
-// guard is what the plugin's ADD does for a recorded test pod: tag it and attach its programs (tcx where the
-// kernel has it), the links pinned under root.
+// guard is what the plugin's ADD does for a recorded test pod: tag it and attach its programs with tcx links (as
+// the default mode leaves them once moved), pinned under root.
 func guard(dp *bpf.Datapath, rec *endpoint.Record, identity uint32, root string) error {
-	_, err := endpoint.Lifecycle{PinRoot: root}.Guard(dp, rec, identity, "")
+	_, err := endpoint.Lifecycle{PinRoot: root}.Guard(dp, rec, identity, bpf.ModeTCX)
 	return err
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/conflist"
 	"github.com/moatfw/moat/internal/endpoint"
 	"github.com/moatfw/moat/internal/simnode"
@@ -108,9 +109,16 @@ func TestMoatInstallOnANode(t *testing.T) {
 	if err := before.Connect(web+":80", 300*time.Millisecond); err == nil {
 		t.Errorf("port 80 open under the policy")
 	}
-	recs, err := endpoint.Store{Dir: node.EndpointDir()}.List("")
-	if err != nil || len(recs) != 1 {
-		t.Fatalf("records: %v %v", recs, err)
+	// the default mode starts the pod in clsact; the enforcer's mover takes it to tcx soon after
+	var recs []*endpoint.Record
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		recs, err = endpoint.Store{Dir: node.EndpointDir()}.List("")
+		if err != nil || len(recs) != 1 {
+			t.Fatalf("records: %v %v", recs, err)
+		}
+		if recs[0].AttachMode == bpf.ModeTCX || time.Now().After(deadline) {
+			break
+		}
 	}
 	veth := recs[0].HostIfindex
 	if n := programsOn(t, node.Host, veth); n != 2 {

@@ -85,20 +85,44 @@ type Mover struct {
 	SurvivorAge time.Duration // released links still on a veth this long after their DEL are detached (default 10 s)
 }
 
-// Run makes a pass every Interval until ctx ends.
+// Run makes a pass every Interval until ctx ends. The records are read again only when a network's folder of
+// records changed since the last pass (a record was written or removed), or the last pass left work; otherwise a
+// pass only sweeps the released links.
 func (m Mover) Run(ctx context.Context) {
 	t := time.NewTicker(m.interval())
 	defer t.Stop()
+	var seen string
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if stamp := m.Life.Store.stamp(); stamp != seen || stamp == "" {
 			if _, err := m.Pass(ctx); err != nil && ctx.Err() == nil {
 				m.Log.WithError(err).Warn("moving staged attachments to tcx")
+				continue
 			}
+			if left, err := m.staged(); err == nil && len(left) == 0 {
+				seen = stamp
+			}
+			continue
+		}
+		if _, err := m.Life.SweepReleased(); err != nil && ctx.Err() == nil {
+			m.Log.WithError(err).Warn("sweeping released links")
 		}
 	}
+}
+
+// staged lists the records whose attachment waits for the move, oldest first.
+func (m Mover) staged() ([]*Record, error) {
+	records, err := m.Life.Store.List("")
+	if err != nil {
+		return nil, err
+	}
+	records = slices.DeleteFunc(records, func(r *Record) bool { return r.AttachMode != bpf.ModeClsact || !r.MoveToTCX })
+	slices.SortFunc(records, func(a, b *Record) int { return a.Created.Compare(b.Created) })
+	return records, nil
 }
 
 func (m Mover) interval() time.Duration {
@@ -114,12 +138,10 @@ func (m Mover) Pass(ctx context.Context) (int, error) {
 	if _, err := m.Life.SweepReleased(); err != nil {
 		errs = append(errs, err)
 	}
-	records, err := m.Life.Store.List("")
+	records, err := m.staged()
 	if err != nil {
 		return 0, errors.Join(append(errs, err)...)
 	}
-	records = slices.DeleteFunc(records, func(r *Record) bool { return r.AttachMode != bpf.ModeClsact || !r.MoveToTCX })
-	slices.SortFunc(records, func(a, b *Record) int { return a.Created.Compare(b.Created) })
 	moved := 0
 	if len(records) > 0 {
 		dp, err := bpf.OpenPinned(m.Life.PinRoot)

@@ -125,6 +125,24 @@ func (s Store) List(network string) ([]*Record, error) {
 	return out, nil
 }
 
+// stamp changes whenever a record is written or removed: the modification times of the store's network folders
+// (a save renames into its folder). Empty when the store cannot be read.
+func (s Store) stamp() string {
+	dirs, err := filepath.Glob(filepath.Join(s.Dir, "*"))
+	if err != nil {
+		return ""
+	}
+	var b strings.Builder
+	for _, d := range dirs {
+		st, err := os.Stat(d)
+		if err != nil {
+			return ""
+		}
+		fmt.Fprintf(&b, "%s:%d;", d, st.ModTime().UnixNano())
+	}
+	return b.String()
+}
+
 // ValidName reports whether s can name a folder or file of records and pins.
 func ValidName(s string) bool {
 	return s != "" && s != "." && s != ".." && !strings.ContainsAny(s, "/\x00") && len(s) <= 200

@@ -248,7 +248,9 @@ static __always_inline int ct_lookup(struct __sk_buff *skb, const struct moat_co
 		return 1;
 	}
 	d->reason = dir == ct->direction ? MOAT_REASON_CT_ESTABLISHED : MOAT_REASON_CT_REPLY;
-	if (dir != ct->direction)
+	/* flags are written only when they change: a flow's packets in both directions, often on two CPUs, do not
+	 * pass the entry's cache line back and forth for a bit that is set already */
+	if (dir != ct->direction && !(ct->flags & MOAT_CT_SEEN_REPLY))
 		ct->flags |= MOAT_CT_SEEN_REPLY;
 
 	if (p->protocol == IPPROTO_TCP) {

@@ -137,7 +137,8 @@ var quickRun bool
 
 // benchmark runs the benchmarks matching pattern in pkg, echoing their output, and returns it.
 func benchmark(pattern, benchtime string, count int, pkg string) *bytes.Buffer {
-	args := []string{"test", "-run", "^$", "-bench", pattern, "-benchtime", benchtime, "-count", strconv.Itoa(count), pkg}
+	// no 10-minute default: the pod churn rounds run longer on a busy machine
+	args := []string{"test", "-timeout", "60m", "-run", "^$", "-bench", pattern, "-benchtime", benchtime, "-count", strconv.Itoa(count), pkg}
 	fmt.Fprintf(os.Stderr, "benchdoc: go %s\n", strings.Join(args, " "))
 	cmd := exec.Command("go", args...)
 	if quickRun {

@@ -46,9 +46,14 @@ func cmdDel(args *skel.CmdArgs) error {
 	defer closeLog()
 	// the primary plugin's DEL, after this one, deletes the veth: tcx links are left for the kernel to drop
 	// with it rather than detached here, where each hook would wait for a grace period (Release)
-	if err := conf.Lifecycle().Release(conf.key(args)); err != nil {
+	life := conf.Lifecycle()
+	if err := life.Release(conf.key(args)); err != nil {
 		log.WithError(err).WithField("container", args.ContainerID).Error("DEL failed")
 		return asCNIError(err)
+	}
+	// the links of pods released before, whose veths are gone by now, go (the enforcer sweeps them too)
+	if _, err := life.SweepReleased(); err != nil {
+		log.WithError(err).Warn("sweeping released links")
 	}
 	return nil
 }

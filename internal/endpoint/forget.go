@@ -39,7 +39,6 @@ func (l Lifecycle) forget(k Key, release bool) error {
 	var errs []error
 	if release {
 		errs = append(errs, l.releaseLinks(k))
-		l.SweepReleased() // the links of pods released before, whose veths are gone by now
 	} else if _, err := detachLinks(k.LinkDir(l.PinRoot)); err != nil { // pinned before a record was saved, too
 		errs = append(errs, err)
 	}

@@ -76,22 +76,27 @@ func (l Lifecycle) commitMove(r *Record, links bpf.Attachment) (moved bool, err 
 // attachments to tcx (MoveToTCX), oldest first; removes released links whose veth is gone (SweepReleased); and
 // detaches released links still on a veth SurvivorAge after their pod's DEL. A tcx attach or detach holds the
 // RTNL lock for the kernel's grace periods, which every pod's network setup on the node also needs, so the mover
-// paces itself: after an operation that took d it waits d·(1/Duty - 1), holding RTNL at most Duty of the time.
+// keeps out of the way of pods that are coming and going: it moves a staged pod once the node's records have been
+// still for Quiet (no pod added or deleted), or once the pod has been staged for MaxStaged, churn or not; and it
+// paces itself: after an operation that took d it waits d·(1/Duty - 1), holding RTNL at most Duty of the time. A
+// pod deleted while staged never pays for tcx at all.
 type Mover struct {
 	Life        Lifecycle
 	Log         *logrus.Entry
 	Interval    time.Duration // how often it looks for work (default 250 ms)
 	Duty        float64       // the share of time its tcx operations may take (default 0.25)
+	Quiet       time.Duration // staged pods move once no record changed for this long (default 1 s)
+	MaxStaged   time.Duration // a staged pod moves after this long even while pods keep coming (default 10 s)
 	SurvivorAge time.Duration // released links still on a veth this long after their DEL are detached (default 10 s)
 }
 
-// Run makes a pass every Interval until ctx ends. The records are read again only when a network's folder of
-// records changed since the last pass (a record was written or removed), or the last pass left work; otherwise a
-// pass only sweeps the released links.
+// Run makes a pass every Interval until ctx ends. The records are read only while staged pods are left or when
+// a network's folder of records changed (a record was written or removed); otherwise a pass only sweeps the
+// released links.
 func (m Mover) Run(ctx context.Context) {
-	t := time.NewTicker(m.interval())
+	t := time.NewTicker(or(m.Interval, 250*time.Millisecond))
 	defer t.Stop()
-	var seen string
+	seen, changed, pending := "", time.Now(), true
 	for {
 		select {
 		case <-ctx.Done():
@@ -99,19 +104,31 @@ func (m Mover) Run(ctx context.Context) {
 		case <-t.C:
 		}
 		if stamp := m.Life.Store.stamp(); stamp != seen || stamp == "" {
-			if _, err := m.Pass(ctx); err != nil && ctx.Err() == nil {
-				m.Log.WithError(err).Warn("moving staged attachments to tcx")
-				continue
-			}
-			if left, err := m.staged(); err == nil && len(left) == 0 {
-				seen = stamp
+			seen, changed, pending = stamp, time.Now(), true
+		}
+		if !pending {
+			if err := m.sweep(ctx); err != nil && ctx.Err() == nil {
+				m.Log.WithError(err).Warn("sweeping released links")
 			}
 			continue
 		}
-		if _, err := m.Life.SweepReleased(); err != nil && ctx.Err() == nil {
-			m.Log.WithError(err).Warn("sweeping released links")
+		quiet := time.Since(changed) >= or(m.Quiet, time.Second)
+		_, err := m.pass(ctx, func(r *Record) bool { return quiet || time.Since(r.Created) >= or(m.MaxStaged, 10*time.Second) })
+		if err != nil && ctx.Err() == nil {
+			m.Log.WithError(err).Warn("moving staged attachments to tcx")
 		}
+		seen = m.Life.Store.stamp() // the moves' own record writes are no news; a write after this is
+		left, err := m.staged()
+		pending = err != nil || len(left) > 0
 	}
+}
+
+// or is d, or def when d is not set.
+func or(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
 }
 
 // staged lists the records whose attachment waits for the move, oldest first.
@@ -125,28 +142,24 @@ func (m Mover) staged() ([]*Record, error) {
 	return records, nil
 }
 
-func (m Mover) interval() time.Duration {
-	if m.Interval <= 0 {
-		return 250 * time.Millisecond
-	}
-	return m.Interval
+// Pass moves every staged pod now, paced, does the sweeps, and reports how many attachments it moved to tcx.
+func (m Mover) Pass(ctx context.Context) (int, error) {
+	return m.pass(ctx, func(*Record) bool { return true })
 }
 
-// Pass does the work that is due, paced, and reports how many attachments it moved to tcx.
-func (m Mover) Pass(ctx context.Context) (int, error) {
-	var errs []error
-	if _, err := m.Life.SweepReleased(); err != nil {
-		errs = append(errs, err)
-	}
+// pass moves the staged pods that are due, paced, then sweeps.
+func (m Mover) pass(ctx context.Context, due func(*Record) bool) (int, error) {
 	records, err := m.staged()
 	if err != nil {
-		return 0, errors.Join(append(errs, err)...)
+		return 0, err
 	}
+	records = slices.DeleteFunc(records, func(r *Record) bool { return !due(r) })
 	moved := 0
+	var errs []error
 	if len(records) > 0 {
 		dp, err := bpf.OpenPinned(m.Life.PinRoot)
 		if err != nil {
-			return 0, errors.Join(append(errs, err)...)
+			return 0, err
 		}
 		defer dp.Close()
 		for _, r := range records {
@@ -165,15 +178,17 @@ func (m Mover) Pass(ctx context.Context) (int, error) {
 			}
 		}
 	}
-	age := m.SurvivorAge
-	if age <= 0 {
-		age = 10 * time.Second
-	}
-	n, err := m.Life.detachSurvivors(age, func(took time.Duration) bool { return m.pace(ctx, took) })
+	return moved, errors.Join(append(errs, m.sweep(ctx))...)
+}
+
+// sweep removes released links whose veth is gone, and detaches those whose veth outlived its pod.
+func (m Mover) sweep(ctx context.Context) error {
+	_, err := m.Life.SweepReleased()
+	n, derr := m.Life.detachSurvivors(or(m.SurvivorAge, 10*time.Second), func(took time.Duration) bool { return m.pace(ctx, took) })
 	if n > 0 {
 		m.Log.WithField("veths", n).Info("detached released links from veths that outlived their pods")
 	}
-	return moved, errors.Join(append(errs, err)...)
+	return errors.Join(err, derr)
 }
 
 // pace waits after an operation that took took; false when ctx ended.

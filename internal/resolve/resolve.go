@@ -6,6 +6,7 @@ package resolve
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -107,6 +108,13 @@ func Resolve(in Input) Output {
 	for _, ns := range in.Namespaces {
 		nsLabels[ns.Name] = labels.Set(ns.Labels)
 	}
+	// A policy's rules are the same for every namespace it selects, and a peer selector's identities the same in
+	// every rule that names it: each is worked out once per resolve, not once per namespace (a policy selecting
+	// every namespace with a namespace peer would otherwise match namespaces squared). The rules are shared by the
+	// identities' policies, which only read them.
+	peers := peerCache{in: in, nsLabels: nsLabels, ids: map[string][]uint32{}}
+	policyRules := make([][]policy.Rule, len(policies))
+	ruled := make([]bool, len(policies))
 	for i := range in.Namespaces {
 		ns := &in.Namespaces[i]
 		set := nsLabels[ns.Name]
@@ -137,9 +145,13 @@ func Resolve(in Input) Output {
 			}
 			selected[j] = true
 			if hasIdentity {
-				pol := &policies[j]
-				p.Rules = append(p.Rules, rules(pol, bpf.Egress, pol.Spec.Egress, in, nsLabels)...)
-				p.Rules = append(p.Rules, rules(pol, bpf.Ingress, pol.Spec.Ingress, in, nsLabels)...)
+				if !ruled[j] {
+					pol := &policies[j]
+					policyRules[j] = append(rules(pol, bpf.Egress, pol.Spec.Egress, in, &peers),
+						rules(pol, bpf.Ingress, pol.Spec.Ingress, in, &peers)...)
+					ruled[j] = true
+				}
+				p.Rules = append(p.Rules, policyRules[j]...)
 			}
 		}
 	}
@@ -153,8 +165,31 @@ func Resolve(in Input) Output {
 	return out
 }
 
-func rules(pol *v1alpha1.FirewallPolicy, dir bpf.Direction, list []v1alpha1.Rule, in Input,
-	nsLabels map[string]labels.Set) []policy.Rule {
+// peerCache holds the identities of each namespace peer selector met so far in one resolve.
+type peerCache struct {
+	in       Input
+	nsLabels map[string]labels.Set
+	ids      map[string][]uint32 // selector (canonical form) -> identities of the namespaces it selects, sorted
+}
+
+func (c *peerCache) identities(s *metav1.LabelSelector) []uint32 {
+	sel := selector(s, nil)
+	key := sel.String()
+	if ids, ok := c.ids[key]; ok {
+		return ids
+	}
+	ids := []uint32{}
+	for name, set := range c.nsLabels {
+		if id := c.in.Identities[name]; id != 0 && sel.Matches(set) {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	c.ids[key] = ids
+	return ids
+}
+
+func rules(pol *v1alpha1.FirewallPolicy, dir bpf.Direction, list []v1alpha1.Rule, in Input, peerIDs *peerCache) []policy.Rule {
 	var out []policy.Rule
 	for i, r := range list {
 		rule := policy.Rule{ID: in.RuleID(RuleKey{Policy: pol.Name, Direction: dir, Index: i}), Direction: dir,
@@ -170,17 +205,13 @@ func rules(pol *v1alpha1.FirewallPolicy, dir bpf.Direction, list []v1alpha1.Rule
 		}
 		for _, peer := range peers {
 			if peer.NamespaceSelector != nil {
-				sel := selector(peer.NamespaceSelector, nil)
-				var ids []uint32
-				for name, set := range nsLabels {
-					if id := in.Identities[name]; id != 0 && sel.Matches(set) {
-						ids = append(ids, id)
-					}
+				ids := peerIDs.identities(peer.NamespaceSelector)
+				if len(ids) == 0 {
+					ids = nil
 				}
-				sort.Slice(ids, func(a, b int) bool { return ids[a] < ids[b] })
 				if rule.Action == bpf.ActionDeny {
 					// a pod of a range whose namespace is not known yet may be of the namespaces denied
-					ids = append(ids, bpf.IdentityUnknownPod)
+					ids = append(slices.Clip(ids), bpf.IdentityUnknownPod)
 				}
 				rule.Peers = append(rule.Peers, policy.Peer{Identities: ids})
 				continue

@@ -290,12 +290,13 @@ static __always_inline void ct_overwrite(struct moat_ct_value *ct, const struct 
 
 /*
  * Records an allowed new flow. Returns 0, or MOAT_REASON_CT_LIMIT when the endpoint already holds its bound of
- * entries: a flood of new flows fills its own share, never the table of everyone else. looked_up says that
- * ct_lookup just found no entry for the packet's key (every new flow but a SYN, which skips the lookup), so only a
- * SYN looks for an entry to write over before it inserts.
+ * entries: a flood of new flows fills its own share, never the table of everyone else. A new flow is inserted
+ * straight away (a lookup first would cost every new flow a miss in a cold bucket); only when its key is taken
+ * already (a SYN on a reused port, a closed flow in its last seconds, or a flow another CPU inserted meanwhile)
+ * is the entry there written over in place.
  */
 static __always_inline int ct_create(__u32 ifindex, const struct packet *p, __u8 dir,
-				     const struct moat_config *cfg, const struct decision *d, int looked_up)
+				     const struct moat_config *cfg, const struct decision *d)
 {
 	struct moat_ct_key k;
 	struct moat_ct_value v = {};
@@ -318,19 +319,17 @@ static __always_inline int ct_create(__u32 ifindex, const struct packet *p, __u8
 		v.seq_next[dir & 1] = tcp_seq_end(p);
 		v.flags |= ct_seq_flag(dir);
 	}
-	/* at the bound too, an entry that exists already may be written again */
-	if (!looked_up) {
-		old = bpf_map_lookup_elem(&conntrack, &k);
-		if (old) {
-			ct_overwrite(old, &v);
-			return 0;
-		}
-	}
 	if (cfg->ct_max_per_endpoint) {
 		c = ct_count_of(ifindex);
 		if (c && c->live >= cfg->ct_max_per_endpoint) {
-			stat_inc(MOAT_STAT_CT_LIMITED);
-			return MOAT_REASON_CT_LIMIT;
+			/* at the bound, only an entry that exists already may be written again */
+			old = bpf_map_lookup_elem(&conntrack, &k);
+			if (!old) {
+				stat_inc(MOAT_STAT_CT_LIMITED);
+				return MOAT_REASON_CT_LIMIT;
+			}
+			ct_overwrite(old, &v);
+			return 0;
 		}
 	}
 	if (bpf_map_update_elem(&conntrack, &k, &v, BPF_NOEXIST) == 0) {
@@ -339,10 +338,13 @@ static __always_inline int ct_create(__u32 ifindex, const struct packet *p, __u8
 			__sync_fetch_and_add(&c->live, 1);
 			__sync_fetch_and_add(&c->created, 1);
 		}
-	} else {
-		/* another CPU inserted the same flow since the lookup: replace it, no new entry to count */
-		bpf_map_update_elem(&conntrack, &k, &v, BPF_ANY);
+		return 0;
 	}
+	old = bpf_map_lookup_elem(&conntrack, &k);
+	if (old)
+		ct_overwrite(old, &v);
+	else
+		bpf_map_update_elem(&conntrack, &k, &v, BPF_ANY); /* gone in between: no new one to count */
 	return 0;
 }
 

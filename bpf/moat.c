@@ -35,7 +35,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 	__u32 ifindex = skb->ifindex, zero = 0;
 	struct ethhdr_moat eth;
 	__u16 proto;
-	int err, opens;
+	int err;
 
 	d.verdict = MOAT_VERDICT_DENIED;
 	d.emit = 1;
@@ -120,8 +120,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 	d.emit = 0;
 	/* A pure SYN opens a connection: policy decides it whatever conntrack holds (a stale entry of a reused
 	 * port is replaced), which spares new connections the conntrack lookup. */
-	opens = is_tcp_open(&p);
-	if (opens || !ct_lookup(skb, cfg, ep, &p, dir, &d)) {
+	if (is_tcp_open(&p) || !ct_lookup(skb, cfg, ep, &p, dir, &d)) {
 		__u8 action;
 
 		if (dir == MOAT_DIR_INGRESS && !source_path_ok(skb, cfg, &p)) {
@@ -149,7 +148,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 			d.verdict = MOAT_VERDICT_DENIED;
 			d.emit = 1;
 		}
-		if (d.create_ct && ct_create(ifindex, &p, dir, cfg, &d, !opens)) {
+		if (d.create_ct && ct_create(ifindex, &p, dir, cfg, &d)) {
 			/* past the endpoint's conntrack bound: not policy, so audit mode does not pass it either */
 			d.pass = 0;
 			d.verdict = MOAT_VERDICT_DENIED;

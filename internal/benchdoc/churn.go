@@ -20,12 +20,12 @@ const (
 const addedTarget = 10
 
 // podSections runs the plugin, attach and pod churn benchmarks and renders their sections. The churn benchmark
-// runs rounds times, so its modes (none, default, tcx, clsact) interleave.
-func podSections(count int, attaches, churn string, rounds int) (plugin, churned string) {
+// runs its own rounds, in which the modes (none, default, tcx, clsact) take turns.
+func podSections(count int, attaches, churn string) (plugin, churned string) {
 	var pluginRaw bytes.Buffer
 	pluginRaw.ReadFrom(benchmark("^BenchmarkPluginAddDel$", "1x", min(count, 2), "./plugin/"))
 	pluginRaw.ReadFrom(benchmark("^BenchmarkAttach$", attaches, 1, "./bpf/"))
-	return renderPlugin(&pluginRaw), renderChurn(benchmark(churn, "1x", rounds, "./internal/simnode/"))
+	return renderPlugin(&pluginRaw), renderChurn(benchmark(churn, "1x", 1, "./internal/simnode/"))
 }
 
 // replaceSection puts section (which begins with its heading, after a blank line) in the place of the section of
@@ -68,7 +68,7 @@ func renderChurn(raw io.Reader) string {
 	text, _ := io.ReadAll(raw)
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n%s\n", churnHeading)
-	fmt.Fprintf(&b, "`go test -bench BenchmarkPodChurn -count 2 ./internal/simnode/`: bridge, host-local through moat-ipam,\n")
+	fmt.Fprintf(&b, "`go test -bench BenchmarkPodChurn ./internal/simnode/`: bridge, host-local through moat-ipam,\n")
 	fmt.Fprintf(&b, "portmap and moat through libcni on a simulated node with its enforcer, as a runtime runs them: %.0f pods\n",
 		summarize(parseMetrics(bytes.NewReader(text), "BenchmarkPodChurn/")["sustained-pods"]).median)
 	fmt.Fprintf(&b, "asked at 20 a second (each deleted a second later), then 100 pods asked at once. First the same chain\n")

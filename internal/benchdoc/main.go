@@ -49,9 +49,9 @@ func main() {
 	quickRun = *quick
 	started := time.Now()
 	verdict, change, sizes, changes := "^BenchmarkVerdict$", "^BenchmarkChangeEnforced$", []int{10, 1000, 10000}, 20
-	attaches, churn, churnRounds := "100x", "^BenchmarkPodChurn$", 2
+	attaches, churn := "100x", "^BenchmarkPodChurn$"
 	if *quick {
-		attaches, churn, churnRounds = "20x", "^BenchmarkPodChurn$/^mode=(none|default)$", 1
+		attaches, churn = "20x", "^BenchmarkPodChurn$/^mode=(none|default)" // one round (MOAT_BENCH_QUICK)
 		*count = 1
 		verdict = "^BenchmarkVerdict$/^rules=(10|10000)$"
 		change = "^BenchmarkChangeEnforced$/^source=folder$/^rules=(10|10000)$"
@@ -63,7 +63,7 @@ func main() {
 		if err != nil {
 			log.Fatal(err)
 		}
-		plugin, churned := podSections(*count, attaches, churn, churnRounds)
+		plugin, churned := podSections(*count, attaches, churn)
 		page, err := replaceSection(string(old), pluginHeading, plugin)
 		if err == nil {
 			page, err = replaceSection(page, churnHeading, churned)
@@ -112,7 +112,7 @@ func main() {
 		log.Fatalf("benchdoc: plots: %v", err)
 	}
 	doc += "\n![request-response p50 against N](benchmarks-rr.svg)\n![throughput against N](benchmarks-throughput.svg)\n"
-	plugin, churned := podSections(*count, attaches, churn, churnRounds)
+	plugin, churned := podSections(*count, attaches, churn)
 	doc += plugin + churned
 	p50, p99 := parseChange(benchmark(change, "20x", 1, "./internal/enforcer/"))
 	doc += renderChange(p50, p99)

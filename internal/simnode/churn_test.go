@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,8 +32,9 @@ metadata: {name: churn, labels: {moat.dev/zone: churn}}
 // the rate the ADDs kept up with (200 asked at 20 a second); burst-pods/s how fast 100 pods asked at once were all
 // up. It runs the same chain without Moat (mode=none: bridge, host-local and portmap as the cluster's CNI wrote
 // them, no enforcer), then with each attachMode: default (staged through clsact, moved to tcx by the enforcer's
-// mover), tcx and clsact. Run it with -count 2 or more so the modes interleave and drift hits all of them; Moat's
-// cost is a mode's ADD p99 beside none's of the same round. For the default mode it also reports how many pods the
+// mover), tcx and clsact, in MOAT_CHURN_ROUNDS rounds (default 2; 1 with MOAT_BENCH_QUICK) in which the modes take
+// turns, so drift hits all of them; Moat's cost is a mode's ADD p99 beside none's of the same round (the n-th
+// line of each mode; go test -count would repeat each mode back to back instead). For the default mode it also reports how many pods the
 // mover took to tcx during the run and how long they ran in clsact before (moved, staged-p50-ms, staged-p99-ms).
 func BenchmarkPodChurn(b *testing.B) {
 	testutil.RequireRoot(b)
@@ -40,12 +42,21 @@ func BenchmarkPodChurn(b *testing.B) {
 	if err := Build(bin, nil); err != nil {
 		b.Fatal(err)
 	}
-	for _, mode := range []string{"none", "default", "tcx", "clsact"} {
-		b.Run("mode="+mode, func(b *testing.B) {
-			for i := 0; i < b.N; i++ {
-				churn(b, bin, mode)
-			}
-		})
+	rounds := 2
+	if os.Getenv("MOAT_BENCH_QUICK") != "" {
+		rounds = 1
+	}
+	if r, err := strconv.Atoi(os.Getenv("MOAT_CHURN_ROUNDS")); err == nil && r > 0 {
+		rounds = r
+	}
+	for round := 0; round < rounds; round++ {
+		for _, mode := range []string{"none", "default", "tcx", "clsact"} {
+			b.Run("mode="+mode, func(b *testing.B) { // a later round's is named mode=X#01, and so on
+				for i := 0; i < b.N; i++ {
+					churn(b, bin, mode)
+				}
+			})
+		}
 	}
 }
 

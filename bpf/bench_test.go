@@ -50,7 +50,10 @@ func runRepeat(b *testing.B, prog *ebpf.Program, frame, ctx []byte, repeat int, 
 		progFD: uint32(prog.FD()), dataSizeIn: uint32(len(frame)), dataIn: uint64(uintptr(unsafe.Pointer(&frame[0]))),
 		repeat: uint32(repeat), ctxSizeIn: uint32(len(ctx)), ctxIn: uint64(uintptr(unsafe.Pointer(&ctx[0]))),
 	}
-	_, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_TEST_RUN, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	errno := unix.EINTR
+	for errno == unix.EINTR { // a signal to the thread (the Go runtime's preemption) ends a run early: run again
+		_, _, errno = unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_TEST_RUN, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	}
 	runtime.KeepAlive(frame)
 	runtime.KeepAlive(ctx)
 	if errno != 0 {

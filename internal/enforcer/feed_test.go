@@ -3,17 +3,20 @@ package enforcer
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/sirupsen/logrus"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/api/v1alpha1"
+	"github.com/moatfw/moat/internal/endpoint"
 	"github.com/moatfw/moat/internal/feed"
 	"github.com/moatfw/moat/internal/testutil/kubetest"
 )
@@ -201,5 +204,50 @@ func TestAddressFeed(t *testing.T) {
 	}
 	if !poll(30*time.Second, func() bool { _, ok := entry("10.2.1.10/32"); return !ok }) {
 		t.Fatal("a deleted pod's address stayed in the ipcache")
+	}
+}
+
+// With the address feed, the enforcer reads the publisher's Lease: no Lease, or one nobody renews, is a contained
+// problem in the status (the node stays ready); a renewed Lease clears it.
+func TestStaleAddressFeed(t *testing.T) {
+	cluster := kubetest.Start(t)
+	_, client := clients(t, cluster.Config)
+	installCRDs(t, cluster)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "moat-system"}},
+		metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_, _, e := newTestEnforcer(t)
+	src := &Kubernetes{Config: cluster.Config, NodeName: "node-a", AddressFeed: true, LeaseNamespace: "moat-system",
+		FeedStaleAfter: 2 * time.Second, FeedCheckEvery: 100 * time.Millisecond, Log: logrus.NewEntry(logrus.New())}
+	runSource(t, e, src)
+	srv := &Server{E: e, Store: endpoint.Store{Dir: t.TempDir()}, Source: "kubernetes"}
+	problem := func(want string) func() bool {
+		return func() bool {
+			st := srv.Status()
+			found := false
+			for _, p := range st.Problems {
+				found = found || strings.Contains(p, want)
+			}
+			return found && st.Ready && st.Generation > 0
+		}
+	}
+	if !poll(30*time.Second, problem("the address feed has no publisher")) {
+		t.Fatalf("no problem for a feed without a publisher: %q", srv.Status().Problems)
+	}
+	now := metav1.NewMicroTime(time.Now())
+	holder := "moat-feed-0"
+	if _, err := client.CoordinationV1().Leases("moat-system").Create(ctx, &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: feed.Lease}, Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, RenewTime: &now}},
+		metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if !poll(30*time.Second, func() bool { return len(srv.Status().Problems) == 0 }) {
+		t.Fatalf("problems with a renewed feed Lease: %q", srv.Status().Problems)
+	}
+	if !poll(30*time.Second, problem("the address feed is stale")) {
+		t.Fatalf("no problem for a feed Lease nobody renews: %q", srv.Status().Problems)
 	}
 }

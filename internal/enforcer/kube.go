@@ -1,6 +1,7 @@
 package enforcer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -57,6 +58,9 @@ type Kubernetes struct {
 	// AddressFeed: learn pods and nodes from the address feed (AddressSlices, internal/feed) instead of watching
 	// every Pod and Node.
 	AddressFeed bool
+	// FeedStaleAfter is how long after the feed publisher's last renewal of its Lease (in LeaseNamespace) the feed
+	// counts as stale (zero: a minute); FeedCheckEvery how often the Lease is read (zero: 10 s).
+	FeedStaleAfter, FeedCheckEvery time.Duration
 
 	client  kubernetes.Interface
 	dynamic dynamic.Interface
@@ -75,6 +79,9 @@ type Kubernetes struct {
 	serviceRanges string // where the Service ranges come from (State.ServiceRanges)
 
 	statuses *latestState // the state whose policy status is to be written
+
+	// what the address feed's Lease says of its publisher ("": a publisher renews it)
+	feedStale atomic.Pointer[string]
 
 	// contact with the API server: since when it is lost (zero: in touch) and why
 	contactMu sync.Mutex
@@ -121,6 +128,9 @@ func (k *Kubernetes) Watch(ctx context.Context, changed func()) error {
 	}
 	synced.Store(true)
 	go k.writeStatuses(ctx)
+	if k.AddressFeed && k.LeaseNamespace != "" {
+		go k.watchFeedLease(ctx)
+	}
 	changed()
 	<-ctx.Done()
 	return nil
@@ -734,4 +744,55 @@ func (k *Kubernetes) Contact() (lostAt time.Time, why string) {
 	k.contactMu.Lock()
 	defer k.contactMu.Unlock()
 	return k.lostAt, k.lostWhy
+}
+
+// Stale says whether the address feed is known to be out of date: no publisher renewed its Lease lately.
+func (k *Kubernetes) Stale() string {
+	if s := k.feedStale.Load(); s != nil {
+		return *s
+	}
+	return ""
+}
+
+// watchFeedLease reads the address feed publisher's Lease every FeedCheckEvery until ctx ends, and marks the feed
+// stale while nobody renews it.
+func (k *Kubernetes) watchFeedLease(ctx context.Context) {
+	every, after := cmp.Or(k.FeedCheckEvery, 10*time.Second), cmp.Or(k.FeedStaleAfter, time.Minute)
+	name := k.LeaseNamespace + "/" + feed.Lease
+	var logged string
+	for {
+		why := ""
+		lease, err := k.client.CoordinationV1().Leases(k.LeaseNamespace).Get(ctx, feed.Lease, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			why = fmt.Sprintf("the address feed has no publisher: the Lease %s does not exist (is the Deployment moat-feed running?); "+
+				"pods on other nodes are known only as the feed last had them, new ones as pods of unknown namespace", name)
+		case err != nil:
+			// the API server cannot be asked: contact tracking says so
+		case lease.Spec.RenewTime == nil || time.Since(lease.Spec.RenewTime.Time) > after:
+			since := "never"
+			if lease.Spec.RenewTime != nil {
+				since = lease.Spec.RenewTime.UTC().Format(time.RFC3339)
+			}
+			why = fmt.Sprintf("the address feed is stale: its publisher last renewed the Lease %s at %s (is the Deployment "+
+				"moat-feed running?); pods on other nodes are known only as the feed last had them, new ones as pods of "+
+				"unknown namespace", name, since)
+		}
+		if err == nil || apierrors.IsNotFound(err) {
+			k.feedStale.Store(&why)
+			if why != logged {
+				if why != "" {
+					k.Log.Warn(why)
+				} else {
+					k.Log.WithField("lease", name).Info("the address feed is published")
+				}
+				logged = why
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+	}
 }

@@ -30,6 +30,8 @@ type Snapshot struct {
 	// snapshot is taken, not when it was published.
 	ContactLost time.Time
 	ContactWhy  string
+	// SourceStale is what the source knows to be out of date ("": nothing), read when the snapshot is taken.
+	SourceStale string
 
 	lingering map[uint32]lingerer
 }
@@ -40,6 +42,7 @@ func (e *Enforcer) Snapshot() Snapshot {
 	s := *e.published.Load()
 	if c, ok := e.contact.Load().(contactSource); ok {
 		s.ContactLost, s.ContactWhy = c.Contact()
+		s.SourceStale = c.Stale()
 	}
 	return s
 }

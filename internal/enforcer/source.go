@@ -29,6 +29,8 @@ type Source interface {
 type contactSource interface {
 	// Contact says since when the source cannot be reached, and why (zero time: it can).
 	Contact() (lostAt time.Time, why string)
+	// Stale says what part of what the source reads is known to be out of date, and why ("": none).
+	Stale() string
 }
 
 // addressFeed is a source that tells which addresses changed, so that a burst in which only addresses changed

@@ -43,6 +43,9 @@ func (s *Server) Status() agentapi.Status {
 				"reused meanwhile keeps its former namespace until contact returns",
 			snap.ContactLost.UTC().Format(time.RFC3339), snap.ContactWhy)})
 	}
+	if snap.SourceStale != "" {
+		problems = append(problems, Problem{Kind: ProblemSource, Severity: Contained, Message: snap.SourceStale})
+	}
 	if snap.IPCacheRefused > 0 {
 		problems = append(problems, Problem{Kind: ProblemMap, Severity: Degraded, Message: fmt.Sprintf(
 			"the ipcache is full: %d addresses of the cluster have no entry of their own and are decided by the "+

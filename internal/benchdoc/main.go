@@ -271,7 +271,11 @@ func renderDatapath(samples []sample) string {
 		cpuModel(), runtime.NumCPU(), kernel(), runtime.Version())
 	es := summarize(empty)
 	fmt.Fprintf(&b, "- `go test -bench BenchmarkVerdict ./bpf/`: N egress rules of one identity with distinct CIDRs and ports, the\n")
-	fmt.Fprintf(&b, "  matching one last. Each cell is the median (min-max) over %d runs of ns per packet, **net of an empty\n", len(empty)/max(1, len(ns)))
+	runs := 0
+	for _, v := range ns {
+		runs = max(runs, len(v))
+	}
+	fmt.Fprintf(&b, "  matching one last. Each cell is the median (min-max) over %d runs of ns per packet, **net of an empty\n", runs)
 	fmt.Fprintf(&b, "  program** run through the same harness (%.1f ns median, the cost of BPF_PROG_TEST_RUN itself).\n", es.median)
 	fmt.Fprintf(&b, "- Paths: `miss` no rule matches (world default); `allow`/`deny` the last rule decides a new flow (RST, so\n")
 	fmt.Fprintf(&b, "  no conntrack entry is made and every run is a new flow); `ct-hit` a packet of an established flow; `syn` an\n")

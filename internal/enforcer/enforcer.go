@@ -671,8 +671,9 @@ func (e *Enforcer) swapPolicies(policies map[uint32]*policy.IdentityPolicy) (map
 	stale := map[uint32]string{}
 	tries := map[uint32]*bpf.PolicyTrie{}
 	made := map[[sha256.Size]byte]*sharedTrie{} // compiled in this call, not yet in e.tries
+	fingerprints := policy.NewFingerprinter()
 	for id, p := range policies {
-		fp := policy.Fingerprint(p)
+		fp := fingerprints.Of(p)
 		if old, ok := e.inForce[id]; ok && old == fp {
 			continue
 		}

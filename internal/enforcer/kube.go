@@ -97,7 +97,15 @@ type Kubernetes struct {
 
 	mu       sync.Mutex
 	lastGood map[string]v1alpha1.FirewallPolicy // by name: the last valid version seen
+	decoded  map[string]decodedPolicy           // by name: the version last decoded, and what decoding it gave
 	goodCfg  *v1alpha1.FirewallConfig
+}
+
+// decodedPolicy is a FirewallPolicy as decoded from one version of its object, with what was wrong with it.
+type decodedPolicy struct {
+	version string
+	policy  v1alpha1.FirewallPolicy
+	err     error
 }
 
 // GVRs of the policy API.
@@ -316,14 +324,27 @@ func (k *Kubernetes) Load() (State, error) {
 	s.Config = k.goodCfg
 
 	present := map[string]bool{}
+	if k.decoded == nil {
+		k.decoded = map[string]decodedPolicy{}
+	}
 	for _, obj := range k.pols.GetStore().List() {
-		var p v1alpha1.FirewallPolicy
 		name := nameOf(obj)
 		present[name] = true
-		err := fromUnstructured(obj, &p)
-		if err == nil {
-			err = errors.Join(p.Validate()...)
+		// decoded and validated once per version, not at every load
+		rv := ""
+		if u, ok := obj.(*unstructured.Unstructured); ok {
+			rv = u.GetResourceVersion()
 		}
+		d, ok := k.decoded[name]
+		if !ok || rv == "" || d.version != rv {
+			d = decodedPolicy{version: rv}
+			d.err = fromUnstructured(obj, &d.policy)
+			if d.err == nil {
+				d.err = errors.Join(d.policy.Validate()...)
+			}
+			k.decoded[name] = d
+		}
+		p, err := d.policy, d.err
 		if err != nil {
 			msg := err.Error()
 			if good, ok := k.lastGood[name]; ok {
@@ -340,6 +361,11 @@ func (k *Kubernetes) Load() (State, error) {
 	for name := range k.lastGood {
 		if !present[name] {
 			delete(k.lastGood, name)
+		}
+	}
+	for name := range k.decoded {
+		if !present[name] {
+			delete(k.decoded, name)
 		}
 	}
 	sort.Slice(s.Policies, func(i, j int) bool { return s.Policies[i].Name < s.Policies[j].Name })

@@ -44,6 +44,7 @@ func main() {
 	benchtime := flag.String("benchtime", "200000x", "go test -benchtime")
 	quick := flag.Bool("quick", false, "a smaller run (N=10 and 10,000 only, fewer repetitions): make bench QUICK=1")
 	datapathOnly := flag.Bool("datapath", false, "run only the datapath benchmark and rewrite only its section of -out")
+	from := flag.String("from", "", "with -datapath: read BenchmarkVerdict's output from this file instead of running it")
 	podsOnly := flag.Bool("pods", false, "run only the plugin, attach and pod churn benchmarks and rewrite only their sections of -out")
 	flag.Parse()
 	quickRun = *quick
@@ -78,7 +79,16 @@ func main() {
 		return
 	}
 
-	raw := benchmark(verdict, *benchtime, *count, "./bpf/")
+	var raw io.Reader
+	if *datapathOnly && *from != "" {
+		f, err := os.ReadFile(*from)
+		if err != nil {
+			log.Fatal(err)
+		}
+		raw = bytes.NewReader(f)
+	} else {
+		raw = benchmark(verdict, *benchtime, *count, "./bpf/")
+	}
 	samples := parse(raw)
 	if len(samples) == 0 {
 		log.Fatal("benchdoc: no BenchmarkVerdict results in the output")
@@ -88,7 +98,12 @@ func main() {
 		if err != nil {
 			log.Fatal(err)
 		}
-		page, err := replaceDatapath(string(old), renderDatapath(samples))
+		section := renderDatapath(samples)
+		if *from != "" {
+			section = strings.Replace(section, "\n\n| rules |", "\n- Rendered from a saved run (`benchdoc -datapath -from`), not measured by this regeneration: "+
+				"[benchmarks-findings.md]("+findings+"#datapath-where-the-time-goes) says when and how.\n\n| rules |", 1)
+		}
+		page, err := replaceDatapath(string(old), section)
 		if err != nil {
 			log.Fatalf("benchdoc: %s: %v", *out, err)
 		}

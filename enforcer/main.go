@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -50,11 +51,12 @@ func main() {
 	flag.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9464", "serve Prometheus metrics here (empty: off)")
 	flag.StringVar(&o.cniConfDir, "cni-conf-dir", "", "keep moat chained into the primary network of this CNI folder (repair loop; empty: off)")
 	flag.BoolVar(&o.ipamShim, "cni-ipam-shim", false, "with --cni-conf-dir: wrap the primary plugin's ipam in moat-ipam")
-	flag.StringVar(&o.attachMode, "cni-attach-mode", "", "with --cni-conf-dir: the attachMode of moat's entry (tcx or clsact; empty: the plugin's default, tcx)")
+	flag.StringVar(&o.attachMode, "cni-attach-mode", "", "with --cni-conf-dir: the attachMode of moat's entry (tcx or clsact; empty: the plugin's default, clsact filters first then moved to tcx)")
 	flag.StringVar(&o.failPolicy, "cni-fail-policy", "", "with --cni-conf-dir: the failPolicy of moat's entry (closed or open; empty: the plugin's default)")
 	flag.DurationVar(&o.reconcile, "reconcile-interval", 30*time.Second, "how often recorded endpoints are checked against the host")
 	flag.Var(&o.conntrackEntries, "conntrack-entries", fmt.Sprintf("size of the conntrack table when the enforcer creates the maps (default %d; a change needs moat-install --uninstall)", bpf.DefaultConntrackEntries))
 	flag.Var(&o.ipcacheEntries, "ipcache-entries", fmt.Sprintf("size of the ipcache (addresses of pods, Services and nodes of the cluster) when the enforcer creates the maps (default %d; a change needs moat-install --uninstall)", bpf.DefaultIPCacheEntries))
+	flag.BoolVar(&o.pprof, "debug-pprof", false, "with --metrics-addr: serve Go's CPU, heap and goroutine profiles under /debug/pprof/ there")
 	flag.BoolVar(&o.addressFeed, "address-feed", false, "learn the cluster's pods and nodes from the address feed (AddressSlices) instead of watching every Pod and Node")
 	flag.BoolVar(&o.publishFeed, "publish-address-feed", false, "run as the cluster's address feed publisher (no datapath): write AddressSlices from a watch of Pods and Nodes, while holding the Lease moat-address-feed in --status-lease-namespace")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
@@ -86,7 +88,7 @@ type options struct {
 	pinRoot, policyDir, kubeconfig, nodeName, endpointDir, flowLog, metricsAddr, socket string
 	leaseNamespace                                                                      string
 	cniConfDir, failPolicy, attachMode                                                  string
-	ipamShim, addressFeed, publishFeed                                                  bool
+	ipamShim, addressFeed, publishFeed, pprof                                           bool
 	reconcile                                                                           time.Duration
 	conntrackEntries, ipcacheEntries                                                    entries
 }
@@ -191,6 +193,14 @@ func run(log *logrus.Entry, o options) error {
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 		mux.HandleFunc("/readyz", srv.Readyz)
+		if o.pprof {
+			// Go's profiles of the enforcer, for whoever reaches the listener (keep it on 127.0.0.1)
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		}
 		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = hs.Serve(ln) }()
 		defer hs.Close()

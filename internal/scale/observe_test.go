@@ -50,6 +50,10 @@ func startEnforcer(t *testing.T, bin, kubeconfig, pinRoot, dir string, feed bool
 	if feed {
 		args = append(args, "--address-feed")
 	}
+	if addr := os.Getenv("MOAT_SCALE_PPROF"); addr != "" {
+		// profiles of the enforcer while the run goes (curl http://ADDR/debug/pprof/profile?seconds=30)
+		args = append(args, "--metrics-addr="+addr, "--debug-pprof")
+	}
 	p, err := procs.Start("moat-enforcer", bin, args, filepath.Join(dir, "moat-enforcer.log"), dir, nil, nil)
 	if err != nil {
 		t.Fatal(err)

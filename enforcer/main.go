@@ -261,9 +261,15 @@ func run(log *logrus.Entry, o options) error {
 	if o.reconcile > 0 {
 		go enforcer.Every(ctx, o.reconcile, reconcile)
 	}
+	var freed time.Time
 	err = e.Run(ctx, src, func() {
 		reconcile()
-		debug.FreeOSMemory() // parsing and compiling a large policy leaves pages the heap no longer needs
+		// parsing and compiling a large policy leaves pages the heap no longer needs; handing them back costs a
+		// scavenge of the whole heap, so at most twice a minute (applies come many a second under churn)
+		if time.Since(freed) > 30*time.Second {
+			debug.FreeOSMemory()
+			freed = time.Now()
+		}
 	})
 	log.Info("stopping; pinned state stays for the next start")
 	return err

@@ -115,6 +115,7 @@ func Resolve(in Input) Output {
 	peers := peerCache{in: in, nsLabels: nsLabels, ids: map[string][]uint32{}}
 	policyRules := make([][]policy.Rule, len(policies))
 	ruled := make([]bool, len(policies))
+	var mine []int // the policies that select the namespace at hand
 	for i := range in.Namespaces {
 		ns := &in.Namespaces[i]
 		set := nsLabels[ns.Name]
@@ -139,6 +140,8 @@ func Resolve(in Input) Output {
 			}
 			out.Policies[id] = p
 		}
+		mine = mine[:0]
+		n := 0
 		for j := range policies {
 			if !selectors[j].Matches(set) {
 				continue
@@ -151,6 +154,13 @@ func Resolve(in Input) Output {
 						rules(pol, bpf.Ingress, pol.Spec.Ingress, in, &peers)...)
 					ruled[j] = true
 				}
+				mine = append(mine, j)
+				n += len(policyRules[j])
+			}
+		}
+		if hasIdentity && n > 0 {
+			p.Rules = make([]policy.Rule, 0, n) // one allocation, not one per policy
+			for _, j := range mine {
 				p.Rules = append(p.Rules, policyRules[j]...)
 			}
 		}

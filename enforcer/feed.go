@@ -6,16 +6,14 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/sirupsen/logrus"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
 	"github.com/moatfw/moat/internal/feed"
+	"github.com/moatfw/moat/internal/lease"
 )
 
 // runFeed publishes the cluster's address feed while this process holds the Lease feed.Lease (one publisher per
@@ -50,32 +48,24 @@ func runFeed(log *logrus.Entry, o options) error {
 	if pod := os.Getenv("POD_NAME"); pod != "" {
 		id = pod
 	}
-	lock := &resourcelock.LeaseLock{
-		LeaseMeta:  metav1.ObjectMeta{Name: feed.Lease, Namespace: o.leaseNamespace},
-		Client:     client.CoordinationV1(),
-		LockConfig: resourcelock.ResourceLockConfig{Identity: id},
-	}
-	lease := log.WithField("lease", o.leaseNamespace+"/"+feed.Lease)
+	held := log.WithField("lease", o.leaseNamespace+"/"+feed.Lease)
 	var failed error
-	leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
-		Lock: lock, LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
-		ReleaseOnCancel: true, Name: feed.Lease,
-		Callbacks: leaderelection.LeaderCallbacks{
+	leaderelection.RunOrDie(ctx, lease.Election(client.CoordinationV1(), o.leaseNamespace, feed.Lease, id,
+		leaderelection.LeaderCallbacks{
 			OnStartedLeading: func(ctx context.Context) {
-				lease.Info("holding the Lease: publishing the address feed")
+				held.Info("holding the Lease: publishing the address feed")
 				if err := publish(ctx); err != nil {
 					failed = err
 					stop()
 				}
 			},
-			OnStoppedLeading: func() { lease.Info("not holding the Lease (any more)") },
+			OnStoppedLeading: func() { held.Info("not holding the Lease (any more)") },
 			OnNewLeader: func(who string) {
 				if who != id {
-					lease.WithField("holder", who).Info("another publisher holds the Lease: standing by")
+					held.WithField("holder", who).Info("another publisher holds the Lease: standing by")
 				}
 			},
-		},
-	})
+		}))
 	if failed != nil {
 		return fmt.Errorf("publishing the address feed: %w", failed)
 	}

@@ -3,11 +3,10 @@ package enforcer
 import (
 	"context"
 	"sync"
-	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
+
+	"github.com/moatfw/moat/internal/lease"
 )
 
 // StatusLease is the Lease whose holder writes the policies' status for the whole cluster.
@@ -78,16 +77,9 @@ func (k *Kubernetes) writeStatuses(ctx context.Context) {
 		write(ctx)
 		return
 	}
-	lock := &resourcelock.LeaseLock{
-		LeaseMeta:  metav1.ObjectMeta{Name: StatusLease, Namespace: k.LeaseNamespace},
-		Client:     k.client.CoordinationV1(),
-		LockConfig: resourcelock.ResourceLockConfig{Identity: k.NodeName},
-	}
 	for ctx.Err() == nil {
-		leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
-			Lock: lock, LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
-			ReleaseOnCancel: true, Name: StatusLease,
-			Callbacks: leaderelection.LeaderCallbacks{
+		leaderelection.RunOrDie(ctx, lease.Election(k.client.CoordinationV1(), k.LeaseNamespace, StatusLease, k.NodeName,
+			leaderelection.LeaderCallbacks{
 				OnStartedLeading: func(ctx context.Context) {
 					k.Log.WithField("lease", k.LeaseNamespace+"/"+StatusLease).Info("writing policy status for the cluster")
 					k.statuses.wake()
@@ -96,8 +88,7 @@ func (k *Kubernetes) writeStatuses(ctx context.Context) {
 				OnStoppedLeading: func() {
 					k.Log.WithField("lease", k.LeaseNamespace+"/"+StatusLease).Info("another node writes policy status now")
 				},
-			},
-		})
+			}))
 	}
 }
 

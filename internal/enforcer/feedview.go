@@ -55,10 +55,10 @@ func (v *feedView) slice(obj any, gone bool) {
 		var as v1alpha1.AddressSlice
 		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &as); err == nil {
 			for _, e := range as.Pods {
-				now["pod/"+e.Namespace+"/"+e.Name] = feed.PodOf(e)
+				now[feed.PodKey(e.Namespace, e.Name)] = feed.PodOf(e)
 			}
 			for _, e := range as.Nodes {
-				now["node/"+e.Name] = feed.NodeOf(e)
+				now[feed.NodeKey(e.Name)] = feed.NodeOf(e)
 			}
 		}
 		// a slice that does not decode holds nothing: its entries go until the publisher rewrites it

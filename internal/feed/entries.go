@@ -13,6 +13,13 @@ import (
 	"github.com/moatfw/moat/internal/api/v1alpha1"
 )
 
+// PodKey and NodeKey name an entry of the feed, whichever slice holds it: a pod by namespace and name, a node by
+// name.
+func PodKey(namespace, name string) string { return "pod/" + namespace + "/" + name }
+
+// NodeKey names a node's entry (see PodKey).
+func NodeKey(name string) string { return "node/" + name }
+
 // SlimPod is an informer transform that keeps of a pod only what decides an address: its name, node, addresses,
 // phase, creation time and hostPorts (in one container of its own).
 func SlimPod(obj any) (any, error) {

@@ -21,7 +21,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -106,24 +105,29 @@ func (p *Publisher) Run(ctx context.Context) error {
 			DeleteFunc: func(obj any) { set(obj, true) },
 		}
 	}
-	if _, err := pods.AddEventHandler(on(podKey)); err != nil {
+	podsHandled, err := pods.AddEventHandler(on(podKey))
+	if err != nil {
 		return err
 	}
-	if _, err := nodes.AddEventHandler(on(nodeKey)); err != nil {
+	nodesHandled, err := nodes.AddEventHandler(on(nodeKey))
+	if err != nil {
 		return err
 	}
-	df := dynamicinformer.NewDynamicSharedInformerFactory(p.Dynamic, 0)
-	existing := df.ForResource(SlicesResource).Informer()
 	f.Start(ctx.Done())
-	df.Start(ctx.Done())
-	p.Log.Info("address feed: waiting for the Pod, Node and AddressSlice caches")
-	if !cache.WaitForCacheSync(ctx.Done(), pods.HasSynced, nodes.HasSynced, existing.HasSynced) {
+	p.Log.Info("address feed: waiting for the Pod and Node caches")
+	// synced once the handlers have seen the initial listing, so that adopt knows every pod and node
+	if !cache.WaitForCacheSync(ctx.Done(), podsHandled.HasSynced, nodesHandled.HasSynced) {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return errors.New("the caches never filled (may the feed's service account list pods, nodes and addressslices?)")
+		return errors.New("the caches never filled (may the feed's service account list pods and nodes?)")
 	}
-	p.adopt(existing.GetStore().List())
+	// what a previous publisher wrote, read once: from here on this publisher is the only writer
+	existing, err := p.Dynamic.Resource(SlicesResource).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list the address slices (may the feed's service account list addressslices?): %w", err)
+	}
+	p.adopt(existing.Items)
 	go changes.Run(ctx, func() {
 		if !p.flush(ctx) {
 			time.AfterFunc(time.Second, changes.Notify) // what failed is tried again
@@ -143,7 +147,7 @@ func podKey(obj any) (string, entry, bool) {
 		return "", entry{}, false
 	}
 	e, ok := PodEntry(pod)
-	return "pod/" + pod.Namespace + "/" + pod.Name, entry{pod: &e}, ok
+	return PodKey(pod.Namespace, pod.Name), entry{pod: &e}, ok
 }
 
 func nodeKey(obj any) (string, entry, bool) {
@@ -155,7 +159,7 @@ func nodeKey(obj any) (string, entry, bool) {
 		return "", entry{}, false
 	}
 	e := NodeEntry(n)
-	return "node/" + n.Name, entry{node: &e}, true
+	return NodeKey(n.Name), entry{node: &e}, true
 }
 
 // set records what the cluster has under key (present false: nothing), and marks the slice it goes to for
@@ -222,27 +226,25 @@ func (p *Publisher) roomy() *slice {
 
 // adopt takes the slices a previous publisher wrote as they are: each entry still wanted stays where it is (the
 // enforcers see no change), entries gone or held twice are dropped, and what is new is placed.
-func (p *Publisher) adopt(objs []any) {
+func (p *Publisher) adopt(objs []unstructured.Unstructured) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	slices.SortFunc(objs, func(a, b any) int { return strings.Compare(nameOf(a), nameOf(b)) })
-	for _, obj := range objs {
+	slices.SortFunc(objs, func(a, b unstructured.Unstructured) int { return strings.Compare(a.GetName(), b.GetName()) })
+	for _, u := range objs {
+		s := &slice{name: u.GetName(), keys: map[string]bool{}, exists: true}
+		p.slices[s.name] = s
 		var as v1alpha1.AddressSlice
-		if u, ok := obj.(*unstructured.Unstructured); !ok ||
-			runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &as) != nil {
-			p.Log.WithField("addressSlice", nameOf(obj)).Warn("address feed: a slice that does not decode is rewritten")
-			as = v1alpha1.AddressSlice{ObjectMeta: metav1.ObjectMeta{Name: nameOf(obj)}}
-			p.slices[as.Name] = &slice{name: as.Name, keys: map[string]bool{}, exists: true, dirty: true}
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &as); err != nil {
+			p.Log.WithField("addressSlice", s.name).Warn("address feed: a slice that does not decode is rewritten")
+			s.dirty = true
 			continue
 		}
-		s := &slice{name: as.Name, keys: map[string]bool{}, exists: true}
-		p.slices[s.name] = s
 		have := map[string]entry{}
 		for i := range as.Pods {
-			have["pod/"+as.Pods[i].Namespace+"/"+as.Pods[i].Name] = entry{pod: &as.Pods[i]}
+			have[PodKey(as.Pods[i].Namespace, as.Pods[i].Name)] = entry{pod: &as.Pods[i]}
 		}
 		for i := range as.Nodes {
-			have["node/"+as.Nodes[i].Name] = entry{node: &as.Nodes[i]}
+			have[NodeKey(as.Nodes[i].Name)] = entry{node: &as.Nodes[i]}
 		}
 		if len(have) != len(as.Pods)+len(as.Nodes) {
 			s.dirty = true // a key twice in one slice
@@ -267,24 +269,6 @@ func (p *Publisher) adopt(objs []any) {
 	}
 	p.ready = true
 	p.Log.WithFields(logrus.Fields{"adopted": len(objs), "entries": len(p.want)}).Info("address feed: publishing")
-}
-
-func nameOf(obj any) string {
-	if m, err := meta(obj); err == nil {
-		return m.GetName()
-	}
-	return ""
-}
-
-func meta(obj any) (metav1.Object, error) {
-	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = t.Obj
-	}
-	m, ok := obj.(metav1.Object)
-	if !ok {
-		return nil, fmt.Errorf("%T is no object", obj)
-	}
-	return m, nil
 }
 
 // flush writes every slice marked for writing; one that fails stays marked for the next flush, and flush says

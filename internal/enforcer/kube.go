@@ -156,7 +156,7 @@ func (k *Kubernetes) start(ctx context.Context, changed func()) error {
 	if k.dynamic, err = dynamic.NewForConfig(cfg); err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
-	k.lastGood = map[string]v1alpha1.FirewallPolicy{}
+	k.lastGood, k.decoded = map[string]v1alpha1.FirewallPolicy{}, map[string]decodedPolicy{}
 	f := informers.NewSharedInformerFactory(k.client, 0)
 	k.ns = f.Core().V1().Namespaces().Informer()
 	k.svcs = f.Core().V1().Services().Informer()
@@ -324,9 +324,6 @@ func (k *Kubernetes) Load() (State, error) {
 	s.Config = k.goodCfg
 
 	present := map[string]bool{}
-	if k.decoded == nil {
-		k.decoded = map[string]decodedPolicy{}
-	}
 	for _, obj := range k.pols.GetStore().List() {
 		name := nameOf(obj)
 		present[name] = true
@@ -508,8 +505,8 @@ func addCIDRClaim(claims map[netip.Prefix]claim, cidr string) {
 }
 
 // addressOn keeps the book up to date with one kind of object (old is nil on an add; gone on a delete), and
-// calls changed when an event changed what the object claims (a Node's heartbeat, a pod's container status: nothing, and no call). A pod with
-// hostPorts, or a Node while such pods exist, marks the hostPorts changed too.
+// calls changed when an event changed what the object claims (a Node's heartbeat, a pod's container status:
+// nothing, and no call). A pod with hostPorts, or a Node while such pods exist, marks the hostPorts changed too.
 func (k *Kubernetes) addressOn(kind string, claims func(any) map[netip.Prefix]claim, changed func()) func(old, obj any, gone bool) {
 	return func(old, obj any, gone bool) {
 		key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
@@ -789,10 +786,11 @@ func (k *Kubernetes) watchFeedLease(ctx context.Context) {
 	for {
 		why := ""
 		lease, err := k.client.CoordinationV1().Leases(k.LeaseNamespace).Get(ctx, feed.Lease, metav1.GetOptions{})
+		const meanwhile = " (is the Deployment moat-feed running?); pods on other nodes are known only as the feed " +
+			"last had them, new ones as pods of unknown namespace"
 		switch {
 		case apierrors.IsNotFound(err):
-			why = fmt.Sprintf("the address feed has no publisher: the Lease %s does not exist (is the Deployment moat-feed running?); "+
-				"pods on other nodes are known only as the feed last had them, new ones as pods of unknown namespace", name)
+			why = "the address feed has no publisher: the Lease " + name + " does not exist" + meanwhile
 		case err != nil:
 			// the API server cannot be asked: contact tracking says so
 		case lease.Spec.RenewTime == nil || time.Since(lease.Spec.RenewTime.Time) > after:
@@ -800,9 +798,7 @@ func (k *Kubernetes) watchFeedLease(ctx context.Context) {
 			if lease.Spec.RenewTime != nil {
 				since = lease.Spec.RenewTime.UTC().Format(time.RFC3339)
 			}
-			why = fmt.Sprintf("the address feed is stale: its publisher last renewed the Lease %s at %s (is the Deployment "+
-				"moat-feed running?); pods on other nodes are known only as the feed last had them, new ones as pods of "+
-				"unknown namespace", name, since)
+			why = "the address feed is stale: its publisher last renewed the Lease " + name + " at " + since + meanwhile
 		}
 		if err == nil || apierrors.IsNotFound(err) {
 			k.feedStale.Store(&why)

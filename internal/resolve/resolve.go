@@ -113,9 +113,8 @@ func Resolve(in Input) Output {
 	// every namespace with a namespace peer would otherwise match namespaces squared). The rules are shared by the
 	// identities' policies, which only read them.
 	peers := peerCache{in: in, nsLabels: nsLabels, ids: map[string][]uint32{}}
-	policyRules := make([][]policy.Rule, len(policies))
-	ruled := make([]bool, len(policies))
-	var mine []int // the policies that select the namespace at hand
+	policyRules := make([][]policy.Rule, len(policies)) // nil until a namespace with an identity needs them
+	var mine []int                                      // the policies that select the namespace at hand
 	for i := range in.Namespaces {
 		ns := &in.Namespaces[i]
 		set := nsLabels[ns.Name]
@@ -148,11 +147,10 @@ func Resolve(in Input) Output {
 			}
 			selected[j] = true
 			if hasIdentity {
-				if !ruled[j] {
+				if policyRules[j] == nil { // (a policy without rules is worked out again: nothing to do)
 					pol := &policies[j]
 					policyRules[j] = append(rules(pol, bpf.Egress, pol.Spec.Egress, in, &peers),
 						rules(pol, bpf.Ingress, pol.Spec.Ingress, in, &peers)...)
-					ruled[j] = true
 				}
 				mine = append(mine, j)
 				n += len(policyRules[j])
@@ -188,7 +186,7 @@ func (c *peerCache) identities(s *metav1.LabelSelector) []uint32 {
 	if ids, ok := c.ids[key]; ok {
 		return ids
 	}
-	ids := []uint32{}
+	var ids []uint32 // nil when none: a peer of no namespace
 	for name, set := range c.nsLabels {
 		if id := c.in.Identities[name]; id != 0 && sel.Matches(set) {
 			ids = append(ids, id)
@@ -216,9 +214,6 @@ func rules(pol *v1alpha1.FirewallPolicy, dir bpf.Direction, list []v1alpha1.Rule
 		for _, peer := range peers {
 			if peer.NamespaceSelector != nil {
 				ids := peerIDs.identities(peer.NamespaceSelector)
-				if len(ids) == 0 {
-					ids = nil
-				}
 				if rule.Action == bpf.ActionDeny {
 					// a pod of a range whose namespace is not known yet may be of the namespaces denied
 					ids = append(slices.Clip(ids), bpf.IdentityUnknownPod)

@@ -706,9 +706,13 @@ func (e *Enforcer) swapPolicies(policies map[uint32]*policy.IdentityPolicy) (map
 		}
 	}
 	maps.Copy(e.tries, made)
+	// every new use is counted before any old one is dropped: an identity may take the trie another identity of
+	// this apply leaves, which would otherwise reach no users and be closed first
+	for _, fp := range changed {
+		e.tries[fp].users++
+	}
 	for id, fp := range changed {
 		e.release(id)
-		e.tries[fp].users++
 		e.inForce[id] = fp
 	}
 	return changed, stale, nil

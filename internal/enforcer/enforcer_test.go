@@ -440,3 +440,45 @@ func TestReadinessDoesNotWaitOnAnApply(t *testing.T) {
 			st.Ready, st.Generation, st.Namespaces)
 	}
 }
+
+// Two namespaces trading their rule sets in one apply: each takes the trie the other leaves, which stays open.
+func TestNamespacesTradeTries(t *testing.T) {
+	_, dp, e := newTestEnforcer(t)
+	zone := func(name, z string) v1alpha1.Namespace {
+		ns := namespace(name)
+		ns.Labels = map[string]string{"moat.dev/zone": z}
+		return ns
+	}
+	deny := func(zone string, port int32) v1alpha1.FirewallPolicy {
+		return v1alpha1.FirewallPolicy{ObjectMeta: metav1.ObjectMeta{Name: "no-" + zone},
+			Spec: v1alpha1.FirewallPolicySpec{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"moat.dev/zone": zone}},
+				Egress: []v1alpha1.Rule{{Action: v1alpha1.ActionDeny, Ports: []v1alpha1.Port{{Protocol: "TCP", Port: ptr(port)}}}}}}
+	}
+	policies := []v1alpha1.FirewallPolicy{deny("web", 80), deny("db", 5432)}
+	trie := func(name string) ebpf.MapID {
+		t.Helper()
+		id, err := dp.PolicyMapID(e.Identities()[name])
+		if err != nil {
+			t.Fatalf("policy of %s: %v", name, err)
+		}
+		return id
+	}
+	// the orders in which Go visits the identities differ from run to run: trade a few times
+	a, b := "web", "db"
+	if err := e.Apply(State{Policies: policies, Namespaces: []v1alpha1.Namespace{zone("a", a), zone("b", b)}}); err != nil {
+		t.Fatal(err)
+	}
+	for range 8 {
+		ta, tb := trie("a"), trie("b")
+		a, b = b, a
+		if err := e.Apply(State{Policies: policies, Namespaces: []v1alpha1.Namespace{zone("a", a), zone("b", b)}}); err != nil {
+			t.Fatal(err)
+		}
+		if trie("a") != tb || trie("b") != ta {
+			t.Fatalf("after the trade a uses %d and b %d, want %d and %d", trie("a"), trie("b"), tb, ta)
+		}
+		if len(e.tries) != 2 {
+			t.Fatalf("%d tries held for two rule sets", len(e.tries))
+		}
+	}
+}

@@ -326,8 +326,9 @@ func (f *filler) deletePod(ctx context.Context, j int) error {
 	})
 }
 
-// fill creates the cluster's namespaces, nodes, Services, policies and pods 0..pods-1.
-func (f *filler) fill(ctx context.Context, pods int) error {
+// fill creates the cluster's namespaces, nodes, Services and policies through the API, then pods 0..pods-1:
+// through the API too when etcdURL is empty, else written to etcd in bulk (bulkPods).
+func (f *filler) fill(ctx context.Context, pods int, etcdURL string) error {
 	core := f.client.CoreV1()
 	steps := []struct {
 		n  int
@@ -361,17 +362,35 @@ func (f *filler) fill(ctx context.Context, pods int) error {
 				return err
 			})
 		}},
-		{pods, func(j int) error {
-			_, err := f.createPod(ctx, j)
-			return err
-		}},
 	}
 	for _, s := range steps {
 		if err := parallel(s.n, s.do); err != nil {
 			return err
 		}
 	}
-	return nil
+	if etcdURL == "" {
+		return parallel(pods, func(j int) error {
+			_, err := f.createPod(ctx, j)
+			return err
+		})
+	}
+	if err := f.bulkPods(ctx, etcdURL, 0, pods); err != nil {
+		return err
+	}
+	// the API server's cache has them all once a list does (the watch from etcd runs behind the writes)
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		n, err := f.countPods(ctx)
+		switch {
+		case err == nil && n == pods:
+			return nil
+		case err == nil && n > pods:
+			return fmt.Errorf("the API server lists %d pods, %d were written", n, pods)
+		case time.Now().After(deadline):
+			return fmt.Errorf("the API server lists %d of the %d pods written to etcd (%v)", n, pods, err)
+		}
+		time.Sleep(time.Second)
+	}
 }
 
 // setPolicy replaces policy p's spec with changedPolicy(p, port) (an update of the whole object, as kubectl

@@ -133,7 +133,11 @@ func measure(t *testing.T, bin string, r *result) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	if err := f.fill(ctx, r.Pods); err != nil {
+	etcdURL := cluster.EtcdURL
+	if os.Getenv("MOAT_SCALE_FILL") == "api" {
+		etcdURL = ""
+	}
+	if err := f.fill(ctx, r.Pods, etcdURL); err != nil {
 		t.Fatalf("fill: %v", err)
 	}
 	r.Fill = time.Since(start)

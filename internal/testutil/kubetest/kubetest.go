@@ -128,6 +128,9 @@ type Cluster struct {
 	// Dir holds the cluster's state: logs (etcd.log, kube-apiserver.log, kube-controller-manager.log),
 	// etcd data, keys, certificates.
 	Dir string
+	// EtcdURL is etcd's client URL (plain HTTP on loopback), for tests that write the API server's storage
+	// directly, such as a bulk fill; the API server keeps its objects under /registry.
+	EtcdURL string
 
 	client    kubernetes.Interface
 	procs     []*procs.Proc // in start order
@@ -218,6 +221,7 @@ func (c *Cluster) start(bin string, cfg *config) error {
 	}
 	etcdClient, etcdPeer, apiPort := ports[0], ports[1], ports[2]
 	etcdURL := "http://127.0.0.1:" + strconv.Itoa(etcdClient)
+	c.EtcdURL = etcdURL
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(etcdPeer)
 	etcdData := filepath.Join(c.Dir, "etcd")
 	if err := os.RemoveAll(etcdData); err != nil { // a previous attempt's member

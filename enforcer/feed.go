@@ -19,11 +19,17 @@ import (
 // runFeed publishes the cluster's address feed while this process holds the Lease feed.Lease (one publisher per
 // cluster; a standby takes over within the Lease's 15 s). Without a Lease namespace it publishes unconditionally.
 func runFeed(log *logrus.Entry, o options) error {
+	if o.feedQPS <= 0 {
+		return fmt.Errorf("--feed-api-qps %d: want a positive number of requests a second", o.feedQPS)
+	}
 	cfg, err := kubeConfig(o)
 	if err != nil {
 		return err
 	}
 	cfg.UserAgent = "moat-feed/" + cfg.UserAgent
+	// one publisher per cluster: client-go's default of 5 requests a second would take 5 minutes to write the
+	// 1,500 slices of 150,000 pods at a start, and fall behind a churn of more than 5 slices a second
+	cfg.QPS, cfg.Burst = float32(o.feedQPS), 2*o.feedQPS
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return err

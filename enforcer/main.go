@@ -59,6 +59,7 @@ func main() {
 	flag.BoolVar(&o.pprof, "debug-pprof", false, "with --metrics-addr: serve Go's CPU, heap and goroutine profiles under /debug/pprof/ there")
 	flag.BoolVar(&o.addressFeed, "address-feed", false, "learn the cluster's pods and nodes from the address feed (AddressSlices) instead of watching every Pod and Node")
 	flag.BoolVar(&o.publishFeed, "publish-address-feed", false, "run as the cluster's address feed publisher (no datapath): write AddressSlices from a watch of Pods and Nodes, while holding the Lease moat-address-feed in --status-lease-namespace")
+	flag.IntVar(&o.feedQPS, "feed-api-qps", 100, "with --publish-address-feed: requests a second the publisher may make to the API server (burst: twice that)")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 
@@ -90,6 +91,7 @@ type options struct {
 	cniConfDir, failPolicy, attachMode                                                  string
 	ipamShim, addressFeed, publishFeed, pprof                                           bool
 	reconcile                                                                           time.Duration
+	feedQPS                                                                             int
 	conntrackEntries, ipcacheEntries                                                    entries
 }
 

@@ -1,7 +1,8 @@
 // Package images builds the e2e suite's three container images as OCI layout archives for
 // `ctr -n k8s.io images import`, without a registry or a daemon: the sandbox image (conformance/pause), the test
 // image (conformance/agent) and Moat's own, exactly as `make image` makes it. Their names need no registry: the
-// kubelet runs them with imagePullPolicy Never (or IfNotPresent) once they are imported.
+// kubelet runs them with imagePullPolicy Never (or IfNotPresent) once they are imported. BuildConformance
+// (conformance.go) builds the images of Kubernetes' own [sig-network] conformance tests, under their upstream names.
 package images
 
 import (
@@ -11,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -103,20 +103,9 @@ func image(ref string, res ociimage.Result) Image {
 	return Image{Ref: ref, Name: res.Name, Archive: res.Archive, Digest: res.Digest.String()}
 }
 
-// goBuild compiles pkg into a static, stripped binary at out.
+// goBuild compiles pkg into a static, stripped binary at out, for this machine's architecture.
 func goBuild(ctx context.Context, root, pkg, out string, log io.Writer) error {
-	goCmd, err := exec.LookPath("go")
-	if err != nil {
-		return fmt.Errorf("go build %s: %w", pkg, err)
-	}
-	cmd := exec.CommandContext(ctx, goCmd, "build", "-trimpath", "-ldflags", "-s -w", "-o", out, pkg)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+runtime.GOARCH)
-	fmt.Fprintf(log, "images: go build %s\n", pkg)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
-	}
-	return nil
+	return goBuildArch(ctx, root, pkg, out, runtime.GOARCH, log)
 }
 
 // moduleRoot is the folder of the moat module's go.mod, found from the working folder up.

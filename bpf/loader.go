@@ -46,6 +46,8 @@ type Datapath struct {
 	// Created is true when Load made the maps, false when it reused pinned ones.
 	Created bool
 	jiffies *ebpf.Program // returns bpf_jiffies64's low 32 bits through BPF_PROG_TEST_RUN; nil from OpenPinned
+	// migrating is set by a Load that migrated an older layout's maps, until CommitMigration (migrate.go)
+	migrating *pendingMigration
 }
 
 // Load is the enforcer's way in: it loads the programs, creates the maps or reuses the ones pinned under root
@@ -55,8 +57,35 @@ func Load(root string, opts Options) (*Datapath, error) {
 	if err := ensureBPFFS(root); err != nil {
 		return nil, err
 	}
-	if err := checkPinnedLayout(root); err != nil {
+	version, oldConfig, pinned, err := pinnedLayout(root)
+	if err != nil {
 		return nil, err
+	}
+	stage := filepath.Join(root, StageDir)
+	var mig *pendingMigration
+	switch {
+	case !pinned:
+		// nothing to migrate from: a stage left without its old maps is nothing to resume
+		if err := os.RemoveAll(stage); err != nil {
+			return nil, fmt.Errorf("remove the stage of a migration with nothing to migrate: %w", err)
+		}
+	case version == LayoutVersion:
+		if err := finishCommit(root); err != nil { // a commit that stopped half-way
+			return nil, err
+		}
+	default:
+		m, ok := migrations[version]
+		if !ok {
+			return nil, layoutError(root, version)
+		}
+		mig = &pendingMigration{from: version, mig: m}
+		if err := os.MkdirAll(stage, 0o700); err != nil {
+			return nil, fmt.Errorf("create the migration's stage: %w", err)
+		}
+	}
+	pinDir := root
+	if mig != nil {
+		pinDir = stage
 	}
 	spec, err := loadMoat()
 	if err != nil {
@@ -69,11 +98,11 @@ func Load(root string, opts Options) (*Datapath, error) {
 			spec.Maps[name].MaxEntries = n
 		}
 	}
-	_, statErr := os.Stat(filepath.Join(root, "config"))
+	_, statErr := os.Stat(filepath.Join(pinDir, "config"))
 	created := errors.Is(statErr, os.ErrNotExist)
 
 	var objs moatObjects
-	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: root}})
+	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}})
 	if err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
@@ -85,8 +114,14 @@ func Load(root string, opts Options) (*Datapath, error) {
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
 	dp := &Datapath{Root: root, FromPod: objs.MoatFromPod, ToPod: objs.MoatToPod, maps: objs.moatMaps,
-		inner: spec.Maps["policy"].InnerMap, Created: created, jiffies: objs.MoatJiffies}
-	if created {
+		inner: spec.Maps["policy"].InnerMap, Created: created && mig == nil, jiffies: objs.MoatJiffies}
+	if mig != nil {
+		dp.migrating = mig
+		if err := dp.migrate(root, oldConfig, mig.mig); err != nil {
+			dp.Close()
+			return nil, fmt.Errorf("migrate the maps pinned under %s from layout %d to %d: %w", root, version, LayoutVersion, err)
+		}
+	} else if created {
 		// the tick rate is the running kernel's: pinned maps do not outlive it, so reused ones have it already
 		hz, err := kernelHZ(objs.MoatJiffies)
 		if err != nil {
@@ -101,7 +136,7 @@ func Load(root string, opts Options) (*Datapath, error) {
 		}
 	}
 	for name, prog := range map[string]*ebpf.Program{FromPodPin: dp.FromPod, ToPodPin: dp.ToPod} {
-		if err := pinReplace(prog, filepath.Join(root, name)); err != nil {
+		if err := pinReplace(prog, filepath.Join(pinDir, name)); err != nil {
 			dp.Close()
 			return nil, err
 		}
@@ -111,13 +146,14 @@ func Load(root string, opts Options) (*Datapath, error) {
 
 // OpenPinned is the plugin's (and moatctl's) way in: it opens what the enforcer pinned, loading nothing.
 func OpenPinned(root string) (*Datapath, error) {
-	if _, err := os.Stat(filepath.Join(root, "config")); err != nil {
+	dir := stagedRoot(root) // during a migration, the new build's maps
+	if _, err := os.Stat(filepath.Join(dir, "config")); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("%w under %s: is moat-enforcer running?", ErrNotPinned, root)
 		}
 		return nil, fmt.Errorf("open pinned datapath under %s: %w", root, err)
 	}
-	if err := checkPinnedLayout(root); err != nil {
+	if err := checkPinnedLayout(dir); err != nil {
 		return nil, err
 	}
 	dp := &Datapath{Root: root}
@@ -130,13 +166,13 @@ func OpenPinned(root string) (*Datapath, error) {
 		"hostports": &dp.maps.Hostports,
 	}
 	for name, m := range opened {
-		if *m, err = ebpf.LoadPinnedMap(filepath.Join(root, name), nil); err != nil {
+		if *m, err = ebpf.LoadPinnedMap(filepath.Join(dir, name), nil); err != nil {
 			dp.Close()
 			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
 		}
 	}
 	for name, p := range map[string]**ebpf.Program{FromPodPin: &dp.FromPod, ToPodPin: &dp.ToPod} {
-		if *p, err = ebpf.LoadPinnedProgram(filepath.Join(root, name), nil); err != nil {
+		if *p, err = ebpf.LoadPinnedProgram(filepath.Join(dir, name), nil); err != nil {
 			dp.Close()
 			return nil, fmt.Errorf("open pinned program %s: %w", name, err)
 		}
@@ -184,28 +220,13 @@ func (dp *Datapath) allMaps() []*ebpf.Map {
 
 // checkPinnedLayout refuses a pin root whose config map was written by a build with another layout.
 func checkPinnedLayout(root string) error {
-	m, err := ebpf.LoadPinnedMap(filepath.Join(root, "config"), nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
+	version, _, ok, err := pinnedLayout(root)
+	if err != nil || !ok || version == LayoutVersion {
+		return err
 	}
-	if err != nil {
-		return fmt.Errorf("open pinned config map under %s: %w", root, err)
-	}
-	defer m.Close()
-	if m.ValueSize() < 4 {
-		return fmt.Errorf("pinned config map under %s: %w (value of %d bytes)", root, ErrLayout, m.ValueSize())
-	}
-	raw := make([]byte, m.ValueSize())
-	if err := m.Lookup(uint32(0), &raw); err != nil {
-		return fmt.Errorf("read pinned config map under %s: %w", root, err)
-	}
-	got := uint32(raw[0]) | uint32(raw[1])<<8 | uint32(raw[2])<<16 | uint32(raw[3])<<24
-	if got != LayoutVersion {
-		return fmt.Errorf("maps pinned under %s use layout %d, this build uses %d: %w; "+
-			"remove them with moat-install --uninstall (pods lose enforcement until their next start)",
-			root, got, LayoutVersion, ErrLayout)
-	}
-	return nil
+	return fmt.Errorf("maps pinned under %s use layout %d, this build uses %d: %w; the enforcer of this build "+
+		"migrates them when it starts (from layouts %v), or remove them with moat-install --uninstall (pods lose "+
+		"enforcement until their next start)", root, version, LayoutVersion, ErrLayout, mapsKeys(migrations))
 }
 
 // ensureBPFFS makes root (and its parents) and checks that it lives on a bpf filesystem.

@@ -14,10 +14,11 @@
  * enforcer can refuse pinned maps of another layout. 2: policy is an array of maps by identity; deadlines in
  * jiffies. 3: endpoint MAC and link-local address, TCP sequence tracking in conntrack, per-endpoint conntrack
  * bound, hostports. 4: map keys with typed, big-endian port, class and identity fields (policy, conntrack,
- * hostports); no policy header entry.
+ * hostports); no policy header entry. 5: config.migrated_from; an enforcer of layout 5 migrates the maps
+ * of layout 4 (bpf/migrate.go) instead of refusing them, and each new layout migrates those of the one before.
  */
 enum moat_limits {
-	MOAT_LAYOUT_VERSION = 4,
+	MOAT_LAYOUT_VERSION = 5,
 	MOAT_MAX_ENDPOINT_V4 = 4,  /* addresses of one endpoint, per family */
 	MOAT_MAX_ENDPOINT_V6 = 4,
 	MOAT_NAMESPACE_LEN = 64,   /* bytes of a namespace name in the identities map, NUL included */
@@ -128,6 +129,7 @@ struct moat_config {
 	__u8 default_verdict[2]; /* per direction: world traffic of identities without a policy map (cluster default) */
 	__u16 hz;                /* ticks per second of bpf_jiffies64, measured by the enforcer; 0 = not yet */
 	__u32 ct_max_per_endpoint; /* conntrack entries one endpoint may hold; 0 = no bound of its own */
+	__u32 migrated_from;     /* the layout whose maps these were migrated from; 0 = made by this layout */
 };
 
 /* ipcache map: remote address -> class and identity. data = family (4|6), then the address. */

@@ -40,6 +40,8 @@ type moatMoatConfig struct {
 	DefaultVerdict   [2]uint8
 	Hz               uint16
 	CtMaxPerEndpoint uint32
+	MigratedFrom     uint32
+	_                [4]byte
 }
 
 type moatMoatConfigFlags uint32
@@ -206,7 +208,7 @@ type moatMoatIpcacheValue struct {
 type moatMoatLimits uint32
 
 const (
-	moatMoatLimitsMOAT_LAYOUT_VERSION     moatMoatLimits = 4
+	moatMoatLimitsMOAT_LAYOUT_VERSION     moatMoatLimits = 5
 	moatMoatLimitsMOAT_MAX_ENDPOINT_V4    moatMoatLimits = 4
 	moatMoatLimitsMOAT_MAX_ENDPOINT_V6    moatMoatLimits = 4
 	moatMoatLimitsMOAT_NAMESPACE_LEN      moatMoatLimits = 64

@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -167,6 +168,10 @@ func run(log *logrus.Entry, o options) error {
 	defer dp.Close()
 	log.WithFields(logrus.Fields{"pinRoot": o.pinRoot, "createdMaps": dp.Created, "version": version.Version}).
 		Info("datapath loaded and pinned")
+	if from, ok := dp.Migrating(); ok {
+		log.WithFields(logrus.Fields{"fromLayout": from, "toLayout": bpf.LayoutVersion}).
+			Info("datapath migrated from an older layout: the pods' programs are swapped after the first apply, then the old maps go")
+	}
 
 	e, err := enforcer.New(dp, log)
 	if err != nil {
@@ -252,7 +257,13 @@ func run(log *logrus.Entry, o options) error {
 	}
 	// pods recorded before now, tagged before their namespace was known, or whose veth went while nobody
 	// watched, are put right after every apply and every reconcile interval
+	// Before the first apply the maps may hold an older build's policy (a migration): no pod is moved to this
+	// build's programs until this build's policy is in them.
+	var applied atomic.Bool
 	reconcile := func() {
+		if !applied.Load() {
+			return
+		}
 		if err := e.Reconcile(store, o.pinRoot); err != nil {
 			log.WithError(err).Error("reconciling recorded endpoints")
 		}
@@ -265,6 +276,7 @@ func run(log *logrus.Entry, o options) error {
 	}
 	var freed time.Time
 	err = e.Run(ctx, src, func() {
+		applied.Store(true)
 		reconcile()
 		// parsing and compiling a large policy leaves pages the heap no longer needs; handing them back costs a
 		// scavenge of the whole heap, so at most twice a minute (applies come many a second under churn)

@@ -12,7 +12,8 @@ import (
 	"github.com/moatfw/moat/internal/endpoint"
 )
 
-// Reconcile brings the endpoints the plugin recorded in line with the enforcer's identities:
+// Reconcile brings the endpoints the plugin recorded in line with the enforcer's identities (call it only once
+// the enforcer has applied its policy: it moves pods to this build's programs):
 //   - a pod whose host veth is gone loses every trace (entries, links, pins, record);
 //   - a pod that started without the datapath (failPolicy open, no enforcer yet) is attached now;
 //   - a pod whose hooks run another build's programs gets this build's, swapped atomically in place;
@@ -20,6 +21,7 @@ import (
 //     is re-tagged, and the generation is bumped so its flows are decided again;
 //   - a pod whose namespace is gone keeps its identity, which lingers until its last pod is gone (see lingerer):
 //     it never falls back to identity 0 and the cluster defaults. Then the identity is released.
+//   - once all of that went, a datapath migrated from an older layout is committed (bpf.Datapath.CommitMigration).
 //
 // It runs on the host's network namespace, where the host veths are.
 func (e *Enforcer) Reconcile(store endpoint.Store, pinRoot string) error {
@@ -83,6 +85,13 @@ func (e *Enforcer) Reconcile(store endpoint.Store, pinRoot string) error {
 	}
 	if err := e.releaseUnheld(); err != nil {
 		errs = append(errs, fmt.Errorf("release identities no pod holds: %w", err))
+	}
+	if from, ok := e.dp.Migrating(); ok && len(errs) == 0 {
+		// every recorded pod runs this build's programs now: the older layout's maps can go
+		if err := e.dp.CommitMigration(); err != nil {
+			return fmt.Errorf("commit the datapath's migration from layout %d (retried at the next reconcile): %w", from, err)
+		}
+		e.log.WithFields(logrus.Fields{"fromLayout": from, "toLayout": bpf.LayoutVersion}).Info("datapath migration committed")
 	}
 	return errors.Join(errs...)
 }

@@ -12,9 +12,16 @@ import (
 )
 
 // BenchmarkApplyPolicyChangeAtScale applies one policy's change to the make scale shape: 2,000 namespaces in 20
-// zones, 500 policies (a zone each, five for every namespace; namespace peers and a port each), 5,000 remote pods.
-// Each run flips one zone policy's port: the cost of a whole-state apply where one policy changed.
+// zones, 500 policies (a zone each, five for every namespace; namespace peers and a port each), and the remote
+// pods' addresses of 5,000 pods and of 150,000 dual-stack ones. Each run flips one zone policy's port: the cost
+// of a whole-state apply where one policy changed, which must not grow with the pods.
 func BenchmarkApplyPolicyChangeAtScale(b *testing.B) {
+	for _, addrs := range []int{5000, 300000} {
+		b.Run(fmt.Sprintf("addresses=%d", addrs), func(b *testing.B) { benchPolicyChange(b, addrs) })
+	}
+}
+
+func benchPolicyChange(b *testing.B, addrs int) {
 	_, e := benchEnforcer(b)
 	var s State
 	for i := range 2000 {
@@ -39,8 +46,8 @@ func BenchmarkApplyPolicyChangeAtScale(b *testing.B) {
 				Ingress: []v1alpha1.Rule{{Action: v1alpha1.ActionAllow, From: []v1alpha1.Peer{{NamespaceSelector: zone(i + 3)}}, Ports: port(9000)}},
 			}})
 	}
-	for i := range 5000 {
-		s.Addresses = append(s.Addresses, Address{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 3, byte(i / 250), byte(i % 250)}), 32),
+	for i := range addrs {
+		s.Addresses = append(s.Addresses, Address{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(64 + i>>16), byte(i >> 8), byte(i)}), 32),
 			Class: bpf.ClassPod, Namespace: fmt.Sprintf("ns-%04d", i%2000)})
 	}
 	if err := e.Apply(s); err != nil {
@@ -49,6 +56,7 @@ func BenchmarkApplyPolicyChangeAtScale(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		next := s
+		next.AddressChanges = map[netip.Prefix]*Address{} // as the Kubernetes source says when no address changed
 		next.Policies = append([]v1alpha1.FirewallPolicy(nil), s.Policies...)
 		p := next.Policies[10].DeepCopy()
 		p.Spec.Egress[0].Ports = port(7000 + i%2)

@@ -165,6 +165,9 @@ func (k *Kubernetes) start(ctx context.Context, changed func()) error {
 	startSelf := func() {}
 	if k.AddressFeed {
 		k.feed = df.ForResource(feed.SlicesResource).Informer()
+		if err := k.feed.SetTransform(sliceOf); err != nil {
+			return err
+		}
 		// this node's own Node, watched directly: its addresses do not wait on the feed (the kubelet's probes come
 		// from them), and one object costs little
 		sf := informers.NewSharedInformerFactoryWithOptions(k.client, 0, informers.WithTweakListOptions(
@@ -366,6 +369,7 @@ func (k *Kubernetes) Load() (State, error) {
 		}
 	}
 	sort.Slice(s.Policies, func(i, j int) bool { return s.Policies[i].Name < s.Policies[j].Name })
+	s.AddressChanges = k.book.changes() // before all(), which takes them too
 	s.Addresses = k.book.all()
 	k.hostPortsDirty.Store(false)
 	s.HostPorts = k.hostPorts()

@@ -56,10 +56,11 @@ spec: {defaultEgress: Deny}
 	}
 }
 
+// moatRestarts is the restart counts of the enforcers, one a node.
 func moatRestarts(t *testing.T) string {
 	t.Helper()
-	out, err := suite.node.Kubectl(context.Background(), "-n", "moat-system", "get", "pods", "-l", "app.kubernetes.io/name=moat,app.kubernetes.io/component=enforcer",
-		"-o", "jsonpath={.items[0].status.containerStatuses[0].restartCount}")
+	out, err := suite.cluster.Kubectl(context.Background(), "-n", "moat-system", "get", "pods", "-l", "app.kubernetes.io/name=moat,app.kubernetes.io/component=enforcer",
+		"-o", "jsonpath={.items[*].status.containerStatuses[0].restartCount}")
 	if err != nil {
 		t.Fatalf("the Moat pod's restarts: %v %s", err, out)
 	}

@@ -152,7 +152,7 @@ func TestInvalidPolicies(t *testing.T) {
 	if out, err := apply(t, bad); err != nil {
 		t.Fatalf("the API server refused what only the enforcer can judge: %v\n%s", err, out)
 	}
-	dyn, err := dynamic.NewForConfig(suite.node.Cluster.Config)
+	dyn, err := dynamic.NewForConfig(suite.cluster.ControlPlane.Config)
 	if err != nil {
 		t.Fatal(err)
 	}

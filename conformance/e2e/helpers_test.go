@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"net"
 
+	"github.com/moatfw/moat/conformance/node"
 	"github.com/moatfw/moat/internal/testutil/kubetest"
 )
 
@@ -57,12 +58,18 @@ func label(t *testing.T, ns string, labels map[string]string) {
 // pod is an agent pod: it serves TCP echo on 8080 (and probes on request).
 type pod struct {
 	ns, name string
+	node     string // the name of the node it runs on
 	v4, v6   netip.Addr
 }
 
 func (p pod) String() string { return p.ns + "/" + p.name }
 
-// agent starts an agent pod and waits until it runs.
+// onNode places an agent pod on a node (an agent pod runs on node A unless told otherwise).
+func onNode(n *node.Node) func(*corev1.Pod) {
+	return func(p *corev1.Pod) { p.Spec.NodeName = n.Name }
+}
+
+// agent starts an agent pod (on node A, or where a mutate puts it) and waits until it runs.
 func agent(t *testing.T, ns, name string, mutate ...func(*corev1.Pod)) pod {
 	t.Helper()
 	ctx := context.Background()
@@ -70,6 +77,7 @@ func agent(t *testing.T, ns, name string, mutate ...func(*corev1.Pod)) pod {
 	spec := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{"app": name}},
 		Spec: corev1.PodSpec{
+			NodeName:                      suite.node.Name,
 			TerminationGracePeriodSeconds: &zero,
 			AutomountServiceAccountToken:  new(bool),
 			Containers: []corev1.Container{{
@@ -90,7 +98,7 @@ func agent(t *testing.T, ns, name string, mutate ...func(*corev1.Pod)) pod {
 		if err != nil || got.Status.Phase != corev1.PodRunning {
 			return false
 		}
-		p = pod{ns: ns, name: name}
+		p = pod{ns: ns, name: name, node: got.Spec.NodeName}
 		for _, ip := range got.Status.PodIPs {
 			a, err := netip.ParseAddr(ip.IP)
 			if err != nil {
@@ -104,7 +112,7 @@ func agent(t *testing.T, ns, name string, mutate ...func(*corev1.Pod)) pod {
 		}
 		return p.v4.IsValid()
 	}) {
-		out, _ := suite.node.Kubectl(ctx, "-n", ns, "describe", "pod", name)
+		out, _ := suite.cluster.Kubectl(ctx, "-n", ns, "describe", "pod", name)
 		t.Fatalf("pod %s/%s never ran:\n%s", ns, name, out)
 	}
 	return p
@@ -149,7 +157,7 @@ type probeResult struct {
 func probe(p pod, proto, target string) probeResult {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := suite.node.Kubectl(ctx, "-n", p.ns, "exec", p.name, "-c", "agent", "--", "/agent", "probe",
+	out, err := suite.cluster.Kubectl(ctx, "-n", p.ns, "exec", p.name, "-c", "agent", "--", "/agent", "probe",
 		"--timeout", "1s", "--proto", proto, target)
 	var r probeResult
 	line := strings.TrimSpace(string(out))
@@ -202,15 +210,22 @@ func fromInternet(t *testing.T, from netip.Addr, addr string, want bool, settle 
 	return reply
 }
 
-// explain logs what tells why a case failed: the flow log and the enforcer's log.
+// explain logs what tells why a case failed: every node's flow log and enforcer log.
 func explain(t *testing.T) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	flows, _ := suite.node.Kubectl(ctx, "-n", "moat-system", "exec", "daemonset/moat", "-c", "enforcer", "--",
-		"moatctl", "flows", "--limit", "15")
-	logs, _ := suite.node.Kubectl(ctx, "-n", "moat-system", "logs", "daemonset/moat", "-c", "enforcer", "--tail", "25")
-	t.Logf("flow log:\n%s\nenforcer log:\n%s", flows, logs)
+	for _, n := range suite.nodes {
+		pod, err := moatPodOn(ctx, n.Name)
+		if err != nil {
+			t.Logf("%s: %v", n.Name, err)
+			continue
+		}
+		flows, _ := suite.cluster.Kubectl(ctx, "-n", "moat-system", "exec", pod, "-c", "enforcer", "--",
+			"moatctl", "flows", "--limit", "15")
+		logs, _ := suite.cluster.Kubectl(ctx, "-n", "moat-system", "logs", pod, "-c", "enforcer", "--tail", "25")
+		t.Logf("%s: flow log:\n%s\n%s: enforcer log:\n%s", n.Name, flows, n.Name, logs)
+	}
 }
 
 // apply runs kubectl apply on a YAML document.
@@ -218,7 +233,7 @@ func apply(t *testing.T, yaml string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(kubetest.BinDir(), "kubectl"), "--kubeconfig", suite.node.Kubeconfig,
+	cmd := exec.CommandContext(ctx, filepath.Join(kubetest.BinDir(), "kubectl"), "--kubeconfig", suite.cluster.Kubeconfig,
 		"apply", "-f", "-")
 	cmd.Stdin = bytes.NewBufferString(yaml)
 	out, err := cmd.CombinedOutput()
@@ -235,7 +250,7 @@ func mustApply(t *testing.T, yaml string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, filepath.Join(kubetest.BinDir(), "kubectl"), "--kubeconfig",
-			suite.node.Kubeconfig, "delete", "--ignore-not-found", "-f", "-")
+			suite.cluster.Kubeconfig, "delete", "--ignore-not-found", "-f", "-")
 		cmd.Stdin = bytes.NewBufferString(yaml)
 		_ = cmd.Run()
 	})

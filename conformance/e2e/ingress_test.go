@@ -9,8 +9,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-
-	"github.com/moatfw/moat/conformance/node"
 )
 
 // Ingress from the Internet through a hostPort and through a NodePort with externalTrafficPolicy: Local, both of
@@ -49,12 +47,12 @@ spec:
 	}
 	allowed, denied := netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("203.0.113.1")
 	for _, port := range []string{"30080", "30081"} {
-		addr := node.NodeIP.String() + ":" + port
+		addr := suite.node.IP.String() + ":" + port
 		fromInternet(t, allowed, addr, true, applied)
 		fromInternet(t, denied, addr, false, 0)
 	}
 	// the pod saw the Internet client's own address
-	out, _ := suite.node.Kubectl(ctx, "-n", "e2e-web", "logs", "web")
+	out, _ := suite.cluster.Kubectl(ctx, "-n", "e2e-web", "logs", "web")
 	saw := strings.Contains(string(out), allowed.String())
 	if !record(t, web.String()+" sees the client address "+allowed.String(), "yes", map[bool]string{true: "yes", false: "no"}[saw], 0) {
 		t.Errorf("the pod's log does not name the client %s:\n%s", allowed, out)
@@ -81,7 +79,7 @@ spec:
 		p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 8080, HostPort: 30090, Protocol: corev1.ProtocolTCP}}
 	})
 	shady, ok := agent(t, "e2e-hp-shady", "client"), agent(t, "e2e-hp-ok", "client")
-	addr := node.NodeIP.String() + ":30090"
+	addr := suite.node.IP.String() + ":30090"
 	expect(t, ok, "tcp", addr, true, applied)
 	expect(t, shady, "tcp", addr, false, applied)
 }

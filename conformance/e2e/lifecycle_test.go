@@ -9,18 +9,34 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/moatfw/moat/conformance/node"
 )
 
-// podNetns finds a pod's network namespace from the record Moat's plugin left for it.
+// nodeOf is the node a pod runs on.
+func nodeOf(t *testing.T, p pod) *node.Node {
+	t.Helper()
+	for _, n := range suite.nodes {
+		if n.Name == p.node {
+			return n
+		}
+	}
+	t.Fatalf("%s runs on %q, not a node of the suite", p, p.node)
+	return nil
+}
+
+// podNetns finds a pod's network namespace from the record Moat's plugin left for it on its node.
 func podNetns(t *testing.T, p pod) ns.NetNS {
 	t.Helper()
-	files, _ := filepath.Glob("/run/moat/endpoints/*/*.json")
+	n := nodeOf(t, p)
+	files, _ := filepath.Glob(n.HostPath("/run/moat/endpoints") + "/*/*.json")
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {
@@ -32,15 +48,15 @@ func podNetns(t *testing.T, p pod) ns.NetNS {
 			Netns     string `json:"netns"`
 		}
 		if json.Unmarshal(data, &rec) == nil && rec.Namespace == p.ns && rec.Pod == p.name {
-			n, err := ns.GetNS(rec.Netns)
+			netns, err := ns.GetNS(n.HostPath(rec.Netns))
 			if err != nil {
 				t.Fatalf("the network namespace of %s: %v", p, err)
 			}
-			t.Cleanup(func() { n.Close() })
-			return n
+			t.Cleanup(func() { netns.Close() })
+			return netns
 		}
 	}
-	t.Fatalf("no endpoint record for %s in /run/moat/endpoints", p)
+	t.Fatalf("no endpoint record for %s in %s's /run/moat/endpoints", p, n.Name)
 	return nil
 }
 
@@ -135,16 +151,15 @@ func (tr *traffic) finish(t *testing.T, what string) {
 	t.Logf("%s: %d stream exchanges, %d denied probes", what, tr.exchanges.Load(), tr.probes.Load())
 }
 
-// moatPod is the name of the DaemonSet's pod.
-func moatPod(t *testing.T) string {
+// moatPod is the name of the DaemonSet's pod on a node.
+func moatPod(t *testing.T, n *node.Node) string {
 	t.Helper()
-	out, err := suite.node.Kubectl(context.Background(), "-n", "moat-system", "get", "pods", "-l", "app.kubernetes.io/name=moat,app.kubernetes.io/component=enforcer",
-		"-o", "jsonpath={.items[*].metadata.name}")
-	if err != nil || strings.TrimSpace(string(out)) == "" {
-		out2, _ := suite.node.Kubectl(context.Background(), "-n", "moat-system", "get", "pods", "--show-labels")
-		t.Fatalf("the Moat pod: %v %s\n%s", err, out, out2)
+	name, err := moatPodOn(context.Background(), n.Name)
+	if err != nil {
+		out, _ := suite.cluster.Kubectl(context.Background(), "-n", "moat-system", "get", "pods", "-o", "wide", "--show-labels")
+		t.Fatalf("the Moat pod: %v\n%s", err, out)
 	}
-	return strings.Fields(string(out))[0]
+	return name
 }
 
 // allow443 is a policy that opens 198.51.100.0/24 on TCP 443 to the zone named like itself.
@@ -172,18 +187,18 @@ func guardedClient(t *testing.T, zone string) pod {
 	return p
 }
 
-// Deleting the Moat pod while traffic runs: no denied connection gets through, an allowed stream survives, and
+// Deleting the Moat pod of the node a pod runs on while its traffic runs: no denied connection gets through, an allowed stream survives, and
 // pods still start (and are guarded) once the DaemonSet's new pod is ready.
 func TestMoatPodRestart(t *testing.T) {
 	p := guardedClient(t, "e2e-restart")
 	tr := startTraffic(t, podNetns(t, p), "198.51.100.1:443", "198.51.100.1:80")
 	time.Sleep(time.Second)
-	old := moatPod(t)
+	old := moatPod(t, nodeOf(t, p))
 	ctx := context.Background()
-	if out, err := suite.node.Kubectl(ctx, "-n", "moat-system", "delete", "pod", old, "--wait=true"); err != nil {
+	if out, err := suite.cluster.Kubectl(ctx, "-n", "moat-system", "delete", "pod", old, "--wait=true"); err != nil {
 		t.Fatalf("delete the Moat pod: %v\n%s", err, out)
 	}
-	if out, err := suite.node.Kubectl(ctx, "-n", "moat-system", "rollout", "status", "daemonset/moat", "--timeout", "120s"); err != nil {
+	if out, err := suite.cluster.Kubectl(ctx, "-n", "moat-system", "rollout", "status", "daemonset/moat", "--timeout", "120s"); err != nil {
 		t.Fatalf("the DaemonSet did not come back: %v\n%s", err, out)
 	}
 	time.Sleep(time.Second)
@@ -200,17 +215,23 @@ func TestRollToANewImage(t *testing.T) {
 	time.Sleep(time.Second)
 	ctx := context.Background()
 	next := suite.next.Ref
-	if out, err := suite.node.Kubectl(ctx, "-n", "moat-system", "set", "image", "daemonset/moat",
+	if out, err := suite.cluster.Kubectl(ctx, "-n", "moat-system", "set", "image", "daemonset/moat",
 		"install="+next, "enforcer="+next); err != nil {
 		t.Fatalf("set the new image: %v\n%s", err, out)
 	}
-	if out, err := suite.node.Kubectl(ctx, "-n", "moat-system", "rollout", "status", "daemonset/moat", "--timeout", "120s"); err != nil {
+	if out, err := suite.cluster.Kubectl(ctx, "-n", "moat-system", "rollout", "status", "daemonset/moat", "--timeout", "120s"); err != nil {
 		t.Fatalf("the roll did not finish: %v\n%s", err, out)
 	}
-	out, _ := suite.node.Kubectl(ctx, "-n", "moat-system", "get", "pods", "-l", "app.kubernetes.io/component=enforcer",
-		"-o", "jsonpath={.items[*].spec.containers[0].image}")
-	if !record(t, "the Moat pod runs the new image", next, strings.TrimSpace(string(out)), 0) {
-		t.Errorf("after the roll the pod runs %s", out)
+	out, _ := suite.cluster.Kubectl(ctx, "-n", "moat-system", "get", "pods", "-l", "app.kubernetes.io/component=enforcer",
+		"-o", "jsonpath={range .items[*]}{.spec.nodeName}={.spec.containers[0].image} {end}")
+	var want []string
+	for _, n := range suite.nodes {
+		want = append(want, n.Name+"="+next)
+	}
+	got := strings.Fields(string(out))
+	sort.Strings(got)
+	if !record(t, "every node's Moat pod runs the new image", strings.Join(want, " "), strings.Join(got, " "), 0) {
+		t.Errorf("after the roll the pods run %s", out)
 	}
 	time.Sleep(time.Second)
 	tr.finish(t, "DaemonSet rolled to "+next)
@@ -227,7 +248,7 @@ func TestAddressReuseAcrossNamespaces(t *testing.T) {
 	deletePod(t, a)
 	// host-local hands out the address after the last one it reserved: point it just before the freed one, as a
 	// busy node's pool would come round to it
-	leases := "/run/moat-e2e/cni-ipam/e2e-bridge"
+	leases := nodeOf(t, a).IPAMDir()
 	if !eventually(60*time.Second, func() bool { _, err := os.Stat(filepath.Join(leases, addr.String())); return os.IsNotExist(err) }) {
 		t.Fatalf("the address %s was never released (CNI DEL)", addr)
 	}

@@ -1,6 +1,7 @@
-// Package e2e is Moat's end-to-end suite on a real node: a kubelet and containerd (conformance/node) create the
-// pods, Moat is deployed from install/kubernetes/moat.yaml as a user would, and the pods' traffic to a stand-in
-// Internet, the metadata API and each other must follow FirewallConfig, FirewallPolicy and the namespace labels.
+// Package e2e is Moat's end-to-end suite on a real cluster of two nodes (conformance/node; docs/e2e.md): each
+// node's kubelet and containerd create the pods, Moat is deployed from install/kubernetes/moat.yaml as a user
+// would, and the pods' traffic to a stand-in Internet, the metadata API and each other, on one node and across
+// nodes, must follow FirewallConfig, FirewallPolicy and the namespace labels.
 //
 // It runs with MOAT_E2E=1 as root (`make e2e`); otherwise it skips. It prints a table of every case with the
 // expected and the actual result and its runtime; a failing case shows the flow log and the enforcer's log.
@@ -9,6 +10,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -35,7 +37,9 @@ import (
 
 // suite is what every test shares.
 var suite struct {
-	node     *node.Node
+	cluster  *node.Cluster
+	node     *node.Node   // node A: where a case's pods run unless it says otherwise
+	nodes    []*node.Node // A, B
 	client   kubernetes.Interface
 	internet ns.NetNS
 	images   images.Images
@@ -104,35 +108,33 @@ func run(m *testing.M) (code int) {
 	}
 	suite.next = images.Image{Ref: nextRef, Name: res.Name, Archive: res.Archive}
 
-	n, err := node.Start(ctx, node.Config{CNIBinDir: bin, PauseArchive: imgs.Pause.Archive, PauseName: imgs.Pause.Name,
-		Log: os.Stdout})
+	c, err := node.Start(ctx, node.Config{Nodes: 2, CNIBinDir: bin, PauseArchive: imgs.Pause.Archive,
+		PauseName: imgs.Pause.Name, Log: os.Stdout})
 	if err != nil {
-		return fail("start the node: %v", err)
+		return fail("start the nodes: %v", err)
 	}
-	suite.node = n
-	suite.client = n.Cluster.Client()
+	suite.cluster, suite.nodes, suite.node = c, c.Nodes, c.Nodes[0]
+	suite.client = c.Client()
 	// Ctrl-C or a CI timeout's SIGTERM: the host is restored before the process ends
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		s := <-sig
-		fmt.Fprintf(os.Stderr, "e2e: %v: tearing the node down\n", s)
-		if err := n.Stop(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v: tearing the nodes down\n", s)
+		if err := c.Stop(); err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: teardown: %v\n", err)
 		}
 		os.Exit(130)
 	}()
 	defer func() {
-		fmt.Println("e2e: tearing the node down")
-		if err := n.Stop(); err != nil {
+		fmt.Println("e2e: tearing the nodes down")
+		if err := c.Stop(); err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: teardown: %v\n", err)
 			code = 1
 		}
 	}()
-	for _, a := range []string{imgs.Agent.Archive, imgs.Moat.Archive, suite.next.Archive} {
-		if err := n.Import(ctx, a); err != nil {
-			return fail("%v", err)
-		}
+	if err := importImages(ctx, imgs.Agent.Archive, imgs.Moat.Archive, suite.next.Archive); err != nil {
+		return fail("%v", err)
 	}
 	if suite.internet, err = ns.GetNS("/run/netns/" + node.InternetNS); err != nil {
 		return fail("%v", err)
@@ -149,47 +151,89 @@ func run(m *testing.M) (code int) {
 		dumpMoat(ctx)
 		return fail("deploy Moat: %v", err)
 	}
-	fmt.Printf("e2e: the node is up with Moat after %s\n", time.Since(start).Round(time.Second))
+	fmt.Printf("e2e: %d nodes are up with Moat after %s\n", len(suite.nodes), time.Since(start).Round(time.Second))
 
 	code = m.Run()
 	printResults(time.Since(start))
 	return code
 }
 
-// deployMoat applies the manifest as a user would and waits until the DaemonSet's pod is ready.
+// importImages puts the archives into every node's containerd, the nodes side by side.
+func importImages(ctx context.Context, archives ...string) error {
+	errs := make([]error, len(suite.nodes))
+	var wg sync.WaitGroup
+	for i, n := range suite.nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, a := range archives {
+				if err := n.Import(ctx, a); err != nil {
+					errs[i] = fmt.Errorf("%s: %w", n.Name, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// deployMoat applies the manifest as a user would and waits until the DaemonSet's pods (one a node) are ready.
 func deployMoat(ctx context.Context) error {
 	manifest := filepath.Join(suite.repo, "install/kubernetes/moat.yaml")
-	if out, err := suite.node.Kubectl(ctx, "apply", "-f", manifest); err != nil {
+	if out, err := suite.cluster.Kubectl(ctx, "apply", "-f", manifest); err != nil {
 		return fmt.Errorf("kubectl apply -f %s: %v\n%s", manifest, err, out)
 	}
 	if cfg := filepath.Join(suite.repo, "install/kubernetes/firewallconfig.yaml"); exists(cfg) {
-		if out, err := suite.node.Kubectl(ctx, "apply", "-f", cfg); err != nil {
+		if out, err := suite.cluster.Kubectl(ctx, "apply", "-f", cfg); err != nil {
 			return fmt.Errorf("kubectl apply -f %s: %v\n%s", cfg, err, out)
 		}
 	}
-	out, err := suite.node.Kubectl(ctx, "-n", "moat-system", "rollout", "status", "daemonset/moat", "--timeout", "180s")
+	out, err := suite.cluster.Kubectl(ctx, "-n", "moat-system", "rollout", "status", "daemonset/moat", "--timeout", "180s")
 	if err != nil {
 		return fmt.Errorf("the moat DaemonSet never became ready: %v\n%s", err, out)
 	}
+	out, err = suite.cluster.Kubectl(ctx, "-n", "moat-system", "get", "pods", "-o", "wide")
+	fmt.Printf("e2e: Moat's pods:\n%s", out)
 	return nil
 }
 
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 
-// dumpMoat prints what explains a failure: the Moat pod's state, the enforcer's log and the recent flows.
+// dumpMoat prints what explains a failure: the Moat pods' state, and on every node the enforcer's log and the
+// recent flows.
 func dumpMoat(ctx context.Context) {
-	for _, args := range [][]string{
+	cmds := [][]string{
 		{"-n", "moat-system", "get", "pods", "-o", "wide"},
 		{"-n", "moat-system", "describe", "pods"},
-		{"-n", "moat-system", "logs", "daemonset/moat", "-c", "install", "--tail", "40"},
-		{"-n", "moat-system", "logs", "daemonset/moat", "-c", "enforcer", "--tail", "60"},
-		{"-n", "moat-system", "exec", "daemonset/moat", "-c", "enforcer", "--", "moatctl", "flows", "--limit", "30"},
-	} {
+	}
+	for _, n := range suite.nodes {
+		pod, err := moatPodOn(ctx, n.Name)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "--- %s: %v\n", n.Name, err)
+			continue
+		}
+		cmds = append(cmds, []string{"-n", "moat-system", "logs", pod, "-c", "install", "--tail", "40"},
+			[]string{"-n", "moat-system", "logs", pod, "-c", "enforcer", "--tail", "60"},
+			[]string{"-n", "moat-system", "exec", pod, "-c", "enforcer", "--", "moatctl", "flows", "--limit", "30"})
+	}
+	for _, args := range cmds {
 		c, cancel := context.WithTimeout(ctx, 20*time.Second)
-		out, err := suite.node.Kubectl(c, args...)
+		out, err := suite.cluster.Kubectl(c, args...)
 		cancel()
 		fmt.Fprintf(os.Stderr, "--- kubectl %s (%v)\n%s\n", strings.Join(args, " "), err, out)
 	}
+}
+
+// moatPodOn is the name of the DaemonSet's pod on a node.
+func moatPodOn(ctx context.Context, nodeName string) (string, error) {
+	out, err := suite.cluster.Kubectl(ctx, "-n", "moat-system", "get", "pods", "-l",
+		"app.kubernetes.io/name=moat,app.kubernetes.io/component=enforcer", "--field-selector", "spec.nodeName="+nodeName,
+		"-o", "jsonpath={.items[*].metadata.name}")
+	if err != nil || len(strings.Fields(string(out))) == 0 {
+		return "", fmt.Errorf("no Moat pod on %s: %v %s", nodeName, err, out)
+	}
+	return strings.Fields(string(out))[0], nil
 }
 
 func printResults(total time.Duration) {

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -17,16 +16,15 @@ import (
 	"github.com/moatfw/moat/internal/testutil/procs"
 )
 
-// run starts a component inside the node's network namespace, logging to <Dir>/logs/<name>.log.
+// run starts a component inside the node's network and mount namespaces, logging to <node dir>/logs/<name>.log.
 func (n *Node) run(name, bin string, args ...string) (*procs.Proc, error) {
-	logDir := filepath.Join(n.Dir, "logs")
+	logDir := filepath.Join(n.dir, "logs")
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return nil, err
 	}
 	env := append(os.Environ(), "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-	p, err := procs.Start(name, bin, args, filepath.Join(logDir, name+".log"), "", env, func(cmd *exec.Cmd) error {
-		return n.netns.Do(func(ns.NetNS) error { return cmd.Start() })
-	})
+	argv := n.nsenter(bin, args...)
+	p, err := procs.Start(name, argv[0], argv[1:], filepath.Join(logDir, name+".log"), "", env, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -45,8 +43,12 @@ func waitUntil(ctx context.Context, p *procs.Proc, d time.Duration, what string,
 	return nil
 }
 
+// IPAMDir is where the bridge network's host-local IPAM keeps the node's leases (one file an address, and
+// last_reserved_ip.N), at the same path on the host and in the node.
+func (n *Node) IPAMDir() string { return filepath.Join(runDir, n.Name, "cni-ipam", "e2e-bridge") }
+
 // bridgeConflist is the node's primary network: what a cluster's CNI would have written.
-func bridgeConflist() string {
+func (n *Node) bridgeConflist() string {
 	return fmt.Sprintf(`{
   "cniVersion": "1.0.0",
   "name": "e2e-bridge",
@@ -59,7 +61,7 @@ func bridgeConflist() string {
       "hairpinMode": true,
       "ipam": {
         "type": "host-local",
-        "dataDir": "/run/moat-e2e/cni-ipam",
+        "dataDir": %q,
         "ranges": [[{"subnet": %q}], [{"subnet": %q}]],
         "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
       }
@@ -67,28 +69,29 @@ func bridgeConflist() string {
     {"type": "portmap", "capabilities": {"portMappings": true}}
   ]
 }
-`, PodCIDR, PodCIDRv6)
+`, filepath.Dir(n.IPAMDir()), n.PodCIDR, n.PodCIDRv6)
 }
 
-// installCNI puts the reference plugins into /opt/cni/bin and the bridge network into /etc/cni/net.d.
+// installCNI puts the reference plugins into the node's /opt/cni/bin and the bridge network into its
+// /etc/cni/net.d.
 func (n *Node) installCNI() error {
 	for _, name := range []string{"bridge", "host-local", "loopback", "portmap"} {
-		data, err := os.ReadFile(filepath.Join(n.CNIBinDir, name))
+		data, err := os.ReadFile(filepath.Join(n.cluster.CNIBinDir, name))
 		if err != nil {
 			return fmt.Errorf("reference CNI plugin: %w", err)
 		}
-		if err := os.WriteFile(filepath.Join("/opt/cni/bin", name), data, 0o755); err != nil {
+		if err := os.WriteFile(filepath.Join(n.backing("/opt/cni/bin"), name), data, 0o755); err != nil {
 			return err
 		}
 	}
-	return os.WriteFile("/etc/cni/net.d/10-bridge.conflist", []byte(bridgeConflist()), 0o644)
+	return os.WriteFile(filepath.Join(n.backing("/etc/cni/net.d"), "10-bridge.conflist"), []byte(n.bridgeConflist()), 0o644)
 }
 
 func (n *Node) startContainerd(ctx context.Context) error {
-	root := filepath.Join(n.Dir, "containerd")
+	root := filepath.Join(n.dir, "containerd")
 	cfg := fmt.Sprintf(`version = 2
 root = %q
-state = "/run/moat-e2e/containerd"
+state = %q
 [grpc]
   address = %q
 [plugins."io.containerd.grpc.v1.cri"]
@@ -99,8 +102,8 @@ state = "/run/moat-e2e/containerd"
     conf_dir = "/etc/cni/net.d"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
-`, root, n.sock, n.pauseRef())
-	path := filepath.Join(n.Dir, "containerd.toml")
+`, root, filepath.Dir(n.sock), n.sock, n.pauseRef())
+	path := filepath.Join(n.dir, "containerd.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return err
 	}
@@ -117,10 +120,10 @@ state = "/run/moat-e2e/containerd"
 
 // pauseRef is the sandbox image's name as containerd knows it.
 func (n *Node) pauseRef() string {
-	if n.PauseName == "" {
+	if n.cluster.PauseName == "" {
 		return "moat.test/pause:1"
 	}
-	return n.PauseName
+	return n.cluster.PauseName
 }
 
 func (n *Node) ctr(ctx context.Context, args ...string) ([]byte, error) {
@@ -165,7 +168,7 @@ func (n *Node) removeContainers() error {
 }
 
 func (n *Node) startKubelet(ctx context.Context) error {
-	root := filepath.Join(n.Dir, "kubelet")
+	root := filepath.Join(n.dir, "kubelet")
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return err
 	}
@@ -173,7 +176,7 @@ func (n *Node) startKubelet(ctx context.Context) error {
 kind: KubeletConfiguration
 failCgroupV1: false
 cgroupDriver: cgroupfs
-cgroupRoot: /
+cgroupRoot: /%s
 oomScoreAdj: 0
 failSwapOn: false
 address: %s
@@ -197,22 +200,22 @@ podLogsDir: %s
 syncFrequency: 10s
 nodeStatusUpdateFrequency: 4s
 maxPods: 110
-`, NodeIP, n.sock, filepath.Join(n.Dir, "pod-logs"))
-	path := filepath.Join(n.Dir, "kubelet.yaml")
+`, n.Name, n.IP, n.sock, filepath.Join(n.dir, "pod-logs"))
+	path := filepath.Join(n.dir, "kubelet.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return err
 	}
 	n.logf("kubelet")
-	p, err := n.run("kubelet", filepath.Join(kubetest.BinDir(), "kubelet"), "--config", path, "--kubeconfig", n.Kubeconfig,
-		"--root-dir", root, "--node-ip", NodeIP.String(), "--hostname-override", NodeName, "--v", "1")
+	p, err := n.run("kubelet", filepath.Join(kubetest.BinDir(), "kubelet"), "--config", path, "--kubeconfig", n.cluster.Kubeconfig,
+		"--root-dir", root, "--node-ip", n.IP.String(), "--hostname-override", n.Name, "--v", "1")
 	if err != nil {
 		return err
 	}
-	client := n.Cluster.Client()
+	client := n.cluster.Client()
 	return waitUntil(ctx, p, 120*time.Second, "Ready node", func() bool {
 		c, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
-		node, err := client.CoreV1().Nodes().Get(c, NodeName, metav1.GetOptions{})
+		node, err := client.CoreV1().Nodes().Get(c, n.Name, metav1.GetOptions{})
 		if err != nil {
 			return false
 		}
@@ -236,8 +239,8 @@ clusterCIDR: %s
 metricsBindAddress: 127.0.0.1:10249
 healthzBindAddress: 0.0.0.0:10256
 conntrack: {maxPerCore: 0, min: 0}
-`, n.Kubeconfig, NodeName, NodeIP, PodCIDR)
-	path := filepath.Join(n.Dir, "kube-proxy.yaml")
+`, n.cluster.Kubeconfig, n.Name, n.IP, ClusterCIDR)
+	path := filepath.Join(n.dir, "kube-proxy.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return err
 	}
@@ -246,8 +249,6 @@ conntrack: {maxPerCore: 0, min: 0}
 	return err
 }
 
-// Kubectl runs the cached kubectl against the node's cluster.
-func (n *Node) Kubectl(ctx context.Context, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, filepath.Join(kubetest.BinDir(), "kubectl"), append([]string{"--kubeconfig", n.Kubeconfig}, args...)...)
-	return cmd.CombinedOutput()
+func (n *Node) logf(format string, args ...any) {
+	n.cluster.logf(n.Name+": "+format, args...)
 }

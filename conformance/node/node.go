@@ -1,12 +1,13 @@
-// Package node runs a real Kubernetes node on this machine for the end-to-end suite: the control plane
-// (internal/testutil/kubetest: etcd, kube-apiserver, kube-controller-manager, kube-scheduler) on the host, and
-// containerd, kubelet and kube-proxy in a network namespace of their own, wired to a stand-in Internet (documentation
-// addresses and a metadata API) that is the node's default route. Pods are created by the kubelet through
-// containerd's CRI and the CNI chain in /etc/cni/net.d, exactly as on a cluster node.
+// Package node runs a small real Kubernetes cluster on this machine for the end-to-end suite: the control plane
+// (internal/testutil/kubetest: etcd, kube-apiserver, kube-controller-manager, kube-scheduler) on the host, and N
+// nodes, each with containerd, kubelet and kube-proxy in a network namespace and a mount namespace of its own. The
+// nodes share a datacenter network with a stand-in Internet (documentation addresses and a metadata API) behind
+// it, their default route (network.go). Pods are created by each node's kubelet through its containerd's CRI and
+// the CNI chain in the node's own /etc/cni/net.d, exactly as on a cluster node (mounts.go).
 //
 // Everything it changes on the host is recorded in a state file before it is changed (global sysctls, folders it
-// creates, folders it moves aside), and Stop undoes it, also after a failed start; Recover undoes what a killed
-// run left.
+// creates, the nodes whose namespaces, links and cgroups it makes), and Stop undoes it, also after a failed start;
+// Recover undoes what a killed run left.
 package node
 
 import (
@@ -15,44 +16,54 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sys/unix"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/moatfw/moat/internal/testutil/kubetest"
 	"github.com/moatfw/moat/internal/testutil/procs"
 )
 
-// Config says where the node keeps its state and what it runs.
+// Config says where the cluster keeps its state and what it runs.
 type Config struct {
 	Dir          string    // state, logs; default /var/lib/moat-e2e
-	CNIBinDir    string    // reference plugins to install into /opt/cni/bin (bridge, host-local, loopback, portmap)
-	PauseArchive string    // the sandbox image (an OCI archive), imported before the kubelet starts
+	Nodes        int       // how many nodes; default 1
+	CNIBinDir    string    // reference plugins to install into each node's /opt/cni/bin (bridge, host-local, loopback, portmap)
+	PauseArchive string    // the sandbox image (an OCI archive), imported before the kubelets start
 	PauseName    string    // its name as containerd knows it (containerd's sandbox_image)
 	Log          io.Writer // progress
 }
 
-// Node is a running node.
-type Node struct {
+// Cluster is the control plane and its running nodes.
+type Cluster struct {
 	Config
-	Cluster    *kubetest.Cluster
-	Kubeconfig string // admin, reaching the apiserver on HostAddr
-	netns      ns.NetNS
-	procs      []*procs.Proc
-	state      *hostState
-	sock       string
+	ControlPlane *kubetest.Cluster
+	Kubeconfig   string // admin, reaching the apiserver on HostAddr
+	Nodes        []*Node
+	state        *hostState
 }
 
-// The host folders the node uses as a real node does (Moat's manifests mount them).
-var hostDirs = []string{"/etc/cni/net.d", "/opt/cni/bin", "/var/lib/cni", "/run/moat", "/sys/fs/bpf/moat",
-	"/var/log/pods", "/var/log/containers"}
+// Node is a running node.
+type Node struct {
+	Name      string       // its Node object, network namespace, mount namespace file and cgroup root
+	IP, IPv6  netip.Addr   // on the datacenter network (kubelet --node-ip)
+	MgmtIP    netip.Addr   // on the management network, where it reaches the apiserver
+	PodCIDR   netip.Prefix // its pods' addresses (the bridge network's host-local ranges)
+	PodCIDRv6 netip.Prefix
+	cluster   *Cluster
+	dir       string // its state, logs, and the folders bound over host paths
+	procs     []*procs.Proc
+	sock      string // containerd's socket
+}
 
 // Global (not per network namespace) sysctls kubelet and kube-proxy may change.
 var globalSysctls = []string{"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
@@ -61,129 +72,156 @@ var globalSysctls = []string{"vm/overcommit_memory", "vm/panic_on_oom", "kernel/
 // hostState is what Stop restores, kept in a file so that a later run can restore it after a crash.
 type hostState struct {
 	Sysctls map[string]string `json:"sysctls"`
-	// mount points the node made shared (HostToContainer volumes need a shared or slave host mount, as systemd
-	// makes every mount); they are made private again
-	Shared  []string          `json:"shared"`
-	Created []string          `json:"created"` // folders that did not exist
-	Moved   map[string]string `json:"moved"`   // folders that existed: where they were moved aside
+	Created []string          `json:"created"` // folders that did not exist (mount points of the nodes' folders)
+	Nodes   []string          `json:"nodes"`   // each a network namespace, a mount namespace file, a cgroup
 }
 
-func (n *Node) logf(format string, args ...any) {
-	if n.Log != nil {
-		fmt.Fprintf(n.Log, "node: "+format+"\n", args...)
+func (c *Cluster) logf(format string, args ...any) {
+	if c.Log != nil {
+		fmt.Fprintf(c.Log, "node: "+format+"\n", args...)
 	}
 }
 
 func statePath(dir string) string { return filepath.Join(dir, "host-state.json") }
 
-// Start brings the node up: it returns once the node is Ready. On failure everything is undone.
-func Start(ctx context.Context, cfg Config) (n *Node, err error) {
+// Start brings the control plane and the nodes up: it returns once every node is Ready. On failure everything
+// is undone.
+func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	if cfg.Dir == "" {
 		cfg.Dir = "/var/lib/moat-e2e"
+	}
+	if cfg.Nodes == 0 {
+		cfg.Nodes = 1
+	}
+	if cfg.Nodes < 1 || cfg.Nodes > maxNodes {
+		return nil, fmt.Errorf("%d nodes: between 1 and %d", cfg.Nodes, maxNodes)
 	}
 	if err := Recover(cfg.Dir, cfg.Log); err != nil {
 		return nil, fmt.Errorf("undo a previous run: %w", err)
 	}
-	n = &Node{Config: cfg, sock: "/run/moat-e2e/containerd/containerd.sock"}
+	if _, err := os.Stat(runDir); err == nil {
+		return nil, fmt.Errorf("%s exists: is another e2e run using this machine? Remove it first", runDir)
+	}
+	c = &Cluster{Config: cfg}
+	for i := 0; i < cfg.Nodes; i++ {
+		n := &Node{cluster: c}
+		n.addresses(i)
+		n.dir = filepath.Join(cfg.Dir, "nodes", n.Name)
+		n.sock = filepath.Join(runDir, n.Name, "containerd", "containerd.sock")
+		c.Nodes = append(c.Nodes, n)
+	}
 	defer func() {
 		if err != nil {
-			n.logf("start failed: %v; undoing", err)
-			if serr := n.Stop(); serr != nil {
+			c.logf("start failed: %v; undoing", err)
+			if serr := c.Stop(); serr != nil {
 				err = fmt.Errorf("%w (and undoing it: %v)", err, serr)
 			}
 		}
 	}()
-	if err := n.saveHost(); err != nil {
-		return n, err
+	if err := c.saveHost(); err != nil {
+		return c, err
 	}
-	n.logf("network: namespace %s (node %s), the Internet in %s", NodeNS, NodeIP, InternetNS)
-	if err := wire(); err != nil {
-		return n, err
+	start := time.Now()
+	c.logf("network: nodes %s on the datacenter network %s, %s (namespace %s), the Internet in %s at %s",
+		strings.Join(c.names(), ", "), dcNet, dcNet6, DatacenterNS, InternetNS, inetV4)
+	if err := wire(c.Nodes); err != nil {
+		return c, err
 	}
-	if n.netns, err = ns.GetNS("/run/netns/" + NodeNS); err != nil {
-		return n, err
+	if err := makeNSDir(); err != nil {
+		return c, err
 	}
-	n.logf("control plane on %s", HostAddr)
-	if n.Cluster, err = kubetest.New(filepath.Join(cfg.Dir, "control-plane"), kubetest.WithHost(HostAddr.String()),
+	for _, n := range c.Nodes {
+		if err := c.makeMountNS(n); err != nil {
+			return c, err
+		}
+		if err := makeCgroup(n.Name); err != nil {
+			return c, err
+		}
+		if err := n.installCNI(); err != nil {
+			return c, err
+		}
+	}
+	c.logf("control plane on %s", HostAddr)
+	if c.ControlPlane, err = kubetest.New(filepath.Join(cfg.Dir, "control-plane"), kubetest.WithHost(HostAddr.String()),
 		kubetest.WithScheduler(), kubetest.WithControllers("namespace-controller", "garbage-collector-controller",
 			"serviceaccount-controller", "root-ca-certificate-publisher-controller", "daemonset-controller",
 			"endpointslice-controller", "node-lifecycle-controller", "replicaset-controller", "deployment-controller"),
 		kubetest.WithAPIServerFlags(map[string]string{"service-node-port-range": "30000-32767",
 			// exec and logs reach the kubelet at the node's address: its name resolves nowhere
 			"kubelet-preferred-address-types": "InternalIP"})); err != nil {
-		return n, err
+		return c, err
 	}
-	n.Kubeconfig = n.Cluster.Kubeconfig
-	if err := n.installCNI(); err != nil {
-		return n, err
+	c.Kubeconfig = c.ControlPlane.Kubeconfig
+	planeUp := time.Since(start)
+	// the nodes start side by side: each waits mostly for its own components
+	errs := make([]error, len(c.Nodes))
+	var wg sync.WaitGroup
+	for i, n := range c.Nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if errs[i] = n.start(ctx); errs[i] != nil {
+				errs[i] = fmt.Errorf("%s: %w", n.Name, errs[i])
+			}
+		}()
 	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return c, err
+	}
+	c.logf("%d nodes Ready %s after the start (the control plane took %s)", len(c.Nodes),
+		time.Since(start).Round(100*time.Millisecond), planeUp.Round(100*time.Millisecond))
+	return c, nil
+}
+
+func (c *Cluster) names() []string {
+	var names []string
+	for _, n := range c.Nodes {
+		names = append(names, n.Name)
+	}
+	return names
+}
+
+// start runs the node's components, each once the one before is ready.
+func (n *Node) start(ctx context.Context) error {
 	if err := n.startContainerd(ctx); err != nil {
-		return n, err
+		return err
 	}
-	if cfg.PauseArchive != "" {
-		if err := n.Import(ctx, cfg.PauseArchive); err != nil {
-			return n, err
+	if n.cluster.PauseArchive != "" {
+		if err := n.Import(ctx, n.cluster.PauseArchive); err != nil {
+			return err
 		}
 	}
 	if err := n.startKubelet(ctx); err != nil {
-		return n, err
+		return err
 	}
-	if err := n.startKubeProxy(); err != nil {
-		return n, err
-	}
-	return n, nil
+	return n.startKubeProxy()
 }
 
-// saveHost records the host's state before anything changes, and moves existing folders aside.
-func (n *Node) saveHost() error {
-	st := &hostState{Sysctls: map[string]string{}, Moved: map[string]string{}}
+// Client is an admin client of the cluster's apiserver.
+func (c *Cluster) Client() kubernetes.Interface { return c.ControlPlane.Client() }
+
+// saveHost records the host's state before anything changes.
+func (c *Cluster) saveHost() error {
+	c.state = &hostState{Sysctls: map[string]string{}, Nodes: c.names()}
 	for _, k := range globalSysctls {
 		if b, err := os.ReadFile("/proc/sys/" + k); err == nil {
-			st.Sysctls[k] = strings.TrimSpace(string(b))
+			c.state.Sysctls[k] = strings.TrimSpace(string(b))
 		}
 	}
-	if err := os.MkdirAll(n.Dir, 0o700); err != nil {
+	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
 		return err
 	}
-	n.state = st
-	if err := n.writeState(); err != nil {
+	if err := c.writeState(); err != nil {
 		return err
 	}
-	if !isShared("/sys/fs/bpf") {
-		st.Shared = append(st.Shared, "/sys/fs/bpf")
-		if err := n.writeState(); err != nil {
-			return err
-		}
-		if err := unix.Mount("", "/sys/fs/bpf", "", unix.MS_SHARED, ""); err != nil {
-			return fmt.Errorf("make /sys/fs/bpf a shared mount: %w", err)
-		}
-	}
-	for _, d := range append(append([]string{}, hostDirs...), "/run/moat-e2e") {
-		if _, err := os.Stat(d); err == nil {
-			if d == "/sys/fs/bpf/moat" || d == "/run/moat-e2e" {
-				return fmt.Errorf("%s exists: is Moat or another e2e run using this machine? Remove it first", d)
-			}
-			aside := filepath.Join(n.Dir, "moved-aside", strings.ReplaceAll(strings.Trim(d, "/"), "/", "_"))
-			if err := os.MkdirAll(filepath.Dir(aside), 0o700); err != nil {
-				return err
-			}
-			if err := os.Rename(d, aside); err != nil {
-				return fmt.Errorf("move %s aside: %w", d, err)
-			}
-			st.Moved[d] = aside
-		}
-		created := topMissing(d)
-		if d != "/sys/fs/bpf/moat" { // Moat's to create
-			if err := os.MkdirAll(d, 0o755); err != nil {
-				return err
-			}
-		}
-		st.Created = append(st.Created, created)
-		if err := n.writeState(); err != nil {
-			return err
-		}
-	}
-	return nil
+	return c.created(runDir)
+}
+
+// created records a host folder the run is about to create.
+func (c *Cluster) created(dir string) error {
+	c.state.Created = append(c.state.Created, dir)
+	return c.writeState()
 }
 
 // topMissing is the outermost folder of path that does not exist (path itself when its parent exists).
@@ -198,16 +236,37 @@ func topMissing(path string) string {
 	return top
 }
 
-func (n *Node) writeState() error {
-	b, err := json.MarshalIndent(n.state, "", "  ")
+func (c *Cluster) writeState() error {
+	b, err := json.MarshalIndent(c.state, "", "  ")
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(statePath(n.Dir), b, 0o600)
+	return os.WriteFile(statePath(c.Dir), b, 0o600)
 }
 
-// Stop tears the node down and restores the host. It goes on past errors and reports them all.
-func (n *Node) Stop() error {
+// Stop tears the nodes and the control plane down and restores the host. It goes on past errors and reports
+// them all.
+func (c *Cluster) Stop() error {
+	errs := make([]error, len(c.Nodes))
+	var wg sync.WaitGroup
+	for i, n := range c.Nodes {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = n.stop() }()
+	}
+	wg.Wait()
+	if c.ControlPlane != nil {
+		errs = append(errs, c.ControlPlane.Stop())
+		c.ControlPlane = nil
+	}
+	if c.state == nil {
+		return errors.Join(errs...) // nothing of the host was touched
+	}
+	errs = append(errs, restoreHost(c.Dir, c.Log))
+	return errors.Join(errs...)
+}
+
+// stop ends the node's processes, newest first, and the containers of its containerd.
+func (n *Node) stop() error {
 	var errs []error
 	for i := len(n.procs) - 1; i >= 0; i-- {
 		p := n.procs[i]
@@ -218,15 +277,6 @@ func (n *Node) Stop() error {
 	}
 	n.procs = nil
 	errs = append(errs, killShims(n.sock))
-	if n.Cluster != nil {
-		errs = append(errs, n.Cluster.Stop())
-		n.Cluster = nil
-	}
-	if n.netns != nil {
-		n.netns.Close()
-		n.netns = nil
-	}
-	errs = append(errs, restoreHost(n.Dir, n.Log))
 	return errors.Join(errs...)
 }
 
@@ -239,25 +289,32 @@ func Recover(dir string, log io.Writer) error {
 	if log != nil {
 		fmt.Fprintf(log, "node: a previous run left %s: undoing it\n", statePath(dir))
 	}
-	errs := []error{killShims("/run/moat-e2e/containerd/containerd.sock"), killLeftovers(dir)}
+	errs := []error{killShims(runDir + "/"), killLeftovers(dir)}
 	errs = append(errs, restoreHost(dir, log))
 	return errors.Join(errs...)
 }
 
-// restoreHost unmounts what the node mounted, removes its network, restores the sysctls and the folders.
+// restoreHost removes what the nodes' processes left (containers, cgroups), unmounts what the run mounted (the
+// nodes' bpf filesystems and mount namespaces), removes the network, restores the sysctls and the folders.
 func restoreHost(dir string, log io.Writer) error {
 	var errs []error
-	errs = append(errs, unmountUnder(dir, "/run/moat-e2e", "/run/netns/cni-"))
-	errs = append(errs, unwire())
-	errs = append(errs, removeCNINetns())
 	data, err := os.ReadFile(statePath(dir))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // restored already
+	}
 	if err != nil {
-		return errors.Join(append(errs, err)...)
+		return err
 	}
 	var st hostState
 	if err := json.Unmarshal(data, &st); err != nil {
-		return errors.Join(append(errs, fmt.Errorf("state file: %w", err))...)
+		return fmt.Errorf("state file: %w", err)
 	}
+	for _, name := range st.Nodes {
+		errs = append(errs, removeCgroups(name))
+	}
+	errs = append(errs, unmountUnder(dir+"/", runDir+"/", "/run/netns/cni-"))
+	errs = append(errs, unwire(st.Nodes))
+	errs = append(errs, removeCNINetns())
 	for k, v := range st.Sysctls {
 		if cur, err := os.ReadFile("/proc/sys/" + k); err == nil && strings.TrimSpace(string(cur)) != v {
 			if err := os.WriteFile("/proc/sys/"+k, []byte(v), 0o644); err != nil {
@@ -265,22 +322,11 @@ func restoreHost(dir string, log io.Writer) error {
 			}
 		}
 	}
-	for _, mp := range st.Shared {
-		if err := unix.Mount("", mp, "", unix.MS_PRIVATE, ""); err != nil {
-			errs = append(errs, fmt.Errorf("make %s private again: %w", mp, err))
-		}
-	}
 	for i := len(st.Created) - 1; i >= 0; i-- {
 		if err := os.RemoveAll(st.Created[i]); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
 	}
-	for d, aside := range st.Moved {
-		if err := os.Rename(aside, d); err != nil {
-			errs = append(errs, fmt.Errorf("put %s back: %w", d, err))
-		}
-	}
-	errs = append(errs, removeCgroups("kubepods"))
 	err = errors.Join(errs...)
 	if err == nil {
 		// the state is restored: the folder (logs included) goes too
@@ -289,31 +335,6 @@ func restoreHost(dir string, log io.Writer) error {
 		fmt.Fprintf(log, "node: restoring the host: %v (state kept in %s)\n", err, dir)
 	}
 	return err
-}
-
-// isShared reports whether a mount point propagates to peers (mountinfo's optional field shared:N).
-func isShared(mp string) bool {
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	shared := false
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 7 || f[4] != mp {
-			continue
-		}
-		shared = false // the last mount on the point is the one that counts
-		for _, opt := range f[6:] {
-			if opt == "-" {
-				break
-			}
-			if strings.HasPrefix(opt, "shared:") {
-				shared = true
-			}
-		}
-	}
-	return shared
 }
 
 // unmountUnder unmounts every mount point below the prefixes, deepest first.
@@ -330,7 +351,7 @@ func unmountUnder(prefixes ...string) error {
 		}
 		mp := strings.ReplaceAll(f[4], `\040`, " ")
 		for _, p := range prefixes {
-			if strings.HasPrefix(mp, p) {
+			if strings.HasPrefix(mp, p) || mp+"/" == p {
 				points = append(points, mp)
 				break
 			}
@@ -359,9 +380,9 @@ func removeCNINetns() error {
 	return errors.Join(errs...)
 }
 
-// removeCgroups removes the kubelet's cgroup tree (name) in every hierarchy, deepest first. Processes still in
-// it are the node's containers (a killed run leaves them: ending a shim does not end its container): they are
-// killed by PID first.
+// removeCgroups removes a node's cgroup tree (name: the kubelet's cgroupRoot) in every hierarchy, deepest first.
+// Processes still in it are the node's containers (a killed run leaves them: ending a shim does not end its
+// container): they are killed by PID first.
 func removeCgroups(name string) error {
 	var errs []error
 	roots, _ := filepath.Glob("/sys/fs/cgroup/*/" + name)
@@ -401,16 +422,16 @@ func removeCgroups(name string) error {
 	return errors.Join(errs...)
 }
 
-// killShims ends the containerd shims (and so the containers) that the node's containerd started: those whose
-// command line names its socket. By PID, never by name.
+// killShims ends the containerd shims (and so the containers) that a node's containerd started: those whose
+// command line names its socket (or a socket below that folder). By PID, never by name.
 func killShims(sock string) error {
 	return killWhere(func(cmdline string) bool {
 		return strings.Contains(cmdline, "containerd-shim") && strings.Contains(cmdline, sock)
 	})
 }
 
-// killLeftovers ends the node's own processes a killed run left: those started with the state folder in their
-// command line (containerd, kubelet, kube-proxy, the control plane).
+// killLeftovers ends the cluster's own processes a killed run left: those started with the state folder in
+// their command line (containerd, kubelet, kube-proxy, the control plane).
 func killLeftovers(dir string) error {
 	return killWhere(func(cmdline string) bool { return strings.Contains(cmdline, dir+"/") })
 }
@@ -447,14 +468,19 @@ func killWhere(match func(cmdline string) bool) error {
 	return nil
 }
 
-// Exec runs a command inside the node's network namespace (the host's mounts and processes).
+// Exec runs a command inside the node's network and mount namespaces.
 func (n *Node) Exec(ctx context.Context, name string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
-	var out []byte
-	err := n.netns.Do(func(ns.NetNS) error {
-		var err error
-		out, err = cmd.CombinedOutput()
-		return err
-	})
-	return out, err
+	argv := n.nsenter(name, args...)
+	return exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
+}
+
+// Kubectl runs the cached kubectl against the cluster.
+func (c *Cluster) Kubectl(ctx context.Context, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(kubetest.BinDir(), "kubectl"), append([]string{"--kubeconfig", c.Kubeconfig}, args...)...)
+	return cmd.CombinedOutput()
+}
+
+// Kubectl runs the cached kubectl against the node's cluster.
+func (n *Node) Kubectl(ctx context.Context, args ...string) ([]byte, error) {
+	return n.cluster.Kubectl(ctx, args...)
 }

@@ -22,10 +22,12 @@ import (
 // these names, the tests' pods start without a pull. They are built here from static binaries, not copied:
 //
 //   - agnhost: the agnhost program of the same Kubernetes version, CoreDNS at /coredns (a DNS test runs it from
-//     this image), busybox's shell and tools, and conformance/testtools for the curl, dig, getent and nc that
-//     upstream's Alpine image has.
+//     this image), busybox's tools, bash as /bin/sh, and conformance/testtools for the curl, dig, getent and nc
+//     that upstream's Alpine image has. The shell is bash, not busybox's: Debian builds busybox's shell to run
+//     its own applets before any program in PATH, so its sh would run busybox's nc (which lacks -u) in place
+//     of testtools'.
 //   - busybox: Debian's static busybox with its applet links.
-//   - glibc-dns-testing: busybox and testtools. Upstream's is a glibc (Debian) image, there to resolve names
+//   - glibc-dns-testing: busybox, bash and testtools. Upstream's is a glibc (Debian) image, there to resolve names
 //     through glibc as well as musl; this one resolves through testtools' Go resolver like the agnhost image, so
 //     the tests that use both check one resolver twice.
 //   - nginx: busybox httpd serving a page on port 80, for the tests that only need a web server pod.
@@ -40,8 +42,10 @@ const (
 	UpstreamPauseRef   = "registry.k8s.io/pause:3.10.2"
 	CoreDNSRef         = "moat.test/coredns:v1.15.0"
 
-	// DefaultBusybox is where Debian's busybox-static package puts its static busybox.
+	// DefaultBusybox is where Debian's busybox-static package puts its static busybox, DefaultBash where
+	// bash-static puts its static bash.
 	DefaultBusybox = "/bin/busybox"
+	DefaultBash    = "/bin/bash-static"
 )
 
 // ConformanceOptions are the inputs of BuildConformance.
@@ -50,6 +54,8 @@ type ConformanceOptions struct {
 	KubeBinDir string
 	// Busybox is a static busybox for the images' architecture; empty means DefaultBusybox.
 	Busybox string
+	// Bash is a static bash for the images' architecture; empty means DefaultBash.
+	Bash string
 	// Applets are busybox's applets as `busybox --list-full` prints them (usr/bin/wget); nil means running
 	// Busybox to ask, which needs it to be of this machine's architecture.
 	Applets []string
@@ -67,12 +73,15 @@ func BuildConformance(ctx context.Context, outDir string, opts ConformanceOption
 	if opts.Busybox == "" {
 		opts.Busybox = DefaultBusybox
 	}
+	if opts.Bash == "" {
+		opts.Bash = DefaultBash
+	}
 	agnhost := filepath.Join(opts.KubeBinDir, "agnhost")
 	coredns := filepath.Join(opts.KubeBinDir, "coredns")
-	for _, f := range []string{agnhost, coredns, opts.Busybox} {
+	for _, f := range []string{agnhost, coredns, opts.Busybox, opts.Bash} {
 		if _, err := os.Stat(f); err != nil {
-			return nil, fmt.Errorf("conformance images: %w (agnhost and coredns: make conformance-bins; busybox: "+
-				"Debian's busybox-static)", err)
+			return nil, fmt.Errorf("conformance images: %w (agnhost and coredns: make conformance-bins; busybox "+
+				"and bash: Debian's busybox-static and bash-static)", err)
 		}
 	}
 	applets := opts.Applets
@@ -97,8 +106,8 @@ func BuildConformance(ctx context.Context, outDir string, opts ConformanceOption
 		}
 	}
 
-	bb := busyboxLayer(opts.Busybox, applets, testtoolsNames)
-	tt := testtoolsLayer(testtools)
+	bb := busyboxLayer(opts.Busybox, applets, append([]string{"sh"}, testtoolsNames...))
+	tt := testtoolsLayer(testtools, opts.Bash)
 	label := func(title string) map[string]string {
 		return map[string]string{"org.opencontainers.image.title": title,
 			"org.opencontainers.image.description": "built by Moat's conformance pass (conformance/images)"}
@@ -165,8 +174,15 @@ func BuildConformance(ctx context.Context, outDir string, opts ConformanceOption
 // (its nc lacks -u) are left out where testtools is in the image.
 var testtoolsNames = []string{"curl", "dig", "getent", "nc"}
 
-func testtoolsLayer(bin string) ociimage.Spec {
-	s := ociimage.Spec{Files: []ociimage.File{{Path: "/usr/bin/testtools", Source: bin, Binary: true}}}
+// testtoolsLayer is testtools with its links, and bash as /bin/sh.
+func testtoolsLayer(bin, bash string) ociimage.Spec {
+	s := ociimage.Spec{
+		Files: []ociimage.File{
+			{Path: "/usr/bin/testtools", Source: bin, Binary: true},
+			{Path: "/bin/bash", Source: bash, Binary: true},
+		},
+		Symlinks: []ociimage.Symlink{{Path: "/bin/sh", Target: "bash"}},
+	}
 	for _, n := range testtoolsNames {
 		s.Symlinks = append(s.Symlinks, ociimage.Symlink{Path: "/usr/bin/" + n, Target: "testtools"})
 	}

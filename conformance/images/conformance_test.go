@@ -23,7 +23,7 @@ func fakeKubeBin(t *testing.T, arch string) string {
 		t.Skipf("fake binaries for %s are not made here", arch)
 	}
 	dir := t.TempDir()
-	for _, n := range []string{"agnhost", "coredns", "busybox"} {
+	for _, n := range []string{"agnhost", "coredns", "busybox", "bash"} {
 		if err := os.WriteFile(filepath.Join(dir, n), ocitest.FakeELF(machine, false, n), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -49,7 +49,8 @@ func testBuildConformance(t *testing.T, arch string) {
 	bin := fakeKubeBin(t, arch)
 	applets := []string{"bin/sh", "bin/ls", "bin/nc", "usr/bin/wget", "usr/bin/[", "linuxrc", "bin/busybox"}
 	imgs, err := BuildConformance(ctx, t.TempDir(), ConformanceOptions{
-		KubeBinDir: bin, Busybox: filepath.Join(bin, "busybox"), Applets: applets, Arch: arch,
+		KubeBinDir: bin, Busybox: filepath.Join(bin, "busybox"), Bash: filepath.Join(bin, "bash"), Applets: applets,
+		Arch: arch,
 	}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +65,7 @@ func testBuildConformance(t *testing.T, arch string) {
 	busyboxLinks := map[string]string{"bin/sh": "/bin/busybox", "usr/bin/wget": "/bin/busybox",
 		"usr/bin/[": "/bin/busybox", "linuxrc": ""}
 	withTools := func(extra map[string]string) map[string]string {
-		m := map[string]string{"bin/sh": "/bin/busybox", "bin/ls": "/bin/busybox", "bin/nc": "",
+		m := map[string]string{"bin/sh": "bash", "bin/ls": "/bin/busybox", "bin/nc": "",
 			"usr/bin/curl": "testtools", "usr/bin/dig": "testtools", "usr/bin/getent": "testtools",
 			"usr/bin/nc": "testtools"}
 		for k, v := range extra {
@@ -75,12 +76,12 @@ func testBuildConformance(t *testing.T, arch string) {
 	wants := []want{
 		{AgnhostRef, "registry.k8s.io/e2e-test-images/agnhost:2.66.1", "agnhost.tar", []string{"/agnhost"},
 			withTools(map[string]string{"agnhost-2": "agnhost"}),
-			[]string{"agnhost", "coredns", "bin/busybox", "usr/bin/testtools", "etc/passwd"}},
+			[]string{"agnhost", "coredns", "bin/busybox", "bin/bash", "usr/bin/testtools", "etc/passwd"}},
 		{BusyBoxRef, "registry.k8s.io/e2e-test-images/busybox:1.37.0-2", "busybox.tar", nil,
 			map[string]string{"bin/sh": "/bin/busybox", "bin/nc": "/bin/busybox", "usr/bin/curl": ""},
 			[]string{"bin/busybox"}},
 		{GlibcDNSTestingRef, "registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1", "glibc-dns-testing.tar",
-			nil, withTools(nil), []string{"bin/busybox", "usr/bin/testtools"}},
+			nil, withTools(nil), []string{"bin/busybox", "bin/bash", "usr/bin/testtools"}},
 		{NginxRef, "registry.k8s.io/e2e-test-images/nginx:1.27.0-2", "nginx.tar",
 			[]string{"/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/usr/share/nginx/html"}, busyboxLinks,
 			[]string{"usr/share/nginx/html/index.html"}},

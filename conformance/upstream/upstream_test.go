@@ -253,3 +253,27 @@ func TestCoreDNSManifest(t *testing.T) {
 		}
 	}
 }
+
+// TestDryRun lists the focus with the real e2e binary when `make conformance-bins` has built it: the 47
+// [sig-network] conformance tests of Kubernetes v1.37.2, none left out by Skip.
+func TestDryRun(t *testing.T) {
+	e2e := filepath.Join(kubetest.BinDir(), "e2e.test")
+	if _, err := os.Stat(e2e); err != nil {
+		t.Skipf("no e2e binary (make conformance-bins): %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	names, err := List(ctx, Options{E2E: e2e, ReportDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	focus := regexp.MustCompile(Focus)
+	for _, n := range names {
+		if !focus.MatchString(n) {
+			t.Errorf("listed %q, outside the focus", n)
+		}
+	}
+	if len(names) != 47 || !slices.Contains(names, "[sig-network] DNS should provide DNS for services [Conformance]") {
+		t.Errorf("%d tests listed, want v1.37.2's 47:\n%s", len(names), strings.Join(names, "\n"))
+	}
+}

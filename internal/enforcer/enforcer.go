@@ -525,9 +525,9 @@ func (e *Enforcer) syncHostPorts(list []HostPort, identities map[string]uint32) 
 }
 
 // syncIPCache makes the ipcache what the configuration (cluster ranges, nodes, the metadata API) and the
-// source's addresses say, writing only the entries that differ. When neither the configured ranges nor the
-// namespaces' identities changed since the addresses were last written and the source says which addresses
-// changed, only those are looked at (applyAddressChanges); otherwise every address is.
+// source's addresses say, writing only the entries that differ. When the configured ranges did not change since
+// the addresses were last written and the source says which addresses changed, only those are looked at
+// (applyAddressChanges), and the addresses of namespaces whose identity changed; otherwise every address is.
 func (e *Enforcer) syncIPCache(out resolve.Output, s State, identities map[string]uint32) (bool, error) {
 	config := map[netip.Prefix]bpf.IPCacheValue{}
 	for _, p := range out.Cluster {
@@ -539,9 +539,36 @@ func (e *Enforcer) syncIPCache(out resolve.Output, s State, identities map[strin
 	for _, p := range out.Metadata {
 		config[p] = bpf.IPCacheValue{Class: uint8(bpf.ClassMetadata)}
 	}
-	if s.AddressChanges != nil && e.addressIdentities != nil && maps.Equal(config, e.configIPCache) &&
-		maps.Equal(identities, e.addressIdentities) {
-		return e.applyAddressChanges(s.AddressChanges, identities)
+	if s.AddressChanges != nil && e.addressIdentities != nil && maps.Equal(config, e.configIPCache) {
+		changed, err := e.applyAddressChanges(s.AddressChanges, identities)
+		if err != nil || maps.Equal(identities, e.addressIdentities) {
+			return changed, err
+		}
+		// namespaces came, went or changed identity: their addresses, and only theirs, are written again
+		moved := map[string]bool{}
+		for name, id := range identities {
+			if e.addressIdentities[name] != id {
+				moved[name] = true
+			}
+		}
+		for name := range e.addressIdentities {
+			if _, ok := identities[name]; !ok {
+				moved[name] = true
+			}
+		}
+		for p, a := range e.addresses {
+			if a.Namespace == "" || !moved[a.Namespace] {
+				continue
+			}
+			v, present := e.ipcacheEntry(p, &a, identities)
+			c, err := e.setIPCache(p, v, present)
+			if err != nil {
+				return changed, err
+			}
+			changed = changed || c
+		}
+		e.addressIdentities = maps.Clone(identities)
+		return changed, nil
 	}
 	e.addressIdentities = nil // set again once every address is written
 	clear(e.ipcacheRefused)   // each is tried again below

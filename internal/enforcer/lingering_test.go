@@ -271,14 +271,27 @@ func TestApplyWritesOnlyTheAddressesThatChanged(t *testing.T) {
 	if got := identityOf(a); got != api {
 		t.Errorf("an apply without address changes did not write every address: a carries %d, want api's %d", got, api)
 	}
-	// a new namespace moves identities: every address is written again, whatever the changes say
-	next.Addresses[1].Namespace = "api"
+	// a pod listed before its namespace is known carries no identity; the namespace's arrival writes its
+	// addresses, and only the addresses of namespaces whose identity changed
+	d := netip.MustParsePrefix("10.9.0.8/32")
+	next.Addresses = append(next.Addresses, Address{Prefix: d, Class: bpf.ClassPod, Namespace: "db"})
+	next.AddressChanges = map[netip.Prefix]*Address{d: &next.Addresses[3]}
+	if err := e.Apply(next); err != nil {
+		t.Fatal(err)
+	}
+	if got := identityOf(d); got != 0 {
+		t.Errorf("a pod of a namespace not known yet carries identity %d, want none", got)
+	}
+	next.Addresses[1].Namespace = "api" // not named: looked at only if web's identity changed
 	next.Namespaces = append(slices.Clone(next.Namespaces), namespace("db"))
 	next.AddressChanges = map[netip.Prefix]*Address{}
 	if err := e.Apply(next); err != nil {
 		t.Fatal(err)
 	}
-	if got := identityOf(b); got != api {
-		t.Errorf("an apply with a new namespace did not write every address: b carries %d, want api's %d", got, api)
+	if db := e.Identities()["db"]; db == 0 || identityOf(d) != db {
+		t.Errorf("when its namespace came, the pod's address took identity %d, want db's %d", identityOf(d), db)
+	}
+	if got := identityOf(b); got != web {
+		t.Errorf("a new namespace rewrote an address of another namespace: b carries %d, want still web's %d", got, web)
 	}
 }

@@ -25,6 +25,11 @@ const (
 	// Skip leaves out what a cluster without a cloud provider cannot run: load balancers. (No [sig-network]
 	// conformance test of v1.37.2 needs one; the pattern is there for the tests a later version adds.)
 	Skip = `LoadBalancer|\[Feature:`
+	// APIFocus selects the [sig-network] conformance tests that need the API server and its controllers only,
+	// no node: they run against a bare control plane (with --allowed-not-ready-nodes=-1 --num-nodes=1).
+	APIFocus = `\[sig-network\] (IngressClass API|Ingress API|ServiceCIDR and IPAddress API|` +
+		`EndpointSlice should support creating EndpointSlice API|Services should delete a collection|` +
+		`Services should find a service from listing all namespaces).*\[Conformance\]`
 	// SkipReason is what the report says of a test that Skip left out.
 	SkipReason = "needs a cloud load balancer or a feature this cluster does not have (not run: --ginkgo.skip)"
 

@@ -277,3 +277,70 @@ func TestDryRun(t *testing.T) {
 		t.Errorf("%d tests listed, want v1.37.2's 47:\n%s", len(names), strings.Join(names, "\n"))
 	}
 }
+
+// apiTests are the seven tests APIFocus selects in v1.37.2.
+var apiTests = []string{
+	"[sig-network] EndpointSlice should support creating EndpointSlice API operations [Conformance]",
+	"[sig-network] Ingress API should support creating Ingress API operations [Conformance]",
+	"[sig-network] IngressClass API should support creating IngressClass API operations [Conformance]",
+	"[sig-network] ServiceCIDR and IPAddress API should support IPAddress API operations [Conformance]",
+	"[sig-network] ServiceCIDR and IPAddress API should support ServiceCIDR API operations [Conformance]",
+	"[sig-network] Services should delete a collection of services [Conformance]",
+	"[sig-network] Services should find a service from listing all namespaces [Conformance]",
+}
+
+// TestParseRecordedRun reads the report of a real run (TestRunAgainstAPIServer's, cut down to its focused tests,
+// three others and the suite's nodes).
+func TestParseRecordedRun(t *testing.T) {
+	f, err := os.Open("testdata/apiserver-run.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rep, err := ParseReport(f, regexp.MustCompile(Focus), regexp.MustCompile(Skip))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, r := range rep.Rows {
+		names = append(names, r.Name)
+		if r.Result != Passed || r.Reason != "" || r.Duration <= 0 {
+			t.Errorf("%s: %s %q %v, want passed", r.Name, r.Result, r.Reason, r.Duration)
+		}
+	}
+	if !slices.Equal(names, apiTests) || len(rep.SuiteFailures) != 0 {
+		t.Errorf("rows %q, suite failures %q", names, rep.SuiteFailures)
+	}
+}
+
+// TestRunAgainstAPIServer runs the real e2e binary's API-only tests against a bare control plane, when
+// `make conformance-bins` has built it.
+func TestRunAgainstAPIServer(t *testing.T) {
+	e2e := filepath.Join(kubetest.BinDir(), "e2e.test")
+	if _, err := os.Stat(e2e); err != nil {
+		t.Skipf("no e2e binary (make conformance-bins): %v", err)
+	}
+	if testing.Short() {
+		t.Skip("starts an API server")
+	}
+	c := kubetest.Start(t, kubetest.WithControllers("*"))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	rep, err := Run(ctx, Options{E2E: e2e, Kubeconfig: c.Kubeconfig, ReportDir: dir, Focus: APIFocus,
+		Extra: []string{"--allowed-not-ready-nodes=-1", "--num-nodes=1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, r := range rep.Rows {
+		names = append(names, r.Name)
+		if r.Result != Passed {
+			t.Errorf("%s: %s: %s", r.Name, r.Result, r.Reason)
+		}
+	}
+	if !slices.Equal(names, apiTests) || rep.ExitStatus != 0 || len(rep.SuiteFailures) != 0 {
+		log, _ := os.ReadFile(filepath.Join(dir, LogFile))
+		t.Errorf("rows %q, exit status %d, suite failures %q; log:\n%s", names, rep.ExitStatus, rep.SuiteFailures, log)
+	}
+}

@@ -21,8 +21,9 @@ import (
 // v1.37.2 gives them (k8s.io/kubernetes/test/utils/image/manifest.go): imported into a node's containerd under
 // these names, the tests' pods start without a pull. They are built here from static binaries, not copied:
 //
-//   - agnhost: the agnhost program of the same Kubernetes version, CoreDNS at /coredns (a DNS test runs it from
-//     this image), busybox's tools, bash as /bin/sh, and conformance/testtools for the curl, dig, getent and nc
+//   - agnhost: the agnhost program of the same Kubernetes version with the TLS key pair of its porter command
+//     (/localhost.crt and .key, for the Proxy tests), CoreDNS at /coredns (a DNS test runs it from this image),
+//     busybox's tools, bash as /bin/sh, and conformance/testtools for the curl, dig, getent and nc
 //     that upstream's Alpine image has. The shell is bash, not busybox's: Debian builds busybox's shell to run
 //     its own applets before any program in PATH, so its sh would run busybox's nc (which lacks -u) in place
 //     of testtools'.
@@ -61,6 +62,9 @@ type ConformanceOptions struct {
 	Applets []string
 	// Arch is the GOARCH of the binaries and the images; empty means this machine's.
 	Arch string
+	// PorterDir holds localhost.crt and localhost.key of agnhost's porter command; empty means
+	// test/images/agnhost/porter of the k8s.io/kubernetes module that conformance/kube/k8s builds agnhost from.
+	PorterDir string
 }
 
 // BuildConformance writes the conformance images into outDir (agnhost.tar, busybox.tar, glibc-dns-testing.tar,
@@ -95,6 +99,11 @@ func BuildConformance(ctx context.Context, outDir string, opts ConformanceOption
 	if err != nil {
 		return nil, err
 	}
+	if opts.PorterDir == "" {
+		if opts.PorterDir, err = porterDir(ctx, root); err != nil {
+			return nil, err
+		}
+	}
 	binDir := filepath.Join(outDir, "bin")
 	if err := os.MkdirAll(binDir, 0o755); err != nil {
 		return nil, fmt.Errorf("image folder: %w", err)
@@ -121,6 +130,8 @@ func BuildConformance(ctx context.Context, outDir string, opts ConformanceOption
 			Files: []ociimage.File{
 				{Path: "/agnhost", Source: agnhost, Binary: true},
 				{Path: "/coredns", Source: coredns, Binary: true},
+				{Path: "/localhost.crt", Source: filepath.Join(opts.PorterDir, "localhost.crt")},
+				{Path: "/localhost.key", Source: filepath.Join(opts.PorterDir, "localhost.key")},
 			},
 			Symlinks:   []ociimage.Symlink{{Path: "/agnhost-2", Target: "agnhost"}},
 			Dirs:       []ociimage.Dir{{Path: "/uploads"}},
@@ -240,6 +251,20 @@ func merge(base ociimage.Spec, parts ...ociimage.Spec) ociimage.Spec {
 		}
 	}
 	return base
+}
+
+// porterDir is agnhost's porter folder in the module cache: the k8s.io/kubernetes module of
+// conformance/kube/k8s, which building agnhost downloaded.
+func porterDir(ctx context.Context, root string) (string, error) {
+	cmd := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes")
+	cmd.Dir = filepath.Join(root, "conformance", "kube", "k8s")
+	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=readonly")
+	out, err := cmd.Output()
+	dir := strings.TrimSpace(string(out))
+	if err != nil || dir == "" {
+		return "", fmt.Errorf("find k8s.io/kubernetes in the module cache (make conformance-bins): %v", err)
+	}
+	return filepath.Join(dir, "test", "images", "agnhost", "porter"), nil
 }
 
 // busyboxApplets asks busybox for its applets' paths.

@@ -23,7 +23,7 @@ func fakeKubeBin(t *testing.T, arch string) string {
 		t.Skipf("fake binaries for %s are not made here", arch)
 	}
 	dir := t.TempDir()
-	for _, n := range []string{"agnhost", "coredns", "busybox", "bash"} {
+	for _, n := range []string{"agnhost", "coredns", "busybox", "bash", "localhost.crt", "localhost.key"} {
 		if err := os.WriteFile(filepath.Join(dir, n), ocitest.FakeELF(machine, false, n), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -50,7 +50,7 @@ func testBuildConformance(t *testing.T, arch string) {
 	applets := []string{"bin/sh", "bin/ls", "bin/nc", "usr/bin/wget", "usr/bin/[", "linuxrc", "bin/busybox"}
 	imgs, err := BuildConformance(ctx, t.TempDir(), ConformanceOptions{
 		KubeBinDir: bin, Busybox: filepath.Join(bin, "busybox"), Bash: filepath.Join(bin, "bash"), Applets: applets,
-		Arch: arch,
+		Arch: arch, PorterDir: bin,
 	}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -76,7 +76,8 @@ func testBuildConformance(t *testing.T, arch string) {
 	wants := []want{
 		{AgnhostRef, "registry.k8s.io/e2e-test-images/agnhost:2.66.1", "agnhost.tar", []string{"/agnhost"},
 			withTools(map[string]string{"agnhost-2": "agnhost"}),
-			[]string{"agnhost", "coredns", "bin/busybox", "bin/bash", "usr/bin/testtools", "etc/passwd"}},
+			[]string{"agnhost", "coredns", "localhost.crt", "localhost.key", "bin/busybox", "bin/bash",
+				"usr/bin/testtools", "etc/passwd"}},
 		{BusyBoxRef, "registry.k8s.io/e2e-test-images/busybox:1.37.0-2", "busybox.tar", nil,
 			map[string]string{"bin/sh": "/bin/busybox", "bin/nc": "/bin/busybox", "usr/bin/curl": ""},
 			[]string{"bin/busybox"}},

@@ -1,8 +1,15 @@
 package e2e
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/moatfw/moat/internal/agentapi"
 )
 
 // Pod to pod across nodes, over the datacenter network: each connection is decided twice, by the sender's egress
@@ -72,5 +79,55 @@ spec:
 		expect(t, app, "tcp", at(web, v6), false, settle)
 		// and back from B to A: nothing restricts db's egress or app's ingress
 		expect(t, db, "tcp", at(app, v6), true, 0)
+
+		// each denial was made where the rule is, knowing the remote pod's namespace
+		src, dst := addrOf(other, v6), addrOf(db, v6)
+		got := deniedAt(src, dst)
+		if !record(t, fmt.Sprintf("where %s -> %s is denied", src, dst), b.Name+" ingress e2e-x-db-ingress remote e2e-x-other", got, 0) {
+			t.Errorf("the denial of other -> db: %s", got)
+		}
+		src, dst = addrOf(app, v6), addrOf(web, v6)
+		got = deniedAt(src, dst)
+		if !record(t, fmt.Sprintf("where %s -> %s is denied", src, dst), a.Name+" egress e2e-x-app-egress remote e2e-x-web", got, 0) {
+			t.Errorf("the denial of app -> web: %s", got)
+		}
 	}
+}
+
+func addrOf(p pod, v6 bool) netip.Addr {
+	if v6 {
+		return p.v6
+	}
+	return p.v4
+}
+
+// deniedAt says which node's enforcer denied a connection from src to dst, in which direction, by which policy,
+// and what it took the remote for: "<node> <direction> <policy> remote <namespace or class>" from the latest
+// denied flow event between the two addresses, or "nowhere".
+func deniedAt(src, dst netip.Addr) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	where := "nowhere"
+	for _, n := range suite.nodes {
+		pod, err := moatPodOn(ctx, n.Name)
+		if err != nil {
+			return err.Error()
+		}
+		out, err := suite.cluster.Kubectl(ctx, "-n", "moat-system", "exec", pod, "-c", "enforcer", "--",
+			"moatctl", "flows", "--verdict", "denied", "-o", "json")
+		if err != nil {
+			return fmt.Sprintf("%s: moatctl flows: %v: %s", n.Name, err, out)
+		}
+		dec := json.NewDecoder(strings.NewReader(string(out)))
+		for dec.More() {
+			var f agentapi.Flow
+			if err := dec.Decode(&f); err != nil {
+				return fmt.Sprintf("%s: moatctl flows: %v", n.Name, err)
+			}
+			if f.Src == src.String() && f.Dst == dst.String() {
+				where = fmt.Sprintf("%s %s %s remote %s", n.Name, f.Direction, f.Policy, f.Remote)
+			}
+		}
+	}
+	return where
 }

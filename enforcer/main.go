@@ -269,6 +269,12 @@ func run(log *logrus.Entry, o options) error {
 		}
 	}
 	go e.RunConntrackRecount(ctx, store, enforcer.RecountInterval)
+	// the host's own addresses are the node's, its bridge's gateway inside the pod range included
+	go func() {
+		if err := e.WatchHostAddresses(ctx); err != nil {
+			log.WithError(err).Error("watching this host's addresses stopped")
+		}
+	}()
 	// the default attach mode's second half: staged pods move to tcx, released links go, off the pods' ADD and DEL
 	go endpoint.Mover{Life: endpoint.Lifecycle{Store: store, PinRoot: o.pinRoot}, Log: log.WithField("component", "tcx-mover")}.Run(ctx)
 	if o.reconcile > 0 {

@@ -99,7 +99,10 @@ type Enforcer struct {
 	addressIdentities map[string]uint32
 	// what the source says of each address of the cluster now (its pods elsewhere, Services, nodes, ranges): the
 	// last whole list with every change since, so that writing every address again needs no new list
-	addresses  map[netip.Prefix]Address
+	addresses map[netip.Prefix]Address
+	// this host's own addresses (SetHostAddresses): node class, so its bridge's gateway inside its pod range (the
+	// source of the kubelet's probes and of portmap's hairpin) is never taken for a pod of no known namespace
+	hostAddrs  []netip.Addr
 	generation uint64
 	metrics    atomic.Pointer[Metrics] // nil until NewMetrics
 	// what Run enforces, when it can say whether it is in touch (a contactSource; nil before)
@@ -536,6 +539,9 @@ func (e *Enforcer) syncIPCache(out resolve.Output, s State, identities map[strin
 	for _, p := range out.Nodes {
 		config[p] = bpf.IPCacheValue{Class: uint8(bpf.ClassNode)}
 	}
+	for _, a := range e.hostAddrs {
+		config[netip.PrefixFrom(a, a.BitLen())] = bpf.IPCacheValue{Class: uint8(bpf.ClassNode)}
+	}
 	for _, p := range out.Metadata {
 		config[p] = bpf.IPCacheValue{Class: uint8(bpf.ClassMetadata)}
 	}
@@ -709,6 +715,27 @@ func (e *Enforcer) setIPCache(p netip.Prefix, v bpf.IPCacheValue, present bool) 
 		delete(e.ipcache, p)
 	}
 	return true, nil
+}
+
+// SetHostAddresses makes addrs this host's own addresses, decided as the node's (a bridge's gateway address
+// inside the node's pod range included), and applies the state in force again when they changed.
+func (e *Enforcer) SetHostAddresses(addrs []netip.Addr) error {
+	addrs = slices.Clone(addrs)
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	addrs = slices.Compact(addrs)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if slices.Equal(addrs, e.hostAddrs) {
+		return nil
+	}
+	e.hostAddrs = addrs
+	if e.generation == 0 {
+		return nil // the first apply writes them
+	}
+	defer e.publish()
+	s := e.state
+	s.AddressChanges = map[netip.Prefix]*Address{}
+	return e.apply(s)
 }
 
 // AddressUpdate is what changed of the cluster's addresses since the state was last loaded.

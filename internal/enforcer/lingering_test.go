@@ -1,6 +1,8 @@
 package enforcer
 
 import (
+	"context"
+	"net"
 	"net/netip"
 	"slices"
 	"testing"
@@ -8,6 +10,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/api/v1alpha1"
@@ -294,4 +297,59 @@ func TestApplyWritesOnlyTheAddressesThatChanged(t *testing.T) {
 	if got := identityOf(b); got != web {
 		t.Errorf("a new namespace rewrote an address of another namespace: b carries %d, want still web's %d", got, web)
 	}
+}
+
+// The host's own address inside its pod range (the bridge's gateway, from which the kubelet probes pods and
+// portmap hairpins hostPort connections) is decided as the node, not as a pod of no known namespace, which every
+// rule by namespace denies; the watch picks it up when the bridge gets it, after the first apply.
+func TestHostAddressesAreTheNodes(t *testing.T) {
+	_, dp, e := newTestEnforcer(t)
+	podRange := netip.MustParsePrefix("10.244.0.0/24")
+	gateway := netip.MustParsePrefix("10.244.0.1/32")
+	if err := e.Apply(State{Namespaces: []v1alpha1.Namespace{namespace("web")},
+		Addresses: []Address{{Prefix: podRange, Class: bpf.ClassPod}}}); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := ipcacheEntry(t, dp, podRange); !ok || v.Identity != bpf.IdentityUnknownPod {
+		t.Fatalf("the node's pod range: %+v %v, want unknown pod", v, ok)
+	}
+	pl := testutil.NewPodLink(t, []netip.Prefix{netip.MustParsePrefix("10.244.0.2/24")}, []netip.Prefix{
+		netip.MustParsePrefix("10.244.0.1/24")})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- pl.Host.Do(func(ns.NetNS) error { return e.WatchHostAddresses(ctx) }) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("watch: %v", err)
+		}
+	}()
+	if !waitFor(func() bool {
+		v, ok := ipcacheEntry(t, dp, gateway)
+		return ok && bpf.Class(v.Class) == bpf.ClassNode
+	}) {
+		v, ok := ipcacheEntry(t, dp, gateway)
+		t.Fatalf("the host's gateway address in the pod range: %+v %v, want the node's class", v, ok)
+	}
+	// an address the host gets later is picked up too
+	late := netip.MustParsePrefix("10.244.0.254/24")
+	if err := pl.Host.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByIndex(pl.HostIfindex)
+		if err != nil {
+			return err
+		}
+		return netlink.AddrAdd(l, &netlink.Addr{IPNet: prefixNet(late)})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(func() bool {
+		v, ok := ipcacheEntry(t, dp, netip.PrefixFrom(late.Addr(), 32))
+		return ok && bpf.Class(v.Class) == bpf.ClassNode
+	}) {
+		t.Errorf("an address the host got later is not the node's")
+	}
+}
+
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }

@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/cilium/ebpf"
 )
@@ -190,7 +191,9 @@ func stale(a hooks, ifindex int, fromPod, toPod *ebpf.Program) ([]hook, error) {
 	return others, errors.Join(errs...)
 }
 
-// sameCode reports whether the program with ID id is want, or has its code (its tag).
+// sameCode reports whether the program with ID id is want, or has its code (its tag) and uses the same maps: the
+// program of an enforcer before a restart is the same as its own, one of a build whose maps were migrated to
+// another layout (same code, other maps) is not.
 func sameCode(id ebpf.ProgramID, want *ebpf.Program) (bool, error) {
 	wantInfo, err := want.Info()
 	if err != nil {
@@ -208,5 +211,15 @@ func sameCode(id ebpf.ProgramID, want *ebpf.Program) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("attached program info: %w", err)
 	}
-	return info.Tag == wantInfo.Tag, nil
+	if info.Tag != wantInfo.Tag {
+		return false, nil
+	}
+	runMaps, ok1 := info.MapIDs()
+	wantMaps, ok2 := wantInfo.MapIDs()
+	if !ok1 || !ok2 {
+		return true, nil // a kernel that does not say: the code decides
+	}
+	slices.Sort(runMaps)
+	slices.Sort(wantMaps)
+	return slices.Equal(runMaps, wantMaps), nil
 }

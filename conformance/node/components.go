@@ -2,15 +2,18 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/moatfw/moat/internal/testutil/kubetest"
 	"github.com/moatfw/moat/internal/testutil/procs"
@@ -212,11 +215,17 @@ maxPods: 110
 		return err
 	}
 	client := n.cluster.Client()
-	return waitUntil(ctx, p, 120*time.Second, "Ready node", func() bool {
+	var patchErr error
+	err = waitUntil(ctx, p, 120*time.Second, "Ready node with its pod ranges", func() bool {
 		c, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
 		node, err := client.CoreV1().Nodes().Get(c, n.Name, metav1.GetOptions{})
 		if err != nil {
+			return false
+		}
+		if !n.hasPodCIDRs(node) {
+			// registered: give it its ranges, as a cluster's IPAM controller would, before anything reads them
+			patchErr = n.setPodCIDRs(c, node)
 			return false
 		}
 		for _, cond := range node.Status.Conditions {
@@ -226,6 +235,36 @@ maxPods: 110
 		}
 		return false
 	})
+	if err != nil && patchErr != nil {
+		return fmt.Errorf("%w (setting its pod ranges: %v)", err, patchErr)
+	}
+	return err
+}
+
+// podCIDRs are the node's pod ranges as its Node object carries them: IPv4 first (spec.podCIDR is the first).
+func (n *Node) podCIDRs() []string { return []string{n.PodCIDR.String(), n.PodCIDRv6.String()} }
+
+// hasPodCIDRs says whether the Node object carries the node's pod ranges.
+func (n *Node) hasPodCIDRs(node *corev1.Node) bool {
+	return node.Spec.PodCIDR == n.PodCIDR.String() && slices.Equal(node.Spec.PodCIDRs, n.podCIDRs())
+}
+
+// setPodCIDRs sets the Node's spec.podCIDR and spec.podCIDRs to its bridge network's ranges. The API server
+// takes them once: a Node that has other ranges already is an error.
+func (n *Node) setPodCIDRs(ctx context.Context, node *corev1.Node) error {
+	if len(node.Spec.PodCIDRs) > 0 {
+		return fmt.Errorf("node %s has pod ranges %v, not %v", n.Name, node.Spec.PodCIDRs, n.podCIDRs())
+	}
+	body, err := json.Marshal(map[string]any{"spec": map[string]any{"podCIDR": n.PodCIDR.String(), "podCIDRs": n.podCIDRs()}})
+	if err != nil {
+		return err
+	}
+	if _, err := n.cluster.Client().CoreV1().Nodes().Patch(ctx, n.Name, types.MergePatchType, body,
+		metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("patch node %s: %w", n.Name, err)
+	}
+	n.logf("pod ranges %s", strings.Join(n.podCIDRs(), ", "))
+	return nil
 }
 
 func (n *Node) startKubeProxy() error {

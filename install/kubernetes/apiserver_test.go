@@ -260,7 +260,10 @@ func TestKubectlApply(t *testing.T) {
 	}
 	// then the FirewallConfig, as docs/install.md says: its CRD may take a moment to be served after the first
 	// apply, which a script waits for
-	must("wait", "--for=condition=Established", "--timeout=60s", "crd/firewallpolicies.moat.dev", "crd/firewallconfigs.moat.dev")
+	// (and the AddressSlice CRD too, though nothing here creates one: in one CI run under load, the uninstall's
+	// delete below timed out after 120 s waiting for that CRD, the only one nothing had waited to be served)
+	must("wait", "--for=condition=Established", "--timeout=60s", "crd/firewallpolicies.moat.dev", "crd/firewallconfigs.moat.dev",
+		"crd/addressslices.moat.dev")
 	must("apply", "-f", manifests.ConfigFile)
 	a.mapper.Reset() // discovery ran before the CRDs were served
 	cfg := find(t, decodeFile(t, manifests.ConfigFile), "FirewallConfig", "default")

@@ -125,12 +125,14 @@ bench: bpffs kube-bins
 
 # The API-server scale benchmark of the enforcer (internal/scale): a real API server with 2,000 namespaces, 1,000
 # Nodes, 2,000 Services, 500 FirewallPolicies and SCALE pods (default 5000,20000,50000,150000; a size the free
-# memory cannot hold is listed as not run), the moat-enforcer binary against it. Writes docs/benchmarks-scale.md;
+# memory cannot hold is listed as not run), the moat-enforcer binary against it. Writes docs/benchmarks-scale.md (and
+# the side-by-side table with Cilium's published figures in docs/benchmarks.md);
 # an hour or more. Not part of `make test` or `make bench`.
 SCALE ?=
 scale: bpffs kube-bins
 	MOAT_SCALE=1 SCALE='$(SCALE)' $(GO) test -count=1 -timeout 6h -v -run '^TestScale$$' ./internal/scale/ \
 		-args -scale.out=$(CURDIR)/docs/benchmarks-scale.md
+	$(GO) run ./internal/benchdoc -scale
 
 clean:
 	rm -rf bin

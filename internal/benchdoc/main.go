@@ -46,7 +46,24 @@ func main() {
 	datapathOnly := flag.Bool("datapath", false, "run only the datapath benchmark and rewrite only its section of -out")
 	from := flag.String("from", "", "with -datapath: read BenchmarkVerdict's output from this file instead of running it")
 	podsOnly := flag.Bool("pods", false, "run only the plugin, attach and pod churn benchmarks and rewrite only their sections of -out")
+	scaleOnly := flag.Bool("scale", false, "rewrite only the API-server scale section of -out, from benchmarks-scale.md beside it (make scale writes that page)")
 	flag.Parse()
+	scalePage, _ := os.ReadFile(filepath.Join(filepath.Dir(*out), "benchmarks-scale.md")) // none yet: no comparison
+	if *scaleOnly {
+		old, err := os.ReadFile(*out)
+		if err != nil {
+			log.Fatal(err)
+		}
+		page, err := replaceScale(string(old), renderScale(string(scalePage)))
+		if err != nil {
+			log.Fatalf("benchdoc: %s: %v", *out, err)
+		}
+		if err := os.WriteFile(*out, []byte(page), 0o644); err != nil {
+			log.Fatal(err)
+		}
+		fmt.Fprintf(os.Stderr, "benchdoc: rewrote the API-server scale section of %s\n", *out)
+		return
+	}
 	quickRun = *quick
 	started := time.Now()
 	verdict, change, sizes, changes := "^BenchmarkVerdict$", "^BenchmarkChangeEnforced$", []int{10, 1000, 10000}, 20
@@ -138,7 +155,7 @@ func main() {
 	doc += renderRuleChanges(rcs, folderP50(p50))
 	doc += renderRSS(parseMetrics(benchmark("^BenchmarkEnforcerRSS$", "1x", 1, "./enforcer/"), "BenchmarkEnforcerRSS"),
 		parseMetrics(benchmark("^BenchmarkEndpointBytes$", "1x", 1, "./bpf/"), "BenchmarkEndpointBytes"))
-	doc += renderScale()
+	doc += renderScale(string(scalePage))
 	doc += fmt.Sprintf("\n---\n`make bench%s` took %s.\n", map[bool]string{true: " QUICK=1", false: ""}[*quick],
 		time.Since(started).Round(time.Second))
 	if err := os.WriteFile(*out, []byte(doc), 0o644); err != nil {

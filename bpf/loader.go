@@ -4,8 +4,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -213,9 +215,7 @@ func (dp *Datapath) Unpin() error {
 }
 
 func (dp *Datapath) allMaps() []*ebpf.Map {
-	m := &dp.maps
-	return []*ebpf.Map{m.Config, m.Conntrack, m.LocalEndpoints, m.Events, m.Fragments, m.Identities, m.Ipcache,
-		m.Policy, m.ReasonCounts, m.RuleCounts, m.Stats, m.CtCounts, m.Hostports}
+	return slices.Collect(maps.Values(dp.mapsByName()))
 }
 
 // checkPinnedLayout refuses a pin root whose config map was written by a build with another layout.
@@ -226,7 +226,7 @@ func checkPinnedLayout(root string) error {
 	}
 	return fmt.Errorf("maps pinned under %s use layout %d, this build uses %d: %w; the enforcer of this build "+
 		"migrates them when it starts (from layouts %v), or remove them with moat-install --uninstall (pods lose "+
-		"enforcement until their next start)", root, version, LayoutVersion, ErrLayout, mapsKeys(migrations))
+		"enforcement until their next start)", root, version, LayoutVersion, ErrLayout, slices.Sorted(maps.Keys(migrations)))
 }
 
 // ensureBPFFS makes root (and its parents) and checks that it lives on a bpf filesystem.

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -78,16 +79,7 @@ func layoutError(root string, got uint32) error {
 	}
 	return fmt.Errorf("maps pinned under %s use layout %d, this build uses %d and migrates only from %v: %w; "+
 		"upgrade through a release that migrates from %d, or remove them with moat-install --uninstall (pods lose "+
-		"enforcement until their next start)", root, got, LayoutVersion, mapsKeys(migrations), ErrLayout, got)
-}
-
-func mapsKeys(m map[uint32]migration) []uint32 {
-	var out []uint32
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
+		"enforcement until their next start)", root, got, LayoutVersion, slices.Sorted(maps.Keys(migrations)), ErrLayout, got)
 }
 
 // finishCommit moves what a commit that stopped half-way left in the stage over the pin root's pins.
@@ -240,12 +232,13 @@ func (dp *Datapath) CommitMigration() error {
 		return nil
 	}
 	root, stage := dp.Root, filepath.Join(dp.Root, StageDir)
+	byName := dp.mapsByName()
 	for _, name := range []string{"conntrack", "ct_counts"} {
 		old, err := ebpf.LoadPinnedMap(filepath.Join(root, name), nil)
 		if err != nil {
 			continue
 		}
-		_, err = copyEntries(old, dp.mapsByName()[name], dp.migrating.mig.convert[name])
+		_, err = copyEntries(old, byName[name], dp.migrating.mig.convert[name])
 		old.Close()
 		if err != nil {
 			return fmt.Errorf("migrate the %s map's late entries: %w", name, err)
@@ -296,7 +289,7 @@ func (dp *Datapath) isOwnPin(name string) bool {
 	return ok
 }
 
-// mapsByName is every map of this build by its pin name.
+// mapsByName is every map of this build by its pin name (allMaps is its values).
 func (dp *Datapath) mapsByName() map[string]*ebpf.Map {
 	m := &dp.maps
 	return map[string]*ebpf.Map{"config": m.Config, "conntrack": m.Conntrack, "local_endpoints": m.LocalEndpoints,

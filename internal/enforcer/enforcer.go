@@ -7,12 +7,14 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"iter"
 	"maps"
 	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unique"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -40,6 +42,9 @@ type State struct {
 	// apply in which no namespace's identity and no configured range changed then writes only these, so a policy
 	// change costs the same at 5,000 pods as at 150,000. nil: not known (the whole list decides).
 	AddressChanges map[netip.Prefix]*Address
+	// allAddresses, when the source keeps its addresses (the Kubernetes source's book), yields them instead of
+	// Addresses, read only when every address is applied; it takes the source's changes too
+	allAddresses iter.Seq[Address]
 	// inForce: this is the state in force, applied again (releaseUnheld); its addresses are e.addresses, with
 	// every change since it was loaded
 	inForce bool
@@ -60,6 +65,29 @@ type HostPort struct {
 	PodPort   uint16
 	Namespace string
 	Local     bool // the pod runs on this node
+}
+
+// addresses yields the addresses of s: from the source when it keeps them, or the list.
+func (s State) addresses() iter.Seq[Address] {
+	if s.allAddresses != nil {
+		return s.allAddresses
+	}
+	return slices.Values(s.Addresses)
+}
+
+// addressOf is what the enforcer keeps of an address (its prefix is the key): 16 bytes, not an Address's 56,
+// for each of 300,000.
+type addressOf struct {
+	namespace unique.Handle[string]
+	class     uint8 // a bpf.Class
+}
+
+func compactAddress(a Address) addressOf {
+	return addressOf{namespace: unique.Make(a.Namespace), class: uint8(a.Class)}
+}
+
+func (a addressOf) address(p netip.Prefix) Address {
+	return Address{Prefix: p, Class: bpf.Class(a.class), Namespace: a.namespace.Value()}
 }
 
 // Address is an ipcache entry a source wants: a prefix, what it is, and for pods and Services their namespace.
@@ -99,7 +127,7 @@ type Enforcer struct {
 	addressIdentities map[string]uint32
 	// what the source says of each address of the cluster now (its pods elsewhere, Services, nodes, ranges): the
 	// last whole list with every change since, so that writing every address again needs no new list
-	addresses map[netip.Prefix]Address
+	addresses map[netip.Prefix]addressOf
 	// this host's own addresses (SetHostAddresses): node class, so its bridge's gateway inside its pod range (the
 	// source of the kubelet's probes and of portmap's hairpin) is never taken for a pod of no known namespace
 	hostAddrs  []netip.Addr
@@ -361,7 +389,7 @@ func (e *Enforcer) apply(s State) error {
 		e.log.WithField("identity", id).Info("identity released: no namespace and no pod holds it")
 	}
 	// the addresses live on in e.addresses (with every change since): the state in force keeps none of its own
-	s.Addresses, s.AddressChanges, s.inForce = nil, nil, true
+	s.Addresses, s.AddressChanges, s.allAddresses, s.inForce = nil, nil, nil, true
 	e.state, e.stale = s, stale
 	if len(changed) > 0 || ipcacheChanged || hostPortsChanged || configChanged || len(gone) > 0 || len(released) > 0 || e.generation == 0 {
 		gen, err := e.bump(start)
@@ -437,14 +465,26 @@ func (e *Enforcer) holdByPods(held map[uint32]bool, s State, present map[string]
 			held[id] = true
 		}
 	}
-	if s.inForce { // the addresses as they are now
-		for _, a := range e.addresses {
+	switch {
+	case s.inForce: // the addresses as they are now
+		for p, a := range e.addresses {
+			hold(a.address(p))
+		}
+	case s.AddressChanges != nil && e.addresses != nil: // those in force, as the changes make them
+		for p, a := range e.addresses {
+			if _, ok := s.AddressChanges[p]; !ok {
+				hold(a.address(p))
+			}
+		}
+		for _, a := range s.AddressChanges {
+			if a != nil {
+				hold(*a)
+			}
+		}
+	default:
+		for a := range s.addresses() {
 			hold(a)
 		}
-		return
-	}
-	for _, a := range s.Addresses {
-		hold(a)
 	}
 }
 
@@ -563,10 +603,12 @@ func (e *Enforcer) syncIPCache(out resolve.Output, s State, identities map[strin
 			}
 		}
 		for p, a := range e.addresses {
-			if a.Namespace == "" || !moved[a.Namespace] {
+			ns := a.namespace.Value()
+			if ns == "" || !moved[ns] {
 				continue
 			}
-			v, present := e.ipcacheEntry(p, &a, identities)
+			have := a.address(p)
+			v, present := e.ipcacheEntry(p, &have, identities)
 			c, err := e.setIPCache(p, v, present)
 			if err != nil {
 				return changed, err
@@ -580,42 +622,51 @@ func (e *Enforcer) syncIPCache(out resolve.Output, s State, identities map[strin
 	clear(e.ipcacheRefused)   // each is tried again below
 	e.configIPCache = config
 	if !s.inForce {
-		e.addresses = make(map[netip.Prefix]Address, len(s.Addresses))
-		for _, a := range s.Addresses {
-			e.addresses[a.Prefix.Masked()] = a
+		if e.addresses == nil {
+			e.addresses = map[netip.Prefix]addressOf{}
+		}
+		clear(e.addresses) // kept at its size: it is filled again as big
+		for a := range s.addresses() {
+			e.addresses[a.Prefix.Masked()] = compactAddress(a)
 		}
 	}
-	want := make(map[netip.Prefix]bpf.IPCacheValue, len(e.addresses)+len(config))
-	for p := range e.configIPCache {
-		var a *Address
+	// what the ipcache is to hold for p (no map of it all: 300,000 entries at 150,000 dual-stack pods)
+	want := func(p netip.Prefix) (bpf.IPCacheValue, bool) {
 		if have, ok := e.addresses[p]; ok {
-			a = &have
+			a := have.address(p)
+			return e.ipcacheEntry(p, &a, identities)
 		}
-		if v, ok := e.ipcacheEntry(p, a, identities); ok {
-			want[p] = v
-		}
-	}
-	for p, a := range e.addresses {
-		if v, ok := e.ipcacheEntry(p, &a, identities); ok {
-			want[p] = v
-		}
+		return e.ipcacheEntry(p, nil, identities)
 	}
 	changed := false
+	set := func(p netip.Prefix, v bpf.IPCacheValue, present bool) error {
+		c, err := e.setIPCache(p, v, present)
+		changed = changed || c
+		return err
+	}
 	for p, v := range e.ipcache { // first what goes, so that what comes finds room
-		if _, ok := want[p]; !ok {
-			c, err := e.setIPCache(p, v, false)
-			if err != nil {
+		if _, ok := want(p); !ok {
+			if err := set(p, v, false); err != nil {
 				return changed, err
 			}
-			changed = changed || c
 		}
 	}
-	for p, v := range want {
-		c, err := e.setIPCache(p, v, true)
-		if err != nil {
-			return changed, err
+	for p := range e.configIPCache {
+		if v, ok := want(p); ok {
+			if err := set(p, v, true); err != nil {
+				return changed, err
+			}
 		}
-		changed = changed || c
+	}
+	for p := range e.addresses {
+		if _, ok := e.configIPCache[p]; ok {
+			continue // written above
+		}
+		if v, ok := want(p); ok {
+			if err := set(p, v, true); err != nil {
+				return changed, err
+			}
+		}
 	}
 	e.addressIdentities = maps.Clone(identities)
 	return changed, nil
@@ -625,13 +676,13 @@ func (e *Enforcer) syncIPCache(out resolve.Output, s State, identities map[strin
 // identities: what goes first, so that what comes finds room.
 func (e *Enforcer) applyAddressChanges(changes map[netip.Prefix]*Address, identities map[string]uint32) (bool, error) {
 	if e.addresses == nil {
-		e.addresses = map[netip.Prefix]Address{}
+		e.addresses = map[netip.Prefix]addressOf{}
 	}
 	for p, a := range changes {
 		if a == nil {
 			delete(e.addresses, p)
 		} else {
-			e.addresses[p] = *a
+			e.addresses[p] = compactAddress(*a)
 		}
 	}
 	changed := false

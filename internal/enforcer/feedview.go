@@ -2,7 +2,6 @@ package enforcer
 
 import (
 	"slices"
-	"strings"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -18,24 +17,37 @@ import (
 // feedView turns the address feed's slices back into the slim pods and nodes they stand for, and hands each
 // change on as a watch of Pods and Nodes would: the rest of the source cannot tell the two apart. An entry held
 // by two slices at once (for a moment, while the publisher moves it after a takeover) is read from the slice
-// first by name, and goes only when no slice holds it. It keeps the entries as the feed has them (a few dozen
-// bytes of fields each) and makes the slim object only to hand it on: a Pod object, even empty, is 1.2 KB, and at
-// 150,000 pods that was the enforcer's biggest heap.
+// first by name, and goes only when no slice holds it. It keeps no copy of an entry: each key points into the
+// slice object the informer keeps, and the slim object is made only to hand it on (a Pod object, even empty, is
+// 1.2 KB, and at 150,000 pods that was the enforcer's biggest heap).
 type feedView struct {
 	podOn, nodeOn func(old, obj any, gone bool)
 	// what the source looks up by key: the pods that have hostPorts (the only ones it reads), every node
 	pods, nodes cache.Store
 
 	mu      sync.Mutex
-	bySlice map[string]map[string]any // slice -> entry key -> v1alpha1.PodAddresses or v1alpha1.NodeAddresses
-	holders map[string][]string       // entry key -> the slices that hold it
-	have    map[string]any            // entry key -> the entry last handed on
+	slices  map[string]*v1alpha1.AddressSlice // each slice as last handed in (the informer's own objects)
+	entries map[entryKey]viewEntry
+}
+
+// entryKey names an entry of the feed, whichever slice holds it: a pod by namespace and name, a node by name.
+type entryKey struct {
+	node            bool
+	namespace, name string
+}
+
+// viewEntry is where an entry is read from and what was last handed on of it.
+type viewEntry struct {
+	holder string   // the slice it is read from: the first by name of those that hold it
+	others []string // the other slices that hold it (nearly always none)
+	pod    *v1alpha1.PodAddresses
+	node   *v1alpha1.NodeAddresses
 }
 
 func newFeedView(podOn, nodeOn func(old, obj any, gone bool)) *feedView {
 	return &feedView{podOn: podOn, nodeOn: nodeOn, pods: cache.NewStore(cache.MetaNamespaceKeyFunc),
-		nodes: cache.NewStore(cache.MetaNamespaceKeyFunc), bySlice: map[string]map[string]any{},
-		holders: map[string][]string{}, have: map[string]any{}}
+		nodes: cache.NewStore(cache.MetaNamespaceKeyFunc), slices: map[string]*v1alpha1.AddressSlice{},
+		entries: map[entryKey]viewEntry{}}
 }
 
 // sliceOf is the informer's transform: it keeps of a slice its name and entries, typed, instead of the decoded
@@ -76,92 +88,136 @@ func (v *feedView) slice(obj any, gone bool) {
 		return
 	}
 	name := as.Name
-	now := map[string]any{}
-	if !gone {
-		for _, e := range as.Pods {
-			now[feed.PodKey(e.Namespace, e.Name)] = e
-		}
-		for _, e := range as.Nodes {
-			now[feed.NodeKey(e.Name)] = e
-		}
-	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	keys := map[string]bool{}
-	for key := range v.bySlice[name] {
-		keys[key] = true
+	before := v.slices[name]
+	if gone {
+		delete(v.slices, name)
+		as = &v1alpha1.AddressSlice{}
+	} else {
+		v.slices[name] = as
+	}
+	now := map[entryKey]bool{}
+	for i := range as.Pods {
+		now[podEntryKey(&as.Pods[i])] = true
+	}
+	for i := range as.Nodes {
+		now[nodeEntryKey(&as.Nodes[i])] = true
+	}
+	if before != nil { // what the slice no longer holds
+		for i := range before.Pods {
+			if key := podEntryKey(&before.Pods[i]); !now[key] {
+				v.update(key, name, false)
+			}
+		}
+		for i := range before.Nodes {
+			if key := nodeEntryKey(&before.Nodes[i]); !now[key] {
+				v.update(key, name, false)
+			}
+		}
 	}
 	for key := range now {
-		keys[key] = true
-	}
-	if len(now) == 0 {
-		delete(v.bySlice, name)
-	} else {
-		v.bySlice[name] = now
-	}
-	for key := range keys {
-		h := slices.DeleteFunc(v.holders[key], func(s string) bool { return s == name })
-		if _, ok := now[key]; ok {
-			h = append(h, name)
-		}
-		if len(h) == 0 {
-			delete(v.holders, key)
-		} else {
-			v.holders[key] = h
-		}
-		v.update(key)
+		v.update(key, name, true)
 	}
 }
 
-// objectOf is the slim object an entry stands for.
-func objectOf(entry any) any {
-	switch e := entry.(type) {
-	case v1alpha1.PodAddresses:
-		return feed.PodOf(e)
-	case v1alpha1.NodeAddresses:
-		return feed.NodeOf(e)
-	}
-	return nil
+func podEntryKey(e *v1alpha1.PodAddresses) entryKey {
+	return entryKey{namespace: e.Namespace, name: e.Name}
 }
+func nodeEntryKey(e *v1alpha1.NodeAddresses) entryKey { return entryKey{node: true, name: e.Name} }
 
-// update makes the effective entry of key the one its first holder has, and passes the change on.
-func (v *feedView) update(key string) {
-	var want any
-	if h := v.holders[key]; len(h) > 0 {
-		want = v.bySlice[slices.Min(h)][key]
+// update records whether the slice named holds key now, makes the entry of key the one its first holder has,
+// and passes the change on.
+func (v *feedView) update(key entryKey, slice string, holds bool) {
+	ve, exists := v.entries[key]
+	holders := append([]string{}, ve.others...)
+	if exists {
+		holders = append(holders, ve.holder)
 	}
-	had, exists := v.have[key]
-	var old, obj any
+	holders = slices.DeleteFunc(holders, func(s string) bool { return s == slice })
+	if holds {
+		holders = append(holders, slice)
+	}
+	if len(holders) == 0 {
+		if exists {
+			delete(v.entries, key)
+			old := ve.object()
+			v.store(key, old, true)
+			v.on(key)(nil, old, true)
+		}
+		return
+	}
+	slices.Sort(holders)
+	next := viewEntry{holder: holders[0]}
+	if len(holders) > 1 {
+		next.others = holders[1:]
+	}
+	next.pod, next.node = v.find(key, next.holder)
+	v.entries[key] = next
 	switch {
-	case want == nil && exists:
-		delete(v.have, key)
-		old = objectOf(had)
-		v.store(key, old, true)
-		v.on(key)(nil, old, true)
-	case want != nil && !exists:
-		v.have[key] = want
-		obj = objectOf(want)
+	case !exists:
+		obj := next.object()
 		v.store(key, obj, false)
 		v.on(key)(nil, obj, false)
-	case want != nil && !equality.Semantic.DeepEqual(had, want):
-		v.have[key] = want
-		old, obj = objectOf(had), objectOf(want)
+	case !ve.same(next):
+		old, obj := ve.object(), next.object()
 		v.store(key, obj, false)
 		v.on(key)(old, obj, false)
 	}
 }
 
-func (v *feedView) on(key string) func(old, obj any, gone bool) {
-	if strings.HasPrefix(key, "node/") {
+// find is the entry of key in the slice named, as last handed in.
+func (v *feedView) find(key entryKey, slice string) (*v1alpha1.PodAddresses, *v1alpha1.NodeAddresses) {
+	as := v.slices[slice]
+	if as == nil {
+		return nil, nil
+	}
+	if key.node {
+		for i := range as.Nodes {
+			if nodeEntryKey(&as.Nodes[i]) == key {
+				return nil, &as.Nodes[i]
+			}
+		}
+		return nil, nil
+	}
+	for i := range as.Pods {
+		if podEntryKey(&as.Pods[i]) == key {
+			return &as.Pods[i], nil
+		}
+	}
+	return nil, nil
+}
+
+// object is the slim object the entry stands for.
+func (ve viewEntry) object() any {
+	switch {
+	case ve.pod != nil:
+		return feed.PodOf(*ve.pod)
+	case ve.node != nil:
+		return feed.NodeOf(*ve.node)
+	}
+	return nil
+}
+
+// same: do the two say the same of their entry?
+func (ve viewEntry) same(other viewEntry) bool {
+	if ve.pod != nil || other.pod != nil {
+		return ve.pod != nil && other.pod != nil && equality.Semantic.DeepEqual(*ve.pod, *other.pod)
+	}
+	return ve.node != nil && other.node != nil && equality.Semantic.DeepEqual(*ve.node, *other.node)
+}
+
+func (v *feedView) on(key entryKey) func(old, obj any, gone bool) {
+	if key.node {
 		return v.nodeOn
 	}
 	return v.podOn
 }
 
 // store keeps the lookup stores: a node always, a pod only while it has hostPorts.
-func (v *feedView) store(key string, obj any, gone bool) {
+func (v *feedView) store(key entryKey, obj any, gone bool) {
 	st := v.pods
-	if strings.HasPrefix(key, "node/") {
+	if key.node {
 		st = v.nodes
 	} else if p, ok := obj.(*corev1.Pod); ok && !gone && len(p.Spec.Containers) == 0 {
 		gone = true // no hostPorts: nothing looks it up

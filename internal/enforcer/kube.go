@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unique"
 
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
@@ -212,19 +214,19 @@ func (k *Kubernetes) start(ctx context.Context, changed func()) error {
 		k.ns:   k.policyHandler(namespaceChanged, changed),
 		k.pols: k.policyHandler(specChanged, changed),
 		k.cfgs: k.policyHandler(specChanged, changed),
-		k.svcs: handlerOf(k.addressOn("service", serviceClaims, changed)),
+		k.svcs: handlerOf(k.addressOn(ownerService, serviceClaims, changed)),
 	}
 	if k.AddressFeed {
-		view := newFeedView(k.addressOn("pod", k.podClaims, changed), k.addressOn("node", nodeClaims, changed))
+		view := newFeedView(k.addressOn(ownerPod, k.podClaims, changed), k.addressOn(ownerNode, nodeClaims(ownerNode), changed))
 		k.podStore, k.nodeStore = view.pods, view.nodes
 		handlers[k.feed] = view.handler()
-		handlers[k.self] = handlerOf(k.addressOn("self", nodeClaims, changed))
+		handlers[k.self] = handlerOf(k.addressOn(ownerSelf, nodeClaims(ownerSelf), changed))
 	} else {
-		handlers[k.pods] = handlerOf(k.addressOn("pod", k.podClaims, changed))
-		handlers[k.nodes] = handlerOf(k.addressOn("node", nodeClaims, changed))
+		handlers[k.pods] = handlerOf(k.addressOn(ownerPod, k.podClaims, changed))
+		handlers[k.nodes] = handlerOf(k.addressOn(ownerNode, nodeClaims(ownerNode), changed))
 	}
 	if k.cidrs != nil {
-		handlers[k.cidrs] = handlerOf(k.addressOn("servicecidr", serviceCIDRClaims, changed))
+		handlers[k.cidrs] = handlerOf(k.addressOn(ownerServiceCIDR, serviceCIDRClaims, changed))
 	}
 	// synced once every handler has seen its informer's initial listing (not only once the stores hold it)
 	synced := make([]cache.InformerSynced, 0, len(all))
@@ -369,8 +371,10 @@ func (k *Kubernetes) Load() (State, error) {
 		}
 	}
 	sort.Slice(s.Policies, func(i, j int) bool { return s.Policies[i].Name < s.Policies[j].Name })
-	s.AddressChanges = k.book.changes() // before all(), which takes them too
-	s.Addresses = k.book.all()
+	if changes, ok := k.book.changes(); ok {
+		s.AddressChanges = changes
+	}
+	s.allAddresses = k.book.takeAll // read only when every address is applied
 	k.hostPortsDirty.Store(false)
 	s.HostPorts = k.hostPorts()
 	s.ServiceRanges = k.serviceRanges
@@ -449,81 +453,121 @@ func (k *Kubernetes) hostPorts() []HostPort {
 // The claims of each kind of object on addresses: pods on other nodes and Services by their namespace, node
 // addresses, and the pod and Service ranges as the cluster.
 
-func (k *Kubernetes) podClaims(obj any) map[netip.Prefix]claim {
+func (k *Kubernetes) podClaims(obj any) []prefixClaim {
 	p := obj.(*corev1.Pod)
 	if p.Spec.HostNetwork || p.Spec.NodeName == k.NodeName || p.Status.Phase == corev1.PodSucceeded ||
 		p.Status.Phase == corev1.PodFailed {
 		return nil
 	}
-	out := map[netip.Prefix]claim{}
+	c := claim{owner: owner{kind: ownerPod, namespace: unique.Make(p.Namespace), name: p.Name}, class: uint8(bpf.ClassPod),
+		created: nanos(p.CreationTimestamp)}
+	out := make([]prefixClaim, 0, len(p.Status.PodIPs))
 	for _, ip := range p.Status.PodIPs {
-		addClaim(out, ip.IP, claim{class: bpf.ClassPod, namespace: p.Namespace, created: p.CreationTimestamp.Time})
+		out = addClaim(out, ip.IP, c)
 	}
 	return out
 }
 
-func serviceClaims(obj any) map[netip.Prefix]claim {
+func serviceClaims(obj any) []prefixClaim {
 	svc := obj.(*corev1.Service)
-	out := map[netip.Prefix]claim{}
+	c := claim{owner: owner{kind: ownerService, namespace: unique.Make(svc.Namespace), name: svc.Name}, class: uint8(bpf.ClassService),
+		created: nanos(svc.CreationTimestamp)}
+	var out []prefixClaim
 	for _, ip := range svc.Spec.ClusterIPs {
 		if ip != corev1.ClusterIPNone {
-			addClaim(out, ip, claim{class: bpf.ClassService, namespace: svc.Namespace, created: svc.CreationTimestamp.Time})
+			out = addClaim(out, ip, c)
 		}
 	}
 	return out
 }
 
-func nodeClaims(obj any) map[netip.Prefix]claim {
-	n := obj.(*corev1.Node)
-	out := map[netip.Prefix]claim{}
-	for _, a := range nodeAddresses(n) {
-		out[netip.PrefixFrom(a, a.BitLen())] = claim{class: bpf.ClassNode}
+// nodeClaims are a Node's claims, as kind (ownerNode, or ownerSelf for this node's own Node).
+func nodeClaims(kind ownerKind) func(obj any) []prefixClaim {
+	return func(obj any) []prefixClaim {
+		n := obj.(*corev1.Node)
+		o := owner{kind: kind, namespace: noNamespace, name: n.Name}
+		var out []prefixClaim
+		for _, a := range nodeAddresses(n) {
+			out = setClaim(out, netip.PrefixFrom(a, a.BitLen()), claim{owner: o, class: uint8(bpf.ClassNode)})
+		}
+		for _, c := range n.Spec.PodCIDRs {
+			if p, err := v1alpha1.ParseCIDR(c); err == nil {
+				// no namespace: its pods not known yet
+				out = setClaim(out, p.Masked(), claim{owner: o, class: uint8(bpf.ClassPod)})
+			}
+		}
+		return out
 	}
-	for _, c := range n.Spec.PodCIDRs {
+}
+
+func serviceCIDRClaims(obj any) []prefixClaim {
+	sc := obj.(*networkingv1.ServiceCIDR)
+	var out []prefixClaim
+	for _, c := range sc.Spec.CIDRs {
 		if p, err := v1alpha1.ParseCIDR(c); err == nil {
-			out[p.Masked()] = claim{class: bpf.ClassPod} // no namespace: its pods not known yet
+			out = setClaim(out, p.Masked(), claim{owner: owner{kind: ownerServiceCIDR, namespace: noNamespace, name: sc.Name},
+				class: uint8(bpf.ClassCluster)})
 		}
 	}
 	return out
 }
 
-func serviceCIDRClaims(obj any) map[netip.Prefix]claim {
-	out := map[netip.Prefix]claim{}
-	for _, c := range obj.(*networkingv1.ServiceCIDR).Spec.CIDRs {
-		addCIDRClaim(out, c)
+// nanos is a creation time as a claim keeps it (none: the oldest).
+func nanos(t metav1.Time) int64 {
+	if t.IsZero() {
+		return math.MinInt64
 	}
-	return out
+	return t.UnixNano()
 }
 
-func addClaim(claims map[netip.Prefix]claim, ip string, c claim) {
+// addClaim adds c on the address ip (if it is one) to claims.
+func addClaim(claims []prefixClaim, ip string, c claim) []prefixClaim {
 	if a, err := netip.ParseAddr(ip); err == nil {
 		a = a.Unmap()
-		claims[netip.PrefixFrom(a, a.BitLen())] = c
+		return setClaim(claims, netip.PrefixFrom(a, a.BitLen()), c)
 	}
+	return claims
 }
 
-func addCIDRClaim(claims map[netip.Prefix]claim, cidr string) {
-	if p, err := v1alpha1.ParseCIDR(cidr); err == nil {
-		claims[p.Masked()] = claim{class: bpf.ClassCluster}
+// setClaim puts c on p in claims, instead of the claim there already: one claim per prefix and object, the
+// last one said.
+func setClaim(claims []prefixClaim, p netip.Prefix, c claim) []prefixClaim {
+	if i := slices.IndexFunc(claims, func(pc prefixClaim) bool { return pc.prefix == p }); i >= 0 {
+		claims[i].claim = c
+		return claims
 	}
+	return append(claims, prefixClaim{prefix: p, claim: c})
 }
 
-// addressOn keeps the book up to date with one kind of object (old is nil on an add; gone on a delete), and
-// calls changed when an event changed what the object claims (a Node's heartbeat, a pod's container status:
-// nothing, and no call). A pod with hostPorts, or a Node while such pods exist, marks the hostPorts changed too.
-func (k *Kubernetes) addressOn(kind string, claims func(any) map[netip.Prefix]claim, changed func()) func(old, obj any, gone bool) {
+// addressOn keeps the book up to date with one kind of object (old is nil on an add; gone on a delete, obj then
+// the object as last seen), and calls changed when an event changed what the object claims (a Node's heartbeat,
+// a pod's container status: nothing, and no call). A pod with hostPorts, or a Node while such pods exist, marks
+// the hostPorts changed too. The book keeps nothing per object: what the object claimed is its claims as old
+// (or, when it goes, obj) says, which is the object this handler was last given.
+func (k *Kubernetes) addressOn(kind ownerKind, claimsOf func(any) []prefixClaim, changed func()) func(old, obj any, gone bool) {
 	return func(old, obj any, gone bool) {
-		key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
-		if err != nil {
-			return
+		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = t.Obj
 		}
-		var c map[netip.Prefix]claim
-		if !gone {
-			c = claims(obj)
+		if t, ok := old.(cache.DeletedFinalStateUnknown); ok {
+			old = t.Obj
 		}
-		moved := k.book.set(kind+"/"+key, c)
+		var was, now []prefixClaim
+		switch {
+		case gone:
+			was = claimsOf(obj)
+		case old != nil:
+			was, now = claimsOf(old), claimsOf(obj)
+		default:
+			now = claimsOf(obj)
+		}
+		moved := k.book.set(was, now)
 		switch kind {
-		case "pod":
+		case ownerPod:
+			key, err := cache.MetaNamespaceKeyFunc(obj)
+			if err != nil {
+				return
+			}
 			had, _ := k.hostPortPods.Load(key)
 			has := !gone && len(obj.(*corev1.Pod).Spec.Containers) > 0
 			if has {
@@ -535,7 +579,7 @@ func (k *Kubernetes) addressOn(kind string, claims func(any) map[netip.Prefix]cl
 				k.hostPortsDirty.Store(true)
 				moved = true
 			}
-		case "node":
+		case ownerNode:
 			if moved && k.anyHostPortPods() {
 				k.hostPortsDirty.Store(true)
 			}
@@ -611,7 +655,9 @@ func (k *Kubernetes) AddressChanges() (u AddressUpdate, ok bool) {
 	if k.policyDirty.Load() {
 		return u, false
 	}
-	u.Changed = k.book.changes()
+	if u.Changed, ok = k.book.changes(); !ok {
+		return u, false // too many: the whole state applies them
+	}
 	if k.hostPortsDirty.Swap(false) {
 		hp := k.hostPorts()
 		u.HostPorts = &hp

@@ -62,6 +62,9 @@ type ConformanceOptions struct {
 	Applets []string
 	// Arch is the GOARCH of the binaries and the images; empty means this machine's.
 	Arch string
+	// WithoutCoreDNS leaves CoreDNS out: no coredns.tar, and no /coredns in the agnhost image (only the DNS
+	// tests use either). The e2e suite's subset of the pass runs no DNS test and so needs no CoreDNS build.
+	WithoutCoreDNS bool
 	// PorterDir holds localhost.crt and localhost.key of agnhost's porter command; empty means
 	// test/images/agnhost/porter of the k8s.io/kubernetes module that conformance/kube/k8s builds agnhost from.
 	PorterDir string
@@ -69,7 +72,8 @@ type ConformanceOptions struct {
 
 // BuildConformance writes the conformance images into outDir (agnhost.tar, busybox.tar, glibc-dns-testing.tar,
 // nginx.tar, pause-upstream.tar, coredns.tar), compiling conformance/testtools and conformance/pause into
-// outDir/bin. It must run inside the moat module's tree, like Build. The images come back in that order.
+// outDir/bin (coredns.tar only without WithoutCoreDNS). It must run inside the moat module's tree, like Build. The images
+// come back in that order.
 func BuildConformance(ctx context.Context, outDir string, opts ConformanceOptions, log io.Writer) ([]Image, error) {
 	if opts.Arch == "" {
 		opts.Arch = runtime.GOARCH
@@ -82,7 +86,11 @@ func BuildConformance(ctx context.Context, outDir string, opts ConformanceOption
 	}
 	agnhost := filepath.Join(opts.KubeBinDir, "agnhost")
 	coredns := filepath.Join(opts.KubeBinDir, "coredns")
-	for _, f := range []string{agnhost, coredns, opts.Busybox, opts.Bash} {
+	inputs := []string{agnhost, coredns, opts.Busybox, opts.Bash}
+	if opts.WithoutCoreDNS {
+		inputs = slices.DeleteFunc(inputs, func(f string) bool { return f == coredns })
+	}
+	for _, f := range inputs {
 		if _, err := os.Stat(f); err != nil {
 			return nil, fmt.Errorf("conformance images: %w (agnhost and coredns: make conformance-bins; busybox "+
 				"and bash: Debian's busybox-static and bash-static)", err)
@@ -168,6 +176,11 @@ func BuildConformance(ctx context.Context, outDir string, opts ConformanceOption
 			Entrypoint: []string{"/coredns"},
 			Labels:     label("CoreDNS v1.15.0"),
 		}, etcFiles(false))},
+	}
+	if opts.WithoutCoreDNS {
+		agn := &specs[0].spec
+		agn.Files = slices.DeleteFunc(agn.Files, func(f ociimage.File) bool { return f.Path == "/coredns" })
+		specs = specs[:len(specs)-1] // coredns.tar, the last
 	}
 	var imgs []Image
 	for _, s := range specs {

@@ -158,3 +158,40 @@ func TestBuildConformanceMissingBinaries(t *testing.T) {
 		t.Errorf("without agnhost: %v, want an error naming make conformance-bins", err)
 	}
 }
+
+// TestBuildConformanceWithoutCoreDNS builds the images with no coredns binary at hand: every image but
+// coredns.tar, and agnhost's without /coredns.
+func TestBuildConformanceWithoutCoreDNS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("compiles two programs")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	bin := fakeKubeBin(t, runtime.GOARCH)
+	if err := os.Remove(filepath.Join(bin, "coredns")); err != nil {
+		t.Fatal(err)
+	}
+	imgs, err := BuildConformance(ctx, t.TempDir(), ConformanceOptions{
+		KubeBinDir: bin, Busybox: filepath.Join(bin, "busybox"), Bash: filepath.Join(bin, "bash"),
+		Applets: []string{"bin/sh", "bin/ls"}, PorterDir: bin, WithoutCoreDNS: true,
+	}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var refs []string
+	for _, img := range imgs {
+		refs = append(refs, img.Ref)
+	}
+	if want := []string{AgnhostRef, BusyBoxRef, GlibcDNSTestingRef, NginxRef, UpstreamPauseRef}; strings.Join(refs, " ") !=
+		strings.Join(want, " ") {
+		t.Errorf("images %q, want %q", refs, want)
+	}
+	_, oimg, _ := ocitest.ReadArchive(t, imgs[0].Archive)
+	_, contents := ocitest.LayerFiles(t, oimg)
+	if _, ok := contents["coredns"]; ok {
+		t.Error("the agnhost image has /coredns")
+	}
+	if _, ok := contents["agnhost"]; !ok {
+		t.Error("the agnhost image lacks /agnhost")
+	}
+}

@@ -204,6 +204,10 @@ syncFrequency: 10s
 nodeStatusUpdateFrequency: 4s
 maxPods: 110
 `, n.Name, n.IP, n.sock, filepath.Join(n.dir, "pod-logs"))
+	if dns := n.cluster.ClusterDNS; dns != "" {
+		// pods of dnsPolicy ClusterFirst get it as their nameserver, with the cluster domain's search list
+		cfg += fmt.Sprintf("clusterDNS: [%q]\n", dns)
+	}
 	path := filepath.Join(n.dir, "kubelet.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return err

@@ -41,7 +41,20 @@ type Config struct {
 	PauseArchive string    // the sandbox image (an OCI archive), imported before the kubelets start
 	PauseName    string    // its name as containerd knows it (containerd's sandbox_image)
 	Log          io.Writer // progress
+	// ClusterDNS is the kubelets' clusterDNS, the cluster IP of the DNS Service the caller deploys (the
+	// conformance pass: upstream.ClusterDNSIP); empty: pods get no cluster DNS (the e2e suite dials addresses).
+	ClusterDNS string
+	// Controllers replaces the kube-controller-manager controllers the cluster runs (DefaultControllers); "*"
+	// runs every controller enabled by default, as the conformance pass needs (Endpoints, EndpointSlice
+	// mirroring, ReplicationControllers, ServiceCIDRs, pod garbage collection and more).
+	Controllers []string
 }
+
+// DefaultControllers are the kube-controller-manager controllers of the e2e suite's cluster: what Moat's
+// manifests and the suite's cases use.
+var DefaultControllers = []string{"namespace-controller", "garbage-collector-controller",
+	"serviceaccount-controller", "root-ca-certificate-publisher-controller", "daemonset-controller",
+	"endpointslice-controller", "node-lifecycle-controller", "replicaset-controller", "deployment-controller"}
 
 // Cluster is the control plane and its running nodes.
 type Cluster struct {
@@ -142,10 +155,12 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 		}
 	}
 	c.logf("control plane on %s", HostAddr)
+	controllers := DefaultControllers
+	if cfg.Controllers != nil {
+		controllers = cfg.Controllers
+	}
 	if c.ControlPlane, err = kubetest.New(filepath.Join(cfg.Dir, "control-plane"), kubetest.WithHost(HostAddr.String()),
-		kubetest.WithScheduler(), kubetest.WithControllers("namespace-controller", "garbage-collector-controller",
-			"serviceaccount-controller", "root-ca-certificate-publisher-controller", "daemonset-controller",
-			"endpointslice-controller", "node-lifecycle-controller", "replicaset-controller", "deployment-controller"),
+		kubetest.WithScheduler(), kubetest.WithControllers(controllers...),
 		kubetest.WithAPIServerFlags(map[string]string{"service-node-port-range": "30000-32767",
 			// exec and logs reach the kubelet at the node's address: its name resolves nowhere
 			"kubelet-preferred-address-types": "InternalIP"})); err != nil {

@@ -12,6 +12,9 @@ type Pass struct {
 	Title  string // "without Moat", "Moat, default configuration", "Moat, restrictive policy"
 	About  string // one sentence on the cluster and configuration of the pass
 	Report Report
+	// Why explains, by test name, a result of this pass that is not a pass: the rule that made it, or what in
+	// the cluster did. It follows the test's reason in the notes.
+	Why map[string]string
 }
 
 // RenderMarkdown writes docs/conformance.md: intro, then a table with a row per test and a column per pass
@@ -59,6 +62,8 @@ func RenderMarkdown(w io.Writer, intro string, passes []Pass) error {
 		n            int
 		test, reason string
 		pass         string
+		why          string
+		alsoBase     bool // it did not pass in the baseline either
 	}
 	var notes []note
 	b.WriteString("\n## Tests\n\n| # | test |")
@@ -78,7 +83,9 @@ func RenderMarkdown(w io.Writer, intro string, passes []Pass) error {
 				fmt.Fprintf(&b, " %s |", r.Result)
 				continue
 			}
-			notes = append(notes, note{len(notes) + 1, name, r.Reason, p.Title})
+			base, inBase := byName[0][name]
+			notes = append(notes, note{len(notes) + 1, name, r.Reason, p.Title, p.Why[name],
+				j > 0 && inBase && base.Result == r.Result})
 			fmt.Fprintf(&b, " %s [%d] |", r.Result, len(notes))
 		}
 		b.WriteString("\n")
@@ -86,7 +93,14 @@ func RenderMarkdown(w io.Writer, intro string, passes []Pass) error {
 	if len(notes) > 0 {
 		b.WriteString("\n## Why a test did not pass\n\n")
 		for _, n := range notes {
-			fmt.Fprintf(&b, "%d. %s, %s: %s\n", n.n, n.pass, n.test, inline(n.reason))
+			fmt.Fprintf(&b, "%d. %s, %s: %s", n.n, n.pass, n.test, inline(n.reason))
+			if n.alsoBase {
+				fmt.Fprintf(&b, " (%s in %q too)", byName[0][n.test].Result, passes[0].Title)
+			}
+			if n.why != "" {
+				b.WriteString(" **Why:** " + inline(n.why))
+			}
+			b.WriteString("\n")
 		}
 	}
 

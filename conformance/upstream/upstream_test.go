@@ -88,7 +88,7 @@ func TestRenderMarkdown(t *testing.T) {
 	var b bytes.Buffer
 	err := RenderMarkdown(&b, "Two nodes.", []Pass{
 		{Title: "without Moat", About: "plain cluster", Report: base},
-		{Title: "Moat | default", Report: moat},
+		{Title: "Moat | default", Report: moat, Why: map[string]string{moat.Rows[0].Name: "rule x denies it"}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -102,7 +102,10 @@ func TestRenderMarkdown(t *testing.T) {
 		"| # | test | without Moat | Moat \\| default |\n| ---: | --- | --- | --- |\n",
 		"| 1 | [sig-network] DNS should provide DNS for services [Conformance] | passed | failed [1] |\n",
 		"| 6 | [sig-network] Services should serve a basic endpoint from pods [Conformance] | failed [10] | not in this pass |",
-		"1. Moat | default, [sig-network] DNS should provide DNS for services [Conformance]: dig | timed out line 2\n",
+		"1. Moat | default, [sig-network] DNS should provide DNS for services [Conformance]: dig | timed out line 2 " +
+			"**Why:** rule x denies it\n",
+		"[sig-network] Proxy version v1 should proxy through a service and a pod [Conformance]: timedout: A spec " +
+			"timeout occurred (failed in \"without Moat\" too)\n",
 		"## Passing in \"without Moat\", not in another pass\n\n- Moat | default: [sig-network] DNS should provide DNS for services [Conformance] (failed)\n",
 		"## Failures of the suite's setup or teardown\n\n- without Moat: SynchronizedAfterSuite failed: namespace e2e-tests-x not deleted\n",
 	} {
@@ -342,5 +345,50 @@ func TestRunAgainstAPIServer(t *testing.T) {
 	if !slices.Equal(names, apiTests) || rep.ExitStatus != 0 || len(rep.SuiteFailures) != 0 {
 		log, _ := os.ReadFile(filepath.Join(dir, LogFile))
 		t.Errorf("rows %q, exit status %d, suite failures %q; log:\n%s", names, rep.ExitStatus, rep.SuiteFailures, log)
+	}
+}
+
+func TestShard(t *testing.T) {
+	names := []string{"a", "b", "c", "d", "e"}
+	got := Shard(names, 2)
+	if len(got) != 2 || strings.Join(got[0], ",") != "a,c,e" || strings.Join(got[1], ",") != "b,d" {
+		t.Errorf("Shard(5 names, 2) = %q", got)
+	}
+	if got := Shard(names[:1], 3); len(got) != 1 {
+		t.Errorf("Shard(1 name, 3) = %q, want one group", got)
+	}
+	focus := regexp.MustCompile(FocusOn([]string{"[sig-network] DNS x [Conformance]", "b.c"}))
+	for s, want := range map[string]bool{"[sig-network] DNS x [Conformance]": true, "b.c": true, "bxc": false,
+		"[sig-network] DNS y [Conformance]": false} {
+		if focus.MatchString(s) != want {
+			t.Errorf("FocusOn matches %q: %v, want %v", s, !want, want)
+		}
+	}
+}
+
+// TestFocusOnWithTheBinary checks that the binary's focus, given FocusOn of three listed names, selects exactly
+// them (the names are the text Ginkgo matches), when `make conformance-bins` has built it.
+func TestFocusOnWithTheBinary(t *testing.T) {
+	e2e := filepath.Join(kubetest.BinDir(), "e2e.test")
+	if _, err := os.Stat(e2e); err != nil {
+		t.Skipf("no e2e binary (make conformance-bins): %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	names, err := List(ctx, Options{E2E: e2e, ReportDir: t.TempDir()})
+	if err != nil || len(names) < 3 {
+		t.Fatalf("%d names, %v", len(names), err)
+	}
+	for _, a := range names {
+		for _, b := range names {
+			if a != b && strings.Contains(b, a) {
+				t.Errorf("%q is inside %q: FocusOn(%[1]q) would select both", a, b)
+			}
+		}
+	}
+	want := []string{names[0], names[len(names)/2], names[len(names)-1]}
+	got, err := List(ctx, Options{E2E: e2e, ReportDir: t.TempDir(), Focus: FocusOn(want)})
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("FocusOn(%q) selects %q (%v)", want, got, err)
 	}
 }

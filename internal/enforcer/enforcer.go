@@ -14,7 +14,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unique"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -45,7 +44,7 @@ type State struct {
 	// allAddresses, when the source keeps its addresses (the Kubernetes source's book), yields them instead of
 	// Addresses, read only when every address is applied; it takes the source's changes too
 	allAddresses iter.Seq[Address]
-	// inForce: this is the state in force, applied again (releaseUnheld); its addresses are e.addresses, with
+	// inForce: this is the state in force, applied again (releaseUnheld); its addresses are e.prefixes', with
 	// every change since it was loaded
 	inForce bool
 	// ServiceRanges says where the source learns the Service ranges from, for the status ("" when it has no
@@ -75,21 +74,6 @@ func (s State) addresses() iter.Seq[Address] {
 	return slices.Values(s.Addresses)
 }
 
-// addressOf is what the enforcer keeps of an address (its prefix is the key): 16 bytes, not an Address's 56,
-// for each of 300,000.
-type addressOf struct {
-	namespace unique.Handle[string]
-	class     uint8 // a bpf.Class
-}
-
-func compactAddress(a Address) addressOf {
-	return addressOf{namespace: unique.Make(a.Namespace), class: uint8(a.Class)}
-}
-
-func (a addressOf) address(p netip.Prefix) Address {
-	return Address{Prefix: p, Class: bpf.Class(a.class), Namespace: a.namespace.Value()}
-}
-
 // Address is an ipcache entry a source wants: a prefix, what it is, and for pods and Services their namespace.
 type Address struct {
 	Prefix    netip.Prefix
@@ -117,7 +101,6 @@ type Enforcer struct {
 	rulesShared bool                              // a snapshot holds rules and ruleKeys: copy them before adding to them
 	inForce     map[uint32][sha256.Size]byte      // identity -> fingerprint of the policy it uses now
 	tries       map[[sha256.Size]byte]*sharedTrie // fingerprint -> its compiled trie, shared by identities
-	ipcache     map[netip.Prefix]bpf.IPCacheValue // what the datapath's ipcache holds
 	// the ipcache entries the configuration makes (cluster ranges, nodes, the metadata API), as last applied
 	configIPCache map[netip.Prefix]bpf.IPCacheValue
 	// prefixes the ipcache had no room for (each retried when it changes again, or at the next whole apply)
@@ -126,8 +109,11 @@ type Enforcer struct {
 	// and after any address change that could not be applied (so the next apply writes them all again)
 	addressIdentities map[string]uint32
 	// what the source says of each address of the cluster now (its pods elsewhere, Services, nodes, ranges): the
-	// last whole list with every change since, so that writing every address again needs no new list
-	addresses map[netip.Prefix]addressOf
+	// last whole list with every change since, so that writing every address again needs no new list; and what
+	// the datapath's ipcache holds (all but this node's pods, which are the plugin's)
+	prefixes prefixTable
+	// whether prefixes holds the source's addresses (a whole list, or changes since one)
+	addressesKnown bool
 	// this host's own addresses (SetHostAddresses): node class, so its bridge's gateway inside its pod range (the
 	// source of the kubelet's probes and of portmap's hairpin) is never taken for a pod of no known namespace
 	hostAddrs  []netip.Addr
@@ -154,7 +140,7 @@ func New(dp *bpf.Datapath, log *logrus.Entry) (*Enforcer, error) {
 	log.Logger.AddHook(errs)
 	e := &Enforcer{dp: dp, log: log, identities: map[string]uint32{}, rules: map[resolve.RuleKey]uint32{},
 		ruleKeys: map[uint32]resolve.RuleKey{}, inForce: map[uint32][sha256.Size]byte{},
-		tries: map[[sha256.Size]byte]*sharedTrie{}, ipcache: map[netip.Prefix]bpf.IPCacheValue{},
+		tries: map[[sha256.Size]byte]*sharedTrie{}, prefixes: prefixTable{},
 		ipcacheRefused: map[netip.Prefix]bpf.IPCacheValue{}, started: time.Now(), errors: errs, flows: newFlowHub(10000)}
 	published, err := dp.NamespaceIdentities()
 	if err != nil {
@@ -198,7 +184,7 @@ func New(dp *bpf.Datapath, log *logrus.Entry) (*Enforcer, error) {
 		if p.IsSingleIP() && local[p.Addr()] && bpf.Class(v.Class) == bpf.ClassPod {
 			continue
 		}
-		e.ipcache[p] = v
+		e.prefixes.setIPCache(p, v)
 	}
 	e.publish()
 	return e, nil
@@ -388,7 +374,7 @@ func (e *Enforcer) apply(s State) error {
 		delete(e.lingering, id)
 		e.log.WithField("identity", id).Info("identity released: no namespace and no pod holds it")
 	}
-	// the addresses live on in e.addresses (with every change since): the state in force keeps none of its own
+	// the addresses live on in e.prefixes (with every change since): the state in force keeps none of its own
 	s.Addresses, s.AddressChanges, s.allAddresses, s.inForce = nil, nil, nil, true
 	e.state, e.stale = s, stale
 	if len(changed) > 0 || ipcacheChanged || hostPortsChanged || configChanged || len(gone) > 0 || len(released) > 0 || e.generation == 0 {
@@ -467,13 +453,13 @@ func (e *Enforcer) holdByPods(held map[uint32]bool, s State, present map[string]
 	}
 	switch {
 	case s.inForce: // the addresses as they are now
-		for p, a := range e.addresses {
-			hold(a.address(p))
+		for a := range e.prefixes.addresses() {
+			hold(a)
 		}
-	case s.AddressChanges != nil && e.addresses != nil: // those in force, as the changes make them
-		for p, a := range e.addresses {
-			if _, ok := s.AddressChanges[p]; !ok {
-				hold(a.address(p))
+	case s.AddressChanges != nil && e.addressesKnown: // those in force, as the changes make them
+		for a := range e.prefixes.addresses() {
+			if _, ok := s.AddressChanges[a.Prefix]; !ok {
+				hold(a)
 			}
 		}
 		for _, a := range s.AddressChanges {
@@ -518,7 +504,7 @@ func (e *Enforcer) releaseUnheld() error {
 	for id := range e.lingering {
 		if !held[id] {
 			s := e.state
-			s.AddressChanges = map[netip.Prefix]*Address{} // none since: the addresses are e.addresses
+			s.AddressChanges = map[netip.Prefix]*Address{} // none since: the addresses are e.prefixes'
 			return e.apply(s)
 		}
 	}
@@ -602,14 +588,12 @@ func (e *Enforcer) syncIPCache(out resolve.Output, s State, identities map[strin
 				moved[name] = true
 			}
 		}
-		for p, a := range e.addresses {
-			ns := a.namespace.Value()
-			if ns == "" || !moved[ns] {
+		for a := range e.prefixes.addresses() {
+			if a.Namespace == "" || !moved[a.Namespace] {
 				continue
 			}
-			have := a.address(p)
-			v, present := e.ipcacheEntry(p, &have, identities)
-			c, err := e.setIPCache(p, v, present)
+			v, present := e.ipcacheEntry(a.Prefix, &a, identities)
+			c, err := e.setIPCache(a.Prefix, v, present)
 			if err != nil {
 				return changed, err
 			}
@@ -622,18 +606,15 @@ func (e *Enforcer) syncIPCache(out resolve.Output, s State, identities map[strin
 	clear(e.ipcacheRefused)   // each is tried again below
 	e.configIPCache = config
 	if !s.inForce {
-		if e.addresses == nil {
-			e.addresses = map[netip.Prefix]addressOf{}
-		}
-		clear(e.addresses) // kept at its size: it is filled again as big
+		e.prefixes.clearAddresses()
 		for a := range s.addresses() {
-			e.addresses[a.Prefix.Masked()] = compactAddress(a)
+			e.prefixes.setAddress(a)
 		}
+		e.addressesKnown = true
 	}
 	// what the ipcache is to hold for p (no map of it all: 300,000 entries at 150,000 dual-stack pods)
 	want := func(p netip.Prefix) (bpf.IPCacheValue, bool) {
-		if have, ok := e.addresses[p]; ok {
-			a := have.address(p)
+		if a, ok := e.prefixes.address(p); ok {
 			return e.ipcacheEntry(p, &a, identities)
 		}
 		return e.ipcacheEntry(p, nil, identities)
@@ -644,7 +625,7 @@ func (e *Enforcer) syncIPCache(out resolve.Output, s State, identities map[strin
 		changed = changed || c
 		return err
 	}
-	for p, v := range e.ipcache { // first what goes, so that what comes finds room
+	for p, v := range e.prefixes.written() { // first what goes, so that what comes finds room
 		if _, ok := want(p); !ok {
 			if err := set(p, v, false); err != nil {
 				return changed, err
@@ -658,9 +639,9 @@ func (e *Enforcer) syncIPCache(out resolve.Output, s State, identities map[strin
 			}
 		}
 	}
-	for p := range e.addresses {
-		if _, ok := e.configIPCache[p]; ok {
-			continue // written above
+	for p, en := range e.prefixes {
+		if _, ok := e.configIPCache[p]; ok || !en.isAddress {
+			continue // written above, or not an address
 		}
 		if v, ok := want(p); ok {
 			if err := set(p, v, true); err != nil {
@@ -675,14 +656,12 @@ func (e *Enforcer) syncIPCache(out resolve.Output, s State, identities map[strin
 // applyAddressChanges writes the ipcache entries of the prefixes that changed, with the namespaces' identities
 // identities: what goes first, so that what comes finds room.
 func (e *Enforcer) applyAddressChanges(changes map[netip.Prefix]*Address, identities map[string]uint32) (bool, error) {
-	if e.addresses == nil {
-		e.addresses = map[netip.Prefix]addressOf{}
-	}
+	e.addressesKnown = true
 	for p, a := range changes {
 		if a == nil {
-			delete(e.addresses, p)
+			e.prefixes.dropAddress(p)
 		} else {
-			e.addresses[p] = compactAddress(*a)
+			e.prefixes.setAddress(*a)
 		}
 	}
 	changed := false
@@ -739,7 +718,7 @@ func (e *Enforcer) ipcacheEntry(p netip.Prefix, a *Address, identities map[strin
 
 // setIPCache writes one ipcache entry (or deletes it when !present) unless the datapath holds it so already.
 func (e *Enforcer) setIPCache(p netip.Prefix, v bpf.IPCacheValue, present bool) (bool, error) {
-	old, had := e.ipcache[p]
+	old, had := e.prefixes.ipcache(p)
 	switch {
 	case present && had && old == v:
 		return false, nil
@@ -754,7 +733,7 @@ func (e *Enforcer) setIPCache(p netip.Prefix, v bpf.IPCacheValue, present bool) 
 			return false, nil
 		}
 		delete(e.ipcacheRefused, p)
-		e.ipcache[p] = v
+		e.prefixes.setIPCache(p, v)
 	default:
 		delete(e.ipcacheRefused, p)
 		if !had {
@@ -763,7 +742,7 @@ func (e *Enforcer) setIPCache(p netip.Prefix, v bpf.IPCacheValue, present bool) 
 		if err := e.dp.DeleteIPCache(p); err != nil {
 			return false, err
 		}
-		delete(e.ipcache, p)
+		e.prefixes.dropIPCache(p)
 	}
 	return true, nil
 }

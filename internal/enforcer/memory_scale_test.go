@@ -63,6 +63,9 @@ func TestAddressMemoryAtScale(t *testing.T) {
 			IPs:      []string{fmt.Sprintf("172.16.%d.%d", k/256, k%256), fmt.Sprintf("fd00:172:16::%x", k)},
 			PodCIDRs: []string{fmt.Sprintf("10.%d.%d.0/24", 128+k/256, k%256), fmt.Sprintf("fd00:10:244:%x::/64", k)}})
 	}
+	for _, s := range slices {
+		internEntries(s) // as the informer's transform does
+	}
 	stored := heap()
 
 	if os.Getenv("MOAT_MEMORY_VIEW_ONLY") != "" {

@@ -1,0 +1,111 @@
+package enforcer
+
+import (
+	"iter"
+	"net/netip"
+	"unique"
+
+	"github.com/moatfw/moat/bpf"
+)
+
+// prefixTable is what the enforcer keeps of each prefix it deals with, in one entry: what the source says of it
+// (an address, with its namespace) and what the datapath's ipcache holds for it. At 150,000 dual-stack pods that
+// is 300,000 prefixes; two maps of them (the addresses, the ipcache as written) were the enforcer's third biggest
+// heap.
+type prefixTable map[netip.Prefix]prefixEntry
+
+// prefixEntry is one prefix's entry: 24 bytes.
+type prefixEntry struct {
+	namespace unique.Handle[string] // the address's namespace (the zero handle when it is not an address)
+	class     uint8                 // the address's bpf.Class
+	isAddress bool                  // the source says something of the prefix
+	written   bool                  // the ipcache holds entry for it
+	entry     bpf.IPCacheValue
+}
+
+// address is what the source says of p, if anything.
+func (t prefixTable) address(p netip.Prefix) (Address, bool) {
+	en, ok := t[p]
+	if !ok || !en.isAddress {
+		return Address{}, false
+	}
+	return Address{Prefix: p, Class: bpf.Class(en.class), Namespace: en.namespace.Value()}, true
+}
+
+// setAddress records what the source says of a.Prefix.
+func (t prefixTable) setAddress(a Address) {
+	p := a.Prefix.Masked()
+	en := t[p]
+	en.namespace, en.class, en.isAddress = unique.Make(a.Namespace), uint8(a.Class), true
+	t[p] = en
+}
+
+// dropAddress records that the source says nothing of p any more.
+func (t prefixTable) dropAddress(p netip.Prefix) {
+	en, ok := t[p]
+	switch {
+	case !ok:
+	case !en.written:
+		delete(t, p)
+	default:
+		en.namespace, en.class, en.isAddress = unique.Handle[string]{}, 0, false
+		t[p] = en
+	}
+}
+
+// clearAddresses forgets every address (the ipcache's entries stay).
+func (t prefixTable) clearAddresses() {
+	for p, en := range t {
+		if en.isAddress {
+			t.dropAddress(p)
+		}
+	}
+}
+
+// addresses yields every address the source gave.
+func (t prefixTable) addresses() iter.Seq[Address] {
+	return func(yield func(Address) bool) {
+		for p, en := range t {
+			if en.isAddress && !yield(Address{Prefix: p, Class: bpf.Class(en.class), Namespace: en.namespace.Value()}) {
+				return
+			}
+		}
+	}
+}
+
+// ipcache is what the datapath's ipcache holds for p, as this enforcer wrote or found it.
+func (t prefixTable) ipcache(p netip.Prefix) (bpf.IPCacheValue, bool) {
+	en, ok := t[p]
+	return en.entry, ok && en.written
+}
+
+// setIPCache records that the ipcache holds v for p.
+func (t prefixTable) setIPCache(p netip.Prefix, v bpf.IPCacheValue) {
+	en := t[p]
+	en.entry, en.written = v, true
+	t[p] = en
+}
+
+// dropIPCache records that the ipcache holds nothing for p.
+func (t prefixTable) dropIPCache(p netip.Prefix) {
+	en, ok := t[p]
+	switch {
+	case !ok:
+	case !en.isAddress:
+		delete(t, p)
+	default:
+		en.entry, en.written = bpf.IPCacheValue{}, false
+		t[p] = en
+	}
+}
+
+// written yields every entry the ipcache holds (one may be dropped meanwhile).
+func (t prefixTable) written() iter.Seq2[netip.Prefix, bpf.IPCacheValue] {
+	return func(yield func(netip.Prefix, bpf.IPCacheValue) bool) {
+		for p, en := range t {
+			if en.written && !yield(p, en.entry) {
+				return
+			}
+		}
+	}
+}

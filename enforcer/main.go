@@ -74,6 +74,15 @@ func main() {
 	log := logrus.NewEntry(logger).WithField("component", "enforcer")
 	if o.publishFeed {
 		log = log.WithField("component", "feed")
+	}
+	switch set, limit, err := setMemoryLimit("/sys/fs/cgroup", "/proc/self/cgroup"); {
+	case err != nil:
+		log.WithError(err).Warn("cannot read the container's memory limit; the Go runtime collects at its own pace")
+	case set > 0:
+		log.WithFields(logrus.Fields{"cgroupLimitMiB": limit >> 20, "goMemoryLimitMiB": set >> 20}).
+			Info("the Go runtime keeps its memory under a share of the container's memory limit")
+	}
+	if o.publishFeed {
 		if err := runFeed(log, o); err != nil {
 			log.WithError(err).Error("moat-enforcer --publish-address-feed stops")
 			os.Exit(1)

@@ -20,8 +20,8 @@ import (
 // was, from the object the informer last handed on), and a claim names its owner with the object's own strings.
 type addressBook struct {
 	mu     sync.Mutex
-	claims map[netip.Prefix]claims
-	dirty  map[netip.Prefix]struct{}
+	claims map[prefixKey]claims
+	dirty  map[prefixKey]struct{}
 }
 
 // ownerKind is the kind of object a claim comes from.
@@ -68,12 +68,12 @@ type claims struct {
 }
 
 func newAddressBook() *addressBook {
-	return &addressBook{claims: map[netip.Prefix]claims{}, dirty: map[netip.Prefix]struct{}{}}
+	return &addressBook{claims: map[prefixKey]claims{}, dirty: map[prefixKey]struct{}{}}
 }
 
 // add puts c on p (instead of its owner's claim there, if any), with b.mu held; it reports whether that changed
 // anything.
-func (b *addressBook) add(p netip.Prefix, c *claim) bool {
+func (b *addressBook) add(p prefixKey, c *claim) bool {
 	cs, ok := b.claims[p]
 	switch {
 	case !ok:
@@ -103,7 +103,7 @@ func (b *addressBook) add(p netip.Prefix, c *claim) bool {
 }
 
 // drop takes o's claim on p away, with b.mu held; it reports whether there was one.
-func (b *addressBook) drop(p netip.Prefix, o owner) bool {
+func (b *addressBook) drop(p prefixKey, o owner) bool {
 	cs, ok := b.claims[p]
 	switch {
 	case !ok:
@@ -140,8 +140,8 @@ func (b *addressBook) set(was, now []prefixClaim) bool {
 		if slices.ContainsFunc(now, func(n prefixClaim) bool { return n.prefix == w.prefix && n.owner == w.owner }) {
 			continue // replaced below, or the same
 		}
-		if b.drop(w.prefix, w.owner) {
-			b.dirty[w.prefix], changed = struct{}{}, true
+		if k := keyOf(w.prefix); b.drop(k, w.owner) {
+			b.dirty[k], changed = struct{}{}, true
 		}
 	}
 	var kept []*claim // one of each claim, whatever the prefixes it is on
@@ -151,8 +151,8 @@ func (b *addressBook) set(was, now []prefixClaim) bool {
 			c := n.claim
 			kept, i = append(kept, &c), len(kept)
 		}
-		if b.add(n.prefix, kept[i]) {
-			b.dirty[n.prefix], changed = struct{}{}, true
+		if k := keyOf(n.prefix); b.add(k, kept[i]) {
+			b.dirty[k], changed = struct{}{}, true
 		}
 	}
 	return changed
@@ -187,8 +187,8 @@ func (c claim) beats(best claim) bool {
 }
 
 // winner is what the book says of p, with b.mu held.
-func (b *addressBook) winner(p netip.Prefix) (Address, bool) {
-	cs, ok := b.claims[p]
+func (b *addressBook) winner(k prefixKey) (Address, bool) {
+	cs, ok := b.claims[k]
 	if !ok {
 		return Address{}, false
 	}
@@ -200,7 +200,7 @@ func (b *addressBook) winner(p netip.Prefix) (Address, bool) {
 			}
 		}
 	}
-	return Address{Prefix: p, Class: bpf.Class(best.class), Namespace: best.namespace.Value()}, true
+	return Address{Prefix: k.prefix(), Class: bpf.Class(best.class), Namespace: best.namespace.Value()}, true
 }
 
 // each yields every prefix's winner, with b.mu held.
@@ -217,7 +217,7 @@ func (b *addressBook) each(yield func(Address) bool) {
 func (b *addressBook) takeAll(yield func(Address) bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.dirty = map[netip.Prefix]struct{}{} // a new map: a cleared one keeps its size
+	b.dirty = map[prefixKey]struct{}{} // a new map: a cleared one keeps its size
 	b.each(yield)
 }
 
@@ -236,13 +236,13 @@ func (b *addressBook) changes() (map[netip.Prefix]*Address, bool) {
 		return nil, false
 	}
 	out := make(map[netip.Prefix]*Address, len(b.dirty))
-	for p := range b.dirty {
-		if a, ok := b.winner(p); ok {
-			out[p] = &a
+	for k := range b.dirty {
+		if a, ok := b.winner(k); ok {
+			out[a.Prefix] = &a
 		} else {
-			out[p] = nil
+			out[k.prefix()] = nil
 		}
 	}
-	b.dirty = map[netip.Prefix]struct{}{}
+	b.dirty = map[prefixKey]struct{}{}
 	return out, true
 }

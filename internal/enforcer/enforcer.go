@@ -639,7 +639,8 @@ func (e *Enforcer) syncIPCache(out resolve.Output, s State, identities map[strin
 			}
 		}
 	}
-	for p, en := range e.prefixes {
+	for k, en := range e.prefixes {
+		p := k.prefix()
 		if _, ok := e.configIPCache[p]; ok || !en.isAddress {
 			continue // written above, or not an address
 		}

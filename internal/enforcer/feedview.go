@@ -51,21 +51,26 @@ func newFeedView(podOn, nodeOn func(old, obj any, gone bool)) *feedView {
 		entries: map[entryKey]viewEntry{}}
 }
 
-// sliceOf is the informer's transform: it keeps of a slice its name and entries, typed, instead of the decoded
-// JSON tree (several times their size), so the informer's store of 1,500 slices stays small too. A slice that does
-// not decode is kept empty: its entries go until the publisher rewrites it.
+// sliceOf is the informer's transform: it keeps of a slice its name, version and entries (not its managed fields,
+// labels and the rest of its metadata), typed (a slice decoded as JSON is turned into its type, several times
+// smaller), with the entries' namespaces and nodes kept once. A slice that does not decode is kept empty: its
+// entries go until the publisher rewrites it.
 func sliceOf(obj any) (any, error) {
-	u, ok := obj.(*unstructured.Unstructured)
-	if !ok {
-		return obj, nil
-	}
 	var as v1alpha1.AddressSlice
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &as); err != nil {
-		as = v1alpha1.AddressSlice{}
+	switch o := obj.(type) {
+	case *unstructured.Unstructured:
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, &as); err != nil {
+			as = v1alpha1.AddressSlice{}
+		}
+		as.Name, as.ResourceVersion = o.GetName(), o.GetResourceVersion()
+	case *v1alpha1.AddressSlice:
+		as = *o
+	default:
+		return obj, nil // a tombstone
 	}
 	internEntries(&as)
 	out := &v1alpha1.AddressSlice{Pods: as.Pods, Nodes: as.Nodes}
-	out.Name, out.ResourceVersion = u.GetName(), u.GetResourceVersion()
+	out.Name, out.ResourceVersion = as.Name, as.ResourceVersion
 	return out, nil
 }
 

@@ -12,7 +12,28 @@ import (
 // (an address, with its namespace) and what the datapath's ipcache holds for it. At 150,000 dual-stack pods that
 // is 300,000 prefixes; two maps of them (the addresses, the ipcache as written) were the enforcer's third biggest
 // heap.
-type prefixTable map[netip.Prefix]prefixEntry
+type prefixTable map[prefixKey]prefixEntry
+
+// prefixKey is a prefix as a map key: 18 bytes, not netip.Prefix's 32 (its address keeps a pointer for an IPv6
+// zone, which no prefix here has). Keys are a good part of the per-prefix tables' size at 300,000 prefixes.
+type prefixKey struct {
+	addr [16]byte
+	bits uint8
+	v4   bool
+}
+
+func keyOf(p netip.Prefix) prefixKey {
+	a := p.Addr()
+	return prefixKey{addr: a.As16(), bits: uint8(p.Bits()), v4: a.Is4()}
+}
+
+func (k prefixKey) prefix() netip.Prefix {
+	a := netip.AddrFrom16(k.addr)
+	if k.v4 {
+		a = a.Unmap()
+	}
+	return netip.PrefixFrom(a, int(k.bits))
+}
 
 // prefixEntry is one prefix's entry: 24 bytes.
 type prefixEntry struct {
@@ -25,7 +46,7 @@ type prefixEntry struct {
 
 // address is what the source says of p, if anything.
 func (t prefixTable) address(p netip.Prefix) (Address, bool) {
-	en, ok := t[p]
+	en, ok := t[keyOf(p)]
 	if !ok || !en.isAddress {
 		return Address{}, false
 	}
@@ -34,30 +55,32 @@ func (t prefixTable) address(p netip.Prefix) (Address, bool) {
 
 // setAddress records what the source says of a.Prefix.
 func (t prefixTable) setAddress(a Address) {
-	p := a.Prefix.Masked()
-	en := t[p]
+	k := keyOf(a.Prefix.Masked())
+	en := t[k]
 	en.namespace, en.class, en.isAddress = unique.Make(a.Namespace), uint8(a.Class), true
-	t[p] = en
+	t[k] = en
 }
 
 // dropAddress records that the source says nothing of p any more.
-func (t prefixTable) dropAddress(p netip.Prefix) {
-	en, ok := t[p]
+func (t prefixTable) dropAddress(p netip.Prefix) { t.dropAddressAt(keyOf(p)) }
+
+func (t prefixTable) dropAddressAt(k prefixKey) {
+	en, ok := t[k]
 	switch {
 	case !ok:
 	case !en.written:
-		delete(t, p)
+		delete(t, k)
 	default:
 		en.namespace, en.class, en.isAddress = unique.Handle[string]{}, 0, false
-		t[p] = en
+		t[k] = en
 	}
 }
 
 // clearAddresses forgets every address (the ipcache's entries stay).
 func (t prefixTable) clearAddresses() {
-	for p, en := range t {
+	for k, en := range t {
 		if en.isAddress {
-			t.dropAddress(p)
+			t.dropAddressAt(k)
 		}
 	}
 }
@@ -65,8 +88,8 @@ func (t prefixTable) clearAddresses() {
 // addresses yields every address the source gave.
 func (t prefixTable) addresses() iter.Seq[Address] {
 	return func(yield func(Address) bool) {
-		for p, en := range t {
-			if en.isAddress && !yield(Address{Prefix: p, Class: bpf.Class(en.class), Namespace: en.namespace.Value()}) {
+		for k, en := range t {
+			if en.isAddress && !yield(Address{Prefix: k.prefix(), Class: bpf.Class(en.class), Namespace: en.namespace.Value()}) {
 				return
 			}
 		}
@@ -75,35 +98,37 @@ func (t prefixTable) addresses() iter.Seq[Address] {
 
 // ipcache is what the datapath's ipcache holds for p, as this enforcer wrote or found it.
 func (t prefixTable) ipcache(p netip.Prefix) (bpf.IPCacheValue, bool) {
-	en, ok := t[p]
+	en, ok := t[keyOf(p)]
 	return en.entry, ok && en.written
 }
 
 // setIPCache records that the ipcache holds v for p.
 func (t prefixTable) setIPCache(p netip.Prefix, v bpf.IPCacheValue) {
-	en := t[p]
+	k := keyOf(p)
+	en := t[k]
 	en.entry, en.written = v, true
-	t[p] = en
+	t[k] = en
 }
 
 // dropIPCache records that the ipcache holds nothing for p.
 func (t prefixTable) dropIPCache(p netip.Prefix) {
-	en, ok := t[p]
+	k := keyOf(p)
+	en, ok := t[k]
 	switch {
 	case !ok:
 	case !en.isAddress:
-		delete(t, p)
+		delete(t, k)
 	default:
 		en.entry, en.written = bpf.IPCacheValue{}, false
-		t[p] = en
+		t[k] = en
 	}
 }
 
 // written yields every entry the ipcache holds (one may be dropped meanwhile).
 func (t prefixTable) written() iter.Seq2[netip.Prefix, bpf.IPCacheValue] {
 	return func(yield func(netip.Prefix, bpf.IPCacheValue) bool) {
-		for p, en := range t {
-			if en.written && !yield(p, en.entry) {
+		for k, en := range t {
+			if en.written && !yield(k.prefix(), en.entry) {
 				return
 			}
 		}

@@ -75,13 +75,7 @@ func main() {
 	if o.publishFeed {
 		log = log.WithField("component", "feed")
 	}
-	switch set, limit, err := setMemoryLimit("/sys/fs/cgroup", "/proc/self/cgroup"); {
-	case err != nil:
-		log.WithError(err).Warn("cannot read the container's memory limit; the Go runtime collects at its own pace")
-	case set > 0:
-		log.WithFields(logrus.Fields{"cgroupLimitMiB": limit >> 20, "goMemoryLimitMiB": set >> 20}).
-			Info("the Go runtime keeps its memory under a share of the container's memory limit")
-	}
+	keepMemoryLimit(log)
 	if o.publishFeed {
 		if err := runFeed(log, o); err != nil {
 			log.WithError(err).Error("moat-enforcer --publish-address-feed stops")
@@ -93,6 +87,35 @@ func main() {
 		log.WithError(err).Error("moat-enforcer stops")
 		os.Exit(1)
 	}
+}
+
+// keepMemoryLimit keeps the Go runtime's memory limit at a share of what the container's memory limit leaves it
+// (memoryLimiter), read again every 30 seconds as the datapath's maps grow; it logs the limit when it moves.
+func keepMemoryLimit(log *logrus.Entry) {
+	m, err := newMemoryLimiter("/sys/fs/cgroup", "/proc/self/cgroup")
+	if err != nil {
+		log.WithError(err).Warn("cannot read the container's memory limit; the Go runtime collects at its own pace")
+		return
+	}
+	if m == nil {
+		return // no limit, or GOMEMLIMIT
+	}
+	refresh := func() {
+		set, kernel, changed, err := m.refresh()
+		switch {
+		case err != nil:
+			log.WithError(err).Warn("cannot read the kernel memory charged to the container; the Go runtime's memory limit stays")
+		case changed:
+			log.WithFields(logrus.Fields{"cgroup": m.dir, "cgroupLimitMiB": m.limit >> 20, "kernelMiB": kernel >> 20,
+				"goMemoryLimitMiB": set >> 20}).Info("the Go runtime keeps its memory under a share of what the container's memory limit leaves it")
+		}
+	}
+	refresh()
+	go func() {
+		for range time.Tick(30 * time.Second) {
+			refresh()
+		}
+	}()
 }
 
 type options struct {

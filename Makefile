@@ -18,7 +18,7 @@ pkg_moatctl := ./moatctl
 pkg_moat-install := ./install
 
 .PHONY: all build generate test lint fmt fuzz bench scale clean check-clang bpffs kube-bins e2e $(addprefix bin/,$(BINARIES)) demo image \
-	conformance-bins conformance-list conformance
+	conformance-bins conformance-list conformance e2e-bins conformance-debs
 
 all: build
 
@@ -55,15 +55,28 @@ bpffs:
 # 5m23s with -race against 4m00s without (bpf 37 s -> 53 s, install/image 9 s -> 51 s, sidebyside 56 s -> 76 s,
 # plugin 69 s -> 70 s), replacing the plain run rather than adding to it. `make e2e` runs without it (it deploys
 # the release build).
-test: bpffs kube-bins
+test: bpffs kube-bins e2e-bins
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m $(TEST_FLAGS) ./...
 	$(MAKE) e2e
 
 # The end-to-end suite on a real node (kubelet, containerd, kube-proxy; conformance/node), Moat deployed from
-# install/kubernetes/moat.yaml. Installs containerd and runc from Debian when they are missing.
-e2e: bpffs kube-bins
+# install/kubernetes/moat.yaml, and a subset of Kubernetes' networking conformance tests on it
+# (TestUpstreamConformance). Installs containerd and runc from Debian when they are missing.
+e2e: bpffs kube-bins e2e-bins
 	conformance/e2e/prereqs.sh
 	MOAT_E2E=1 $(GO) test -count=1 -timeout 30m $(TEST_FLAGS) ./conformance/e2e/
+
+# What the e2e suite's conformance subset needs beyond kube-bins: Kubernetes' e2e test binary and agnhost (the
+# first time about 9 minutes on 2 cores after kube-bins, then cached), and Debian's static busybox and bash for
+# the test images. Not CoreDNS: the subset runs no DNS test.
+E2E_COMPONENTS := e2e.test agnhost
+e2e-bins: conformance-debs
+	GO='$(GO)' conformance/kube/build.sh $(E2E_COMPONENTS)
+
+conformance-debs:
+	@need=(); for pkg in busybox-static bash-static; do dpkg -s $$pkg >/dev/null 2>&1 || need+=($$pkg); done; \
+	if [ $${#need[@]} -gt 0 ]; then apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $${need[@]} >/dev/null; fi
 
 # A real etcd, kube-apiserver, kube-controller-manager and kubectl for the tests, built from the Go module proxy at
 # pinned versions and cached under /var/cache/moat/kube (MOAT_KUBE_CACHE); KUBE_COMPONENTS adds others.
@@ -75,12 +88,9 @@ kube-bins:
 # the [sig-network] tests, agnhost and CoreDNS, built like kube-bins into the same cache (on 2 cores shared with
 # other builds: e2e.test 8m39s after kube-bins, then agnhost 28s; CoreDNS 9m54s cold), and Debian's static
 # busybox and bash for the test images (conformance/images).
-# Opt-in: `make test` builds none of it.
+# `make test` builds all but CoreDNS (e2e-bins).
 CONFORMANCE_COMPONENTS := kubectl e2e.test agnhost coredns
-conformance-bins:
-	@need=(); for pkg in busybox-static bash-static; do dpkg -s $$pkg >/dev/null 2>&1 || need+=($$pkg); done; \
-	if [ $${#need[@]} -gt 0 ]; then apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $${need[@]} >/dev/null; fi
+conformance-bins: conformance-debs
 	GO='$(GO)' conformance/kube/build.sh $(CONFORMANCE_COMPONENTS)
 
 # The tests the conformance pass selects, by a dry run of the e2e binary (no cluster).

@@ -30,6 +30,7 @@ import (
 
 	"github.com/moatfw/moat/conformance/images"
 	"github.com/moatfw/moat/conformance/node"
+	"github.com/moatfw/moat/conformance/upstream"
 	"github.com/moatfw/moat/internal/ociimage/moatimage"
 	"github.com/moatfw/moat/internal/simnode"
 	"github.com/moatfw/moat/internal/testutil"
@@ -107,9 +108,17 @@ func run(m *testing.M) (code int) {
 		return fail("image %s: %v", nextRef, err)
 	}
 	suite.next = images.Image{Ref: nextRef, Name: res.Name, Archive: res.Archive}
+	// the images of Kubernetes' conformance tests that TestUpstreamConformance runs (no CoreDNS: its subset
+	// needs no cluster DNS)
+	testImgs, err := upstream.BuildImages(ctx, filepath.Join(work, "conformance-images"), false, io.Discard)
+	if err != nil {
+		return fail("the conformance tests' images (make e2e-bins builds what they need): %v", err)
+	}
 
+	// every controller a cluster runs by default, as the conformance tests expect (ReplicationControllers,
+	// Endpoints, ServiceCIDRs, ...)
 	c, err := node.Start(ctx, node.Config{Nodes: 2, CNIBinDir: bin, PauseArchive: imgs.Pause.Archive,
-		PauseName: imgs.Pause.Name, Log: os.Stdout})
+		PauseName: imgs.Pause.Name, Log: os.Stdout, Controllers: []string{"*"}})
 	if err != nil {
 		return fail("start the nodes: %v", err)
 	}
@@ -134,6 +143,9 @@ func run(m *testing.M) (code int) {
 		}
 	}()
 	if err := importImages(ctx, imgs.Agent.Archive, imgs.Moat.Archive, suite.next.Archive); err != nil {
+		return fail("%v", err)
+	}
+	if err := upstream.ImportImages(ctx, c, testImgs); err != nil {
 		return fail("%v", err)
 	}
 	if suite.internet, err = ns.GetNS("/run/netns/" + node.InternetNS); err != nil {

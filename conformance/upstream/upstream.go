@@ -38,6 +38,29 @@ const (
 	LogFile    = "e2e.log"
 )
 
+// SubsetTests are the tests the e2e suite runs with Moat installed (TestUpstreamConformance, so `make test` and
+// CI keep the pass working): the API-only ones (APIFocus) and the quick ones that send traffic through Moat on
+// both nodes, pod to pod across nodes, node to pod, to a Service's cluster IP over TCP and UDP, through a
+// hostPort, and from the API server's proxy. None needs the cluster DNS, which the e2e suite does not deploy:
+// not "Services should serve a basic endpoint from pods", which dials the Service by its name too.
+var SubsetTests = []string{
+	"[sig-network] EndpointSlice should support creating EndpointSlice API operations [Conformance]",
+	"[sig-network] Ingress API should support creating Ingress API operations [Conformance]",
+	"[sig-network] IngressClass API should support creating IngressClass API operations [Conformance]",
+	"[sig-network] ServiceCIDR and IPAddress API should support IPAddress API operations [Conformance]",
+	"[sig-network] ServiceCIDR and IPAddress API should support ServiceCIDR API operations [Conformance]",
+	"[sig-network] Services should delete a collection of services [Conformance]",
+	"[sig-network] Services should find a service from listing all namespaces [Conformance]",
+	"[sig-network] HostPort validates that there is no conflict between pods with same hostPort but different " +
+		"hostIP and protocol [LinuxOnly] [Conformance]",
+	"[sig-network] Networking Granular Checks: Pods should function for intra-pod communication: http " +
+		"[Conformance] [NodeConformance]",
+	"[sig-network] Networking Granular Checks: Pods should function for node-pod communication: udp [LinuxOnly] " +
+		"[Conformance] [NodeConformance]",
+	"[sig-network] Proxy version v1 should proxy through a service and a pod [Conformance]",
+	"[sig-network] Services should serve endpoints on same port and different protocols [Conformance]",
+}
+
 // Options are a run of the e2e binary.
 type Options struct {
 	E2E        string // the e2e test binary (e2e.test in conformance/kube/build.sh --print-dir)

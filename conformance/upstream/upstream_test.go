@@ -392,3 +392,24 @@ func TestFocusOnWithTheBinary(t *testing.T) {
 		t.Errorf("FocusOn(%q) selects %q (%v)", want, got, err)
 	}
 }
+
+// TestSubsetTests checks that every test of the e2e suite's subset is one of the pass's, when `make
+// conformance-bins` has built the binary: a name that changed would select nothing.
+func TestSubsetTests(t *testing.T) {
+	e2e := filepath.Join(kubetest.BinDir(), "e2e.test")
+	if _, err := os.Stat(e2e); err != nil {
+		t.Skipf("no e2e binary (make conformance-bins): %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	got, err := List(ctx, Options{E2E: e2e, ReportDir: t.TempDir(), Focus: FocusOn(SubsetTests)})
+	want := slices.Sorted(slices.Values(SubsetTests))
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("the subset selects %q (%v), want %q", got, err, want)
+	}
+	for _, name := range apiTests {
+		if !slices.Contains(SubsetTests, name) {
+			t.Errorf("the subset lacks the API test %q", name)
+		}
+	}
+}

@@ -3,7 +3,6 @@ package enforcer
 import (
 	"slices"
 	"sync"
-	"unique"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -26,7 +25,7 @@ type feedView struct {
 	pods, nodes cache.Store
 
 	mu      sync.Mutex
-	slices  map[string]*v1alpha1.AddressSlice // each slice as last handed in (the informer's own objects)
+	slices  map[string]*feedSlice // each slice as last handed in (the informer's own objects)
 	entries map[entryKey]viewEntry
 }
 
@@ -39,47 +38,34 @@ type entryKey struct {
 // viewEntry is where an entry is read from and what was last handed on of it: 32 bytes, for each of 150,000
 // pods.
 type viewEntry struct {
-	holder *v1alpha1.AddressSlice // the slice it is read from: the first by name of those that hold it
-	others *[]string              // the other slices that hold it (nearly always none)
-	pod    *v1alpha1.PodAddresses
+	holder *feedSlice // the slice it is read from: the first by name of those that hold it
+	others *[]string  // the other slices that hold it (nearly always none)
+	pod    *feedPod
 	node   *v1alpha1.NodeAddresses
 }
 
 func newFeedView(podOn, nodeOn func(old, obj any, gone bool)) *feedView {
 	return &feedView{podOn: podOn, nodeOn: nodeOn, pods: cache.NewStore(cache.MetaNamespaceKeyFunc),
-		nodes: cache.NewStore(cache.MetaNamespaceKeyFunc), slices: map[string]*v1alpha1.AddressSlice{},
+		nodes: cache.NewStore(cache.MetaNamespaceKeyFunc), slices: map[string]*feedSlice{},
 		entries: map[entryKey]viewEntry{}}
 }
 
 // sliceOf is the informer's transform: it keeps of a slice its name, version and entries (not its managed fields,
-// labels and the rest of its metadata), typed (a slice decoded as JSON is turned into its type, several times
-// smaller), with the entries' namespaces and nodes kept once. A slice that does not decode is kept empty: its
-// entries go until the publisher rewrites it.
+// labels and the rest of its metadata), in their compact form (feedSlice; a slice decoded as JSON is turned into
+// its type first). A slice that does not decode is kept empty: its entries go until the publisher rewrites it.
 func sliceOf(obj any) (any, error) {
-	var as v1alpha1.AddressSlice
 	switch o := obj.(type) {
 	case *unstructured.Unstructured:
+		var as v1alpha1.AddressSlice
 		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, &as); err != nil {
 			as = v1alpha1.AddressSlice{}
 		}
 		as.Name, as.ResourceVersion = o.GetName(), o.GetResourceVersion()
+		return compactSlice(&as), nil
 	case *v1alpha1.AddressSlice:
-		as = *o
-	default:
-		return obj, nil // a tombstone
+		return compactSlice(o), nil
 	}
-	internEntries(&as)
-	out := &v1alpha1.AddressSlice{Pods: as.Pods, Nodes: as.Nodes}
-	out.Name, out.ResourceVersion = as.Name, as.ResourceVersion
-	return out, nil
-}
-
-// internEntries keeps the namespace and node of each entry, said again by thousands of entries, once.
-func internEntries(as *v1alpha1.AddressSlice) {
-	for i := range as.Pods {
-		e := &as.Pods[i]
-		e.Namespace, e.Node = unique.Make(e.Namespace).Value(), unique.Make(e.Node).Value()
-	}
+	return obj, nil // a feedSlice already, or a tombstone
 }
 
 func (v *feedView) handler() cache.ResourceEventHandler {
@@ -95,10 +81,8 @@ func (v *feedView) slice(obj any, gone bool) {
 	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = t.Obj
 	}
-	if _, ok := obj.(*unstructured.Unstructured); ok {
-		obj, _ = sliceOf(obj)
-	}
-	as, ok := obj.(*v1alpha1.AddressSlice)
+	obj, _ = sliceOf(obj)
+	as, ok := obj.(*feedSlice)
 	if !ok {
 		return
 	}
@@ -108,26 +92,26 @@ func (v *feedView) slice(obj any, gone bool) {
 	before := v.slices[name]
 	if gone {
 		delete(v.slices, name)
-		as = &v1alpha1.AddressSlice{}
+		as = &feedSlice{}
 	} else {
 		v.slices[name] = as
 	}
 	// what the slice holds now, each with its entry
-	now := make(map[entryKey]viewEntry, len(as.Pods)+len(as.Nodes))
-	for i := range as.Pods {
-		now[podEntryKey(&as.Pods[i])] = viewEntry{holder: as, pod: &as.Pods[i]}
+	now := make(map[entryKey]viewEntry, len(as.pods)+len(as.nodes))
+	for i := range as.pods {
+		now[podEntryKey(&as.pods[i])] = viewEntry{holder: as, pod: &as.pods[i]}
 	}
-	for i := range as.Nodes {
-		now[nodeEntryKey(&as.Nodes[i])] = viewEntry{holder: as, node: &as.Nodes[i]}
+	for i := range as.nodes {
+		now[nodeEntryKey(&as.nodes[i])] = viewEntry{holder: as, node: &as.nodes[i]}
 	}
 	if before != nil { // what the slice no longer holds
-		for i := range before.Pods {
-			if key := podEntryKey(&before.Pods[i]); !has(now, key) {
+		for i := range before.pods {
+			if key := podEntryKey(&before.pods[i]); !has(now, key) {
 				v.update(key, name, viewEntry{})
 			}
 		}
-		for i := range before.Nodes {
-			if key := nodeEntryKey(&before.Nodes[i]); !has(now, key) {
+		for i := range before.nodes {
+			if key := nodeEntryKey(&before.nodes[i]); !has(now, key) {
 				v.update(key, name, viewEntry{})
 			}
 		}
@@ -142,9 +126,7 @@ func has[K comparable, V any](m map[K]V, k K) bool {
 	return ok
 }
 
-func podEntryKey(e *v1alpha1.PodAddresses) entryKey {
-	return entryKey{namespace: e.Namespace, name: e.Name}
-}
+func podEntryKey(e *feedPod) entryKey                 { return entryKey{namespace: e.namespace.Value(), name: e.name} }
 func nodeEntryKey(e *v1alpha1.NodeAddresses) entryKey { return entryKey{node: true, name: e.Name} }
 
 // update records whether the slice named holds key now (in: its entry there, or none), makes the entry of key
@@ -197,21 +179,21 @@ func (v *feedView) update(key entryKey, slice string, in viewEntry) {
 }
 
 // find is the entry of key in a slice.
-func (v *feedView) find(key entryKey, as *v1alpha1.AddressSlice) (*v1alpha1.PodAddresses, *v1alpha1.NodeAddresses) {
+func (v *feedView) find(key entryKey, as *feedSlice) (*feedPod, *v1alpha1.NodeAddresses) {
 	if as == nil {
 		return nil, nil
 	}
 	if key.node {
-		for i := range as.Nodes {
-			if nodeEntryKey(&as.Nodes[i]) == key {
-				return nil, &as.Nodes[i]
+		for i := range as.nodes {
+			if nodeEntryKey(&as.nodes[i]) == key {
+				return nil, &as.nodes[i]
 			}
 		}
 		return nil, nil
 	}
-	for i := range as.Pods {
-		if podEntryKey(&as.Pods[i]) == key {
-			return &as.Pods[i], nil
+	for i := range as.pods {
+		if podEntryKey(&as.pods[i]) == key {
+			return &as.pods[i], nil
 		}
 	}
 	return nil, nil
@@ -221,7 +203,7 @@ func (v *feedView) find(key entryKey, as *v1alpha1.AddressSlice) (*v1alpha1.PodA
 func (ve viewEntry) object() any {
 	switch {
 	case ve.pod != nil:
-		return feed.PodOf(*ve.pod)
+		return ve.pod.pod()
 	case ve.node != nil:
 		return feed.NodeOf(*ve.node)
 	}
@@ -231,10 +213,8 @@ func (ve viewEntry) object() any {
 // same: do the two say the same of their entry? (Compared field by field: a slice's update compares each of
 // its hundred entries, and reflection made that a good part of the enforcer's time under churn.)
 func (ve viewEntry) same(other viewEntry) bool {
-	a, b := ve.pod, other.pod
-	if a != nil || b != nil {
-		return a != nil && b != nil && (a == b || a.Namespace == b.Namespace && a.Name == b.Name && a.Node == b.Node &&
-			a.Created.Equal(&b.Created) && slices.Equal(a.IPs, b.IPs) && slices.Equal(a.HostPorts, b.HostPorts))
+	if ve.pod != nil || other.pod != nil {
+		return ve.pod != nil && other.pod != nil && ve.pod.same(other.pod)
 	}
 	m, n := ve.node, other.node
 	return m != nil && n != nil && (m == n || m.Name == n.Name && slices.Equal(m.IPs, n.IPs) &&

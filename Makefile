@@ -105,7 +105,7 @@ conformance-list: conformance-bins
 CONFORMANCE_FLAGS ?=
 conformance: bpffs kube-bins conformance-bins
 	conformance/e2e/prereqs.sh
-	$(GO) run ./conformance/upstream/run -out docs/conformance.md $(CONFORMANCE_FLAGS)
+	$(GO) run ./conformance/upstream/run -out docs/conformance.md -source '$(VERSION)' $(CONFORMANCE_FLAGS)
 
 lint:
 	@bad=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel\.go$$')); \

@@ -4,7 +4,7 @@
 // test by test, to docs/conformance.md, and keeps the runs' logs and reports in -reports.
 //
 //	run [-out docs/conformance.md] [-reports /var/tmp/moat-conformance] [-shards 3] [-passes none,default,restrictive]
-//	    [-focus RE]
+//	    [-focus RE] [-source VERSION]
 //
 // It builds Moat and the images first; the e2e binary, agnhost and CoreDNS come from `make conformance-bins`.
 // It runs as root from the repository's root, and like `make e2e` it needs the machine to itself (the cluster's
@@ -32,6 +32,9 @@ import (
 	"github.com/moatfw/moat/internal/testutil/kubetest"
 )
 
+// source is the Moat version the run builds (-source), named in the document.
+var source string
+
 // passes in the order they run: each changes the cluster the next one runs on.
 var allPasses = []string{"none", "default", "restrictive"}
 
@@ -41,6 +44,7 @@ func main() {
 	shards := flag.Int("shards", 3, "e2e binaries to run at once in a pass (upstream.RunSharded)")
 	passes := flag.String("passes", strings.Join(allPasses, ","), "the passes to run, of "+strings.Join(allPasses, ","))
 	focus := flag.String("focus", upstream.Focus, "the tests to run")
+	flag.StringVar(&source, "source", "", "the Moat version or commit the run builds, for the document")
 	flag.Parse()
 	var want []string
 	for _, p := range strings.Split(*passes, ",") {
@@ -137,14 +141,18 @@ func run(out, reports, focus string, shards int, want []string) (err error) {
 	logf("the cluster is up after %s", time.Since(start).Round(time.Second))
 
 	var done []upstream.Pass
+	var counted []passCounters
 	for _, p := range want {
-		pass, err := runPass(ctx, c, repo, e2e, filepath.Join(reports, p), focus, shards, p)
+		pass, cs, err := runPass(ctx, c, repo, e2e, filepath.Join(reports, p), focus, shards, p)
 		if err != nil {
 			return fmt.Errorf("pass %q: %w", p, err)
 		}
 		done = append(done, pass)
+		if cs != nil {
+			counted = append(counted, passCounters{pass.Title, *cs})
+		}
 		// the document is written after every pass, so a later pass's failure keeps what is known
-		if err := writeDoc(out, done); err != nil {
+		if err := writeDoc(out, done, counted); err != nil {
 			return err
 		}
 		c := pass.Report.Counts()
@@ -155,22 +163,31 @@ func run(out, reports, focus string, shards int, want []string) (err error) {
 	return nil
 }
 
-// runPass sets the cluster up for the pass and runs the tests.
-func runPass(ctx context.Context, c *node.Cluster, repo, e2e, dir, focus string, shards int, name string) (upstream.Pass, error) {
+// runPass sets the cluster up for the pass and runs the tests. With Moat, it also returns what the datapath
+// counted during the tests, and leaves each node's flow events in dir.
+func runPass(ctx context.Context, c *node.Cluster, repo, e2e, dir, focus string, shards int, name string) (upstream.Pass, *counters, error) {
 	pass := upstream.Pass{Title: titles[name], About: abouts[name]}
 	switch name {
 	case "default":
 		if err := deployMoat(ctx, c, repo); err != nil {
-			return pass, err
+			return pass, nil, err
 		}
 	case "restrictive":
 		if !moatDeployed(ctx, c) {
 			if err := deployMoat(ctx, c, repo); err != nil {
-				return pass, err
+				return pass, nil, err
 			}
 		}
 		if err := restrict(ctx, c); err != nil {
-			return pass, err
+			return pass, nil, err
+		}
+	}
+	var before counters
+	withMoat := name != "none"
+	if withMoat {
+		var err error
+		if before, err = readCounters(ctx, c); err != nil {
+			return pass, nil, err
 		}
 	}
 	logf("pass %q: running the tests in %d shards (logs in %s)", pass.Title, shards, dir)
@@ -178,7 +195,18 @@ func runPass(ctx context.Context, c *node.Cluster, repo, e2e, dir, focus string,
 		Focus: focus, Timeout: 90 * time.Minute}, shards, os.Stdout)
 	pass.Report = rep
 	pass.Why = why[name]
-	return pass, err
+	if err != nil || !withMoat {
+		return pass, nil, err
+	}
+	after, err := readCounters(ctx, c)
+	if err != nil {
+		return pass, nil, err
+	}
+	if err := saveFlows(ctx, c, dir); err != nil {
+		return pass, nil, err
+	}
+	cs := after.since(before)
+	return pass, &cs, nil
 }
 
 var titles = map[string]string{

@@ -42,23 +42,34 @@ func readCounters(ctx context.Context, c *node.Cluster) (counters, error) {
 		if err != nil {
 			return cs, fmt.Errorf("moatctl counters in %s: %v: %s", pod, err, out)
 		}
-		for _, line := range strings.Split(string(out), "\n") {
-			f := strings.Fields(line)
-			if len(f) != 4 || f[0] == "REASON" {
-				continue
-			}
-			n, err := strconv.ParseInt(f[2], 10, 64)
-			if err != nil {
-				return cs, fmt.Errorf("moatctl counters in %s: %q", pod, line)
-			}
-			if !slices.Contains(cs.order, f[0]) {
-				cs.order = append(cs.order, f[0])
-			}
-			cs.packets[f[0]] += n
-			cs.drop[f[0]] = f[1] == "true"
+		if err := cs.add(string(out)); err != nil {
+			return cs, fmt.Errorf("moatctl counters in %s: %w", pod, err)
 		}
 	}
 	return cs, nil
+}
+
+// add adds the packets of one enforcer's `moatctl counters` table (REASON DROP PACKETS BYTES).
+func (cs *counters) add(table string) error {
+	for _, line := range strings.Split(table, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] == "REASON" {
+			continue
+		}
+		if len(f) != 4 {
+			return fmt.Errorf("line %q: want a reason, drop, packets and bytes", line)
+		}
+		n, err := strconv.ParseInt(f[2], 10, 64)
+		if err != nil {
+			return fmt.Errorf("line %q: %w", line, err)
+		}
+		if !slices.Contains(cs.order, f[0]) {
+			cs.order = append(cs.order, f[0])
+		}
+		cs.packets[f[0]] += n
+		cs.drop[f[0]] = f[1] == "true"
+	}
+	return nil
 }
 
 // since is what the counters counted after before.

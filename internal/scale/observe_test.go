@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/moatfw/moat/bpf"
@@ -54,7 +55,15 @@ func startEnforcer(t *testing.T, bin, kubeconfig, pinRoot, dir string, feed bool
 		// profiles of the enforcer while the run goes (curl http://ADDR/debug/pprof/profile?seconds=30)
 		args = append(args, "--metrics-addr="+addr, "--debug-pprof")
 	}
-	p, err := procs.Start("moat-enforcer", bin, args, filepath.Join(dir, "moat-enforcer.log"), dir, nil, nil)
+	name := bin
+	if limit := memoryLimitBytes(t); limit > 0 {
+		// in a memory cgroup of its own, as in a container with limits.memory: the shell puts itself there and
+		// becomes the enforcer, which reads the limit at its start
+		procsFile := memoryCgroup(t, limit)
+		args = append([]string{"-c", `echo $$ > "$0" && exec "$@"`, procsFile, bin}, args...)
+		name = "/bin/sh"
+	}
+	p, err := procs.Start("moat-enforcer", name, args, filepath.Join(dir, "moat-enforcer.log"), dir, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,6 +74,42 @@ func startEnforcer(t *testing.T, bin, kubeconfig, pinRoot, dir string, feed bool
 		p.Terminate(20 * time.Second)
 	})
 	return p
+}
+
+// memoryLimitBytes is -scale.memory-limit in bytes (0: none).
+func memoryLimitBytes(t *testing.T) int64 {
+	if *flagMemoryLimit == "" || *flagMemoryLimit == "0" {
+		return 0
+	}
+	q, err := resource.ParseQuantity(*flagMemoryLimit)
+	if err != nil {
+		t.Fatalf("-scale.memory-limit %q: %v", *flagMemoryLimit, err)
+	}
+	return q.Value()
+}
+
+// memoryCgroup makes a memory cgroup limited to limit bytes (version 2's memory.max, or version 1's memory
+// hierarchy), removed when the test ends, and returns the file that moves a process into it.
+func memoryCgroup(t *testing.T, limit int64) string {
+	name := fmt.Sprintf("moat-scale-%d-%d", os.Getpid(), time.Now().UnixNano())
+	dir, file := filepath.Join("/sys/fs/cgroup", name), "memory.max"
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
+		dir, file = filepath.Join("/sys/fs/cgroup/memory", name), "memory.limit_in_bytes"
+	} else if err := os.WriteFile("/sys/fs/cgroup/cgroup.subtree_control", []byte("+memory"), 0o644); err != nil {
+		t.Fatalf("enable the memory controller: %v", err)
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatalf("memory cgroup: %v", err)
+	}
+	t.Cleanup(func() { // after the enforcer's own cleanup (registered later, run first) stopped it
+		if err := os.Remove(dir); err != nil {
+			t.Errorf("remove the memory cgroup %s: %v", dir, err)
+		}
+	})
+	if err := os.WriteFile(filepath.Join(dir, file), []byte(strconv.FormatInt(limit, 10)), 0o644); err != nil {
+		t.Fatalf("memory cgroup limit: %v", err)
+	}
+	return filepath.Join(dir, "cgroup.procs")
 }
 
 // startFeed runs the address feed's publisher (moat-enforcer --publish-address-feed) against the cluster of

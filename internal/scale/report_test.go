@@ -45,6 +45,7 @@ type result struct {
 
 type report struct {
 	Date, Machine, Code string
+	MemoryLimit         string // the enforcer's cgroup memory limit ("": none)
 	Planned             []int // the sizes the run was asked for, in order
 	Results             []*result
 }
@@ -216,6 +217,12 @@ func (rep *report) render() string {
 		"package (the ipcache, the namespace identities, the policy tries' map ids).\n\n")
 	fmt.Fprintf(&b, "- Date: %s; machine: %s; code: %s.\n", rep.Date, rep.Machine, rep.Code)
 	b.WriteString("- The API server, etcd, the enforcer and the harness share the machine: times include their contention.\n")
+	if rep.MemoryLimit != "" {
+		fmt.Fprintf(&b, "- The enforcer runs in a memory cgroup limited to %s, as in a container with that limits.memory: it\n"+
+			"  keeps the Go runtime's memory under 80%% of it (docs/install.md).\n", rep.MemoryLimit)
+	} else {
+		b.WriteString("- The enforcer runs with no memory limit: the Go runtime lets its heap grow to twice what is live.\n")
+	}
 	if os.Getenv("MOAT_SCALE_DIRECT") == "" {
 		b.WriteString("- As shipped: the enforcer runs with --address-feed and the address feed's publisher (moat-enforcer\n" +
 			"  --publish-address-feed) runs beside it, outside the byte count; pods and nodes reach the enforcer as\n" +

@@ -31,6 +31,7 @@ var (
 	flagChangeBudget = flag.Duration("scale.policy-budget", 3*time.Minute, "stop the policy changes after this long")
 	flagChurnRate    = flag.Int("scale.churn-rate", 100, "pods per second created (and as many deleted) during the churn")
 	flagChurnFor     = flag.Duration("scale.churn", 30*time.Second, "how long the churn lasts")
+	flagMemoryLimit  = flag.String("scale.memory-limit", "512Mi", "run the enforcer in a memory cgroup of this limit, as a container with limits.memory (\"\" or 0: none)")
 	flagFirstApply   = flag.Duration("scale.first-apply-timeout", 20*time.Minute, "give up waiting for the first apply after this long")
 )
 
@@ -91,6 +92,9 @@ func TestScale(t *testing.T) {
 	testutil.RequireRoot(t)
 	bin := enforcerBinary(t)
 	rep := newReport(t)
+	if memoryLimitBytes(t) > 0 {
+		rep.MemoryLimit = *flagMemoryLimit
+	}
 	rep.Planned = sizes(t)
 	for _, n := range rep.Planned {
 		r := &result{Pods: n, DualStack: n >= dualStackFrom}

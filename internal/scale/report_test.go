@@ -46,7 +46,7 @@ type result struct {
 type report struct {
 	Date, Machine, Code string
 	MemoryLimit         string // the enforcer's cgroup memory limit ("": none)
-	Planned             []int // the sizes the run was asked for, in order
+	Planned             []int  // the sizes the run was asked for, in order
 	Results             []*result
 }
 

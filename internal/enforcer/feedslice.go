@@ -39,6 +39,12 @@ type feedPod struct {
 func (s *feedSlice) DeepCopyObject() runtime.Object {
 	out := &feedSlice{TypeMeta: s.TypeMeta, pods: slices.Clone(s.pods), nodes: make([]v1alpha1.NodeAddresses, len(s.nodes))}
 	s.ObjectMeta.DeepCopyInto(&out.ObjectMeta)
+	for i := range out.pods {
+		if hp := out.pods[i].hostPorts; hp != nil {
+			c := slices.Clone(*hp)
+			out.pods[i].hostPorts = &c
+		}
+	}
 	for i := range s.nodes {
 		s.nodes[i].DeepCopyInto(&out.nodes[i])
 	}

@@ -159,8 +159,8 @@ func (b *addressBook) set(was, now []prefixClaim) bool {
 }
 
 // strength orders the classes of the claims on one prefix.
-func strength[C bpf.Class | uint8](c C) int {
-	switch bpf.Class(c) {
+func strength(c bpf.Class) int {
+	switch c {
 	case bpf.ClassCluster:
 		return 1
 	case bpf.ClassNode:
@@ -176,7 +176,7 @@ func strength[C bpf.Class | uint8](c C) int {
 // beats: does claim c win over best? The stronger class, then the newer object, then (for a tie) the owner
 // that sorts last.
 func (c claim) beats(best claim) bool {
-	if s, t := strength(c.class), strength(best.class); s != t {
+	if s, t := strength(bpf.Class(c.class)), strength(bpf.Class(best.class)); s != t {
 		return s > t
 	}
 	if c.created != best.created {

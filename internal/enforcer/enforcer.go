@@ -640,11 +640,15 @@ func (e *Enforcer) syncIPCache(out resolve.Output, s State, identities map[strin
 		}
 	}
 	for k, en := range e.prefixes {
-		p := k.prefix()
-		if _, ok := e.configIPCache[p]; ok || !en.isAddress {
-			continue // written above, or not an address
+		if !en.isAddress {
+			continue
 		}
-		if v, ok := want(p); ok {
+		p := k.prefix()
+		if _, ok := e.configIPCache[p]; ok {
+			continue // written above
+		}
+		a := en.address(p)
+		if v, ok := e.ipcacheEntry(p, &a, identities); ok {
 			if err := set(p, v, true); err != nil {
 				return changed, err
 			}

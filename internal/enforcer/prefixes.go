@@ -50,7 +50,12 @@ func (t prefixTable) address(p netip.Prefix) (Address, bool) {
 	if !ok || !en.isAddress {
 		return Address{}, false
 	}
-	return Address{Prefix: p, Class: bpf.Class(en.class), Namespace: en.namespace.Value()}, true
+	return en.address(p), true
+}
+
+// address is what the source says of p, the prefix of an entry that is an address.
+func (en prefixEntry) address(p netip.Prefix) Address {
+	return Address{Prefix: p, Class: bpf.Class(en.class), Namespace: en.namespace.Value()}
 }
 
 // setAddress records what the source says of a.Prefix.
@@ -89,7 +94,7 @@ func (t prefixTable) clearAddresses() {
 func (t prefixTable) addresses() iter.Seq[Address] {
 	return func(yield func(Address) bool) {
 		for k, en := range t {
-			if en.isAddress && !yield(Address{Prefix: k.prefix(), Class: bpf.Class(en.class), Namespace: en.namespace.Value()}) {
+			if en.isAddress && !yield(en.address(k.prefix())) {
 				return
 			}
 		}

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // A pod of node B created while node A's enforcer is down (the DaemonSet's pod gone from A; A's datapath stays
@@ -114,21 +112,8 @@ spec:
 `)
 	web := agent(t, "e2e-np", "web", onNode(b))
 	ctx := context.Background()
-	for name, p := range map[string]struct {
-		policy corev1.ServiceExternalTrafficPolicy
-		port   int32
-	}{"local": {corev1.ServiceExternalTrafficPolicyLocal, 30181}, "cluster": {corev1.ServiceExternalTrafficPolicyCluster, 30182}} {
-		svc := &corev1.Service{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "e2e-np"},
-			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, ExternalTrafficPolicy: p.policy,
-				Selector: map[string]string{"app": "web"},
-				Ports: []corev1.ServicePort{{Port: 8080, TargetPort: intstr.FromInt32(8080), NodePort: p.port,
-					Protocol: corev1.ProtocolTCP}}},
-		}
-		if _, err := suite.client.CoreV1().Services("e2e-np").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	nodePort(t, "e2e-np", "local", "web", corev1.ServiceExternalTrafficPolicyLocal, 30181)
+	nodePort(t, "e2e-np", "cluster", "web", corev1.ServiceExternalTrafficPolicyCluster, 30182)
 	allowed, denied := netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("203.0.113.1")
 	at := func(n netip.Addr, port int) string { return netip.AddrPortFrom(n, uint16(port)).String() }
 	aIP, bIP := netip.MustParseAddr(a.IP.String()), netip.MustParseAddr(b.IP.String())

@@ -32,19 +32,7 @@ spec:
 		p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 8080, HostPort: 30080, Protocol: corev1.ProtocolTCP}}
 	})
 	ctx := context.Background()
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "e2e-web"},
-		Spec: corev1.ServiceSpec{
-			Type:                  corev1.ServiceTypeNodePort,
-			ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal,
-			Selector:              map[string]string{"app": "web"},
-			Ports: []corev1.ServicePort{{Port: 8080, TargetPort: intstr.FromInt32(8080), NodePort: 30081,
-				Protocol: corev1.ProtocolTCP}},
-		},
-	}
-	if _, err := suite.client.CoreV1().Services("e2e-web").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	nodePort(t, "e2e-web", "web", "web", corev1.ServiceExternalTrafficPolicyLocal, 30081)
 	allowed, denied := netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("203.0.113.1")
 	for _, port := range []string{"30080", "30081"} {
 		addr := suite.node.IP.String() + ":" + port
@@ -56,6 +44,25 @@ spec:
 	saw := strings.Contains(string(out), allowed.String())
 	if !record(t, web.String()+" sees the client address "+allowed.String(), "yes", map[bool]string{true: "yes", false: "no"}[saw], 0) {
 		t.Errorf("the pod's log does not name the client %s:\n%s", allowed, out)
+	}
+}
+
+// nodePort creates a NodePort Service named name in ns for the pods labelled app=app, their port 8080 on the
+// node port given, with the externalTrafficPolicy given.
+func nodePort(t *testing.T, ns, name, app string, policy corev1.ServiceExternalTrafficPolicy, port int32) {
+	t.Helper()
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: corev1.ServiceSpec{
+			Type:                  corev1.ServiceTypeNodePort,
+			ExternalTrafficPolicy: policy,
+			Selector:              map[string]string{"app": app},
+			Ports: []corev1.ServicePort{{Port: 8080, TargetPort: intstr.FromInt32(8080), NodePort: port,
+				Protocol: corev1.ProtocolTCP}},
+		},
+	}
+	if _, err := suite.client.CoreV1().Services(ns).Create(context.Background(), svc, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create Service %s/%s: %v", ns, name, err)
 	}
 }
 

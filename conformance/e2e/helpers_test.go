@@ -72,6 +72,13 @@ func onNode(n *node.Node) func(*corev1.Pod) {
 // agent starts an agent pod (on node A, or where a mutate puts it) and waits until it runs.
 func agent(t *testing.T, ns, name string, mutate ...func(*corev1.Pod)) pod {
 	t.Helper()
+	createAgent(t, ns, name, mutate...)
+	return running(t, ns, name)
+}
+
+// createAgent creates an agent pod and does not wait for it.
+func createAgent(t *testing.T, ns, name string, mutate ...func(*corev1.Pod)) {
+	t.Helper()
 	ctx := context.Background()
 	zero := int64(0)
 	spec := &corev1.Pod{
@@ -92,6 +99,12 @@ func agent(t *testing.T, ns, name string, mutate ...func(*corev1.Pod)) pod {
 	if _, err := suite.client.CoreV1().Pods(ns).Create(ctx, spec, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create pod %s/%s: %v", ns, name, err)
 	}
+}
+
+// running waits until a pod runs with an address and returns it.
+func running(t *testing.T, ns, name string) pod {
+	t.Helper()
+	ctx := context.Background()
 	var p pod
 	if !eventually(90*time.Second, func() bool {
 		got, err := suite.client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})

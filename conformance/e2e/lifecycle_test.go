@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -69,6 +71,64 @@ type traffic struct {
 	streamErr atomic.Value
 	probes    atomic.Int64
 	leaked    atomic.Int64
+	// datagrams, when withDatagrams added them: numbered UDP datagrams sent and those echoed back
+	dgDone       chan struct{}
+	sent, echoed atomic.Int64
+}
+
+// withDatagrams adds a numbered UDP datagram every 20 ms from inside the pod to target, which echoes each one:
+// a datagram never echoed is an allowed packet lost (UDP has no retransmission to hide it).
+func (tr *traffic) withDatagrams(t *testing.T, netns ns.NetNS, target string) {
+	t.Helper()
+	var conn net.Conn
+	if err := netns.Do(func(ns.NetNS) error {
+		var err error
+		conn, err = net.Dial("udp", target)
+		return err
+	}); err != nil {
+		t.Fatalf("open the datagram socket to %s: %v", target, err)
+	}
+	tr.dgDone = make(chan struct{})
+	var seen sync.Map
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		buf := make([]byte, 512)
+		for {
+			n, err := conn.Read(buf)
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			var seq int64
+			if i := strings.LastIndex(string(buf[:n]), "seq "); err == nil && i >= 0 {
+				if _, err := fmt.Sscan(string(buf[i+4:n]), &seq); err == nil {
+					if _, dup := seen.LoadOrStore(seq, true); !dup {
+						tr.echoed.Add(1)
+					}
+				}
+			}
+		}
+	}()
+	go func() {
+		defer close(tr.dgDone)
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+	send:
+		for seq := int64(0); ; seq++ {
+			select {
+			case <-tr.stop:
+				break send
+			case <-tick.C:
+			}
+			if _, err := fmt.Fprintf(conn, "seq %d", seq); err == nil {
+				tr.sent.Add(1)
+			}
+		}
+		// the last echoes are on their way: wait for them (a lost one never comes)
+		eventually(2*time.Second, func() bool { return tr.echoed.Load() >= tr.sent.Load() })
+		conn.Close()
+		<-readDone
+	}()
 }
 
 func startTraffic(t *testing.T, netns ns.NetNS, allowed, denied string) *traffic {
@@ -147,6 +207,14 @@ func (tr *traffic) finish(t *testing.T, what string) {
 	}
 	if !record(t, what+": an allowed stream", "unbroken", stream, 0) {
 		t.Errorf("%s: the allowed stream %s", what, stream)
+	}
+	if tr.dgDone != nil {
+		<-tr.dgDone
+		sent := tr.sent.Load()
+		if !record(t, what+": allowed datagrams lost", "0 of N", fmt.Sprintf("%d of N", sent-tr.echoed.Load()), 0) || sent < 10 {
+			t.Errorf("%s: %d of %d allowed datagrams were never echoed", what, sent-tr.echoed.Load(), sent)
+		}
+		t.Logf("%s: %d datagrams sent, %d echoed", what, sent, tr.echoed.Load())
 	}
 	t.Logf("%s: %d stream exchanges, %d denied probes", what, tr.exchanges.Load(), tr.probes.Load())
 }

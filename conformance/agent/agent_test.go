@@ -287,9 +287,10 @@ func TestParseProbe(t *testing.T) {
 		args []string
 		want probeConfig
 	}{
-		{[]string{"10.0.0.1:80"}, probeConfig{"10.0.0.1:80", "tcp", time.Second}},
-		{[]string{"--timeout", "250ms", "--proto", "udp", "[fd00::1]:53"}, probeConfig{"[fd00::1]:53", "udp", 250 * time.Millisecond}},
-		{[]string{"web.e2e.svc:8080", "-proto=udp", "-timeout=2s"}, probeConfig{"web.e2e.svc:8080", "udp", 2 * time.Second}},
+		{[]string{"10.0.0.1:80"}, probeConfig{"10.0.0.1:80", "tcp", time.Second, 0}},
+		{[]string{"--timeout", "250ms", "--proto", "udp", "[fd00::1]:53"}, probeConfig{"[fd00::1]:53", "udp", 250 * time.Millisecond, 0}},
+		{[]string{"web.e2e.svc:8080", "-proto=udp", "-timeout=2s"}, probeConfig{"web.e2e.svc:8080", "udp", 2 * time.Second, 0}},
+		{[]string{"--every", "100ms", "10.0.0.1:80"}, probeConfig{"10.0.0.1:80", "tcp", time.Second, 100 * time.Millisecond}},
 	} {
 		got, err := parseProbe(c.args, io.Discard)
 		if err != nil || got != c.want {
@@ -297,7 +298,7 @@ func TestParseProbe(t *testing.T) {
 		}
 	}
 	for _, args := range [][]string{
-		nil, {"a:1", "b:2"}, {"--proto", "sctp", "a:1"}, {"--timeout", "0s", "a:1"}, {"--timeout", "soon", "a:1"},
+		nil, {"a:1", "b:2"}, {"--proto", "sctp", "a:1"}, {"--timeout", "0s", "a:1"}, {"--timeout", "soon", "a:1"}, {"--every", "-1s", "a:1"},
 		{"10.0.0.1"}, {"fd00::1:80"}, {":80"}, {"a:0"}, {"a:65536"}, {"a:http"}, {"--bogus", "a:1"},
 	} {
 		if _, err := parseProbe(args, io.Discard); err == nil {
@@ -423,4 +424,32 @@ func TestCommand(t *testing.T) {
 		t.Fatalf("sleep said %q (%v)", line, err)
 	}
 	stopWithSIGTERM(t, sleep)
+}
+
+// probe --every goes on, a line each time, until its context ends (SIGTERM), and then exits 0.
+func TestProbeEvery(t *testing.T) {
+	tcpPort, _, _ := startServe(t, "web")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out := &syncBuffer{}
+	code := make(chan int, 1)
+	go func() {
+		code <- runProbe(ctx, []string{"--every", "20ms", "127.0.0.1:" + strconv.Itoa(tcpPort)}, out, io.Discard)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(out.String(), "\n") < 3 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if got := <-code; got != 0 {
+		t.Errorf("exit status %d after SIGTERM, want 0", got)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) < 3 {
+		t.Fatalf("%d lines, want at least 3:\n%s", len(lines), out.String())
+	}
+	var r probeResult
+	if err := json.Unmarshal([]byte(lines[0]), &r); err != nil || !r.Reached {
+		t.Errorf("first line %q: %+v %v, want reached", lines[0], r, err)
+	}
 }

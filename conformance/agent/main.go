@@ -2,7 +2,7 @@
 // echo, probes a peer, or sleeps.
 //
 //	agent serve [--tcp PORTS] [--udp PORTS] [--name NAME]
-//	agent probe [--timeout 1s] [--proto tcp|udp] ADDR:PORT
+//	agent probe [--timeout 1s] [--proto tcp|udp] [--every 100ms] ADDR:PORT
 //	agent sleep
 //
 // serve answers every line (TCP) or datagram (UDP) on the listed ports, on every address (IPv4 and IPv6), with
@@ -13,8 +13,10 @@
 //
 //	{"target":"10.0.0.7:8080","proto":"tcp","reached":true,"reply":"web probe 1f2e","error":"","ms":1,"local":"10.0.0.5:40512"}
 //
-// It exits 0 when the echo came back, 1 when it did not (error then starts with timeout, refused, reset,
-// unreachable, denied, closed, mismatch or failed), 2 on bad usage.
+// With --every it probes again at that interval, a line each time, until SIGTERM (then exit 0): a pod's watcher
+// of a destination from its first instant. Otherwise it exits 0 when the echo came back, 1 when it did not
+// (error then starts with timeout, refused, reset, unreachable, denied, closed, mismatch or failed), 2 on bad
+// usage.
 //
 // sleep does nothing: a client-only pod. serve and sleep end with exit status 0 on SIGTERM or SIGINT.
 package main
@@ -32,7 +34,9 @@ import (
 
 const usage = `usage:
   agent serve [--tcp PORTS] [--udp PORTS] [--name NAME]   echo servers (default: --tcp 8080); PORTS like 8080,9090
-  agent probe [--timeout 1s] [--proto tcp|udp] ADDR:PORT  one echo exchange; exit 0 reached, 1 not, 2 bad usage
+  agent probe [--timeout 1s] [--proto tcp|udp] [--every D] ADDR:PORT
+                                                          one echo exchange; exit 0 reached, 1 not, 2 bad usage;
+                                                          --every D: again every D until SIGTERM
   agent sleep                                             wait for SIGTERM
 `
 

@@ -32,6 +32,7 @@ type probeConfig struct {
 	target  string
 	proto   string
 	timeout time.Duration
+	every   time.Duration // > 0: probe again at this interval until SIGTERM
 }
 
 // parseProbe reads probe's flags, which may come before or after the target.
@@ -41,6 +42,7 @@ func parseProbe(args []string, stderr io.Writer) (probeConfig, error) {
 	c := probeConfig{}
 	fs.DurationVar(&c.timeout, "timeout", time.Second, "how long the whole exchange may take")
 	fs.StringVar(&c.proto, "proto", "tcp", "tcp or udp")
+	fs.DurationVar(&c.every, "every", 0, "probe again at this interval, one line each, until SIGTERM (exit 0)")
 	var targets []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -58,6 +60,9 @@ func parseProbe(args []string, stderr io.Writer) (probeConfig, error) {
 	c.target = targets[0]
 	if c.proto != "tcp" && c.proto != "udp" {
 		return probeConfig{}, fmt.Errorf("protocol %q: want tcp or udp", c.proto)
+	}
+	if c.every < 0 {
+		return probeConfig{}, fmt.Errorf("every %s: want a positive interval", c.every)
 	}
 	if c.timeout <= 0 {
 		return probeConfig{}, fmt.Errorf("timeout %s: want more than nothing", c.timeout)
@@ -79,6 +84,19 @@ func runProbe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	c, err := parseProbe(args, stderr)
 	if err != nil {
 		return badUsage(stderr, "probe", err)
+	}
+	if c.every > 0 {
+		tick := time.NewTicker(c.every)
+		defer tick.Stop()
+		for {
+			b, _ := json.Marshal(probe(ctx, c))
+			fmt.Fprintf(stdout, "%s\n", b)
+			select {
+			case <-ctx.Done():
+				return 0
+			case <-tick.C:
+			}
+		}
 	}
 	r := probe(ctx, c)
 	b, _ := json.Marshal(r)

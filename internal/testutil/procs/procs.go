@@ -83,6 +83,15 @@ func (p *Proc) Terminate(grace time.Duration) {
 	}
 }
 
+// Kill SIGKILLs the process (by its PID), as a machine's power loss would end it, and waits until it is gone.
+func (p *Proc) Kill() {
+	if p.Exited() {
+		return
+	}
+	_ = p.Cmd.Process.Kill()
+	<-p.done
+}
+
 // WaitUntil polls ready every interval until it holds, the process exits, done closes or d passes; what names
 // the awaited state in the error.
 func (p *Proc) WaitUntil(done <-chan struct{}, d, interval time.Duration, what string, ready func() bool) error {

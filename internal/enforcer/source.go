@@ -3,9 +3,11 @@ package enforcer
 import (
 	"context"
 	"errors"
+	"runtime/debug"
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 
 	"github.com/moatfw/moat/internal/debounce"
 )
@@ -59,8 +61,10 @@ func (e *Enforcer) Run(ctx context.Context, src Source, afterApply func()) error
 		watched <- src.Watch(ctx, changes.Notify)
 	}()
 	var logged once[ObjectProblem]
+	var retry retrier // the whole state again, while an apply of it fails
+	defer retry.stop()
 	changes.Run(ctx, func() {
-		if f, ok := src.(addressFeed); ok {
+		if f, ok := src.(addressFeed); ok && !retry.pending() {
 			if u, ok := f.AddressChanges(); ok {
 				err := e.ApplyAddresses(u)
 				if err == nil {
@@ -73,16 +77,27 @@ func (e *Enforcer) Run(ctx context.Context, src Source, afterApply func()) error
 		}
 		s, err := src.Load()
 		if err != nil {
-			log.WithError(err).Error("cannot load the policy source; the policy in force stays")
+			log.WithError(err).WithField("retryIn", retry.after(changes.Notify)).
+				Error("cannot load the policy source; the policy in force stays")
 			return
 		}
 		for _, p := range logged.fresh(s.Problems) {
 			log.WithFields(logrus.Fields{"kind": p.Kind, "object": p.Name, "origin": p.Origin}).Error(p.Message)
 		}
 		if err := e.Apply(s); err != nil {
-			log.WithError(err).Error("cannot apply the policy source's state; the policy in force stays")
+			if errors.Is(err, unix.ENOMEM) {
+				// the kernel could not charge a map's memory to this cgroup: hand the pages the Go runtime
+				// keeps free back to it first (it cannot reclaim them), so that the retry finds room
+				debug.FreeOSMemory()
+			}
+			log.WithError(err).WithField("retryIn", retry.after(changes.Notify)).
+				Error("cannot apply the policy source's state; the policy in force stays until a retry succeeds")
 			return
 		}
+		if retry.pending() {
+			log.Info("the policy source's state applied after a failed apply")
+		}
+		retry.reset()
 		log.WithFields(logrus.Fields{"policies": len(s.Policies), "namespaces": len(s.Namespaces),
 			"problems": len(s.Problems)}).Debug("policy source applied")
 		if w, ok := src.(statusPublisher); ok {
@@ -93,4 +108,42 @@ func (e *Enforcer) Run(ctx context.Context, src Source, afterApply func()) error
 		}
 	})
 	return <-watched
+}
+
+// retrier loads and applies the whole state again after an apply that failed (a change that came meanwhile is
+// not waited for: the failed one may be the last), waiting longer each time, up to maxRetryWait. Until one
+// succeeds, a burst applies the whole state, not only its address changes: a failed apply's namespaces and
+// policies would otherwise wait for the next change of one of them. Run's action alone uses it.
+type retrier struct {
+	wait  time.Duration // the last wait; 0: no apply failed since the last that succeeded
+	timer *time.Timer
+}
+
+const (
+	firstRetryWait = time.Second
+	maxRetryWait   = 30 * time.Second
+)
+
+// after calls notify once the next wait is over, and returns the wait.
+func (r *retrier) after(notify func()) time.Duration {
+	r.stop()
+	r.wait = min(max(2*r.wait, firstRetryWait), maxRetryWait)
+	r.timer = time.AfterFunc(r.wait, notify)
+	return r.wait
+}
+
+// pending: did the last apply fail?
+func (r *retrier) pending() bool { return r.wait > 0 }
+
+// reset: an apply succeeded.
+func (r *retrier) reset() {
+	r.stop()
+	r.wait = 0
+}
+
+func (r *retrier) stop() {
+	if r.timer != nil {
+		r.timer.Stop()
+		r.timer = nil
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
+	"github.com/moatfw/moat/internal/api/v1alpha1"
 	"github.com/moatfw/moat/internal/debounce"
 	"github.com/moatfw/moat/internal/policyfile"
 )
@@ -126,11 +127,12 @@ func (r *folderRun) settle() []string {
 
 // fakeSource is a source whose state, problems and watch the test sets.
 type fakeSource struct {
-	mu       sync.Mutex
-	state    State
-	watchErr error
-	changed  func()
-	watching chan struct{}
+	mu        sync.Mutex
+	state     State
+	watchErr  error
+	failLoads int // the first loads that fail
+	changed   func()
+	watching  chan struct{}
 }
 
 func (f *fakeSource) Name() string           { return "fake" }
@@ -139,6 +141,10 @@ func (f *fakeSource) Burst() debounce.Timing { return debounce.Timing{Quiet: tim
 func (f *fakeSource) Load() (State, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.failLoads > 0 {
+		f.failLoads--
+		return State{}, errors.New("the source cannot answer")
+	}
 	return f.state, nil
 }
 
@@ -237,5 +243,46 @@ func TestRunReturnsTheWatchError(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the run went on without its source")
+	}
+}
+
+// A state that cannot be loaded or applied is tried again, later each time, with no change to wait for: the
+// failed one may be the last (at 150,000 pods under a tight memory limit, the kernel refused a new namespace's
+// policy trie once, and the namespace was left without an identity).
+func TestRunRetriesAFailedApply(t *testing.T) {
+	_, dp, e := newTestEnforcer(t)
+	logger, logs := logtest.NewNullLogger()
+	e.log = logrus.NewEntry(logger)
+	src := &fakeSource{watching: make(chan struct{}), failLoads: 2, state: State{Namespaces: []v1alpha1.Namespace{namespace("late")}}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := e.Run(ctx, src, nil); err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	defer func() { cancel(); <-done }()
+	<-src.watching
+	limit := time.Now().Add(30 * time.Second) // a liveness bound, far above the retries' 1 + 2 s
+	for {
+		if _, ok, err := dp.NamespaceIdentity("late"); err != nil {
+			t.Fatal(err)
+		} else if ok {
+			break
+		}
+		if time.Now().After(limit) {
+			t.Fatal("the state was never applied after its loads failed")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var waits []any
+	for _, en := range logs.AllEntries() {
+		if en.Level == logrus.ErrorLevel {
+			waits = append(waits, en.Data["retryIn"])
+		}
+	}
+	if fmt.Sprint(waits) != fmt.Sprint([]any{time.Second, 2 * time.Second}) {
+		t.Errorf("failures logged with retries in %v, want 1s then 2s", waits)
 	}
 }

@@ -68,12 +68,39 @@ func startEnforcer(t *testing.T, bin, kubeconfig, pinRoot, dir string, feed bool
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("tail of %s:\n%s", p.LogPath, procs.Tail(p.LogPath, 4096))
-		}
 		p.Terminate(20 * time.Second)
+		if t.Failed() {
+			keepLog(t, p.LogPath)
+		}
 	})
 	return p
+}
+
+// keepLog copies the enforcer's log of a failed run out of the test's folder (removed when the test ends) and
+// logs where, with every warning and error line in it and its tail: a tail alone is mostly status writes.
+func keepLog(t *testing.T, path string) {
+	kept := filepath.Join(os.TempDir(), fmt.Sprintf("moat-scale-%s-%d.log", strings.ReplaceAll(t.Name(), "/", "_"),
+		time.Now().Unix()))
+	b, err := os.ReadFile(path)
+	if err == nil {
+		err = os.WriteFile(kept, b, 0o644)
+	}
+	if err != nil {
+		t.Logf("keep the enforcer's log %s: %v", path, err)
+		kept = path
+	}
+	var problems []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, "level=warning") || strings.Contains(line, "level=error") ||
+			strings.Contains(line, "level=fatal") || strings.Contains(line, "panic") {
+			problems = append(problems, line)
+		}
+	}
+	if len(problems) > 50 {
+		problems = append(problems[:25], append([]string{"..."}, problems[len(problems)-25:]...)...)
+	}
+	t.Logf("the enforcer's log, kept as %s; its warnings and errors:\n%s\ntail:\n%s", kept,
+		strings.Join(problems, "\n"), procs.Tail(path, 4096))
 }
 
 // memoryLimitBytes is -scale.memory-limit in bytes (0: none).

@@ -20,8 +20,8 @@ import (
 // was, from the object the informer last handed on), and a claim names its owner with the object's own strings.
 type addressBook struct {
 	mu     sync.Mutex
-	claims map[prefixKey]claims
-	dirty  map[prefixKey]struct{}
+	claims prefixMap[claims]
+	dirty  prefixMap[struct{}]
 }
 
 // ownerKind is the kind of object a claim comes from.
@@ -68,16 +68,16 @@ type claims struct {
 }
 
 func newAddressBook() *addressBook {
-	return &addressBook{claims: map[prefixKey]claims{}, dirty: map[prefixKey]struct{}{}}
+	return &addressBook{}
 }
 
 // add puts c on p (instead of its owner's claim there, if any), with b.mu held; it reports whether that changed
 // anything.
-func (b *addressBook) add(p prefixKey, c *claim) bool {
-	cs, ok := b.claims[p]
+func (b *addressBook) add(p netip.Prefix, c *claim) bool {
+	cs, ok := b.claims.get(p)
 	switch {
 	case !ok:
-		b.claims[p] = claims{first: c}
+		b.claims.set(p, claims{first: c})
 		return true
 	case cs.first.owner == c.owner:
 		if *cs.first == *c {
@@ -98,18 +98,18 @@ func (b *addressBook) add(p prefixKey, c *claim) bool {
 			*cs.more = append(more, c)
 		}
 	}
-	b.claims[p] = cs
+	b.claims.set(p, cs)
 	return true
 }
 
 // drop takes o's claim on p away, with b.mu held; it reports whether there was one.
-func (b *addressBook) drop(p prefixKey, o owner) bool {
-	cs, ok := b.claims[p]
+func (b *addressBook) drop(p netip.Prefix, o owner) bool {
+	cs, ok := b.claims.get(p)
 	switch {
 	case !ok:
 		return false
 	case cs.first.owner == o && cs.more == nil:
-		delete(b.claims, p)
+		b.claims.delete(p)
 		return true
 	case cs.first.owner == o:
 		cs.first = (*cs.more)[0]
@@ -126,7 +126,7 @@ func (b *addressBook) drop(p prefixKey, o owner) bool {
 	if len(*cs.more) == 0 {
 		cs.more = nil
 	}
-	b.claims[p] = cs
+	b.claims.set(p, cs)
 	return true
 }
 
@@ -140,8 +140,9 @@ func (b *addressBook) set(was, now []prefixClaim) bool {
 		if slices.ContainsFunc(now, func(n prefixClaim) bool { return n.prefix == w.prefix && n.owner == w.owner }) {
 			continue // replaced below, or the same
 		}
-		if k := keyOf(w.prefix); b.drop(k, w.owner) {
-			b.dirty[k], changed = struct{}{}, true
+		if b.drop(w.prefix, w.owner) {
+			b.dirty.set(w.prefix, struct{}{})
+			changed = true
 		}
 	}
 	var kept []*claim // one of each claim, whatever the prefixes it is on
@@ -151,8 +152,9 @@ func (b *addressBook) set(was, now []prefixClaim) bool {
 			c := n.claim
 			kept, i = append(kept, &c), len(kept)
 		}
-		if k := keyOf(n.prefix); b.add(k, kept[i]) {
-			b.dirty[k], changed = struct{}{}, true
+		if b.add(n.prefix, kept[i]) {
+			b.dirty.set(n.prefix, struct{}{})
+			changed = true
 		}
 	}
 	return changed
@@ -187,8 +189,8 @@ func (c claim) beats(best claim) bool {
 }
 
 // winner is what the book says of p, with b.mu held.
-func (b *addressBook) winner(k prefixKey) (Address, bool) {
-	cs, ok := b.claims[k]
+func (b *addressBook) winner(p netip.Prefix) (Address, bool) {
+	cs, ok := b.claims.get(p)
 	if !ok {
 		return Address{}, false
 	}
@@ -200,12 +202,12 @@ func (b *addressBook) winner(k prefixKey) (Address, bool) {
 			}
 		}
 	}
-	return Address{Prefix: k.prefix(), Class: bpf.Class(best.class), Namespace: best.namespace.Value()}, true
+	return Address{Prefix: p, Class: bpf.Class(best.class), Namespace: best.namespace.Value()}, true
 }
 
 // each yields every prefix's winner, with b.mu held.
 func (b *addressBook) each(yield func(Address) bool) {
-	for p := range b.claims {
+	for p := range b.claims.all() {
 		if a, ok := b.winner(p); ok && !yield(a) {
 			return
 		}
@@ -217,7 +219,7 @@ func (b *addressBook) each(yield func(Address) bool) {
 func (b *addressBook) takeAll(yield func(Address) bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.dirty = map[prefixKey]struct{}{} // a new map: a cleared one keeps its size
+	b.dirty = prefixMap[struct{}]{} // new maps: a cleared one keeps its size
 	b.each(yield)
 }
 
@@ -232,17 +234,17 @@ const maxChanges = 4096
 func (b *addressBook) changes() (map[netip.Prefix]*Address, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if len(b.dirty) > max(maxChanges, len(b.claims)/8) {
+	if b.dirty.len() > max(maxChanges, b.claims.len()/8) {
 		return nil, false
 	}
-	out := make(map[netip.Prefix]*Address, len(b.dirty))
-	for k := range b.dirty {
-		if a, ok := b.winner(k); ok {
-			out[a.Prefix] = &a
+	out := make(map[netip.Prefix]*Address, b.dirty.len())
+	for p := range b.dirty.all() {
+		if a, ok := b.winner(p); ok {
+			out[p] = &a
 		} else {
-			out[k.prefix()] = nil
+			out[p] = nil
 		}
 	}
-	b.dirty = map[prefixKey]struct{}{}
+	b.dirty = prefixMap[struct{}]{}
 	return out, true
 }

@@ -639,11 +639,10 @@ func (e *Enforcer) syncIPCache(out resolve.Output, s State, identities map[strin
 			}
 		}
 	}
-	for k, en := range e.prefixes {
+	for p, en := range e.prefixes.m.all() {
 		if !en.isAddress {
 			continue
 		}
-		p := k.prefix()
 		if _, ok := e.configIPCache[p]; ok {
 			continue // written above
 		}

@@ -3,6 +3,7 @@ package enforcer
 import (
 	"slices"
 	"sync"
+	"unique"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -16,38 +17,39 @@ import (
 // feedView turns the address feed's slices back into the slim pods and nodes they stand for, and hands each
 // change on as a watch of Pods and Nodes would: the rest of the source cannot tell the two apart. An entry held
 // by two slices at once (for a moment, while the publisher moves it after a takeover) is read from the slice
-// first by name, and goes only when no slice holds it. It keeps no copy of an entry: each key points into the
-// slice object the informer keeps, and the slim object is made only to hand it on (a Pod object, even empty, is
-// 1.2 KB, and at 150,000 pods that was the enforcer's biggest heap).
+// first by name, and goes only when no slice holds it. It keeps no copy of an entry: each key names the slice
+// object the informer keeps that it is read from, and the slim object is made only to hand it on (a Pod object,
+// even empty, is 1.2 KB, and at 150,000 pods that was the enforcer's biggest heap).
 type feedView struct {
 	podOn, nodeOn func(old, obj any, gone bool)
 	// what the source looks up by key: the pods that have hostPorts (the only ones it reads), every node
 	pods, nodes cache.Store
 
-	mu      sync.Mutex
-	slices  map[string]*feedSlice // each slice as last handed in (the informer's own objects)
-	entries map[entryKey]viewEntry
+	mu     sync.Mutex
+	slices map[string]*feedSlice // each slice as last handed in (the informer's own objects)
+	// the slice each entry is read from: the first by name of those that hold it. 32 bytes a slot: with the
+	// entry's pointer and a bool in its key this map took 19 MB at 150,000 pods, 8.6 now
+	holders map[entryKey]*feedSlice
+	others  map[entryKey][]string // the other slices that hold an entry (nearly always none)
 }
 
-// entryKey names an entry of the feed, whichever slice holds it: a pod by namespace and name, a node by name.
+// entryKey names an entry of the feed, whichever slice holds it: a pod by namespace and name, a node by name
+// (and no namespace: the zero handle).
 type entryKey struct {
-	node            bool
-	namespace, name string
+	namespace unique.Handle[string]
+	name      string
 }
 
-// viewEntry is where an entry is read from and what was last handed on of it: 32 bytes, for each of 150,000
-// pods.
-type viewEntry struct {
-	holder *feedSlice // the slice it is read from: the first by name of those that hold it
-	others *[]string  // the other slices that hold it (nearly always none)
-	pod    *feedPod
-	node   *v1alpha1.NodeAddresses
+// entryRef is an entry in a slice: a pod or a node (neither: none).
+type entryRef struct {
+	pod  *feedPod
+	node *v1alpha1.NodeAddresses
 }
 
 func newFeedView(podOn, nodeOn func(old, obj any, gone bool)) *feedView {
 	return &feedView{podOn: podOn, nodeOn: nodeOn, pods: cache.NewStore(cache.MetaNamespaceKeyFunc),
 		nodes: cache.NewStore(cache.MetaNamespaceKeyFunc), slices: map[string]*feedSlice{},
-		entries: map[entryKey]viewEntry{}}
+		holders: map[entryKey]*feedSlice{}, others: map[entryKey][]string{}}
 }
 
 // sliceOf is the informer's transform: it keeps of a slice its name, version and entries (not its managed fields,
@@ -96,28 +98,21 @@ func (v *feedView) slice(obj any, gone bool) {
 	} else {
 		v.slices[name] = as
 	}
-	// what the slice holds now, each with its entry
-	now := make(map[entryKey]viewEntry, len(as.pods)+len(as.nodes))
-	for i := range as.pods {
-		now[podEntryKey(&as.pods[i])] = viewEntry{holder: as, pod: &as.pods[i]}
-	}
-	for i := range as.nodes {
-		now[nodeEntryKey(&as.nodes[i])] = viewEntry{holder: as, node: &as.nodes[i]}
-	}
-	if before != nil { // what the slice no longer holds
-		for i := range before.pods {
-			if key := podEntryKey(&before.pods[i]); !has(now, key) {
-				v.update(key, name, viewEntry{})
-			}
+	now, was := as.refs(), before.refs() // what the slice holds now, and held before
+	// the entry an entry was read from: the slice's own before this update, or another slice's
+	old := func(key entryKey, holder *feedSlice) entryRef {
+		if holder == before {
+			return was[key]
 		}
-		for i := range before.nodes {
-			if key := nodeEntryKey(&before.nodes[i]); !has(now, key) {
-				v.update(key, name, viewEntry{})
-			}
+		return holder.find(key)
+	}
+	for key := range was { // what the slice no longer holds
+		if !has(now, key) {
+			v.update(key, name, entryRef{}, old)
 		}
 	}
 	for key, in := range now {
-		v.update(key, name, in)
+		v.update(key, name, in, old)
 	}
 }
 
@@ -126,20 +121,53 @@ func has[K comparable, V any](m map[K]V, k K) bool {
 	return ok
 }
 
-func podEntryKey(e *feedPod) entryKey                 { return entryKey{namespace: e.namespace.Value(), name: e.name} }
-func nodeEntryKey(e *v1alpha1.NodeAddresses) entryKey { return entryKey{node: true, name: e.Name} }
+func podEntryKey(e *feedPod) entryKey                 { return entryKey{namespace: e.namespace, name: e.name} }
+func nodeEntryKey(e *v1alpha1.NodeAddresses) entryKey { return entryKey{name: e.Name} }
+
+// refs are the slice's entries by key (a slice holds a hundred or so; none for nil).
+func (as *feedSlice) refs() map[entryKey]entryRef {
+	if as == nil {
+		return nil
+	}
+	out := make(map[entryKey]entryRef, len(as.pods)+len(as.nodes))
+	for i := range as.pods {
+		out[podEntryKey(&as.pods[i])] = entryRef{pod: &as.pods[i]}
+	}
+	for i := range as.nodes {
+		out[nodeEntryKey(&as.nodes[i])] = entryRef{node: &as.nodes[i]}
+	}
+	return out
+}
+
+// find is the entry of key in the slice.
+func (as *feedSlice) find(key entryKey) entryRef {
+	if as == nil {
+		return entryRef{}
+	}
+	if key.namespace == (unique.Handle[string]{}) {
+		for i := range as.nodes {
+			if nodeEntryKey(&as.nodes[i]) == key {
+				return entryRef{node: &as.nodes[i]}
+			}
+		}
+		return entryRef{}
+	}
+	for i := range as.pods {
+		if podEntryKey(&as.pods[i]) == key {
+			return entryRef{pod: &as.pods[i]}
+		}
+	}
+	return entryRef{}
+}
 
 // update records whether the slice named holds key now (in: its entry there, or none), makes the entry of key
-// the one its first holder has, and passes the change on.
-func (v *feedView) update(key entryKey, slice string, in viewEntry) {
-	holds := in.holder != nil
-	ve, exists := v.entries[key]
-	var holders []string
-	if ve.others != nil {
-		holders = append(holders, *ve.others...)
-	}
+// the one its first holder has, and passes the change on; old is the entry of key in the slice it was read from.
+func (v *feedView) update(key entryKey, slice string, in entryRef, old func(entryKey, *feedSlice) entryRef) {
+	holds := in.pod != nil || in.node != nil
+	holder, exists := v.holders[key]
+	holders := slices.Clone(v.others[key])
 	if exists {
-		holders = append(holders, ve.holder.Name)
+		holders = append(holders, holder.Name)
 	}
 	holders = slices.DeleteFunc(holders, func(s string) bool { return s == slice })
 	if holds {
@@ -147,82 +175,63 @@ func (v *feedView) update(key entryKey, slice string, in viewEntry) {
 	}
 	if len(holders) == 0 {
 		if exists {
-			delete(v.entries, key)
-			old := ve.object()
-			v.store(key, old, true)
-			v.on(key)(nil, old, true)
+			delete(v.holders, key)
+			delete(v.others, key)
+			obj := old(key, holder).object()
+			v.store(key, obj, true)
+			v.on(key)(nil, obj, true)
 		}
 		return
 	}
 	slices.Sort(holders)
-	next := viewEntry{holder: v.slices[holders[0]]}
+	next := v.slices[holders[0]]
+	v.holders[key] = next
 	if len(holders) > 1 {
-		others := holders[1:]
-		next.others = &others
-	}
-	if holds && holders[0] == slice {
-		next.pod, next.node = in.pod, in.node
+		v.others[key] = holders[1:]
 	} else {
-		next.pod, next.node = v.find(key, next.holder)
+		delete(v.others, key)
 	}
-	v.entries[key] = next
-	switch {
-	case !exists:
-		obj := next.object()
+	entry := in
+	if !holds || holders[0] != slice {
+		entry = next.find(key)
+	}
+	if !exists {
+		obj := entry.object()
 		v.store(key, obj, false)
 		v.on(key)(nil, obj, false)
-	case !ve.same(next):
-		old, obj := ve.object(), next.object()
+		return
+	}
+	if prev := old(key, holder); !prev.same(entry) {
+		obj := entry.object()
 		v.store(key, obj, false)
-		v.on(key)(old, obj, false)
+		v.on(key)(prev.object(), obj, false)
 	}
-}
-
-// find is the entry of key in a slice.
-func (v *feedView) find(key entryKey, as *feedSlice) (*feedPod, *v1alpha1.NodeAddresses) {
-	if as == nil {
-		return nil, nil
-	}
-	if key.node {
-		for i := range as.nodes {
-			if nodeEntryKey(&as.nodes[i]) == key {
-				return nil, &as.nodes[i]
-			}
-		}
-		return nil, nil
-	}
-	for i := range as.pods {
-		if podEntryKey(&as.pods[i]) == key {
-			return &as.pods[i], nil
-		}
-	}
-	return nil, nil
 }
 
 // object is the slim object the entry stands for.
-func (ve viewEntry) object() any {
+func (r entryRef) object() any {
 	switch {
-	case ve.pod != nil:
-		return ve.pod.pod()
-	case ve.node != nil:
-		return feed.NodeOf(*ve.node)
+	case r.pod != nil:
+		return r.pod.pod()
+	case r.node != nil:
+		return feed.NodeOf(*r.node)
 	}
 	return nil
 }
 
 // same: do the two say the same of their entry? (Compared field by field: a slice's update compares each of
 // its hundred entries, and reflection made that a good part of the enforcer's time under churn.)
-func (ve viewEntry) same(other viewEntry) bool {
-	if ve.pod != nil || other.pod != nil {
-		return ve.pod != nil && other.pod != nil && ve.pod.same(other.pod)
+func (r entryRef) same(other entryRef) bool {
+	if r.pod != nil || other.pod != nil {
+		return r.pod != nil && other.pod != nil && r.pod.same(other.pod)
 	}
-	m, n := ve.node, other.node
+	m, n := r.node, other.node
 	return m != nil && n != nil && (m == n || m.Name == n.Name && slices.Equal(m.IPs, n.IPs) &&
 		slices.Equal(m.PodCIDRs, n.PodCIDRs))
 }
 
 func (v *feedView) on(key entryKey) func(old, obj any, gone bool) {
-	if key.node {
+	if key.namespace == (unique.Handle[string]{}) {
 		return v.nodeOn
 	}
 	return v.podOn
@@ -231,7 +240,7 @@ func (v *feedView) on(key entryKey) func(old, obj any, gone bool) {
 // store keeps the lookup stores: a node always, a pod only while it has hostPorts.
 func (v *feedView) store(key entryKey, obj any, gone bool) {
 	st := v.pods
-	if key.node {
+	if key.namespace == (unique.Handle[string]{}) {
 		st = v.nodes
 	} else if p, ok := obj.(*corev1.Pod); ok && !gone && len(p.Spec.Containers) == 0 {
 		gone = true // no hostPorts: nothing looks it up

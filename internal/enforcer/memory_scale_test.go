@@ -90,10 +90,10 @@ func TestAddressMemoryAtScale(t *testing.T) {
 		h.OnAdd(s, true)
 	}
 	dirty := k.book.dirty // the changes not taken yet are not kept for long: measured apart
-	k.book.dirty = nil
+	k.book.dirty = prefixMap[struct{}]{}
 	viewed := heap()
 	k.book.dirty = dirty
-	dirty = nil
+	dirty = prefixMap[struct{}]{}
 
 	var s State
 	for i := range namespaces {

@@ -69,14 +69,14 @@ func startEnforcer(t *testing.T, bin, kubeconfig, pinRoot, dir string, feed bool
 	}
 	t.Cleanup(func() {
 		p.Terminate(20 * time.Second)
-		if t.Failed() {
+		if log, err := os.ReadFile(p.LogPath); t.Failed() || err == nil && strings.Contains(string(log), "level=error") {
 			keepLog(t, p.LogPath)
 		}
 	})
 	return p
 }
 
-// keepLog copies the enforcer's log of a failed run out of the test's folder (removed when the test ends) and
+// keepLog copies the enforcer's log of a failed run (or one with errors) out of the test's folder (removed when the test ends) and
 // logs where, with every warning and error line in it and its tail: a tail alone is mostly status writes.
 func keepLog(t *testing.T, path string) {
 	kept := filepath.Join(os.TempDir(), fmt.Sprintf("moat-scale-%s-%d.log", strings.ReplaceAll(t.Name(), "/", "_"),

@@ -252,7 +252,8 @@ func (e *Enforcer) apply(s State) error {
 	e.holdByPods(held, s, present)
 	ids := maps.Clone(e.identities) // namespace -> identity once this apply is done
 	lingering := maps.Clone(e.lingering)
-	var fresh []string // namespaces whose identity is to be published
+	var fresh []string       // namespaces whose identity is to be published
+	var used map[uint32]bool // the identities taken, once a namespace needs a free one
 	for _, ns := range s.Namespaces {
 		if _, ok := ids[ns.Name]; ok {
 			continue
@@ -265,9 +266,15 @@ func (e *Enforcer) apply(s State) error {
 			}
 		}
 		if id == 0 {
-			if id, err = freeIdentity(ids, lingering, held); err != nil {
+			if used == nil {
+				used = usedIdentities(ids, lingering, held)
+			}
+			if id, err = freeIdentity(used); err != nil {
 				return err
 			}
+		}
+		if used != nil {
+			used[id] = true
 		}
 		ids[ns.Name] = id
 		fresh = append(fresh, ns.Name)
@@ -938,19 +945,27 @@ func (e *Enforcer) ruleID(k resolve.RuleKey) uint32 {
 	return id
 }
 
-// freeIdentity is the lowest identity that no namespace (ids), no lingering identity and no endpoint (held)
-// holds: an identity is released only once its namespace is gone and its last pod with it (identity 0 is "not
-// known yet").
-func freeIdentity(ids map[string]uint32, lingering map[uint32]lingerer, held map[uint32]bool) (uint32, error) {
-	used := map[uint32]bool{}
+// usedIdentities are the identities a namespace (ids), a lingering identity or an endpoint (held) holds: an
+// identity is released only once its namespace is gone and its last pod with it. Made once per apply, not per
+// new namespace (at a start with 2,000 namespaces that was 53 MB of maps).
+func usedIdentities(ids map[string]uint32, lingering map[uint32]lingerer, held map[uint32]bool) map[uint32]bool {
+	used := make(map[uint32]bool, len(ids)+len(lingering)+len(held))
 	for _, id := range ids {
 		used[id] = true
 	}
 	for id := range lingering {
 		used[id] = true
 	}
+	for id, h := range held {
+		used[id] = used[id] || h
+	}
+	return used
+}
+
+// freeIdentity is the lowest identity not used (identity 0 is "not known yet").
+func freeIdentity(used map[uint32]bool) (uint32, error) {
 	for id := uint32(1); id < bpf.MaxIdentities; id++ {
-		if !used[id] && !held[id] {
+		if !used[id] {
 			return id, nil
 		}
 	}

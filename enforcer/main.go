@@ -75,6 +75,7 @@ func main() {
 	if o.publishFeed {
 		log = log.WithField("component", "feed")
 	}
+	log.WithField("gcPercent", setGCPercent()).Debug("the Go runtime collects once its heap grew by this percent")
 	keepMemoryLimit(log)
 	if o.publishFeed {
 		if err := runFeed(log, o); err != nil {

@@ -104,3 +104,17 @@ func TestMemoryLimitFromCgroup(t *testing.T) {
 		t.Errorf("GOMEMLIMIT set: the runtime's own; %+v, %v", m, err)
 	}
 }
+
+// The enforcer collects once its heap grew by half (gcPercent), unless the environment's GOGC says otherwise.
+func TestGCPercent(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100)) // as it was
+	t.Setenv("GOGC", "")
+	if got := setGCPercent(); got != gcPercent || debug.SetGCPercent(gcPercent) != gcPercent {
+		t.Errorf("without GOGC: %d, want %d", got, gcPercent)
+	}
+	t.Setenv("GOGC", "80")
+	debug.SetGCPercent(80) // as the runtime reads it at start
+	if got := setGCPercent(); got != 80 || debug.SetGCPercent(80) != 80 {
+		t.Errorf("with GOGC=80: %d, want the environment's 80", got)
+	}
+}

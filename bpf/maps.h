@@ -86,6 +86,25 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } hostports SEC(".maps");
 
+/* identity (__u32) -> its set of names it may not resolve (__u32; 0 = none), in dns_names */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MOAT_MAX_IDENTITIES);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dns_sets SEC(".maps");
+
+/* struct moat_dns_key (set, reversed base name) -> struct moat_dns_value: the rules that deny its forms */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MOAT_DNS_NAME_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct moat_dns_key);
+	__type(value, struct moat_dns_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dns_names SEC(".maps");
+
 /* struct moat_frag_key -> struct moat_frag_value: first fragment verdicts */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -6,8 +6,8 @@
  *   from_pod: host veth ingress, packets the pod sends (egress policy)
  *   to_pod:   host veth egress, packets the pod receives (ingress policy)
  * This file is the pipeline; each stage is a header of its own:
- *   endpoint and config -> parse (parse.h) -> neighbour discovery (neighbor.h) -> anti-spoof -> fragments and
- *   conntrack (conntrack.h) -> where the source came from (source.h) -> classify the remote and policy
+ *   endpoint and config -> parse (parse.h) -> neighbour discovery (neighbor.h) -> anti-spoof -> names a pod may
+ *   not resolve (dns.h) -> fragments and conntrack (conntrack.h) -> where the source came from (source.h) -> classify the remote and policy
  *   (policy.h) -> verdict, counters, event (events.h).
  * The maps are in maps.h, the structures shared with Go in moat.h. docs/datapath.md describes it with every map.
  */
@@ -23,10 +23,13 @@
 #include "neighbor.h"
 #include "source.h"
 #include "conntrack.h"
+#include "dns.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-static __always_inline int process(struct __sk_buff *skb, __u8 dir)
+/* process runs the pipeline; with_dns (moat_dns_query only) runs the DNS stage in it, where moat_from_pod hands
+ * the packets that stage must see on to moat_dns_query. */
+static __always_inline int process(struct __sk_buff *skb, __u8 dir, const int with_dns)
 {
 	struct packet p = {};
 	struct decision d = {};
@@ -93,6 +96,31 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 	if (dir == MOAT_DIR_EGRESS && !endpoint_owns(ep, p.family, p.saddr)) {
 		d.reason = MOAT_REASON_SPOOFED;
 		return finish(skb, ep, &p, dir, &d);
+	}
+
+	if (dir == MOAT_DIR_EGRESS && dns_candidate(&p, ep)) {
+		if (!with_dns) {
+			bpf_tail_call(skb, &tails, MOAT_TAIL_DNS);
+			/* only if the DNS stage could not be reached: its names must not slip through */
+			d.reason = MOAT_REASON_DNS_UNPARSED;
+			return finish(skb, ep, &p, dir, &d);
+		}
+		switch (dns_query(skb, &p, &d, ep)) {
+		case DNS_ANSWERED:
+			/* the answer goes into the pod as if its resolver had sent it (the peer's ingress) */
+			finish(skb, ep, &p, dir, &d);
+			return bpf_redirect_peer(ifindex, 0);
+		case DNS_DROP:
+			return finish(skb, ep, &p, dir, &d);
+		case DNS_AUDIT:
+			count(&rule_counts, d.rule_id, skb->len);
+			emit_event(skb, &p, ep->identity, dir, d.verdict, d.reason, d.rule_id, 0, 0);
+			break;
+		}
+		d.rule_id = 0;
+		d.reason = MOAT_REASON_NONE;
+		d.verdict = MOAT_VERDICT_DENIED;
+		d.emit = 1;
 	}
 
 	if (p.non_first) {
@@ -175,13 +203,21 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir)
 SEC("tc")
 int moat_from_pod(struct __sk_buff *skb)
 {
-	return process(skb, MOAT_DIR_EGRESS);
+	return process(skb, MOAT_DIR_EGRESS, 0);
 }
 
 SEC("tc")
 int moat_to_pod(struct __sk_buff *skb)
 {
-	return process(skb, MOAT_DIR_INGRESS);
+	return process(skb, MOAT_DIR_INGRESS, 0);
+}
+
+/* The pipeline with the DNS stage (dns.h) in it: moat_from_pod hands on (tail call) what a pod of a namespace with
+ * names it may not resolve sends to port 53, so that its own pipeline keeps the stack the DNS stage would take. */
+SEC("tc")
+int moat_dns_query(struct __sk_buff *skb)
+{
+	return process(skb, MOAT_DIR_EGRESS, 1);
 }
 
 /* Not attached: the enforcer runs it (BPF_PROG_TEST_RUN) to read the jiffies clock of conntrack deadlines, and

@@ -31,6 +31,9 @@ enum moat_limits {
 	MOAT_HOSTPORT_ENTRIES = 16384,
 	MOAT_FRAGMENT_ENTRIES = 16384,
 	MOAT_EVENTS_BYTES = 4 << 20, /* the ring buffer */
+	MOAT_DNS_NAME_ENTRIES = 65536, /* the dns_names map: name patterns of every set */
+	MOAT_DNS_NAME_LEN = 256,       /* bytes of a name in a dns_names key (a wire-format name is at most 255) */
+	MOAT_DNS_MAX_LABELS = 32,      /* labels of a name pattern, its wildcard included */
 };
 
 enum moat_direction {
@@ -93,6 +96,10 @@ enum moat_reason {
 	MOAT_REASON_NO_CONFIG = 31,        /* the config map has no entry: the maps were never set up (fail closed) */
 	MOAT_REASON_UNKNOWN_POD = 32,      /* an address of a pod range that no known pod holds yet, which a rule by
 					    * namespace denies (the pod may be of that namespace) */
+	MOAT_REASON_DNS_DENIED = 33,       /* a DNS query for a name the namespace may not resolve: answered NXDOMAIN
+					    * by the datapath, never sent on */
+	MOAT_REASON_DNS_UNPARSED = 34,     /* a DNS query the datapath cannot read, from a namespace with names it
+					    * may not resolve (several questions, a compressed or malformed name) */
 	MOAT_REASON_MAX = 40,
 };
 
@@ -295,6 +302,29 @@ struct moat_frag_value {
 	__u8 pass;   /* 1 = the first fragment passed */
 	__u8 reason; /* the first fragment's reason */
 	__u8 pad[2];
+};
+
+/*
+ * Names a namespace may not resolve (dnsDeny). dns_sets maps an identity to its set of name patterns (identities
+ * whose patterns are the same share one set); dns_names holds each set's patterns by their base name: the
+ * wire-format labels in reverse order (com, example, www: "\3com\7example\3www"), lower-case, zero-padded, so
+ * that every suffix of a query's name is one lookup and overlapping patterns all count. A pattern is one of three
+ * forms of its base name.
+ */
+enum moat_dns_form {
+	MOAT_DNS_EXACT = 0,    /* the name itself */
+	MOAT_DNS_ONE = 1,      /* *.base: one label more */
+	MOAT_DNS_ANY = 2,      /* **.base: one label or more */
+	MOAT_DNS_FORMS = 3,
+};
+struct moat_dns_key {
+	__u32 set;
+	__u8 name[MOAT_DNS_NAME_LEN];
+};
+/* Per form, the rule that denies it (0 = none): of an Enforce policy in rule, of an Audit policy in audit_rule. */
+struct moat_dns_value {
+	__u32 rule[MOAT_DNS_FORMS];
+	__u32 audit_rule[MOAT_DNS_FORMS];
 };
 
 /* Per-reason and per-rule counters (per-CPU arrays). */

@@ -104,6 +104,18 @@ const (
 	moatMoatDirectionMOAT_DIR_INGRESS moatMoatDirection = 1
 )
 
+type moatMoatDnsKey struct {
+	_    structs.HostLayout
+	Set  uint32
+	Name [256]uint8
+}
+
+type moatMoatDnsValue struct {
+	_         structs.HostLayout
+	Rule      [3]uint32
+	AuditRule [3]uint32
+}
+
 type moatMoatEndpoint struct {
 	_          structs.HostLayout
 	Identity   uint32
@@ -221,6 +233,9 @@ const (
 	moatMoatLimitsMOAT_HOSTPORT_ENTRIES   moatMoatLimits = 16384
 	moatMoatLimitsMOAT_FRAGMENT_ENTRIES   moatMoatLimits = 16384
 	moatMoatLimitsMOAT_EVENTS_BYTES       moatMoatLimits = 4194304
+	moatMoatLimitsMOAT_DNS_NAME_ENTRIES   moatMoatLimits = 65536
+	moatMoatLimitsMOAT_DNS_NAME_LEN       moatMoatLimits = 256
+	moatMoatLimitsMOAT_DNS_MAX_LABELS     moatMoatLimits = 32
 )
 
 type moatMoatNamespaceKey struct {
@@ -319,6 +334,8 @@ const (
 	moatMoatReasonMOAT_REASON_CT_LIMIT         moatMoatReason = 30
 	moatMoatReasonMOAT_REASON_NO_CONFIG        moatMoatReason = 31
 	moatMoatReasonMOAT_REASON_UNKNOWN_POD      moatMoatReason = 32
+	moatMoatReasonMOAT_REASON_DNS_DENIED       moatMoatReason = 33
+	moatMoatReasonMOAT_REASON_DNS_UNPARSED     moatMoatReason = 34
 	moatMoatReasonMOAT_REASON_MAX              moatMoatReason = 40
 )
 
@@ -366,6 +383,9 @@ const (
 	moatMapConfig            = "config"
 	moatMapConntrack         = "conntrack"
 	moatMapCtCounts          = "ct_counts"
+	moatMapDnsNames          = "dns_names"
+	moatMapDnsScratch        = "dns_scratch"
+	moatMapDnsSets           = "dns_sets"
 	moatMapEvents            = "events"
 	moatMapFragments         = "fragments"
 	moatMapHostports         = "hostports"
@@ -376,6 +396,8 @@ const (
 	moatMapReasonCounts      = "reason_counts"
 	moatMapRuleCounts        = "rule_counts"
 	moatMapStats             = "stats"
+	moatMapTails             = "tails"
+	moatProgMoatDnsQuery     = "moat_dns_query"
 	moatProgMoatFromPod      = "moat_from_pod"
 	moatProgMoatJiffies      = "moat_jiffies"
 	moatProgMoatToPod        = "moat_to_pod"
@@ -427,9 +449,10 @@ type moatSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type moatProgramSpecs struct {
-	MoatFromPod *ebpf.ProgramSpec `ebpf:"moat_from_pod"`
-	MoatJiffies *ebpf.ProgramSpec `ebpf:"moat_jiffies"`
-	MoatToPod   *ebpf.ProgramSpec `ebpf:"moat_to_pod"`
+	MoatDnsQuery *ebpf.ProgramSpec `ebpf:"moat_dns_query"`
+	MoatFromPod  *ebpf.ProgramSpec `ebpf:"moat_from_pod"`
+	MoatJiffies  *ebpf.ProgramSpec `ebpf:"moat_jiffies"`
+	MoatToPod    *ebpf.ProgramSpec `ebpf:"moat_to_pod"`
 }
 
 // moatMapSpecs contains maps before they are loaded into the kernel.
@@ -439,6 +462,9 @@ type moatMapSpecs struct {
 	Config         *ebpf.MapSpec `ebpf:"config"`
 	Conntrack      *ebpf.MapSpec `ebpf:"conntrack"`
 	CtCounts       *ebpf.MapSpec `ebpf:"ct_counts"`
+	DnsNames       *ebpf.MapSpec `ebpf:"dns_names"`
+	DnsScratch     *ebpf.MapSpec `ebpf:"dns_scratch"`
+	DnsSets        *ebpf.MapSpec `ebpf:"dns_sets"`
 	Events         *ebpf.MapSpec `ebpf:"events"`
 	Fragments      *ebpf.MapSpec `ebpf:"fragments"`
 	Hostports      *ebpf.MapSpec `ebpf:"hostports"`
@@ -449,6 +475,7 @@ type moatMapSpecs struct {
 	ReasonCounts   *ebpf.MapSpec `ebpf:"reason_counts"`
 	RuleCounts     *ebpf.MapSpec `ebpf:"rule_counts"`
 	Stats          *ebpf.MapSpec `ebpf:"stats"`
+	Tails          *ebpf.MapSpec `ebpf:"tails"`
 }
 
 // moatVariableSpecs contains global variables before they are loaded into the kernel.
@@ -484,6 +511,9 @@ type moatMaps struct {
 	Config         *ebpf.Map `ebpf:"config"`
 	Conntrack      *ebpf.Map `ebpf:"conntrack"`
 	CtCounts       *ebpf.Map `ebpf:"ct_counts"`
+	DnsNames       *ebpf.Map `ebpf:"dns_names"`
+	DnsScratch     *ebpf.Map `ebpf:"dns_scratch"`
+	DnsSets        *ebpf.Map `ebpf:"dns_sets"`
 	Events         *ebpf.Map `ebpf:"events"`
 	Fragments      *ebpf.Map `ebpf:"fragments"`
 	Hostports      *ebpf.Map `ebpf:"hostports"`
@@ -494,6 +524,7 @@ type moatMaps struct {
 	ReasonCounts   *ebpf.Map `ebpf:"reason_counts"`
 	RuleCounts     *ebpf.Map `ebpf:"rule_counts"`
 	Stats          *ebpf.Map `ebpf:"stats"`
+	Tails          *ebpf.Map `ebpf:"tails"`
 }
 
 func (m *moatMaps) Close() error {
@@ -501,6 +532,9 @@ func (m *moatMaps) Close() error {
 		m.Config,
 		m.Conntrack,
 		m.CtCounts,
+		m.DnsNames,
+		m.DnsScratch,
+		m.DnsSets,
 		m.Events,
 		m.Fragments,
 		m.Hostports,
@@ -511,6 +545,7 @@ func (m *moatMaps) Close() error {
 		m.ReasonCounts,
 		m.RuleCounts,
 		m.Stats,
+		m.Tails,
 	)
 }
 
@@ -528,13 +563,15 @@ type moatVariables struct {
 //
 // It can be passed to loadMoatObjects or ebpf.CollectionSpec.LoadAndAssign.
 type moatPrograms struct {
-	MoatFromPod *ebpf.Program `ebpf:"moat_from_pod"`
-	MoatJiffies *ebpf.Program `ebpf:"moat_jiffies"`
-	MoatToPod   *ebpf.Program `ebpf:"moat_to_pod"`
+	MoatDnsQuery *ebpf.Program `ebpf:"moat_dns_query"`
+	MoatFromPod  *ebpf.Program `ebpf:"moat_from_pod"`
+	MoatJiffies  *ebpf.Program `ebpf:"moat_jiffies"`
+	MoatToPod    *ebpf.Program `ebpf:"moat_to_pod"`
 }
 
 func (p *moatPrograms) Close() error {
 	return _MoatClose(
+		p.MoatDnsQuery,
 		p.MoatFromPod,
 		p.MoatJiffies,
 		p.MoatToPod,

@@ -115,6 +115,8 @@ const (
 	ReasonCTLimit        Reason = moatMoatReasonMOAT_REASON_CT_LIMIT
 	ReasonNoConfig       Reason = moatMoatReasonMOAT_REASON_NO_CONFIG
 	ReasonUnknownPod     Reason = moatMoatReasonMOAT_REASON_UNKNOWN_POD
+	ReasonDNSDenied      Reason = moatMoatReasonMOAT_REASON_DNS_DENIED
+	ReasonDNSUnparsed    Reason = moatMoatReasonMOAT_REASON_DNS_UNPARSED
 	ReasonMax            Reason = moatMoatReasonMOAT_REASON_MAX
 	firstDropReason      Reason = ReasonNoEndpoint
 	IdentityAllowMeta           = moatMoatIdentityFlagsMOAT_ID_METADATA_ALLOW
@@ -160,6 +162,8 @@ var reasonNames = map[Reason]string{
 	ReasonCTLimit:        "conntrack-limit",
 	ReasonNoConfig:       "no-config",
 	ReasonUnknownPod:     "unknown-pod",
+	ReasonDNSDenied:      "dns-name-denied",
+	ReasonDNSUnparsed:    "dns-query-unreadable",
 }
 
 // ReasonName is the name flow logs and metrics use for a reason code.

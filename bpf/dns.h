@@ -50,7 +50,10 @@ struct dns_scratch {
 	__u8 raw[MOAT_DNS_NAME_LEN + 64]; /* the name as sent; the rest is room the verifier's bounds want */
 	__u8 offs[MOAT_DNS_MAX_LABELS];   /* where each of the last labels starts in raw (a ring) */
 	struct dns_walk walk;
-	__u8 hdr[4];                      /* the query's flags and question count */
+	__u8 hdr[DNS_HDR_LEN];            /* the query's header: id, flags, the four counts */
+	__u8 opt[12];                     /* its EDNS record: root name, type, size, extended RCODE, version, flags */
+	__u32 word[2];                    /* the aligned word of the record's extended RCODE and version: as sent, as
+					   * answered */
 	__u16 fields[8];                  /* the answer's ports, counts and flags while they change */
 	__u8 frame[64];                   /* an answer's MACs and addresses while they are swapped */
 };
@@ -102,18 +105,36 @@ static __always_inline void dns_match(const struct moat_dns_value *v, __u32 k, _
 }
 
 /* dns_answer_nxdomain turns the query in skb into its NXDOMAIN answer, in place and at the same length: the frame
- * goes back the way it came, the header says an answer with nothing in it (a question's EDNS record, if any, is
- * echoed as the client sent it), and the UDP checksum follows the header's change (swapping addresses and ports
- * changes no sum). Its fields live in the scratch space s, as everything of this stage. */
+ * goes back the way it came, the header says an answer with nothing in it, and an EDNS record the client sent is
+ * echoed with its extended RCODE and version zero (its bits would change the RCODE). The UDP checksum follows
+ * what changed (swapping addresses and ports changes no sum). A query with another additional record (only OPT
+ * is read) is not answered (-1). Its fields live in the scratch space s, as everything of this stage. */
 static __always_inline int dns_answer_nxdomain(struct __sk_buff *skb, const struct packet *p, __u32 dns_off,
 					       struct dns_scratch *s)
 {
-	__u32 l3 = sizeof(struct ethhdr_moat), csum_off = p->l4_off + 6;
+	__u32 l3 = sizeof(struct ethhdr_moat), csum_off = p->l4_off + 6, opt_off, o, w;
 	__u8 *f = s->frame, *h = s->hdr;
-	__u16 *v = s->fields; /* 0, 1: the ports; 2, 3: the old answer and authority counts; 4, 5: old and new flags */
+	__u16 *v = s->fields; /* 0, 1: the ports; 4, 5: old and new flags */
+
+	/* the EDNS record first (what fails leaves the packet as it was) */
+	if (h[11]) {
+		opt_off = dns_off + DNS_HDR_LEN + s->walk.pos + 1 + 4;
+		if (opt_off + 11 > p->l3_end || bpf_skb_load_bytes(skb, opt_off, s->opt, 11) < 0)
+			return -1;
+		if (s->opt[0] != 0 || s->opt[1] != 0 || s->opt[2] != 41)
+			return -1; /* not OPT: TSIG, SIG(0), ...: not answered */
+		/* the extended RCODE and version are bytes 5 and 6 of the record; the sum is of 16-bit words */
+		o = DNS_HDR_LEN + s->walk.pos + 1 + 4 + 5;
+		w = o & ~1U;
+		if (bpf_skb_load_bytes(skb, dns_off + w, &s->word[0], 4) < 0)
+			return -1;
+		s->word[1] = s->word[0];
+		((__u8 *)&s->word[1])[(o - w) & 1] = 0;
+		((__u8 *)&s->word[1])[((o - w) & 1) + 1] = 0;
+	}
 
 	/* the MACs: f[0..11] as sent, f[16..27] swapped */
-	if (bpf_skb_load_bytes(skb, 0, f, 2 * ETH_ALEN) < 0 || bpf_skb_load_bytes(skb, dns_off + 6, &v[2], 4) < 0)
+	if (bpf_skb_load_bytes(skb, 0, f, 2 * ETH_ALEN) < 0)
 		return -1;
 	__builtin_memcpy(f + 16, f + ETH_ALEN, ETH_ALEN);
 	__builtin_memcpy(f + 16 + ETH_ALEN, f, ETH_ALEN);
@@ -133,20 +154,20 @@ static __always_inline int dns_answer_nxdomain(struct __sk_buff *skb, const stru
 	if (bpf_skb_store_bytes(skb, p->l4_off, v, 4, 0) < 0)
 		return -1;
 
-	__builtin_memcpy(&v[4], h, 2);
-	h[0] = DNS_QR | (h[0] & (DNS_OPCODE | DNS_RD));
-	h[1] = DNS_RA | (h[1] & DNS_CD) | DNS_NXDOMAIN;
-	h[2] = h[3] = 0;
-	__builtin_memcpy(&v[5], h, 2);
-	if (bpf_skb_store_bytes(skb, dns_off + 2, h, 2, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, dns_off + 6, &h[2], 2, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, dns_off + 8, &h[2], 2, 0) < 0)
+	__builtin_memcpy(&v[4], &h[2], 2);
+	h[2] = DNS_QR | (h[2] & (DNS_OPCODE | DNS_RD));
+	h[3] = DNS_RA | (h[3] & DNS_CD) | DNS_NXDOMAIN;
+	__builtin_memcpy(&v[5], &h[2], 2);
+	if (bpf_skb_store_bytes(skb, dns_off + 2, &h[2], 2, 0) < 0)
 		return -1;
 	/* IPv4's UDP may carry no checksum (0), which BPF_F_MARK_MANGLED_0 keeps; IPv6's always has one */
-	if (bpf_l4_csum_replace(skb, csum_off, v[4], v[5], 2 | BPF_F_MARK_MANGLED_0) < 0 ||
-	    bpf_l4_csum_replace(skb, csum_off, v[2], 0, 2 | BPF_F_MARK_MANGLED_0) < 0 ||
-	    bpf_l4_csum_replace(skb, csum_off, v[3], 0, 2 | BPF_F_MARK_MANGLED_0) < 0)
+	if (bpf_l4_csum_replace(skb, csum_off, v[4], v[5], 2 | BPF_F_MARK_MANGLED_0) < 0)
 		return -1;
+	if (h[11]) {
+		if (bpf_skb_store_bytes(skb, dns_off + w, &s->word[1], 4, 0) < 0 ||
+		    bpf_l4_csum_replace(skb, csum_off, s->word[0], s->word[1], 4 | BPF_F_MARK_MANGLED_0) < 0)
+			return -1;
+	}
 	return 0;
 }
 
@@ -234,12 +255,15 @@ static __always_inline int dns_query(struct __sk_buff *skb, const struct packet 
 	d->verdict = MOAT_VERDICT_DENIED;
 	d->emit = 1;
 	if (p->fragment || p->l4_off + UDP_HLEN + DNS_HDR_LEN >= p->l3_end ||
-	    bpf_skb_load_bytes(skb, p->l4_off + UDP_HLEN + 2, s->hdr, 4) < 0)
+	    bpf_skb_load_bytes(skb, p->l4_off + UDP_HLEN, s->hdr, DNS_HDR_LEN) < 0)
 		return DNS_DROP;
-	if (s->hdr[0] & (DNS_QR | DNS_OPCODE))
+	if (s->hdr[2] & (DNS_QR | DNS_OPCODE))
 		return DNS_PASS; /* an answer, or no standard query: nothing is asked by name */
-	if (s->hdr[2] != 0 || s->hdr[3] != 1)
-		return DNS_DROP; /* resolvers answer one question; which one, when there are several, is theirs to say */
+	/* one question (resolvers answer one; which, when there are several, is theirs to say), no answer or
+	 * authority records, at most one additional (a query's EDNS record) */
+	if (s->hdr[4] != 0 || s->hdr[5] != 1 || s->hdr[6] || s->hdr[7] || s->hdr[8] || s->hdr[9] || s->hdr[10] ||
+	    s->hdr[11] > 1)
+		return DNS_DROP;
 	avail = (__u64)p->l3_end - (p->l4_off + UDP_HLEN + DNS_HDR_LEN);
 	if (avail > MOAT_DNS_NAME_LEN)
 		avail = MOAT_DNS_NAME_LEN;

@@ -202,6 +202,28 @@ func TestDNSDenyAnswersNXDOMAIN(t *testing.T) {
 				bpf.ReasonName(bpf.Reason(ev.Reason)), ev.RuleId, ev.Verdict, ev.Dport, c.denied)
 		}
 	}
+	// an EDNS record with an extended RCODE and a version: echoed with both zero, so the RCODE stays NXDOMAIN
+	// (found by FuzzDNSQuery); at both alignments of the record
+	for _, name := range []string{"evil.example.", "x.ads.example."} {
+		in := query(t, podV4, name, func(m *dns.Msg) {
+			m.SetEdns0(1232, true)
+			opt := m.IsEdns0()
+			opt.SetExtendedRcode(0x7f0)
+			opt.SetVersion(7)
+		})
+		ret, out := h.runOut(h.dp.FromPod, in)
+		if ret != retRedirect {
+			t.Errorf("%s with EDNS bits: %s, want answered", name, verdictName(ret))
+			continue
+		}
+		checkNXDOMAIN(t, in, out)
+		var a dns.Msg
+		_, l4, _, _ := udpOffsets(out)
+		if err := a.Unpack(out[l4+8:]); err != nil || a.IsEdns0() == nil || a.IsEdns0().Version() != 0 || !a.IsEdns0().Do() {
+			t.Errorf("%s: the answer's EDNS record: %v (version 0 and DO kept wanted)", name, &a)
+		}
+		h.nextEvent()
+	}
 	// a query without a UDP checksum (IPv4 allows it) gets an answer without one
 	in := query(t, podV4, "evil.example.")
 	_, l4, _, _ := udpOffsets(in)
@@ -322,6 +344,13 @@ func TestDNSDenyHostileQueries(t *testing.T) {
 		{"a name longer than 255 bytes", with(long, nil), retDrop},
 		{"only a header", header, retDrop},
 		{"not even a header", header[:6], retDrop},
+		{"an answer record in the query", with(question, func(h []byte) { h[7] = 1 }), retDrop},
+		{"an authority record in the query", with(question, func(h []byte) { h[9] = 1 }), retDrop},
+		{"two additional records", with(question, func(h []byte) { h[11] = 2 }), retDrop},
+		{"an additional record that is not OPT (a denied name)", with(append(append([]byte(nil), question...),
+			0, 0, 250, 0, 255, 0, 0, 0, 0, 0, 0), func(h []byte) { h[11] = 1 }), retDrop},
+		{"an OPT record cut short (a denied name)", with(append(append([]byte(nil), question...), 0, 0, 41, 4),
+			func(h []byte) { h[11] = 1 }), retDrop},
 		{"an answer (QR) sent by the pod", with(question, func(h []byte) { h[2] |= 0x80 }), retNext},
 		{"a NOTIFY (opcode 4)", with(question, func(h []byte) { h[2] |= 4 << 3 }), retNext},
 	} {

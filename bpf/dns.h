@@ -54,6 +54,9 @@ struct dns_scratch {
 	__u8 opt[12];                     /* its EDNS record: root name, type, size, extended RCODE, version, flags */
 	__u32 word[2];                    /* the aligned word of the record's extended RCODE and version: as sent, as
 					   * answered */
+	__u32 dns_off;                    /* where the message starts in the frame */
+	__u8 tcp[4];                      /* a TCP query's data offset byte; its flags word as sent and as reset */
+	__u32 seq[4];                     /* a TCP query's sequence and acknowledgement numbers: as sent, as reset */
 	__u16 fields[8];                  /* the answer's ports, counts and flags while they change */
 	__u8 frame[64];                   /* an answer's MACs and addresses while they are swapped */
 };
@@ -104,34 +107,12 @@ static __always_inline void dns_match(const struct moat_dns_value *v, __u32 k, _
 		*audit = v->audit_rule[MOAT_DNS_ANY];
 }
 
-/* dns_answer_nxdomain turns the query in skb into its NXDOMAIN answer, in place and at the same length: the frame
- * goes back the way it came, the header says an answer with nothing in it, and an EDNS record the client sent is
- * echoed with its extended RCODE and version zero (its bits would change the RCODE). The UDP checksum follows
- * what changed (swapping addresses and ports changes no sum). A query with another additional record (only OPT
- * is read) is not answered (-1). Its fields live in the scratch space s, as everything of this stage. */
-static __always_inline int dns_answer_nxdomain(struct __sk_buff *skb, const struct packet *p, __u32 dns_off,
-					       struct dns_scratch *s)
+/* dns_swap turns the frame around: MACs, addresses and ports swapped (no checksum changes). */
+static __always_inline int dns_swap(struct __sk_buff *skb, const struct packet *p, struct dns_scratch *s)
 {
-	__u32 l3 = sizeof(struct ethhdr_moat), csum_off = p->l4_off + 6, opt_off, o, w;
-	__u8 *f = s->frame, *h = s->hdr;
-	__u16 *v = s->fields; /* 0, 1: the ports; 4, 5: old and new flags */
-
-	/* the EDNS record first (what fails leaves the packet as it was) */
-	if (h[11]) {
-		opt_off = dns_off + DNS_HDR_LEN + s->walk.pos + 1 + 4;
-		if (opt_off + 11 > p->l3_end || bpf_skb_load_bytes(skb, opt_off, s->opt, 11) < 0)
-			return -1;
-		if (s->opt[0] != 0 || s->opt[1] != 0 || s->opt[2] != 41)
-			return -1; /* not OPT: TSIG, SIG(0), ...: not answered */
-		/* the extended RCODE and version are bytes 5 and 6 of the record; the sum is of 16-bit words */
-		o = DNS_HDR_LEN + s->walk.pos + 1 + 4 + 5;
-		w = o & ~1U;
-		if (bpf_skb_load_bytes(skb, dns_off + w, &s->word[0], 4) < 0)
-			return -1;
-		s->word[1] = s->word[0];
-		((__u8 *)&s->word[1])[(o - w) & 1] = 0;
-		((__u8 *)&s->word[1])[((o - w) & 1) + 1] = 0;
-	}
+	__u32 l3 = sizeof(struct ethhdr_moat);
+	__u8 *f = s->frame;
+	__u16 *v = s->fields;
 
 	/* the MACs: f[0..11] as sent, f[16..27] swapped */
 	if (bpf_skb_load_bytes(skb, 0, f, 2 * ETH_ALEN) < 0)
@@ -151,7 +132,65 @@ static __always_inline int dns_answer_nxdomain(struct __sk_buff *skb, const stru
 	}
 	v[0] = bpf_htons(p->dport);
 	v[1] = bpf_htons(p->sport);
-	if (bpf_skb_store_bytes(skb, p->l4_off, v, 4, 0) < 0)
+	return bpf_skb_store_bytes(skb, p->l4_off, v, 4, 0);
+}
+
+/* dns_reset turns a pod's TCP segment carrying a denied query into the resolver's reset of the connection: the
+ * frame turned around, RST and ACK with the sequence number the pod expects next and the acknowledgement of the
+ * query's bytes (a reset may carry data; the query's stays and is not read), the TCP checksum following the
+ * change. The query never reaches the resolver, whose side of the connection times out. */
+static __always_inline int dns_reset(struct __sk_buff *skb, const struct packet *p, struct dns_scratch *s)
+{
+	__u32 csum_off = p->l4_off + 16;
+
+	/* what changes, read first: sequence and acknowledgement numbers, the data offset and flags */
+	if (bpf_skb_load_bytes(skb, p->l4_off + 4, &s->seq[0], 8) < 0 ||
+	    bpf_skb_load_bytes(skb, p->l4_off + 12, &s->tcp[0], 2) < 0)
+		return -1;
+	s->seq[2] = s->seq[1];
+	s->seq[3] = bpf_htonl(bpf_ntohl(s->seq[0]) + p->tcp_len);
+	s->tcp[2] = s->tcp[0];
+	s->tcp[3] = TCP_FLAG_RST | TCP_FLAG_ACK;
+	if (dns_swap(skb, p, s) < 0 || bpf_skb_store_bytes(skb, p->l4_off + 4, &s->seq[2], 8, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, p->l4_off + 12, &s->tcp[2], 2, 0) < 0)
+		return -1;
+	if (bpf_l4_csum_replace(skb, csum_off, s->seq[0], s->seq[2], 4) < 0 ||
+	    bpf_l4_csum_replace(skb, csum_off, s->seq[1], s->seq[3], 4) < 0 ||
+	    bpf_l4_csum_replace(skb, csum_off, *(__u16 *)&s->tcp[0], *(__u16 *)&s->tcp[2], 2) < 0)
+		return -1;
+	return 0;
+}
+
+/* dns_answer_nxdomain turns the query in skb into its NXDOMAIN answer, in place and at the same length: the frame
+ * goes back the way it came, the header says an answer with nothing in it, and an EDNS record the client sent is
+ * echoed with its extended RCODE and version zero (its bits would change the RCODE). The UDP checksum follows
+ * what changed (swapping addresses and ports changes no sum). A query with another additional record (only OPT
+ * is read) is not answered (-1). Its fields live in the scratch space s, as everything of this stage. */
+static __always_inline int dns_answer_nxdomain(struct __sk_buff *skb, const struct packet *p, __u32 dns_off,
+					       struct dns_scratch *s)
+{
+	__u32 csum_off = p->l4_off + 6, opt_off, o, w;
+	__u8 *h = s->hdr;
+	__u16 *v = s->fields; /* 4, 5: old and new flags */
+
+	/* the EDNS record first (what fails leaves the packet as it was) */
+	if (h[11]) {
+		opt_off = dns_off + DNS_HDR_LEN + s->walk.pos + 1 + 4;
+		if (opt_off + 11 > p->l3_end || bpf_skb_load_bytes(skb, opt_off, s->opt, 11) < 0)
+			return -1;
+		if (s->opt[0] != 0 || s->opt[1] != 0 || s->opt[2] != 41)
+			return -1; /* not OPT: TSIG, SIG(0), ...: not answered */
+		/* the extended RCODE and version are bytes 5 and 6 of the record; the sum is of 16-bit words */
+		o = DNS_HDR_LEN + s->walk.pos + 1 + 4 + 5;
+		w = o & ~1U;
+		if (bpf_skb_load_bytes(skb, dns_off + w, &s->word[0], 4) < 0)
+			return -1;
+		s->word[1] = s->word[0];
+		((__u8 *)&s->word[1])[(o - w) & 1] = 0;
+		((__u8 *)&s->word[1])[((o - w) & 1) + 1] = 0;
+	}
+
+	if (dns_swap(skb, p, s) < 0)
 		return -1;
 
 	__builtin_memcpy(&v[4], &h[2], 2);
@@ -254,8 +293,21 @@ static __always_inline int dns_query(struct __sk_buff *skb, const struct packet 
 	d->reason = MOAT_REASON_DNS_UNPARSED;
 	d->verdict = MOAT_VERDICT_DENIED;
 	d->emit = 1;
-	if (p->fragment || p->l4_off + UDP_HLEN + DNS_HDR_LEN >= p->l3_end ||
-	    bpf_skb_load_bytes(skb, p->l4_off + UDP_HLEN, s->hdr, DNS_HDR_LEN) < 0)
+	if (p->fragment)
+		return DNS_DROP;
+	if (p->protocol == IPPROTO_TCP) {
+		/* a segment that is one whole message after its length: what a stub sends; any other cut (a message
+		 * over two segments, two in one) is not read, and dropped */
+		if (bpf_skb_load_bytes(skb, p->l4_off + 12, s->tcp, 1) < 0)
+			return DNS_DROP;
+		s->dns_off = p->l4_off + (s->tcp[0] >> 4) * WORD + 2;
+		if (p->tcp_len < 2 + DNS_HDR_LEN || bpf_skb_load_bytes(skb, s->dns_off - 2, &s->fields[7], 2) < 0 ||
+		    bpf_ntohs(s->fields[7]) != p->tcp_len - 2)
+			return DNS_DROP;
+	} else {
+		s->dns_off = p->l4_off + UDP_HLEN;
+	}
+	if (s->dns_off + DNS_HDR_LEN >= p->l3_end || bpf_skb_load_bytes(skb, s->dns_off, s->hdr, DNS_HDR_LEN) < 0)
 		return DNS_DROP;
 	if (s->hdr[2] & (DNS_QR | DNS_OPCODE))
 		return DNS_PASS; /* an answer, or no standard query: nothing is asked by name */
@@ -264,10 +316,10 @@ static __always_inline int dns_query(struct __sk_buff *skb, const struct packet 
 	if (s->hdr[4] != 0 || s->hdr[5] != 1 || s->hdr[6] || s->hdr[7] || s->hdr[8] || s->hdr[9] || s->hdr[10] ||
 	    s->hdr[11] > 1)
 		return DNS_DROP;
-	avail = (__u64)p->l3_end - (p->l4_off + UDP_HLEN + DNS_HDR_LEN);
+	avail = (__u64)p->l3_end - (s->dns_off + DNS_HDR_LEN);
 	if (avail > MOAT_DNS_NAME_LEN)
 		avail = MOAT_DNS_NAME_LEN;
-	if (avail < 1 || bpf_skb_load_bytes(skb, p->l4_off + UDP_HLEN + DNS_HDR_LEN, s->raw, avail) < 0)
+	if (avail < 1 || bpf_skb_load_bytes(skb, s->dns_off + DNS_HDR_LEN, s->raw, avail) < 0)
 		return DNS_DROP;
 
 	/* the labels, first to last; a pointer (or any other label type) in a question is not read */
@@ -277,8 +329,7 @@ static __always_inline int dns_query(struct __sk_buff *skb, const struct packet 
 	if (s->walk.err || !s->walk.end)
 		return DNS_DROP;
 	/* the root label ends the name, then its type and class */
-	if (s->walk.pos >= MOAT_DNS_NAME_LEN - 1 ||
-	    p->l4_off + UDP_HLEN + DNS_HDR_LEN + s->walk.pos + 1 + 4 > p->l3_end)
+	if (s->walk.pos >= MOAT_DNS_NAME_LEN - 1 || s->dns_off + DNS_HDR_LEN + s->walk.pos + 1 + 4 > p->l3_end)
 		return DNS_DROP;
 
 	/* each suffix, its last label first: a lookup per label added */
@@ -297,7 +348,7 @@ static __always_inline int dns_query(struct __sk_buff *skb, const struct packet 
 	}
 	d->rule_id = s->walk.rule;
 	d->reason = MOAT_REASON_DNS_DENIED;
-	if (dns_answer_nxdomain(skb, p, p->l4_off + UDP_HLEN, s) < 0) {
+	if (p->protocol == IPPROTO_TCP ? dns_reset(skb, p, s) < 0 : dns_answer_nxdomain(skb, p, s->dns_off, s) < 0) {
 		d->reason = MOAT_REASON_DNS_UNPARSED;
 		return DNS_DROP;
 	}
@@ -305,13 +356,15 @@ static __always_inline int dns_query(struct __sk_buff *skb, const struct packet 
 }
 
 /* dns_candidate: a packet the pipeline lets out that this stage must see first: UDP to port 53 (a first fragment
- * or a whole datagram, of a new flow or an established one: a pod may ask many names on one socket) from a pod
- * whose namespace has names it may not resolve. */
+ * or a whole datagram, of a new flow or an established one: a pod may ask many names on one socket) or a TCP
+ * segment with data to port 53, from a pod whose namespace has names it may not resolve. */
 static __always_inline int dns_candidate(const struct packet *p, const struct moat_endpoint *ep)
 {
 	__u32 identity = ep->identity, *set;
 
-	if (p->protocol != IPPROTO_UDP || p->dport != DNS_PORT || p->non_first)
+	if (p->dport != DNS_PORT || p->non_first)
+		return 0;
+	if (p->protocol != IPPROTO_UDP && !(p->protocol == IPPROTO_TCP && p->tcp_len))
 		return 0;
 	set = bpf_map_lookup_elem(&dns_sets, &identity);
 	return set && *set;

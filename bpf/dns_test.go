@@ -53,7 +53,10 @@ func udpOffsets(frame []byte) (l3, l4, addrs, alen int) {
 }
 
 // udpSum is the ones' complement sum of the pseudo-header and the UDP datagram, its checksum field included.
-func udpSum(frame []byte) uint16 {
+func udpSum(frame []byte) uint16 { return l4Sum(frame, testutil.ProtoUDP) }
+
+// l4Sum is the ones' complement sum of the pseudo-header and the transport segment, its checksum included.
+func l4Sum(frame []byte, proto uint8) uint16 {
 	_, l4, addrs, alen := udpOffsets(frame)
 	seg := frame[l4:]
 	var sum uint32
@@ -66,7 +69,7 @@ func udpSum(frame []byte) uint16 {
 		}
 	}
 	add(frame[addrs : addrs+2*alen])
-	sum += uint32(testutil.ProtoUDP) + uint32(len(seg))
+	sum += uint32(proto) + uint32(len(seg))
 	add(seg)
 	for sum>>16 != 0 {
 		sum = sum&0xffff + sum>>16
@@ -406,6 +409,68 @@ func TestNewDNSKey(t *testing.T) {
 		strings.Repeat(strings.Repeat("a", 50)+".", 5) + "com"} {
 		if _, err := bpf.NewDNSKey(1, bad); err == nil {
 			t.Errorf("NewDNSKey(%q): no error", bad)
+		}
+	}
+}
+
+// tcpQuery is a pod's DNS query over TCP: one segment (PSH, ACK) holding the message after its length, its
+// checksum right.
+func tcpQuery(t *testing.T, src netip.Addr, msg []byte) []byte {
+	t.Helper()
+	dst := resolverV4
+	if src.Is6() {
+		dst = resolverV6
+	}
+	payload := binary.BigEndian.AppendUint16(nil, uint16(len(msg)))
+	frame := testutil.Packet{Src: src, Dst: dst, Proto: testutil.ProtoTCP, SPort: 40002, DPort: 53, TCPFlags: 0x18,
+		Seq: 1000, Ack: 5000, Payload: append(payload, msg...)}.Bytes()
+	_, l4, _, _ := udpOffsets(frame)
+	binary.BigEndian.PutUint16(frame[l4+16:], 0)
+	binary.BigEndian.PutUint16(frame[l4+16:], ^l4Sum(frame, testutil.ProtoTCP))
+	return frame
+}
+
+// Over TCP a denied name resets the connection: the pod gets the resolver's RST (the sequence number it expects,
+// the query acknowledged), the resolver never gets the query; other names pass; a segment that is not one whole
+// message is dropped.
+func TestDNSDenyOverTCP(t *testing.T) {
+	h := dnsHarness(t, map[string]bpf.DNSValue{"evil.example": deny(bpf.DNSExact, 90)})
+	for _, src := range []netip.Addr{podV4, podV6} {
+		msg := mustPack(t, "Evil.Example.")
+		in := tcpQuery(t, src, msg)
+		ret, out := h.runOut(h.dp.FromPod, in)
+		if ret != retRedirect {
+			t.Errorf("%s: denied name over TCP: %s, want the reset redirected", src, verdictName(ret))
+			continue
+		}
+		_, l4, addrs, alen := udpOffsets(in)
+		if string(out[addrs:addrs+alen]) != string(in[addrs+alen:addrs+2*alen]) || string(out[l4:l4+2]) != string(in[l4+2:l4+4]) ||
+			string(out[0:6]) != string(in[6:12]) {
+			t.Errorf("%s: the reset is not turned around", src)
+		}
+		if flags, seq, ack := out[l4+13], binary.BigEndian.Uint32(out[l4+4:]), binary.BigEndian.Uint32(out[l4+8:]); flags != 0x14 ||
+			seq != 5000 || ack != 1000+uint32(2+len(msg)) {
+			t.Errorf("%s: flags %#x seq %d ack %d, want RST|ACK seq 5000 ack %d", src, flags, seq, ack, 1000+2+len(msg))
+		}
+		if l4Sum(out, testutil.ProtoTCP) != 0xffff {
+			t.Errorf("%s: the reset's TCP checksum is wrong", src)
+		}
+	}
+	good := tcpQuery(t, podV4, mustPack(t, "good.example."))
+	if ret, out := h.runOut(h.dp.FromPod, good); ret != retNext || string(out) != string(good) {
+		t.Errorf("another name over TCP: %s, want passed untouched", verdictName(ret))
+	}
+	two := append(mustPack(t, "good.example."), 0, 0)
+	twoMsgs := append(append(binary.BigEndian.AppendUint16(nil, uint16(len(mustPack(t, "good.example.")))), mustPack(t, "good.example.")...),
+		append(binary.BigEndian.AppendUint16(nil, uint16(len(mustPack(t, "evil.example.")))), mustPack(t, "evil.example.")...)...)
+	for name, payload := range map[string][]byte{
+		"two messages in one segment": twoMsgs,
+		"a message cut short":         binary.BigEndian.AppendUint16(nil, uint16(len(two)+10)),
+	} {
+		frame := testutil.Packet{Src: podV4, Dst: resolverV4, Proto: testutil.ProtoTCP, SPort: 40003, DPort: 53, TCPFlags: 0x18,
+			Seq: 1, Ack: 1, Payload: payload}.Bytes()
+		if ret := h.run(h.dp.FromPod, frame); ret != retDrop {
+			t.Errorf("%s: %s, want dropped", name, verdictName(ret))
 		}
 	}
 }

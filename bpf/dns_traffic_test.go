@@ -12,6 +12,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/policy"
 	"github.com/moatfw/moat/internal/testutil"
 )
 
@@ -46,26 +47,36 @@ func (r *resolver) wasAsked(name string) bool {
 	return false
 }
 
-// serveDNS runs a resolver on UDP addr inside n until the test ends.
+// serveDNS runs a resolver on UDP and TCP addr inside n until the test ends.
 func serveDNS(t *testing.T, n ns.NetNS, addr string) *resolver {
 	t.Helper()
 	r := &resolver{}
 	var pc net.PacketConn
+	var ln net.Listener
 	if err := n.Do(func(ns.NetNS) error {
 		var err error
-		pc, err = net.ListenPacket("udp", addr)
+		if pc, err = net.ListenPacket("udp", addr); err != nil {
+			return err
+		}
+		ln, err = net.Listen("tcp", addr)
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	srv := &dns.Server{PacketConn: pc, Handler: r}
-	go func() { _ = srv.ActivateAndServe() }()
-	t.Cleanup(func() { _ = srv.Shutdown() })
+	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: r}, {Listener: ln, Handler: r}} {
+		go func() { _ = srv.ActivateAndServe() }()
+		t.Cleanup(func() { _ = srv.Shutdown() })
+	}
 	return r
 }
 
-// lookup asks server for name from inside n, as a pod's stub resolver would (EDNS on request).
+// lookup asks server for name from inside n over UDP, as a pod's stub resolver would (EDNS on request).
 func lookup(t *testing.T, n ns.NetNS, server, name string, edns bool) (*dns.Msg, error) {
+	t.Helper()
+	return lookupOver(t, n, "udp", server, name, edns)
+}
+
+func lookupOver(t *testing.T, n ns.NetNS, network, server, name string, edns bool) (*dns.Msg, error) {
 	t.Helper()
 	q := new(dns.Msg)
 	q.SetQuestion(name, dns.TypeA)
@@ -75,15 +86,15 @@ func lookup(t *testing.T, n ns.NetNS, server, name string, edns bool) (*dns.Msg,
 	var a *dns.Msg
 	err := n.Do(func(ns.NetNS) error {
 		var err error
-		a, _, err = (&dns.Client{Net: "udp", Timeout: 2 * time.Second}).Exchange(q, server)
+		a, _, err = (&dns.Client{Net: network, Timeout: 2 * time.Second}).Exchange(q, server)
 		return err
 	})
 	return a, err
 }
 
 // On a real veth, in both attach modes: a pod of a namespace that may not resolve evil.example gets NXDOMAIN
-// for it (IPv4 and IPv6 resolvers, with and without EDNS) and the resolver never hears the question, while other
-// names resolve; without Moat the same question reaches the resolver and is answered, so the firewall is what
+// for it (IPv4 and IPv6 resolvers, with and without EDNS; over TCP its connection is reset) and the resolver never
+// hears the question, while other names resolve; without Moat the same question reaches the resolver and is answered, so the firewall is what
 // stops it.
 func TestDNSDenyOnARealVeth(t *testing.T) {
 	for _, mode := range []bpf.AttachMode{bpf.ModeTCX, bpf.ModeClsact} {
@@ -122,7 +133,9 @@ func dnsOnARealVeth(t *testing.T, mode bpf.AttachMode) {
 	if err := h.dp.SetEndpoint(uint32(pl.HostIfindex), &ep); err != nil {
 		t.Fatal(err)
 	}
-	h.policy(trafficPolicy()) // UDP 53 out is allowed: only the name decides
+	pol := trafficPolicy() // UDP 53 out is allowed, and TCP 53 too: only the name decides
+	pol.Rules[0].Ports = append(pol.Rules[0].Ports, policy.PortRange{Protocol: policy.ProtoTCP, First: 53, Last: 53})
+	h.policy(pol)
 	if err := h.dp.SetDNSSet(podID, 3); err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +181,18 @@ func dnsOnARealVeth(t *testing.T, mode bpf.AttachMode) {
 			t.Errorf("%s: %s via %s: the resolver heard it: %t", mode, c.name, c.server, asked)
 		}
 	}
-	if n := h.reasonCount(bpf.ReasonDNSDenied); n != 3 {
-		t.Errorf("%s: %d queries counted as dns-name-denied, want 3", mode, n)
+	// over TCP: the denied name's connection is reset, the other name resolves
+	r4.asked = nil
+	if a, err := lookupOver(t, pl.Pod, "tcp", server4, "evil.example.", false); err == nil || !strings.Contains(err.Error(), "reset") {
+		t.Errorf("%s: evil.example. over TCP: %v, %v; want the connection reset", mode, a, err)
+	}
+	if a, err := lookupOver(t, pl.Pod, "tcp", server4, "good.example.", false); err != nil || len(a.Answer) != 1 {
+		t.Errorf("%s: good.example. over TCP: %v, %v; want the resolver's answer", mode, a, err)
+	}
+	if r4.wasAsked("evil.example.") || !r4.wasAsked("good.example.") {
+		t.Errorf("%s: over TCP the resolver heard %q, want good.example. only", mode, r4.asked)
+	}
+	if n := h.reasonCount(bpf.ReasonDNSDenied); n != 4 {
+		t.Errorf("%s: %d queries counted as dns-name-denied, want 4", mode, n)
 	}
 }

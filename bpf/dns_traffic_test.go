@@ -114,9 +114,9 @@ func dnsOnARealVeth(t *testing.T, mode bpf.AttachMode) {
 	if err != nil || a.Rcode != dns.RcodeSuccess || len(a.Answer) != 1 {
 		t.Fatalf("baseline, no firewall: evil.example. = %v, %v; want an answer", a, err)
 	}
-	// the baselines also fill the pod's neighbour cache, as TestRealTraffic's do: with this harness's endpoint
-	// (not the plugin's: no MAC or link-local address recorded) some of the pod's IPv6 neighbour messages after
-	// the attach are refused (neighbor-denied), which is not what this test is about
+	// the baselines also fill the pod's neighbour cache, as TestRealTraffic's do: this harness's pods have an
+	// on-link default route, so the pod solicits the Internet's address itself, which Moat refuses (a world
+	// target: neighbor-denied), where a real pod asks for its gateway
 	a, err = lookup(t, pl.Pod, server6, "evil.example.", false)
 	if err != nil || a.Rcode != dns.RcodeSuccess || len(a.Answer) != 1 {
 		t.Fatalf("baseline, no firewall, IPv6: evil.example. = %v, %v; want an answer", a, err)

@@ -584,12 +584,20 @@ type MapFill struct {
 
 // MapFills counts the entries of the maps whose fill level matters, by pin name. The conntrack and fragment
 // tables are read in batches of 4096, so a full table of a million flows costs some 250 system calls.
-func (dp *Datapath) MapFills() (map[string]MapFill, error) {
+func (dp *Datapath) MapFills() (map[string]MapFill, error) { return dp.MapFillsCounted(nil) }
+
+// MapFillsCounted is MapFills with the entries of the maps in counted taken as given (a writer that counts what
+// it wrote spares its readers a walk of the map) rather than counted in the kernel.
+func (dp *Datapath) MapFillsCounted(counted map[string]int) (map[string]MapFill, error) {
 	out := map[string]MapFill{}
 	byName := dp.allMapsByName()
 	for name, capacity := range dp.MapCapacities() {
 		var n int
 		var err error
+		if c, ok := counted[name]; ok {
+			out[name] = MapFill{Entries: c, Capacity: capacity}
+			continue
+		}
 		switch name {
 		case "conntrack":
 			n, err = countBatch[CTKey, CTValue](dp.maps.Conntrack, countKeys)

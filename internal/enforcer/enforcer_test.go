@@ -405,6 +405,13 @@ func TestFullIPCacheBlocksNothing(t *testing.T) {
 			t.Errorf("%s: %+v, want web's pod", a.Prefix, v)
 		}
 	}
+	// the status and metrics count the ipcache from what the enforcer wrote, never walking the kernel's trie
+	if n := e.Snapshot().IPCacheEntries; n != len(entries) {
+		t.Errorf("the snapshot counts %d ipcache entries, the kernel holds %d", n, len(entries))
+	}
+	if m := srv.Status().Maps["ipcache"]; m.Entries != len(entries) || m.Capacity != 16 {
+		t.Errorf("status: ipcache %d of %d, want %d of 16", m.Entries, m.Capacity, len(entries))
+	}
 }
 
 // Readiness, status and the flow log answer from the last apply's snapshot while the next apply holds the

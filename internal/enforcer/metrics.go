@@ -86,7 +86,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descRule, prometheus.CounterValue, float64(v.Packets), k.Policy, k.Name())
 		}
 	}
-	if fills, err := dp.MapFills(); err == nil {
+	if fills, err := dp.MapFillsCounted(map[string]int{"ipcache": snap.IPCacheEntries}); err == nil {
 		for name, f := range fills {
 			ch <- prometheus.MustNewConstMetric(descMapEntries, prometheus.GaugeValue, float64(f.Entries), name)
 			if name == "local_endpoints" {

@@ -12,7 +12,10 @@ import (
 // (an address, with its namespace) and what the datapath's ipcache holds for it. At 150,000 dual-stack pods that
 // is 300,000 prefixes; two maps of them (the addresses, the ipcache as written) were the enforcer's third biggest
 // heap.
-type prefixTable struct{ m prefixMap[prefixEntry] }
+type prefixTable struct {
+	m prefixMap[prefixEntry]
+	n int // entries written: what the ipcache holds, counted here so that no reader walks the kernel's trie
+}
 
 // prefixMap is a map keyed by prefix, in three maps: IPv4 addresses by their 4 bytes, IPv6 addresses by their 16,
 // and every other prefix (ranges: a few thousand at most). One key type for all, 18 bytes (24 beside a value
@@ -177,6 +180,9 @@ func (t *prefixTable) ipcache(p netip.Prefix) (bpf.IPCacheValue, bool) {
 // setIPCache records that the ipcache holds v for p.
 func (t *prefixTable) setIPCache(p netip.Prefix, v bpf.IPCacheValue) {
 	en, _ := t.m.get(p)
+	if !en.written {
+		t.n++
+	}
 	en.ipClass, en.identity, en.written = v.Class, v.Identity, true
 	t.m.set(p, en)
 }
@@ -184,6 +190,9 @@ func (t *prefixTable) setIPCache(p netip.Prefix, v bpf.IPCacheValue) {
 // dropIPCache records that the ipcache holds nothing for p.
 func (t *prefixTable) dropIPCache(p netip.Prefix) {
 	en, ok := t.m.get(p)
+	if ok && en.written {
+		t.n--
+	}
 	switch {
 	case !ok:
 	case !en.isAddress:
@@ -193,6 +202,9 @@ func (t *prefixTable) dropIPCache(p netip.Prefix) {
 		t.m.set(p, en)
 	}
 }
+
+// writtenCount is how many entries the ipcache holds.
+func (t *prefixTable) writtenCount() int { return t.n }
 
 // written yields every entry the ipcache holds (one may be dropped meanwhile).
 func (t *prefixTable) written() iter.Seq2[netip.Prefix, bpf.IPCacheValue] {

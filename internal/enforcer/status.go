@@ -51,7 +51,7 @@ func (s *Server) Status() agentapi.Status {
 			"the ipcache is full: %d addresses of the cluster have no entry of their own and are decided by the "+
 				"ranges that hold them (a pod range: as pods of unknown namespace); raise --ipcache-entries", snap.IPCacheRefused)})
 	}
-	if fills, err := e.dp.MapFills(); err != nil {
+	if fills, err := e.dp.MapFillsCounted(map[string]int{"ipcache": snap.IPCacheEntries}); err != nil {
 		problems = append(problems, Problem{Kind: ProblemMap, Severity: Degraded, Message: err.Error()})
 	} else {
 		st.Maps = map[string]agentapi.MapFill{}

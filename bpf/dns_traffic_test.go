@@ -126,13 +126,6 @@ func dnsOnARealVeth(t *testing.T, mode bpf.AttachMode) {
 	}
 	r4.asked, r6.asked = nil, nil
 
-	ep, err := bpf.NewEndpoint(podID, bpf.ModeEnforce, []netip.Addr{trafficPod4.Addr(), trafficPod6.Addr()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.dp.SetEndpoint(uint32(pl.HostIfindex), &ep); err != nil {
-		t.Fatal(err)
-	}
 	pol := trafficPolicy() // UDP 53 out is allowed, and TCP 53 too: only the name decides
 	pol.Rules[0].Ports = append(pol.Rules[0].Ports, policy.PortRange{Protocol: policy.ProtoTCP, First: 53, Last: 53})
 	h.policy(pol)
@@ -142,18 +135,7 @@ func dnsOnARealVeth(t *testing.T, mode bpf.AttachMode) {
 	if err := h.dp.PutDNSName(3, "evil.example", deny(bpf.DNSExact, 80)); err != nil {
 		t.Fatal(err)
 	}
-	attacher, err := bpf.NewAttacher(mode)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var att bpf.Attachment
-	if err := pl.Host.Do(func(ns.NetNS) error {
-		att, err = attacher.Attach(pl.HostIfindex, h.dp.FromPod, h.dp.ToPod)
-		return err
-	}); err != nil {
-		t.Fatalf("attach %s: %v", mode, err)
-	}
-	t.Cleanup(func() { _ = pl.Host.Do(func(ns.NetNS) error { return att.Detach() }) })
+	h.guardPodLink(pl, mode)
 
 	for _, c := range []struct {
 		server string

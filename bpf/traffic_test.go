@@ -32,6 +32,32 @@ func trafficPolicy() *policy.IdentityPolicy {
 	}
 }
 
+// guardPodLink makes the pod of pl an endpoint of identity podID (its addresses trafficPod4 and trafficPod6) and
+// attaches the datapath to the host side of its veth in mode, until the test ends.
+func (h *harness) guardPodLink(pl *testutil.PodLink, mode bpf.AttachMode) {
+	h.t.Helper()
+	ep, err := bpf.NewEndpoint(podID, bpf.ModeEnforce, []netip.Addr{trafficPod4.Addr(), trafficPod6.Addr()})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := h.dp.SetEndpoint(uint32(pl.HostIfindex), &ep); err != nil {
+		h.t.Fatal(err)
+	}
+	attacher, err := bpf.NewAttacher(mode)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var att bpf.Attachment
+	err = pl.Host.Do(func(ns.NetNS) error {
+		att, err = attacher.Attach(pl.HostIfindex, h.dp.FromPod, h.dp.ToPod)
+		return err
+	})
+	if err != nil {
+		h.t.Fatalf("attach %s: %v", mode, err)
+	}
+	h.t.Cleanup(func() { _ = pl.Host.Do(func(ns.NetNS) error { return att.Detach() }) })
+}
+
 func TestRealTraffic(t *testing.T) {
 	for _, mode := range []bpf.AttachMode{bpf.ModeTCX, bpf.ModeClsact} {
 		t.Run(string(mode), func(t *testing.T) { realTraffic(t, mode) })
@@ -57,27 +83,8 @@ func realTraffic(t *testing.T, mode bpf.AttachMode) {
 		}
 	}
 
-	ep, err := bpf.NewEndpoint(podID, bpf.ModeEnforce, []netip.Addr{trafficPod4.Addr(), trafficPod6.Addr()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.dp.SetEndpoint(uint32(pl.HostIfindex), &ep); err != nil {
-		t.Fatal(err)
-	}
 	h.policy(trafficPolicy())
-	attacher, err := bpf.NewAttacher(mode)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var att bpf.Attachment
-	err = pl.Host.Do(func(ns.NetNS) error {
-		att, err = attacher.Attach(pl.HostIfindex, h.dp.FromPod, h.dp.ToPod)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("attach %s: %v", mode, err)
-	}
-	t.Cleanup(func() { _ = pl.Host.Do(func(ns.NetNS) error { return att.Detach() }) })
+	h.guardPodLink(pl, mode)
 
 	for _, c := range []struct {
 		addr  string

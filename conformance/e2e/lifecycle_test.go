@@ -231,7 +231,10 @@ func moatPod(t *testing.T, n *node.Node) string {
 }
 
 // allow443 is a policy that opens 198.51.100.0/24 on TCP 443 to the zone named like itself.
-func allow443(zone string) string {
+func allow443(zone string) string { return allowWorld(zone, "{protocol: TCP, port: 443}") }
+
+// allowWorld is a policy that opens 198.51.100.0/24 on ports (YAML flow items) to the zone named like itself.
+func allowWorld(zone, ports string) string {
 	return fmt.Sprintf(`apiVersion: moat.dev/v1alpha1
 kind: FirewallPolicy
 metadata: {name: %s}
@@ -240,8 +243,8 @@ spec:
   egress:
   - action: Allow
     to: [{cidr: 198.51.100.0/24}]
-    ports: [{protocol: TCP, port: 443}]
-`, zone, zone)
+    ports: [%s]
+`, zone, zone, ports)
 }
 
 // guardedClient is a pod of a new namespace whose world egress is denied but for allow443, once that policy is

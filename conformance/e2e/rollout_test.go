@@ -159,16 +159,7 @@ func TestUpgradeAcrossLayouts(t *testing.T) {
 
 // allowStreams opens 198.51.100.0/24 on TCP 443 and UDP 53 to the zone named like itself.
 func allowStreams(zone string) string {
-	return fmt.Sprintf(`apiVersion: moat.dev/v1alpha1
-kind: FirewallPolicy
-metadata: {name: %s}
-spec:
-  namespaceSelector: {matchLabels: {moat.dev/zone: %s}}
-  egress:
-  - action: Allow
-    to: [{cidr: 198.51.100.0/24}]
-    ports: [{protocol: TCP, port: 443}, {protocol: UDP, port: 53}]
-`, zone, zone)
+	return allowWorld(zone, "{protocol: TCP, port: 443}, {protocol: UDP, port: 53}")
 }
 
 // buildRelease builds the image of an earlier commit of the repository (its own Makefile, from a copy of its

@@ -57,7 +57,8 @@ struct dns_scratch {
 	__u32 dns_off;                    /* where the message starts in the frame */
 	__u8 tcp[4];                      /* a TCP query's data offset byte; its flags word as sent and as reset */
 	__u32 seq[4];                     /* a TCP query's sequence and acknowledgement numbers: as sent, as reset */
-	__u16 fields[8];                  /* the answer's ports, counts and flags while they change */
+	__u16 fields[8];                  /* 0, 1: the answer's ports; 4, 5: its old and new flags; 7: a TCP query's
+					   * length */
 	__u8 frame[64];                   /* an answer's MACs and addresses while they are swapped */
 };
 struct {

@@ -218,6 +218,11 @@ struct moat_policy_key {
  * has not heard of yet): every Deny rule by namespace names it as a peer, no Allow rule does. */
 enum moat_remote_identity {
 	MOAT_IDENTITY_UNKNOWN_POD = 0xffffffff,
+	/* The remote identity an fqdn peer's name pattern stands for in PEER entries: MOAT_IDENTITY_FQDN + its slot,
+	 * the pattern's place in the identity's sorted list of fqdn patterns. A world address the identity learned
+	 * from an answer for a name of that pattern is looked up as that peer. */
+	MOAT_IDENTITY_FQDN = 0xffffff00,
+	MOAT_FQDN_SLOTS = 64, /* fqdn patterns of one identity: a learned address holds them as a 64-bit mask */
 };
 
 enum moat_rule_order {

@@ -343,6 +343,8 @@ type moatMoatRemoteIdentity uint32
 
 const (
 	moatMoatRemoteIdentityMOAT_IDENTITY_UNKNOWN_POD moatMoatRemoteIdentity = 4294967295
+	moatMoatRemoteIdentityMOAT_IDENTITY_FQDN        moatMoatRemoteIdentity = 4294967040
+	moatMoatRemoteIdentityMOAT_FQDN_SLOTS           moatMoatRemoteIdentity = 64
 )
 
 type moatMoatRuleOrder uint32

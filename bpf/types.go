@@ -58,6 +58,15 @@ const (
 // by namespace names it as a peer, no Allow rule does.
 const IdentityUnknownPod = uint32(moatMoatRemoteIdentityMOAT_IDENTITY_UNKNOWN_POD)
 
+// MaxFQDNSlots bounds the fqdn name patterns of one identity: a learned address holds them as a 64-bit mask.
+const MaxFQDNSlots = int(moatMoatRemoteIdentityMOAT_FQDN_SLOTS)
+
+// IdentityFQDN is the remote identity that stands for an identity's fqdn pattern of the given slot (its place in
+// the identity's sorted fqdn patterns) in PEER entries: the datapath looks a learned world address up as it.
+func IdentityFQDN(slot int) uint32 {
+	return uint32(moatMoatRemoteIdentityMOAT_IDENTITY_FQDN) + uint32(slot)
+}
+
 // OrderNone marks a RuleRef that holds no rule.
 const OrderNone = uint32(moatMoatRuleOrderMOAT_ORDER_NONE)
 

@@ -124,6 +124,10 @@ func familyIndex(a netip.Addr) int {
 func newCompiler(p *IdentityPolicy) *compiler {
 	c := &compiler{p: p, peers: make([]rulePeers, len(p.Rules))}
 	c.sets.init()
+	slots := map[string]int{}
+	for i, name := range p.FQDNPatterns() {
+		slots[name] = i
+	}
 	for i := range p.Rules {
 		r := &p.Rules[i]
 		rp := &c.peers[i]
@@ -133,6 +137,11 @@ func newCompiler(p *IdentityPolicy) *compiler {
 			continue
 		}
 		for _, peer := range r.Peers {
+			if peer.FQDN != "" {
+				// a learned address is looked up as the peer of its pattern's slot
+				rp.identities = append(rp.identities, bpf.IdentityFQDN(slots[peer.FQDN]))
+				continue
+			}
 			if !peer.IsCIDR() {
 				rp.identities = append(rp.identities, peer.Identities...)
 				continue

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/moatfw/moat/bpf"
 )
@@ -12,6 +13,10 @@ type Packet struct {
 	Protocol  uint8
 	Port      uint16     // destination port for egress, the pod's port for ingress, the ICMP type for ICMP/ICMPv6, 0 for other protocols
 	Remote    netip.Addr // the far end: destination for egress, source for ingress
+	// FQDN is what the identity learned of Remote from DNS answers: bit i set when an answer for a name of its
+	// i-th fqdn pattern (IdentityPolicy.FQDNPatterns) held the address and has not expired. It counts for world
+	// addresses only: fqdn peers never open the cluster, its nodes or the metadata API.
+	FQDN uint64
 }
 
 // Result is the decision about a Packet, with everything flow events report.
@@ -81,12 +86,20 @@ func decide(p *IdentityPolicy, d Defaults, class bpf.Class, identity uint32, pkt
 		class = bpf.ClassWorld
 	}
 
+	var learned []string // the fqdn patterns the remote was learned for
+	if class == bpf.ClassWorld && pkt.FQDN != 0 && p != nil {
+		for i, name := range p.FQDNPatterns() {
+			if i < 64 && pkt.FQDN&(1<<i) != 0 {
+				learned = append(learned, name)
+			}
+		}
+	}
 	var decider *Rule
 	audited := false
 	for i := range rules {
 		rule := &rules[i]
 		if rule.Direction != pkt.Direction || !rule.matchesPort(pkt.Protocol, pkt.Port) ||
-			!rule.matchesPeer(pkt.Remote, identity) {
+			!rule.matchesPeer(pkt.Remote, identity, learned) {
 			continue
 		}
 		if rule.Audit {
@@ -173,12 +186,18 @@ func (r *Rule) matchesPort(proto uint8, port uint16) bool {
 }
 
 // matchesPeer reports whether the rule's peers cover the remote address a, whose namespace identity (for
-// pods and Services) is identity, 0 for anything else.
-func (r *Rule) matchesPeer(a netip.Addr, identity uint32) bool {
+// pods and Services) is identity, 0 for anything else, and which was learned for the fqdn patterns learned.
+func (r *Rule) matchesPeer(a netip.Addr, identity uint32, learned []string) bool {
 	if r.AllPeers {
 		return true
 	}
 	for _, peer := range r.Peers {
+		if peer.FQDN != "" {
+			if slices.Contains(learned, peer.FQDN) {
+				return true
+			}
+			continue
+		}
 		if peer.matches(a, identity) {
 			return true
 		}

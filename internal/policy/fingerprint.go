@@ -51,6 +51,8 @@ func (f *Fingerprinter) Of(p *IdentityPolicy) [sha256.Size]byte {
 			for _, e := range peer.Except {
 				b = appendPrefix(b, e)
 			}
+			b = binary.LittleEndian.AppendUint32(b, uint32(len(peer.FQDN)))
+			b = append(b, peer.FQDN...)
 			b = binary.LittleEndian.AppendUint32(b, uint32(len(peer.Identities)))
 			if len(peer.Identities) > 0 {
 				d := f.identities(peer.Identities)

@@ -5,6 +5,7 @@ package policy
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/moatfw/moat/bpf"
 )
@@ -25,12 +26,14 @@ type PortRange struct {
 	First, Last uint16
 }
 
-// Peer is one entry of a rule's `to` or `from`: a CIDR with its excepts, or the identities a namespace
-// selector resolves to (Identities set, CIDR invalid).
+// Peer is one entry of a rule's `to` or `from`: a CIDR with its excepts, the identities a namespace selector
+// resolves to (Identities set, CIDR invalid), or a name pattern (FQDN set: an egress peer of the world addresses
+// the identity learned from answers for names of the pattern).
 type Peer struct {
 	CIDR       netip.Prefix
 	Except     []netip.Prefix
 	Identities []uint32
+	FQDN       string // a normalized pattern (NormalizeName): "api.example.com", "*.example.com", "**.example.com"
 }
 
 // IsCIDR reports whether the peer is a CIDR peer.
@@ -57,6 +60,31 @@ type IdentityPolicy struct {
 	DefaultEgress   bpf.Action // world traffic no rule matched
 	DefaultIngress  bpf.Action
 	Rules           []Rule
+	// DNSDeny are the names the namespace may not resolve, in evaluation order: a query for one is answered
+	// NXDOMAIN by the datapath (an Audit rule's only reported).
+	DNSDeny []DNSRule
+}
+
+// DNSRule is one dnsDeny rule: name patterns, normalized, the rule's id and its policy's mode.
+type DNSRule struct {
+	ID       uint32
+	Audit    bool
+	Patterns []string
+}
+
+// FQDNPatterns are the name patterns of the identity's fqdn peers, sorted and without duplicates: a pattern's
+// index is its slot (bpf.IdentityFQDN), which the compiled PEER entries and the learned addresses agree on.
+func (p *IdentityPolicy) FQDNPatterns() []string {
+	var out []string
+	for i := range p.Rules {
+		for _, peer := range p.Rules[i].Peers {
+			if peer.FQDN != "" {
+				out = append(out, peer.FQDN)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // Defaults are the cluster defaults for endpoints whose identity has no policy (not yet known).

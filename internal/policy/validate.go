@@ -30,6 +30,14 @@ func (p *IdentityPolicy) Validate() error {
 			return err
 		}
 	}
+	if n := len(p.FQDNPatterns()); n > bpf.MaxFQDNSlots {
+		return fmt.Errorf("%d fqdn name patterns: at most %d per namespace", n, bpf.MaxFQDNSlots)
+	}
+	for _, d := range p.DNSDeny {
+		if d.ID == 0 || d.ID >= bpf.MaxRules {
+			return fmt.Errorf("dnsDeny rule id %d: must be 1 to %d", d.ID, bpf.MaxRules-1)
+		}
+	}
 	return nil
 }
 
@@ -49,6 +57,13 @@ func (r *Rule) validate() error {
 	}
 	if r.Direction != bpf.Egress && r.Direction != bpf.Ingress {
 		return fmt.Errorf("rule %d: direction %d: must be egress or ingress", r.ID, r.Direction)
+	}
+	if !r.AllPeers {
+		for _, peer := range r.Peers {
+			if peer.FQDN != "" && (r.Direction != bpf.Egress || r.Action != bpf.ActionAllow) {
+				return fmt.Errorf("rule %d: fqdn peer %q: names are egress peers of Allow rules only", r.ID, peer.FQDN)
+			}
+		}
 	}
 	if !r.AllPorts {
 		for _, pr := range r.Ports {
@@ -70,6 +85,12 @@ func (r *Rule) validate() error {
 // validate checks one peer. A peer with neither a CIDR nor identities is a namespace selector that selects
 // no namespace at the moment: valid, and it matches nothing.
 func (p Peer) validate() error {
+	if p.FQDN != "" {
+		if p.IsCIDR() || len(p.Except) > 0 || len(p.Identities) > 0 {
+			return fmt.Errorf("fqdn peer %q: a peer is a name, a cidr or namespaces, one of them", p.FQDN)
+		}
+		return nil
+	}
 	if !p.IsCIDR() {
 		if len(p.Except) > 0 {
 			return fmt.Errorf("namespace peer with except %v: except needs a cidr", p.Except[0])

@@ -71,6 +71,32 @@ func TestManifestsOnAPIServer(t *testing.T) {
 			t.Errorf("the API server changed the spec (-sent +stored):\n%s", diff)
 		}
 	})
+	t.Run("FirewallPolicy names", func(t *testing.T) {
+		policy := func(spec map[string]any) *unstructured.Unstructured {
+			return &unstructured.Unstructured{Object: map[string]any{"apiVersion": "moat.dev/v1alpha1",
+				"kind": "FirewallPolicy", "metadata": map[string]any{"name": "names"}, "spec": spec}}
+		}
+		good := policy(map[string]any{"namespaceSelector": map[string]any{},
+			"egress": []any{map[string]any{"action": "Allow", "to": []any{map[string]any{"fqdn": "*.example.com"}},
+				"ports": []any{map[string]any{"protocol": "TCP", "port": int64(443)}}}},
+			"dnsDeny": []any{"**.bad.example", "tracker.example.org"}})
+		if _, err := a.resource(t, good).Create(ctx, good, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
+			t.Errorf("a policy with an fqdn peer and dnsDeny: %v", err)
+		}
+		for what, spec := range map[string]map[string]any{
+			"fqdn in a Deny rule": {"namespaceSelector": map[string]any{},
+				"egress": []any{map[string]any{"action": "Deny", "to": []any{map[string]any{"fqdn": "a.example.com"}}}}},
+			"fqdn in an ingress rule": {"namespaceSelector": map[string]any{},
+				"ingress": []any{map[string]any{"action": "Allow", "from": []any{map[string]any{"fqdn": "a.example.com"}}}}},
+			"fqdn and cidr in one peer": {"namespaceSelector": map[string]any{},
+				"egress": []any{map[string]any{"action": "Allow", "to": []any{map[string]any{"fqdn": "a.example.com", "cidr": "198.51.100.0/24"}}}}},
+		} {
+			u := policy(spec)
+			if _, err := a.resource(t, u).Create(ctx, u, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); !apierrors.IsInvalid(err) {
+				t.Errorf("%s: want Invalid, got %v", what, err)
+			}
+		}
+	})
 	t.Run("CRD validation is live", func(t *testing.T) {
 		// the same object with a name or a value the CRD refuses: proof that the config above met its schema
 		for _, mutate := range []func(u *unstructured.Unstructured){

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -28,15 +29,21 @@ var DefaultMetadataAddresses = []string{"169.254.169.254/32", "fd00:ec2::254/128
 // DefaultMetadataSelector opens the metadata API to namespaces labelled moat.dev/metadata: allow.
 var DefaultMetadataSelector = &metav1.LabelSelector{MatchLabels: map[string]string{v1alpha1.LabelMetadata: "allow"}}
 
-// RuleKey names one rule of one policy.
+// RuleKey names one rule of one policy: of its egress or ingress rules, or of its dnsDeny names (DNS set).
 type RuleKey struct {
 	Policy    string
 	Direction bpf.Direction
 	Index     int
+	DNS       bool
 }
 
-// Name is the rule's place in its policy, as flow events and reports write it: "egress[0]".
-func (k RuleKey) Name() string { return fmt.Sprintf("%s[%d]", k.Direction, k.Index) }
+// Name is the rule's place in its policy, as flow events and reports write it: "egress[0]", "dnsDeny[2]".
+func (k RuleKey) Name() string {
+	if k.DNS {
+		return fmt.Sprintf("dnsDeny[%d]", k.Index)
+	}
+	return fmt.Sprintf("%s[%d]", k.Direction, k.Index)
+}
 
 // Input is the whole desired state. Policies and Config must have passed their Validate.
 type Input struct {
@@ -59,10 +66,49 @@ type Output struct {
 	ConntrackPerEndpoint uint32
 	// NoSourceValidation turns the datapath's reverse-path check of cluster and node sources off.
 	NoSourceValidation bool
+	// DNS is what FirewallConfig's dns says, defaults filled in.
+	DNS DNS
 	// Problems are namespace labels with values Moat does not know: each took the closed side. Warnings are
 	// policies that select no namespace. Both sorted by kind and name.
 	Problems []Finding
 	Warnings []Finding
+}
+
+// DNS is how names are learned: FirewallConfig's dns with its defaults.
+type DNS struct {
+	// TrustedResolvers as FirewallConfig lists them; nil: the cluster DNS Service's addresses (ClusterDNSService)
+	// and NodeLocal DNSCache's, which the enforcer finds.
+	TrustedResolvers  []netip.Addr
+	ClusterDNSService string // namespace/name
+	MinTTL, Grace     time.Duration
+	MaxLearned        int // per namespace
+}
+
+// resolveDNS fills in DNS's defaults.
+func resolveDNS(c *v1alpha1.DNSConfig) DNS {
+	d := DNS{ClusterDNSService: v1alpha1.DefaultClusterDNSService, MinTTL: v1alpha1.DefaultDNSMinTTLSeconds * time.Second,
+		Grace: v1alpha1.DefaultDNSGraceSeconds * time.Second, MaxLearned: v1alpha1.DefaultMaxLearnedPerNamespace}
+	if c == nil {
+		return d
+	}
+	for _, s := range c.TrustedResolvers {
+		if a, err := netip.ParseAddr(s); err == nil {
+			d.TrustedResolvers = append(d.TrustedResolvers, a)
+		}
+	}
+	if c.ClusterDNSService != "" {
+		d.ClusterDNSService = c.ClusterDNSService
+	}
+	if c.MinTTLSeconds != nil {
+		d.MinTTL = time.Duration(*c.MinTTLSeconds) * time.Second
+	}
+	if c.GraceSeconds != nil {
+		d.Grace = time.Duration(*c.GraceSeconds) * time.Second
+	}
+	if c.MaxLearnedPerNamespace != nil {
+		d.MaxLearned = int(*c.MaxLearnedPerNamespace)
+	}
+	return d
 }
 
 // Resolve computes every namespace's policy.
@@ -85,6 +131,7 @@ func Resolve(in Input) Output {
 	out.Cluster = prefixes(cfg.Spec.ClusterCIDRs)
 	out.Nodes = prefixes(cfg.Spec.NodeCIDRs)
 	out.NoSourceValidation = cfg.Spec.SourceValidation == v1alpha1.SourceValidationDisabled
+	out.DNS = resolveDNS(cfg.Spec.DNS)
 	out.ConntrackPerEndpoint = v1alpha1.DefaultConntrackPerEndpoint
 	if ct := cfg.Spec.Conntrack; ct != nil && ct.MaxPerEndpoint != nil {
 		out.ConntrackPerEndpoint = uint32(*ct.MaxPerEndpoint)
@@ -114,6 +161,7 @@ func Resolve(in Input) Output {
 	// identities' policies, which only read them.
 	peers := peerCache{in: in, nsLabels: nsLabels, ids: map[string][]uint32{}}
 	policyRules := make([][]policy.Rule, len(policies)) // nil until a namespace with an identity needs them
+	dnsRules := make([][]policy.DNSRule, len(policies))
 	var mine []int                                      // the policies that select the namespace at hand
 	for i := range in.Namespaces {
 		ns := &in.Namespaces[i]
@@ -151,6 +199,7 @@ func Resolve(in Input) Output {
 					pol := &policies[j]
 					policyRules[j] = append(rules(pol, bpf.Egress, pol.Spec.Egress, in, &peers),
 						rules(pol, bpf.Ingress, pol.Spec.Ingress, in, &peers)...)
+					dnsRules[j] = dnsDeny(pol, in)
 				}
 				mine = append(mine, j)
 				n += len(policyRules[j])
@@ -160,6 +209,11 @@ func Resolve(in Input) Output {
 			p.Rules = make([]policy.Rule, 0, n) // one allocation, not one per policy
 			for _, j := range mine {
 				p.Rules = append(p.Rules, policyRules[j]...)
+			}
+		}
+		if hasIdentity {
+			for _, j := range mine {
+				p.DNSDeny = append(p.DNSDeny, dnsRules[j]...)
 			}
 		}
 	}
@@ -197,6 +251,20 @@ func (c *peerCache) identities(s *metav1.LabelSelector) []uint32 {
 	return ids
 }
 
+// dnsDeny is a policy's dnsDeny names as rules, one per name, normalized.
+func dnsDeny(pol *v1alpha1.FirewallPolicy, in Input) []policy.DNSRule {
+	var out []policy.DNSRule
+	for i, name := range pol.Spec.DNSDeny {
+		n, err := v1alpha1.ParseNamePattern(name)
+		if err != nil {
+			continue // Validate refused the policy
+		}
+		out = append(out, policy.DNSRule{ID: in.RuleID(RuleKey{Policy: pol.Name, Index: i, DNS: true}),
+			Audit: pol.Spec.Mode == v1alpha1.ModeAudit, Patterns: []string{n.String()}})
+	}
+	return out
+}
+
 func rules(pol *v1alpha1.FirewallPolicy, dir bpf.Direction, list []v1alpha1.Rule, in Input, peerIDs *peerCache) []policy.Rule {
 	var out []policy.Rule
 	for i, r := range list {
@@ -212,6 +280,12 @@ func rules(pol *v1alpha1.FirewallPolicy, dir bpf.Direction, list []v1alpha1.Rule
 			rule.Peers = []policy.Peer{} // [] is no peer at all
 		}
 		for _, peer := range peers {
+			if peer.FQDN != "" {
+				if n, err := v1alpha1.ParseNamePattern(peer.FQDN); err == nil {
+					rule.Peers = append(rule.Peers, policy.Peer{FQDN: n.String()})
+				}
+				continue
+			}
 			if peer.NamespaceSelector != nil {
 				ids := peerIDs.identities(peer.NamespaceSelector)
 				if rule.Action == bpf.ActionDeny {

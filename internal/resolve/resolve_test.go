@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -293,5 +294,69 @@ func TestDenyByNamespaceNamesTheUnknownPod(t *testing.T) {
 		Protocol: policy.ProtoTCP, Port: 80, Remote: netip.MustParseAddr("10.244.1.9")})
 	if r.Action != bpf.ActionDeny || r.Reason != bpf.ReasonUnknownPod {
 		t.Errorf("an unknown pod: action %d reason %s, want denied as unknown-pod", r.Action, bpf.ReasonName(r.Reason))
+	}
+}
+
+// Names resolve as written: fqdn peers normalized into their rules, dnsDeny names in the order of the policies
+// that select the namespace (priority, then name), each with a rule id of its own named dnsDeny[i], and the DNS
+// settings with their defaults or FirewallConfig's values.
+func TestResolveNames(t *testing.T) {
+	in, rules := load(t, `apiVersion: moat.dev/v1alpha1
+kind: FirewallPolicy
+metadata: {name: payments-names}
+spec:
+  namespaceSelector: {matchLabels: {moat.dev/zone: payments}}
+  priority: 50
+  egress:
+  - action: Allow
+    to: [{fqdn: API.Stripe.com.}, {fqdn: "**.s3.amazonaws.com"}]
+    ports: [{protocol: TCP, port: 443}]
+  dnsDeny: ["*.Tracker.example", bad.example.org]
+---
+apiVersion: moat.dev/v1alpha1
+kind: FirewallPolicy
+metadata: {name: everyone-names}
+spec:
+  namespaceSelector: {}
+  mode: Audit
+  dnsDeny: ["**.ru"]`)
+	out := Resolve(in)
+	p := out.Policies[in.Identities["payments"]]
+	if p == nil || len(p.Rules) == 0 {
+		t.Fatalf("payments resolved to %+v", p)
+	}
+	first := p.Rules[0]
+	if len(first.Peers) != 2 || first.Peers[0].FQDN != "api.stripe.com" || first.Peers[1].FQDN != "**.s3.amazonaws.com" {
+		t.Errorf("the fqdn rule's peers: %+v", first.Peers)
+	}
+	if got := p.FQDNPatterns(); len(got) != 2 || got[0] != "**.s3.amazonaws.com" || got[1] != "api.stripe.com" {
+		t.Errorf("FQDNPatterns %v", got)
+	}
+	if _, err := policy.Compile(p); err != nil {
+		t.Errorf("payments does not compile: %v", err)
+	}
+	var names []string
+	for _, d := range p.DNSDeny {
+		k := rules.keys[d.ID]
+		names = append(names, k.Policy+"/"+k.Name()+"="+strings.Join(d.Patterns, ",")+map[bool]string{true: " audit"}[d.Audit])
+	}
+	want := "payments-names/dnsDeny[0]=*.tracker.example payments-names/dnsDeny[1]=bad.example.org everyone-names/dnsDeny[0]=**.ru audit"
+	if got := strings.Join(names, " "); got != want {
+		t.Errorf("payments' dnsDeny:\n got %s\nwant %s", got, want)
+	}
+	if s := out.Policies[in.Identities["shared-services"]]; len(s.DNSDeny) != 1 || len(s.FQDNPatterns()) != 0 {
+		t.Errorf("shared-services: dnsDeny %+v, fqdn %v", s.DNSDeny, s.FQDNPatterns())
+	}
+	if d := out.DNS; d.ClusterDNSService != "kube-system/kube-dns" || d.MinTTL != 30*time.Second ||
+		d.Grace != time.Minute || d.MaxLearned != 4096 || d.TrustedResolvers != nil {
+		t.Errorf("default DNS settings: %+v", d)
+	}
+	ttl, grace := int32(5), int32(0)
+	in.Config = &v1alpha1.FirewallConfig{Spec: v1alpha1.FirewallConfigSpec{DNS: &v1alpha1.DNSConfig{
+		TrustedResolvers: []string{"10.96.0.10", "fd00:10:96::a"}, ClusterDNSService: "dns/coredns",
+		MinTTLSeconds: &ttl, GraceSeconds: &grace}}}
+	if d := Resolve(in).DNS; len(d.TrustedResolvers) != 2 || d.ClusterDNSService != "dns/coredns" ||
+		d.MinTTL != 5*time.Second || d.Grace != 0 {
+		t.Errorf("configured DNS settings: %+v", d)
 	}
 }

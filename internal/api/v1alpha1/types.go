@@ -88,7 +88,45 @@ type FirewallConfigSpec struct {
 	// for networks with multipath or asymmetric routes, where the network must drop spoofed sources itself.
 	// +kubebuilder:validation:Enum=Strict;Disabled
 	SourceValidation SourceValidation `json:"sourceValidation,omitempty"`
+	// DNS configures name rules (fqdn peers and dnsDeny): whose answers are learned, and for how long.
+	DNS *DNSConfig `json:"dns,omitempty"`
 }
+
+// DNSConfig configures what the datapath learns from DNS answers.
+type DNSConfig struct {
+	// TrustedResolvers are the addresses whose DNS answers teach the addresses of names, and the only resolvers a
+	// namespace with fqdn rules may query (UDP and TCP ports 53 and 853). Default: the cluster DNS Service's
+	// cluster IPs and endpoints (clusterDNSService), and NodeLocal DNSCache's 169.254.20.10.
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MaxLength=45
+	TrustedResolvers []string `json:"trustedResolvers,omitempty"`
+	// ClusterDNSService is the cluster DNS Service, namespace/name; default kube-system/kube-dns.
+	// +kubebuilder:validation:MaxLength=317
+	ClusterDNSService string `json:"clusterDNSService,omitempty"`
+	// MinTTLSeconds is the least time a learned address is kept, whatever TTL the answer gave; default 30.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=86400
+	MinTTLSeconds *int32 `json:"minTTLSeconds,omitempty"`
+	// GraceSeconds is how long a learned address is still used after its TTL ran out; default 60. Connections
+	// made before that keep going whatever it is (conntrack).
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=86400
+	GraceSeconds *int32 `json:"graceSeconds,omitempty"`
+	// MaxLearnedPerNamespace bounds the addresses one namespace holds learned at once; past it, the ones that
+	// expire first go. Default 4096.
+	// +kubebuilder:validation:Minimum=16
+	// +kubebuilder:validation:Maximum=1048576
+	MaxLearnedPerNamespace *int32 `json:"maxLearnedPerNamespace,omitempty"`
+}
+
+// Defaults of DNSConfig.
+const (
+	DefaultClusterDNSService      = "kube-system/kube-dns"
+	DefaultNodeLocalDNS           = "169.254.20.10"
+	DefaultDNSMinTTLSeconds       = 30
+	DefaultDNSGraceSeconds        = 60
+	DefaultMaxLearnedPerNamespace = 4096
+)
 
 // SourceValidation is how the datapath checks where a cluster or node source came from.
 type SourceValidation string
@@ -149,10 +187,19 @@ type FirewallPolicySpec struct {
 	// Egress rules name their peers in `to`, ingress rules in `from`.
 	// +kubebuilder:validation:MaxItems=1024
 	// +kubebuilder:validation:XValidation:rule="self.all(r, !has(r.from))",message="egress rules name their peers in to, not from"
+	// +kubebuilder:validation:XValidation:rule="self.all(r, r.action == 'Allow' || !has(r.to) || r.to.all(p, !has(p.fqdn)))",message="fqdn peers belong to Allow rules: deny names with dnsDeny"
 	Egress []Rule `json:"egress,omitempty"`
 	// +kubebuilder:validation:MaxItems=1024
 	// +kubebuilder:validation:XValidation:rule="self.all(r, !has(r.to))",message="ingress rules name their peers in from, not to"
+	// +kubebuilder:validation:XValidation:rule="self.all(r, !has(r.from) || r.from.all(p, !has(p.fqdn)))",message="fqdn is an egress peer: ingress rules cannot name one"
 	Ingress []Rule `json:"ingress,omitempty"`
+	// DNSDeny are names the selected namespaces may not resolve: a query for one (any type, UDP or TCP) is answered
+	// NXDOMAIN on the node and never reaches a resolver (over TCP the connection is reset). Each entry is an exact
+	// name (bad.example.com), a one-label wildcard (*.example.com) or a wildcard of one label or more
+	// (**.example.com); case does not matter. In an Audit policy they are reported, not answered.
+	// +kubebuilder:validation:MaxItems=256
+	// +kubebuilder:validation:items:MaxLength=256
+	DNSDeny []string `json:"dnsDeny,omitempty"`
 }
 
 // Rule is one rule; within a policy, rules are tried in order and the first match decides.
@@ -169,8 +216,8 @@ type Rule struct {
 	Ports []Port `json:"ports,omitempty"`
 }
 
-// Peer is a CIDR (with excepts) or a namespace selector, not both.
-// +kubebuilder:validation:XValidation:rule="has(self.cidr) != has(self.namespaceSelector)",message="a peer is a cidr or a namespaceSelector, exactly one"
+// Peer is a CIDR (with excepts), a namespace selector or a name: exactly one.
+// +kubebuilder:validation:XValidation:rule="(has(self.cidr) ? 1 : 0) + (has(self.namespaceSelector) ? 1 : 0) + (has(self.fqdn) ? 1 : 0) == 1",message="a peer is a cidr, a namespaceSelector or an fqdn, exactly one"
 // +kubebuilder:validation:XValidation:rule="!has(self.except) || has(self.cidr)",message="except belongs to a cidr peer"
 type Peer struct {
 	CIDR CIDR `json:"cidr,omitempty"`
@@ -178,6 +225,11 @@ type Peer struct {
 	// +kubebuilder:validation:MaxItems=64
 	Except            []CIDR                `json:"except,omitempty"`
 	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
+	// FQDN is the addresses outside the cluster that the namespace's pods learned for a name from the trusted
+	// resolvers' answers: an exact name (api.example.com), a one-label wildcard (*.example.com) or a wildcard of
+	// one label or more (**.example.com), case-insensitive. Egress Allow rules only.
+	// +kubebuilder:validation:MaxLength=256
+	FQDN string `json:"fqdn,omitempty"`
 }
 
 // Port is a protocol (TCP, UDP, SCTP, ICMP, ICMPv6 or an IP protocol number) with a port or port range, or an

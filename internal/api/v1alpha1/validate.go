@@ -96,8 +96,19 @@ func (p *FirewallPolicy) Validate() []error {
 			}
 		}
 	}
+	if len(p.Spec.DNSDeny) > MaxDNSDeny {
+		add("spec.dnsDeny", "%d names, at most %d", len(p.Spec.DNSDeny), MaxDNSDeny)
+	}
+	for i, name := range p.Spec.DNSDeny {
+		if _, err := ParseNamePattern(name); err != nil {
+			add(fmt.Sprintf("spec.dnsDeny[%d]", i), "%v", err)
+		}
+	}
 	return errs
 }
+
+// MaxDNSDeny bounds the names of one policy's dnsDeny.
+const MaxDNSDeny = 256
 
 func (r *Rule) validate(dir string) []error {
 	var errs []error
@@ -116,6 +127,9 @@ func (r *Rule) validate(dir string) []error {
 		for _, e := range peer.validate() {
 			errs = append(errs, fmt.Errorf("%s[%d]: %v", name, i, e))
 		}
+		if peer.FQDN != "" && (dir != "egress" || r.Action != ActionAllow) {
+			errs = append(errs, fmt.Errorf("%s[%d]: fqdn peers belong to egress Allow rules (deny names with dnsDeny)", name, i))
+		}
 	}
 	for i, port := range r.Ports {
 		if err := port.validate(); err != nil {
@@ -126,9 +140,27 @@ func (r *Rule) validate(dir string) []error {
 }
 
 func (p *Peer) validate() []error {
+	kinds := 0
+	for _, set := range []bool{p.CIDR != "", p.NamespaceSelector != nil, p.FQDN != ""} {
+		if set {
+			kinds++
+		}
+	}
 	switch {
-	case p.CIDR != "" && p.NamespaceSelector != nil:
-		return []error{fmt.Errorf("a peer is a cidr or a namespaceSelector, not both")}
+	case kinds > 1:
+		return []error{fmt.Errorf("a peer is a cidr, a namespaceSelector or an fqdn, one of them")}
+	case p.FQDN != "":
+		if len(p.Except) > 0 {
+			return []error{fmt.Errorf("except belongs to a cidr peer")}
+		}
+		n, err := ParseNamePattern(p.FQDN)
+		if err != nil {
+			return []error{fmt.Errorf("fqdn: %v", err)}
+		}
+		if n.Form != NameExact && n.Labels() < 2 {
+			return []error{fmt.Errorf("fqdn %q: a wildcard needs two labels or more after it: it would allow a whole top-level domain", p.FQDN)}
+		}
+		return nil
 	case p.NamespaceSelector != nil:
 		if len(p.Except) > 0 {
 			return []error{fmt.Errorf("except belongs to a cidr peer")}
@@ -138,7 +170,7 @@ func (p *Peer) validate() []error {
 		}
 		return nil
 	case p.CIDR == "":
-		return []error{fmt.Errorf("a peer needs a cidr or a namespaceSelector")}
+		return []error{fmt.Errorf("a peer needs a cidr, a namespaceSelector or an fqdn")}
 	}
 	cidr, err := ParseCIDR(p.CIDR)
 	if err != nil {
@@ -230,6 +262,26 @@ func (c *FirewallConfig) Validate() []error {
 	}
 	if v := c.Spec.SourceValidation; v != "" && v != SourceValidationStrict && v != SourceValidationDisabled {
 		add("spec.sourceValidation", "%q: want Strict or Disabled", v)
+	}
+	if d := c.Spec.DNS; d != nil {
+		for i, s := range d.TrustedResolvers {
+			if a, err := netip.ParseAddr(s); err != nil || a.Zone() != "" || a.Is4In6() {
+				add(fmt.Sprintf("spec.dns.trustedResolvers[%d]", i), "%q: want an IPv4 or IPv6 address", s)
+			}
+		}
+		if s := d.ClusterDNSService; s != "" {
+			if ns, name, ok := strings.Cut(s, "/"); !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+				add("spec.dns.clusterDNSService", "%q: want namespace/name", s)
+			}
+		}
+		for field, v := range map[string]*int32{"minTTLSeconds": d.MinTTLSeconds, "graceSeconds": d.GraceSeconds} {
+			if v != nil && (*v < 0 || *v > 86400) {
+				add("spec.dns."+field, "%d: want 0 to 86400", *v)
+			}
+		}
+		if v := d.MaxLearnedPerNamespace; v != nil && (*v < 16 || *v > 1<<20) {
+			add("spec.dns.maxLearnedPerNamespace", "%d: want 16 to %d", *v, 1<<20)
+		}
 	}
 	if ct := c.Spec.Conntrack; ct != nil && ct.MaxPerEndpoint != nil {
 		if n := *ct.MaxPerEndpoint; n < 0 || n > MaxConntrackPerEndpoint {

@@ -162,7 +162,7 @@ func Resolve(in Input) Output {
 	peers := peerCache{in: in, nsLabels: nsLabels, ids: map[string][]uint32{}}
 	policyRules := make([][]policy.Rule, len(policies)) // nil until a namespace with an identity needs them
 	dnsRules := make([][]policy.DNSRule, len(policies))
-	var mine []int                                      // the policies that select the namespace at hand
+	var mine []int // the policies that select the namespace at hand
 	for i := range in.Namespaces {
 		ns := &in.Namespaces[i]
 		set := nsLabels[ns.Name]

@@ -101,6 +101,7 @@ type Enforcer struct {
 	rulesShared bool                              // a snapshot holds rules and ruleKeys: copy them before adding to them
 	inForce     map[uint32][sha256.Size]byte      // identity -> fingerprint of the policy it uses now
 	tries       map[[sha256.Size]byte]*sharedTrie // fingerprint -> its compiled trie, shared by identities
+	dnsDeny     *nameSets[bpf.DNSValue]           // the names each identity may not resolve, in dns_sets and dns_names
 	// the ipcache entries the configuration makes (cluster ranges, nodes, the metadata API), as last applied
 	configIPCache map[netip.Prefix]bpf.IPCacheValue
 	// prefixes the ipcache had no room for (each retried when it changes again, or at the next whole apply)
@@ -140,7 +141,7 @@ func New(dp *bpf.Datapath, log *logrus.Entry) (*Enforcer, error) {
 	log.Logger.AddHook(errs)
 	e := &Enforcer{dp: dp, log: log, identities: map[string]uint32{}, rules: map[resolve.RuleKey]uint32{},
 		ruleKeys: map[uint32]resolve.RuleKey{}, inForce: map[uint32][sha256.Size]byte{},
-		tries: map[[sha256.Size]byte]*sharedTrie{}, prefixes: prefixTable{},
+		tries: map[[sha256.Size]byte]*sharedTrie{}, dnsDeny: newNameSets(dnsDenyStore(dp)), prefixes: prefixTable{},
 		ipcacheRefused: map[netip.Prefix]bpf.IPCacheValue{}, started: time.Now(), errors: errs, flows: newFlowHub(10000)}
 	published, err := dp.NamespaceIdentities()
 	if err != nil {
@@ -320,6 +321,9 @@ func (e *Enforcer) apply(s State) error {
 
 	changed, stale, err := e.swapPolicies(out.Policies)
 	if err != nil {
+		return err
+	}
+	if err := e.syncNames(out.Policies); err != nil {
 		return err
 	}
 	ipcacheChanged, err := e.syncIPCache(out, s, in.Identities)

@@ -53,6 +53,9 @@ type State struct {
 	// HostPorts are the pods' hostPorts on node addresses, so that a pod reaching another through one is decided
 	// as pod to pod (the Kubernetes source; none in folder mode).
 	HostPorts []HostPort
+	// DNSResolvers are the trusted resolvers the source found (the Kubernetes source: the cluster DNS Service's
+	// cluster IPs and endpoints), used unless FirewallConfig lists its own.
+	DNSResolvers []netip.Addr
 }
 
 // HostPort is a pod's hostPort on a node address, with the pod's namespace for its identity.

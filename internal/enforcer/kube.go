@@ -79,6 +79,7 @@ type Kubernetes struct {
 	cidrs               cache.SharedIndexInformer // nil: ServiceCIDRs not served, or not ours to list
 	pols                cache.SharedIndexInformer
 	cfgs                cache.SharedIndexInformer
+	dns                 *dnsEndpoints // the cluster DNS Service's endpoints
 
 	serviceRanges string // where the Service ranges come from (State.ServiceRanges)
 
@@ -249,9 +250,23 @@ func (k *Kubernetes) start(ctx context.Context, changed func()) error {
 		}
 		synced = append(synced, reg.HasSynced)
 	}
+	// the cluster DNS Service's own changes (its cluster IPs are trusted resolvers) need a whole load; other
+	// Services' do not
+	if _, err := k.svcs.AddEventHandler(handlerOf(func(old, obj any, gone bool) {
+		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil && key == k.dnsService() {
+			k.policyDirty.Store(true)
+			changed()
+		}
+	})); err != nil {
+		return err
+	}
 	f.Start(ctx.Done())
 	df.Start(ctx.Done())
 	startSelf()
+	k.dns = &dnsEndpoints{k: k, ctx: ctx, changed: changed}
+	if err := k.dns.watch(v1alpha1.DefaultClusterDNSService, true); err != nil {
+		return err
+	}
 	k.Log.Info("waiting for the Kubernetes caches")
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		what := "pods, services, nodes"
@@ -407,7 +422,22 @@ func (k *Kubernetes) Load() (State, error) {
 	k.hostPortsDirty.Store(false)
 	s.HostPorts = k.hostPorts()
 	s.ServiceRanges = k.serviceRanges
+	resolvers, err := k.dnsResolvers(s.Config)
+	if err != nil {
+		return State{}, err
+	}
+	s.DNSResolvers = resolvers
 	return s, nil
+}
+
+// dnsService is the cluster DNS Service watched now, namespace/name.
+func (k *Kubernetes) dnsService() string {
+	if k.dns == nil {
+		return v1alpha1.DefaultClusterDNSService
+	}
+	k.dns.mu.Lock()
+	defer k.dns.mu.Unlock()
+	return k.dns.service
 }
 
 // nodeAddresses are a Node's internal and external IPs: its node-class addresses, and where its pods' hostPorts

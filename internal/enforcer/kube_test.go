@@ -112,6 +112,9 @@ func TestKubernetesSource(t *testing.T) {
 			{"endPort", "spec:\n  namespaceSelector: {}\n  egress: [{action: Allow, ports: [{protocol: TCP, port: 90, endPort: 80}]}]", "endPort"},
 			{"from in egress", "spec:\n  namespaceSelector: {}\n  egress: [{action: Allow, from: [{cidr: 10.0.0.0/8}]}]", "egress rules"},
 			{"no selector", "spec:\n  egress: [{action: Allow}]", "namespaceSelector"},
+			{"fqdn in a Deny", "spec:\n  namespaceSelector: {}\n  egress: [{action: Deny, to: [{fqdn: a.example.com}]}]", "fqdn peers belong to Allow rules"},
+			{"fqdn in ingress", "spec:\n  namespaceSelector: {}\n  ingress: [{action: Allow, from: [{fqdn: a.example.com}]}]", "fqdn is an egress peer"},
+			{"fqdn and cidr", "spec:\n  namespaceSelector: {}\n  egress: [{action: Allow, to: [{fqdn: a.example.com, cidr: 10.0.0.0/8}]}]", "exactly one"},
 		} {
 			_, err := policies.Create(ctx, fromYAML(t, head+tc.body), metav1.CreateOptions{})
 			if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), tc.want) {

@@ -134,6 +134,7 @@ func TestManifestsOnAPIServer(t *testing.T) {
 		for _, r := range []struct{ group, resource string }{
 			{"", "namespaces"}, {"", "services"}, {"", "nodes"}, {"networking.k8s.io", "servicecidrs"},
 			{"moat.dev", "firewallpolicies"}, {"moat.dev", "firewallconfigs"}, {"moat.dev", "addressslices"},
+			{"discovery.k8s.io", "endpointslices"},
 		} {
 			for _, verb := range []string{"get", "list", "watch"} {
 				allowed = append(allowed, access{verb, r.group, r.resource, "", ""})

@@ -242,3 +242,25 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// The names example loads, and resolves to what it says: fqdn peers and dnsDeny names normalized.
+func TestParseNamesExample(t *testing.T) {
+	objs, problems := ParseFile("../../examples/names.yaml")
+	if len(problems) != 0 {
+		t.Fatalf("problems: %v", problems)
+	}
+	if len(objs.Policies) != 2 {
+		t.Fatalf("%d policies, want 2", len(objs.Policies))
+	}
+	byName := map[string]int{}
+	for i, p := range objs.Policies {
+		byName[p.Object.Name] = i
+	}
+	pay := objs.Policies[byName["payments-by-name"]].Object
+	if len(pay.Spec.Egress) != 1 || len(pay.Spec.Egress[0].To) != 2 || pay.Spec.Egress[0].To[1].FQDN != "**.s3.amazonaws.com" {
+		t.Errorf("payments-by-name: %+v", pay.Spec)
+	}
+	if deny := objs.Policies[byName["no-trackers"]].Object.Spec.DNSDeny; len(deny) != 3 {
+		t.Errorf("no-trackers' dnsDeny: %v", deny)
+	}
+}

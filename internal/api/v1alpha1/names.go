@@ -97,3 +97,17 @@ func hostLabel(l string) error {
 
 // Labels is how many labels the base name has.
 func (p NamePattern) Labels() int { return strings.Count(p.Base, ".") + 1 }
+
+// Matches reports whether a name (dotted, any case, a final dot allowed) is one the pattern covers: the base name
+// itself (exact), one label more (*.), or one label or more (**.).
+func (p NamePattern) Matches(name string) bool {
+	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	if p.Form == NameExact {
+		return name == p.Base
+	}
+	prefix, ok := strings.CutSuffix(name, "."+p.Base)
+	if !ok || prefix == "" {
+		return false
+	}
+	return p.Form == NameAnyLabels || !strings.Contains(prefix, ".")
+}

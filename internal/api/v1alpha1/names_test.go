@@ -39,3 +39,29 @@ func TestParseNamePattern(t *testing.T) {
 		}
 	}
 }
+
+func TestNamePatternMatches(t *testing.T) {
+	for _, c := range []struct {
+		pattern, name string
+		want          bool
+	}{
+		{"api.example.com", "API.example.com.", true},
+		{"api.example.com", "x.api.example.com", false},
+		{"*.example.com", "a.example.com", true},
+		{"*.example.com", "example.com", false},
+		{"*.example.com", "a.b.example.com", false},
+		{"*.example.com", "aexample.com", false},
+		{"**.example.com", "a.b.example.com", true},
+		{"**.example.com", "a.example.com", true},
+		{"**.example.com", "example.com", false},
+		{"**.example.com", "badexample.com", false},
+	} {
+		p, err := ParseNamePattern(c.pattern)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := p.Matches(c.name); got != c.want {
+			t.Errorf("%s matches %s: %v, want %v", c.pattern, c.name, got, c.want)
+		}
+	}
+}

@@ -3,6 +3,7 @@
 //
 //	agent serve [--tcp PORTS] [--udp PORTS] [--name NAME]
 //	agent probe [--timeout 1s] [--proto tcp|udp] [--every 100ms] ADDR:PORT
+//	agent resolve [--type A] [--server ADDR[:PORT]] [--proto udp|tcp] [--timeout 2s] NAME
 //	agent sleep
 //
 // serve answers every line (TCP) or datagram (UDP) on the listed ports, on every address (IPv4 and IPv6), with
@@ -17,6 +18,9 @@
 // of a destination from its first instant. Otherwise it exits 0 when the echo came back, 1 when it did not
 // (error then starts with timeout, refused, reset, unreachable, denied, closed, mismatch or failed), 2 on bad
 // usage.
+//
+// resolve asks the pod's resolver (or --server) one question and prints one JSON line with the rcode and the
+// addresses and CNAME targets of the answer; exit 0 when an answer came, whatever its rcode, 1 when none did.
 //
 // sleep does nothing: a client-only pod. serve and sleep end with exit status 0 on SIGTERM or SIGINT.
 package main
@@ -37,6 +41,8 @@ const usage = `usage:
   agent probe [--timeout 1s] [--proto tcp|udp] [--every D] ADDR:PORT
                                                           one echo exchange; exit 0 reached, 1 not, 2 bad usage;
                                                           --every D: again every D until SIGTERM
+  agent resolve [--type A] [--server ADDR[:PORT]] [--proto udp|tcp] [--timeout 2s] NAME
+                                                          one DNS question; exit 0 answered (any rcode), 1 not
   agent sleep                                             wait for SIGTERM
 `
 
@@ -57,6 +63,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runServe(ctx, args[1:], stdout, stderr)
 	case "probe":
 		return runProbe(ctx, args[1:], stdout, stderr)
+	case "resolve":
+		return runResolve(ctx, args[1:], stdout, stderr)
 	case "sleep":
 		if len(args) > 1 {
 			fmt.Fprintf(stderr, "agent: sleep takes no arguments\n%s", usage)

@@ -115,4 +115,3 @@ func resolve(ctx context.Context, c resolveConfig) (r resolveResult) {
 	}
 	return r
 }
-

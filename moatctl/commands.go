@@ -16,6 +16,7 @@ import (
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/agentapi"
+	"github.com/moatfw/moat/internal/api/v1alpha1"
 	"github.com/moatfw/moat/internal/report"
 	"github.com/moatfw/moat/internal/version"
 )
@@ -241,10 +242,11 @@ func traceCmd(g *globals) *cobra.Command {
 	var from, to, proto, direction string
 	var port uint16
 	c := &cobra.Command{
-		Use:   "trace --from NAMESPACE[/POD] --to ADDRESS[:PORT]|NAMESPACE/POD[:PORT]",
+		Use:   "trace --from NAMESPACE[/POD] --to ADDRESS[:PORT]|NAMESPACE/POD[:PORT]|NAME[:PORT]",
 		Short: "What would happen to a packet, and which policy and rule decide it",
 		Example: "  moatctl trace --from payments/api-0 --to 203.0.113.10:443\n" +
 			"  moatctl trace --from payments --to shared-services/db-0:5432\n" +
+			"  moatctl trace --from payments --to api.stripe.com:443\n" +
 			"  moatctl trace --from web --to 198.51.100.7:8443 --direction ingress",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -263,7 +265,7 @@ func traceCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&from, "from", "", "the pod's namespace, or NAMESPACE/POD (required)")
-	c.Flags().StringVar(&to, "to", "", "the remote: ADDRESS, ADDRESS:PORT, [IPv6]:PORT, or NAMESPACE/POD[:PORT] (required)")
+	c.Flags().StringVar(&to, "to", "", "the remote: ADDRESS, ADDRESS:PORT, [IPv6]:PORT, NAMESPACE/POD[:PORT], or a DNS NAME[:PORT] (required)")
 	c.Flags().StringVar(&proto, "proto", "tcp", "tcp, udp, sctp, icmp, icmpv6 or a protocol number")
 	c.Flags().StringVar(&direction, "direction", "egress", "egress (the pod sends) or ingress (the remote sends to the pod)")
 	c.Flags().Uint16Var(&port, "port", 0, "the destination port (or use ADDRESS:PORT); the ICMP type for icmp")
@@ -296,6 +298,18 @@ func traceTable(w io.Writer, res agentapi.TraceResult) error {
 	fmt.Fprintf(tw, "Remote:\t%s (%s)\n", res.Remote, remote)
 	fmt.Fprintf(tw, "Identity:\t%d\n", res.Identity)
 	fmt.Fprintf(tw, "Why:\t%s\n", res.Explanation)
+	if res.Name != "" {
+		if len(res.Addresses) == 0 {
+			fmt.Fprintf(tw, "Learned:\tno address of %s learned by this namespace now\n", res.Name)
+		}
+		for _, a := range res.Addresses {
+			by := "no rule"
+			if a.Policy != "" {
+				by = fmt.Sprintf("FirewallPolicy %s, rule %s", a.Policy, a.Rule)
+			}
+			fmt.Fprintf(tw, "Learned:\t%s: %s (%s, %s)\n", a.Remote, strings.ToUpper(a.Verdict), a.Reason, by)
+		}
+	}
 	return tw.Flush()
 }
 
@@ -323,8 +337,26 @@ func traceRequest(from, to, proto, direction string, port uint16) (agentapi.Trac
 		return req, nil
 	}
 	ns, pod, ok := strings.Cut(to, "/")
-	if !ok || ns == "" || pod == "" {
-		return req, fmt.Errorf("--to %q: want an address, ADDRESS:PORT, or NAMESPACE/POD[:PORT]", to)
+	if !ok {
+		// a name, NAME or NAME:PORT
+		name, portStr, hasPort := strings.Cut(to, ":")
+		if _, err := v1alpha1.ParseNamePattern(name); err != nil || strings.HasPrefix(name, "*") {
+			return req, fmt.Errorf("--to %q: want an address, ADDRESS:PORT, NAMESPACE/POD[:PORT] or NAME[:PORT]", to)
+		}
+		if hasPort {
+			n, err := strconv.ParseUint(portStr, 10, 16)
+			if err != nil {
+				return req, fmt.Errorf("--to %q: port %q is not a port", to, portStr)
+			}
+			if req.Port == 0 {
+				req.Port = uint16(n)
+			}
+		}
+		req.RemoteName = name
+		return req, nil
+	}
+	if ns == "" || pod == "" {
+		return req, fmt.Errorf("--to %q: want an address, ADDRESS:PORT, NAMESPACE/POD[:PORT] or NAME[:PORT]", to)
 	}
 	if p, portStr, ok := strings.Cut(pod, ":"); ok {
 		n, err := strconv.ParseUint(portStr, 10, 16)

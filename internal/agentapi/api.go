@@ -99,6 +99,9 @@ type TraceRequest struct {
 	Remote          string `json:"remote,omitempty"`
 	RemoteNamespace string `json:"remoteNamespace,omitempty"`
 	RemotePod       string `json:"remotePod,omitempty"`
+	// RemoteName is a DNS name: the trace answers for the addresses the namespace learned for it, and for one it
+	// has not learned yet.
+	RemoteName string `json:"remoteName,omitempty"`
 }
 
 // TraceResult is the reference evaluator's verdict, the same the datapath is checked against.
@@ -119,6 +122,9 @@ type TraceResult struct {
 	PeerPolicy  string `json:"peerPolicy,omitempty"`
 	PeerRule    string `json:"peerRule,omitempty"`
 	Explanation string `json:"explanation"`
+	// For a name (TraceRequest.RemoteName): the name, and each address the namespace learned for it now, traced.
+	Name      string        `json:"name,omitempty"`
+	Addresses []TraceResult `json:"addresses,omitempty"`
 }
 
 // Flow is one flow event, as in the flow log.

@@ -66,10 +66,10 @@ e2e: bpffs kube-bins e2e-bins
 	conformance/e2e/prereqs.sh
 	MOAT_E2E=1 $(GO) test -count=1 -timeout 30m $(TEST_FLAGS) ./conformance/e2e/
 
-# What the e2e suite's conformance subset needs beyond kube-bins: Kubernetes' e2e test binary and agnhost (the
-# first time about 9 minutes on 2 cores after kube-bins, then cached), and Debian's static busybox and bash for
-# the test images. Not CoreDNS: the subset runs no DNS test.
-E2E_COMPONENTS := e2e.test agnhost
+# What the e2e suite needs beyond kube-bins: Kubernetes' e2e test binary and agnhost for its conformance subset
+# (the first time about 9 minutes on 2 cores after kube-bins, then cached), CoreDNS as the cluster DNS of its DNS
+# tests (about 10 minutes more the first time), and Debian's static busybox and bash for the test images.
+E2E_COMPONENTS := e2e.test agnhost coredns
 e2e-bins: conformance-debs
 	GO='$(GO)' conformance/kube/build.sh $(E2E_COMPONENTS)
 
@@ -88,7 +88,7 @@ kube-bins:
 # the [sig-network] tests, agnhost and CoreDNS, built like kube-bins into the same cache (on 2 cores shared with
 # other builds: e2e.test 8m39s after kube-bins, then agnhost 28s; CoreDNS 9m54s cold), and Debian's static
 # busybox and bash for the test images (conformance/images).
-# `make test` builds all but CoreDNS (e2e-bins).
+# `make test` builds them all (e2e-bins).
 CONFORMANCE_COMPONENTS := kubectl e2e.test agnhost coredns
 conformance-bins: conformance-debs
 	GO='$(GO)' conformance/kube/build.sh $(CONFORMANCE_COMPONENTS)

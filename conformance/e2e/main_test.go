@@ -46,6 +46,7 @@ var suite struct {
 	images   images.Images
 	next     images.Image // Moat's image under another tag: the DaemonSet's roll
 	repo     string       // the repository's root (the manifests)
+	dns      *internetDNS // the Internet's authoritative DNS server, CoreDNS's upstream
 	mu       sync.Mutex
 	results  []result
 }
@@ -108,9 +109,9 @@ func run(m *testing.M) (code int) {
 		return fail("image %s: %v", nextRef, err)
 	}
 	suite.next = images.Image{Ref: nextRef, Name: res.Name, Archive: res.Archive}
-	// the images of Kubernetes' conformance tests that TestUpstreamConformance runs (no CoreDNS: its subset
-	// needs no cluster DNS)
-	testImgs, err := upstream.BuildImages(ctx, filepath.Join(work, "conformance-images"), false, io.Discard)
+	// the images of Kubernetes' conformance tests that TestUpstreamConformance runs, and CoreDNS's: the cluster
+	// DNS of the DNS tests
+	testImgs, err := upstream.BuildImages(ctx, filepath.Join(work, "conformance-images"), true, io.Discard)
 	if err != nil {
 		return fail("the conformance tests' images (make e2e-bins builds what they need): %v", err)
 	}
@@ -118,7 +119,7 @@ func run(m *testing.M) (code int) {
 	// every controller a cluster runs by default, as the conformance tests expect (ReplicationControllers,
 	// Endpoints, ServiceCIDRs, ...)
 	c, err := node.Start(ctx, node.Config{Nodes: 2, CNIBinDir: bin, PauseArchive: imgs.Pause.Archive,
-		PauseName: imgs.Pause.Name, Log: os.Stdout, Controllers: []string{"*"}})
+		PauseName: imgs.Pause.Name, Log: os.Stdout, Controllers: []string{"*"}, ClusterDNS: upstream.ClusterDNSIP})
 	if err != nil {
 		return fail("start the nodes: %v", err)
 	}
@@ -162,6 +163,15 @@ func run(m *testing.M) (code int) {
 	if err := deployMoat(ctx); err != nil {
 		dumpMoat(ctx)
 		return fail("deploy Moat: %v", err)
+	}
+	// the cluster DNS, under Moat from its start: CoreDNS forwarding names outside the cluster to the
+	// Internet's authoritative server
+	if suite.dns, err = serveInternetDNS(suite.internet); err != nil {
+		return fail("the Internet's DNS server: %v", err)
+	}
+	defer suite.dns.stop()
+	if err := upstream.DeployDNS(ctx, c, node.InternetDNS.String()); err != nil {
+		return fail("deploy CoreDNS: %v", err)
 	}
 	fmt.Printf("e2e: %d nodes are up with Moat after %s\n", len(suite.nodes), time.Since(start).Round(time.Second))
 

@@ -29,7 +29,10 @@ var (
 		netip.MustParseAddr("203.0.113.1"), netip.MustParseAddr("203.0.113.2"),
 		netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8::2"),
 	}
-	MetadataV4 = netip.MustParseAddr("169.254.169.254")
+	// InternetDNS is the stand-in Internet's authoritative DNS server (the e2e suite's), which the cluster DNS
+	// forwards to: not in World, so the echo servers leave its port 53 to it.
+	InternetDNS = netip.MustParseAddr("203.0.113.53")
+	MetadataV4  = netip.MustParseAddr("169.254.169.254")
 	MetadataV6 = netip.MustParseAddr("fd00:ec2::254")
 	// WorldPorts are the TCP ports the Internet's servers listen on (and UDP 53).
 	WorldPorts = []uint16{80, 443, 8080, 8443, 9000, 9001, 9002}
@@ -170,7 +173,7 @@ func wire(nodes []*Node) error {
 		inet = append(inet, []string{"route", "add", n.PodCIDR.String(), "via", n.IP.String()},
 			[]string{"-6", "route", "add", n.PodCIDRv6.String(), "via", n.IPv6.String()})
 	}
-	for _, a := range append(append([]netip.Addr{}, World...), MetadataV4, MetadataV6) {
+	for _, a := range append(append([]netip.Addr{}, World...), MetadataV4, MetadataV6, InternetDNS) {
 		inet = append(inet, []string{"addr", "add", host(a, a.BitLen()), "dev", "lo"})
 	}
 	return inNSAll(InternetNS, inet)

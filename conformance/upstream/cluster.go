@@ -56,9 +56,10 @@ func ImportImages(ctx context.Context, c *node.Cluster, imgs []images.Image) err
 }
 
 // DeployDNS deploys CoreDNS as the cluster's DNS Service (CoreDNSManifest: the kube-dns Service at
-// ClusterDNSIP, no upstream resolvers: the nodes have none to give) and waits until both replicas are ready.
-func DeployDNS(ctx context.Context, c *node.Cluster) error {
-	manifest, err := CoreDNSManifest(CoreDNS{})
+// ClusterDNSIP, forwarding other names to upstreams; none: the nodes have none to give) and waits until both
+// replicas are ready.
+func DeployDNS(ctx context.Context, c *node.Cluster, upstreams ...string) error {
+	manifest, err := CoreDNSManifest(CoreDNS{Upstreams: upstreams})
 	if err != nil {
 		return err
 	}

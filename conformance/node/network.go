@@ -33,7 +33,7 @@ var (
 	// forwards to: not in World, so the echo servers leave its port 53 to it.
 	InternetDNS = netip.MustParseAddr("203.0.113.53")
 	MetadataV4  = netip.MustParseAddr("169.254.169.254")
-	MetadataV6 = netip.MustParseAddr("fd00:ec2::254")
+	MetadataV6  = netip.MustParseAddr("fd00:ec2::254")
 	// WorldPorts are the TCP ports the Internet's servers listen on (and UDP 53).
 	WorldPorts = []uint16{80, 443, 8080, 8443, 9000, 9001, 9002}
 )

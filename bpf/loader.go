@@ -36,6 +36,8 @@ type Options struct {
 	ConntrackEntries uint32
 	FragmentEntries  uint32
 	EventBytes       uint32
+	// FQDNLearnedEntries sizes fqdn_learned, the addresses learned from DNS answers (DefaultFQDNLearnedEntries).
+	FQDNLearnedEntries uint32
 }
 
 // Datapath is Moat's loaded or reopened datapath: its programs and maps, pinned under one root.
@@ -94,11 +96,14 @@ func Load(root string, opts Options) (*Datapath, error) {
 		return nil, fmt.Errorf("parse datapath objects: %w", err)
 	}
 	sizes := map[string]uint32{"ipcache": opts.IPCacheEntries, "conntrack": opts.ConntrackEntries, "fragments": opts.FragmentEntries,
-		"events": opts.EventBytes}
+		"events": opts.EventBytes, "fqdn_learned": opts.FQDNLearnedEntries}
 	for name, n := range sizes {
 		if n != 0 {
 			spec.Maps[name].MaxEntries = n
 		}
+	}
+	if err := dropSmallTails(pinDir, spec.Maps["tails"].MaxEntries); err != nil {
+		return nil, err
 	}
 	_, statErr := os.Stat(filepath.Join(pinDir, "config"))
 	created := errors.Is(statErr, os.ErrNotExist)
@@ -137,6 +142,10 @@ func Load(root string, opts Options) (*Datapath, error) {
 			return nil, fmt.Errorf("write datapath config: %w", err)
 		}
 	}
+	if err := dp.initDNSTiming(); err != nil {
+		dp.Close()
+		return nil, err
+	}
 	for name, prog := range map[string]*ebpf.Program{FromPodPin: dp.FromPod, ToPodPin: dp.ToPod} {
 		if err := pinReplace(prog, filepath.Join(pinDir, name)); err != nil {
 			dp.Close()
@@ -144,6 +153,29 @@ func Load(root string, opts Options) (*Datapath, error) {
 		}
 	}
 	return dp, nil
+}
+
+// dropSmallTails removes a pinned tails prog array with fewer slots than this build's (a build of the same layout
+// with fewer stages), so that the load makes its own: the programs running on it keep the old one open, each
+// load fills its own with its stages, and nothing else is kept in it.
+func dropSmallTails(pinDir string, want uint32) error {
+	path := filepath.Join(pinDir, "tails")
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open the pinned tails: %w", err)
+	}
+	small := m.MaxEntries() < want
+	m.Close()
+	if !small {
+		return nil
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("remove the pinned tails of an earlier build: %w", err)
+	}
+	return nil
 }
 
 // OpenPinned is the plugin's (and moatctl's) way in: it opens what the enforcer pinned, loading nothing.

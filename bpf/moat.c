@@ -222,8 +222,8 @@ int moat_dns_query(struct __sk_buff *skb)
 
 /* Not attached: the enforcer runs it (BPF_PROG_TEST_RUN) to read the jiffies clock of conntrack deadlines, and
  * twice some time apart to learn config.hz. It returns the low 32 bits of jiffies, and writes the monotonic clock
- * (8 bytes, ns) over the start of the packet, read in the same instant, so the rate measured does not depend on
- * when user space got to run. */
+ * (8 bytes, ns) over the start of the packet and all 64 bits of jiffies after it (fqdn_learned's deadlines), read
+ * in the same instant, so the rate measured does not depend on when user space got to run. */
 SEC("tc")
 int moat_jiffies(struct __sk_buff *skb)
 {
@@ -231,6 +231,7 @@ int moat_jiffies(struct __sk_buff *skb)
 	__u64 j = bpf_jiffies64();
 
 	bpf_skb_store_bytes(skb, 0, &now, sizeof(now), 0);
+	bpf_skb_store_bytes(skb, sizeof(now), &j, sizeof(j), 0);
 	return (__u32)j;
 }
 

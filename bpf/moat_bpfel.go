@@ -447,40 +447,42 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	moatMapConfig            = "config"
-	moatMapConntrack         = "conntrack"
-	moatMapCtCounts          = "ct_counts"
-	moatMapDnsFallback       = "dns_fallback"
-	moatMapDnsNames          = "dns_names"
-	moatMapDnsResolvers      = "dns_resolvers"
-	moatMapDnsScratch        = "dns_scratch"
-	moatMapDnsSets           = "dns_sets"
-	moatMapDnsTiming         = "dns_timing"
-	moatMapEvents            = "events"
-	moatMapFqdnCounts        = "fqdn_counts"
-	moatMapFqdnLearned       = "fqdn_learned"
-	moatMapFqdnNames         = "fqdn_names"
-	moatMapFqdnSets          = "fqdn_sets"
-	moatMapFragments         = "fragments"
-	moatMapHostports         = "hostports"
-	moatMapIdentities        = "identities"
-	moatMapIpcache           = "ipcache"
-	moatMapLocalEndpoints    = "local_endpoints"
-	moatMapPolicy            = "policy"
-	moatMapPolicyScratch     = "policy_scratch"
-	moatMapReasonCounts      = "reason_counts"
-	moatMapRuleCounts        = "rule_counts"
-	moatMapStats             = "stats"
-	moatMapTails             = "tails"
-	moatProgMoatDnsQuery     = "moat_dns_query"
-	moatProgMoatFromPod      = "moat_from_pod"
-	moatProgMoatJiffies      = "moat_jiffies"
-	moatProgMoatToPod        = "moat_to_pod"
-	moatVarUnusedDnsFallback = "unused_dns_fallback"
-	moatVarUnusedEnums       = "unused_enums"
-	moatVarUnusedEvent       = "unused_event"
-	moatVarUnusedPolicyKey   = "unused_policy_key"
-	moatVarUnusedPolicyValue = "unused_policy_value"
+	moatMapConfig             = "config"
+	moatMapConntrack          = "conntrack"
+	moatMapCtCounts           = "ct_counts"
+	moatMapDnsFallback        = "dns_fallback"
+	moatMapDnsNames           = "dns_names"
+	moatMapDnsResolvers       = "dns_resolvers"
+	moatMapDnsScratch         = "dns_scratch"
+	moatMapDnsSets            = "dns_sets"
+	moatMapDnsTiming          = "dns_timing"
+	moatMapEvents             = "events"
+	moatMapFqdnCounts         = "fqdn_counts"
+	moatMapFqdnLearned        = "fqdn_learned"
+	moatMapFqdnNames          = "fqdn_names"
+	moatMapFqdnSets           = "fqdn_sets"
+	moatMapFragments          = "fragments"
+	moatMapHostports          = "hostports"
+	moatMapIdentities         = "identities"
+	moatMapIpcache            = "ipcache"
+	moatMapLocalEndpoints     = "local_endpoints"
+	moatMapPolicy             = "policy"
+	moatMapPolicyScratch      = "policy_scratch"
+	moatMapReasonCounts       = "reason_counts"
+	moatMapRuleCounts         = "rule_counts"
+	moatMapStats              = "stats"
+	moatMapTails              = "tails"
+	moatProgMoatDnsAnswer     = "moat_dns_answer"
+	moatProgMoatDnsQuery      = "moat_dns_query"
+	moatProgMoatFromPod       = "moat_from_pod"
+	moatProgMoatJiffies       = "moat_jiffies"
+	moatProgMoatToPod         = "moat_to_pod"
+	moatProgMoatToPodAnswered = "moat_to_pod_answered"
+	moatVarUnusedDnsFallback  = "unused_dns_fallback"
+	moatVarUnusedEnums        = "unused_enums"
+	moatVarUnusedEvent        = "unused_event"
+	moatVarUnusedPolicyKey    = "unused_policy_key"
+	moatVarUnusedPolicyValue  = "unused_policy_value"
 )
 
 // loadMoat returns the embedded CollectionSpec for moat.
@@ -525,10 +527,12 @@ type moatSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type moatProgramSpecs struct {
-	MoatDnsQuery *ebpf.ProgramSpec `ebpf:"moat_dns_query"`
-	MoatFromPod  *ebpf.ProgramSpec `ebpf:"moat_from_pod"`
-	MoatJiffies  *ebpf.ProgramSpec `ebpf:"moat_jiffies"`
-	MoatToPod    *ebpf.ProgramSpec `ebpf:"moat_to_pod"`
+	MoatDnsAnswer     *ebpf.ProgramSpec `ebpf:"moat_dns_answer"`
+	MoatDnsQuery      *ebpf.ProgramSpec `ebpf:"moat_dns_query"`
+	MoatFromPod       *ebpf.ProgramSpec `ebpf:"moat_from_pod"`
+	MoatJiffies       *ebpf.ProgramSpec `ebpf:"moat_jiffies"`
+	MoatToPod         *ebpf.ProgramSpec `ebpf:"moat_to_pod"`
+	MoatToPodAnswered *ebpf.ProgramSpec `ebpf:"moat_to_pod_answered"`
 }
 
 // moatMapSpecs contains maps before they are loaded into the kernel.
@@ -665,18 +669,22 @@ type moatVariables struct {
 //
 // It can be passed to loadMoatObjects or ebpf.CollectionSpec.LoadAndAssign.
 type moatPrograms struct {
-	MoatDnsQuery *ebpf.Program `ebpf:"moat_dns_query"`
-	MoatFromPod  *ebpf.Program `ebpf:"moat_from_pod"`
-	MoatJiffies  *ebpf.Program `ebpf:"moat_jiffies"`
-	MoatToPod    *ebpf.Program `ebpf:"moat_to_pod"`
+	MoatDnsAnswer     *ebpf.Program `ebpf:"moat_dns_answer"`
+	MoatDnsQuery      *ebpf.Program `ebpf:"moat_dns_query"`
+	MoatFromPod       *ebpf.Program `ebpf:"moat_from_pod"`
+	MoatJiffies       *ebpf.Program `ebpf:"moat_jiffies"`
+	MoatToPod         *ebpf.Program `ebpf:"moat_to_pod"`
+	MoatToPodAnswered *ebpf.Program `ebpf:"moat_to_pod_answered"`
 }
 
 func (p *moatPrograms) Close() error {
 	return _MoatClose(
+		p.MoatDnsAnswer,
 		p.MoatDnsQuery,
 		p.MoatFromPod,
 		p.MoatJiffies,
 		p.MoatToPod,
+		p.MoatToPodAnswered,
 	)
 }
 

@@ -171,9 +171,9 @@ type fqdnKey = moatMoatFqdnKey
 type fqdnLearnedValue = moatMoatFqdnLearned
 
 // FQDNAddr is the address a learned address is kept as: an address of a NAT64 prefix as the IPv4 address it
-// embeds (the datapath decides a NAT64 address by it), an IPv4-mapped one as IPv4.
+// embeds (the datapath decides a NAT64 address by it); any other as it is (an IPv4-mapped IPv6 address stays
+// IPv6, as the datapath decides it).
 func FQDNAddr(a netip.Addr) netip.Addr {
-	a = a.Unmap()
 	if a.Is6() {
 		b := a.As16()
 		wk := b[0] == 0 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b

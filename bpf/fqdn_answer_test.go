@@ -16,7 +16,7 @@ import (
 var fqdnPatterns = []string{"*.cdn.example", "api.example.com"}
 
 // fqdnHarness is a harness whose pod's identity has fqdnPolicy's patterns as fqdn set 4, and trusts the resolver.
-func fqdnHarness(t *testing.T) *harness {
+func fqdnHarness(t testing.TB) *harness {
 	t.Helper()
 	h := newHarness(t, bpf.Options{})
 	h.policy(fqdnPolicy(podID))

@@ -49,7 +49,8 @@ type Datapath struct {
 	inner   *ebpf.MapSpec
 	// Created is true when Load made the maps, false when it reused pinned ones.
 	Created bool
-	jiffies *ebpf.Program // returns bpf_jiffies64's low 32 bits through BPF_PROG_TEST_RUN; nil from OpenPinned
+	jiffies *ebpf.Program   // returns bpf_jiffies64's low 32 bits through BPF_PROG_TEST_RUN; nil from OpenPinned
+	stages  []*ebpf.Program // the tail-called stages (in tails, which keeps them loaded); closed with the rest
 	// migrating is set by a Load that migrated an older layout's maps, until CommitMigration (migrate.go)
 	migrating *pendingMigration
 }
@@ -121,7 +122,8 @@ func Load(root string, opts Options) (*Datapath, error) {
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
 	dp := &Datapath{Root: root, FromPod: objs.MoatFromPod, ToPod: objs.MoatToPod, maps: objs.moatMaps,
-		inner: spec.Maps["policy"].InnerMap, Created: created && mig == nil, jiffies: objs.MoatJiffies}
+		inner: spec.Maps["policy"].InnerMap, Created: created && mig == nil, jiffies: objs.MoatJiffies,
+		stages: []*ebpf.Program{objs.MoatDnsQuery, objs.MoatDnsAnswer, objs.MoatToPodAnswered}}
 	if mig != nil {
 		dp.migrating = mig
 		if err := dp.migrate(root, oldConfig, mig.mig); err != nil {
@@ -217,12 +219,12 @@ func OpenPinned(root string) (*Datapath, error) {
 // Close releases this process's handles; pins, and the links that use the programs, stay.
 func (dp *Datapath) Close() error {
 	var errs []error
-	for _, p := range []*ebpf.Program{dp.FromPod, dp.ToPod, dp.jiffies} {
+	for _, p := range append([]*ebpf.Program{dp.FromPod, dp.ToPod, dp.jiffies}, dp.stages...) {
 		if p != nil {
 			errs = append(errs, p.Close())
 		}
 	}
-	for _, m := range dp.allMaps() {
+	for _, m := range append(dp.allMaps(), dp.stageMaps()...) {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
@@ -244,6 +246,14 @@ func (dp *Datapath) Unpin() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// stageMaps are the maps of the DNS stage and the learning: new beside the layout's (not migrated), closed
+// with the rest.
+func (dp *Datapath) stageMaps() []*ebpf.Map {
+	m := &dp.maps
+	return []*ebpf.Map{m.DnsSets, m.DnsNames, m.DnsScratch, m.Tails, m.FqdnSets, m.FqdnNames, m.DnsResolvers,
+		m.FqdnLearned, m.FqdnCounts, m.DnsTiming, m.DnsFallback, m.PolicyScratch}
 }
 
 func (dp *Datapath) allMaps() []*ebpf.Map {

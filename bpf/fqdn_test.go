@@ -2,8 +2,12 @@ package bpf_test
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/policy"
@@ -127,5 +131,36 @@ func TestFQDNLearnedExpires(t *testing.T) {
 	}
 	if n, err := h.dp.FQDNCount(podID); err != nil || n != 0 {
 		t.Errorf("count %d (%v) after forgetting, want 0", n, err)
+	}
+}
+
+// A pinned tails of an earlier build of this layout (one slot: the query stage only) is replaced by the load's own,
+// so the answer stage is reachable; without that the load would refuse the pinned map.
+func TestSmallPinnedTailsReplaced(t *testing.T) {
+	root := testutil.PinRoot(t)
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "tails", Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.Pin(filepath.Join(root, "tails")); err != nil {
+		t.Fatal(err)
+	}
+	dp, err := bpf.Load(root, bpf.Options{})
+	if err != nil {
+		t.Fatalf("load beside a pinned tails of one slot: %v", err)
+	}
+	defer dp.Close()
+	tails, err := ebpf.LoadPinnedMap(filepath.Join(root, "tails"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tails.Close()
+	var id uint32
+	if tails.MaxEntries() < 3 || tails.Lookup(uint32(1), &id) != nil {
+		t.Errorf("the pinned tails has %d slots, the answer stage in slot 1: %v", tails.MaxEntries(), tails.Lookup(uint32(1), &id))
 	}
 }

@@ -96,7 +96,7 @@ func (d *differ) agree(seed uint64, identity uint32, p *policy.IdentityPolicy, d
 	tg := policytest.NewTargets(p, ipc)
 	for compared := 0; compared < n; {
 		pkt, ok := carried(g.Packet(tg))
-		if !ok {
+		if !ok || dnsOfFQDNIdentity(p, pkt) {
 			continue
 		}
 		compared++
@@ -347,6 +347,13 @@ func carried(pkt policy.Packet) (policy.Packet, bool) {
 	return pkt, true
 }
 
+// dnsOfFQDNIdentity: a flow to a DNS port of an identity with fqdn peers, which the datapath refuses unless its
+// destination is a trusted resolver (dns-untrusted): not policy, so Evaluate does not decide it.
+func dnsOfFQDNIdentity(p *policy.IdentityPolicy, pkt policy.Packet) bool {
+	return p != nil && pkt.Direction == bpf.Egress && len(p.FQDNPatterns()) > 0 &&
+		(pkt.Protocol == policy.ProtoTCP || pkt.Protocol == policy.ProtoUDP) && (pkt.Port == 53 || pkt.Port == 853)
+}
+
 // outcome is what the datapath did with one packet.
 type outcome struct {
 	ret    uint32      // retNext or retDrop
@@ -413,6 +420,15 @@ func (d *differ) send(pkt policy.Packet) outcome {
 		d.sport = 20000
 	}
 	fr, key := d.frame(pkt, d.sport)
+	// what the identity learned of the remote from answers is the packet's: exactly its slots
+	if err := d.dp.ForgetFQDN(d.identity, pkt.Remote); err != nil {
+		d.t.Fatal(err)
+	}
+	if pkt.FQDN != 0 {
+		if err := d.dp.LearnFQDN(d.identity, pkt.Remote, pkt.FQDN, time.Hour); err != nil {
+			d.t.Fatal(err)
+		}
+	}
 	prog := d.dp.FromPod
 	if pkt.Direction == bpf.Ingress {
 		prog = d.dp.ToPod

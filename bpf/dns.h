@@ -41,6 +41,54 @@ struct dns_walk {
 	__u32 rule;  /* the most specific Enforce rule that denies the name so far; 0 = none */
 	__u32 audit; /* the same of the Audit policies */
 	__u32 err;
+	__u32 fqdn;  /* the suffixes are looked up in fqdn_names (an answer's question), not dns_names (a query's) */
+	__u64 slots; /* fqdn: the slots of the patterns the name is */
+};
+
+/* One address an answer holds for the name asked, until the walk has read every record. */
+struct dns_found {
+	__u8 family;
+	__u8 pad[3];
+	__u32 ttl;
+	__u8 addr[16];
+};
+
+enum dns_walk_end {
+	DNS_WALK_GOING = 0,
+	DNS_WALK_DONE = 1,      /* every record read: what was found is learned */
+	DNS_WALK_AGENT = 2,     /* readable, but not here: the agent reads it */
+	DNS_WALK_MALFORMED = 3, /* a record past the message, a label of no type: nothing is learned */
+};
+
+#define DNS_CHAIN_MAX 8 /* CNAME targets an answer's chain follows */
+#define DNS_PTR_HOPS 16 /* compression pointers a CNAME target's name may follow */
+
+/* The walk over an answer's records (dns_record), in the scratch space. */
+struct dns_answer_walk {
+	__u32 off;   /* where the next record starts in the message */
+	__u32 len;   /* bytes of the message */
+	__u32 have;  /* bytes of it in msg (the rest is past what the datapath reads) */
+	__u32 count; /* answer records */
+	__u32 read;  /* records read */
+	__u32 qlen;  /* bytes of the question's name, its root label included */
+	__u32 end;   /* enum dns_walk_end */
+	__u32 nchain;
+	__u32 chain[DNS_CHAIN_MAX]; /* where the accepted CNAME targets' names start */
+	__u32 n;                    /* addresses found */
+	__u32 identity;
+	__u64 now;                  /* jiffies */
+	__u64 hz;
+	__u32 min_ttl;
+	__u32 grace;
+	__u64 slots;                /* the patterns the question's name is */
+	struct dns_found found[MOAT_DNS_ANSWER_RECORDS];
+	struct moat_fqdn_key key;   /* the learned entry being written */
+	struct moat_fqdn_learned val;
+	struct moat_resolver_key resolver;
+	/* a name's walk, byte by byte (dns_name_byte): where it started, the byte, the next length byte, equal to
+	 * the question so far, its result; a target's (dns_target_step): where, pointers followed, bytes */
+	__u32 start, j, next, eq, res;
+	__u32 pos, hops, total;
 };
 
 /* Per CPU, the room the stage works in (the pipeline leaves it almost no stack): the name as sent, its labels, the
@@ -60,6 +108,8 @@ struct dns_scratch {
 	__u16 fields[8];                  /* 0, 1: the answer's ports; 4, 5: its old and new flags; 7: a TCP query's
 					   * length */
 	__u8 frame[64];                   /* an answer's MACs and addresses while they are swapped */
+	struct dns_answer_walk ans;       /* an answer's records (learning) */
+	__u8 msg[MOAT_DNS_ANSWER_LEN];    /* an answer, as much of it as the datapath reads */
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -69,21 +119,26 @@ struct {
 } dns_scratch SEC(".maps");
 
 enum moat_tail {
-	MOAT_TAIL_DNS = 0, /* moat_dns_query */
+	MOAT_TAIL_DNS = 0,    /* moat_dns_query */
+	MOAT_TAIL_ANSWER = 1, /* moat_dns_answer */
+	MOAT_TAIL_TO_POD = 2, /* moat_to_pod_answered */
 };
 
 /* The stages the pipeline hands a packet on to by tail call (enum moat_tail): programs of their own, each with
  * its own 512 bytes of stack, which the pipeline has used up. Pinned, so that no tail call fails while no enforcer
  * runs; each load puts its own programs in. */
 int moat_dns_query(struct __sk_buff *skb);
+int moat_dns_answer(struct __sk_buff *skb);
+int moat_to_pod_answered(struct __sk_buff *skb);
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, MOAT_TAILS);
 	__uint(key_size, sizeof(__u32));
 	__uint(pinning, LIBBPF_PIN_BY_NAME); /* the kernel empties a prog array when its last file goes */
 	__array(values, int(struct __sk_buff *));
 } tails SEC(".maps") = {
-	.values = {[0] = (void *)&moat_dns_query},
+	.values = {[MOAT_TAIL_DNS] = (void *)&moat_dns_query, [MOAT_TAIL_ANSWER] = (void *)&moat_dns_answer,
+		   [MOAT_TAIL_TO_POD] = (void *)&moat_to_pod_answered},
 };
 
 /* dns_match folds the patterns found for a suffix of k labels of a name of n labels into the rules that deny it. */
@@ -106,6 +161,17 @@ static __always_inline void dns_match(const struct moat_dns_value *v, __u32 k, _
 		*rule = v->rule[MOAT_DNS_ANY];
 	if (v->audit_rule[MOAT_DNS_ANY])
 		*audit = v->audit_rule[MOAT_DNS_ANY];
+}
+
+/* fqdn_match is the slots whose pattern covers a name of n labels through the entry of its suffix of k labels: the
+ * name itself, one label more, one label or more. */
+static __always_inline __u64 fqdn_match(const struct moat_fqdn_value *v, __u32 k, __u32 n)
+{
+	if (k == n)
+		return v->slots[MOAT_DNS_EXACT];
+	if (k + 1 == n)
+		return v->slots[MOAT_DNS_ONE] | v->slots[MOAT_DNS_ANY];
+	return v->slots[MOAT_DNS_ANY];
 }
 
 /* dns_swap turns the frame around: MACs, addresses and ports swapped (no checksum changes). */
@@ -270,9 +336,67 @@ static long dns_suffix(__u32 i, void *ctx)
 		s->key.name[(c->w + j) & (MOAT_DNS_NAME_LEN - 1)] = ch;
 	}
 	c->w += len + 1;
+	if (c->fqdn) {
+		struct moat_fqdn_value *f = bpf_map_lookup_elem(&fqdn_names, &s->key);
+
+		if (f)
+			c->slots |= fqdn_match(f, k, c->n);
+		return 0;
+	}
 	v = bpf_map_lookup_elem(&dns_names, &s->key);
 	if (v)
 		dns_match(v, k, c->n, &c->rule, &c->audit);
+	return 0;
+}
+
+/* dns_question reads the name of the question at s->dns_off (plain labels: a pointer or another label type is
+ * not read) and looks each of its suffixes up, in fqdn_names when fqdn is set (an answer's), else in dns_names
+ * (a query's); the walk holds what was found. -1: the name could not be read (or its type and class are past
+ * the datagram). */
+static __always_inline int dns_question(struct __sk_buff *skb, const struct packet *p, struct dns_scratch *s,
+					__u32 fqdn)
+{
+	__u64 avail; /* 64 bits: the clamp and the helper's length in one register, whose bounds the verifier knows */
+
+	avail = (__u64)p->l3_end - (s->dns_off + DNS_HDR_LEN);
+	if (avail > MOAT_DNS_NAME_LEN)
+		avail = MOAT_DNS_NAME_LEN;
+	if (avail < 1 || bpf_skb_load_bytes(skb, s->dns_off + DNS_HDR_LEN, s->raw, avail) < 0)
+		return -1;
+
+	/* the labels, first to last */
+	__builtin_memset(&s->walk, 0, sizeof(s->walk));
+	s->walk.avail = avail;
+	s->walk.fqdn = fqdn;
+	bpf_loop(MOAT_DNS_NAME_LEN / 2, dns_label, NULL, 0);
+	if (s->walk.err || !s->walk.end)
+		return -1;
+	/* the root label ends the name, then its type and class */
+	if (s->walk.pos >= MOAT_DNS_NAME_LEN - 1 || s->dns_off + DNS_HDR_LEN + s->walk.pos + 1 + 4 > p->l3_end)
+		return -1;
+
+	/* each suffix, its last label first: a lookup per label added */
+	__builtin_memset(s->key.name, 0, sizeof(s->key.name));
+	bpf_loop(MOAT_DNS_MAX_LABELS, dns_suffix, NULL, 0);
+	return s->walk.err ? -1 : 0;
+}
+
+/* dns_message finds where a DNS message starts in a UDP datagram or a TCP segment (after its two-byte length) into
+ * s->dns_off; for TCP, *whole says whether the segment holds the whole message as its length announces. */
+static __always_inline int dns_message(struct __sk_buff *skb, const struct packet *p, struct dns_scratch *s,
+				       int *whole)
+{
+	*whole = 1;
+	if (p->protocol != IPPROTO_TCP) {
+		s->dns_off = p->l4_off + UDP_HLEN;
+		return 0;
+	}
+	if (bpf_skb_load_bytes(skb, p->l4_off + 12, s->tcp, 1) < 0)
+		return -1;
+	s->dns_off = p->l4_off + (s->tcp[0] >> 4) * WORD + 2;
+	if (p->tcp_len < 2 + DNS_HDR_LEN || bpf_skb_load_bytes(skb, s->dns_off - 2, &s->fields[7], 2) < 0)
+		return -1;
+	*whole = bpf_ntohs(s->fields[7]) == p->tcp_len - 2;
 	return 0;
 }
 
@@ -283,7 +407,7 @@ static __always_inline int dns_query(struct __sk_buff *skb, const struct packet 
 {
 	__u32 zero = 0, identity = ep->identity, *set;
 	struct dns_scratch *s;
-	__u64 avail; /* 64 bits: the clamp and the helper's length in one register, whose bounds the verifier knows */
+	int whole;
 
 	s = bpf_map_lookup_elem(&dns_scratch, &zero);
 	set = bpf_map_lookup_elem(&dns_sets, &identity);
@@ -296,18 +420,10 @@ static __always_inline int dns_query(struct __sk_buff *skb, const struct packet 
 	d->emit = 1;
 	if (p->fragment)
 		return DNS_DROP;
-	if (p->protocol == IPPROTO_TCP) {
-		/* a segment that is one whole message after its length: what a stub sends; any other cut (a message
-		 * over two segments, two in one) is not read, and dropped */
-		if (bpf_skb_load_bytes(skb, p->l4_off + 12, s->tcp, 1) < 0)
-			return DNS_DROP;
-		s->dns_off = p->l4_off + (s->tcp[0] >> 4) * WORD + 2;
-		if (p->tcp_len < 2 + DNS_HDR_LEN || bpf_skb_load_bytes(skb, s->dns_off - 2, &s->fields[7], 2) < 0 ||
-		    bpf_ntohs(s->fields[7]) != p->tcp_len - 2)
-			return DNS_DROP;
-	} else {
-		s->dns_off = p->l4_off + UDP_HLEN;
-	}
+	/* over TCP, a segment that is one whole message after its length: what a stub sends; any other cut (a
+	 * message over two segments, two in one) is not read, and dropped */
+	if (dns_message(skb, p, s, &whole) < 0 || !whole)
+		return DNS_DROP;
 	if (s->dns_off + DNS_HDR_LEN >= p->l3_end || bpf_skb_load_bytes(skb, s->dns_off, s->hdr, DNS_HDR_LEN) < 0)
 		return DNS_DROP;
 	if (s->hdr[2] & (DNS_QR | DNS_OPCODE))
@@ -317,26 +433,7 @@ static __always_inline int dns_query(struct __sk_buff *skb, const struct packet 
 	if (s->hdr[4] != 0 || s->hdr[5] != 1 || s->hdr[6] || s->hdr[7] || s->hdr[8] || s->hdr[9] || s->hdr[10] ||
 	    s->hdr[11] > 1)
 		return DNS_DROP;
-	avail = (__u64)p->l3_end - (s->dns_off + DNS_HDR_LEN);
-	if (avail > MOAT_DNS_NAME_LEN)
-		avail = MOAT_DNS_NAME_LEN;
-	if (avail < 1 || bpf_skb_load_bytes(skb, s->dns_off + DNS_HDR_LEN, s->raw, avail) < 0)
-		return DNS_DROP;
-
-	/* the labels, first to last; a pointer (or any other label type) in a question is not read */
-	__builtin_memset(&s->walk, 0, sizeof(s->walk));
-	s->walk.avail = avail;
-	bpf_loop(MOAT_DNS_NAME_LEN / 2, dns_label, NULL, 0);
-	if (s->walk.err || !s->walk.end)
-		return DNS_DROP;
-	/* the root label ends the name, then its type and class */
-	if (s->walk.pos >= MOAT_DNS_NAME_LEN - 1 || s->dns_off + DNS_HDR_LEN + s->walk.pos + 1 + 4 > p->l3_end)
-		return DNS_DROP;
-
-	/* each suffix, its last label first: a lookup per label added */
-	__builtin_memset(s->key.name, 0, sizeof(s->key.name));
-	bpf_loop(MOAT_DNS_MAX_LABELS, dns_suffix, NULL, 0);
-	if (s->walk.err)
+	if (dns_question(skb, p, s, 0) < 0)
 		return DNS_DROP;
 	if (!s->walk.rule && !s->walk.audit)
 		return DNS_PASS;
@@ -369,6 +466,446 @@ static __always_inline int dns_candidate(const struct packet *p, const struct mo
 		return 0;
 	set = bpf_map_lookup_elem(&dns_sets, &identity);
 	return set && *set;
+}
+
+
+/*
+ * Learning (egress by name): an answer from a trusted resolver (dns_resolvers) to a pod whose identity has fqdn
+ * patterns (fqdn_sets) is read in place before the pod sees it. Its question's name is matched as a query's is,
+ * in fqdn_names, giving the slots of the patterns it is; then the answer records are read (at most
+ * MOAT_DNS_ANSWER_RECORDS, in the first MOAT_DNS_ANSWER_LEN bytes): a record counts when its class is IN and
+ * its owner is the question's name or the target of a CNAME this answer already accepted. The owner is known by
+ * where its name is: a compression pointer to the question (offset 12) or to an accepted CNAME's target; a name
+ * written out in full is compared with the question's. A or AAAA records that count write fqdn_learned; a CNAME
+ * that counts adds its target to the chain. Nothing is learned until every record was read: an answer with a
+ * record past its end learns nothing. What can be read but not here (more records, a message longer than the
+ * datapath reads, a TCP segment without the whole message, an owner pointing elsewhere once a chain began, the
+ * identity's bound reached) goes to the agent.
+ */
+
+static __always_inline __u8 dns_lower(__u8 c)
+{
+	return c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c;
+}
+
+#define DNS_MSG_MASK (MOAT_DNS_ANSWER_LEN - 1)
+
+enum dns_name_res {
+	DNS_NAME_GOING = 0,
+	DNS_NAME_EQUAL = 1, /* the question's name, written out */
+	DNS_NAME_OTHER = 2, /* another name (or one ending in a pointer) */
+	DNS_NAME_BAD = 3,   /* w->end says why */
+};
+
+/* dns_name_byte (a bpf_loop callback) reads byte j of a name written out from w->start, label by label, and
+ * compares it with the question's (its length bytes too), case-insensitively. */
+static long dns_name_byte(__u32 i, void *ctx)
+{
+	struct dns_answer_walk *w;
+	struct dns_scratch *s;
+	__u32 zero = 0, at;
+	__u8 c, q;
+
+	s = bpf_map_lookup_elem(&dns_scratch, &zero);
+	if (!s)
+		return 1;
+	w = &s->ans;
+	at = w->start + w->j;
+	if (at >= w->have) {
+		w->end = at >= w->len ? DNS_WALK_MALFORMED : DNS_WALK_AGENT;
+		w->res = DNS_NAME_BAD;
+		return 1;
+	}
+	c = s->msg[at & DNS_MSG_MASK];
+	if (w->j == w->next) {
+		if (c == 0) {
+			w->off = at + 1;
+			w->res = w->eq && w->j + 1 == w->qlen ? DNS_NAME_EQUAL : DNS_NAME_OTHER;
+			return 1;
+		}
+		if ((c & 0xc0) == 0xc0) {
+			/* the name ends in a pointer: some other name, or the question's written oddly */
+			w->off = at + 2;
+			w->res = DNS_NAME_OTHER;
+			return 1;
+		}
+		if (c & 0xc0) {
+			w->end = DNS_WALK_MALFORMED;
+			w->res = DNS_NAME_BAD;
+			return 1;
+		}
+		w->next = w->j + c + 1;
+	}
+	q = w->j < w->qlen ? s->msg[(DNS_HDR_LEN + w->j) & DNS_MSG_MASK] : 0;
+	if (w->j >= w->qlen || dns_lower(q) != dns_lower(c))
+		w->eq = 0;
+	w->j++;
+	return 0;
+}
+
+/* dns_owner reads the owner name of the record at w->off: 1 when it is the question's name or an accepted CNAME's
+ * target, 0 when it is another name, -1 when the walk ends (w->end says how). It moves w->off past the name. */
+static __always_inline int dns_owner(struct dns_scratch *s, struct dns_answer_walk *w)
+{
+	__u32 off = w->off, ptr, k;
+	__u8 b0, b1;
+
+	if (off + 2 > w->have) {
+		w->end = off + 2 > w->len ? DNS_WALK_MALFORMED : DNS_WALK_AGENT;
+		return -1;
+	}
+	b0 = s->msg[off & DNS_MSG_MASK];
+	b1 = s->msg[(off + 1) & DNS_MSG_MASK];
+	if ((b0 & 0xc0) == 0xc0) {
+		ptr = (__u32)(b0 & 0x3f) << 8 | b1;
+		w->off = off + 2;
+		if (ptr == DNS_HDR_LEN)
+			return 1;
+		for (k = 0; k < DNS_CHAIN_MAX; k++)
+			if (k < w->nchain && w->chain[k] == ptr)
+				return 1;
+		/* the name is somewhere else: not read here (it may be the question's, written again) */
+		w->end = DNS_WALK_AGENT;
+		return -1;
+	}
+	if (b0 & 0xc0) {
+		w->end = DNS_WALK_MALFORMED;
+		return -1;
+	}
+	/* written out */
+	w->start = off;
+	w->j = 0;
+	w->next = 0;
+	w->eq = 1;
+	w->res = DNS_NAME_GOING;
+	bpf_loop(MOAT_DNS_NAME_LEN, dns_name_byte, NULL, 0);
+	if (w->res == DNS_NAME_EQUAL)
+		return 1;
+	if (w->res == DNS_NAME_GOING) {
+		w->end = DNS_WALK_MALFORMED; /* longer than a name may be */
+		return -1;
+	}
+	if (w->res == DNS_NAME_BAD)
+		return -1;
+	if (w->nchain) {
+		/* once a chain began, another name may be a target written out again: the agent compares names */
+		w->end = DNS_WALK_AGENT;
+		return -1;
+	}
+	return 0;
+}
+
+/* dns_target_step (a bpf_loop callback) takes one step along a CNAME target's name: a label, a pointer (backwards
+ * only, at most DNS_PTR_HOPS), or its end; w->res is DNS_NAME_EQUAL for a name, DNS_NAME_BAD otherwise. */
+static long dns_target_step(__u32 i, void *ctx)
+{
+	struct dns_answer_walk *w;
+	struct dns_scratch *s;
+	__u32 zero = 0, ptr, pos;
+	__u8 c;
+
+	s = bpf_map_lookup_elem(&dns_scratch, &zero);
+	if (!s)
+		return 1;
+	w = &s->ans;
+	pos = w->pos;
+	w->res = DNS_NAME_BAD;
+	if (pos >= w->have)
+		return 1;
+	c = s->msg[pos & DNS_MSG_MASK];
+	if (c == 0) {
+		if (w->total + 1 <= 255)
+			w->res = DNS_NAME_EQUAL;
+		return 1;
+	}
+	if ((c & 0xc0) == 0xc0) {
+		if (pos + 1 >= w->have || ++w->hops > DNS_PTR_HOPS)
+			return 1;
+		ptr = (__u32)(c & 0x3f) << 8 | s->msg[(pos + 1) & DNS_MSG_MASK];
+		if (ptr >= pos || ptr < DNS_HDR_LEN)
+			return 1;
+		w->pos = ptr;
+		w->res = DNS_NAME_GOING;
+		return 0;
+	}
+	if (c & 0xc0)
+		return 1;
+	w->total += c + 1;
+	if (w->total >= 255)
+		return 1;
+	w->pos = pos + c + 1;
+	w->res = DNS_NAME_GOING;
+	return 0;
+}
+
+/* dns_target_ok checks that a CNAME's target name, from off, is a name (labels, pointers backwards only, at most
+ * DNS_PTR_HOPS of them, 255 bytes at most), inside the message the datapath holds. */
+static __always_inline int dns_target_ok(struct dns_answer_walk *w, __u32 off)
+{
+	w->pos = off;
+	w->hops = 0;
+	w->total = 0;
+	w->res = DNS_NAME_GOING;
+	bpf_loop(MOAT_DNS_NAME_LEN, dns_target_step, NULL, 0);
+	return w->res == DNS_NAME_EQUAL;
+}
+
+/* dns_record (a bpf_loop callback) reads the answer record at the walk's offset. */
+static long dns_record(__u32 i, void *ctx)
+{
+	struct dns_answer_walk *w;
+	struct dns_scratch *s;
+	__u32 zero = 0, off, type, class, rdlen, rdata, ttl;
+	int owner;
+
+	s = bpf_map_lookup_elem(&dns_scratch, &zero);
+	if (!s)
+		return 1;
+	w = &s->ans;
+	if (w->read >= w->count) {
+		w->end = DNS_WALK_DONE;
+		return 1;
+	}
+	owner = dns_owner(s, w);
+	if (owner < 0)
+		return 1;
+	off = w->off;
+	if (off + 10 > w->have) {
+		w->end = off + 10 > w->len ? DNS_WALK_MALFORMED : DNS_WALK_AGENT;
+		return 1;
+	}
+	type = (__u32)s->msg[off & DNS_MSG_MASK] << 8 | s->msg[(off + 1) & DNS_MSG_MASK];
+	class = (__u32)s->msg[(off + 2) & DNS_MSG_MASK] << 8 | s->msg[(off + 3) & DNS_MSG_MASK];
+	ttl = (__u32)s->msg[(off + 4) & DNS_MSG_MASK] << 24 | (__u32)s->msg[(off + 5) & DNS_MSG_MASK] << 16 |
+	      (__u32)s->msg[(off + 6) & DNS_MSG_MASK] << 8 | s->msg[(off + 7) & DNS_MSG_MASK];
+	rdlen = (__u32)s->msg[(off + 8) & DNS_MSG_MASK] << 8 | s->msg[(off + 9) & DNS_MSG_MASK];
+	rdata = off + 10;
+	if (rdata + rdlen > w->len) {
+		w->end = DNS_WALK_MALFORMED; /* the record runs past the message */
+		return 1;
+	}
+	w->off = rdata + rdlen;
+	w->read++;
+	if (!owner || class != 1)
+		return 0;
+	if ((type == 1 && rdlen == 4) || (type == 28 && rdlen == 16)) {
+		struct dns_found *f;
+		__u32 b;
+
+		if (rdata + rdlen > w->have || w->n >= MOAT_DNS_ANSWER_RECORDS) {
+			w->end = DNS_WALK_AGENT;
+			return 1;
+		}
+		f = &w->found[w->n & (MOAT_DNS_ANSWER_RECORDS - 1)];
+		__builtin_memset(f, 0, sizeof(*f));
+		f->family = type == 1 ? 4 : 6;
+		f->ttl = ttl;
+		for (b = 0; b < 16; b++)
+			if (b < rdlen)
+				f->addr[b] = s->msg[(rdata + b) & DNS_MSG_MASK];
+		w->n++;
+		return 0;
+	}
+	if (type == 5) {
+		if (w->nchain >= DNS_CHAIN_MAX || !dns_target_ok(w, rdata)) {
+			w->end = DNS_WALK_AGENT;
+			return 1;
+		}
+		w->chain[w->nchain & (DNS_CHAIN_MAX - 1)] = rdata;
+		w->nchain++;
+	}
+	return 0;
+}
+
+/* dns_learn (a bpf_loop callback) writes the walk's address i to fqdn_learned: its slots or'ed into those of an
+ * entry that has not expired, its deadline the later one; a new key counts against the identity's bound. An
+ * address of a NAT64 prefix is kept as the IPv4 address it embeds, as decide() looks it up. */
+static long dns_learn(__u32 i, void *ctx)
+{
+	struct moat_fqdn_learned *old;
+	struct dns_answer_walk *w;
+	struct dns_scratch *s;
+	struct dns_found *f;
+	__u32 zero = 0;
+	__u64 secs, *count;
+
+	s = bpf_map_lookup_elem(&dns_scratch, &zero);
+	if (!s)
+		return 1;
+	w = &s->ans;
+	if (i >= w->n || i >= MOAT_DNS_ANSWER_RECORDS)
+		return 1;
+	asm volatile("" : "+r"(i)); /* keep the mask: the verifier wants it on the register it indexes with */
+	f = &w->found[i & (MOAT_DNS_ANSWER_RECORDS - 1)];
+	__builtin_memset(&w->key, 0, sizeof(w->key));
+	w->key.identity = w->identity;
+	if (f->family == 6 && nat64_embeds_ipv4(f->addr)) {
+		w->key.family = 4;
+		__builtin_memcpy(w->key.addr, f->addr + 12, 4);
+	} else {
+		w->key.family = f->family;
+		copy16(w->key.addr, f->addr);
+	}
+	secs = (f->ttl > w->min_ttl ? f->ttl : w->min_ttl) + (__u64)w->grace;
+	w->val.slots = w->slots;
+	w->val.expires = w->now + secs * w->hz;
+	old = bpf_map_lookup_elem(&fqdn_learned, &w->key);
+	if (old && old->expires >= w->now) {
+		w->val.slots |= old->slots;
+		if (old->expires > w->val.expires)
+			w->val.expires = old->expires;
+	} else if (!old) {
+		count = bpf_map_lookup_elem(&fqdn_counts, &w->identity);
+		if (count)
+			__sync_fetch_and_add(count, 1);
+	}
+	bpf_map_update_elem(&fqdn_learned, &w->key, &w->val, BPF_ANY);
+	stat_inc(MOAT_STAT_FQDN_LEARNED);
+	return 0;
+}
+
+/* dns_to_agent copies the frame (its first MOAT_DNS_FALLBACK_FRAME bytes) to the agent's ring, with the pod's host
+ * veth and identity. */
+static __always_inline void dns_to_agent(struct __sk_buff *skb, __u32 identity)
+{
+	struct moat_dns_fallback *r;
+	__u64 len = skb->len; /* 64 bits: the clamp and the helper's length in one register */
+
+	r = bpf_ringbuf_reserve(&dns_fallback, sizeof(*r), 0);
+	if (!r) {
+		stat_inc(MOAT_STAT_DNS_FALLBACK_LOST);
+		return;
+	}
+	if (len > MOAT_DNS_FALLBACK_FRAME)
+		len = MOAT_DNS_FALLBACK_FRAME;
+	if (len < 1 || bpf_skb_load_bytes(skb, 0, r->frame, len) < 0) {
+		bpf_ringbuf_discard(r, 0);
+		stat_inc(MOAT_STAT_DNS_FALLBACK_LOST);
+		return;
+	}
+	r->ifindex = skb->ifindex;
+	r->identity = identity;
+	r->len = len;
+	r->wire_len = skb->len;
+	bpf_ringbuf_submit(r, 0);
+	stat_inc(MOAT_STAT_DNS_FALLBACK);
+}
+
+/* dns_answer_candidate: what to_pod hands to moat_dns_answer: a UDP datagram (whole, or its first fragment) or a
+ * TCP segment with data from port 53, to a pod whose identity has fqdn patterns, not re-injected by the agent. */
+static __always_inline int dns_answer_candidate(const struct __sk_buff *skb, const struct packet *p,
+						const struct moat_endpoint *ep)
+{
+	__u32 identity = ep->identity, *set;
+
+	if (p->sport != DNS_PORT || p->non_first || skb->mark == MOAT_MARK_DNS_REINJECT)
+		return 0;
+	if (p->protocol != IPPROTO_UDP && !(p->protocol == IPPROTO_TCP && p->tcp_len))
+		return 0;
+	set = bpf_map_lookup_elem(&fqdn_sets, &identity);
+	return set && *set;
+}
+
+/* dns_answer reads an answer for a pod of an identity with fqdn patterns and learns from it (see above): DNS_PASS
+ * to go on to conntrack and policy (learned or not), DNS_DROP when a datagram went to the agent (d says so). */
+static __always_inline int dns_answer(struct __sk_buff *skb, const struct packet *p, struct decision *d,
+				      const struct moat_endpoint *ep, const struct moat_config *cfg)
+{
+	__u32 zero = 0, identity, *set;
+	struct moat_dns_timing *t;
+	struct dns_answer_walk *w;
+	struct dns_scratch *s;
+	__u64 have, *count;
+	int whole;
+
+	if (!ep || !cfg || !dns_answer_candidate(skb, p, ep))
+		return DNS_PASS;
+	identity = ep->identity;
+	s = bpf_map_lookup_elem(&dns_scratch, &zero);
+	set = bpf_map_lookup_elem(&fqdn_sets, &identity);
+	t = bpf_map_lookup_elem(&dns_timing, &zero);
+	if (!s || !set || !*set || !t || !cfg->hz || p->fragment)
+		return DNS_PASS; /* a fragmented answer is not read: nothing is learned from it */
+	w = &s->ans;
+	/* only a trusted resolver's answers */
+	__builtin_memset(&w->resolver, 0, sizeof(w->resolver));
+	w->resolver.family = p->family;
+	copy16(w->resolver.addr, p->saddr);
+	if (!bpf_map_lookup_elem(&dns_resolvers, &w->resolver))
+		return DNS_PASS;
+
+	s->key.set = *set;
+	if (dns_message(skb, p, s, &whole) < 0)
+		return DNS_PASS;
+	if (s->dns_off + DNS_HDR_LEN >= p->l3_end || bpf_skb_load_bytes(skb, s->dns_off, s->hdr, DNS_HDR_LEN) < 0)
+		return DNS_PASS;
+	/* a standard answer (QR, opcode 0) to one question */
+	if ((s->hdr[2] & (DNS_QR | DNS_OPCODE)) != DNS_QR || s->hdr[4] != 0 || s->hdr[5] != 1)
+		return DNS_PASS;
+	if (dns_question(skb, p, s, 1) < 0 || !s->walk.slots)
+		return DNS_PASS; /* not a name of the identity's patterns (or not one that can be read): not learned */
+	if (s->hdr[2] & 0x02)
+		return DNS_PASS; /* truncated (TC): nothing to learn, the stub asks again over TCP */
+
+	__builtin_memset(w, 0, sizeof(*w));
+	w->slots = s->walk.slots;
+	w->qlen = s->walk.pos + 1;
+	w->off = DNS_HDR_LEN + w->qlen + 4;
+	w->len = p->l3_end - s->dns_off;
+	w->count = (__u32)s->hdr[6] << 8 | s->hdr[7];
+	w->identity = identity;
+	if (!whole || w->count > MOAT_DNS_ANSWER_RECORDS) {
+		w->end = DNS_WALK_AGENT;
+	} else {
+		have = w->len;
+		if (have > MOAT_DNS_ANSWER_LEN)
+			have = MOAT_DNS_ANSWER_LEN;
+		if (have < 1 || bpf_skb_load_bytes(skb, s->dns_off, s->msg, have) < 0)
+			return DNS_PASS;
+		w->have = have;
+		bpf_loop(MOAT_DNS_ANSWER_RECORDS + 1, dns_record, NULL, 0);
+	}
+	if (w->end == DNS_WALK_DONE && t->max_per_identity) {
+		count = bpf_map_lookup_elem(&fqdn_counts, &identity);
+		if (count && *count + w->n > t->max_per_identity)
+			w->end = DNS_WALK_AGENT; /* the agent makes room, then learns */
+	}
+	if (w->end == DNS_WALK_DONE) {
+		w->now = bpf_jiffies64();
+		w->hz = cfg->hz;
+		w->min_ttl = t->min_ttl;
+		w->grace = t->grace;
+		bpf_loop(MOAT_DNS_ANSWER_RECORDS, dns_learn, NULL, 0);
+		return DNS_PASS;
+	}
+	if (w->end != DNS_WALK_AGENT)
+		return DNS_PASS; /* malformed: nothing learned; the stub judges it */
+	dns_to_agent(skb, identity);
+	if (p->protocol == IPPROTO_TCP)
+		return DNS_PASS; /* the agent learns from the copy; a connection the pod opens before is retried */
+	d->reason = MOAT_REASON_DNS_TO_AGENT;
+	d->verdict = MOAT_VERDICT_DENIED;
+	d->emit = 1;
+	return DNS_DROP;
+}
+
+/* dns_untrusted: a new flow of an identity with fqdn peers to a DNS port (53, or 853 for DNS over TLS) of an
+ * address that is no trusted resolver: it could learn what no trusted answer said, or hide what it asks. A global
+ * function: the pipeline's frame is nearly full. */
+__noinline int dns_untrusted(__u32 family_proto_port, const struct fqdn_addr *daddr)
+{
+	struct dns_scratch *s;
+	__u32 zero = 0, port = family_proto_port & 0xffff, proto = (family_proto_port >> 16) & 0xff;
+
+	if (!daddr || (port != DNS_PORT && port != 853) || (proto != IPPROTO_UDP && proto != IPPROTO_TCP))
+		return 0;
+	s = bpf_map_lookup_elem(&dns_scratch, &zero);
+	if (!s)
+		return 1;
+	__builtin_memset(&s->ans.resolver, 0, sizeof(s->ans.resolver));
+	s->ans.resolver.family = family_proto_port >> 24;
+	__builtin_memcpy(s->ans.resolver.addr, daddr->a, 16);
+	return !bpf_map_lookup_elem(&dns_resolvers, &s->ans.resolver);
 }
 
 #endif

@@ -83,6 +83,11 @@ func lookupOver(t *testing.T, n ns.NetNS, network, server, name string, edns boo
 	if edns {
 		q.SetEdns0(1232, false)
 	}
+	return exchangeIn(n, network, server, q)
+}
+
+// exchangeIn asks server q from inside n over network ("udp" or "tcp").
+func exchangeIn(n ns.NetNS, network, server string, q *dns.Msg) (*dns.Msg, error) {
 	var a *dns.Msg
 	err := n.Do(func(ns.NetNS) error {
 		var err error

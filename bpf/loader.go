@@ -36,6 +36,8 @@ type Options struct {
 	ConntrackEntries uint32
 	FragmentEntries  uint32
 	EventBytes       uint32
+	// FQDNLearnedEntries sizes fqdn_learned, the addresses learned from DNS answers (DefaultFQDNLearnedEntries).
+	FQDNLearnedEntries uint32
 }
 
 // Datapath is Moat's loaded or reopened datapath: its programs and maps, pinned under one root.
@@ -47,7 +49,8 @@ type Datapath struct {
 	inner   *ebpf.MapSpec
 	// Created is true when Load made the maps, false when it reused pinned ones.
 	Created bool
-	jiffies *ebpf.Program // returns bpf_jiffies64's low 32 bits through BPF_PROG_TEST_RUN; nil from OpenPinned
+	jiffies *ebpf.Program   // returns bpf_jiffies64's low 32 bits through BPF_PROG_TEST_RUN; nil from OpenPinned
+	stages  []*ebpf.Program // the tail-called stages (in tails, which keeps them loaded); closed with the rest
 	// migrating is set by a Load that migrated an older layout's maps, until CommitMigration (migrate.go)
 	migrating *pendingMigration
 }
@@ -94,11 +97,14 @@ func Load(root string, opts Options) (*Datapath, error) {
 		return nil, fmt.Errorf("parse datapath objects: %w", err)
 	}
 	sizes := map[string]uint32{"ipcache": opts.IPCacheEntries, "conntrack": opts.ConntrackEntries, "fragments": opts.FragmentEntries,
-		"events": opts.EventBytes}
+		"events": opts.EventBytes, "fqdn_learned": opts.FQDNLearnedEntries}
 	for name, n := range sizes {
 		if n != 0 {
 			spec.Maps[name].MaxEntries = n
 		}
+	}
+	if err := dropSmallTails(pinDir, spec.Maps["tails"].MaxEntries); err != nil {
+		return nil, err
 	}
 	_, statErr := os.Stat(filepath.Join(pinDir, "config"))
 	created := errors.Is(statErr, os.ErrNotExist)
@@ -116,7 +122,8 @@ func Load(root string, opts Options) (*Datapath, error) {
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
 	dp := &Datapath{Root: root, FromPod: objs.MoatFromPod, ToPod: objs.MoatToPod, maps: objs.moatMaps,
-		inner: spec.Maps["policy"].InnerMap, Created: created && mig == nil, jiffies: objs.MoatJiffies}
+		inner: spec.Maps["policy"].InnerMap, Created: created && mig == nil, jiffies: objs.MoatJiffies,
+		stages: []*ebpf.Program{objs.MoatDnsQuery, objs.MoatDnsAnswer, objs.MoatToPodAnswered}}
 	if mig != nil {
 		dp.migrating = mig
 		if err := dp.migrate(root, oldConfig, mig.mig); err != nil {
@@ -137,6 +144,10 @@ func Load(root string, opts Options) (*Datapath, error) {
 			return nil, fmt.Errorf("write datapath config: %w", err)
 		}
 	}
+	if err := dp.initDNSTiming(); err != nil {
+		dp.Close()
+		return nil, err
+	}
 	for name, prog := range map[string]*ebpf.Program{FromPodPin: dp.FromPod, ToPodPin: dp.ToPod} {
 		if err := pinReplace(prog, filepath.Join(pinDir, name)); err != nil {
 			dp.Close()
@@ -144,6 +155,29 @@ func Load(root string, opts Options) (*Datapath, error) {
 		}
 	}
 	return dp, nil
+}
+
+// dropSmallTails removes a pinned tails prog array with fewer slots than this build's (a build of the same layout
+// with fewer stages), so that the load makes its own: the programs running on it keep the old one open, each
+// load fills its own with its stages, and nothing else is kept in it.
+func dropSmallTails(pinDir string, want uint32) error {
+	path := filepath.Join(pinDir, "tails")
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open the pinned tails: %w", err)
+	}
+	small := m.MaxEntries() < want
+	m.Close()
+	if !small {
+		return nil
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("remove the pinned tails of an earlier build: %w", err)
+	}
+	return nil
 }
 
 // OpenPinned is the plugin's (and moatctl's) way in: it opens what the enforcer pinned, loading nothing.
@@ -185,12 +219,12 @@ func OpenPinned(root string) (*Datapath, error) {
 // Close releases this process's handles; pins, and the links that use the programs, stay.
 func (dp *Datapath) Close() error {
 	var errs []error
-	for _, p := range []*ebpf.Program{dp.FromPod, dp.ToPod, dp.jiffies} {
+	for _, p := range append([]*ebpf.Program{dp.FromPod, dp.ToPod, dp.jiffies}, dp.stages...) {
 		if p != nil {
 			errs = append(errs, p.Close())
 		}
 	}
-	for _, m := range dp.allMaps() {
+	for _, m := range append(dp.allMaps(), dp.stageMaps()...) {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
@@ -212,6 +246,14 @@ func (dp *Datapath) Unpin() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// stageMaps are the maps of the DNS stage and the learning: new beside the layout's (not migrated), closed
+// with the rest.
+func (dp *Datapath) stageMaps() []*ebpf.Map {
+	m := &dp.maps
+	return []*ebpf.Map{m.DnsSets, m.DnsNames, m.DnsScratch, m.Tails, m.FqdnSets, m.FqdnNames, m.DnsResolvers,
+		m.FqdnLearned, m.FqdnCounts, m.DnsTiming, m.DnsFallback, m.PolicyScratch}
 }
 
 func (dp *Datapath) allMaps() []*ebpf.Map {

@@ -105,6 +105,70 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dns_names SEC(".maps");
 
+/* identity (__u32) -> its set of fqdn patterns (__u32; 0 = none: its DNS answers are not read), in fqdn_names */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MOAT_MAX_IDENTITIES);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fqdn_sets SEC(".maps");
+
+/* struct moat_dns_key (set, reversed base name) -> struct moat_fqdn_value: per form, the slots it is the pattern of */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MOAT_DNS_NAME_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct moat_dns_key);
+	__type(value, struct moat_fqdn_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fqdn_names SEC(".maps");
+
+/* struct moat_resolver_key -> __u8 (1): the resolvers whose answers are learned from and that pods of identities
+ * with fqdn peers may ask */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MOAT_DNS_RESOLVERS);
+	__type(key, struct moat_resolver_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dns_resolvers SEC(".maps");
+
+/* struct moat_fqdn_key (identity, address) -> struct moat_fqdn_learned: what an identity learned from answers */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MOAT_FQDN_LEARNED_ENTRIES);
+	__type(key, struct moat_fqdn_key);
+	__type(value, struct moat_fqdn_learned);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fqdn_learned SEC(".maps");
+
+/* identity (__u32) -> __u64: its entries in fqdn_learned as the datapath counted them (new keys; the agent
+ * recounts), against dns_timing.max_per_identity */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MOAT_MAX_IDENTITIES);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fqdn_counts SEC(".maps");
+
+/* key 0 -> struct moat_dns_timing: min TTL, grace, the per-identity bound */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct moat_dns_timing);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dns_timing SEC(".maps");
+
+/* struct moat_dns_fallback records: answers the datapath hands to the agent */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, MOAT_DNS_FALLBACK_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dns_fallback SEC(".maps");
+
 /* struct moat_frag_key -> struct moat_frag_value: first fragment verdicts */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -153,6 +217,7 @@ struct {
 const struct moat_event *const unused_event __attribute__((unused)) = 0;
 const struct moat_policy_key *const unused_policy_key __attribute__((unused)) = 0;
 const struct moat_policy_value *const unused_policy_value __attribute__((unused)) = 0;
+const struct moat_dns_fallback *const unused_dns_fallback __attribute__((unused)) = 0;
 const struct {
 	enum moat_direction direction;
 	enum moat_class class;
@@ -169,6 +234,7 @@ const struct {
 	enum moat_limits limits;
 	enum moat_rule_order order;
 	enum moat_remote_identity remote_identity;
+	enum moat_marks marks;
 	struct moat_policy_port port;
 	struct moat_policy_cidr cidr;
 	struct moat_policy_peer peer;

@@ -7,7 +7,7 @@
  *   to_pod:   host veth egress, packets the pod receives (ingress policy)
  * This file is the pipeline; each stage is a header of its own:
  *   endpoint and config -> parse (parse.h) -> neighbour discovery (neighbor.h) -> anti-spoof -> names a pod may
- *   not resolve (dns.h) -> fragments and conntrack (conntrack.h) -> where the source came from (source.h) -> classify the remote and policy
+ *   not resolve, and learning from DNS answers (dns.h) -> fragments and conntrack (conntrack.h) -> where the source came from (source.h) -> classify the remote and policy
  *   (policy.h) -> verdict, counters, event (events.h).
  * The maps are in maps.h, the structures shared with Go in moat.h. docs/datapath.md describes it with every map.
  */
@@ -98,6 +98,12 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir, const int wi
 		return finish(skb, ep, &p, dir, &d);
 	}
 
+	/* a DNS answer to a pod whose identity has fqdn peers: learned from (dns.h, moat_dns_answer) before the pod
+	 * sees it; moat_dns_answer hands it back to moat_to_pod_answered (this with with_dns), which goes on. When
+	 * the stage cannot be reached, nothing is learned: the answer goes on. */
+	if (dir == MOAT_DIR_INGRESS && !with_dns && dns_answer_candidate(skb, &p, ep))
+		bpf_tail_call(skb, &tails, MOAT_TAIL_ANSWER);
+
 	if (dir == MOAT_DIR_EGRESS && dns_candidate(&p, ep)) {
 		if (!with_dns) {
 			bpf_tail_call(skb, &tails, MOAT_TAIL_DNS);
@@ -160,6 +166,15 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir, const int wi
 		}
 		action = decide_flow(cfg, ep->identity, dir, p.family, p.protocol, policy_port(&p),
 				     dir == MOAT_DIR_EGRESS ? p.daddr : p.saddr, dir == MOAT_DIR_EGRESS ? p.saddr : p.daddr, &d);
+		/* DNS of an identity with fqdn peers goes to trusted resolvers only: as a policy denial (audit mode
+		 * reports it) */
+		if (dir == MOAT_DIR_EGRESS && (d.identity_flags & MOAT_ID_FQDN) && p.has_ports &&
+		    dns_untrusted((__u32)p.family << 24 | (__u32)p.protocol << 16 | p.dport,
+				  (const struct fqdn_addr *)p.daddr)) {
+			action = MOAT_ACTION_DENY;
+			d.reason = MOAT_REASON_DNS_UNTRUSTED;
+			d.rule_id = 0;
+		}
 		if (action == MOAT_ACTION_ALLOW) {
 			d.pass = 1;
 			d.verdict = MOAT_VERDICT_ALLOWED;
@@ -220,10 +235,52 @@ int moat_dns_query(struct __sk_buff *skb)
 	return process(skb, MOAT_DIR_EGRESS, 1);
 }
 
+/* The learning from DNS answers (dns.h): moat_to_pod hands on (tail call) what comes from port 53 to a pod whose
+ * identity has fqdn peers. A program of its own, with only the parsing before it, so that the walk over the
+ * records has the stack the pipeline uses up; it hands the answer on to moat_to_pod_answered, the pipeline after
+ * the stage (or drops it when the stage gave it to the agent). */
+SEC("tc")
+int moat_dns_answer(struct __sk_buff *skb)
+{
+	struct packet p = {};
+	struct decision d = {};
+	struct moat_endpoint *ep;
+	struct moat_config *cfg;
+	__u32 ifindex = skb->ifindex, zero = 0;
+	struct ethhdr_moat eth;
+	int err = -1;
+
+	p.data = (void *)(long)skb->data;
+	p.data_end = (void *)(long)skb->data_end;
+	ep = bpf_map_lookup_elem(&local_endpoints, &ifindex);
+	cfg = bpf_map_lookup_elem(&config, &zero);
+	if (ep && cfg && load(skb, &p, 0, &eth, sizeof(eth)) == 0) {
+		if (eth.proto == bpf_htons(ETH_P_IP))
+			err = parse_ipv4(skb, &p);
+		else if (eth.proto == bpf_htons(ETH_P_IPV6))
+			err = parse_ipv6(skb, &p);
+	}
+	if (!err && dns_answer(skb, &p, &d, ep, cfg) == DNS_DROP)
+		return finish(skb, ep, &p, MOAT_DIR_INGRESS, &d);
+	bpf_tail_call(skb, &tails, MOAT_TAIL_TO_POD);
+	/* only if the pipeline could not be reached: nothing reaches a pod undecided */
+	d.reason = MOAT_REASON_DNS_UNPARSED;
+	d.verdict = MOAT_VERDICT_DENIED;
+	d.emit = 1;
+	return finish(skb, ep, &p, MOAT_DIR_INGRESS, &d);
+}
+
+/* moat_to_pod after the learning: moat_dns_answer hands the answers it read on to it. */
+SEC("tc")
+int moat_to_pod_answered(struct __sk_buff *skb)
+{
+	return process(skb, MOAT_DIR_INGRESS, 1);
+}
+
 /* Not attached: the enforcer runs it (BPF_PROG_TEST_RUN) to read the jiffies clock of conntrack deadlines, and
  * twice some time apart to learn config.hz. It returns the low 32 bits of jiffies, and writes the monotonic clock
- * (8 bytes, ns) over the start of the packet, read in the same instant, so the rate measured does not depend on
- * when user space got to run. */
+ * (8 bytes, ns) over the start of the packet and all 64 bits of jiffies after it (fqdn_learned's deadlines), read
+ * in the same instant, so the rate measured does not depend on when user space got to run. */
 SEC("tc")
 int moat_jiffies(struct __sk_buff *skb)
 {
@@ -231,6 +288,7 @@ int moat_jiffies(struct __sk_buff *skb)
 	__u64 j = bpf_jiffies64();
 
 	bpf_skb_store_bytes(skb, 0, &now, sizeof(now), 0);
+	bpf_skb_store_bytes(skb, sizeof(now), &j, sizeof(j), 0);
 	return (__u32)j;
 }
 

@@ -34,6 +34,23 @@ enum moat_limits {
 	MOAT_DNS_NAME_ENTRIES = 65536, /* the dns_names map: name patterns of every set */
 	MOAT_DNS_NAME_LEN = 256,       /* bytes of a name in a dns_names key (a wire-format name is at most 255) */
 	MOAT_DNS_MAX_LABELS = 32,      /* labels of a name pattern, its wildcard included */
+	MOAT_FQDN_LEARNED_ENTRIES = 65536, /* the default size of fqdn_learned; the enforcer may size it otherwise */
+	MOAT_FQDN_PER_IDENTITY = 4096,     /* the default bound of one identity's learned addresses (dns_timing) */
+	MOAT_DNS_MIN_TTL = 30,             /* default seconds a learned address lives at least (dns_timing) */
+	MOAT_DNS_GRACE = 60,               /* default seconds it lives past its TTL (dns_timing) */
+	MOAT_DNS_RESOLVERS = 256,          /* trusted resolver addresses */
+	MOAT_DNS_ANSWER_RECORDS = 16,      /* answer records the datapath reads; more go to the agent */
+	MOAT_DNS_ANSWER_LEN = 1024,        /* bytes of an answer the datapath reads; records past them go to the agent */
+	MOAT_DNS_FALLBACK_FRAME = 4096,    /* bytes of a frame copied to the agent */
+	MOAT_DNS_FALLBACK_BYTES = 1 << 20, /* the dns_fallback ring buffer */
+	MOAT_TAILS = 4,                    /* slots of the tails prog array (enum moat_tail) */
+};
+
+/* The mark of a DNS answer the agent re-injects into a pod (AF_PACKET with SO_MARK on the host veth): to_pod passes
+ * it on without reading it again. Only host-side sockets set a mark; a veth clears it on packets that cross from a
+ * pod's namespace, so no pod can forge it. */
+enum moat_marks {
+	MOAT_MARK_DNS_REINJECT = 0x4d4f0035,
 };
 
 enum moat_direction {
@@ -100,6 +117,11 @@ enum moat_reason {
 					    * by the datapath, never sent on */
 	MOAT_REASON_DNS_UNPARSED = 34,     /* a DNS query the datapath cannot read, from a namespace with names it
 					    * may not resolve (several questions, a compressed or malformed name) */
+	MOAT_REASON_DNS_TO_AGENT = 35,     /* a DNS answer for a name of the pod's fqdn patterns that the datapath
+					    * cannot read in place: copied to the agent (dns_fallback), which learns
+					    * and re-injects it (UDP); a TCP segment is copied and passed */
+	MOAT_REASON_DNS_UNTRUSTED = 36,    /* a new DNS flow (port 53 or 853) of a namespace with fqdn peers to an
+					    * address that is no trusted resolver (dns_resolvers) */
 	MOAT_REASON_MAX = 40,
 };
 
@@ -240,6 +262,8 @@ struct moat_rule_ref {
 enum moat_identity_flags {
 	MOAT_ID_METADATA_ALLOW = 1 << 0, /* the namespace may reach the metadata API (decided then as the world) */
 	MOAT_ID_AUDIT = 1 << 1,          /* moat.dev/mode: Audit: every verdict is report-only */
+	MOAT_ID_FQDN = 1 << 2,           /* the identity has fqdn peers: a world remote is looked up in fqdn_learned,
+					  * and its DNS goes to trusted resolvers only */
 };
 
 struct moat_policy_value {
@@ -332,6 +356,47 @@ struct moat_dns_value {
 	__u32 audit_rule[MOAT_DNS_FORMS];
 };
 
+/*
+ * Egress by name, learned from DNS answers (fqdn peers). fqdn_sets maps an identity to its set of fqdn patterns;
+ * fqdn_names holds each set's patterns by base name (struct moat_dns_key, as dns_names), the value per form the
+ * slots (bits: the pattern's place in the identity's sorted patterns) that form of that base name is. An answer
+ * from a trusted resolver (dns_resolvers) for a name of a slot writes the addresses in it to fqdn_learned, keyed
+ * by the pod's identity: decide() looks a world remote up there and each slot as the peer MOAT_IDENTITY_FQDN+slot.
+ */
+struct moat_fqdn_value {
+	__u64 slots[MOAT_DNS_FORMS];
+};
+struct moat_resolver_key {
+	__u8 family; /* 4 or 6 */
+	__u8 pad[3];
+	__u8 addr[16];
+};
+struct moat_fqdn_key {
+	__u32 identity;
+	__u8 family; /* 4 or 6; an address of a NAT64 prefix is kept as the IPv4 address it embeds */
+	__u8 pad[3];
+	__u8 addr[16];
+};
+struct moat_fqdn_learned {
+	__u64 slots;   /* the patterns whose names the address was an answer for */
+	__u64 expires; /* jiffies: the latest answer's TTL (at least min_ttl) plus grace */
+};
+/* dns_timing, one element: what config would hold, in a map of its own so struct moat_config stays as it is. */
+struct moat_dns_timing {
+	__u32 min_ttl;          /* seconds */
+	__u32 grace;            /* seconds */
+	__u32 max_per_identity; /* learned addresses one identity may hold (fqdn_counts); 0 = no bound */
+	__u32 pad;
+};
+/* One dns_fallback record: an answer the datapath could not read in place, for the agent. */
+struct moat_dns_fallback {
+	__u32 ifindex;  /* the pod's host veth */
+	__u32 identity; /* the pod's identity */
+	__u32 len;      /* bytes of the frame (Ethernet on) in frame */
+	__u32 wire_len; /* bytes of the whole frame */
+	__u8 frame[MOAT_DNS_FALLBACK_FRAME];
+};
+
 /* Per-reason and per-rule counters (per-CPU arrays). */
 struct moat_counter {
 	__u64 packets;
@@ -343,6 +408,9 @@ enum moat_stat {
 	MOAT_STAT_EVENTS_LOST = 0, /* the ring buffer was full */
 	MOAT_STAT_CT_CREATED = 1,
 	MOAT_STAT_CT_LIMITED = 2, /* new flows refused by the per-endpoint conntrack bound */
+	MOAT_STAT_FQDN_LEARNED = 3,   /* addresses written to fqdn_learned from answers */
+	MOAT_STAT_DNS_FALLBACK = 4,   /* answers copied to the agent (dns_fallback) */
+	MOAT_STAT_DNS_FALLBACK_LOST = 5, /* answers for the agent that found its ring full */
 	MOAT_STAT_MAX = 8,
 };
 

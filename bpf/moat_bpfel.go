@@ -104,10 +104,27 @@ const (
 	moatMoatDirectionMOAT_DIR_INGRESS moatMoatDirection = 1
 )
 
+type moatMoatDnsFallback struct {
+	_        structs.HostLayout
+	Ifindex  uint32
+	Identity uint32
+	Len      uint32
+	WireLen  uint32
+	Frame    [4096]uint8
+}
+
 type moatMoatDnsKey struct {
 	_    structs.HostLayout
 	Set  uint32
 	Name [256]uint8
+}
+
+type moatMoatDnsTiming struct {
+	_              structs.HostLayout
+	MinTtl         uint32
+	Grace          uint32
+	MaxPerIdentity uint32
+	Pad            uint32
 }
 
 type moatMoatDnsValue struct {
@@ -158,6 +175,25 @@ type moatMoatEvent struct {
 	Pad2           uint32
 }
 
+type moatMoatFqdnKey struct {
+	_        structs.HostLayout
+	Identity uint32
+	Family   uint8
+	Pad      [3]uint8
+	Addr     [16]uint8
+}
+
+type moatMoatFqdnLearned struct {
+	_       structs.HostLayout
+	Slots   uint64
+	Expires uint64
+}
+
+type moatMoatFqdnValue struct {
+	_     structs.HostLayout
+	Slots [3]uint64
+}
+
 type moatMoatFragKey struct {
 	_        structs.HostLayout
 	Ifindex  uint32
@@ -200,6 +236,7 @@ type moatMoatIdentityFlags uint32
 const (
 	moatMoatIdentityFlagsMOAT_ID_METADATA_ALLOW moatMoatIdentityFlags = 1
 	moatMoatIdentityFlagsMOAT_ID_AUDIT          moatMoatIdentityFlags = 2
+	moatMoatIdentityFlagsMOAT_ID_FQDN           moatMoatIdentityFlags = 4
 )
 
 type moatMoatIpcacheKey struct {
@@ -220,22 +257,38 @@ type moatMoatIpcacheValue struct {
 type moatMoatLimits uint32
 
 const (
-	moatMoatLimitsMOAT_LAYOUT_VERSION     moatMoatLimits = 5
-	moatMoatLimitsMOAT_MAX_ENDPOINT_V4    moatMoatLimits = 4
-	moatMoatLimitsMOAT_MAX_ENDPOINT_V6    moatMoatLimits = 4
-	moatMoatLimitsMOAT_NAMESPACE_LEN      moatMoatLimits = 64
-	moatMoatLimitsMOAT_MAX_IDENTITIES     moatMoatLimits = 65536
-	moatMoatLimitsMOAT_MAX_RULES          moatMoatLimits = 65536
-	moatMoatLimitsMOAT_MAX_POLICY_ENTRIES moatMoatLimits = 1048576
-	moatMoatLimitsMOAT_MAX_ENDPOINTS      moatMoatLimits = 16384
-	moatMoatLimitsMOAT_IPCACHE_ENTRIES    moatMoatLimits = 524288
-	moatMoatLimitsMOAT_CONNTRACK_ENTRIES  moatMoatLimits = 262144
-	moatMoatLimitsMOAT_HOSTPORT_ENTRIES   moatMoatLimits = 16384
-	moatMoatLimitsMOAT_FRAGMENT_ENTRIES   moatMoatLimits = 16384
-	moatMoatLimitsMOAT_EVENTS_BYTES       moatMoatLimits = 4194304
-	moatMoatLimitsMOAT_DNS_NAME_ENTRIES   moatMoatLimits = 65536
-	moatMoatLimitsMOAT_DNS_NAME_LEN       moatMoatLimits = 256
-	moatMoatLimitsMOAT_DNS_MAX_LABELS     moatMoatLimits = 32
+	moatMoatLimitsMOAT_LAYOUT_VERSION       moatMoatLimits = 5
+	moatMoatLimitsMOAT_MAX_ENDPOINT_V4      moatMoatLimits = 4
+	moatMoatLimitsMOAT_MAX_ENDPOINT_V6      moatMoatLimits = 4
+	moatMoatLimitsMOAT_NAMESPACE_LEN        moatMoatLimits = 64
+	moatMoatLimitsMOAT_MAX_IDENTITIES       moatMoatLimits = 65536
+	moatMoatLimitsMOAT_MAX_RULES            moatMoatLimits = 65536
+	moatMoatLimitsMOAT_MAX_POLICY_ENTRIES   moatMoatLimits = 1048576
+	moatMoatLimitsMOAT_MAX_ENDPOINTS        moatMoatLimits = 16384
+	moatMoatLimitsMOAT_IPCACHE_ENTRIES      moatMoatLimits = 524288
+	moatMoatLimitsMOAT_CONNTRACK_ENTRIES    moatMoatLimits = 262144
+	moatMoatLimitsMOAT_HOSTPORT_ENTRIES     moatMoatLimits = 16384
+	moatMoatLimitsMOAT_FRAGMENT_ENTRIES     moatMoatLimits = 16384
+	moatMoatLimitsMOAT_EVENTS_BYTES         moatMoatLimits = 4194304
+	moatMoatLimitsMOAT_DNS_NAME_ENTRIES     moatMoatLimits = 65536
+	moatMoatLimitsMOAT_DNS_NAME_LEN         moatMoatLimits = 256
+	moatMoatLimitsMOAT_DNS_MAX_LABELS       moatMoatLimits = 32
+	moatMoatLimitsMOAT_FQDN_LEARNED_ENTRIES moatMoatLimits = 65536
+	moatMoatLimitsMOAT_FQDN_PER_IDENTITY    moatMoatLimits = 4096
+	moatMoatLimitsMOAT_DNS_MIN_TTL          moatMoatLimits = 30
+	moatMoatLimitsMOAT_DNS_GRACE            moatMoatLimits = 60
+	moatMoatLimitsMOAT_DNS_RESOLVERS        moatMoatLimits = 256
+	moatMoatLimitsMOAT_DNS_ANSWER_RECORDS   moatMoatLimits = 16
+	moatMoatLimitsMOAT_DNS_ANSWER_LEN       moatMoatLimits = 1024
+	moatMoatLimitsMOAT_DNS_FALLBACK_FRAME   moatMoatLimits = 4096
+	moatMoatLimitsMOAT_DNS_FALLBACK_BYTES   moatMoatLimits = 1048576
+	moatMoatLimitsMOAT_TAILS                moatMoatLimits = 4
+)
+
+type moatMoatMarks uint32
+
+const (
+	moatMoatMarksMOAT_MARK_DNS_REINJECT moatMoatMarks = 1297023029
 )
 
 type moatMoatNamespaceKey struct {
@@ -336,6 +389,8 @@ const (
 	moatMoatReasonMOAT_REASON_UNKNOWN_POD      moatMoatReason = 32
 	moatMoatReasonMOAT_REASON_DNS_DENIED       moatMoatReason = 33
 	moatMoatReasonMOAT_REASON_DNS_UNPARSED     moatMoatReason = 34
+	moatMoatReasonMOAT_REASON_DNS_TO_AGENT     moatMoatReason = 35
+	moatMoatReasonMOAT_REASON_DNS_UNTRUSTED    moatMoatReason = 36
 	moatMoatReasonMOAT_REASON_MAX              moatMoatReason = 40
 )
 
@@ -346,6 +401,13 @@ const (
 	moatMoatRemoteIdentityMOAT_IDENTITY_FQDN        moatMoatRemoteIdentity = 4294967040
 	moatMoatRemoteIdentityMOAT_FQDN_SLOTS           moatMoatRemoteIdentity = 64
 )
+
+type moatMoatResolverKey struct {
+	_      structs.HostLayout
+	Family uint8
+	Pad    [3]uint8
+	Addr   [16]uint8
+}
 
 type moatMoatRuleOrder uint32
 
@@ -364,10 +426,13 @@ type moatMoatRuleRef struct {
 type moatMoatStat uint32
 
 const (
-	moatMoatStatMOAT_STAT_EVENTS_LOST moatMoatStat = 0
-	moatMoatStatMOAT_STAT_CT_CREATED  moatMoatStat = 1
-	moatMoatStatMOAT_STAT_CT_LIMITED  moatMoatStat = 2
-	moatMoatStatMOAT_STAT_MAX         moatMoatStat = 8
+	moatMoatStatMOAT_STAT_EVENTS_LOST       moatMoatStat = 0
+	moatMoatStatMOAT_STAT_CT_CREATED        moatMoatStat = 1
+	moatMoatStatMOAT_STAT_CT_LIMITED        moatMoatStat = 2
+	moatMoatStatMOAT_STAT_FQDN_LEARNED      moatMoatStat = 3
+	moatMoatStatMOAT_STAT_DNS_FALLBACK      moatMoatStat = 4
+	moatMoatStatMOAT_STAT_DNS_FALLBACK_LOST moatMoatStat = 5
+	moatMoatStatMOAT_STAT_MAX               moatMoatStat = 8
 )
 
 type moatMoatVerdict uint32
@@ -382,31 +447,42 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	moatMapConfig            = "config"
-	moatMapConntrack         = "conntrack"
-	moatMapCtCounts          = "ct_counts"
-	moatMapDnsNames          = "dns_names"
-	moatMapDnsScratch        = "dns_scratch"
-	moatMapDnsSets           = "dns_sets"
-	moatMapEvents            = "events"
-	moatMapFragments         = "fragments"
-	moatMapHostports         = "hostports"
-	moatMapIdentities        = "identities"
-	moatMapIpcache           = "ipcache"
-	moatMapLocalEndpoints    = "local_endpoints"
-	moatMapPolicy            = "policy"
-	moatMapReasonCounts      = "reason_counts"
-	moatMapRuleCounts        = "rule_counts"
-	moatMapStats             = "stats"
-	moatMapTails             = "tails"
-	moatProgMoatDnsQuery     = "moat_dns_query"
-	moatProgMoatFromPod      = "moat_from_pod"
-	moatProgMoatJiffies      = "moat_jiffies"
-	moatProgMoatToPod        = "moat_to_pod"
-	moatVarUnusedEnums       = "unused_enums"
-	moatVarUnusedEvent       = "unused_event"
-	moatVarUnusedPolicyKey   = "unused_policy_key"
-	moatVarUnusedPolicyValue = "unused_policy_value"
+	moatMapConfig             = "config"
+	moatMapConntrack          = "conntrack"
+	moatMapCtCounts           = "ct_counts"
+	moatMapDnsFallback        = "dns_fallback"
+	moatMapDnsNames           = "dns_names"
+	moatMapDnsResolvers       = "dns_resolvers"
+	moatMapDnsScratch         = "dns_scratch"
+	moatMapDnsSets            = "dns_sets"
+	moatMapDnsTiming          = "dns_timing"
+	moatMapEvents             = "events"
+	moatMapFqdnCounts         = "fqdn_counts"
+	moatMapFqdnLearned        = "fqdn_learned"
+	moatMapFqdnNames          = "fqdn_names"
+	moatMapFqdnSets           = "fqdn_sets"
+	moatMapFragments          = "fragments"
+	moatMapHostports          = "hostports"
+	moatMapIdentities         = "identities"
+	moatMapIpcache            = "ipcache"
+	moatMapLocalEndpoints     = "local_endpoints"
+	moatMapPolicy             = "policy"
+	moatMapPolicyScratch      = "policy_scratch"
+	moatMapReasonCounts       = "reason_counts"
+	moatMapRuleCounts         = "rule_counts"
+	moatMapStats              = "stats"
+	moatMapTails              = "tails"
+	moatProgMoatDnsAnswer     = "moat_dns_answer"
+	moatProgMoatDnsQuery      = "moat_dns_query"
+	moatProgMoatFromPod       = "moat_from_pod"
+	moatProgMoatJiffies       = "moat_jiffies"
+	moatProgMoatToPod         = "moat_to_pod"
+	moatProgMoatToPodAnswered = "moat_to_pod_answered"
+	moatVarUnusedDnsFallback  = "unused_dns_fallback"
+	moatVarUnusedEnums        = "unused_enums"
+	moatVarUnusedEvent        = "unused_event"
+	moatVarUnusedPolicyKey    = "unused_policy_key"
+	moatVarUnusedPolicyValue  = "unused_policy_value"
 )
 
 // loadMoat returns the embedded CollectionSpec for moat.
@@ -451,10 +527,12 @@ type moatSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type moatProgramSpecs struct {
-	MoatDnsQuery *ebpf.ProgramSpec `ebpf:"moat_dns_query"`
-	MoatFromPod  *ebpf.ProgramSpec `ebpf:"moat_from_pod"`
-	MoatJiffies  *ebpf.ProgramSpec `ebpf:"moat_jiffies"`
-	MoatToPod    *ebpf.ProgramSpec `ebpf:"moat_to_pod"`
+	MoatDnsAnswer     *ebpf.ProgramSpec `ebpf:"moat_dns_answer"`
+	MoatDnsQuery      *ebpf.ProgramSpec `ebpf:"moat_dns_query"`
+	MoatFromPod       *ebpf.ProgramSpec `ebpf:"moat_from_pod"`
+	MoatJiffies       *ebpf.ProgramSpec `ebpf:"moat_jiffies"`
+	MoatToPod         *ebpf.ProgramSpec `ebpf:"moat_to_pod"`
+	MoatToPodAnswered *ebpf.ProgramSpec `ebpf:"moat_to_pod_answered"`
 }
 
 // moatMapSpecs contains maps before they are loaded into the kernel.
@@ -464,16 +542,24 @@ type moatMapSpecs struct {
 	Config         *ebpf.MapSpec `ebpf:"config"`
 	Conntrack      *ebpf.MapSpec `ebpf:"conntrack"`
 	CtCounts       *ebpf.MapSpec `ebpf:"ct_counts"`
+	DnsFallback    *ebpf.MapSpec `ebpf:"dns_fallback"`
 	DnsNames       *ebpf.MapSpec `ebpf:"dns_names"`
+	DnsResolvers   *ebpf.MapSpec `ebpf:"dns_resolvers"`
 	DnsScratch     *ebpf.MapSpec `ebpf:"dns_scratch"`
 	DnsSets        *ebpf.MapSpec `ebpf:"dns_sets"`
+	DnsTiming      *ebpf.MapSpec `ebpf:"dns_timing"`
 	Events         *ebpf.MapSpec `ebpf:"events"`
+	FqdnCounts     *ebpf.MapSpec `ebpf:"fqdn_counts"`
+	FqdnLearned    *ebpf.MapSpec `ebpf:"fqdn_learned"`
+	FqdnNames      *ebpf.MapSpec `ebpf:"fqdn_names"`
+	FqdnSets       *ebpf.MapSpec `ebpf:"fqdn_sets"`
 	Fragments      *ebpf.MapSpec `ebpf:"fragments"`
 	Hostports      *ebpf.MapSpec `ebpf:"hostports"`
 	Identities     *ebpf.MapSpec `ebpf:"identities"`
 	Ipcache        *ebpf.MapSpec `ebpf:"ipcache"`
 	LocalEndpoints *ebpf.MapSpec `ebpf:"local_endpoints"`
 	Policy         *ebpf.MapSpec `ebpf:"policy"`
+	PolicyScratch  *ebpf.MapSpec `ebpf:"policy_scratch"`
 	ReasonCounts   *ebpf.MapSpec `ebpf:"reason_counts"`
 	RuleCounts     *ebpf.MapSpec `ebpf:"rule_counts"`
 	Stats          *ebpf.MapSpec `ebpf:"stats"`
@@ -484,6 +570,7 @@ type moatMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type moatVariableSpecs struct {
+	UnusedDnsFallback *ebpf.VariableSpec `ebpf:"unused_dns_fallback"`
 	UnusedEnums       *ebpf.VariableSpec `ebpf:"unused_enums"`
 	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedPolicyKey   *ebpf.VariableSpec `ebpf:"unused_policy_key"`
@@ -513,16 +600,24 @@ type moatMaps struct {
 	Config         *ebpf.Map `ebpf:"config"`
 	Conntrack      *ebpf.Map `ebpf:"conntrack"`
 	CtCounts       *ebpf.Map `ebpf:"ct_counts"`
+	DnsFallback    *ebpf.Map `ebpf:"dns_fallback"`
 	DnsNames       *ebpf.Map `ebpf:"dns_names"`
+	DnsResolvers   *ebpf.Map `ebpf:"dns_resolvers"`
 	DnsScratch     *ebpf.Map `ebpf:"dns_scratch"`
 	DnsSets        *ebpf.Map `ebpf:"dns_sets"`
+	DnsTiming      *ebpf.Map `ebpf:"dns_timing"`
 	Events         *ebpf.Map `ebpf:"events"`
+	FqdnCounts     *ebpf.Map `ebpf:"fqdn_counts"`
+	FqdnLearned    *ebpf.Map `ebpf:"fqdn_learned"`
+	FqdnNames      *ebpf.Map `ebpf:"fqdn_names"`
+	FqdnSets       *ebpf.Map `ebpf:"fqdn_sets"`
 	Fragments      *ebpf.Map `ebpf:"fragments"`
 	Hostports      *ebpf.Map `ebpf:"hostports"`
 	Identities     *ebpf.Map `ebpf:"identities"`
 	Ipcache        *ebpf.Map `ebpf:"ipcache"`
 	LocalEndpoints *ebpf.Map `ebpf:"local_endpoints"`
 	Policy         *ebpf.Map `ebpf:"policy"`
+	PolicyScratch  *ebpf.Map `ebpf:"policy_scratch"`
 	ReasonCounts   *ebpf.Map `ebpf:"reason_counts"`
 	RuleCounts     *ebpf.Map `ebpf:"rule_counts"`
 	Stats          *ebpf.Map `ebpf:"stats"`
@@ -534,16 +629,24 @@ func (m *moatMaps) Close() error {
 		m.Config,
 		m.Conntrack,
 		m.CtCounts,
+		m.DnsFallback,
 		m.DnsNames,
+		m.DnsResolvers,
 		m.DnsScratch,
 		m.DnsSets,
+		m.DnsTiming,
 		m.Events,
+		m.FqdnCounts,
+		m.FqdnLearned,
+		m.FqdnNames,
+		m.FqdnSets,
 		m.Fragments,
 		m.Hostports,
 		m.Identities,
 		m.Ipcache,
 		m.LocalEndpoints,
 		m.Policy,
+		m.PolicyScratch,
 		m.ReasonCounts,
 		m.RuleCounts,
 		m.Stats,
@@ -555,6 +658,7 @@ func (m *moatMaps) Close() error {
 //
 // It can be passed to loadMoatObjects or ebpf.CollectionSpec.LoadAndAssign.
 type moatVariables struct {
+	UnusedDnsFallback *ebpf.Variable `ebpf:"unused_dns_fallback"`
 	UnusedEnums       *ebpf.Variable `ebpf:"unused_enums"`
 	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
 	UnusedPolicyKey   *ebpf.Variable `ebpf:"unused_policy_key"`
@@ -565,18 +669,22 @@ type moatVariables struct {
 //
 // It can be passed to loadMoatObjects or ebpf.CollectionSpec.LoadAndAssign.
 type moatPrograms struct {
-	MoatDnsQuery *ebpf.Program `ebpf:"moat_dns_query"`
-	MoatFromPod  *ebpf.Program `ebpf:"moat_from_pod"`
-	MoatJiffies  *ebpf.Program `ebpf:"moat_jiffies"`
-	MoatToPod    *ebpf.Program `ebpf:"moat_to_pod"`
+	MoatDnsAnswer     *ebpf.Program `ebpf:"moat_dns_answer"`
+	MoatDnsQuery      *ebpf.Program `ebpf:"moat_dns_query"`
+	MoatFromPod       *ebpf.Program `ebpf:"moat_from_pod"`
+	MoatJiffies       *ebpf.Program `ebpf:"moat_jiffies"`
+	MoatToPod         *ebpf.Program `ebpf:"moat_to_pod"`
+	MoatToPodAnswered *ebpf.Program `ebpf:"moat_to_pod_answered"`
 }
 
 func (p *moatPrograms) Close() error {
 	return _MoatClose(
+		p.MoatDnsAnswer,
 		p.MoatDnsQuery,
 		p.MoatFromPod,
 		p.MoatJiffies,
 		p.MoatToPod,
+		p.MoatToPodAnswered,
 	)
 }
 

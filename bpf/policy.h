@@ -67,6 +67,100 @@ static __always_inline int is_encapsulation(__u8 protocol, __u16 port)
 	return 0;
 }
 
+/* Per CPU, what decide() and fqdn_peers keep off the pipeline's stack (nearly full): the IPv4 address a NAT64
+ * address embeds, and fqdn_peers' keys. */
+struct policy_scratch {
+	union { /* first: its address is the scratch space's, which spares fqdn_peers a register */
+		struct moat_fqdn_key learned;
+		struct moat_policy_key peer;
+	};
+	__u8 embedded[16];
+	struct moat_rule_ref enforce;
+	struct moat_rule_ref audit;
+	__u64 slots;
+	__u32 identity;
+	__u32 before[2]; /* the orders of the best Enforce and Audit rules before fqdn_peers */
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct policy_scratch));
+} policy_scratch SEC(".maps");
+
+struct fqdn_addr {
+	__u8 a[16];
+};
+
+/* fqdn_peers looks up the PEER entries of the fqdn patterns the identity learned the remote for, as namespace peers
+ * are: each set bit of the learned slots, lowest first, until none is left. It returns 1 when it found an Enforce
+ * rule ahead of enforce_order (the best so far), 2 when an Audit rule ahead of audit_order, or'ed; the rules are
+ * in policy_scratch (fqdn_fold takes them). A global function: the verifier checks it once, not on every path of
+ * the pipeline that reaches it, and its frame is its own (the pipeline's is nearly full). family_class is the
+ * family << 16 | the port class (a call takes five arguments). */
+__noinline int fqdn_peers(__u32 family_class, __u32 identity, const struct fqdn_addr *remote, __u32 enforce_order,
+			  __u32 audit_order)
+{
+	struct policy_scratch *s;
+	struct moat_fqdn_learned *l;
+	struct moat_policy_value *v;
+	__u32 zero = 0, i;
+	void *inner;
+
+	if (!remote)
+		return 0;
+	s = bpf_map_lookup_elem(&policy_scratch, &zero);
+	if (!s)
+		return 0;
+	s->learned = (struct moat_fqdn_key){.identity = identity, .family = family_class >> 16};
+	__builtin_memcpy(s->learned.addr, remote->a, 16);
+	s->identity = identity;
+	s->enforce.order = s->before[0] = enforce_order;
+	s->audit.order = s->before[1] = audit_order;
+	l = bpf_map_lookup_elem(&fqdn_learned, &s->learned);
+	if (!l || l->expires < bpf_jiffies64())
+		return 0;
+	s->slots = l->slots;
+	inner = bpf_map_lookup_elem(&policy, &s->identity);
+	if (!inner)
+		return 0;
+	s->peer = (struct moat_policy_key){
+		.prefixlen = MOAT_POLICY_BITS_PEER,
+		.peer = {.kind = MOAT_KIND_PEER, .class = bpf_htons(family_class & 0xffff)},
+	};
+#pragma clang loop unroll(disable)
+	for (i = 0; i < MOAT_FQDN_SLOTS; i++) {
+		if (!(s->slots >> i))
+			break;
+		if (!((s->slots >> i) & 1))
+			continue;
+		s->peer.peer.identity = bpf_htonl(MOAT_IDENTITY_FQDN + i);
+		v = bpf_map_lookup_elem(inner, &s->peer);
+		if (v) {
+			better(&s->enforce, &v->enforce);
+			better(&s->audit, &v->audit);
+		}
+	}
+	return (s->enforce.order < s->before[0]) | (s->audit.order < s->before[1]) << 1;
+}
+
+/* fqdn_fold takes what fqdn_peers found (found: its return) into the best rules so far. */
+static __always_inline void fqdn_fold(int found, struct moat_rule_ref *enforce, struct moat_rule_ref *audit)
+{
+	struct policy_scratch *s;
+	__u32 zero = 0;
+
+	if (!found)
+		return;
+	s = bpf_map_lookup_elem(&policy_scratch, &zero);
+	if (!s)
+		return;
+	if (found & 1)
+		*enforce = s->enforce;
+	if (found & 2)
+		*audit = s->audit;
+}
+
 /*
  * Decides a new flow of the endpoint (or re-decides an established one): the metadata rule, then the first
  * matching rule of the identity's Enforce policies, then the defaults. Fills d->reason, d->rule_id, the remote
@@ -80,15 +174,22 @@ static __always_inline __u8 decide(const struct moat_config *cfg, __u32 identity
 	struct moat_rule_ref enforce = {.order = MOAT_ORDER_NONE}, audit = {.order = MOAT_ORDER_NONE};
 	__u32 flags = 0, pclass = 0;
 	__u8 class, world_default;
-	__u8 embedded[16] __attribute__((aligned(8)));
 	void *inner;
 
 	/* A NAT64 address is decided by the IPv4 address it stands for: the metadata block and every IPv4 rule hold
 	 * through the translator. */
 	if (family == 6 && nat64_embeds_ipv4(remote)) {
-		clear16(embedded);
-		__builtin_memcpy(embedded, remote + 12, 4);
-		remote = embedded;
+		struct policy_scratch *s;
+		__u32 zero = 0;
+
+		s = bpf_map_lookup_elem(&policy_scratch, &zero);
+		if (!s) {
+			d->reason = MOAT_REASON_NO_POLICY;
+			return MOAT_ACTION_DENY;
+		}
+		clear16(s->embedded);
+		__builtin_memcpy(s->embedded, remote + 12, 4);
+		remote = s->embedded;
 		family = 4;
 	}
 	classify(family, remote, &class, &d->remote_identity);
@@ -166,6 +267,14 @@ static __always_inline __u8 decide(const struct moat_config *cfg, __u32 identity
 				better(&audit, &v->audit);
 			}
 		}
+		/* A world address the identity learned from DNS answers is each fqdn pattern it was an answer for (a
+		 * peer MOAT_IDENTITY_FQDN + slot). Only the world: a hostile answer naming a pod, a node or the
+		 * metadata API opens nothing (d->remote_class is the class before an allowed metadata API is turned
+		 * into the world). */
+		if (dir == MOAT_DIR_EGRESS && (flags & MOAT_ID_FQDN) && d->remote_class == MOAT_CLASS_WORLD)
+			fqdn_fold(fqdn_peers((__u32)family << 16 | pclass, identity, (const struct fqdn_addr *)remote,
+					     enforce.order, audit.order),
+				  &enforce, &audit);
 	}
 
 	/* an Audit policy reports its first matching rule when, enforced, it would have decided */

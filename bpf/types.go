@@ -126,6 +126,8 @@ const (
 	ReasonUnknownPod     Reason = moatMoatReasonMOAT_REASON_UNKNOWN_POD
 	ReasonDNSDenied      Reason = moatMoatReasonMOAT_REASON_DNS_DENIED
 	ReasonDNSUnparsed    Reason = moatMoatReasonMOAT_REASON_DNS_UNPARSED
+	ReasonDNSToAgent     Reason = moatMoatReasonMOAT_REASON_DNS_TO_AGENT
+	ReasonDNSUntrusted   Reason = moatMoatReasonMOAT_REASON_DNS_UNTRUSTED
 	ReasonMax            Reason = moatMoatReasonMOAT_REASON_MAX
 	firstDropReason      Reason = ReasonNoEndpoint
 	IdentityAllowMeta           = moatMoatIdentityFlagsMOAT_ID_METADATA_ALLOW
@@ -137,6 +139,9 @@ const (
 	StatEventsLost              = moatMoatStatMOAT_STAT_EVENTS_LOST
 	StatCTCreated               = moatMoatStatMOAT_STAT_CT_CREATED
 	StatCTLimited               = moatMoatStatMOAT_STAT_CT_LIMITED
+	StatFQDNLearned             = moatMoatStatMOAT_STAT_FQDN_LEARNED
+	StatDNSFallback             = moatMoatStatMOAT_STAT_DNS_FALLBACK
+	StatDNSFallbackLost         = moatMoatStatMOAT_STAT_DNS_FALLBACK_LOST
 	statMax                     = moatMoatStatMOAT_STAT_MAX
 	KindPort                    = moatMoatPolicyKindMOAT_KIND_PORT
 	KindCIDR                    = moatMoatPolicyKindMOAT_KIND_CIDR
@@ -173,6 +178,8 @@ var reasonNames = map[Reason]string{
 	ReasonUnknownPod:     "unknown-pod",
 	ReasonDNSDenied:      "dns-name-denied",
 	ReasonDNSUnparsed:    "dns-query-unreadable",
+	ReasonDNSToAgent:     "dns-to-agent",
+	ReasonDNSUntrusted:   "dns-untrusted",
 }
 
 // ReasonName is the name flow logs and metrics use for a reason code.

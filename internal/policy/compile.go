@@ -75,6 +75,11 @@ func identityValue(p *IdentityPolicy) bpf.PolicyValue {
 	if p.Audit {
 		v.Flags |= uint32(bpf.IdentityAudit)
 	}
+	if len(p.FQDNPatterns()) > 0 {
+		// world remotes are looked up among the addresses learned from answers, and DNS goes to trusted
+		// resolvers only
+		v.Flags |= uint32(bpf.IdentityFQDNPeers)
+	}
 	v.DefaultVerdict[bpf.Egress] = uint8(p.DefaultEgress)
 	v.DefaultVerdict[bpf.Ingress] = uint8(p.DefaultIngress)
 	return v

@@ -230,3 +230,45 @@ func formatEntries(es []policy.Entry) string {
 	}
 	return b.String()
 }
+
+// An fqdn peer compiles to the PEER entry of its pattern's slot (its place in the sorted patterns), and an
+// identity with fqdn peers carries the flag that makes the datapath look world addresses up among the learned
+// ones; one without has no flag.
+func TestCompileFQDNPeers(t *testing.T) {
+	api := policy.Rule{ID: 1, Direction: bpf.Egress, Action: allow,
+		Peers: []policy.Peer{{FQDN: "api.example.com"}, {FQDN: "*.cdn.example"}}, Ports: portRange(policy.ProtoTCP, 443, 443)}
+	p := &policy.IdentityPolicy{Identity: 9, DefaultEgress: deny, DefaultIngress: deny, Rules: []policy.Rule{api}}
+	entries, err := policy.Compile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// slots: "*.cdn.example" sorts before "api.example.com"
+	want := map[uint32]bool{bpf.IdentityFQDN(0): false, bpf.IdentityFQDN(1): false}
+	for _, e := range entries {
+		if e.Key.Data[0] == uint8(bpf.KindPort) && e.Value.Flags&uint32(bpf.IdentityFQDNPeers) == 0 {
+			t.Errorf("port entry %v has flags %#x, without the fqdn flag", e.Key, e.Value.Flags)
+		}
+		if e.Key.Data[0] != uint8(bpf.KindPeer) {
+			continue
+		}
+		for id := range want {
+			if e.Key == bpf.PeerKey(1, id) && e.Value.Enforce == ref(0, api) {
+				want[id] = true
+			}
+		}
+	}
+	for id, found := range want {
+		if !found {
+			t.Errorf("no PEER entry of class 1 for identity %#x allowing rule 1", id)
+		}
+	}
+	plain, err := policy.Compile(&policy.IdentityPolicy{Identity: 9, DefaultEgress: deny, DefaultIngress: deny})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range plain {
+		if e.Value.Flags&uint32(bpf.IdentityFQDNPeers) != 0 {
+			t.Errorf("entry %v of a policy without fqdn peers has the fqdn flag", e.Key)
+		}
+	}
+}

@@ -173,6 +173,19 @@ func (m *datapathModel) decide(pkt policy.Packet) policy.Result {
 					better(&audit, v.Audit)
 				}
 			}
+			// fqdn_peers(): a world remote of an identity with fqdn peers, by the slots learned for it
+			if dir == uint8(bpf.Egress) && flags&uint32(bpf.IdentityFQDNPeers) != 0 && d.RemoteClass == bpf.ClassWorld {
+				for slot := 0; slot < bpf.MaxFQDNSlots && pkt.FQDN>>slot != 0; slot++ {
+					if pkt.FQDN>>slot&1 == 0 {
+						continue
+					}
+					k = lpmKeyOf(bpf.PeerKey(uint16(pclass), bpf.IdentityFQDN(slot)))
+					if v, ok := m.policy.lookup(k.prefixlen, k.data); ok {
+						better(&enforce, v.Enforce)
+						better(&audit, v.Audit)
+					}
+				}
+			}
 		}
 
 		if audit.Order < enforce.Order {

@@ -79,20 +79,21 @@ func decide(p *IdentityPolicy, d Defaults, class bpf.Class, identity uint32, pkt
 		}
 	}
 
-	if class == bpf.ClassMetadata {
-		if !metadataAllowed {
-			return bpf.ActionDeny, bpf.ReasonMetadata
-		}
-		class = bpf.ClassWorld
-	}
-
+	// what the remote learned from answers counts for the world only: a hostile answer naming a pod, a node or
+	// the metadata API (even one the namespace may reach) opens nothing
 	var learned []string // the fqdn patterns the remote was learned for
-	if class == bpf.ClassWorld && pkt.FQDN != 0 && p != nil {
+	if class == bpf.ClassWorld && pkt.Direction == bpf.Egress && pkt.FQDN != 0 && p != nil {
 		for i, name := range p.FQDNPatterns() {
 			if i < 64 && pkt.FQDN&(1<<i) != 0 {
 				learned = append(learned, name)
 			}
 		}
+	}
+	if class == bpf.ClassMetadata {
+		if !metadataAllowed {
+			return bpf.ActionDeny, bpf.ReasonMetadata
+		}
+		class = bpf.ClassWorld
 	}
 	var decider *Rule
 	audited := false

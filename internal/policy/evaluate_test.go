@@ -276,3 +276,31 @@ func TestIPCacheLookup(t *testing.T) {
 		t.Errorf("the later entry of a prefix should win: %s/%d", c, id)
 	}
 }
+
+// A learned mask opens a world address to the fqdn peers of its slots, for egress only; never a pod, node or
+// metadata address (even a metadata API the namespace may reach), whatever the mask.
+func TestEvaluateFQDNOnlyWorld(t *testing.T) {
+	ipc := testIPCache()
+	p := withRules(policy.Rule{ID: 1, Direction: bpf.Egress, Action: allow, Peers: []policy.Peer{{FQDN: "api.example.com"}},
+		Ports: portRange(policy.ProtoTCP, 443, 443)})
+	p.DefaultEgress, p.DefaultIngress, p.MetadataAllowed = deny, deny, true
+	for _, c := range []struct {
+		remote string
+		fqdn   uint64
+		dir    bpf.Direction
+		want   bpf.Reason
+	}{
+		{"198.51.100.7", 1, bpf.Egress, bpf.ReasonAllowRule},
+		{"198.51.100.7", 0, bpf.Egress, bpf.ReasonDenyDefault},
+		{"198.51.100.7", 2, bpf.Egress, bpf.ReasonDenyDefault},
+		{"198.51.100.7", 1, bpf.Ingress, bpf.ReasonDenyDefault},
+		{"169.254.169.254", 1, bpf.Egress, bpf.ReasonDenyDefault},
+		{"10.244.1.5", 1, bpf.Egress, bpf.ReasonAllowDefault},
+		{"192.168.1.7", 1, bpf.Egress, bpf.ReasonAllowDefault},
+	} {
+		pkt := policy.Packet{Direction: c.dir, Protocol: policy.ProtoTCP, Port: 443, Remote: addr(c.remote), FQDN: c.fqdn}
+		if r := policy.Evaluate(p, policy.Defaults{}, ipc, pkt); r.Reason != c.want {
+			t.Errorf("%s %s learned %#x: %s, want %s", c.dir, c.remote, c.fqdn, bpf.ReasonName(r.Reason), bpf.ReasonName(c.want))
+		}
+	}
+}

@@ -135,7 +135,14 @@ func (g *Generator) cidr(f int) netip.Prefix {
 	return out
 }
 
-func (g *Generator) peer() policy.Peer {
+// fqdnPool are the name patterns fqdn peers take (their slots are their places among those a policy uses).
+var fqdnPool = []string{"**.c.example", "*.b.example", "a.example", "api.example.com", "z.example"}
+
+// peer is a random peer; names only where they may be (fqdn: egress peers of Allow rules).
+func (g *Generator) peer(fqdn bool) policy.Peer {
+	if fqdn && g.chance(6) {
+		return policy.Peer{FQDN: fqdnPool[g.rng.IntN(len(fqdnPool))]}
+	}
 	if g.chance(25) {
 		var ids []uint32
 		for range g.rng.IntN(4) {
@@ -238,7 +245,7 @@ func (g *Generator) rule() policy.Rule {
 			n = 0
 		}
 		for range n {
-			r.Peers = append(r.Peers, g.peer())
+			r.Peers = append(r.Peers, g.peer(r.Direction == bpf.Egress && r.Action == bpf.ActionAllow))
 		}
 	}
 	if r.AllPorts = g.chance(g.broad * 5 / 3); !r.AllPorts {
@@ -451,6 +458,9 @@ func (g *Generator) packet(t *Targets) policy.Packet {
 		pkt.Remote = netip.AddrFrom16(n)
 	default:
 		pkt.Remote = g.randomInside(wholeFamily[g.rng.IntN(2)])
+	}
+	if g.chance(30) { // learned from answers for some of the identity's fqdn patterns
+		pkt.FQDN = g.rng.Uint64() & (1<<len(fqdnPool) - 1)
 	}
 	return pkt
 }

@@ -8,78 +8,108 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+// The name sets of the datapath: dns_sets and dns_names (dnsDeny), fqdn_sets and fqdn_names (fqdn peers). Each
+// pair maps identities to sets and (set, base name) to a value; these read them back, for an enforcer that
+// starts on maps an earlier one wrote.
+
 // DNSSets is what dns_sets holds: identity -> its set of denied names, for the identities that have one.
-func (dp *Datapath) DNSSets() (map[uint32]uint32, error) {
+func (dp *Datapath) DNSSets() (map[uint32]uint32, error) { return setsOf(dp.maps.DnsSets, "DNS name") }
+
+// FQDNSets is what fqdn_sets holds: identity -> its set of fqdn patterns, for the identities that have one.
+func (dp *Datapath) FQDNSets() (map[uint32]uint32, error) { return setsOf(dp.maps.FqdnSets, "fqdn") }
+
+// DNSNameSets counts the names dns_names holds per set.
+func (dp *Datapath) DNSNameSets() (map[uint32]int, error) {
+	return namesPerSet[DNSValue](dp.maps.DnsNames, "DNS names")
+}
+
+// FQDNNameSets counts the names fqdn_names holds per set.
+func (dp *Datapath) FQDNNameSets() (map[uint32]int, error) {
+	return namesPerSet[FQDNValue](dp.maps.FqdnNames, "fqdn names")
+}
+
+// DeleteDNSNameSet removes every name of a set from dns_names.
+func (dp *Datapath) DeleteDNSNameSet(set uint32) error {
+	return deleteNameSet[DNSValue](dp.maps.DnsNames, set, "DNS name")
+}
+
+// DeleteFQDNNameSet removes every name of a set from fqdn_names.
+func (dp *Datapath) DeleteFQDNNameSet(set uint32) error {
+	return deleteNameSet[FQDNValue](dp.maps.FqdnNames, set, "fqdn name")
+}
+
+// DNSNames reads a set's names back from dns_names: base name (dotted, as NewDNSKey takes it) -> value.
+func (dp *Datapath) DNSNames(set uint32) (map[string]DNSValue, error) {
+	return namesOf[DNSValue](dp.maps.DnsNames, set)
+}
+
+// FQDNNames reads a set's names back from fqdn_names.
+func (dp *Datapath) FQDNNames(set uint32) (map[string]FQDNValue, error) {
+	return namesOf[FQDNValue](dp.maps.FqdnNames, set)
+}
+
+func setsOf(m *ebpf.Map, what string) (map[uint32]uint32, error) {
 	out := map[uint32]uint32{}
 	var id, set uint32
-	it := dp.maps.DnsSets.Iterate()
+	it := m.Iterate()
 	for it.Next(&id, &set) {
 		if set != 0 {
 			out[id] = set
 		}
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read the DNS name sets of the identities: %w", err)
+		return nil, fmt.Errorf("read the %s sets of the identities: %w", what, err)
 	}
 	return out, nil
 }
 
-// DNSNameSets counts the names dns_names holds per set.
-func (dp *Datapath) DNSNameSets() (map[uint32]int, error) {
-	keys, err := dp.dnsNameKeys(func(DNSKey) bool { return true })
-	if err != nil {
-		return nil, err
-	}
+func namesPerSet[V any](m *ebpf.Map, what string) (map[uint32]int, error) {
 	out := map[uint32]int{}
-	for _, k := range keys {
+	var k DNSKey
+	var v V
+	it := m.Iterate()
+	for it.Next(&k, &v) {
 		out[k.Set]++
 	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read the %s: %w", what, err)
+	}
 	return out, nil
 }
 
-// DeleteDNSNameSet removes every name of a set.
-func (dp *Datapath) DeleteDNSNameSet(set uint32) error {
-	keys, err := dp.dnsNameKeys(func(k DNSKey) bool { return k.Set == set })
-	if err != nil {
-		return err
+func deleteNameSet[V any](m *ebpf.Map, set uint32, what string) error {
+	var keys []DNSKey
+	var k DNSKey
+	var v V
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if k.Set == set {
+			keys = append(keys, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read the %ss of set %d: %w", what, set, err)
 	}
 	for i := range keys {
-		if err := dp.maps.DnsNames.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete a DNS name of set %d: %w", set, err)
+		if err := m.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete a %s of set %d: %w", what, set, err)
 		}
 	}
 	return nil
 }
 
-func (dp *Datapath) dnsNameKeys(keep func(DNSKey) bool) ([]DNSKey, error) {
-	var keys []DNSKey
+func namesOf[V any](m *ebpf.Map, set uint32) (map[string]V, error) {
+	out := map[string]V{}
 	var k DNSKey
-	var v DNSValue
-	it := dp.maps.DnsNames.Iterate()
-	for it.Next(&k, &v) {
-		if keep(k) {
-			keys = append(keys, k)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read the DNS names: %w", err)
-	}
-	return keys, nil
-}
-
-// DNSNames reads a set's names back: base name (dotted, as NewDNSKey takes it) -> value.
-func (dp *Datapath) DNSNames(set uint32) (map[string]DNSValue, error) {
-	out := map[string]DNSValue{}
-	var k DNSKey
-	var v DNSValue
-	it := dp.maps.DnsNames.Iterate()
+	var v V
+	it := m.Iterate()
 	for it.Next(&k, &v) {
 		if k.Set == set {
 			out[dnsKeyName(&k)] = v
 		}
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read the DNS names of set %d: %w", set, err)
+		return nil, fmt.Errorf("read the names of set %d: %w", set, err)
 	}
 	return out, nil
 }

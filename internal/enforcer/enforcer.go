@@ -105,6 +105,11 @@ type Enforcer struct {
 	inForce     map[uint32][sha256.Size]byte      // identity -> fingerprint of the policy it uses now
 	tries       map[[sha256.Size]byte]*sharedTrie // fingerprint -> its compiled trie, shared by identities
 	dnsDeny     *nameSets[bpf.DNSValue]           // the names each identity may not resolve, in dns_sets and dns_names
+	fqdn        *nameSets[bpf.FQDNValue]          // each identity's fqdn patterns, in fqdn_sets and fqdn_names
+	// each identity's fqdn patterns in slot order, as last applied (the user-space learner reads them)
+	fqdnPatterns atomic.Pointer[map[uint32][]string]
+	dns          resolve.DNS // how names are learned, as last applied
+	slots        fqdnSlots   // each identity's fqdn patterns' slots
 	// the ipcache entries the configuration makes (cluster ranges, nodes, the metadata API), as last applied
 	configIPCache map[netip.Prefix]bpf.IPCacheValue
 	// prefixes the ipcache had no room for (each retried when it changes again, or at the next whole apply)
@@ -144,7 +149,8 @@ func New(dp *bpf.Datapath, log *logrus.Entry) (*Enforcer, error) {
 	log.Logger.AddHook(errs)
 	e := &Enforcer{dp: dp, log: log, identities: map[string]uint32{}, rules: map[resolve.RuleKey]uint32{},
 		ruleKeys: map[uint32]resolve.RuleKey{}, inForce: map[uint32][sha256.Size]byte{},
-		tries: map[[sha256.Size]byte]*sharedTrie{}, dnsDeny: newNameSets(dnsDenyStore(dp)), prefixes: prefixTable{},
+		tries: map[[sha256.Size]byte]*sharedTrie{}, dnsDeny: newNameSets(dnsDenyStore(dp)), fqdn: newNameSets(fqdnStore(dp)),
+		prefixes:       prefixTable{},
 		ipcacheRefused: map[netip.Prefix]bpf.IPCacheValue{}, started: time.Now(), errors: errs, flows: newFlowHub(10000)}
 	published, err := dp.NamespaceIdentities()
 	if err != nil {
@@ -322,11 +328,17 @@ func (e *Enforcer) apply(s State) error {
 	out := resolve.Resolve(in)
 	e.noteFindings(out)
 
+	if err := e.assignFQDNSlots(out.Policies); err != nil {
+		return err
+	}
 	changed, stale, err := e.swapPolicies(out.Policies)
 	if err != nil {
 		return err
 	}
 	if err := e.syncNames(out.Policies); err != nil {
+		return err
+	}
+	if err := e.syncDNS(out.DNS, s); err != nil {
 		return err
 	}
 	ipcacheChanged, err := e.syncIPCache(out, s, in.Identities)
@@ -382,6 +394,9 @@ func (e *Enforcer) apply(s State) error {
 	}
 	for _, id := range released {
 		if err := e.dp.DeletePolicy(id); err != nil {
+			return err
+		}
+		if err := e.forgetLearned(id); err != nil {
 			return err
 		}
 		e.release(id)

@@ -258,13 +258,32 @@ func dnsDenyStore(dp *bpf.Datapath) nameStore[bpf.DNSValue] {
 // by the DNS stage before conntrack, so a change holds for the next query without a generation.
 func (e *Enforcer) syncNames(policies map[uint32]*policy.IdentityPolicy) error {
 	deny := map[uint32]map[string]bpf.DNSValue{}
+	fqdn := map[uint32]map[string]bpf.FQDNValue{}
+	patterns := map[uint32][]string{}
 	for id, p := range policies {
 		if names := dnsDenyNames(p); names != nil {
 			deny[id] = names
 		}
+		if names := fqdnNames(p); names != nil {
+			fqdn[id] = names
+			patterns[id] = p.SlotPatterns()
+		}
 	}
 	if err := e.dnsDeny.sync(deny); err != nil {
 		return fmt.Errorf("write the names namespaces may not resolve: %w", err)
+	}
+	// the patterns before the maps point at them: an answer handed to the learner meanwhile finds them
+	e.fqdnPatterns.Store(&patterns)
+	if err := e.fqdn.sync(fqdn); err != nil {
+		return fmt.Errorf("write the names of the fqdn peers: %w", err)
+	}
+	return nil
+}
+
+// FQDNPatterns are an identity's fqdn patterns indexed by slot ("" for a slot without one), as last applied.
+func (e *Enforcer) FQDNPatterns(identity uint32) []string {
+	if m := e.fqdnPatterns.Load(); m != nil {
+		return (*m)[identity]
 	}
 	return nil
 }

@@ -129,10 +129,7 @@ func familyIndex(a netip.Addr) int {
 func newCompiler(p *IdentityPolicy) *compiler {
 	c := &compiler{p: p, peers: make([]rulePeers, len(p.Rules))}
 	c.sets.init()
-	slots := map[string]int{}
-	for i, name := range p.FQDNPatterns() {
-		slots[name] = i
-	}
+	slots := p.Slots()
 	for i := range p.Rules {
 		r := &p.Rules[i]
 		rp := &c.peers[i]

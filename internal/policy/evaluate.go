@@ -14,7 +14,7 @@ type Packet struct {
 	Port      uint16     // destination port for egress, the pod's port for ingress, the ICMP type for ICMP/ICMPv6, 0 for other protocols
 	Remote    netip.Addr // the far end: destination for egress, source for ingress
 	// FQDN is what the identity learned of Remote from DNS answers: bit i set when an answer for a name of its
-	// i-th fqdn pattern (IdentityPolicy.FQDNPatterns) held the address and has not expired. It counts for world
+	// fqdn pattern of slot i (IdentityPolicy.Slots) held the address and has not expired. It counts for world
 	// addresses only: fqdn peers never open the cluster, its nodes or the metadata API.
 	FQDN uint64
 }
@@ -83,8 +83,8 @@ func decide(p *IdentityPolicy, d Defaults, class bpf.Class, identity uint32, pkt
 	// the metadata API (even one the namespace may reach) opens nothing
 	var learned []string // the fqdn patterns the remote was learned for
 	if class == bpf.ClassWorld && pkt.Direction == bpf.Egress && pkt.FQDN != 0 && p != nil {
-		for i, name := range p.FQDNPatterns() {
-			if i < 64 && pkt.FQDN&(1<<i) != 0 {
+		for name, slot := range p.Slots() {
+			if slot < 64 && pkt.FQDN&(1<<slot) != 0 {
 				learned = append(learned, name)
 			}
 		}

@@ -3,6 +3,8 @@ package policy
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"maps"
+	"slices"
 	"net/netip"
 )
 
@@ -39,6 +41,12 @@ func (f *Fingerprinter) Of(p *IdentityPolicy) [sha256.Size]byte {
 		return 0
 	}
 	b = append(b, flag(p.MetadataAllowed), flag(p.Audit), byte(p.DefaultEgress), byte(p.DefaultIngress))
+	if p.FQDNSlots != nil { // the slots are in the compiled entries
+		for _, name := range slices.Sorted(maps.Keys(p.FQDNSlots)) {
+			b = append(b, name...)
+			b = append(b, 0, byte(p.FQDNSlots[name]))
+		}
+	}
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(p.Rules)))
 	for i := range p.Rules {
 		r := &p.Rules[i]

@@ -63,6 +63,10 @@ type IdentityPolicy struct {
 	// DNSDeny are the names the namespace may not resolve, in evaluation order: a query for one is answered
 	// NXDOMAIN by the datapath (an Audit rule's only reported).
 	DNSDeny []DNSRule
+	// FQDNSlots gives each fqdn pattern its slot (bpf.IdentityFQDN), the bit learned addresses hold it by; nil:
+	// their place in FQDNPatterns. The enforcer keeps a pattern's slot while the pattern stays, since the
+	// addresses learned for it hold that bit.
+	FQDNSlots map[string]int
 }
 
 // DNSRule is one dnsDeny rule: name patterns, normalized, the rule's id and its policy's mode.
@@ -72,8 +76,31 @@ type DNSRule struct {
 	Patterns []string
 }
 
-// FQDNPatterns are the name patterns of the identity's fqdn peers, sorted and without duplicates: a pattern's
-// index is its slot (bpf.IdentityFQDN), which the compiled PEER entries and the learned addresses agree on.
+// Slots are the identity's fqdn patterns by slot: FQDNSlots, or their place in FQDNPatterns.
+func (p *IdentityPolicy) Slots() map[string]int {
+	if p.FQDNSlots != nil {
+		return p.FQDNSlots
+	}
+	out := map[string]int{}
+	for i, name := range p.FQDNPatterns() {
+		out[name] = i
+	}
+	return out
+}
+
+// SlotPatterns is the identity's fqdn patterns indexed by slot ("" for a slot no pattern has).
+func (p *IdentityPolicy) SlotPatterns() []string {
+	var out []string
+	for name, slot := range p.Slots() {
+		for len(out) <= slot {
+			out = append(out, "")
+		}
+		out[slot] = name
+	}
+	return out
+}
+
+// FQDNPatterns are the name patterns of the identity's fqdn peers, sorted and without duplicates.
 func (p *IdentityPolicy) FQDNPatterns() []string {
 	var out []string
 	for i := range p.Rules {

@@ -30,8 +30,22 @@ func (p *IdentityPolicy) Validate() error {
 			return err
 		}
 	}
-	if n := len(p.FQDNPatterns()); n > bpf.MaxFQDNSlots {
+	patterns := p.FQDNPatterns()
+	if n := len(patterns); n > bpf.MaxFQDNSlots {
 		return fmt.Errorf("%d fqdn name patterns: at most %d per namespace", n, bpf.MaxFQDNSlots)
+	}
+	if p.FQDNSlots != nil {
+		taken := map[int]string{}
+		for _, name := range patterns {
+			slot, ok := p.FQDNSlots[name]
+			if !ok || slot < 0 || slot >= bpf.MaxFQDNSlots {
+				return fmt.Errorf("fqdn pattern %q: no slot from 0 to %d", name, bpf.MaxFQDNSlots-1)
+			}
+			if other, dup := taken[slot]; dup {
+				return fmt.Errorf("fqdn patterns %q and %q: both in slot %d", other, name, slot)
+			}
+			taken[slot] = name
+		}
 	}
 	for _, d := range p.DNSDeny {
 		if d.ID == 0 || d.ID >= bpf.MaxRules {

@@ -4,8 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"maps"
-	"slices"
 	"net/netip"
+	"slices"
 )
 
 // Fingerprint identifies what a policy compiles to: everything but the identity it is for, so that identities

@@ -3,7 +3,6 @@ package bpf_test
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/miekg/dns"
+	"github.com/sirupsen/logrus"
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/fqdn"
@@ -139,8 +139,9 @@ func TestFQDNOnARealVeth(t *testing.T) {
 	var learner *fqdn.Learner
 	if err := pl.Host.Do(func(ns.NetNS) error {
 		var err error
-		learner, err = fqdn.NewLearner(h.dp, func(uint32) []string { return fqdnPatterns },
-			slog.New(slog.NewTextHandler(t.Output(), nil)))
+		log := logrus.New()
+		log.SetOutput(t.Output())
+		learner, err = fqdn.NewLearner(h.dp, func(uint32) []string { return fqdnPatterns }, logrus.NewEntry(log))
 		return err
 	}); err != nil {
 		t.Fatal(err)

@@ -302,6 +302,12 @@ func run(log *logrus.Entry, o options) error {
 		}
 	}
 	go e.RunConntrackRecount(ctx, store, enforcer.RecountInterval)
+	// DNS answers the datapath cannot read in place, learned here and given back to their pods
+	go func() {
+		if err := e.RunLearner(ctx); err != nil {
+			log.WithError(err).Error("learning from DNS answers stopped: answers the datapath hands over are lost")
+		}
+	}()
 	// the host's own addresses are the node's, its bridge's gateway inside the pod range included
 	go func() {
 		if err := e.WatchHostAddresses(ctx); err != nil {

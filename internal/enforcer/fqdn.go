@@ -1,16 +1,19 @@
 package enforcer
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"math/bits"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/api/v1alpha1"
+	"github.com/moatfw/moat/internal/fqdn"
 	"github.com/moatfw/moat/internal/policy"
 	"github.com/moatfw/moat/internal/resolve"
 )
@@ -226,4 +229,47 @@ func (e *Enforcer) forgetLearned(id uint32) error {
 	delete(e.slots.of, id)
 	delete(e.slots.dirty, id)
 	return nil
+}
+
+// LearnedSweepInterval is how often addresses past their expiry and grace are removed from the learned table
+// and the per-namespace counts are set to what it holds (the datapath counts what it adds; the table's LRU drops
+// entries without counting).
+const LearnedSweepInterval = 30 * time.Second
+
+// RunLearner learns from the DNS answers the datapath hands over (what it cannot read in place) and gives them
+// back to their pods, and sweeps the learned table, until ctx ends. With no learner running such answers are
+// lost, and a pod's lookup is retried by its resolver.
+func (e *Enforcer) RunLearner(ctx context.Context) error {
+	l, err := fqdn.NewLearner(e.dp, e.FQDNPatterns, e.log.WithField("component", "dns-learner"))
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	go Every(ctx, LearnedSweepInterval, e.sweepLearned)
+	return l.Run(ctx)
+}
+
+// sweepLearned removes the learned addresses past their expiry and grace, and recounts.
+func (e *Enforcer) sweepLearned() {
+	all, err := e.dp.LearnedFQDN()
+	if err != nil {
+		e.log.WithError(err).Warn("reading the learned addresses")
+		return
+	}
+	now, gone := time.Now(), 0
+	for _, l := range all {
+		if l.Expires.Before(now) {
+			if err := e.dp.ForgetFQDN(l.Identity, l.Addr); err != nil {
+				e.log.WithError(err).Warn("removing an expired learned address")
+				return
+			}
+			gone++
+		}
+	}
+	if _, err := e.dp.RecountFQDN(); err != nil {
+		e.log.WithError(err).Warn("recounting the learned addresses")
+	}
+	if gone > 0 {
+		e.log.WithFields(logrus.Fields{"expired": gone, "left": len(all) - gone}).Debug("learned addresses swept")
+	}
 }

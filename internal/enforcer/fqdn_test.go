@@ -10,6 +10,7 @@ import (
 	"github.com/sirupsen/logrus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/moatfw/moat/internal/agentapi"
 	"github.com/moatfw/moat/internal/api/v1alpha1"
 )
 
@@ -190,5 +191,59 @@ func TestTrustedResolversAndTiming(t *testing.T) {
 	}
 	if timing.MinTtl != 5 || timing.Grace != 7 || timing.MaxPerIdentity != 100 {
 		t.Errorf("timing %+v, want min TTL 5, grace 7, bound 100", timing)
+	}
+}
+
+// moatctl trace --to NAME: a denied name is denied by its dnsDeny rule; a name of an fqdn pattern is allowed by the
+// fqdn rule once resolved, with each address learned for it traced; a name of no pattern is the world's.
+func TestTraceName(t *testing.T) {
+	_, dp, e := newTestEnforcer(t)
+	ns := namespace("shop")
+	ns.Labels = map[string]string{v1alpha1.LabelZone: "shop", v1alpha1.LabelEgress: "Deny"}
+	port := int32(443)
+	pol := v1alpha1.FirewallPolicy{ObjectMeta: metav1.ObjectMeta{Name: "names"}, Spec: v1alpha1.FirewallPolicySpec{
+		NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{v1alpha1.LabelZone: "shop"}},
+		Egress: []v1alpha1.Rule{{Action: v1alpha1.ActionAllow, To: []v1alpha1.Peer{{FQDN: "*.stripe.example"}},
+			Ports: []v1alpha1.Port{{Protocol: "TCP", Port: &port}}}},
+		DNSDeny: []string{"**.tracker.example"}}}
+	if err := e.Apply(State{Namespaces: []v1alpha1.Namespace{ns}, Policies: []v1alpha1.FirewallPolicy{pol}}); err != nil {
+		t.Fatal(err)
+	}
+	id := e.Identities()["shop"]
+	learnedAt := netip.MustParseAddr("198.51.100.20")
+	if err := dp.LearnFQDN(id, learnedAt, 1<<0, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	learned, err := dp.LearnedFQDN()
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := nodeView{learned: learned, now: time.Now()}
+	ask := func(name string) agentapi.TraceResult {
+		t.Helper()
+		res, err := trace(e.Snapshot(), node, agentapi.TraceRequest{Namespace: "shop", Protocol: "tcp", Port: 443, RemoteName: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	if r := ask("x.tracker.example"); r.Verdict != "denied" || r.Reason != "dns-name-denied" || r.Rule != "dnsDeny[0]" || r.Policy != "names" {
+		t.Errorf("a denied name: %+v", r)
+	}
+	r := ask("API.stripe.example")
+	if r.Verdict != "allowed" || r.Rule != "egress[0]" || len(r.Addresses) != 1 || r.Addresses[0].Remote != learnedAt.String() ||
+		r.Addresses[0].Verdict != "allowed" || r.Addresses[0].Rule != "egress[0]" {
+		t.Errorf("a name of the fqdn pattern: %+v", r)
+	}
+	if r := ask("stripe.example"); r.Verdict != "denied" || r.Reason != "denied-by-default" || len(r.Addresses) != 0 {
+		t.Errorf("a name of no pattern (*. needs one label more): %+v", r)
+	}
+	// the learned address traced by itself is allowed too, and only for the namespace that learned it
+	res, err := trace(e.Snapshot(), node, agentapi.TraceRequest{Namespace: "shop", Protocol: "tcp", Port: 443, Remote: learnedAt.String()})
+	if err != nil || res.Verdict != "allowed" || res.Rule != "egress[0]" {
+		t.Errorf("the learned address: %+v %v", res, err)
+	}
+	if _, err := trace(e.Snapshot(), node, agentapi.TraceRequest{Namespace: "shop", RemoteName: "*.stripe.example"}); err == nil {
+		t.Errorf("a pattern is no name to trace")
 	}
 }

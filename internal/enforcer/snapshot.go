@@ -35,6 +35,8 @@ type Snapshot struct {
 	ContactWhy  string
 	// SourceStale is what the source knows to be out of date ("": nothing), read when the snapshot is taken.
 	SourceStale string
+	// FQDNSlots are each identity's fqdn patterns' slots, as in force (the learned addresses hold them by slot).
+	FQDNSlots map[uint32]map[string]int
 
 	lingering map[uint32]lingerer
 }
@@ -56,7 +58,7 @@ func (e *Enforcer) publish() {
 	e.published.Store(&Snapshot{Started: e.started, Applied: e.appliedAt, Generation: e.generation, State: e.state,
 		Identities: maps.Clone(e.identities), Stale: e.stale, Problems: e.findings.problems,
 		Warnings: e.findings.warnings, Rules: e.ruleKeys, RuleIDs: e.rules, IPCacheRefused: len(e.ipcacheRefused),
-		IPCacheEntries: e.prefixes.writtenCount(), lingering: maps.Clone(e.lingering)})
+		IPCacheEntries: e.prefixes.writtenCount(), FQDNSlots: maps.Clone(e.slots.of), lingering: maps.Clone(e.lingering)})
 }
 
 // Resolve is what the state in force resolves to, with the rule ids in force: the reference evaluator's input
@@ -64,7 +66,13 @@ func (e *Enforcer) publish() {
 func (s Snapshot) Resolve() resolve.Output {
 	in := resolveInput(s.State, s.Identities, s.lingering)
 	in.RuleID = func(k resolve.RuleKey) uint32 { return s.RuleIDs[k] }
-	return resolve.Resolve(in)
+	out := resolve.Resolve(in)
+	for id, p := range out.Policies {
+		if slots, ok := s.FQDNSlots[id]; ok {
+			p.FQDNSlots = slots
+		}
+	}
+	return out
 }
 
 // Identity is a namespace's identity: the one published, else the one a gone namespace's pods still hold.

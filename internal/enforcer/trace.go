@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/agentapi"
@@ -42,6 +44,19 @@ type nodeView struct {
 	pods    []*endpoint.Record      // the pods the plugin recorded
 	tags    map[uint32]bpf.Endpoint // host ifindex -> what the datapath tags the pod's veth with
 	ipcache []policy.IPCacheEntry   // the live ipcache: the enforcer's entries and this node's pods (the plugin's)
+	learned []bpf.LearnedAddr       // the addresses learned from DNS answers
+	now     time.Time               // when learned entries count as expired
+}
+
+// learnedSlots is what an identity learned of an address and holds now (its mask of fqdn slots).
+func (n nodeView) learnedSlots(identity uint32, a netip.Addr) uint64 {
+	a = bpf.FQDNAddr(a)
+	for _, l := range n.learned {
+		if l.Identity == identity && l.Addr == a && !l.Expires.Before(n.now) {
+			return l.Slots
+		}
+	}
+	return 0
 }
 
 // Trace answers what the datapath would do with a hypothetical packet, from the reference evaluator over the
@@ -63,6 +78,10 @@ func (e *Enforcer) Trace(store endpoint.Store, req agentapi.TraceRequest) (agent
 	for prefix, v := range entries {
 		node.ipcache = append(node.ipcache, policy.IPCacheEntry{Prefix: prefix, Class: bpf.Class(v.Class), Identity: v.Identity})
 	}
+	if node.learned, err = e.dp.LearnedFQDN(); err != nil {
+		return agentapi.TraceResult{}, err
+	}
+	node.now = time.Now()
 	return trace(e.Snapshot(), node, req)
 }
 
@@ -104,6 +123,9 @@ func trace(snap Snapshot, node nodeView, req agentapi.TraceRequest) (agentapi.Tr
 			identity = ep.Identity // what the datapath tags the pod with decides
 		}
 	}
+	if req.RemoteName != "" {
+		return traceName(snap, node, req, pkt, identity)
+	}
 	switch {
 	case req.Remote != "":
 		a, err := netip.ParseAddr(req.Remote)
@@ -130,9 +152,19 @@ func trace(snap Snapshot, node nodeView, req agentapi.TraceRequest) (agentapi.Tr
 			pkt.Port = 128
 		}
 	}
+	return traceAddress(snap, node, req, pkt, identity, self)
+}
+
+// traceAddress is trace's answer for a remote address (pkt.Remote), with what the namespace learned of it.
+func traceAddress(snap Snapshot, node nodeView, req agentapi.TraceRequest, pkt policy.Packet, identity uint32,
+	self netip.Addr) (agentapi.TraceResult, error) {
+	var res agentapi.TraceResult
 	resolved := snap.Resolve()
 	ipc := node.ipcache
 	p := resolved.Policies[identity]
+	if pkt.Direction == bpf.Egress {
+		pkt.FQDN = node.learnedSlots(identity, pkt.Remote)
+	}
 	out := policy.Evaluate(p, resolved.Defaults, policy.NewIPCache(ipc), pkt)
 	res = agentapi.TraceResult{Verdict: out.Verdict.String(), Reason: bpf.ReasonName(out.Reason), Identity: identity,
 		Remote: pkt.Remote.String(), RemoteClass: out.RemoteClass.String(), RemoteNamespace: snap.Namespace(out.RemoteIdentity)}
@@ -217,4 +249,108 @@ func explain(req agentapi.TraceRequest, pkt policy.Packet, out policy.Result, re
 		s += fmt.Sprintf("; the namespace is in Audit mode (%s), so the packet passes and is reported", v1alpha1.LabelMode)
 	}
 	return s
+}
+
+// nameStandIn stands for an address of a name that the namespace has not learned yet: a world address (198.18.0.0/15
+// is set aside for benchmarks, in no cluster's ranges).
+var nameStandIn = netip.MustParseAddr("198.18.0.1")
+
+// traceName answers for a DNS name: whether the namespace may resolve it (dnsDeny), what a connection to one of
+// its addresses gets once a pod of the namespace has resolved it (the name's fqdn patterns learned), and what
+// each address the namespace learned for those patterns gets now.
+func traceName(snap Snapshot, node nodeView, req agentapi.TraceRequest, pkt policy.Packet, identity uint32) (agentapi.TraceResult, error) {
+	name, err := v1alpha1.ParseNamePattern(req.RemoteName)
+	if err != nil || name.Form != v1alpha1.NameExact {
+		return agentapi.TraceResult{}, badTrace("remote %q is not a DNS name", req.RemoteName)
+	}
+	if pkt.Direction != bpf.Egress {
+		return agentapi.TraceResult{}, badTrace("a name is a remote of egress only")
+	}
+	resolved := snap.Resolve()
+	p := resolved.Policies[identity]
+	if p == nil {
+		p = &policy.IdentityPolicy{}
+	}
+	res := agentapi.TraceResult{Name: name.Base, Identity: identity}
+	ruleName := func(id uint32) (string, string) {
+		k, ok := snap.Rules[id]
+		if !ok {
+			return "", ""
+		}
+		return k.Policy, k.Name()
+	}
+	for _, r := range p.DNSDeny {
+		if !slices.ContainsFunc(r.Patterns, func(s string) bool {
+			n, err := v1alpha1.ParseNamePattern(s)
+			return err == nil && n.Matches(name.Base)
+		}) {
+			continue
+		}
+		pol, rule := ruleName(r.ID)
+		if r.Audit {
+			if res.AuditRule == "" {
+				res.AuditPolicy, res.AuditRule = pol, rule
+			}
+			continue
+		}
+		res.Verdict, res.Reason = bpf.VerdictDenied.String(), bpf.ReasonName(bpf.ReasonDNSDenied)
+		res.Policy, res.Rule = pol, rule
+		res.Explanation = fmt.Sprintf("%s may not resolve %s: rule %s of FirewallPolicy %s answers its pods' "+
+			"queries for it NXDOMAIN on the node, so they learn no address of it", req.Namespace, name.Base, rule, pol)
+		if p.Audit {
+			res.Verdict = bpf.VerdictAudit.String()
+			res.Explanation += fmt.Sprintf("; the namespace is in Audit mode (%s), so the query goes on and is reported", v1alpha1.LabelMode)
+		}
+		return res, nil
+	}
+	var mask uint64
+	var patterns []string
+	for pattern, slot := range p.Slots() {
+		if n, err := v1alpha1.ParseNamePattern(pattern); err == nil && n.Matches(name.Base) {
+			mask |= 1 << slot
+			patterns = append(patterns, pattern)
+		}
+	}
+	slices.Sort(patterns)
+	// an address not learned yet, as if a pod of the namespace had just resolved the name
+	standIn := pkt
+	standIn.Remote, standIn.FQDN = nameStandIn, mask
+	out := policy.Evaluate(p, resolved.Defaults, policy.NewIPCache(node.ipcache), standIn)
+	res.Verdict, res.Reason = out.Verdict.String(), bpf.ReasonName(out.Reason)
+	res.Remote, res.RemoteClass = "", out.RemoteClass.String()
+	if out.RuleID != 0 {
+		res.Policy, res.Rule = ruleName(out.RuleID)
+	}
+	why := "no rule matches, so the world default decides"
+	if res.Rule != "" {
+		why = fmt.Sprintf("rule %s of FirewallPolicy %s decides", res.Rule, res.Policy)
+	}
+	if len(patterns) == 0 {
+		res.Explanation = fmt.Sprintf("no fqdn peer of %s names %s: its addresses are decided as any address outside "+
+			"the cluster: %s port %d %s (%s)", req.Namespace, name.Base, v1alpha1.ProtocolName(pkt.Protocol), pkt.Port, res.Verdict, why)
+	} else {
+		res.Explanation = fmt.Sprintf("%s is a name of %s's fqdn pattern %s: once a pod of %s resolves it through a "+
+			"trusted resolver, %s port %d to its addresses is %s (%s)", name.Base, req.Namespace,
+			strings.Join(patterns, ", "), req.Namespace, v1alpha1.ProtocolName(pkt.Protocol), pkt.Port, res.Verdict, why)
+	}
+	if res.AuditRule != "" {
+		res.Explanation += fmt.Sprintf("; Audit policy %s rule %s would deny resolving it and is reported", res.AuditPolicy, res.AuditRule)
+	}
+	if mask != 0 {
+		for _, l := range node.learned {
+			if l.Identity != identity || l.Slots&mask == 0 || l.Expires.Before(node.now) {
+				continue
+			}
+			at := pkt
+			at.Remote = l.Addr
+			r, err := traceAddress(snap, node, req, at, identity, netip.Addr{})
+			if err != nil {
+				return res, err
+			}
+			r.Explanation += fmt.Sprintf("; learned until %s", l.Expires.UTC().Format(time.RFC3339))
+			res.Addresses = append(res.Addresses, r)
+		}
+		res.Explanation += fmt.Sprintf("; %d address(es) learned for it now", len(res.Addresses))
+	}
+	return res, nil
 }

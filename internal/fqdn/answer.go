@@ -97,6 +97,9 @@ func Match(patterns []string, name string) uint64 {
 		if i >= 64 {
 			break
 		}
+		if p == "" {
+			continue // a slot without a pattern
+		}
 		p = strings.ToLower(strings.TrimSuffix(p, "."))
 		switch {
 		case strings.HasPrefix(p, "**."):

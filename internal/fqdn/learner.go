@@ -5,10 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"log/slog"
+	"io"
 	"os"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"github.com/moatfw/moat/bpf"
@@ -29,12 +30,12 @@ type Learner struct {
 	patterns func(identity uint32) []string
 	rd       *bpf.DNSFallbackReader
 	fd       int
-	log      *slog.Logger
+	log      *logrus.Entry
 }
 
 // NewLearner starts reading the datapath's fallback ring; patterns gives an identity's fqdn patterns in slot
-// order (policy.IdentityPolicy.FQDNPatterns).
-func NewLearner(dp *bpf.Datapath, patterns func(identity uint32) []string, log *slog.Logger) (*Learner, error) {
+// order (policy.IdentityPolicy.SlotPatterns: "" for a slot without a pattern).
+func NewLearner(dp *bpf.Datapath, patterns func(identity uint32) []string, log *logrus.Entry) (*Learner, error) {
 	rd, err := dp.NewDNSFallbackReader()
 	if err != nil {
 		return nil, err
@@ -50,7 +51,9 @@ func NewLearner(dp *bpf.Datapath, patterns func(identity uint32) []string, log *
 		return nil, fmt.Errorf("mark the socket that re-injects answers: %w", err)
 	}
 	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+		quiet := logrus.New()
+		quiet.SetOutput(io.Discard)
+		log = logrus.NewEntry(quiet)
 	}
 	return &Learner{dp: dp, patterns: patterns, rd: rd, fd: fd, log: log}, nil
 }
@@ -76,7 +79,8 @@ func (l *Learner) Run(ctx context.Context) error {
 			return err
 		}
 		if _, err := l.Handle(rec); err != nil {
-			l.log.Warn("DNS answer from the datapath", "ifindex", rec.Ifindex, "identity", rec.Identity, "error", err)
+			l.log.WithFields(logrus.Fields{"ifindex": rec.Ifindex, "identity": rec.Identity}).WithError(err).
+				Warn("a DNS answer the datapath handed over could not be learned from or given back")
 		}
 	}
 }

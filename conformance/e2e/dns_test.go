@@ -98,10 +98,14 @@ type resolveResult struct {
 
 // resolveIn asks a pod's agent to resolve a name through the pod's resolver (the cluster DNS).
 func resolveIn(p pod, name, qtype, proto string) resolveResult {
+	return agentResolve(p, "--type", qtype, "--proto", proto, "--timeout", "3s", name)
+}
+
+// agentResolve runs the agent's resolve in a pod with the arguments given.
+func agentResolve(p pod, args ...string) resolveResult {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := suite.cluster.Kubectl(ctx, "-n", p.ns, "exec", p.name, "-c", "agent", "--", "/agent", "resolve",
-		"--type", qtype, "--proto", proto, "--timeout", "3s", name)
+	out, err := suite.cluster.Kubectl(ctx, append([]string{"-n", p.ns, "exec", p.name, "-c", "agent", "--", "/agent", "resolve"}, args...)...)
 	var r resolveResult
 	line := strings.TrimSpace(string(out))
 	if i := strings.LastIndex(line, "\n"); i >= 0 {
@@ -119,15 +123,9 @@ func expectResolve(t *testing.T, p pod, name, qtype, proto, want string, settle 
 	start := time.Now()
 	var r resolveResult
 	eventually(settle, func() bool { r = resolveIn(p, name, qtype, proto); return r.Rcode == want })
-	label := func(rcode string) string {
-		if rcode == "" {
-			return "no answer"
-		}
-		return rcode
-	}
 	what := fmt.Sprintf("%s resolves %s %s over %s", p, name, qtype, proto)
-	if !record(t, what, label(want), label(r.Rcode), time.Since(start)) {
-		t.Errorf("%s: %s, want %s (%+v)", what, label(r.Rcode), label(want), r)
+	if !record(t, what, rcodeLabel(want), rcodeLabel(r.Rcode), time.Since(start)) {
+		t.Errorf("%s: %s, want %s (%+v)", what, rcodeLabel(r.Rcode), rcodeLabel(want), r)
 		explain(t)
 	}
 }
@@ -168,4 +166,77 @@ spec:
 	// what the rule does not name resolves
 	expectResolve(t, denied, run+".allowed.example", "A", "udp", "NOERROR", 0)
 	expectResolve(t, denied, "sub."+run+".exact.example", "A", "tcp", "NOERROR", 0)
+}
+
+// Egress by name through the cluster DNS: a namespace that denies the world but for `*.allowed.example` on TCP 80
+// reaches that name's address only once a pod of it has resolved the name (the first connection right after the
+// answer), reaches no address it never resolved, and cannot ask a resolver of its own choosing; another namespace
+// that resolves the same name gets nothing from it (scoped to the namespace that asked).
+func TestEgressByName(t *testing.T) {
+	namespace(t, "byname", map[string]string{"moat.dev/zone": "byname", "moat.dev/egress": "Deny"})
+	namespace(t, "byname-other", map[string]string{"moat.dev/zone": "byname-other", "moat.dev/egress": "Deny"})
+	mustApply(t, `apiVersion: moat.dev/v1alpha1
+kind: FirewallPolicy
+metadata: {name: e2e-byname}
+spec:
+  namespaceSelector: {matchLabels: {moat.dev/zone: byname}}
+  egress:
+  - action: Allow
+    to: [{fqdn: "*.allowed.example"}]
+    ports: [{protocol: TCP, port: 80}]
+---
+apiVersion: moat.dev/v1alpha1
+kind: FirewallPolicy
+metadata: {name: e2e-byname-resolver}
+spec:
+  namespaceSelector: {matchExpressions: [{key: moat.dev/zone, operator: In, values: [byname, byname-other]}]}
+  egress:
+  - action: Allow
+    to: [{cidr: 198.51.100.1/32}]
+    ports: [{protocol: UDP, port: 53}]`)
+	p := agent(t, "byname", "client")
+	other := agent(t, "byname-other", "client")
+	const addr = "198.51.100.2:80" // every name under example. has it
+
+	// not resolved yet: the world is denied (the policy may still be on its way: the verdict holds either way)
+	expect(t, p, "tcp", addr, false, 0)
+	// resolved: reached at once, the address learned before the pod read the answer
+	expectResolve(t, p, "www.allowed.example", "A", "udp", "NOERROR", 20*time.Second)
+	expect(t, p, "tcp", addr, true, 0)
+	expect(t, p, "tcp", "198.51.100.2:443", false, 0) // the rule's port only
+	expect(t, p, "tcp", "203.0.113.1:80", false, 0)   // never resolved
+	// the other namespace resolves the same name, which none of its rules names: nothing learned for it
+	expectResolve(t, other, "www.allowed.example", "A", "udp", "NOERROR", 0)
+	expect(t, other, "tcp", addr, false, 0)
+	// a resolver of the pod's own choosing is refused, though a rule allows UDP 53 to it: the namespace has fqdn
+	// rules (the control: the other namespace, under the same rule, gets the echo server's reply, which is no DNS
+	// message but shows the question got there and back)
+	replied := func(r resolveResult) string {
+		if r.Rcode == "" && strings.Contains(r.Error, "timeout") {
+			return "no reply"
+		}
+		return "a reply"
+	}
+	r := resolveInNS(other, "198.51.100.1:53", "www.allowed.example")
+	if !record(t, "byname-other/client asks 198.51.100.1:53", "a reply", replied(r), 0) {
+		t.Errorf("the control got no reply from 198.51.100.1:53: %+v", r)
+	}
+	r = resolveInNS(p, "198.51.100.1:53", "www.allowed.example")
+	if !record(t, "byname/client asks 198.51.100.1:53", "no reply", replied(r), 0) {
+		t.Errorf("an untrusted resolver replied to a namespace with fqdn rules: %+v", r)
+		explain(t)
+	}
+}
+
+// rcodeLabel is an rcode as the table shows it.
+func rcodeLabel(rcode string) string {
+	if rcode == "" {
+		return "no answer"
+	}
+	return rcode
+}
+
+// resolveInNS asks a given resolver from a pod.
+func resolveInNS(p pod, server, name string) resolveResult {
+	return agentResolve(p, "--server", server, "--timeout", "2s", name)
 }

@@ -328,13 +328,15 @@ func (e *Enforcer) apply(s State) error {
 	out := resolve.Resolve(in)
 	e.noteFindings(out)
 
-	if err := e.assignFQDNSlots(out.Policies); err != nil {
+	prevSlots, err := e.assignFQDNSlots(out.Policies)
+	if err != nil {
 		return err
 	}
 	changed, stale, err := e.swapPolicies(out.Policies)
 	if err != nil {
 		return err
 	}
+	e.keepStaleSlots(out.Policies, stale, prevSlots)
 	if err := e.syncNames(out.Policies); err != nil {
 		return err
 	}

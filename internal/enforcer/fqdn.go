@@ -109,19 +109,27 @@ type fqdnSlots struct {
 }
 
 // assignFQDNSlots gives every policy's fqdn patterns their slots (FQDNSlots), clearing a dirty slot's learned
-// bits before it goes to a new pattern.
-func (e *Enforcer) assignFQDNSlots(policies map[uint32]*policy.IdentityPolicy) error {
+// bits before it goes to a new pattern. It returns the slots each identity had before, for keepStaleSlots.
+func (e *Enforcer) assignFQDNSlots(policies map[uint32]*policy.IdentityPolicy) (map[uint32]map[string]int, error) {
 	b := &e.slots
 	if !b.known {
 		if err := e.adoptFQDNSlots(); err != nil {
-			return err
+			return nil, err
 		}
 	}
+	prev := make(map[uint32]map[string]int, len(b.of))
+	maps.Copy(prev, b.of)
 	for id, p := range policies {
 		patterns := p.FQDNPatterns()
 		old := b.of[id]
 		if len(patterns) > bpf.MaxFQDNSlots {
-			continue // more than fit, which the compiler refuses: the policy in force stays
+			// more than fit, which the compiler refuses: the policy in force stays, and so do the slots and
+			// names it was compiled with (keepStaleSlots puts them back for any policy the datapath refuses)
+			p.FQDNSlots = old
+			if old == nil {
+				p.FQDNSlots = map[string]int{}
+			}
+			continue
 		}
 		now := make(map[string]int, len(patterns))
 		var used uint64
@@ -149,7 +157,7 @@ func (e *Enforcer) assignFQDNSlots(policies map[uint32]*policy.IdentityPolicy) e
 		if scrub != 0 {
 			n, err := e.dp.ClearFQDNSlots(id, scrub)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			b.dirty[id] &^= scrub
 			e.log.WithFields(logrus.Fields{"identity": id, "addresses": n}).
@@ -165,7 +173,41 @@ func (e *Enforcer) assignFQDNSlots(policies map[uint32]*policy.IdentityPolicy) e
 		b.of[id] = now
 		p.FQDNSlots = now
 	}
-	return nil
+	return prev, nil
+}
+
+// keepStaleSlots puts back the slots of the identities whose new policy the datapath could not take: the policy
+// in force was compiled with them, so its names must stay written with them too.
+func (e *Enforcer) keepStaleSlots(policies map[uint32]*policy.IdentityPolicy, stale map[uint32]string, prev map[uint32]map[string]int) {
+	b := &e.slots
+	for id := range stale {
+		p := policies[id]
+		if p == nil {
+			continue
+		}
+		old := prev[id]
+		var used uint64
+		for _, slot := range old {
+			used |= 1 << slot
+		}
+		if d := b.dirty[id] &^ used; d != 0 {
+			b.dirty[id] = d
+		} else {
+			delete(b.dirty, id)
+		}
+		for _, slot := range b.of[id] {
+			if used&(1<<slot) == 0 {
+				b.dirty[id] |= 1 << slot // the new patterns' slots learn nothing now, but may have
+			}
+		}
+		if old == nil {
+			delete(b.of, id)
+			p.FQDNSlots = map[string]int{}
+			continue
+		}
+		b.of[id] = old
+		p.FQDNSlots = old
+	}
 }
 
 // freeSlot is the lowest slot neither used nor dirty, else the lowest not used.

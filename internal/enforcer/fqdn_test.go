@@ -10,6 +10,7 @@ import (
 	"github.com/sirupsen/logrus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/agentapi"
 	"github.com/moatfw/moat/internal/api/v1alpha1"
 )
@@ -245,5 +246,55 @@ func TestTraceName(t *testing.T) {
 	}
 	if _, err := trace(e.Snapshot(), node, agentapi.TraceRequest{Namespace: "shop", RemoteName: "*.stripe.example"}); err == nil {
 		t.Errorf("a pattern is no name to trace")
+	}
+}
+
+// A namespace given more fqdn patterns than fit keeps the policy in force, and with it its slots and names: the
+// names written must stay the ones the compiled policy's slots stand for.
+func TestFQDNTooManyPatternsKeepsTheNames(t *testing.T) {
+	_, dp, e := newTestEnforcer(t)
+	ns := namespace("shop")
+	ns.Labels = map[string]string{v1alpha1.LabelZone: "shop"}
+	state := func(n int) State {
+		rule := v1alpha1.Rule{Action: v1alpha1.ActionAllow, To: []v1alpha1.Peer{}}
+		for i := range n {
+			rule.To = append(rule.To, v1alpha1.Peer{FQDN: fmt.Sprintf("n%02d.example", i)})
+		}
+		p := v1alpha1.FirewallPolicy{ObjectMeta: metav1.ObjectMeta{Name: "names"}, Spec: v1alpha1.FirewallPolicySpec{
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{v1alpha1.LabelZone: "shop"}},
+			Egress:            []v1alpha1.Rule{rule}}}
+		return State{Namespaces: []v1alpha1.Namespace{ns}, Policies: []v1alpha1.FirewallPolicy{p}}
+	}
+	names := func() map[string]bpf.FQDNValue {
+		t.Helper()
+		sets, err := dp.FQDNSets()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := dp.FQDNNames(sets[e.Identities()["shop"]])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if err := e.Apply(state(3)); err != nil {
+		t.Fatal(err)
+	}
+	before := names()
+	if len(before) != 3 {
+		t.Fatalf("3 patterns: names %v", before)
+	}
+	_ = e.Apply(state(65)) // refused by the compiler: stale, not an error of the apply
+	after := names()
+	if len(after) != 3 {
+		t.Fatalf("65 patterns: %d names written, want the 3 in force", len(after))
+	}
+	for base, v := range before {
+		if after[base] != v {
+			t.Errorf("%s: %v in force, %v now", base, v, after[base])
+		}
+	}
+	if e.Snapshot().Stale[e.Identities()["shop"]] == "" {
+		t.Errorf("65 patterns: the namespace is not reported stale")
 	}
 }

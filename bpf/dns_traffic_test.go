@@ -51,22 +51,7 @@ func (r *resolver) wasAsked(name string) bool {
 func serveDNS(t *testing.T, n ns.NetNS, addr string) *resolver {
 	t.Helper()
 	r := &resolver{}
-	var pc net.PacketConn
-	var ln net.Listener
-	if err := n.Do(func(ns.NetNS) error {
-		var err error
-		if pc, err = net.ListenPacket("udp", addr); err != nil {
-			return err
-		}
-		ln, err = net.Listen("tcp", addr)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: r}, {Listener: ln, Handler: r}} {
-		go func() { _ = srv.ActivateAndServe() }()
-		t.Cleanup(func() { _ = srv.Shutdown() })
-	}
+	serveHandler(t, n, addr, r)
 	return r
 }
 
@@ -181,5 +166,26 @@ func dnsOnARealVeth(t *testing.T, mode bpf.AttachMode) {
 	}
 	if n := h.reasonCount(bpf.ReasonDNSDenied); n != 4 {
 		t.Errorf("%s: %d queries counted as dns-name-denied, want 4", mode, n)
+	}
+}
+
+// serveHandler answers DNS on UDP and TCP addr inside n with h until the test ends.
+func serveHandler(t *testing.T, n ns.NetNS, addr string, h dns.Handler) {
+	t.Helper()
+	var pc net.PacketConn
+	var ln net.Listener
+	if err := n.Do(func(ns.NetNS) error { // listen in n: a goroutine started in n.Do runs elsewhere
+		var err error
+		if pc, err = net.ListenPacket("udp", addr); err != nil {
+			return err
+		}
+		ln, err = net.Listen("tcp", addr)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
+		go func() { _ = srv.ActivateAndServe() }()
+		t.Cleanup(func() { _ = srv.Shutdown() })
 	}
 }

@@ -1,6 +1,7 @@
 package bpf_test
 
 import (
+	"maps"
 	"net/netip"
 	"testing"
 	"time"
@@ -114,18 +115,6 @@ func reference(msg []byte) map[netip.Addr]uint64 {
 	return out
 }
 
-func sameLearned(a, b map[netip.Addr]uint64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
-}
-
 // edit returns msg with its bytes from off replaced.
 func edit(msg []byte, off int, b ...byte) []byte {
 	out := append([]byte(nil), msg...)
@@ -197,7 +186,7 @@ func TestFQDNAnswers(t *testing.T) {
 		if c.from != resolverV4 && c.from != resolverV6 || c.agent {
 			want = map[netip.Addr]uint64{}
 		}
-		if !sameLearned(got, want) {
+		if !maps.Equal(got, want) {
 			t.Errorf("%s: learned %v, want %v", c.name, got, want)
 		}
 		agent := h.reasonCount(bpf.ReasonDNSToAgent) == before+1

@@ -3,7 +3,6 @@ package bpf_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -42,22 +41,7 @@ func (z zone) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 
 func serveZone(t *testing.T, n ns.NetNS, addr string, z zone) {
 	t.Helper()
-	var pc net.PacketConn
-	var ln net.Listener
-	if err := n.Do(func(ns.NetNS) error { // listen in n: a goroutine started in n.Do runs elsewhere
-		var err error
-		if pc, err = net.ListenPacket("udp", addr); err != nil {
-			return err
-		}
-		ln, err = net.Listen("tcp", addr)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: z}, {Listener: ln, Handler: z}} {
-		go func() { _ = srv.ActivateAndServe() }()
-		t.Cleanup(func() { _ = srv.Shutdown() })
-	}
+	serveHandler(t, n, addr, z)
 }
 
 func resolveType(n ns.NetNS, network, server, name string, qtype uint16) (*dns.Msg, error) {

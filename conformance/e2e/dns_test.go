@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -103,16 +101,9 @@ func resolveIn(p pod, name, qtype, proto string) resolveResult {
 
 // agentResolve runs the agent's resolve in a pod with the arguments given.
 func agentResolve(p pod, args ...string) resolveResult {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	out, err := suite.cluster.Kubectl(ctx, append([]string{"-n", p.ns, "exec", p.name, "-c", "agent", "--", "/agent", "resolve"}, args...)...)
 	var r resolveResult
-	line := strings.TrimSpace(string(out))
-	if i := strings.LastIndex(line, "\n"); i >= 0 {
-		line = line[i+1:]
-	}
-	if jerr := json.Unmarshal([]byte(line), &r); jerr != nil {
-		r.Error = fmt.Sprintf("kubectl exec: %v: %s", err, out)
+	if err := runAgent(p, &r, append([]string{"resolve"}, args...)...); err != nil {
+		r.Error = err.Error()
 	}
 	return r
 }

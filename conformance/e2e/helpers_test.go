@@ -168,19 +168,27 @@ type probeResult struct {
 
 // probe asks a pod's agent to reach target (ADDR:PORT) over proto, through kubectl exec.
 func probe(p pod, proto, target string) probeResult {
+	var r probeResult
+	if err := runAgent(p, &r, "probe", "--timeout", "1s", "--proto", proto, target); err != nil {
+		r.Error = err.Error()
+	}
+	return r
+}
+
+// runAgent runs the agent in a pod through kubectl exec and decodes the JSON line it prints last into v; the error
+// says what came back when there is no such line.
+func runAgent(p pod, v any, args ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := suite.cluster.Kubectl(ctx, "-n", p.ns, "exec", p.name, "-c", "agent", "--", "/agent", "probe",
-		"--timeout", "1s", "--proto", proto, target)
-	var r probeResult
+	out, err := suite.cluster.Kubectl(ctx, append([]string{"-n", p.ns, "exec", p.name, "-c", "agent", "--", "/agent"}, args...)...)
 	line := strings.TrimSpace(string(out))
 	if i := strings.LastIndex(line, "\n"); i >= 0 {
 		line = line[i+1:]
 	}
-	if jerr := json.Unmarshal([]byte(line), &r); jerr != nil {
-		r.Error = fmt.Sprintf("kubectl exec: %v: %s", err, out)
+	if jerr := json.Unmarshal([]byte(line), v); jerr != nil {
+		return fmt.Errorf("kubectl exec: %v: %s", err, out)
 	}
-	return r
+	return nil
 }
 
 func verdict(reached bool) string {

@@ -1,6 +1,7 @@
 package enforcer
 
 import (
+	"maps"
 	"testing"
 
 	"github.com/sirupsen/logrus"
@@ -58,7 +59,7 @@ func TestDNSDenySets(t *testing.T) {
 		"tracker.example": {Rule: [3]uint32{0, rule("front-names", 0), 0}, AuditRule: [3]uint32{rule("audit-names", 0), 0, rule("audit-names", 1)}},
 		"bad.example.org": {Rule: [3]uint32{rule("front-names", 1), 0, 0}},
 	}
-	if !equalNames(names, want) {
+	if !maps.Equal(names, want) {
 		t.Fatalf("set %d holds %v, want %v", set, names, want)
 	}
 
@@ -123,16 +124,4 @@ func readNames(t *testing.T, dp *bpf.Datapath, set uint32) map[string]bpf.DNSVal
 		t.Fatal(err)
 	}
 	return out
-}
-
-func equalNames(a, b map[string]bpf.DNSValue) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }

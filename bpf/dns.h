@@ -109,6 +109,19 @@ struct dns_scratch {
 					   * length */
 	__u8 frame[64];                   /* an answer's MACs and addresses while they are swapped */
 	struct dns_answer_walk ans;       /* an answer's records (learning) */
+	struct {                          /* dns_query_seen's and dns_report's keys (their stack is the pipeline's) */
+		struct moat_dns_stat_key stat;
+		struct moat_dns_query_key query;
+		__u64 one;
+		__u64 now;
+		__u64 latency;
+		__u32 identity, meta, rule_id, len;
+		__u8 pod[16], resolver[16];
+		__u16 qtype;
+		__u8 rcode;
+		__u8 doff;
+		__u8 qt[2];
+	} rep;
 	__u8 msg[MOAT_DNS_ANSWER_LEN];    /* an answer, as much of it as the datapath reads */
 };
 struct {
@@ -791,40 +804,266 @@ static __always_inline void dns_to_agent(struct __sk_buff *skb, __u32 identity)
 	stat_inc(MOAT_STAT_DNS_FALLBACK);
 }
 
-/* dns_answer_candidate: what to_pod hands to moat_dns_answer: a UDP datagram (whole, or its first fragment) or a
- * TCP segment with data from port 53, to a pod whose identity has fqdn patterns, not re-injected by the agent. */
-static __always_inline int dns_answer_candidate(const struct __sk_buff *skb, const struct packet *p,
-						const struct moat_endpoint *ep)
-{
-	__u32 identity = ep->identity, *set;
+/*
+ * Visibility: every answer a pod gets from a trusted resolver, and every answer the query stage gives for a dnsDeny
+ * name, is counted per identity (dns_stats: by type and rcode, by latency, synthesized, handed to the agent) and
+ * reported (dns_events): always when the datapath answered, audited, learned or handed it over; otherwise at most
+ * dns_timing.answer_events a second on each CPU (the rest counted as sampled). A query's latency runs from when
+ * the pod sent it (dns_queries, by host veth, port and message id) to when its answer reaches the pod's veth.
+ * Both are global functions: the pipelines that call them are near the verifier's bound, and a global function is
+ * verified once, on its own.
+ */
 
-	if (p->sport != DNS_PORT || p->non_first || skb->mark == MOAT_MARK_DNS_REINJECT)
-		return 0;
-	if (p->protocol != IPPROTO_UDP && !(p->protocol == IPPROTO_TCP && p->tcp_len))
-		return 0;
-	set = bpf_map_lookup_elem(&fqdn_sets, &identity);
-	return set && *set;
+/* The pod's and the remote's addresses as struct packet holds them, one after the other (saddr, daddr). */
+struct dns_pair {
+	__u8 a[16];
+	__u8 b[16];
+};
+
+enum dns_report_meta {
+	DNS_REPORT_TO_POD = 1 << 12, /* an answer on its way to the pod: a is the resolver, b the pod */
+};
+
+static __always_inline void dns_stat_add(struct dns_scratch *s)
+{
+	__u64 *v = bpf_map_lookup_elem(&dns_stats, &s->rep.stat);
+
+	if (v) {
+		*v += 1; /* this CPU's own counter */
+		return;
+	}
+	s->rep.one = 1;
+	bpf_map_update_elem(&dns_stats, &s->rep.stat, &s->rep.one, BPF_NOEXIST);
 }
 
-/* dns_answer reads an answer for a pod of an identity with fqdn patterns and learns from it (see above): DNS_PASS
- * to go on to conntrack and policy (learned or not), DNS_DROP when a datagram went to the agent (d says so). */
+/* dns_type_bucket keeps the query types the enforcer names, and folds every other into 0, so no pod can make the
+ * counters of every type there is. */
+static __always_inline __u16 dns_type_bucket(__u16 t)
+{
+	switch (t) {
+	case 1:   /* A */
+	case 2:   /* NS */
+	case 5:   /* CNAME */
+	case 6:   /* SOA */
+	case 12:  /* PTR */
+	case 15:  /* MX */
+	case 16:  /* TXT */
+	case 28:  /* AAAA */
+	case 33:  /* SRV */
+	case 35:  /* NAPTR */
+	case 64:  /* SVCB */
+	case 65:  /* HTTPS */
+	case 255: /* ANY */
+	case 257: /* CAA */
+		return t;
+	}
+	return 0;
+}
+
+/* dns_budget_spend takes one event from this CPU's budget of the second now falls in: 0 when it is spent (or
+ * answers without a pattern are not reported at all). */
+static __always_inline int dns_budget_spend(__u64 now)
+{
+	struct moat_dns_timing *t;
+	struct dns_budget *b;
+	__u32 zero = 0;
+
+	t = bpf_map_lookup_elem(&dns_timing, &zero);
+	b = bpf_map_lookup_elem(&dns_budget, &zero);
+	if (!t || !b || !t->answer_events)
+		return 0;
+	if (b->second != now >> 30) {
+		b->second = now >> 30;
+		b->spent = 0;
+	}
+	if (b->spent >= t->answer_events)
+		return 0;
+	b->spent++;
+	return 1;
+}
+
+/* dns_query_seen notes when a pod sent a DNS query to port 53 (its id, read at the message's start: after the UDP
+ * header, or after a TCP segment's header and the message's length), and counts it. meta: the L4 header's offset
+ * (low 16 bits) and the protocol (the next 8). */
+__noinline int dns_query_seen(struct __sk_buff *skb, __u32 identity, __u32 meta, __u32 port)
+{
+	__u32 zero = 0, l4 = meta & 0xffff, off = l4 + UDP_HLEN;
+	struct dns_scratch *s = bpf_map_lookup_elem(&dns_scratch, &zero);
+
+	if (!skb || !s)
+		return 0;
+	__builtin_memset(&s->rep, 0, sizeof(s->rep));
+	if (((meta >> 16) & 0xff) == IPPROTO_TCP) {
+		if (bpf_skb_load_bytes(skb, l4 + 12, &s->rep.doff, 1) < 0)
+			return 0;
+		off = l4 + (s->rep.doff >> 4) * WORD + 2;
+	}
+	if (bpf_skb_load_bytes(skb, off, &s->rep.query.id, 2) < 0)
+		return 0;
+	s->rep.query.ifindex = skb->ifindex;
+	s->rep.query.port = port;
+	s->rep.now = bpf_ktime_get_ns();
+	bpf_map_update_elem(&dns_queries, &s->rep.query, &s->rep.now, BPF_ANY);
+	s->rep.stat.identity = identity;
+	s->rep.stat.kind = MOAT_DNS_STAT_QUERIES;
+	dns_stat_add(s);
+	return 0;
+}
+
+/* dns_report counts an answer a pod gets and reports it (see above). What it reports is in the scratch space: the
+ * header (s->hdr), the question's name (s->raw, s->walk) at s->dns_off, its slots, and for a resolver's answer
+ * the addresses read (s->ans). meta: enum moat_dns_event_flags (low 8 bits), the family (next 4),
+ * DNS_REPORT_TO_POD, the pod's port (high 16). rule_id: the dnsDeny rule of an answer the datapath gave. */
+__noinline int dns_report(struct __sk_buff *skb, __u32 identity, __u32 meta, __u32 rule_id,
+			  const struct dns_pair *addrs)
+{
+	struct moat_dns_event *e;
+	struct dns_scratch *s;
+	__u32 zero = 0, i;
+	__u64 *sent;
+
+	/* everything in the scratch space: this function's stack is what the pipeline leaves, a few words */
+	s = bpf_map_lookup_elem(&dns_scratch, &zero);
+	if (!skb || !s || !addrs)
+		return 0;
+	__builtin_memset(&s->rep, 0, sizeof(s->rep));
+	s->rep.identity = identity;
+	s->rep.meta = meta;
+	s->rep.rule_id = rule_id;
+	if (meta & DNS_REPORT_TO_POD) {
+		copy16(s->rep.pod, addrs->b);
+		copy16(s->rep.resolver, addrs->a);
+	} else {
+		copy16(s->rep.pod, addrs->a);
+		copy16(s->rep.resolver, addrs->b);
+	}
+	s->rep.len = s->walk.pos + 1;
+	if (s->rep.len > MOAT_DNS_NAME_LEN)
+		return 0;
+	s->rep.now = bpf_ktime_get_ns();
+	bpf_skb_load_bytes(skb, s->dns_off + DNS_HDR_LEN + s->rep.len, s->rep.qt, 2);
+	s->rep.qtype = (__u16)s->rep.qt[0] << 8 | s->rep.qt[1];
+	s->rep.rcode = s->rep.meta & MOAT_DNS_EV_SYNTHESIZED ? DNS_NXDOMAIN : s->hdr[3] & 0xf;
+
+	if (s->rep.meta & DNS_REPORT_TO_POD) {
+		s->rep.query.ifindex = skb->ifindex;
+		s->rep.query.port = s->rep.meta >> 16;
+		__builtin_memcpy(&s->rep.query.id, s->hdr, 2);
+		sent = bpf_map_lookup_elem(&dns_queries, &s->rep.query);
+		if (sent) {
+			if (s->rep.now > *sent)
+				s->rep.latency = s->rep.now - *sent;
+			bpf_map_delete_elem(&dns_queries, &s->rep.query);
+		}
+	}
+
+	s->rep.stat.identity = s->rep.identity;
+	if (s->rep.meta & MOAT_DNS_EV_SYNTHESIZED) {
+		s->rep.stat.kind = MOAT_DNS_STAT_SYNTHESIZED;
+		s->rep.stat.value = dns_type_bucket(s->rep.qtype);
+		dns_stat_add(s);
+	} else if (s->rep.meta & DNS_REPORT_TO_POD) {
+		s->rep.stat.kind = MOAT_DNS_STAT_ANSWERS;
+		s->rep.stat.value = dns_type_bucket(s->rep.qtype);
+		s->rep.stat.rcode = s->rep.rcode;
+		dns_stat_add(s);
+		if (s->rep.latency) {
+			/* the bucket: the least b with latency < 2^b microseconds, the last one open */
+			s->rep.stat.kind = MOAT_DNS_STAT_LATENCY;
+			s->rep.stat.rcode = 0;
+			s->rep.stat.value = MOAT_DNS_LATENCY_BUCKETS - 1;
+			for (i = 0; i < MOAT_DNS_LATENCY_BUCKETS - 1; i++) {
+				if (s->rep.latency / 1000 < (1ULL << i)) {
+					s->rep.stat.value = i;
+					break;
+				}
+			}
+			dns_stat_add(s);
+		}
+		if (s->rep.meta & MOAT_DNS_EV_TO_AGENT) {
+			s->rep.stat.kind = MOAT_DNS_STAT_FALLBACK;
+			s->rep.stat.value = 0;
+			s->rep.stat.rcode = 0;
+			dns_stat_add(s);
+		}
+	}
+	if (!(s->rep.meta & (MOAT_DNS_EV_SYNTHESIZED | MOAT_DNS_EV_AUDIT | MOAT_DNS_EV_FQDN | MOAT_DNS_EV_TO_AGENT)) &&
+	    !dns_budget_spend(s->rep.now)) {
+		stat_inc(MOAT_STAT_DNS_EVENTS_SAMPLED);
+		return 0;
+	}
+
+	e = bpf_ringbuf_reserve(&dns_events, sizeof(*e), 0);
+	if (!e) {
+		stat_inc(MOAT_STAT_DNS_EVENTS_LOST);
+		return 0;
+	}
+	e->time_ns = s->rep.now;
+	e->latency_ns = s->rep.latency;
+	e->slots = s->walk.fqdn ? s->walk.slots : 0;
+	e->ifindex = skb->ifindex;
+	e->identity = s->rep.identity;
+	e->rule_id = s->rep.rule_id;
+	e->qtype = s->rep.qtype;
+	e->rcode = s->rep.rcode;
+	e->flags = s->rep.meta & 0xff;
+	e->family = (s->rep.meta >> 8) & 0xf;
+	e->name_len = s->rep.len;
+	e->port = s->rep.meta >> 16;
+	e->ancount = (__u16)s->hdr[6] << 8 | s->hdr[7];
+	copy16(e->pod, s->rep.pod);
+	copy16(e->resolver, s->rep.resolver);
+	e->naddr = 0;
+	if (s->rep.meta & DNS_REPORT_TO_POD)
+		e->naddr = s->ans.n < MOAT_DNS_EVENT_ADDRS ? s->ans.n : MOAT_DNS_EVENT_ADDRS;
+	for (i = 0; i < MOAT_DNS_EVENT_ADDRS; i++) {
+		if (i < e->naddr)
+			__builtin_memcpy(&e->addrs[i], &s->ans.found[i], sizeof(e->addrs[i]));
+		else
+			__builtin_memset(&e->addrs[i], 0, sizeof(e->addrs[i]));
+	}
+	__builtin_memcpy(e->name, s->raw, MOAT_DNS_NAME_LEN);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* dns_query_meta is dns_report's meta for an answer the query stage gave (or audited) for the query in p. */
+static __always_inline __u32 dns_query_meta(const struct packet *p, __u32 flags)
+{
+	if (p->protocol == IPPROTO_TCP)
+		flags |= MOAT_DNS_EV_TCP;
+	return flags | (__u32)p->family << 8 | (__u32)p->sport << 16;
+}
+
+/* dns_answer_candidate: what to_pod hands to moat_dns_answer: a UDP datagram (whole, or its first fragment) or a
+ * TCP segment with data from port 53, not re-injected by the agent. */
+static __always_inline int dns_answer_candidate(const struct __sk_buff *skb, const struct packet *p)
+{
+	if (p->sport != DNS_PORT || p->non_first || skb->mark == MOAT_MARK_DNS_REINJECT)
+		return 0;
+	return p->protocol == IPPROTO_UDP || (p->protocol == IPPROTO_TCP && p->tcp_len);
+}
+
+/* dns_answer reads an answer from a trusted resolver for a pod, reports it (dns_report), and learns from it when
+ * its name is one of the identity's fqdn patterns (see above): DNS_PASS to go on to conntrack and policy
+ * (learned or not), DNS_DROP when a datagram went to the agent (d says so). */
 static __always_inline int dns_answer(struct __sk_buff *skb, const struct packet *p, struct decision *d,
 				      const struct moat_endpoint *ep, const struct moat_config *cfg)
 {
-	__u32 zero = 0, identity, *set;
+	__u32 zero = 0, identity, *set, flags, meta;
 	struct moat_dns_timing *t;
 	struct dns_answer_walk *w;
 	struct dns_scratch *s;
 	__u64 have, *count;
 	int whole;
 
-	if (!ep || !cfg || !dns_answer_candidate(skb, p, ep))
+	if (!ep || !cfg || !dns_answer_candidate(skb, p))
 		return DNS_PASS;
 	identity = ep->identity;
 	s = bpf_map_lookup_elem(&dns_scratch, &zero);
 	set = bpf_map_lookup_elem(&fqdn_sets, &identity);
 	t = bpf_map_lookup_elem(&dns_timing, &zero);
-	if (!s || !set || !*set || !t || !cfg->hz || p->fragment)
+	if (!s || !t || !cfg->hz || p->fragment)
 		return DNS_PASS; /* a fragmented answer is not read: nothing is learned from it */
 	w = &s->ans;
 	/* only a trusted resolver's answers */
@@ -834,7 +1073,7 @@ static __always_inline int dns_answer(struct __sk_buff *skb, const struct packet
 	if (!bpf_map_lookup_elem(&dns_resolvers, &w->resolver))
 		return DNS_PASS;
 
-	s->key.set = *set;
+	s->key.set = set ? *set : 0;
 	if (dns_message(skb, p, s, &whole) < 0)
 		return DNS_PASS;
 	if (s->dns_off + DNS_HDR_LEN >= p->l3_end || bpf_skb_load_bytes(skb, s->dns_off, s->hdr, DNS_HDR_LEN) < 0)
@@ -842,12 +1081,22 @@ static __always_inline int dns_answer(struct __sk_buff *skb, const struct packet
 	/* a standard answer (QR, opcode 0) to one question */
 	if ((s->hdr[2] & (DNS_QR | DNS_OPCODE)) != DNS_QR || s->hdr[4] != 0 || s->hdr[5] != 1)
 		return DNS_PASS;
-	if (dns_question(skb, p, s, 1) < 0 || !s->walk.slots)
-		return DNS_PASS; /* not a name of the identity's patterns (or not one that can be read): not learned */
-	if (s->hdr[2] & 0x02)
-		return DNS_PASS; /* truncated (TC): nothing to learn, the stub asks again over TCP */
+	if (dns_question(skb, p, s, 1) < 0)
+		return DNS_PASS; /* a name that cannot be read: not learned, not reported */
+	if (!s->key.set)
+		s->walk.slots = 0;
 
 	__builtin_memset(w, 0, sizeof(*w));
+	flags = p->protocol == IPPROTO_TCP ? MOAT_DNS_EV_TCP : 0;
+	if (s->walk.slots)
+		flags |= MOAT_DNS_EV_FQDN;
+	meta = (__u32)p->family << 8 | DNS_REPORT_TO_POD | (__u32)p->dport << 16;
+	if (s->hdr[2] & 0x02) {
+		/* truncated (TC): nothing to learn, the stub asks again over TCP */
+		dns_report(skb, identity, meta | flags | MOAT_DNS_EV_TRUNCATED, 0, (const struct dns_pair *)p->saddr);
+		return DNS_PASS;
+	}
+
 	w->slots = s->walk.slots;
 	w->qlen = s->walk.pos + 1;
 	w->off = DNS_HDR_LEN + w->qlen + 4;
@@ -865,6 +1114,13 @@ static __always_inline int dns_answer(struct __sk_buff *skb, const struct packet
 		w->have = have;
 		bpf_loop(MOAT_DNS_ANSWER_RECORDS + 1, dns_record, NULL, 0);
 	}
+	if (!w->slots) {
+		/* no pattern of the identity's: only reported, with the addresses read */
+		if (w->end != DNS_WALK_DONE)
+			flags |= MOAT_DNS_EV_PARTIAL;
+		dns_report(skb, identity, meta | flags, 0, (const struct dns_pair *)p->saddr);
+		return DNS_PASS;
+	}
 	if (w->end == DNS_WALK_DONE && t->max_per_identity) {
 		count = bpf_map_lookup_elem(&fqdn_counts, &identity);
 		if (count && *count + w->n > t->max_per_identity)
@@ -876,11 +1132,17 @@ static __always_inline int dns_answer(struct __sk_buff *skb, const struct packet
 		w->min_ttl = t->min_ttl;
 		w->grace = t->grace;
 		bpf_loop(MOAT_DNS_ANSWER_RECORDS, dns_learn, NULL, 0);
+		dns_report(skb, identity, meta | flags, 0, (const struct dns_pair *)p->saddr);
 		return DNS_PASS;
 	}
-	if (w->end != DNS_WALK_AGENT)
-		return DNS_PASS; /* malformed: nothing learned; the stub judges it */
+	if (w->end != DNS_WALK_AGENT) {
+		/* malformed: nothing learned; the stub judges it */
+		dns_report(skb, identity, meta | flags | MOAT_DNS_EV_PARTIAL, 0, (const struct dns_pair *)p->saddr);
+		return DNS_PASS;
+	}
 	dns_to_agent(skb, identity);
+	dns_report(skb, identity, meta | flags | MOAT_DNS_EV_TO_AGENT | MOAT_DNS_EV_PARTIAL, 0,
+		   (const struct dns_pair *)p->saddr);
 	if (p->protocol == IPPROTO_TCP)
 		return DNS_PASS; /* the agent learns from the copy; a connection the pod opens before is retried */
 	d->reason = MOAT_REASON_DNS_TO_AGENT;

@@ -42,7 +42,7 @@ const IdentityFQDNPeers = moatMoatIdentityFlagsMOAT_ID_FQDN
 // DefaultDNSTiming is the timing a datapath starts with.
 func DefaultDNSTiming() DNSTiming {
 	return DNSTiming{MinTtl: uint32(DefaultDNSMinTTL / time.Second), Grace: uint32(DefaultDNSGrace / time.Second),
-		MaxPerIdentity: DefaultFQDNPerIdentity}
+		MaxPerIdentity: DefaultFQDNPerIdentity, AnswerEvents: perCPUShare(DefaultDNSAnswerEvents)}
 }
 
 // SetFQDNSet points an identity at its set of fqdn patterns (0: none, its DNS answers are not read).

@@ -169,6 +169,44 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dns_fallback SEC(".maps");
 
+/* struct moat_dns_query_key -> __u64 (bpf_ktime_get_ns): when a pod sent a DNS query, until its answer comes */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MOAT_DNS_QUERY_ENTRIES);
+	__type(key, struct moat_dns_query_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dns_queries SEC(".maps");
+
+/* struct moat_dns_stat_key -> __u64, per CPU: DNS counters per identity */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, MOAT_DNS_STAT_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct moat_dns_stat_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dns_stats SEC(".maps");
+
+/* struct moat_dns_event records: the DNS answers pods get */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, MOAT_DNS_EVENTS_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dns_events SEC(".maps");
+
+/* per CPU, one element: the second the answer_events budget counts (ktime ns >> 30) and the events it spent */
+struct dns_budget {
+	__u64 second;
+	__u64 spent;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dns_budget);
+} dns_budget SEC(".maps");
+
 /* struct moat_frag_key -> struct moat_frag_value: first fragment verdicts */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -218,6 +256,7 @@ const struct moat_event *const unused_event __attribute__((unused)) = 0;
 const struct moat_policy_key *const unused_policy_key __attribute__((unused)) = 0;
 const struct moat_policy_value *const unused_policy_value __attribute__((unused)) = 0;
 const struct moat_dns_fallback *const unused_dns_fallback __attribute__((unused)) = 0;
+const struct moat_dns_event *const unused_dns_event __attribute__((unused)) = 0;
 const struct {
 	enum moat_direction direction;
 	enum moat_class class;
@@ -235,6 +274,8 @@ const struct {
 	enum moat_rule_order order;
 	enum moat_remote_identity remote_identity;
 	enum moat_marks marks;
+	enum moat_dns_stat_kind dns_stat_kind;
+	enum moat_dns_event_flags dns_event_flags;
 	struct moat_policy_port port;
 	struct moat_policy_cidr cidr;
 	struct moat_policy_peer peer;

@@ -101,7 +101,7 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir, const int wi
 	/* a DNS answer to a pod whose identity has fqdn peers: learned from (dns.h, moat_dns_answer) before the pod
 	 * sees it; moat_dns_answer hands it back to moat_to_pod_answered (this with with_dns), which goes on. When
 	 * the stage cannot be reached, nothing is learned: the answer goes on. */
-	if (dir == MOAT_DIR_INGRESS && !with_dns && dns_answer_candidate(skb, &p, ep))
+	if (dir == MOAT_DIR_INGRESS && !with_dns && dns_answer_candidate(skb, &p))
 		bpf_tail_call(skb, &tails, MOAT_TAIL_ANSWER);
 
 	if (dir == MOAT_DIR_EGRESS && dns_candidate(&p, ep)) {
@@ -114,6 +114,8 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir, const int wi
 		switch (dns_query(skb, &p, &d, ep)) {
 		case DNS_ANSWERED:
 			/* the answer goes into the pod as if its resolver had sent it (the peer's ingress) */
+			dns_report(skb, ep->identity, dns_query_meta(&p, MOAT_DNS_EV_SYNTHESIZED), d.rule_id,
+				   (const struct dns_pair *)p.saddr);
 			finish(skb, ep, &p, dir, &d);
 			return bpf_redirect_peer(ifindex, 0);
 		case DNS_DROP:
@@ -121,6 +123,8 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir, const int wi
 		case DNS_AUDIT:
 			count(&rule_counts, d.rule_id, skb->len);
 			emit_event(skb, &p, ep->identity, dir, d.verdict, d.reason, d.rule_id, 0, 0);
+			dns_report(skb, ep->identity, dns_query_meta(&p, MOAT_DNS_EV_AUDIT), d.rule_id,
+				   (const struct dns_pair *)p.saddr);
 			break;
 		}
 		d.rule_id = 0;
@@ -128,6 +132,11 @@ static __always_inline int process(struct __sk_buff *skb, __u8 dir, const int wi
 		d.verdict = MOAT_VERDICT_DENIED;
 		d.emit = 1;
 	}
+
+	/* a query: when it left, for its answer's latency (dns.h) */
+	if (dir == MOAT_DIR_EGRESS && p.dport == DNS_PORT && !p.non_first &&
+	    (p.protocol == IPPROTO_UDP || (p.protocol == IPPROTO_TCP && p.tcp_len)))
+		dns_query_seen(skb, ep->identity, p.l4_off | (__u32)p.protocol << 16, p.sport);
 
 	if (p.non_first) {
 		struct moat_frag_key fk;

@@ -44,6 +44,12 @@ enum moat_limits {
 	MOAT_DNS_FALLBACK_FRAME = 4096,    /* bytes of a frame copied to the agent */
 	MOAT_DNS_FALLBACK_BYTES = 1 << 20, /* the dns_fallback ring buffer */
 	MOAT_TAILS = 4,                    /* slots of the tails prog array (enum moat_tail) */
+	MOAT_DNS_QUERY_ENTRIES = 16384,    /* queries in flight whose answer's latency is measured (dns_queries) */
+	MOAT_DNS_STAT_ENTRIES = 65536,     /* per-identity DNS counters (dns_stats) */
+	MOAT_DNS_EVENT_ADDRS = 8,          /* answer addresses one DNS event carries */
+	MOAT_DNS_EVENTS_BYTES = 1 << 20,   /* the dns_events ring buffer */
+	MOAT_DNS_ANSWER_EVENTS = 100,      /* default events a second, per CPU, of answers no fqdn pattern matched */
+	MOAT_DNS_LATENCY_BUCKETS = 24,     /* latency buckets: bucket b counts answers under 2^b microseconds */
 };
 
 /* The mark of a DNS answer the agent re-injects into a pod (AF_PACKET with SO_MARK on the host veth): to_pod passes
@@ -386,7 +392,8 @@ struct moat_dns_timing {
 	__u32 min_ttl;          /* seconds */
 	__u32 grace;            /* seconds */
 	__u32 max_per_identity; /* learned addresses one identity may hold (fqdn_counts); 0 = no bound */
-	__u32 pad;
+	__u32 answer_events;    /* events a second, per CPU, of answers no fqdn pattern matched (the rest always
+				 * have one); 0 = none */
 };
 /* One dns_fallback record: an answer the datapath could not read in place, for the agent. */
 struct moat_dns_fallback {
@@ -395,6 +402,66 @@ struct moat_dns_fallback {
 	__u32 len;      /* bytes of the frame (Ethernet on) in frame */
 	__u32 wire_len; /* bytes of the whole frame */
 	__u8 frame[MOAT_DNS_FALLBACK_FRAME];
+};
+
+/* A DNS query in flight (dns_queries): the pod's host veth, its port (host order) and the message id (as sent). */
+struct moat_dns_query_key {
+	__u32 ifindex;
+	__u16 port;
+	__u16 id;
+};
+
+/* What a DNS counter counts (dns_stats, per CPU): */
+enum moat_dns_stat_kind {
+	MOAT_DNS_STAT_QUERIES = 0,     /* queries a pod sent to port 53 */
+	MOAT_DNS_STAT_ANSWERS = 1,     /* answers from trusted resolvers, by type (value) and rcode */
+	MOAT_DNS_STAT_LATENCY = 2,     /* answers whose query was seen, by latency bucket (value) */
+	MOAT_DNS_STAT_SYNTHESIZED = 3, /* NXDOMAIN answers (or TCP resets) the datapath gave for dnsDeny names */
+	MOAT_DNS_STAT_FALLBACK = 4,    /* answers handed to the agent */
+};
+struct moat_dns_stat_key {
+	__u32 identity;
+	__u16 value; /* the query type (types the enforcer names; 0 for any other), or the latency bucket */
+	__u8 kind;   /* enum moat_dns_stat_kind */
+	__u8 rcode;
+};
+
+/* What a DNS event says besides its fields. */
+enum moat_dns_event_flags {
+	MOAT_DNS_EV_SYNTHESIZED = 1, /* the datapath answered NXDOMAIN (or reset the TCP connection): a dnsDeny name */
+	MOAT_DNS_EV_AUDIT = 2,       /* a dnsDeny name an Audit policy (or audit mode) reports: resolved all the same */
+	MOAT_DNS_EV_FQDN = 4,        /* the name is one of the namespace's fqdn patterns: its addresses are learned */
+	MOAT_DNS_EV_TO_AGENT = 8,    /* the datapath handed the answer to the agent, which learns and gives it back */
+	MOAT_DNS_EV_TRUNCATED = 16,  /* the resolver set TC: the stub asks again over TCP */
+	MOAT_DNS_EV_PARTIAL = 32,    /* not every record was read: the addresses are the ones read */
+	MOAT_DNS_EV_TCP = 64,        /* over TCP */
+};
+struct moat_dns_addr {
+	__u8 family; /* 4 or 6 */
+	__u8 pad[3];
+	__u32 ttl;
+	__u8 addr[16];
+};
+/* One dns_events record: an answer a pod got from a trusted resolver, or from the datapath. */
+struct moat_dns_event {
+	__u64 time_ns;    /* bpf_ktime_get_ns */
+	__u64 latency_ns; /* from the query the pod sent; 0 when it was not seen */
+	__u64 slots;      /* the fqdn slots the name is the pattern of */
+	__u32 ifindex;    /* the pod's host veth */
+	__u32 identity;
+	__u32 rule_id;    /* the dnsDeny rule of a synthesized (or audited) answer */
+	__u16 qtype;
+	__u8 rcode;
+	__u8 flags;       /* enum moat_dns_event_flags */
+	__u8 family;      /* of pod and resolver */
+	__u8 naddr;       /* addresses in addrs */
+	__u16 name_len;   /* bytes of the question's name in name, as sent (wire format) */
+	__u16 port;       /* the pod's port */
+	__u16 ancount;    /* answer records */
+	__u8 pod[16];
+	__u8 resolver[16];
+	struct moat_dns_addr addrs[MOAT_DNS_EVENT_ADDRS];
+	__u8 name[MOAT_DNS_NAME_LEN];
 };
 
 /* Per-reason and per-rule counters (per-CPU arrays). */
@@ -411,6 +478,8 @@ enum moat_stat {
 	MOAT_STAT_FQDN_LEARNED = 3,   /* addresses written to fqdn_learned from answers */
 	MOAT_STAT_DNS_FALLBACK = 4,   /* answers copied to the agent (dns_fallback) */
 	MOAT_STAT_DNS_FALLBACK_LOST = 5, /* answers for the agent that found its ring full */
+	MOAT_STAT_DNS_EVENTS_LOST = 6,   /* DNS events that found dns_events full */
+	MOAT_STAT_DNS_EVENTS_SAMPLED = 7, /* answers over the answer_events rate: counted, without an event */
 	MOAT_STAT_MAX = 8,
 };
 

@@ -13,6 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type moatDnsBudget struct {
+	_      structs.HostLayout
+	Second uint64
+	Spent  uint64
+}
+
 type moatMoatAction uint32
 
 const (
@@ -104,6 +110,48 @@ const (
 	moatMoatDirectionMOAT_DIR_INGRESS moatMoatDirection = 1
 )
 
+type moatMoatDnsAddr struct {
+	_      structs.HostLayout
+	Family uint8
+	Pad    [3]uint8
+	Ttl    uint32
+	Addr   [16]uint8
+}
+
+type moatMoatDnsEvent struct {
+	_         structs.HostLayout
+	TimeNs    uint64
+	LatencyNs uint64
+	Slots     uint64
+	Ifindex   uint32
+	Identity  uint32
+	RuleId    uint32
+	Qtype     uint16
+	Rcode     uint8
+	Flags     uint8
+	Family    uint8
+	Naddr     uint8
+	NameLen   uint16
+	Port      uint16
+	Ancount   uint16
+	Pod       [16]uint8
+	Resolver  [16]uint8
+	Addrs     [8]moatMoatDnsAddr
+	Name      [256]uint8
+}
+
+type moatMoatDnsEventFlags uint32
+
+const (
+	moatMoatDnsEventFlagsMOAT_DNS_EV_SYNTHESIZED moatMoatDnsEventFlags = 1
+	moatMoatDnsEventFlagsMOAT_DNS_EV_AUDIT       moatMoatDnsEventFlags = 2
+	moatMoatDnsEventFlagsMOAT_DNS_EV_FQDN        moatMoatDnsEventFlags = 4
+	moatMoatDnsEventFlagsMOAT_DNS_EV_TO_AGENT    moatMoatDnsEventFlags = 8
+	moatMoatDnsEventFlagsMOAT_DNS_EV_TRUNCATED   moatMoatDnsEventFlags = 16
+	moatMoatDnsEventFlagsMOAT_DNS_EV_PARTIAL     moatMoatDnsEventFlags = 32
+	moatMoatDnsEventFlagsMOAT_DNS_EV_TCP         moatMoatDnsEventFlags = 64
+)
+
 type moatMoatDnsFallback struct {
 	_        structs.HostLayout
 	Ifindex  uint32
@@ -119,12 +167,37 @@ type moatMoatDnsKey struct {
 	Name [256]uint8
 }
 
+type moatMoatDnsQueryKey struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Port    uint16
+	Id      uint16
+}
+
+type moatMoatDnsStatKey struct {
+	_        structs.HostLayout
+	Identity uint32
+	Value    uint16
+	Kind     uint8
+	Rcode    uint8
+}
+
+type moatMoatDnsStatKind uint32
+
+const (
+	moatMoatDnsStatKindMOAT_DNS_STAT_QUERIES     moatMoatDnsStatKind = 0
+	moatMoatDnsStatKindMOAT_DNS_STAT_ANSWERS     moatMoatDnsStatKind = 1
+	moatMoatDnsStatKindMOAT_DNS_STAT_LATENCY     moatMoatDnsStatKind = 2
+	moatMoatDnsStatKindMOAT_DNS_STAT_SYNTHESIZED moatMoatDnsStatKind = 3
+	moatMoatDnsStatKindMOAT_DNS_STAT_FALLBACK    moatMoatDnsStatKind = 4
+)
+
 type moatMoatDnsTiming struct {
 	_              structs.HostLayout
 	MinTtl         uint32
 	Grace          uint32
 	MaxPerIdentity uint32
-	Pad            uint32
+	AnswerEvents   uint32
 }
 
 type moatMoatDnsValue struct {
@@ -283,6 +356,12 @@ const (
 	moatMoatLimitsMOAT_DNS_FALLBACK_FRAME   moatMoatLimits = 4096
 	moatMoatLimitsMOAT_DNS_FALLBACK_BYTES   moatMoatLimits = 1048576
 	moatMoatLimitsMOAT_TAILS                moatMoatLimits = 4
+	moatMoatLimitsMOAT_DNS_QUERY_ENTRIES    moatMoatLimits = 16384
+	moatMoatLimitsMOAT_DNS_STAT_ENTRIES     moatMoatLimits = 65536
+	moatMoatLimitsMOAT_DNS_EVENT_ADDRS      moatMoatLimits = 8
+	moatMoatLimitsMOAT_DNS_EVENTS_BYTES     moatMoatLimits = 1048576
+	moatMoatLimitsMOAT_DNS_ANSWER_EVENTS    moatMoatLimits = 100
+	moatMoatLimitsMOAT_DNS_LATENCY_BUCKETS  moatMoatLimits = 24
 )
 
 type moatMoatMarks uint32
@@ -426,13 +505,15 @@ type moatMoatRuleRef struct {
 type moatMoatStat uint32
 
 const (
-	moatMoatStatMOAT_STAT_EVENTS_LOST       moatMoatStat = 0
-	moatMoatStatMOAT_STAT_CT_CREATED        moatMoatStat = 1
-	moatMoatStatMOAT_STAT_CT_LIMITED        moatMoatStat = 2
-	moatMoatStatMOAT_STAT_FQDN_LEARNED      moatMoatStat = 3
-	moatMoatStatMOAT_STAT_DNS_FALLBACK      moatMoatStat = 4
-	moatMoatStatMOAT_STAT_DNS_FALLBACK_LOST moatMoatStat = 5
-	moatMoatStatMOAT_STAT_MAX               moatMoatStat = 8
+	moatMoatStatMOAT_STAT_EVENTS_LOST        moatMoatStat = 0
+	moatMoatStatMOAT_STAT_CT_CREATED         moatMoatStat = 1
+	moatMoatStatMOAT_STAT_CT_LIMITED         moatMoatStat = 2
+	moatMoatStatMOAT_STAT_FQDN_LEARNED       moatMoatStat = 3
+	moatMoatStatMOAT_STAT_DNS_FALLBACK       moatMoatStat = 4
+	moatMoatStatMOAT_STAT_DNS_FALLBACK_LOST  moatMoatStat = 5
+	moatMoatStatMOAT_STAT_DNS_EVENTS_LOST    moatMoatStat = 6
+	moatMoatStatMOAT_STAT_DNS_EVENTS_SAMPLED moatMoatStat = 7
+	moatMoatStatMOAT_STAT_MAX                moatMoatStat = 8
 )
 
 type moatMoatVerdict uint32
@@ -450,11 +531,15 @@ const (
 	moatMapConfig             = "config"
 	moatMapConntrack          = "conntrack"
 	moatMapCtCounts           = "ct_counts"
+	moatMapDnsBudget          = "dns_budget"
+	moatMapDnsEvents          = "dns_events"
 	moatMapDnsFallback        = "dns_fallback"
 	moatMapDnsNames           = "dns_names"
+	moatMapDnsQueries         = "dns_queries"
 	moatMapDnsResolvers       = "dns_resolvers"
 	moatMapDnsScratch         = "dns_scratch"
 	moatMapDnsSets            = "dns_sets"
+	moatMapDnsStats           = "dns_stats"
 	moatMapDnsTiming          = "dns_timing"
 	moatMapEvents             = "events"
 	moatMapFqdnCounts         = "fqdn_counts"
@@ -478,6 +563,7 @@ const (
 	moatProgMoatJiffies       = "moat_jiffies"
 	moatProgMoatToPod         = "moat_to_pod"
 	moatProgMoatToPodAnswered = "moat_to_pod_answered"
+	moatVarUnusedDnsEvent     = "unused_dns_event"
 	moatVarUnusedDnsFallback  = "unused_dns_fallback"
 	moatVarUnusedEnums        = "unused_enums"
 	moatVarUnusedEvent        = "unused_event"
@@ -542,11 +628,15 @@ type moatMapSpecs struct {
 	Config         *ebpf.MapSpec `ebpf:"config"`
 	Conntrack      *ebpf.MapSpec `ebpf:"conntrack"`
 	CtCounts       *ebpf.MapSpec `ebpf:"ct_counts"`
+	DnsBudget      *ebpf.MapSpec `ebpf:"dns_budget"`
+	DnsEvents      *ebpf.MapSpec `ebpf:"dns_events"`
 	DnsFallback    *ebpf.MapSpec `ebpf:"dns_fallback"`
 	DnsNames       *ebpf.MapSpec `ebpf:"dns_names"`
+	DnsQueries     *ebpf.MapSpec `ebpf:"dns_queries"`
 	DnsResolvers   *ebpf.MapSpec `ebpf:"dns_resolvers"`
 	DnsScratch     *ebpf.MapSpec `ebpf:"dns_scratch"`
 	DnsSets        *ebpf.MapSpec `ebpf:"dns_sets"`
+	DnsStats       *ebpf.MapSpec `ebpf:"dns_stats"`
 	DnsTiming      *ebpf.MapSpec `ebpf:"dns_timing"`
 	Events         *ebpf.MapSpec `ebpf:"events"`
 	FqdnCounts     *ebpf.MapSpec `ebpf:"fqdn_counts"`
@@ -570,6 +660,7 @@ type moatMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type moatVariableSpecs struct {
+	UnusedDnsEvent    *ebpf.VariableSpec `ebpf:"unused_dns_event"`
 	UnusedDnsFallback *ebpf.VariableSpec `ebpf:"unused_dns_fallback"`
 	UnusedEnums       *ebpf.VariableSpec `ebpf:"unused_enums"`
 	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
@@ -600,11 +691,15 @@ type moatMaps struct {
 	Config         *ebpf.Map `ebpf:"config"`
 	Conntrack      *ebpf.Map `ebpf:"conntrack"`
 	CtCounts       *ebpf.Map `ebpf:"ct_counts"`
+	DnsBudget      *ebpf.Map `ebpf:"dns_budget"`
+	DnsEvents      *ebpf.Map `ebpf:"dns_events"`
 	DnsFallback    *ebpf.Map `ebpf:"dns_fallback"`
 	DnsNames       *ebpf.Map `ebpf:"dns_names"`
+	DnsQueries     *ebpf.Map `ebpf:"dns_queries"`
 	DnsResolvers   *ebpf.Map `ebpf:"dns_resolvers"`
 	DnsScratch     *ebpf.Map `ebpf:"dns_scratch"`
 	DnsSets        *ebpf.Map `ebpf:"dns_sets"`
+	DnsStats       *ebpf.Map `ebpf:"dns_stats"`
 	DnsTiming      *ebpf.Map `ebpf:"dns_timing"`
 	Events         *ebpf.Map `ebpf:"events"`
 	FqdnCounts     *ebpf.Map `ebpf:"fqdn_counts"`
@@ -629,11 +724,15 @@ func (m *moatMaps) Close() error {
 		m.Config,
 		m.Conntrack,
 		m.CtCounts,
+		m.DnsBudget,
+		m.DnsEvents,
 		m.DnsFallback,
 		m.DnsNames,
+		m.DnsQueries,
 		m.DnsResolvers,
 		m.DnsScratch,
 		m.DnsSets,
+		m.DnsStats,
 		m.DnsTiming,
 		m.Events,
 		m.FqdnCounts,
@@ -658,6 +757,7 @@ func (m *moatMaps) Close() error {
 //
 // It can be passed to loadMoatObjects or ebpf.CollectionSpec.LoadAndAssign.
 type moatVariables struct {
+	UnusedDnsEvent    *ebpf.Variable `ebpf:"unused_dns_event"`
 	UnusedDnsFallback *ebpf.Variable `ebpf:"unused_dns_fallback"`
 	UnusedEnums       *ebpf.Variable `ebpf:"unused_enums"`
 	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`

@@ -142,6 +142,8 @@ const (
 	StatFQDNLearned             = moatMoatStatMOAT_STAT_FQDN_LEARNED
 	StatDNSFallback             = moatMoatStatMOAT_STAT_DNS_FALLBACK
 	StatDNSFallbackLost         = moatMoatStatMOAT_STAT_DNS_FALLBACK_LOST
+	StatDNSEventsLost           = moatMoatStatMOAT_STAT_DNS_EVENTS_LOST
+	StatDNSEventsSampled        = moatMoatStatMOAT_STAT_DNS_EVENTS_SAMPLED
 	statMax                     = moatMoatStatMOAT_STAT_MAX
 	KindPort                    = moatMoatPolicyKindMOAT_KIND_PORT
 	KindCIDR                    = moatMoatPolicyKindMOAT_KIND_CIDR

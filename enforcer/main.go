@@ -265,6 +265,11 @@ func run(log *logrus.Entry, o options) error {
 			log.WithError(err).Error("flow events stopped")
 		}
 	}()
+	go func() {
+		if err := e.RunDNS(ctx, store); err != nil {
+			log.WithError(err).Error("DNS events stopped: moatctl dns shows no new answers")
+		}
+	}()
 	if o.socket != "" {
 		ln, err := agentapi.Listen(o.socket)
 		if err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -387,37 +388,8 @@ func flowsCmd(g *globals) *cobra.Command {
 			default:
 				return fmt.Errorf("--verdict %q: want allowed, denied or audit", f.Verdict)
 			}
-			var tw *tabwriter.Writer
-			if g.output == "table" {
-				tw = tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, flowHeader)
-			}
-			enc := json.NewEncoder(g.out)
-			err := g.client().Flows(cmd.Context(), f, func(fl agentapi.Flow) error {
-				switch g.output {
-				case "json":
-					return enc.Encode(fl)
-				case "yaml":
-					b, err := yaml.Marshal(fl)
-					if err != nil {
-						return err
-					}
-					_, err = fmt.Fprintf(g.out, "---\n%s", b)
-					return err
-				}
-				flowRow(tw, fl, time.Local)
-				if f.Follow {
-					return tw.Flush() // each line as it comes
-				}
-				return nil
-			})
-			if tw != nil {
-				_ = tw.Flush()
-			}
-			if cmd.Context().Err() != nil {
-				return nil // interrupted while following
-			}
-			return err
+			return printStream(cmd.Context(), g, f.Follow, flowHeader, func(w io.Writer, fl agentapi.Flow) { flowRow(w, fl, time.Local) },
+				func(fn func(agentapi.Flow) error) error { return g.client().Flows(cmd.Context(), f, fn) })
 		},
 	}
 	c.Flags().BoolVarP(&f.Follow, "follow", "f", false, "keep printing new flows")
@@ -426,6 +398,117 @@ func flowsCmd(g *globals) *cobra.Command {
 	c.Flags().DurationVar(&f.Since, "since", 0, "only flows of the last duration (5m, 1h)")
 	c.Flags().IntVar(&f.Limit, "limit", 0, "at most this many past flows (the latest)")
 	return c
+}
+
+// printStream prints what run streams, in g's output: a table under header (row by row as they come with follow),
+// JSON lines, or YAML documents. Interrupted while following is no error.
+func printStream[T any](ctx context.Context, g *globals, follow bool, header string, row func(io.Writer, T),
+	run func(func(T) error) error) error {
+	var tw *tabwriter.Writer
+	if g.output == "table" {
+		tw = tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, header)
+	}
+	enc := json.NewEncoder(g.out)
+	err := run(func(v T) error {
+		switch g.output {
+		case "json":
+			return enc.Encode(v)
+		case "yaml":
+			b, err := yaml.Marshal(v)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(g.out, "---\n%s", b)
+			return err
+		}
+		row(tw, v)
+		if follow {
+			return tw.Flush() // each line as it comes
+		}
+		return nil
+	})
+	if tw != nil {
+		_ = tw.Flush()
+	}
+	if ctx.Err() != nil {
+		return nil // interrupted while following
+	}
+	return err
+}
+
+func dnsCmd(g *globals) *cobra.Command {
+	var f agentapi.DNSFilter
+	c := &cobra.Command{
+		Use:   "dns",
+		Short: "Recent DNS answers pods got on this node: who asked what, the answer, its latency; --follow for new ones",
+		Long: `Recent DNS answers pods got on this node, from the cluster's resolvers or from Moat (NXDOMAIN for a name a
+dnsDeny rule denies). Every answer Moat gave and every answer for a name of an fqdn rule is here; of the others,
+at most FirewallConfig dns.answerEventsPerSecond a second (every answer is counted in the moat_dns_* metrics).
+
+ANSWER is who answered: resolver, moat, or audit (a dnsDeny name an Audit policy only reports). LATENCY runs
+from the query leaving the pod to the answer reaching it, measured on the node. NOTE says what Moat did with the
+answer: learned for an fqdn rule (with the patterns), handed to the enforcer to read, truncated, partly read.`,
+		Example: `  moatctl dns -n payments --rcode NXDOMAIN
+  moatctl dns --name '*.stripe.com' --follow
+  moatctl dns --pod web-0 -n shop --since 5m -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.checkOutput(); err != nil {
+				return err
+			}
+			if f.Name != "" {
+				if _, err := v1alpha1.ParseNamePattern(f.Name); err != nil {
+					return fmt.Errorf("--name %q: %w", f.Name, err)
+				}
+			}
+			return printStream(cmd.Context(), g, f.Follow, dnsHeader, func(w io.Writer, a agentapi.DNSAnswer) { dnsRow(w, a, time.Local) },
+				func(fn func(agentapi.DNSAnswer) error) error { return g.client().DNS(cmd.Context(), f, fn) })
+		},
+	}
+	c.Flags().BoolVarP(&f.Follow, "follow", "f", false, "keep printing new answers")
+	c.Flags().StringVarP(&f.Namespace, "namespace", "n", "", "only this namespace's answers")
+	c.Flags().StringVar(&f.Pod, "pod", "", "only this pod's answers")
+	c.Flags().StringVar(&f.Name, "name", "", "only answers for this name or fqdn pattern (*.example.com, **.example.com)")
+	c.Flags().StringVar(&f.Rcode, "rcode", "", "only answers with this rcode (NOERROR, NXDOMAIN, SERVFAIL, REFUSED)")
+	c.Flags().DurationVar(&f.Since, "since", 0, "only answers of the last duration (5m, 1h)")
+	c.Flags().IntVar(&f.Limit, "limit", 0, "at most this many past answers (the latest)")
+	return c
+}
+
+const dnsHeader = "TIME\tNAMESPACE\tPOD\tNAME\tTYPE\tRCODE\tANSWER\tLATENCY\tADDRESSES\tNOTE"
+
+// dnsRow writes one DNS answer as a row under dnsHeader, its time in loc.
+func dnsRow(w io.Writer, a agentapi.DNSAnswer, loc *time.Location) {
+	latency, addrs := "-", "-"
+	if a.LatencyMicros > 0 {
+		latency = (time.Duration(a.LatencyMicros) * time.Microsecond).String()
+	}
+	if len(a.Addresses) > 0 {
+		addrs = strings.Join(a.Addresses, ",")
+	}
+	answer := a.Answer
+	if a.Policy != "" {
+		answer += " (" + a.Policy + " " + a.Rule + ")"
+	}
+	var notes []string
+	if len(a.FQDN) > 0 {
+		notes = append(notes, "learned for "+strings.Join(a.FQDN, ","))
+	}
+	for _, n := range []struct {
+		on   bool
+		what string
+	}{{a.ToAgent, "read by the enforcer"}, {a.Truncated, "truncated"}, {a.Partial, "partly read"}, {a.Proto == "tcp", "tcp"}} {
+		if n.on {
+			notes = append(notes, n.what)
+		}
+	}
+	note := "-"
+	if len(notes) > 0 {
+		note = strings.Join(notes, "; ")
+	}
+	fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Time.In(loc).Format("15:04:05.000"), dash(a.Namespace),
+		dash(a.Pod), a.Name, a.Type, a.Rcode, answer, latency, addrs, note)
 }
 
 const flowHeader = "TIME\tDIRECTION\tVERDICT\tREASON\tPOD\tPROTO\tSOURCE\tDESTINATION\tREMOTE\tPOLICY"

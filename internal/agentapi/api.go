@@ -9,6 +9,8 @@
 //	GET  /v1/report      who can reach what, from the policy in force, as package report encodes its Report
 //	GET  /v1/flows       Flow as JSON lines: the recent ones (?since=5m, ?limit=N), then new ones with ?follow=1;
 //	                     filters ?namespace=N and ?verdict=denied
+//	GET  /v1/dns         DNSAnswer as JSON lines, like flows; filters ?namespace=N, ?pod=P, ?name=*.example.com
+//	                     (a name or an fqdn pattern) and ?rcode=NXDOMAIN
 //
 // Errors are an Error body with an HTTP status: 400 for a bad request, 404 for an unknown namespace or pod.
 package agentapi
@@ -151,5 +153,45 @@ type FlowFilter struct {
 	Verdict   string
 	Since     time.Duration // 0: every flow still in memory
 	Limit     int           // at most this many past flows (the latest); 0: no limit
+	Follow    bool
+}
+
+// DNSAnswer is one DNS answer a pod got: from a trusted resolver, or from Moat for a name the namespace may not
+// resolve.
+type DNSAnswer struct {
+	Time      time.Time `json:"time"`
+	Namespace string    `json:"namespace"`
+	Pod       string    `json:"pod"`
+	Name      string    `json:"name"`  // as asked, without the root's dot
+	Type      string    `json:"type"`  // A, AAAA, HTTPS, ..., TYPE4242
+	Rcode     string    `json:"rcode"` // NOERROR, NXDOMAIN, SERVFAIL, ...
+	// Answer says who answered: "resolver", "moat" (NXDOMAIN, or a reset over TCP, for a dnsDeny name), or "audit"
+	// (a dnsDeny name an Audit policy only reports: the resolver answered).
+	Answer    string   `json:"answer"`
+	Policy    string   `json:"policy,omitempty"` // the dnsDeny rule of a "moat" or "audit" answer
+	Rule      string   `json:"rule,omitempty"`
+	Addresses []string `json:"addresses,omitempty"` // the answer's A and AAAA records for the name (at most 8)
+	Records   int      `json:"records"`             // records in the answer section
+	// LatencyMicros runs from the query leaving the pod to the answer reaching it, on the node; 0 when the query
+	// was not seen.
+	LatencyMicros int64  `json:"latencyMicros,omitempty"`
+	Resolver      string `json:"resolver"`
+	Proto         string `json:"proto"` // udp or tcp
+	// FQDN are the namespace's fqdn patterns the name is: its addresses were learned.
+	FQDN []string `json:"fqdn,omitempty"`
+	// ToAgent: the datapath could not read the answer in place, so the agent learned from it (and gave it back).
+	ToAgent   bool `json:"toAgent,omitempty"`
+	Truncated bool `json:"truncated,omitempty"` // TC: the pod asks again over TCP
+	Partial   bool `json:"partial,omitempty"`   // not every record was read: Addresses are the first ones
+}
+
+// DNSFilter selects DNS answers.
+type DNSFilter struct {
+	Namespace string
+	Pod       string
+	Name      string // a name or an fqdn pattern (*.example.com, **.example.com), case-insensitive
+	Rcode     string // NOERROR, NXDOMAIN, ...; case-insensitive
+	Since     time.Duration
+	Limit     int
 	Follow    bool
 }

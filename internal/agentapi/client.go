@@ -133,23 +133,45 @@ func (c *Client) Report(ctx context.Context, r any) error {
 // Flows calls fn for each flow the filter selects: the recent ones, then, with Follow, new ones until ctx ends
 // or fn returns an error.
 func (c *Client) Flows(ctx context.Context, f FlowFilter, fn func(Flow) error) error {
-	q := url.Values{}
+	q := window(f.Since, f.Limit, f.Follow)
 	if f.Namespace != "" {
 		q.Set("namespace", f.Namespace)
 	}
 	if f.Verdict != "" {
 		q.Set("verdict", f.Verdict)
 	}
-	if f.Since > 0 {
-		q.Set("since", f.Since.String())
+	return stream(ctx, c, "/flows", q, "flow", fn)
+}
+
+// DNS streams the DNS answers f selects to fn, as Flows streams flows.
+func (c *Client) DNS(ctx context.Context, f DNSFilter, fn func(DNSAnswer) error) error {
+	q := window(f.Since, f.Limit, f.Follow)
+	for k, v := range map[string]string{"namespace": f.Namespace, "pod": f.Pod, "name": f.Name, "rcode": f.Rcode} {
+		if v != "" {
+			q.Set(k, v)
+		}
 	}
-	if f.Limit > 0 {
-		q.Set("limit", strconv.Itoa(f.Limit))
+	return stream(ctx, c, "/dns", q, "DNS answer", fn)
+}
+
+// window is the query of a stream's since, limit and follow.
+func window(since time.Duration, limit int, follow bool) url.Values {
+	q := url.Values{}
+	if since > 0 {
+		q.Set("since", since.String())
 	}
-	if f.Follow {
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	if follow {
 		q.Set("follow", "1")
 	}
-	resp, err := c.request(ctx, http.MethodGet, "/flows", q, nil)
+	return q
+}
+
+// stream reads a JSON lines answer of path, one T a line, into fn until the answer ends or fn fails.
+func stream[T any](ctx context.Context, c *Client, path string, q url.Values, what string, fn func(T) error) error {
+	resp, err := c.request(ctx, http.MethodGet, path, q, nil)
 	if err != nil {
 		return err
 	}
@@ -157,11 +179,11 @@ func (c *Client) Flows(ctx context.Context, f FlowFilter, fn func(Flow) error) e
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		var fl Flow
-		if err := json.Unmarshal(sc.Bytes(), &fl); err != nil {
-			return fmt.Errorf("unreadable flow from the enforcer: %w", err)
+		var v T
+		if err := json.Unmarshal(sc.Bytes(), &v); err != nil {
+			return fmt.Errorf("unreadable %s from the enforcer: %w", what, err)
 		}
-		if err := fn(fl); err != nil {
+		if err := fn(v); err != nil {
 			return err
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/moatfw/moat/bpf"
+	"github.com/moatfw/moat/internal/agentapi"
 	"github.com/moatfw/moat/internal/api/v1alpha1"
 	"github.com/moatfw/moat/internal/policy"
 	"github.com/moatfw/moat/internal/resolve"
@@ -135,12 +136,13 @@ type Enforcer struct {
 
 	// what the API socket reports
 	started   time.Time
-	appliedAt time.Time         // when the generation in force was applied
-	state     State             // the last desired state applied (trace resolves it again when asked)
-	stale     map[uint32]string // identities whose newest policy the datapath could not take, and why
-	findings  findings          // what the last apply found about its objects (labels, selectors)
-	errors    *errorLog         // the last errors logged
-	flows     *flowHub          // recent flow events and their followers
+	appliedAt time.Time                                    // when the generation in force was applied
+	state     State                                        // the last desired state applied (trace resolves it again when asked)
+	stale     map[uint32]string                            // identities whose newest policy the datapath could not take, and why
+	findings  findings                                     // what the last apply found about its objects (labels, selectors)
+	errors    *errorLog                                    // the last errors logged
+	flows     *hub[FlowRecord, agentapi.FlowFilter]        // recent flow events and their followers
+	answers   *hub[agentapi.DNSAnswer, agentapi.DNSFilter] // recent DNS answers and their followers
 }
 
 // New adopts the identities the pinned datapath already publishes, so they survive enforcer restarts.
@@ -151,7 +153,8 @@ func New(dp *bpf.Datapath, log *logrus.Entry) (*Enforcer, error) {
 		ruleKeys: map[uint32]resolve.RuleKey{}, inForce: map[uint32][sha256.Size]byte{},
 		tries: map[[sha256.Size]byte]*sharedTrie{}, dnsDeny: newNameSets(dnsDenyStore(dp)), fqdn: newNameSets(fqdnStore(dp)),
 		prefixes:       prefixTable{},
-		ipcacheRefused: map[netip.Prefix]bpf.IPCacheValue{}, started: time.Now(), errors: errs, flows: newFlowHub(10000)}
+		ipcacheRefused: map[netip.Prefix]bpf.IPCacheValue{}, started: time.Now(), errors: errs, flows: newHub(10000, selects),
+		answers: newHub(10000, selectsDNS)}
 	published, err := dp.NamespaceIdentities()
 	if err != nil {
 		return nil, err

@@ -78,29 +78,45 @@ func (e *Enforcer) RunFlows(ctx context.Context, store endpoint.Store, w io.Writ
 	if err != nil {
 		return err
 	}
-	go func() {
-		<-ctx.Done()
-		r.Close()
-	}()
 	index := &pods{store: store}
 	var enc *json.Encoder
 	if w != nil {
 		enc = json.NewEncoder(w)
 	}
-	for {
-		f, err := r.Read()
-		if errors.Is(err, os.ErrClosed) || ctx.Err() != nil {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("read flow events: %w", err)
-		}
+	return readRing(ctx, r, "flow events", func(f bpf.Flow) error {
 		rec := e.Describe(f, index.lookup(int(f.Ifindex)))
 		e.flows.publish(rec)
 		if enc != nil {
 			if err := enc.Encode(rec); err != nil {
 				return fmt.Errorf("write flow log: %w", err)
 			}
+		}
+		return nil
+	})
+}
+
+// ringReader is a reader of one of the datapath's rings.
+type ringReader[T any] interface {
+	Read() (T, error)
+	Close() error
+}
+
+// readRing hands each record of r to each until ctx ends (nil), reading fails or each fails.
+func readRing[T any](ctx context.Context, r ringReader[T], what string, each func(T) error) error {
+	go func() {
+		<-ctx.Done()
+		r.Close()
+	}()
+	for {
+		v, err := r.Read()
+		if errors.Is(err, os.ErrClosed) || ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read %s: %w", what, err)
+		}
+		if err := each(v); err != nil {
+			return err
 		}
 	}
 }
@@ -109,20 +125,7 @@ func (e *Enforcer) RunFlows(ctx context.Context, store endpoint.Store, w io.Writ
 // f.Limit), oldest first; with f.Follow, also a channel of the selected flows that come after them, until stop is
 // called. A follower that cannot keep up loses flows, never the reader.
 func (e *Enforcer) Flows(f agentapi.FlowFilter) (past []FlowRecord, next <-chan FlowRecord, stop func()) {
-	all, ch := e.flows.recent(f)
-	cutoff := time.Now().Add(-f.Since)
-	for _, r := range all {
-		if selects(f, r) && (f.Since == 0 || r.Time.After(cutoff)) {
-			past = append(past, r)
-		}
-	}
-	if f.Limit > 0 && len(past) > f.Limit {
-		past = past[len(past)-f.Limit:]
-	}
-	if ch == nil {
-		return past, nil, func() {}
-	}
-	return past, ch, func() { e.flows.unfollow(ch) }
+	return e.flows.query(f, f.Since, f.Limit, f.Follow, func(r FlowRecord) time.Time { return r.Time })
 }
 
 // selects tells whether a flow is of f's namespace and verdict (empty: any).
@@ -130,61 +133,81 @@ func selects(f agentapi.FlowFilter, r FlowRecord) bool {
 	return (f.Namespace == "" || r.Namespace == f.Namespace) && (f.Verdict == "" || r.Verdict == f.Verdict)
 }
 
-// flowHub keeps the latest flows in a ring and hands new ones to followers, each the ones its filter selects; a
-// follower that cannot keep up loses flows (counted), never the reader.
-type flowHub struct {
+// hub keeps the latest records in a ring and hands new ones to followers, each the ones its filter selects (match);
+// a follower that cannot keep up loses records (counted), never the reader.
+type hub[T, F any] struct {
 	mu        sync.Mutex
-	ring      []FlowRecord
+	match     func(F, T) bool
+	ring      []T
 	next      int
 	full      bool
-	followers map[chan FlowRecord]agentapi.FlowFilter
+	followers map[chan T]F
 	dropped   uint64
 }
 
-func newFlowHub(size int) *flowHub {
-	return &flowHub{ring: make([]FlowRecord, size), followers: map[chan FlowRecord]agentapi.FlowFilter{}}
+func newHub[T, F any](size int, match func(F, T) bool) *hub[T, F] {
+	return &hub[T, F]{match: match, ring: make([]T, size), followers: map[chan T]F{}}
 }
 
-func (h *flowHub) publish(f FlowRecord) {
+func (h *hub[T, F]) publish(r T) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.ring[h.next] = f
+	h.ring[h.next] = r
 	h.next = (h.next + 1) % len(h.ring)
 	if h.next == 0 {
 		h.full = true
 	}
 	for ch, filter := range h.followers {
-		if !selects(filter, f) {
+		if !h.match(filter, r) {
 			continue
 		}
 		select {
-		case ch <- f:
+		case ch <- r:
 		default:
 			h.dropped++
 		}
 	}
 }
 
-// recent is the flows kept, oldest first; with f.Follow, a channel of the flows after them that f selects (close
-// it with unfollow).
-func (h *flowHub) recent(f agentapi.FlowFilter) ([]FlowRecord, chan FlowRecord) {
+// recent is the records kept, oldest first; with follow, a channel of the records after them that f selects
+// (close it with unfollow).
+func (h *hub[T, F]) recent(f F, follow bool) ([]T, chan T) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var out []FlowRecord
+	var out []T
 	if h.full {
 		out = append(out, h.ring[h.next:]...)
 	}
 	out = append(out, h.ring[:h.next]...)
-	if !f.Follow {
+	if !follow {
 		return out, nil
 	}
-	ch := make(chan FlowRecord, 1024)
+	ch := make(chan T, 1024)
 	h.followers[ch] = f
 	return out, ch
 }
 
-func (h *flowHub) unfollow(ch chan FlowRecord) {
+func (h *hub[T, F]) unfollow(ch chan T) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.followers, ch)
+}
+
+// query is what recent keeps that f selects (match), no older than since, at most the last limit, oldest first;
+// with follow, also a channel of the selected records that come after them, until stop is called.
+func (h *hub[T, F]) query(f F, since time.Duration, limit int, follow bool, at func(T) time.Time) (past []T, next <-chan T, stop func()) {
+	all, ch := h.recent(f, follow)
+	cutoff := time.Now().Add(-since)
+	for _, r := range all {
+		if h.match(f, r) && (since == 0 || at(r).After(cutoff)) {
+			past = append(past, r)
+		}
+	}
+	if limit > 0 && len(past) > limit {
+		past = past[len(past)-limit:]
+	}
+	if ch == nil {
+		return past, nil, func() {}
+	}
+	return past, ch, func() { h.unfollow(ch) }
 }

@@ -95,6 +95,9 @@ func (e *Enforcer) syncDNS(dns resolve.DNS, s State) error {
 	if err := e.dp.SetFQDNBound(uint32(dns.MaxLearned)); err != nil {
 		return fmt.Errorf("set the bound of learned addresses: %w", err)
 	}
+	if err := e.dp.SetDNSAnswerEvents(dns.AnswerEvents); err != nil {
+		return fmt.Errorf("set the rate of DNS answer events: %w", err)
+	}
 	return nil
 }
 
@@ -313,5 +316,11 @@ func (e *Enforcer) sweepLearned() {
 	}
 	if gone > 0 {
 		e.log.WithFields(logrus.Fields{"expired": gone, "left": len(all) - gone}).Debug("learned addresses swept")
+	}
+	// the DNS counters of namespaces that went, once a policy is in force (before, every identity is unknown)
+	if snap := e.Snapshot(); snap.Generation > 0 {
+		if err := e.dp.ForgetDNSStats(func(id uint32) bool { return snap.Namespace(id) != "" }); err != nil {
+			e.log.WithError(err).Warn("removing the DNS counters of namespaces that went")
+		}
 	}
 }

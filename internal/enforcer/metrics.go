@@ -58,6 +58,9 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 		descMapEntries, descMapSize, descProblems, descWarnings, descCTLimited, descCTBound, descRefused} {
 		ch <- d
 	}
+	for _, d := range dnsDescs {
+		ch <- d
+	}
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
@@ -107,4 +110,5 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for name, size := range dp.MapCapacities() {
 		ch <- prometheus.MustNewConstMetric(descMapSize, prometheus.GaugeValue, float64(size), name)
 	}
+	c.collectDNS(ch, snap)
 }

@@ -32,36 +32,7 @@ func TestMetrics(t *testing.T) {
 	if err := dp.SetEndpoint(5, &ep); err != nil {
 		t.Fatal(err)
 	}
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string][]*dto.Metric{}
-	for _, f := range families {
-		got[f.GetName()] = f.GetMetric()
-	}
-	value := func(name string, labels map[string]string) (float64, bool) {
-		for _, m := range got[name] {
-			match := true
-			for _, l := range m.GetLabel() {
-				if want, ok := labels[l.GetName()]; ok && want != l.GetValue() {
-					match = false
-				}
-			}
-			if !match {
-				continue
-			}
-			switch {
-			case m.GetGauge() != nil:
-				return m.GetGauge().GetValue(), true
-			case m.GetCounter() != nil:
-				return m.GetCounter().GetValue(), true
-			case m.GetHistogram() != nil:
-				return float64(m.GetHistogram().GetSampleCount()), true
-			}
-		}
-		return 0, false
-	}
+	value := gather(t, reg)
 	for _, c := range []struct {
 		name   string
 		labels map[string]string
@@ -89,5 +60,41 @@ func TestMetrics(t *testing.T) {
 		if !ok || v != c.want {
 			t.Errorf("%s%v = %v (present %v), want %v", c.name, c.labels, v, ok, c.want)
 		}
+	}
+}
+
+// gather scrapes reg and looks a metric up by name and labels (the ones given; others may be anything): a
+// gauge's or a counter's value, a histogram's count.
+func gather(t *testing.T, reg *prometheus.Registry) func(name string, labels map[string]string) (float64, bool) {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]*dto.Metric{}
+	for _, f := range families {
+		got[f.GetName()] = f.GetMetric()
+	}
+	return func(name string, labels map[string]string) (float64, bool) {
+		for _, m := range got[name] {
+			match := true
+			for _, l := range m.GetLabel() {
+				if want, ok := labels[l.GetName()]; ok && want != l.GetValue() {
+					match = false
+				}
+			}
+			if !match {
+				continue
+			}
+			switch {
+			case m.GetGauge() != nil:
+				return m.GetGauge().GetValue(), true
+			case m.GetCounter() != nil:
+				return m.GetCounter().GetValue(), true
+			case m.GetHistogram() != nil:
+				return float64(m.GetHistogram().GetSampleCount()), true
+			}
+		}
+		return 0, false
 	}
 }

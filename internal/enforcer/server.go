@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"time"
@@ -20,7 +21,7 @@ import (
 
 // Server answers moatctl on the enforcer's socket (package agentapi describes the API): it routes each call,
 // decodes its request and encodes its answer; the answers come from the enforcer's snapshot (status, policies,
-// report, trace) and the node (endpoints, flows).
+// report, trace) and the node (endpoints, flows, DNS answers).
 type Server struct {
 	E      *Enforcer
 	Store  endpoint.Store
@@ -41,6 +42,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	mux.HandleFunc("GET "+v+"/policies", s.policies)
 	mux.HandleFunc("POST "+v+"/trace", s.trace)
 	mux.HandleFunc("GET "+v+"/flows", s.flows)
+	mux.HandleFunc("GET "+v+"/dns", s.dns)
 	mux.HandleFunc("GET "+v+"/report", s.report)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, fmt.Errorf("%s %s: not in this API (this enforcer speaks %s)", r.Method, r.URL.Path, agentapi.Version))
@@ -119,23 +121,11 @@ func (s *Server) trace(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) flows(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	f := agentapi.FlowFilter{Namespace: q.Get("namespace"), Verdict: q.Get("verdict"),
-		Follow: q.Get("follow") == "1" || q.Get("follow") == "true"}
-	if v := q.Get("since"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d < 0 {
-			fail(w, http.StatusBadRequest, fmt.Errorf("since %q: want a duration like 5m", v))
-			return
-		}
-		f.Since = d
-	}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			fail(w, http.StatusBadRequest, fmt.Errorf("limit %q: want a count", v))
-			return
-		}
-		f.Limit = n
+	f := agentapi.FlowFilter{Namespace: q.Get("namespace"), Verdict: q.Get("verdict")}
+	var err error
+	if f.Since, f.Limit, f.Follow, err = window(q); err != nil {
+		fail(w, http.StatusBadRequest, err)
+		return
 	}
 	if f.Verdict != "" && !slices.Contains([]string{"allowed", "denied", "audit"}, f.Verdict) {
 		fail(w, http.StatusBadRequest, fmt.Errorf("verdict %q: want allowed, denied or audit", f.Verdict))
@@ -143,10 +133,47 @@ func (s *Server) flows(w http.ResponseWriter, r *http.Request) {
 	}
 	past, next, stop := s.E.Flows(f)
 	defer stop()
+	stream(w, r, past, next)
+}
+
+func (s *Server) dns(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := agentapi.DNSFilter{Namespace: q.Get("namespace"), Pod: q.Get("pod"), Name: q.Get("name"), Rcode: q.Get("rcode")}
+	var err error
+	if f.Since, f.Limit, f.Follow, err = window(q); err != nil {
+		fail(w, http.StatusBadRequest, err)
+		return
+	}
+	past, next, stop, err := s.E.DNS(f)
+	if err != nil {
+		fail(w, http.StatusBadRequest, err)
+		return
+	}
+	defer stop()
+	stream(w, r, past, next)
+}
+
+// window reads a stream's since, limit and follow.
+func window(q url.Values) (since time.Duration, limit int, follow bool, err error) {
+	if v := q.Get("since"); v != "" {
+		if since, err = time.ParseDuration(v); err != nil || since < 0 {
+			return 0, 0, false, fmt.Errorf("since %q: want a duration like 5m", v)
+		}
+	}
+	if v := q.Get("limit"); v != "" {
+		if limit, err = strconv.Atoi(v); err != nil || limit < 0 {
+			return 0, 0, false, fmt.Errorf("limit %q: want a count", v)
+		}
+	}
+	return since, limit, q.Get("follow") == "1" || q.Get("follow") == "true", nil
+}
+
+// stream writes past as JSON lines, then each record of next as it comes, until the client goes (or next is nil).
+func stream[T any](w http.ResponseWriter, r *http.Request, past []T, next <-chan T) {
 	w.Header().Set("Content-Type", "application/jsonl")
 	enc := json.NewEncoder(w)
-	for _, fl := range past {
-		if enc.Encode(fl) != nil {
+	for _, v := range past {
+		if enc.Encode(v) != nil {
 			return
 		}
 	}
@@ -161,8 +188,8 @@ func (s *Server) flows(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
 			return
-		case fl := <-next:
-			if enc.Encode(fl) != nil {
+		case v := <-next:
+			if enc.Encode(v) != nil {
 				return
 			}
 			if flusher != nil {

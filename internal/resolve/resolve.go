@@ -82,12 +82,14 @@ type DNS struct {
 	ClusterDNSService string // namespace/name
 	MinTTL, Grace     time.Duration
 	MaxLearned        int // per namespace
+	AnswerEvents      int // DNS events a second of answers no fqdn rule matched
 }
 
 // resolveDNS fills in DNS's defaults.
 func resolveDNS(c *v1alpha1.DNSConfig) DNS {
 	d := DNS{ClusterDNSService: v1alpha1.DefaultClusterDNSService, MinTTL: v1alpha1.DefaultDNSMinTTLSeconds * time.Second,
-		Grace: v1alpha1.DefaultDNSGraceSeconds * time.Second, MaxLearned: v1alpha1.DefaultMaxLearnedPerNamespace}
+		Grace: v1alpha1.DefaultDNSGraceSeconds * time.Second, MaxLearned: v1alpha1.DefaultMaxLearnedPerNamespace,
+		AnswerEvents: v1alpha1.DefaultAnswerEventsPerSecond}
 	if c == nil {
 		return d
 	}
@@ -107,6 +109,9 @@ func resolveDNS(c *v1alpha1.DNSConfig) DNS {
 	}
 	if c.MaxLearnedPerNamespace != nil {
 		d.MaxLearned = int(*c.MaxLearnedPerNamespace)
+	}
+	if c.AnswerEventsPerSecond != nil {
+		d.AnswerEvents = int(*c.AnswerEventsPerSecond)
 	}
 	return d
 }

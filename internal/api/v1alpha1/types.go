@@ -117,6 +117,12 @@ type DNSConfig struct {
 	// +kubebuilder:validation:Minimum=16
 	// +kubebuilder:validation:Maximum=1048576
 	MaxLearnedPerNamespace *int32 `json:"maxLearnedPerNamespace,omitempty"`
+	// AnswerEventsPerSecond bounds the DNS events a node reports of answers that matched no fqdn rule (moatctl dns,
+	// the enforcer's API); answers Moat gave for dnsDeny names and answers of fqdn names are always reported, and
+	// every answer is counted in the metrics. 0 reports none of the others. Default 100.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000000
+	AnswerEventsPerSecond *int32 `json:"answerEventsPerSecond,omitempty"`
 }
 
 // Defaults of DNSConfig.
@@ -126,6 +132,7 @@ const (
 	DefaultDNSMinTTLSeconds       = 30
 	DefaultDNSGraceSeconds        = 60
 	DefaultMaxLearnedPerNamespace = 4096
+	DefaultAnswerEventsPerSecond  = 100
 )
 
 // SourceValidation is how the datapath checks where a cluster or node source came from.

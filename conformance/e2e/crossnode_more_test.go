@@ -56,12 +56,29 @@ spec:
 			t.Errorf("the DaemonSet did not come back on %s: %v\n%s", a.Name, err, out)
 		}
 	})
-	// the DaemonSet's controller deletes it, and its enforcer has 30 s to stop: minutes on a loaded machine
+	// the DaemonSet's controller deletes it, and its enforcer has 30 s to stop: minutes on a loaded machine. A
+	// kubelet that registers again (a slow first registration retried) puts its default labels back, so the label
+	// is taken away again whenever it is seen; how often is logged.
+	relabelled := 0
 	if !eventually(4*time.Minute, func() bool {
-		_, err := moatPodOn(ctx, a.Name)
+		out, err := suite.cluster.Kubectl(ctx, "get", "node", a.Name, "-o", `jsonpath={.metadata.labels.kubernetes\.io/os}`)
+		if err == nil && strings.TrimSpace(string(out)) != "" {
+			relabelled++
+			t.Logf("%s is labelled kubernetes.io/os=%s again (%d): unlabelling it", a.Name, out, relabelled)
+			if out, err := suite.cluster.Kubectl(ctx, "label", "node", a.Name, "kubernetes.io/os-"); err != nil {
+				t.Logf("unlabel %s: %v\n%s", a.Name, err, out)
+			}
+		}
+		_, err = moatPodOn(ctx, a.Name)
 		return err != nil
 	}) {
-		t.Fatalf("the Moat pod of %s was never deleted", a.Name)
+		labels, _ := suite.cluster.Kubectl(ctx, "get", "node", a.Name, "--show-labels")
+		events, _ := suite.cluster.Kubectl(ctx, "-n", "moat-system", "get", "events", "--sort-by", ".lastTimestamp")
+		ds, _ := suite.cluster.Kubectl(ctx, "-n", "moat-system", "get", "daemonset", "moat", "-o", "wide")
+		pods, _ := suite.cluster.Kubectl(ctx, "-n", "moat-system", "get", "pods", "-o",
+			`jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.phase} deleted={.metadata.deletionTimestamp}{"\n"}{end}`)
+		dumpMoat(ctx)
+		t.Fatalf("the Moat pod of %s was never deleted (relabelled %d times)\n%s\n%s\n%s\n%s", a.Name, relabelled, labels, ds, pods, events)
 	}
 
 	// meanwhile, two pods on B: one of the namespace db allows, one of another

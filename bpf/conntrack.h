@@ -105,12 +105,18 @@ static __always_inline __u64 ct_timeout(__u8 protocol, __u8 flags, int establish
 	return CT_TIMEOUT_OTHER;
 }
 
+int dns_untrusted(__u32 family_proto_port, const struct fqdn_addr *daddr); /* dns.h */
+
 /*
  * An entry allowed under an older generation is decided again, as its first packet was, under the current
- * policy. Returns 1 when the flow may go on.
+ * policy, the check of DNS flows of identities with fqdn peers included: a pod's flow to port 53 or 853 of a
+ * resolver that is not trusted, opened before its namespace had fqdn rules, goes at its next packet out. (That
+ * check needs a frame moat_to_pod has no room for: a reply of such a flow that comes first passes and leaves the
+ * entry to be decided by the pod's next packet.) Returns 1 when the flow may go on.
  */
 static __always_inline int ct_revalidate(const struct moat_config *cfg, const struct moat_endpoint *ep,
-					 const struct moat_ct_key *k, struct moat_ct_value *ct, struct decision *d)
+					 const struct moat_ct_key *k, struct moat_ct_value *ct, struct decision *d,
+					 __u8 dir)
 {
 	struct decision r = {};
 	__u8 action;
@@ -118,6 +124,14 @@ static __always_inline int ct_revalidate(const struct moat_config *cfg, const st
 	if (ct->generation == cfg->generation)
 		return 1;
 	action = decide_flow(cfg, ep->identity, ct->direction, k->family, k->protocol, ct->port, k->raddr, k->laddr, &r);
+	if (action == MOAT_ACTION_ALLOW && ct->direction == MOAT_DIR_EGRESS && (r.identity_flags & MOAT_ID_FQDN) &&
+	    (k->protocol == IPPROTO_UDP || k->protocol == IPPROTO_TCP) && (ct->port == 53 || ct->port == 853)) {
+		if (dir != MOAT_DIR_EGRESS)
+			return 1; /* generation left as it was */
+		if (dns_untrusted((__u32)k->family << 24 | (__u32)k->protocol << 16 | ct->port,
+				  (const struct fqdn_addr *)k->raddr))
+			action = MOAT_ACTION_DENY;
+	}
 	if (action == MOAT_ACTION_ALLOW || audit_mode(ep, &r)) {
 		ct->generation = cfg->generation;
 		ct->rule_id = r.rule_id;
@@ -232,7 +246,7 @@ static __always_inline int ct_lookup(struct __sk_buff *skb, const struct moat_co
 		ct_delete(&k);
 		return 0;
 	}
-	if (!ct_revalidate(cfg, ep, &k, ct, d)) {
+	if (!ct_revalidate(cfg, ep, &k, ct, d, dir)) {
 		ct_delete(&k);
 		d->pass = 0;
 		d->reason = MOAT_REASON_REVOKED;

@@ -286,3 +286,31 @@ func TestFQDNUntrustedResolver(t *testing.T) {
 		t.Errorf("without fqdn peers, DNS to a cluster address: %s, want passed", verdictName(got))
 	}
 }
+
+// A DNS flow to a resolver that is not trusted, opened while its namespace had no fqdn peers, goes at the pod's
+// next packet once the namespace has them (a reply that comes first still passes, and decides nothing); a flow to
+// a trusted resolver opened the same way goes on.
+func TestFQDNUntrustedResolverEstablishedBefore(t *testing.T) {
+	h := fqdnHarness(t)
+	plain := fqdnPolicy(podID)
+	plain.Rules = nil
+	h.policy(plain)
+	other := netip.MustParseAddr("10.1.0.9") // a cluster address: allowed without fqdn peers
+	if got := h.from(udp(podV4, other, 45100, 53)); got != retNext {
+		t.Fatalf("without fqdn peers, DNS to %s: %s, want passed", other, verdictName(got))
+	}
+	if got := h.from(udp(podV4, resolverV4, 45101, 53)); got != retNext {
+		t.Fatalf("without fqdn peers, DNS to the trusted resolver: %s, want passed", verdictName(got))
+	}
+	h.policy(fqdnPolicy(podID))
+	if got := h.to(udp(other, podV4, 53, 45100)); got != retNext {
+		t.Errorf("the untrusted resolver's reply right after the change: %s, want passed", verdictName(got))
+	}
+	before := h.reasonCount(bpf.ReasonRevoked)
+	if got := h.from(udp(podV4, other, 45100, 53)); got != retDrop || h.reasonCount(bpf.ReasonRevoked) != before+1 {
+		t.Errorf("the pod's next packet to the untrusted resolver: %s, want revoked", verdictName(got))
+	}
+	if got := h.from(udp(podV4, resolverV4, 45101, 53)); got != retNext {
+		t.Errorf("the pod's next packet to the trusted resolver: %s, want passed", verdictName(got))
+	}
+}

@@ -57,6 +57,7 @@ func main() {
 	flag.DurationVar(&o.reconcile, "reconcile-interval", 30*time.Second, "how often recorded endpoints are checked against the host")
 	flag.Var(&o.conntrackEntries, "conntrack-entries", fmt.Sprintf("size of the conntrack table when the enforcer creates the maps (default %d; a change needs moat-install --uninstall)", bpf.DefaultConntrackEntries))
 	flag.Var(&o.ipcacheEntries, "ipcache-entries", fmt.Sprintf("size of the ipcache (addresses of pods, Services and nodes of the cluster) when the enforcer creates the maps (default %d; a change needs moat-install --uninstall)", bpf.DefaultIPCacheEntries))
+	flag.Var(&o.fqdnLearnedEntries, "fqdn-learned-entries", fmt.Sprintf("size of the table of addresses learned from DNS answers for fqdn rules, all namespaces together, when the enforcer creates the maps (default %d; a change needs moat-install --uninstall)", bpf.DefaultFQDNLearnedEntries))
 	flag.BoolVar(&o.pprof, "debug-pprof", false, "with --metrics-addr: serve Go's CPU, heap and goroutine profiles under /debug/pprof/ there")
 	flag.BoolVar(&o.addressFeed, "address-feed", false, "learn the cluster's pods and nodes from the address feed (AddressSlices) instead of watching every Pod and Node")
 	flag.BoolVar(&o.publishFeed, "publish-address-feed", false, "run as the cluster's address feed publisher (no datapath): write AddressSlices from a watch of Pods and Nodes, while holding the Lease moat-address-feed in --status-lease-namespace")
@@ -126,7 +127,7 @@ type options struct {
 	ipamShim, addressFeed, publishFeed, pprof                                           bool
 	reconcile                                                                           time.Duration
 	feedQPS                                                                             int
-	conntrackEntries, ipcacheEntries                                                    entries
+	conntrackEntries, ipcacheEntries, fqdnLearnedEntries                                entries
 }
 
 // entries is a map size flag: a positive count.
@@ -194,7 +195,8 @@ func run(log *logrus.Entry, o options) error {
 	if err := bpf.CheckAttachMode(bpf.AttachMode(o.attachMode)); err != nil {
 		return fmt.Errorf("--cni-attach-mode: %w", err)
 	}
-	dp, err := bpf.Load(o.pinRoot, bpf.Options{ConntrackEntries: uint32(o.conntrackEntries), IPCacheEntries: uint32(o.ipcacheEntries)})
+	dp, err := bpf.Load(o.pinRoot, bpf.Options{ConntrackEntries: uint32(o.conntrackEntries), IPCacheEntries: uint32(o.ipcacheEntries),
+		FQDNLearnedEntries: uint32(o.fqdnLearnedEntries)})
 	if err != nil {
 		return fmt.Errorf("load the datapath: %w", err)
 	}

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/miekg/dns"
+
+	"github.com/moatfw/moat/internal/api/v1alpha1"
 )
 
 // Learned is one address an answer holds for the name asked, with its TTL in seconds.
@@ -91,44 +93,14 @@ func ReadAnswer(msg []byte) (a Answer, ok bool) {
 // Match is the slots (bits: places in patterns) of the patterns that cover name: "api.example.com" the name
 // itself, "*.example.com" a name of one label more, "**.example.com" of one label or more; case-insensitive.
 func Match(patterns []string, name string) uint64 {
-	labels := dns.SplitDomainName(strings.ToLower(name))
 	var slots uint64
 	for i, p := range patterns {
 		if i >= 64 {
 			break
 		}
-		if p == "" {
-			continue // a slot without a pattern
-		}
-		p = strings.ToLower(strings.TrimSuffix(p, "."))
-		switch {
-		case strings.HasPrefix(p, "**."):
-			base := dns.SplitDomainName(p[3:])
-			if len(labels) > len(base) && equalLabels(labels[len(labels)-len(base):], base) {
-				slots |= 1 << i
-			}
-		case strings.HasPrefix(p, "*."):
-			base := dns.SplitDomainName(p[2:])
-			if len(labels) == len(base)+1 && equalLabels(labels[1:], base) {
-				slots |= 1 << i
-			}
-		default:
-			if equalLabels(labels, dns.SplitDomainName(p)) {
-				slots |= 1 << i
-			}
+		if pat, err := v1alpha1.ParseNamePattern(p); err == nil && pat.Matches(name) {
+			slots |= 1 << i // a slot without a pattern ("") parses to nothing
 		}
 	}
 	return slots
-}
-
-func equalLabels(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

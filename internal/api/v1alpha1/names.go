@@ -2,7 +2,10 @@ package v1alpha1
 
 import (
 	"fmt"
+	"slices"
 	"strings"
+
+	"github.com/miekg/dns"
 )
 
 // NameForm is what a name pattern matches of its base name.
@@ -99,15 +102,16 @@ func hostLabel(l string) error {
 func (p NamePattern) Labels() int { return strings.Count(p.Base, ".") + 1 }
 
 // Matches reports whether a name (dotted, any case, a final dot allowed) is one the pattern covers: the base name
-// itself (exact), one label more (*.), or one label or more (**.).
+// itself (exact), one label more (*.), or one label or more (**.). It compares labels, as the datapath does: an
+// escaped dot ("a\\.b") is part of its label, not a separator.
 func (p NamePattern) Matches(name string) bool {
-	name = strings.ToLower(strings.TrimSuffix(name, "."))
-	if p.Form == NameExact {
-		return name == p.Base
+	labels := dns.SplitDomainName(strings.ToLower(name))
+	base := strings.Split(p.Base, ".")
+	switch p.Form {
+	case NameExact:
+		return slices.Equal(labels, base)
+	case NameOneLabel:
+		return len(labels) == len(base)+1 && slices.Equal(labels[1:], base)
 	}
-	prefix, ok := strings.CutSuffix(name, "."+p.Base)
-	if !ok || prefix == "" {
-		return false
-	}
-	return p.Form == NameAnyLabels || !strings.Contains(prefix, ".")
+	return len(labels) > len(base) && slices.Equal(labels[len(labels)-len(base):], base)
 }

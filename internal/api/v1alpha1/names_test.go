@@ -55,6 +55,10 @@ func TestNamePatternMatches(t *testing.T) {
 		{"**.example.com", "a.example.com", true},
 		{"**.example.com", "example.com", false},
 		{"**.example.com", "badexample.com", false},
+		// an escaped dot is part of its label, as on the wire and in the datapath
+		{"**.b.example.com", `a\.b.example.com`, false},
+		{"*.example.com", `a\.b.example.com`, true},
+		{"**.b.example.com", "a.b.example.com", true},
 	} {
 		p, err := ParseNamePattern(c.pattern)
 		if err != nil {

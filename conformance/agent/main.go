@@ -4,6 +4,7 @@
 //	agent serve [--tcp PORTS] [--udp PORTS] [--name NAME]
 //	agent probe [--timeout 1s] [--proto tcp|udp] [--every 100ms] ADDR:PORT
 //	agent resolve [--type A] [--server ADDR[:PORT]] [--proto udp|tcp] [--timeout 2s] NAME
+//	agent lookup [--every 200ms] [--count N] [--port 80] [--timeout 900ms] [--unique] [--server ADDR] NAME
 //	agent sleep
 //
 // serve answers every line (TCP) or datagram (UDP) on the listed ports, on every address (IPv4 and IPv6), with
@@ -21,6 +22,11 @@
 //
 // resolve asks the pod's resolver (or --server) one question and prints one JSON line with the rcode and the
 // addresses and CNAME targets of the answer; exit 0 when an answer came, whatever its rcode, 1 when none did.
+//
+// lookup resolves NAME (A) and connects to its first address on TCP --port, round after round, one JSON line a
+// round ({"round":1,"name":"...","rcode":"NOERROR","addr":"...","reached":true,...}); a timeout under a second
+// means a connection that needed a second SYN fails. --unique asks n<i>.NAME in round i. It runs until SIGTERM
+// (exit 0), or --count rounds (exit 0 when every round reached its address).
 //
 // sleep does nothing: a client-only pod. serve and sleep end with exit status 0 on SIGTERM or SIGINT.
 package main
@@ -43,6 +49,8 @@ const usage = `usage:
                                                           --every D: again every D until SIGTERM
   agent resolve [--type A] [--server ADDR[:PORT]] [--proto udp|tcp] [--timeout 2s] NAME
                                                           one DNS question; exit 0 answered (any rcode), 1 not
+  agent lookup [--every 200ms] [--count N] [--port 80] [--timeout 900ms] [--unique] [--server ADDR] NAME
+                                                          resolve, then connect, round after round
   agent sleep                                             wait for SIGTERM
 `
 
@@ -65,6 +73,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runProbe(ctx, args[1:], stdout, stderr)
 	case "resolve":
 		return runResolve(ctx, args[1:], stdout, stderr)
+	case "lookup":
+		return runLookup(ctx, args[1:], stdout, stderr)
 	case "sleep":
 		if len(args) > 1 {
 			fmt.Fprintf(stderr, "agent: sleep takes no arguments\n%s", usage)

@@ -1,6 +1,9 @@
 package e2e
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -11,8 +14,10 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/miekg/dns"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/moatfw/moat/conformance/node"
+	"github.com/moatfw/moat/internal/agentapi"
 )
 
 // internetDNS is the stand-in Internet's authoritative server for the zone example. (UDP and TCP on
@@ -157,6 +162,49 @@ spec:
 	// what the rule does not name resolves
 	expectResolve(t, denied, run+".allowed.example", "A", "udp", "NOERROR", 0)
 	expectResolve(t, denied, "sub."+run+".exact.example", "A", "tcp", "NOERROR", 0)
+
+	// moatctl dns on the pod's node: Moat's NXDOMAIN with the rule that gave it, and the resolver's answer
+	answers := dnsAnswers(t, denied, "--name", "*."+run+".denied.example")
+	b := answers["b."+run+".denied.example"]
+	got := fmt.Sprintf("%s %s %s %s", b.Rcode, b.Answer, b.Policy, b.Rule)
+	if !record(t, "moatctl dns: b."+run+".denied.example", "NXDOMAIN moat e2e-dnsdeny dnsDeny[0]", got, 0) {
+		t.Errorf("moatctl dns --name *.%s.denied.example: %+v", run, answers)
+	}
+	ok := answers[run+".allowed.example"]
+	if ok.Name == "" {
+		ok = dnsAnswers(t, denied, "--name", run+".allowed.example")[run+".allowed.example"]
+	}
+	got = fmt.Sprintf("%s %s %s", ok.Rcode, ok.Answer, strings.Join(ok.Addresses, ","))
+	if !record(t, "moatctl dns: "+run+".allowed.example", "NOERROR resolver 198.51.100.2", got, 0) || ok.LatencyMicros <= 0 {
+		t.Errorf("moatctl dns: %s.allowed.example: %+v", run, ok)
+	}
+}
+
+// dnsAnswers is what moatctl dns says, on the node of p, of p's answers (filtered by args), by name: the last
+// answer of each.
+func dnsAnswers(t *testing.T, p pod, args ...string) map[string]agentapi.DNSAnswer {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	moat, err := moatPodOn(ctx, p.node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := suite.cluster.Kubectl(ctx, append([]string{"-n", "moat-system", "exec", moat, "-c", "enforcer", "--",
+		"moatctl", "dns", "-n", p.ns, "--pod", p.name, "-o", "json"}, args...)...)
+	if err != nil {
+		t.Fatalf("moatctl dns on %s: %v\n%s", p.node, err, out)
+	}
+	answers := map[string]agentapi.DNSAnswer{}
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for dec.More() {
+		var a agentapi.DNSAnswer
+		if err := dec.Decode(&a); err != nil {
+			t.Fatalf("moatctl dns on %s: %v\n%s", p.node, err, out)
+		}
+		answers[strings.ToLower(a.Name)] = a
+	}
+	return answers
 }
 
 // Egress by name through the cluster DNS: a namespace that denies the world but for `*.allowed.example` on TCP 80
@@ -217,6 +265,110 @@ spec:
 		t.Errorf("an untrusted resolver replied to a namespace with fqdn rules: %+v", r)
 		explain(t)
 	}
+	// moatctl dns: the answer, its address, and the pattern it was learned for; the other namespace's learned nothing
+	a := dnsAnswers(t, p, "--name", "www.allowed.example")["www.allowed.example"]
+	got := fmt.Sprintf("%s %s learned for %s", a.Rcode, strings.Join(a.Addresses, ","), strings.Join(a.FQDN, ","))
+	if !record(t, "moatctl dns: byname/client www.allowed.example", "NOERROR 198.51.100.2 learned for *.allowed.example", got, 0) {
+		t.Errorf("moatctl dns: %+v", a)
+	}
+	a = dnsAnswers(t, other, "--name", "www.allowed.example")["www.allowed.example"]
+	got = fmt.Sprintf("%s %s learned for %s", a.Rcode, strings.Join(a.Addresses, ","), strings.Join(a.FQDN, ","))
+	if !record(t, "moatctl dns: byname-other/client www.allowed.example", "NOERROR 198.51.100.2 learned for ", got, 0) {
+		t.Errorf("moatctl dns: %+v", a)
+	}
+}
+
+// Egress by name while the enforcer restarts: a pod resolves a new name of its fqdn rule and connects to its
+// address five times a second, each connection given 900 ms (a SYN that is not let through the first time fails
+// it); the Moat pod of its node is deleted in the middle and the DaemonSet starts another. Every round reaches its
+// address, before, during and after: the kernel learns and decides without the enforcer, and the new enforcer
+// takes over the learned addresses and the programs without a gap.
+func TestEgressByNameAcrossAnEnforcerRestart(t *testing.T) {
+	namespace(t, "byname-restart", map[string]string{"moat.dev/zone": "byname-restart", "moat.dev/egress": "Deny"})
+	mustApply(t, `apiVersion: moat.dev/v1alpha1
+kind: FirewallPolicy
+metadata: {name: e2e-byname-restart}
+spec:
+  namespaceSelector: {matchLabels: {moat.dev/zone: byname-restart}}
+  egress:
+  - action: Allow
+    to: [{fqdn: "**.allowed.example"}]
+    ports: [{protocol: TCP, port: 80}]`)
+	run := fmt.Sprintf("r%d", time.Now().UnixNano()%1_000_000)
+	p := agent(t, "byname-restart", "loop", func(p *corev1.Pod) {
+		p.Spec.Containers[0].Command = []string{"/agent", "lookup"}
+		p.Spec.Containers[0].Args = []string{"--every", "200ms", "--unique", run + ".allowed.example"}
+	})
+	ctx := context.Background()
+	rounds := func() []lookupRound {
+		out, err := suite.cluster.Kubectl(ctx, "-n", p.ns, "logs", p.name)
+		if err != nil {
+			t.Fatalf("the loop's log: %v\n%s", err, out)
+		}
+		var rs []lookupRound
+		dec := json.NewDecoder(bytes.NewReader(out))
+		for dec.More() {
+			var r lookupRound
+			if dec.Decode(&r) != nil {
+				break
+			}
+			rs = append(rs, r)
+		}
+		return rs
+	}
+	// the policy may still be on its way when the loop starts: it counts from the first round that reached
+	first := 0
+	if !eventually(60*time.Second, func() bool {
+		for _, r := range rounds() {
+			if r.Reached {
+				first = r.Round
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatalf("the loop never reached its address: %+v", rounds())
+	}
+	eventually(30*time.Second, func() bool { return len(rounds()) >= first+10 })
+
+	old, err := moatPodOn(ctx, p.node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := len(rounds())
+	if out, err := suite.cluster.Kubectl(ctx, "-n", "moat-system", "delete", "pod", old, "--wait=true", "--timeout=120s"); err != nil {
+		t.Fatalf("delete %s: %v\n%s", old, err, out)
+	}
+	if out, err := suite.cluster.Kubectl(ctx, "-n", "moat-system", "rollout", "status", "daemonset/moat", "--timeout", "180s"); err != nil {
+		t.Fatalf("the DaemonSet did not come back on %s: %v\n%s", p.node, err, out)
+	}
+	during := len(rounds())
+	eventually(60*time.Second, func() bool { return len(rounds()) >= during+20 })
+
+	all := rounds()
+	var failed []lookupRound
+	for _, r := range all {
+		if r.Round >= first && !r.Reached {
+			failed = append(failed, r)
+		}
+	}
+	got := fmt.Sprintf("%d not reached", len(failed))
+	what := fmt.Sprintf("%s: %d rounds (%d before the restart, %d while %s went and came back, %d after)", p,
+		len(all)-first+1, before-first+1, during-before, old, len(all)-during)
+	if !record(t, what, "0 not reached", got, 0) {
+		t.Errorf("rounds that did not reach their address: %+v", failed)
+		explain(t)
+	}
+}
+
+// lookupRound is one line of the agent's lookup.
+type lookupRound struct {
+	Round   int    `json:"round"`
+	Name    string `json:"name"`
+	Rcode   string `json:"rcode"`
+	Addr    string `json:"addr"`
+	Reached bool   `json:"reached"`
+	Error   string `json:"error"`
 }
 
 // rcodeLabel is an rcode as the table shows it.

@@ -331,26 +331,41 @@ func (dp *Datapath) LearnedFQDN() ([]LearnedAddr, error) {
 // RecountFQDN sets each identity's count of learned addresses to the entries it holds (the datapath counts what
 // it adds, never what the table's LRU drops) and returns the counts.
 func (dp *Datapath) RecountFQDN() (map[uint32]uint64, error) {
+	counts, _, err := dp.SweepFQDN(time.Time{})
+	return counts, err
+}
+
+// SweepFQDN removes the learned addresses whose deadline (TTL and grace) passed before now (none for a zero
+// now), and sets each identity's count to what it holds then, in one walk of the table. It returns the counts and
+// how many addresses went.
+func (dp *Datapath) SweepFQDN(now time.Time) (map[uint32]uint64, int, error) {
 	all, err := dp.LearnedFQDN()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	counts := map[uint32]uint64{}
+	counts, gone := map[uint32]uint64{}, 0
 	for _, l := range all {
+		if !now.IsZero() && l.Expires.Before(now) {
+			if err := dp.ForgetFQDN(l.Identity, l.Addr); err != nil {
+				return nil, gone, err
+			}
+			gone++
+			continue
+		}
 		counts[l.Identity]++
 	}
 	old, err := readAll[uint32, uint64](dp.maps.FqdnCounts, "learned counts")
 	if err != nil {
-		return nil, err
+		return nil, gone, err
 	}
 	for id, n := range old {
 		if n != counts[id] {
 			if err := dp.maps.FqdnCounts.Put(id, counts[id]); err != nil {
-				return nil, fmt.Errorf("write the learned count of identity %d: %w", id, err)
+				return nil, gone, fmt.Errorf("write the learned count of identity %d: %w", id, err)
 			}
 		}
 	}
-	return counts, nil
+	return counts, gone, nil
 }
 
 // MakeFQDNRoom removes an identity's learned addresses that expire first until it holds fewer than its bound,

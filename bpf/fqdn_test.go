@@ -164,3 +164,29 @@ func TestSmallPinnedTailsReplaced(t *testing.T) {
 		t.Errorf("the pinned tails has %d slots, the answer stage in slot 1: %v", tails.MaxEntries(), tails.Lookup(uint32(1), &id))
 	}
 }
+
+// SweepFQDN removes, in one walk, the learned addresses whose deadline passed, and sets each identity's count to
+// what it holds (the datapath's own count also counted what the sweep removes).
+func TestSweepFQDN(t *testing.T) {
+	h := newHarness(t, bpf.Options{})
+	if err := h.dp.SetDNSTiming(0, 0); err != nil {
+		t.Fatal(err)
+	}
+	a, b, c := netip.MustParseAddr("203.0.113.1"), netip.MustParseAddr("203.0.113.2"), netip.MustParseAddr("2001:db8::3")
+	h.learn(podID, a, slotAPI, time.Second)
+	h.learn(podID, b, slotAPI, time.Hour)
+	h.learn(peerID, c, slotCDN, time.Hour)
+	counts, gone, err := h.dp.SweepFQDN(time.Now().Add(time.Minute))
+	if err != nil || gone != 1 || counts[podID] != 1 || counts[peerID] != 1 {
+		t.Fatalf("sweep a minute on: counts %v, %d gone (%v); want one each, one gone", counts, gone, err)
+	}
+	if got := h.learned(podID); len(got) != 1 || got[b] != slotAPI {
+		t.Errorf("left of podID: %v, want %s only", got, b)
+	}
+	if n, err := h.dp.FQDNCount(podID); err != nil || n != 1 {
+		t.Errorf("podID's count %d (%v), want 1", n, err)
+	}
+	if counts, gone, err := h.dp.SweepFQDN(time.Time{}); err != nil || gone != 0 || counts[podID] != 1 {
+		t.Errorf("a recount: %v, %d gone (%v)", counts, gone, err)
+	}
+}

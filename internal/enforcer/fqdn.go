@@ -294,28 +294,19 @@ func (e *Enforcer) RunLearner(ctx context.Context) error {
 	return l.Run(ctx)
 }
 
-// sweepLearned removes the learned addresses past their expiry and grace, and recounts.
+// sweepLearned removes the learned addresses past their expiry and grace, and recounts, in one walk.
 func (e *Enforcer) sweepLearned() {
-	all, err := e.dp.LearnedFQDN()
+	counts, gone, err := e.dp.SweepFQDN(time.Now())
 	if err != nil {
-		e.log.WithError(err).Warn("reading the learned addresses")
+		e.log.WithError(err).Warn("sweeping the learned addresses")
 		return
 	}
-	now, gone := time.Now(), 0
-	for _, l := range all {
-		if l.Expires.Before(now) {
-			if err := e.dp.ForgetFQDN(l.Identity, l.Addr); err != nil {
-				e.log.WithError(err).Warn("removing an expired learned address")
-				return
-			}
-			gone++
-		}
-	}
-	if _, err := e.dp.RecountFQDN(); err != nil {
-		e.log.WithError(err).Warn("recounting the learned addresses")
-	}
 	if gone > 0 {
-		e.log.WithFields(logrus.Fields{"expired": gone, "left": len(all) - gone}).Debug("learned addresses swept")
+		left := 0
+		for _, n := range counts {
+			left += int(n)
+		}
+		e.log.WithFields(logrus.Fields{"expired": gone, "left": left}).Debug("learned addresses swept")
 	}
 	// the DNS counters of namespaces that went, once a policy is in force (before, every identity is unknown)
 	if snap := e.Snapshot(); snap.Generation > 0 {

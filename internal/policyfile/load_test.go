@@ -61,6 +61,7 @@ func TestParseProblems(t *testing.T) {
 		{policy("unknown-field", "  namespaceSelector: {}\n  egres: []\n"), "unknown field"},
 		{"apiVersion: moat.dev/v1alpha1\nkind: FirewallConfig\nmetadata: {name: default}\nspec: {defaultEgress: Deny, colour: blue}\n", "unknown field"},
 		{"apiVersion: moat.dev/v1alpha1\nkind: FirewallConfig\nmetadata: {name: other}\nspec: {}\n", "only the FirewallConfig named"},
+		{"apiVersion: moat.dev/v1alpha1\nkind: FirewallConfig\nmetadata: {name: default}\nspec: {dns: {answerEventsPerSecond: -1}}\n", "answerEventsPerSecond"},
 		{"apiVersion: moat.dev/v1\nkind: FirewallPolicy\nmetadata: {name: x}\n", "apiVersion"},
 		{"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "kind \"ConfigMap\""},
 		{"just a string\n", "not a YAML object"},

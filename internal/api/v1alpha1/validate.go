@@ -282,6 +282,9 @@ func (c *FirewallConfig) Validate() []error {
 		if v := d.MaxLearnedPerNamespace; v != nil && (*v < 16 || *v > 1<<20) {
 			add("spec.dns.maxLearnedPerNamespace", "%d: want 16 to %d", *v, 1<<20)
 		}
+		if v := d.AnswerEventsPerSecond; v != nil && (*v < 0 || *v > 1_000_000) {
+			add("spec.dns.answerEventsPerSecond", "%d: want 0 to 1000000", *v)
+		}
 	}
 	if ct := c.Spec.Conntrack; ct != nil && ct.MaxPerEndpoint != nil {
 		if n := *ct.MaxPerEndpoint; n < 0 || n > MaxConntrackPerEndpoint {

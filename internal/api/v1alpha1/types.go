@@ -90,6 +90,9 @@ type FirewallConfigSpec struct {
 	SourceValidation SourceValidation `json:"sourceValidation,omitempty"`
 	// DNS configures name rules (fqdn peers and dnsDeny): whose answers are learned, and for how long.
 	DNS *DNSConfig `json:"dns,omitempty"`
+	// HostFirewall configures the nodes' own firewall: who may reach the control plane from outside, and the safety
+	// set that stays open on a node whatever its host policy says.
+	HostFirewall *HostFirewallConfig `json:"hostFirewall,omitempty"`
 }
 
 // DNSConfig configures what the datapath learns from DNS answers.

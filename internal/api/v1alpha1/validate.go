@@ -286,6 +286,33 @@ func (c *FirewallConfig) Validate() []error {
 			add("spec.dns.answerEventsPerSecond", "%d: want 0 to 1000000", *v)
 		}
 	}
+	if h := c.Spec.HostFirewall; h != nil {
+		for field, list := range map[string][]string{"adminCIDRs": h.AdminCIDRs, "etcdPeers": h.EtcdPeers} {
+			for i, s := range list {
+				if _, err := ParseCIDR(s); err != nil {
+					add(fmt.Sprintf("spec.hostFirewall.%s[%d]", field, i), "%v", err)
+				}
+			}
+		}
+		for i, o := range h.Overrides {
+			switch o {
+			case SafetyAPIServer, SafetyEtcd, SafetyKubelet, SafetyScheduler, SafetyControllerManager, SafetySSH, SafetyNode:
+			default:
+				add(fmt.Sprintf("spec.hostFirewall.overrides[%d]", i), "%q: want apiserver, etcd, kubelet, scheduler, controller-manager, ssh or node", o)
+			}
+		}
+		if v := h.ProbationSeconds; v != nil && (*v < 2 || *v > 300) {
+			add("spec.hostFirewall.probationSeconds", "%d: want 2 to 300", *v)
+		}
+		if p := h.Ports; p != nil {
+			for field, v := range map[string]*int32{"etcdClient": p.EtcdClient, "etcdPeer": p.EtcdPeer, "scheduler": p.Scheduler,
+				"controllerManager": p.ControllerManager} {
+				if v != nil && (*v < 1 || *v > 65535) {
+					add("spec.hostFirewall.ports."+field, "%d: want 1 to 65535", *v)
+				}
+			}
+		}
+	}
 	if ct := c.Spec.Conntrack; ct != nil && ct.MaxPerEndpoint != nil {
 		if n := *ct.MaxPerEndpoint; n < 0 || n > MaxConntrackPerEndpoint {
 			add("spec.conntrack.maxPerEndpoint", "%d: want 0 (no bound) to %d", n, MaxConntrackPerEndpoint)

@@ -116,6 +116,10 @@ func resolveDNS(c *v1alpha1.DNSConfig) DNS {
 	return d
 }
 
+// HostFirewallNotEnforced is the warning of a FirewallConfig that configures the host firewall, which this version
+// does not enforce.
+const HostFirewallNotEnforced = "spec.hostFirewall is set, but this version of Moat does not enforce the host firewall yet: nothing guards the nodes' own addresses"
+
 // Resolve computes every namespace's policy.
 func Resolve(in Input) Output {
 	cfg := in.Config
@@ -226,6 +230,9 @@ func Resolve(in Input) Output {
 		if !selected[i] {
 			out.Warnings = append(out.Warnings, Finding{Kind: v1alpha1.KindFirewallPolicy, Name: policies[i].Name, Message: SelectsNothing})
 		}
+	}
+	if cfg.Spec.HostFirewall != nil {
+		out.Warnings = append(out.Warnings, Finding{Kind: v1alpha1.KindFirewallConfig, Name: cfg.Name, Message: HostFirewallNotEnforced})
 	}
 	sortFindings(out.Problems)
 	sortFindings(out.Warnings)

@@ -3,6 +3,7 @@ package resolve
 import (
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -214,6 +215,13 @@ func TestResolveWarnsOfPoliciesSelectingNothing(t *testing.T) {
 	in.Namespaces = nil
 	if out := Resolve(in); len(out.Warnings) != 3 {
 		t.Errorf("no namespace at all: warnings %v, want all three", out.Warnings)
+	}
+	// a host firewall configured is one this version does not enforce: said, not silently ignored
+	in.Config = &v1alpha1.FirewallConfig{ObjectMeta: metav1.ObjectMeta{Name: "default"},
+		Spec: v1alpha1.FirewallConfigSpec{HostFirewall: &v1alpha1.HostFirewallConfig{AdminCIDRs: []string{"198.51.100.0/24"}}}}
+	want := Finding{Kind: v1alpha1.KindFirewallConfig, Name: "default", Message: HostFirewallNotEnforced}
+	if out := Resolve(in); len(out.Warnings) != 4 || !slices.Contains(out.Warnings, want) {
+		t.Errorf("a host firewall configured: warnings %v, want %v among them", out.Warnings, want)
 	}
 }
 

@@ -170,7 +170,7 @@ func dnsOnARealVeth(t *testing.T, mode bpf.AttachMode) {
 }
 
 // serveHandler answers DNS on UDP and TCP addr inside n with h until the test ends.
-func serveHandler(t *testing.T, n ns.NetNS, addr string, h dns.Handler) {
+func serveHandler(t testing.TB, n ns.NetNS, addr string, h dns.Handler) {
 	t.Helper()
 	var pc net.PacketConn
 	var ln net.Listener

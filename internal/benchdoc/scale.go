@@ -130,15 +130,18 @@ func scaleComparison(page string) string {
 	return b.String()
 }
 
-// replaceScale puts section in place of the page's API-server scale section, up to the page's footer.
+// replaceScale puts section in place of the page's API-server scale section, up to the page's footer or the next
+// heading of its level.
 func replaceScale(page, section string) (string, error) {
 	start := strings.Index(page, scaleHeading)
 	if start < 0 {
 		return "", fmt.Errorf("no %q heading", strings.TrimSpace(scaleHeading))
 	}
 	end := len(page)
-	if foot := strings.Index(page[start:], "\n---\n"); foot >= 0 {
-		end = start + foot + 1
+	for _, sep := range []string{"\n---\n", "\n## "} { // a section after it (benchdoc -dns puts one there) stays
+		if i := strings.Index(page[start+len(scaleHeading):], sep); i >= 0 {
+			end = min(end, start+len(scaleHeading)+i+1)
+		}
 	}
 	return page[:start] + strings.TrimPrefix(section, "\n") + "\n" + page[end:], nil
 }

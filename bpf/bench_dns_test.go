@@ -232,8 +232,8 @@ func retransSegs() (uint64, error) {
 //   - filter=none: no program attached, no policy;
 //   - filter=moat: the datapath in tcx on the host veth; the world is denied but for UDP 53 to the resolver and the
 //     fqdn pattern *.cdn.example on TCP 443; the resolver is trusted; no agent runs: only the kernel learns, from
-//     the answers on their way to the pod. The per-identity bound of learned addresses is raised to cover the loop
-//     when the loop is longer than the default's 4,096 (past the bound the kernel hands answers to the agent).
+//     the answers on their way to the pod. The per-identity bound of learned addresses is the default's 4,096: a
+//     loop of 10,000 goes past it, where the kernel learns all the same and asks an agent for room (none runs).
 //
 // A loop succeeds on the first try when the connection is established within the 900 ms: a first SYN the
 // firewall dropped fails it. Metrics: loops, ok-pct (first-try successes), failed, syn-retrans (RetransSegs of the
@@ -300,13 +300,8 @@ func resolveConnect(b *testing.B, moat bool) {
 			}})
 		var cdn bpf.FQDNValue
 		cdn.Slots[bpf.DNSOne] = 1 << 0 // the policy's only pattern: slot 0
-		bound := bpf.DefaultFQDNPerIdentity
-		if need := uint32(b.N + 16); need > bound {
-			bound = need
-			b.Logf("the bound of learned addresses raised from %d to %d: no agent makes room", bpf.DefaultFQDNPerIdentity, bound)
-		}
 		for _, err := range []error{h.dp.SetFQDNSet(podID, 4), h.dp.PutFQDNName(4, "cdn.example", cdn),
-			h.dp.PutResolver(rcResolver), h.dp.SetFQDNBound(bound),
+			h.dp.PutResolver(rcResolver),
 			h.dp.UpdateConfig(func(c *bpf.Config) { c.CtMaxPerEndpoint = 65536 })} { // the enforcer's default
 			if err != nil {
 				b.Fatal(err)

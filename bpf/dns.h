@@ -492,8 +492,8 @@ static __always_inline int dns_candidate(const struct packet *p, const struct mo
  * written out in full is compared with the question's. A or AAAA records that count write fqdn_learned; a CNAME
  * that counts adds its target to the chain. Nothing is learned until every record was read: an answer with a
  * record past its end learns nothing. What can be read but not here (more records, a message longer than the
- * datapath reads, a TCP segment without the whole message, an owner pointing elsewhere once a chain began, the
- * identity's bound reached) goes to the agent.
+ * datapath reads, a TCP segment without the whole message, an owner pointing elsewhere once a chain began) goes
+ * to the agent. Past the identity's bound the answer is learned all the same, and the agent asked to make room.
  */
 
 static __always_inline __u8 dns_lower(__u8 c)
@@ -1023,8 +1023,27 @@ __noinline int dns_report(struct __sk_buff *skb, __u32 identity, __u32 meta, __u
 			__builtin_memset(&e->addrs[i], 0, sizeof(e->addrs[i]));
 	}
 	__builtin_memcpy(e->name, s->raw, MOAT_DNS_NAME_LEN);
-	bpf_ringbuf_submit(e, 0);
+	/* the reader is not woken for each event (a wake-up costs the answer microseconds on a virtual machine): it
+	 * looks every quarter second, and is woken once an eighth of the ring waits */
+	bpf_ringbuf_submit(e, bpf_ringbuf_query(&dns_events, BPF_RB_AVAIL_DATA) > MOAT_DNS_EVENTS_BYTES / 8 ?
+				   BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 	return 0;
+}
+
+/* dns_room_request asks the agent to bring an identity back under its bound: a dns_fallback record with no frame. */
+static __always_inline void dns_room_request(__u32 identity)
+{
+	struct moat_dns_fallback *r = bpf_ringbuf_reserve(&dns_fallback, sizeof(*r), 0);
+
+	if (!r) {
+		stat_inc(MOAT_STAT_DNS_FALLBACK_LOST);
+		return;
+	}
+	r->ifindex = 0;
+	r->identity = identity;
+	r->len = 0;
+	r->wire_len = 0;
+	bpf_ringbuf_submit(r, 0);
 }
 
 /* dns_query_meta is dns_report's meta for an answer the query stage gave (or audited) for the query in p. */
@@ -1121,17 +1140,17 @@ static __always_inline int dns_answer(struct __sk_buff *skb, const struct packet
 		dns_report(skb, identity, meta | flags, 0, (const struct dns_pair *)p->saddr);
 		return DNS_PASS;
 	}
-	if (w->end == DNS_WALK_DONE && t->max_per_identity) {
-		count = bpf_map_lookup_elem(&fqdn_counts, &identity);
-		if (count && *count + w->n > t->max_per_identity)
-			w->end = DNS_WALK_AGENT; /* the agent makes room, then learns */
-	}
 	if (w->end == DNS_WALK_DONE) {
 		w->now = bpf_jiffies64();
 		w->hz = cfg->hz;
 		w->min_ttl = t->min_ttl;
 		w->grace = t->grace;
 		bpf_loop(MOAT_DNS_ANSWER_RECORDS, dns_learn, NULL, 0);
+		/* past the identity's bound: learned all the same (the table's LRU bounds them all), and the agent asked
+		 * to make room (the identity's entries that expire first go); with no agent, the answer still works */
+		count = bpf_map_lookup_elem(&fqdn_counts, &identity);
+		if (t->max_per_identity && count && *count > t->max_per_identity)
+			dns_room_request(identity);
 		dns_report(skb, identity, meta | flags, 0, (const struct dns_pair *)p->saddr);
 		return DNS_PASS;
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"runtime"
 	"strings"
 	"time"
@@ -71,7 +72,12 @@ type DNSEvent struct {
 type DNSEventReader struct {
 	rd         *ringbuf.Reader
 	bootOffset time.Duration
+	deadline   time.Time
 }
+
+// dnsEventPoll is how often a reader looks at the ring: the datapath wakes it only once an eighth of the ring
+// waits, since a wake-up costs the answer it reports microseconds.
+const dnsEventPoll = 250 * time.Millisecond
 
 // NewDNSEventReader starts reading the DNS events; Close stops it.
 func (dp *Datapath) NewDNSEventReader() (*DNSEventReader, error) {
@@ -87,17 +93,29 @@ func (dp *Datapath) NewDNSEventReader() (*DNSEventReader, error) {
 	return &DNSEventReader{rd: rd, bootOffset: time.Duration(time.Now().UnixNano() - mono.Nano())}, nil
 }
 
-// SetDeadline makes Read give up at t.
-func (r *DNSEventReader) SetDeadline(t time.Time) { r.rd.SetDeadline(t) }
+// SetDeadline makes Read give up at t (os.ErrDeadlineExceeded); not while a Read waits.
+func (r *DNSEventReader) SetDeadline(t time.Time) { r.deadline = t }
 
 // Close stops the reader (a blocked Read returns).
 func (r *DNSEventReader) Close() error { return r.rd.Close() }
 
-// Read waits for the next event.
+// Read waits for the next event, looking at the ring every dnsEventPoll.
 func (r *DNSEventReader) Read() (DNSEvent, error) {
-	rec, err := r.rd.Read()
-	if err != nil {
-		return DNSEvent{}, err
+	var rec ringbuf.Record
+	for {
+		step := time.Now().Add(dnsEventPoll)
+		if !r.deadline.IsZero() && r.deadline.Before(step) {
+			step = r.deadline
+		}
+		r.rd.SetDeadline(step)
+		err := r.rd.ReadInto(&rec)
+		if errors.Is(err, os.ErrDeadlineExceeded) && (r.deadline.IsZero() || time.Now().Before(r.deadline)) {
+			continue
+		}
+		if err != nil {
+			return DNSEvent{}, err
+		}
+		break
 	}
 	var raw moatMoatDnsEvent
 	if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &raw); err != nil {

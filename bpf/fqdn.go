@@ -368,9 +368,15 @@ func (dp *Datapath) SweepFQDN(now time.Time) (map[uint32]uint64, int, error) {
 	return counts, gone, nil
 }
 
-// MakeFQDNRoom removes an identity's learned addresses that expire first until it holds fewer than its bound,
-// expired ones first, and sets its count. It returns how many went.
-func (dp *Datapath) MakeFQDNRoom(identity uint32) (int, error) {
+// MakeFQDNRoom removes an identity's learned addresses that expire first until it holds fewer than its bound (room
+// for one more), expired ones first, and sets its count. It returns how many went.
+func (dp *Datapath) MakeFQDNRoom(identity uint32) (int, error) { return dp.trimFQDN(identity, 1) }
+
+// TrimFQDN is MakeFQDNRoom down to the bound itself: what the datapath asks for once it learned past it.
+func (dp *Datapath) TrimFQDN(identity uint32) (int, error) { return dp.trimFQDN(identity, 0) }
+
+// trimFQDN leaves an identity at most its bound less room learned addresses.
+func (dp *Datapath) trimFQDN(identity uint32, room int) (int, error) {
 	t, err := dp.DNSTiming()
 	if err != nil || t.MaxPerIdentity == 0 {
 		return 0, err
@@ -387,7 +393,7 @@ func (dp *Datapath) MakeFQDNRoom(identity uint32) (int, error) {
 	}
 	slices.SortFunc(own, func(a, b LearnedAddr) int { return a.Expires.Compare(b.Expires) })
 	removed := 0
-	for len(own)-removed >= int(t.MaxPerIdentity) {
+	for removed < len(own) && len(own)-removed > int(t.MaxPerIdentity)-room {
 		k := newFQDNKey(identity, own[removed].Addr)
 		if err := dp.maps.FqdnLearned.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return removed, fmt.Errorf("forget address %s of identity %d: %w", own[removed].Addr, identity, err)

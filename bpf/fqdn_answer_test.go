@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/sirupsen/logrus"
 
 	"github.com/moatfw/moat/bpf"
 	"github.com/moatfw/moat/internal/fqdn"
@@ -219,36 +220,46 @@ func TestFQDNAnswers(t *testing.T) {
 	}
 }
 
-// At the identity's bound, an answer goes to the agent (which makes room): nothing is learned in the kernel.
+// Past the identity's bound, an answer is learned all the same (so it works with no agent) and the agent is asked
+// for room: a fallback record without a frame, on which the Learner removes the identity's addresses that expire
+// first until it is back under its bound.
 func TestFQDNAnswerBound(t *testing.T) {
 	h := fqdnHarness(t)
 	if err := h.dp.SetFQDNBound(2); err != nil {
 		t.Fatal(err)
 	}
-	h.learn(podID, worldV6, slotCDN, time.Minute)
+	rd, err := h.dp.NewDNSFallbackReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	h.learn(podID, worldV6, slotCDN, time.Second) // expires first
 	msg := answerMsg(t, "api.example.com.", true, "api.example.com. 60 IN A 198.51.100.7", "api.example.com. 60 IN A 198.51.100.8")
 	before := h.reasonCount(bpf.ReasonDNSToAgent)
-	if ret := h.run(h.dp.ToPod, answerFrame(resolverV4, podV4, msg)); ret != retDrop || h.reasonCount(bpf.ReasonDNSToAgent) != before+1 {
-		t.Errorf("past the bound: %s, want dropped to the agent", verdictName(ret))
+	if ret := h.run(h.dp.ToPod, answerFrame(resolverV4, podV4, msg)); ret != retNext || h.reasonCount(bpf.ReasonDNSToAgent) != before {
+		t.Errorf("past the bound: %s, want passed, not handed over", verdictName(ret))
 	}
-	if got := h.learned(podID); len(got) != 1 {
-		t.Errorf("learned %v past the bound, want only the one learned before", got)
+	if got := h.learned(podID); len(got) != 3 {
+		t.Errorf("learned %v past the bound, want the answer's two addresses besides the one before", got)
 	}
-	// the agent makes room: at a bound of 1, the one entry goes
-	if err := h.dp.SetFQDNBound(1); err != nil {
+	rd.SetDeadline(time.Now().Add(2 * time.Second))
+	rec, err := rd.Read()
+	if err != nil || len(rec.Frame) != 0 || rec.Identity != podID {
+		t.Fatalf("the request for room: %+v, %v; want a record of identity %d without a frame", rec, err, podID)
+	}
+	log := logrus.New()
+	log.SetOutput(t.Output())
+	learner, err := fqdn.NewLearner(h.dp, func(uint32) []string { return fqdnPatterns }, logrus.NewEntry(log))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if n, err := h.dp.MakeFQDNRoom(podID); err != nil || n != 1 {
-		t.Fatalf("made room by %d (%v), want 1", n, err)
-	}
-	if err := h.dp.SetFQDNBound(2); err != nil {
+	defer learner.Close()
+	if _, err := learner.Handle(rec); err != nil {
 		t.Fatal(err)
 	}
-	if ret := h.run(h.dp.ToPod, answerFrame(resolverV4, podV4, msg)); ret != retNext {
-		t.Errorf("with room: %s, want passed", verdictName(ret))
-	}
-	if got := h.learned(podID); len(got) != 2 {
-		t.Errorf("learned %v with room, want the answer's two addresses", got)
+	got := h.learned(podID)
+	if _, ok := got[worldV6]; len(got) != 2 || ok {
+		t.Errorf("after the room was made: %v, want the answer's two addresses (the one that expires first gone)", got)
 	}
 	if n, err := h.dp.FQDNCount(podID); err != nil || n != 2 {
 		t.Errorf("count %d (%v), want 2", n, err)

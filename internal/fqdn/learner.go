@@ -86,8 +86,14 @@ func (l *Learner) Run(ctx context.Context) error {
 }
 
 // Handle learns from one answer and re-injects it when it is a whole UDP datagram; it returns the addresses
-// learned.
+// learned. A record without a frame asks for room: the identity's learned addresses that expire first go until it
+// is under its bound.
 func (l *Learner) Handle(rec bpf.DNSFallback) (int, error) {
+	if len(rec.Frame) == 0 {
+		// no answer: the datapath learned one past the identity's bound, and asks for room
+		_, err := l.dp.TrimFQDN(rec.Identity)
+		return 0, err
+	}
 	msg, udp, err := dnsPayload(rec.Frame)
 	if err != nil {
 		return 0, err

@@ -14,7 +14,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/miekg/dns"
-	"golang.org/x/sys/unix"
 )
 
 // DNS visibility: the answers pods get (dns_events) and the per-identity DNS counters (dns_stats).
@@ -81,16 +80,11 @@ const dnsEventPoll = 250 * time.Millisecond
 
 // NewDNSEventReader starts reading the DNS events; Close stops it.
 func (dp *Datapath) NewDNSEventReader() (*DNSEventReader, error) {
-	rd, err := ringbuf.NewReader(dp.maps.DnsEvents)
+	rd, offset, err := openRing(dp.maps.DnsEvents, "the DNS event ring")
 	if err != nil {
-		return nil, fmt.Errorf("open the DNS event ring: %w", err)
+		return nil, err
 	}
-	var mono unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &mono); err != nil {
-		rd.Close()
-		return nil, fmt.Errorf("read the monotonic clock: %w", err)
-	}
-	return &DNSEventReader{rd: rd, bootOffset: time.Duration(time.Now().UnixNano() - mono.Nano())}, nil
+	return &DNSEventReader{rd: rd, bootOffset: offset}, nil
 }
 
 // SetDeadline makes Read give up at t (os.ErrDeadlineExceeded); not while a Read waits.

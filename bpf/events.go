@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 )
@@ -44,16 +45,26 @@ type EventReader struct {
 
 // NewEventReader starts reading the ring buffer; Close stops it.
 func (dp *Datapath) NewEventReader() (*EventReader, error) {
-	rd, err := ringbuf.NewReader(dp.maps.Events)
+	rd, offset, err := openRing(dp.maps.Events, "the event ring buffer")
 	if err != nil {
-		return nil, fmt.Errorf("open the event ring buffer: %w", err)
+		return nil, err
+	}
+	return &EventReader{rd: rd, bootOffset: offset}, nil
+}
+
+// openRing opens a reader of a ring buffer, with the offset that turns the datapath's monotonic clock into
+// wall-clock time.
+func openRing(m *ebpf.Map, what string) (*ringbuf.Reader, time.Duration, error) {
+	rd, err := ringbuf.NewReader(m)
+	if err != nil {
+		return nil, 0, fmt.Errorf("open %s: %w", what, err)
 	}
 	var mono unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &mono); err != nil {
 		rd.Close()
-		return nil, fmt.Errorf("read the monotonic clock: %w", err)
+		return nil, 0, fmt.Errorf("read the monotonic clock: %w", err)
 	}
-	return &EventReader{rd: rd, bootOffset: time.Duration(time.Now().UnixNano() - mono.Nano())}, nil
+	return rd, time.Duration(time.Now().UnixNano() - mono.Nano()), nil
 }
 
 // SetDeadline makes Read give up at t (with an error wrapping os.ErrDeadlineExceeded).

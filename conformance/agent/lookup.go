@@ -43,16 +43,9 @@ func parseLookup(args []string, stderr io.Writer) (lookupConfig, error) {
 	timeout := fs.Duration("timeout", 900*time.Millisecond, "how long the question and the exchange may each take "+
 		"(under a second: a connection that needs a second SYN fails)")
 	server := fs.String("server", "", "ADDR[:PORT] of the resolver (default: the first nameserver of /etc/resolv.conf)")
-	var names []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return c, err
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		names = append(names, fs.Arg(0))
-		args = fs.Args()[1:]
+	names, err := parseInterleaved(fs, args)
+	if err != nil {
+		return c, err
 	}
 	if len(names) != 1 {
 		return c, fmt.Errorf("want one NAME, got %q", names)

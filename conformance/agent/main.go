@@ -100,3 +100,19 @@ func badUsage(stderr io.Writer, command string, err error) int {
 	}
 	return 2
 }
+
+// parseInterleaved parses args with fs, flags before and after the positional arguments alike, and returns the
+// positional ones.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var out []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return out, nil
+		}
+		out = append(out, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}

@@ -43,16 +43,9 @@ func parseProbe(args []string, stderr io.Writer) (probeConfig, error) {
 	fs.DurationVar(&c.timeout, "timeout", time.Second, "how long the whole exchange may take")
 	fs.StringVar(&c.proto, "proto", "tcp", "tcp or udp")
 	fs.DurationVar(&c.every, "every", 0, "probe again at this interval, one line each, until SIGTERM (exit 0)")
-	var targets []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return probeConfig{}, err
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		targets = append(targets, fs.Arg(0))
-		args = fs.Args()[1:]
+	targets, err := parseInterleaved(fs, args)
+	if err != nil {
+		return probeConfig{}, err
 	}
 	if len(targets) != 1 {
 		return probeConfig{}, fmt.Errorf("want one ADDR:PORT, got %q", targets)

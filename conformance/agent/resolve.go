@@ -38,16 +38,9 @@ func parseResolve(args []string, stderr io.Writer) (resolveConfig, error) {
 	fs.StringVar(&c.server, "server", "", "ADDR[:PORT] of the resolver (default: the first nameserver of /etc/resolv.conf)")
 	fs.StringVar(&c.proto, "proto", "udp", "udp or tcp")
 	fs.DurationVar(&c.timeout, "timeout", 2*time.Second, "how long to wait for the answer")
-	var names []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return c, err
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		names = append(names, fs.Arg(0))
-		args = fs.Args()[1:]
+	names, err := parseInterleaved(fs, args)
+	if err != nil {
+		return c, err
 	}
 	if len(names) != 1 {
 		return c, fmt.Errorf("want one NAME, got %q", names)

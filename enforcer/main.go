@@ -217,6 +217,9 @@ func run(log *logrus.Entry, o options) error {
 	defer stop()
 
 	srv := &enforcer.Server{E: e, Store: store, Source: src.Name()}
+	if k, ok := src.(*enforcer.Kubernetes); ok {
+		srv.Host = k.HostInput
+	}
 	if o.cniConfDir != "" {
 		srv.Checks = append(srv.Checks, func() error { return conflist.Check(o.cniConfDir) })
 	}

@@ -581,6 +581,63 @@ func reportCmd(g *globals) *cobra.Command {
 	return c
 }
 
+func hostCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "host",
+		Short: "This node's safety set: what its host firewall keeps open whatever the host policy, and to whom",
+		Long: `This node's safety set, as derived from the cluster now: the API server (on the port of the kubernetes
+Service's endpoints) from nodes and FirewallConfig hostFirewall.adminCIDRs, etcd from the API servers and the
+control-plane nodes, the scheduler and the controller manager from the node itself, the kubelet (on the port of its
+Node status) from the control plane, the nodes and the pod ranges, SSH, and what a node needs to stay one. Each
+source says where it came from. This version does not enforce the host firewall yet: the set is what it will keep
+open. Needs the Kubernetes source.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.checkOutput(); err != nil {
+				return err
+			}
+			h, err := g.client().Host(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.emit(h, func(w io.Writer) error {
+				state := "enforced"
+				if !h.Enforced {
+					state = "not enforced by this version (the set it will keep open)"
+				}
+				fmt.Fprintf(w, "Node:  %s\nState: %s\n", h.Node, state)
+				for _, warn := range h.Warnings {
+					fmt.Fprintf(w, "warning: %s\n", warn)
+				}
+				fmt.Fprintln(w)
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "ENTRY\tSERVICE\tPORTS\tPORT FROM\tOVERRIDABLE\tSOURCES")
+				for _, e := range h.Entries {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", e.Name, e.What, e.Ports, e.Learned, e.Overridable, safetySources(e.Sources))
+				}
+				return tw.Flush()
+			})
+		},
+	}
+}
+
+// safetySources is an entry's sources grouped by where they came from: "node a (10.0.0.1/32); adminCIDRs (...)".
+func safetySources(sources []agentapi.SafetySource) string {
+	var order []string
+	by := map[string][]string{}
+	for _, s := range sources {
+		if _, ok := by[s.From]; !ok {
+			order = append(order, s.From)
+		}
+		by[s.From] = append(by[s.From], s.Prefix)
+	}
+	parts := make([]string, 0, len(order))
+	for _, from := range order {
+		parts = append(parts, from+" ("+strings.Join(by[from], ", ")+")")
+	}
+	return strings.Join(parts, "; ")
+}
+
 func countersCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "counters",

@@ -71,7 +71,7 @@ func newRoot(out io.Writer) *cobra.Command {
 	root.PersistentFlags().StringVar(&g.kubeconfig, "kubeconfig", "", "ask the cluster instead of the local enforcer (policies, report)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "table, json or yaml")
 	root.PersistentFlags().StringVar(&g.pinRoot, "pin-root", bpf.DefaultPinRoot, "the pinned datapath (counters)")
-	root.AddCommand(statusCmd(g), endpointsCmd(g), policiesCmd(g), traceCmd(g), flowsCmd(g), dnsCmd(g), reportCmd(g),
+	root.AddCommand(statusCmd(g), endpointsCmd(g), policiesCmd(g), traceCmd(g), flowsCmd(g), dnsCmd(g), hostCmd(g), reportCmd(g),
 		countersCmd(g), versionCmd(g))
 	return root
 }

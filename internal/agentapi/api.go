@@ -11,6 +11,7 @@
 //	                     filters ?namespace=N and ?verdict=denied
 //	GET  /v1/dns         DNSAnswer as JSON lines, like flows; filters ?namespace=N, ?pod=P, ?name=*.example.com
 //	                     (a name or an fqdn pattern) and ?rcode=NXDOMAIN
+//	GET  /v1/host        HostSafety: this node's safety set as derived now (Kubernetes source only)
 //
 // Errors are an Error body with an HTTP status: 400 for a bad request, 404 for an unknown namespace or pod.
 package agentapi
@@ -194,4 +195,30 @@ type DNSFilter struct {
 	Since     time.Duration
 	Limit     int
 	Follow    bool
+}
+
+// HostSafety is a node's safety set: what the host firewall keeps open on it whatever its host policy says, each
+// entry limited by source, as derived from the cluster now.
+type HostSafety struct {
+	Node     string `json:"node"`
+	Enforced bool   `json:"enforced"` // false: this version does not enforce the host firewall yet
+	// Warnings say what is wide open or could not be learned.
+	Warnings []string      `json:"warnings,omitempty"`
+	Entries  []SafetyEntry `json:"entries"`
+}
+
+// SafetyEntry is one entry of a node's safety set.
+type SafetyEntry struct {
+	Name        string         `json:"name"` // apiserver, etcd, kubelet, scheduler, controller-manager, ssh, node
+	What        string         `json:"what"`
+	Ports       string         `json:"ports"` // tcp/6443, udp/51820-51821, icmpv6/133-137
+	Learned     string         `json:"learned"`
+	Overridable bool           `json:"overridable"` // FirewallConfig lets a host rule that names the port take it over
+	Sources     []SafetySource `json:"sources"`
+}
+
+// SafetySource is a range that may reach an entry, and where it came from.
+type SafetySource struct {
+	Prefix string `json:"prefix"`
+	From   string `json:"from"`
 }

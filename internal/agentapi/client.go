@@ -124,6 +124,12 @@ func (c *Client) Trace(ctx context.Context, req TraceRequest) (TraceResult, erro
 	return r, c.do(ctx, http.MethodPost, "/trace", nil, req, &r)
 }
 
+// Host asks for the node's safety set as derived now.
+func (c *Client) Host(ctx context.Context) (HostSafety, error) {
+	var h HostSafety
+	return h, c.do(ctx, http.MethodGet, "/host", nil, nil, &h)
+}
+
 // Report asks who can reach what, from the policy in force on the node, and decodes the answer into r (a
 // *report.Report: the schema is that package's, so this one stays free of policy code).
 func (c *Client) Report(ctx context.Context, r any) error {

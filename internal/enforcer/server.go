@@ -16,6 +16,7 @@ import (
 
 	"github.com/moatfw/moat/internal/agentapi"
 	"github.com/moatfw/moat/internal/endpoint"
+	"github.com/moatfw/moat/internal/hostfw"
 	"github.com/moatfw/moat/internal/report"
 )
 
@@ -28,6 +29,9 @@ type Server struct {
 	Source string // what the status names as the policy source
 	// Links looks up the host veths; nil: in the enforcer's own network namespace (the host's).
 	Links *netlink.Handle
+	// Host reads what this node's safety set is derived from (the Kubernetes source); nil: moatctl host is not
+	// answered.
+	Host func(context.Context) (hostfw.Input, error)
 	// Checks add problems of parts the enforcer does not own (the conflist repair loop): each error is a problem
 	// that keeps the node from being ready. nil: none.
 	Checks []func() error
@@ -43,6 +47,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	mux.HandleFunc("POST "+v+"/trace", s.trace)
 	mux.HandleFunc("GET "+v+"/flows", s.flows)
 	mux.HandleFunc("GET "+v+"/dns", s.dns)
+	mux.HandleFunc("GET "+v+"/host", s.host)
 	mux.HandleFunc("GET "+v+"/report", s.report)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, fmt.Errorf("%s %s: not in this API (this enforcer speaks %s)", r.Method, r.URL.Path, agentapi.Version))
@@ -151,6 +156,20 @@ func (s *Server) dns(w http.ResponseWriter, r *http.Request) {
 	}
 	defer stop()
 	stream(w, r, past, next)
+}
+
+// host answers the node's safety set, derived from the cluster now.
+func (s *Server) host(w http.ResponseWriter, r *http.Request) {
+	if s.Host == nil {
+		fail(w, http.StatusNotFound, fmt.Errorf("the safety set is derived from the cluster: this enforcer's source (%s) has none", s.Source))
+		return
+	}
+	in, err := s.Host(r.Context())
+	if err != nil {
+		fail(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	reply(w, s.E.HostSafety(in))
 }
 
 // window reads a stream's since, limit and follow.

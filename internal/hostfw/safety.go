@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strings"
 
 	"github.com/moatfw/moat/internal/api/v1alpha1"
 )
@@ -246,21 +245,4 @@ func join(lists ...[]Source) []Source {
 		}
 	}
 	return out
-}
-
-// Describe is an entry's sources as a table cell: each prefix with where it came from, grouped.
-func (e Entry) Describe() string {
-	var parts []string
-	by := map[string][]string{}
-	var order []string
-	for _, s := range e.Sources {
-		if _, ok := by[s.From]; !ok {
-			order = append(order, s.From)
-		}
-		by[s.From] = append(by[s.From], s.Prefix.String())
-	}
-	for _, from := range order {
-		parts = append(parts, from+" ("+strings.Join(by[from], ", ")+")")
-	}
-	return strings.Join(parts, "; ")
 }

@@ -2,6 +2,7 @@ package hostfw
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -61,17 +62,17 @@ func TestDeriveControlPlaneAndWorker(t *testing.T) {
 		t.Errorf("warnings: %v", warnings)
 	}
 	for _, c := range []struct {
-		name          v1alpha1.SafetyEntry
-		what, ports   string
-		sources       string
-		learned       string
-		overridable   bool
-		describeHints []string
+		name        v1alpha1.SafetyEntry
+		what, ports string
+		sources     string
+		learned     string
+		overridable bool
+		from        []string // where some of the sources came from
 	}{
 		{v1alpha1.SafetyAPIServer, "the API server", "tcp/16443", "10.0.0.1/32 fd00:250::1/128 10.0.0.2/32 198.51.100.0/24", "kubernetes endpoints", false,
-			[]string{"node cp (10.0.0.1/32, fd00:250::1/128)", "adminCIDRs (198.51.100.0/24)"}},
+			[]string{"10.0.0.1/32 node cp", "fd00:250::1/128 node cp", "198.51.100.0/24 adminCIDRs"}},
 		{v1alpha1.SafetyEtcd, "etcd's clients", "tcp/2379", "10.0.0.1/32 fd00:250::1/128 127.0.0.0/8 ::1/128", "default", false,
-			[]string{"kubernetes endpoints (10.0.0.1/32)", "control-plane node cp (fd00:250::1/128)"}},
+			[]string{"10.0.0.1/32 kubernetes endpoints", "fd00:250::1/128 control-plane node cp", "::1/128 loopback"}},
 		{v1alpha1.SafetyEtcd, "etcd's peers", "tcp/2380", "10.0.0.1/32 fd00:250::1/128 127.0.0.0/8 ::1/128", "default", false, nil},
 		{v1alpha1.SafetyScheduler, "the scheduler", "tcp/10259", "127.0.0.0/8 ::1/128 10.0.0.1/32 fd00:250::1/128", "default", false, nil},
 		{v1alpha1.SafetyControllerManager, "the controller manager", "tcp/10257", "127.0.0.0/8 ::1/128 10.0.0.1/32 fd00:250::1/128", "default", false, nil},
@@ -86,9 +87,13 @@ func TestDeriveControlPlaneAndWorker(t *testing.T) {
 			t.Errorf("%s %s: %s from %s (learned: %s, overridable %t); want %s from %s (%s, %t)", c.name, c.what, e.Ports(),
 				sources(e), e.Learned, e.Overridable, c.ports, c.sources, c.learned, c.overridable)
 		}
-		for _, h := range c.describeHints {
-			if !strings.Contains(e.Describe(), h) {
-				t.Errorf("%s %s: %q lacks %q", c.name, c.what, e.Describe(), h)
+		var from []string
+		for _, src := range e.Sources {
+			from = append(from, src.Prefix.String()+" "+src.From)
+		}
+		for _, f := range c.from {
+			if !slices.Contains(from, f) {
+				t.Errorf("%s %s: sources %q lack %q", c.name, c.what, from, f)
 			}
 		}
 	}

@@ -277,7 +277,7 @@ func resolveConnect(b *testing.B, moat bool) {
 		b.Fatalf("the pod's route to 2001:db8::/32: %v", err)
 	}
 	server := netip.AddrPortFrom(rcResolver, 53).String()
-	serveHandler(b, pl.Host, server, cdnZone{})
+	testutil.ServeDNS(b, pl.Host, server, cdnZone{})
 	testutil.Listen(b, pl.Host, "[::]:443")
 
 	// the baseline, no firewall: a name resolves and its address connects (names past the loop's)

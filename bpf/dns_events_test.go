@@ -40,7 +40,7 @@ func TestDNSEventsOnARealVeth(t *testing.T) {
 	pl := testutil.NewPodLink(t, []netip.Prefix{trafficPod4, trafficPod6},
 		[]netip.Prefix{trafficHost4, trafficHost6, trafficNet4, trafficNet6})
 	server := trafficNet4.Addr().String() + ":53"
-	serveHandler(t, pl.Host, server, nxZone{
+	testutil.ServeDNS(t, pl.Host, server, nxZone{
 		"api.example.com.": {"api.example.com. 60 IN A 203.0.113.1", "api.example.com. 60 IN AAAA 2001:db8::1"},
 		"other.example.":   {"other.example. 60 IN A 203.0.113.2", "other.example. 60 IN A 203.0.113.3"},
 	})

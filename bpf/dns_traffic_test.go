@@ -6,7 +6,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/miekg/dns"
@@ -51,7 +50,7 @@ func (r *resolver) wasAsked(name string) bool {
 func serveDNS(t *testing.T, n ns.NetNS, addr string) *resolver {
 	t.Helper()
 	r := &resolver{}
-	serveHandler(t, n, addr, r)
+	testutil.ServeDNS(t, n, addr, r)
 	return r
 }
 
@@ -68,18 +67,7 @@ func lookupOver(t *testing.T, n ns.NetNS, network, server, name string, edns boo
 	if edns {
 		q.SetEdns0(1232, false)
 	}
-	return exchangeIn(n, network, server, q)
-}
-
-// exchangeIn asks server q from inside n over network ("udp" or "tcp").
-func exchangeIn(n ns.NetNS, network, server string, q *dns.Msg) (*dns.Msg, error) {
-	var a *dns.Msg
-	err := n.Do(func(ns.NetNS) error {
-		var err error
-		a, _, err = (&dns.Client{Net: network, Timeout: 2 * time.Second}).Exchange(q, server)
-		return err
-	})
-	return a, err
+	return testutil.ExchangeDNS(n, network, server, q)
 }
 
 // On a real veth, in both attach modes: a pod of a namespace that may not resolve evil.example gets NXDOMAIN
@@ -166,26 +154,5 @@ func dnsOnARealVeth(t *testing.T, mode bpf.AttachMode) {
 	}
 	if n := h.reasonCount(bpf.ReasonDNSDenied); n != 4 {
 		t.Errorf("%s: %d queries counted as dns-name-denied, want 4", mode, n)
-	}
-}
-
-// serveHandler answers DNS on UDP and TCP addr inside n with h until the test ends.
-func serveHandler(t testing.TB, n ns.NetNS, addr string, h dns.Handler) {
-	t.Helper()
-	var pc net.PacketConn
-	var ln net.Listener
-	if err := n.Do(func(ns.NetNS) error { // listen in n: a goroutine started in n.Do runs elsewhere
-		var err error
-		if pc, err = net.ListenPacket("udp", addr); err != nil {
-			return err
-		}
-		ln, err = net.Listen("tcp", addr)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
-		go func() { _ = srv.ActivateAndServe() }()
-		t.Cleanup(func() { _ = srv.Shutdown() })
 	}
 }

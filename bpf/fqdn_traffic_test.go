@@ -41,13 +41,13 @@ func (z zone) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 
 func serveZone(t *testing.T, n ns.NetNS, addr string, z zone) {
 	t.Helper()
-	serveHandler(t, n, addr, z)
+	testutil.ServeDNS(t, n, addr, z)
 }
 
 func resolveType(n ns.NetNS, network, server, name string, qtype uint16) (*dns.Msg, error) {
 	q := new(dns.Msg)
 	q.SetQuestion(name, qtype)
-	return exchangeIn(n, network, server, q)
+	return testutil.ExchangeDNS(n, network, server, q)
 }
 
 // On a real veth with a miekg/dns resolver as the trusted resolver: a name of the pod's fqdn patterns connects

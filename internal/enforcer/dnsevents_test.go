@@ -67,7 +67,7 @@ func TestDNSAnswersOfARealPod(t *testing.T) {
 
 	pl := testutil.NewPodLink(t, []netip.Prefix{netip.MustParsePrefix("10.250.0.2/24")},
 		[]netip.Prefix{netip.MustParsePrefix("10.250.0.1/24"), netip.MustParsePrefix("198.51.100.1/24")})
-	serveNames(t, pl.Host, "198.51.100.1:53", map[string]string{"api.example.com.": "203.0.113.1", "evil.example.": "203.0.113.66"})
+	testutil.ServeDNS(t, pl.Host, "198.51.100.1:53", namesHandler(map[string]string{"api.example.com.": "203.0.113.1", "evil.example.": "203.0.113.66"}))
 	rec := &endpoint.Record{Network: "net", ContainerID: "c1", IfName: "eth0", Namespace: "web", Pod: "client",
 		HostIfname: pl.HostIfname, HostIfindex: pl.HostIfindex, Addresses: []string{"10.250.0.2"}}
 	if err := pl.Host.Do(func(ns.NetNS) error { return guard(dp, rec, e.Identities()["web"], root) }); err != nil {
@@ -94,7 +94,9 @@ func TestDNSAnswersOfARealPod(t *testing.T) {
 		name  string
 		rcode int
 	}{{"api.example.com.", dns.RcodeSuccess}, {"evil.example.", dns.RcodeNameError}, {"missing.example.", dns.RcodeNameError}} {
-		a, err := askFrom(pl.Pod, "198.51.100.1:53", q.name)
+		m := new(dns.Msg)
+		m.SetQuestion(q.name, dns.TypeA)
+		a, err := testutil.ExchangeDNS(pl.Pod, "udp", "198.51.100.1:53", m)
 		if err != nil || a.Rcode != q.rcode {
 			t.Fatalf("%s from the pod: %v, %v; want %s", q.name, a, err, dns.RcodeToString[q.rcode])
 		}
@@ -174,18 +176,9 @@ func TestDNSAnswersOfARealPod(t *testing.T) {
 	}
 }
 
-// serveNames answers A queries inside n at addr, UDP, from names (name -> address); NXDOMAIN for other names.
-func serveNames(t *testing.T, n ns.NetNS, addr string, names map[string]string) {
-	t.Helper()
-	var pc net.PacketConn
-	if err := n.Do(func(ns.NetNS) error {
-		var err error
-		pc, err = net.ListenPacket("udp", addr)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+// namesHandler answers A queries from names (name -> address); NXDOMAIN for other names.
+func namesHandler(names map[string]string) dns.Handler {
+	return dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(q)
 		if a, ok := names[strings.ToLower(q.Question[0].Name)]; ok {
@@ -195,20 +188,5 @@ func serveNames(t *testing.T, n ns.NetNS, addr string, names map[string]string) 
 			m.SetRcode(q, dns.RcodeNameError)
 		}
 		_ = w.WriteMsg(m)
-	})}
-	go func() { _ = srv.ActivateAndServe() }()
-	t.Cleanup(func() { _ = srv.Shutdown() })
-}
-
-// askFrom asks server for name's A records from inside n.
-func askFrom(n ns.NetNS, server, name string) (*dns.Msg, error) {
-	var a *dns.Msg
-	err := n.Do(func(ns.NetNS) error {
-		q := new(dns.Msg)
-		q.SetQuestion(name, dns.TypeA)
-		var err error
-		a, _, err = (&dns.Client{Timeout: 2 * time.Second}).Exchange(q, server)
-		return err
 	})
-	return a, err
 }

@@ -111,7 +111,7 @@ func Derive(in Input) (entries []Entry, warnings []string) {
 		apiPort, apiLearned = v1alpha1.DefaultAPIServerPort, "default"
 		warnings = append(warnings, "the kubernetes Service has no endpoints: the API server's port is taken as 6443")
 	}
-	admins := prefixSources(cfg.AdminCIDRs, "adminCIDRs")
+	admins := cidrSources(cfg.AdminCIDRs, "adminCIDRs")
 	if len(cfg.AdminCIDRs) == 0 {
 		admins = nil
 		for _, p := range anywhere {
@@ -128,27 +128,37 @@ func Derive(in Input) (entries []Entry, warnings []string) {
 			First: apiPort, Last: apiPort, Sources: join(nodes, admins), Learned: apiLearned})
 	}
 	if controlPlaneNode {
-		client, peer := port(cfg.Ports, func(p *v1alpha1.ControlPlanePorts) *int32 { return p.EtcdClient }, v1alpha1.DefaultEtcdClientPort),
-			port(cfg.Ports, func(p *v1alpha1.ControlPlanePorts) *int32 { return p.EtcdPeer }, v1alpha1.DefaultEtcdPeerPort)
+		var ports v1alpha1.ControlPlanePorts
+		if cfg.Ports != nil {
+			ports = *cfg.Ports
+		}
 		etcd := join(apiServers, controlPlane)
 		if len(cfg.EtcdPeers) > 0 {
-			etcd = prefixSources(cfg.EtcdPeers, "hostFirewall.etcdPeers")
+			etcd = cidrSources(cfg.EtcdPeers, "hostFirewall.etcdPeers")
 		}
 		etcd = join(etcd, local)
-		for _, p := range []struct {
-			port uint16
+		for _, c := range []struct {
+			port *int32
+			def  uint16
+			name v1alpha1.SafetyEntry
 			what string
-		}{{client.port, "etcd's clients"}, {peer.port, "etcd's peers"}} {
-			entries = append(entries, Entry{Name: v1alpha1.SafetyEtcd, What: p.what, Protocol: "tcp", First: p.port,
-				Last: p.port, Sources: etcd, Learned: client.learned})
+		}{
+			{ports.EtcdClient, v1alpha1.DefaultEtcdClientPort, v1alpha1.SafetyEtcd, "etcd's clients"},
+			{ports.EtcdPeer, v1alpha1.DefaultEtcdPeerPort, v1alpha1.SafetyEtcd, "etcd's peers"},
+			{ports.Scheduler, v1alpha1.DefaultSchedulerPort, v1alpha1.SafetyScheduler, "the scheduler"},
+			{ports.ControllerManager, v1alpha1.DefaultControllerManagerPort, v1alpha1.SafetyControllerManager, "the controller manager"},
+		} {
+			port, learned := c.def, "default"
+			if c.port != nil && *c.port > 0 && *c.port <= 65535 {
+				port, learned = uint16(*c.port), "FirewallConfig"
+			}
+			sources := local // the scheduler and the controller manager: the node itself only
+			if c.name == v1alpha1.SafetyEtcd {
+				sources = etcd
+			}
+			entries = append(entries, Entry{Name: c.name, What: c.what, Protocol: "tcp", First: port, Last: port,
+				Sources: sources, Learned: learned})
 		}
-		sched := port(cfg.Ports, func(p *v1alpha1.ControlPlanePorts) *int32 { return p.Scheduler }, v1alpha1.DefaultSchedulerPort)
-		cm := port(cfg.Ports, func(p *v1alpha1.ControlPlanePorts) *int32 { return p.ControllerManager }, v1alpha1.DefaultControllerManagerPort)
-		entries = append(entries,
-			Entry{Name: v1alpha1.SafetyScheduler, What: "the scheduler", Protocol: "tcp", First: sched.port, Last: sched.port,
-				Sources: local, Learned: sched.learned},
-			Entry{Name: v1alpha1.SafetyControllerManager, What: "the controller manager", Protocol: "tcp", First: cm.port,
-				Last: cm.port, Sources: local, Learned: cm.learned})
 	}
 	kubelet, kubeletLearned := self.KubeletPort, "Node status"
 	if kubelet == 0 {
@@ -189,21 +199,6 @@ func Derive(in Input) (entries []Entry, warnings []string) {
 	return entries, warnings
 }
 
-type learnedPort struct {
-	port    uint16
-	learned string
-}
-
-// port is a control-plane port FirewallConfig sets, or its default.
-func port(p *v1alpha1.ControlPlanePorts, field func(*v1alpha1.ControlPlanePorts) *int32, def uint16) learnedPort {
-	if p != nil {
-		if v := field(p); v != nil && *v > 0 && *v <= 65535 {
-			return learnedPort{uint16(*v), "FirewallConfig"}
-		}
-	}
-	return learnedPort{def, "default"}
-}
-
 // loopbackAndSelf is loopback and the node's own addresses.
 func loopbackAndSelf(n *Node) []Source {
 	out := prefixSources(loopback, "loopback")
@@ -213,21 +208,22 @@ func loopbackAndSelf(n *Node) []Source {
 	return out
 }
 
-// prefixSources turns prefixes (parsed, or strings FirewallConfig holds, which validation checked) into sources.
-func prefixSources[T netip.Prefix | string](list []T, from string) []Source {
-	var out []Source
-	for _, v := range list {
-		var p netip.Prefix
-		switch v := any(v).(type) {
-		case netip.Prefix:
-			p = v
-		case string:
-			var err error
-			if p, err = v1alpha1.ParseCIDR(v); err != nil {
-				continue
-			}
-		}
+// prefixSources turns prefixes into sources.
+func prefixSources(list []netip.Prefix, from string) []Source {
+	out := make([]Source, 0, len(list))
+	for _, p := range list {
 		out = append(out, Source{p.Masked(), from})
+	}
+	return out
+}
+
+// cidrSources turns the CIDRs FirewallConfig holds (validation checked them) into sources.
+func cidrSources(list []string, from string) []Source {
+	var out []Source
+	for _, s := range list {
+		if p, err := v1alpha1.ParseCIDR(s); err == nil {
+			out = append(out, Source{p.Masked(), from})
+		}
 	}
 	return out
 }

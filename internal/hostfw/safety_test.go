@@ -122,6 +122,9 @@ func TestDeriveConfigAndGaps(t *testing.T) {
 		sources(e) != "10.9.0.0/24 127.0.0.0/8 ::1/128 10.0.0.1/32 fd00:250::1/128" {
 		t.Errorf("etcd: %s from %s (%s)", e.Ports(), sources(e), e.Learned)
 	}
+	if e := entry(t, entries, v1alpha1.SafetyEtcd, "etcd's peers"); e.Ports() != "tcp/2380" || e.Learned != "default" {
+		t.Errorf("etcd's peers, their port not set: %s (%s)", e.Ports(), e.Learned)
+	}
 	if e := entry(t, entries, v1alpha1.SafetyScheduler, "the scheduler"); e.Ports() != "tcp/20259" {
 		t.Errorf("the scheduler: %s", e.Ports())
 	}

@@ -2,7 +2,6 @@ package enforcer
 
 import (
 	"math"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -118,5 +117,5 @@ func statTypeName(t uint16) string {
 	if t == 0 {
 		return "OTHER"
 	}
-	return strings.ToUpper(typeName(t))
+	return typeName(t)
 }

@@ -109,12 +109,7 @@ func deniedAt(src, dst netip.Addr) string {
 	defer cancel()
 	where := "nowhere"
 	for _, n := range suite.nodes {
-		pod, err := moatPodOn(ctx, n.Name)
-		if err != nil {
-			return err.Error()
-		}
-		out, err := suite.cluster.Kubectl(ctx, "-n", "moat-system", "exec", pod, "-c", "enforcer", "--",
-			"moatctl", "flows", "--verdict", "denied", "-o", "json")
+		out, err := moatctlOn(ctx, n.Name, "flows", "--verdict", "denied", "-o", "json")
 		if err != nil {
 			return fmt.Sprintf("%s: moatctl flows: %v: %s", n.Name, err, out)
 		}

@@ -186,12 +186,7 @@ func dnsAnswers(t *testing.T, p pod, args ...string) map[string]agentapi.DNSAnsw
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	moat, err := moatPodOn(ctx, p.node)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := suite.cluster.Kubectl(ctx, append([]string{"-n", "moat-system", "exec", moat, "-c", "enforcer", "--",
-		"moatctl", "dns", "-n", p.ns, "--pod", p.name, "-o", "json"}, args...)...)
+	out, err := moatctlOn(ctx, p.node, append([]string{"dns", "-n", p.ns, "--pod", p.name, "-o", "json"}, args...)...)
 	if err != nil {
 		t.Fatalf("moatctl dns on %s: %v\n%s", p.node, err, out)
 	}

@@ -25,11 +25,7 @@ func TestHostSafetySet(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		moat, err := moatPodOn(ctx, n.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, err := suite.cluster.Kubectl(ctx, "-n", "moat-system", "exec", moat, "-c", "enforcer", "--", "moatctl", "host", "-o", "json")
+		out, err := moatctlOn(ctx, n.Name, "host", "-o", "json")
 		if err != nil {
 			t.Fatalf("moatctl host on %s: %v\n%s", n.Name, err, out)
 		}

@@ -258,6 +258,15 @@ func moatPodOn(ctx context.Context, nodeName string) (string, error) {
 	return strings.Fields(string(out))[0], nil
 }
 
+// moatctlOn runs moatctl with args in the enforcer container of the Moat pod on a node.
+func moatctlOn(ctx context.Context, nodeName string, args ...string) ([]byte, error) {
+	pod, err := moatPodOn(ctx, nodeName)
+	if err != nil {
+		return nil, err
+	}
+	return suite.cluster.Kubectl(ctx, append([]string{"-n", "moat-system", "exec", pod, "-c", "enforcer", "--", "moatctl"}, args...)...)
+}
+
 func printResults(total time.Duration) {
 	suite.mu.Lock()
 	defer suite.mu.Unlock()
